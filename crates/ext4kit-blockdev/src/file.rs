@@ -1,0 +1,213 @@
+//! [`FileDevice`]: an image file (or block device) driven by a small pool of IO threads.
+//!
+//! `submit` hands the bio to a queue and returns; an IO thread performs it with
+//! `preadv`/`pwritev` (short transfers continued, `EINTR` retried) and runs the end function.
+//! Flush is `fdatasync`. Dropping the device lets the threads finish what is queued and exit.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, IoSliceMut, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Sender, unbounded};
+
+use crate::{Bio, BioOp, BlockDevice, Geometry, IoError};
+
+/// Most segments handed to one `preadv`/`pwritev` call (Linux `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// A file-backed device with a pool of IO threads.
+#[derive(Debug)]
+pub struct FileDevice {
+    inner: Arc<FileInner>,
+    tx: Option<Sender<Bio>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct FileInner {
+    file: File,
+    geo: Geometry,
+    writable: bool,
+}
+
+impl FileDevice {
+    /// Default number of IO threads.
+    pub const DEFAULT_THREADS: usize = 4;
+
+    /// Opens `path` (read-write if `writable`) as a device of `block_size`-byte blocks.
+    pub fn open(path: &Path, writable: bool, block_size: u32) -> io::Result<FileDevice> {
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        FileDevice::from_file(file, writable, block_size, FileDevice::DEFAULT_THREADS)
+    }
+
+    /// Wraps an open file. Its size (for block devices: the device size) sets the geometry;
+    /// a trailing partial block is not addressable.
+    pub fn from_file(mut file: File, writable: bool, block_size: u32, threads: usize) -> io::Result<FileDevice> {
+        let len = file.seek(SeekFrom::End(0))?;
+        let geo = Geometry { block_size, nr_blocks: len / u64::from(block_size) };
+        let inner = Arc::new(FileInner { file, geo, writable });
+        let (tx, rx) = unbounded::<Bio>();
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let inner = Arc::clone(&inner);
+            handles.push(
+                thread::Builder::new()
+                    .name(format!("filedev-io-{i}"))
+                    .spawn(move || {
+                        for bio in rx {
+                            inner.run(bio);
+                        }
+                    })?,
+            );
+        }
+        Ok(FileDevice { inner, tx: Some(tx), threads: handles })
+    }
+}
+
+impl Drop for FileDevice {
+    fn drop(&mut self) {
+        self.tx.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl FileInner {
+    fn run(&self, mut bio: Bio) {
+        let status = bio.check_bounds(self.geo).and_then(|()| self.perform(&mut bio));
+        bio.complete(status);
+    }
+
+    fn perform(&self, bio: &mut Bio) -> Result<(), IoError> {
+        let op = bio.op();
+        let block = bio.start_block();
+        let os = |e: io::Error| IoError::Os { op, block, errno: e.raw_os_error().unwrap_or(5) };
+        let offset = block * u64::from(self.geo.block_size);
+        match op {
+            BioOp::Write => {
+                if !self.writable {
+                    return Err(IoError::ReadOnly);
+                }
+                let slices: Vec<&[u8]> = bio.vecs().iter().map(|v| v.bytes()).collect();
+                pwritev_all(&self.file, &slices, offset).map_err(os)
+            }
+            BioOp::Read => {
+                let mut slices: Vec<&mut [u8]> = bio.vecs_mut().iter_mut().filter_map(|v| v.bytes_mut()).collect();
+                preadv_all(&self.file, &mut slices, offset).map_err(os)
+            }
+            BioOp::Flush => {
+                if !self.writable {
+                    return Ok(());
+                }
+                rustix::fs::fdatasync(&self.file).map_err(|e| os(e.into()))
+            }
+        }
+    }
+}
+
+/// Writes every byte of `slices` at `offset`, continuing short writes.
+pub(crate) fn pwritev_all(file: &File, slices: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut idx = 0;
+    let mut skip = 0; // bytes of slices[idx] already written
+    while idx < slices.len() {
+        let end = (idx + IOV_MAX).min(slices.len());
+        let iov: Vec<IoSlice<'_>> =
+            slices[idx..end].iter().enumerate().map(|(i, s)| IoSlice::new(if i == 0 { &s[skip..] } else { s })).collect();
+        let n = match rustix::io::pwritev(file, &iov, offset) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing")),
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        offset += n as u64;
+        let mut left = n;
+        while left > 0 && idx < slices.len() {
+            let avail = slices[idx].len() - skip;
+            if left >= avail {
+                left -= avail;
+                idx += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+        while idx < slices.len() && slices[idx].len() == skip {
+            idx += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}
+
+/// Fills every byte of `slices` from `offset`, continuing short reads; bytes past the end of the
+/// file read as zeros.
+pub(crate) fn preadv_all(file: &File, slices: &mut [&mut [u8]], mut offset: u64) -> io::Result<()> {
+    let mut idx = 0;
+    let mut skip = 0;
+    while idx < slices.len() {
+        let end = (idx + IOV_MAX).min(slices.len());
+        let n = {
+            let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(end - idx);
+            for (i, s) in slices[idx..end].iter_mut().enumerate() {
+                iov.push(IoSliceMut::new(if i == 0 { &mut s[skip..] } else { &mut s[..] }));
+            }
+            match rustix::io::preadv(file, &mut iov, offset) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            // End of file: the rest reads as zeros.
+            slices[idx][skip..].fill(0);
+            for s in &mut slices[idx + 1..] {
+                s.fill(0);
+            }
+            return Ok(());
+        }
+        offset += n as u64;
+        let mut left = n;
+        while left > 0 && idx < slices.len() {
+            let avail = slices[idx].len() - skip;
+            if left >= avail {
+                left -= avail;
+                idx += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+        while idx < slices.len() && slices[idx].len() == skip {
+            idx += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}
+
+impl BlockDevice for FileDevice {
+    fn geometry(&self) -> Geometry {
+        self.inner.geo
+    }
+
+    fn submit(&self, bio: Bio) {
+        match &self.tx {
+            Some(tx) => {
+                if let Err(e) = tx.send(bio) {
+                    e.0.complete(Err(IoError::Shutdown));
+                }
+            }
+            None => bio.complete(Err(IoError::Shutdown)),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+}

@@ -1,0 +1,447 @@
+//! [`UringDevice`]: an image file driven by io_uring, probed at run time.
+//!
+//! One ring thread owns the ring. `submit` queues the bio and wakes the thread through an
+//! eventfd the ring polls; the thread turns bios into `READV`/`WRITEV`/`FSYNC(DATASYNC)` entries,
+//! continues short transfers, and runs each end function when its last byte is done.
+//!
+//! io_uring is not always there: kernels without it or seccomp filters (containers) answer
+//! `ENOSYS`, the sysctl `kernel.io_uring_disabled` answers `EPERM`. [`open_file_device`] tries
+//! io_uring and falls back to [`FileDevice`], returning the reason so the caller can say why.
+#![allow(unsafe_code)] // io_uring entries point at memory the kernel uses after `push` returns.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
+use io_uring::{IoUring, Probe, opcode, types};
+
+use crate::{Bio, BioOp, BlockDevice, FileDevice, Geometry, IoError};
+
+/// Ring size; also the most requests in flight at once.
+const QUEUE_DEPTH: u32 = 256;
+/// Segments per `READV`/`WRITEV` entry (`UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+/// user_data of the eventfd poll.
+const WAKE: u64 = u64::MAX;
+
+/// Why io_uring cannot be used here.
+#[derive(Debug)]
+pub enum UringUnavailable {
+    /// `io_uring_setup` answered ENOSYS: the kernel lacks io_uring, or a seccomp filter (common
+    /// in containers) blocks it.
+    NotSupported,
+    /// `io_uring_setup` answered EPERM: the sysctl `kernel.io_uring_disabled` (value given, if
+    /// readable) forbids it for this process.
+    NotPermitted {
+        /// Contents of /proc/sys/kernel/io_uring_disabled.
+        sysctl: Option<String>,
+    },
+    /// The kernel's io_uring lacks an operation we need.
+    MissingOpcode(&'static str),
+    /// Turned off by the environment variable `EXT4KIT_NO_URING`.
+    DisabledByEnv,
+    /// Any other setup failure.
+    Setup(io::Error),
+}
+
+impl fmt::Display for UringUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UringUnavailable::NotSupported => {
+                f.write_str("io_uring unavailable (ENOSYS: kernel without io_uring, or blocked by a seccomp filter)")
+            }
+            UringUnavailable::NotPermitted { sysctl } => write!(
+                f,
+                "io_uring not permitted (EPERM: sysctl kernel.io_uring_disabled = {})",
+                sysctl.as_deref().unwrap_or("unreadable")
+            ),
+            UringUnavailable::MissingOpcode(op) => write!(f, "io_uring lacks the {op} operation on this kernel"),
+            UringUnavailable::DisabledByEnv => f.write_str("io_uring turned off by EXT4KIT_NO_URING"),
+            UringUnavailable::Setup(e) => write!(f, "io_uring setup failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for UringUnavailable {}
+
+/// Opens `path` with io_uring if it works here, else with [`FileDevice`]; the second value says
+/// why io_uring was not used.
+pub fn open_file_device(
+    path: &Path,
+    writable: bool,
+    block_size: u32,
+) -> io::Result<(Arc<dyn BlockDevice>, Option<UringUnavailable>)> {
+    match UringDevice::open(path, writable, block_size) {
+        Ok(dev) => Ok((Arc::new(dev), None)),
+        Err(OpenError::Io(e)) => Err(e),
+        Err(OpenError::Uring(why)) => Ok((Arc::new(FileDevice::open(path, writable, block_size)?), Some(why))),
+    }
+}
+
+/// Failure to open a [`UringDevice`].
+#[derive(Debug)]
+pub enum OpenError {
+    /// The file could not be opened.
+    Io(io::Error),
+    /// io_uring is not usable.
+    Uring(UringUnavailable),
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Io(e) => e.fmt(f),
+            OpenError::Uring(u) => u.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// An io_uring-driven file device.
+pub struct UringDevice {
+    geo: Geometry,
+    tx: Option<Sender<Bio>>,
+    wake: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for UringDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UringDevice").field("geo", &self.geo).finish_non_exhaustive()
+    }
+}
+
+impl UringDevice {
+    /// Opens `path` as an io_uring device.
+    pub fn open(path: &Path, writable: bool, block_size: u32) -> Result<UringDevice, OpenError> {
+        let file = OpenOptions::new().read(true).write(writable).open(path).map_err(OpenError::Io)?;
+        UringDevice::from_file(file, writable, block_size)
+    }
+
+    /// Probes io_uring and wraps `file`.
+    pub fn from_file(mut file: File, writable: bool, block_size: u32) -> Result<UringDevice, OpenError> {
+        if std::env::var_os("EXT4KIT_NO_URING").is_some_and(|v| !v.is_empty() && v != "0") {
+            return Err(OpenError::Uring(UringUnavailable::DisabledByEnv));
+        }
+        let ring = probe_ring().map_err(OpenError::Uring)?;
+        let len = file.seek(SeekFrom::End(0)).map_err(OpenError::Io)?;
+        let geo = Geometry { block_size, nr_blocks: len / u64::from(block_size) };
+        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
+            .map_err(|e| OpenError::Io(e.into()))?;
+        let wake = Arc::new(wake);
+        let (tx, rx) = unbounded::<Bio>();
+        let ring_wake = Arc::clone(&wake);
+        let thread = thread::Builder::new()
+            .name("uring-io".into())
+            .spawn(move || RingThread::new(ring, file, rx, ring_wake, geo, writable).run())
+            .map_err(OpenError::Io)?;
+        Ok(UringDevice { geo, tx: Some(tx), wake, thread: Some(thread) })
+    }
+
+    fn kick(&self) {
+        // A full counter (EAGAIN) already means "wake up"; nothing else can fail here.
+        let _ = rustix::io::write(self.wake.as_fd(), &1u64.to_ne_bytes());
+    }
+}
+
+fn probe_ring() -> Result<IoUring, UringUnavailable> {
+    let ring = IoUring::new(QUEUE_DEPTH).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSYS) => UringUnavailable::NotSupported,
+        Some(libc::EPERM) => UringUnavailable::NotPermitted {
+            sysctl: std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().map(|s| s.trim().to_string()),
+        },
+        _ => UringUnavailable::Setup(e),
+    })?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(UringUnavailable::Setup)?;
+    for (code, name) in [
+        (opcode::Readv::CODE, "READV"),
+        (opcode::Writev::CODE, "WRITEV"),
+        (opcode::Fsync::CODE, "FSYNC"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(UringUnavailable::MissingOpcode(name));
+        }
+    }
+    Ok(ring)
+}
+
+impl Drop for UringDevice {
+    fn drop(&mut self) {
+        self.tx.take();
+        self.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl BlockDevice for UringDevice {
+    fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    fn submit(&self, bio: Bio) {
+        match &self.tx {
+            Some(tx) => match tx.send(bio) {
+                Ok(()) => self.kick(),
+                Err(e) => e.0.complete(Err(IoError::Shutdown)),
+            },
+            None => bio.complete(Err(IoError::Shutdown)),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "io_uring"
+    }
+}
+
+/// A bio the kernel is working on.
+struct InFlight {
+    bio: Bio,
+    /// (address, length) of every segment; the memory belongs to `bio`.
+    segs: Vec<(usize, usize)>,
+    /// iovecs of the entry in flight (rebuilt for each continuation).
+    iov: Vec<libc::iovec>,
+    /// Bytes done so far.
+    done: usize,
+    total: usize,
+}
+
+// SAFETY: the raw pointers in `segs`/`iov` point into buffers owned by `bio` (boxed or behind an
+// `Arc`), which is `Send`; the ring thread is the only user of an `InFlight`.
+unsafe impl Send for InFlight {}
+
+struct RingThread {
+    ring: IoUring,
+    file: File,
+    rx: Receiver<Bio>,
+    wake: Arc<OwnedFd>,
+    geo: Geometry,
+    writable: bool,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    inflight: usize,
+    backlog: VecDeque<Bio>,
+    poll_armed: bool,
+    closed: bool,
+}
+
+impl RingThread {
+    fn new(ring: IoUring, file: File, rx: Receiver<Bio>, wake: Arc<OwnedFd>, geo: Geometry, writable: bool) -> Self {
+        RingThread {
+            ring,
+            file,
+            rx,
+            wake,
+            geo,
+            writable,
+            slots: Vec::new(),
+            free: Vec::new(),
+            inflight: 0,
+            backlog: VecDeque::new(),
+            poll_armed: false,
+            closed: false,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            if !self.poll_armed && !self.closed {
+                let e = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32).build().user_data(WAKE);
+                self.push(e);
+                self.poll_armed = true;
+            }
+            loop {
+                match self.rx.try_recv() {
+                    Ok(bio) => self.backlog.push_back(bio),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.closed = true;
+                        break;
+                    }
+                }
+            }
+            while self.inflight < QUEUE_DEPTH as usize / 2 {
+                match self.backlog.pop_front() {
+                    Some(bio) => self.start(bio),
+                    None => break,
+                }
+            }
+            if self.closed && self.inflight == 0 && self.backlog.is_empty() {
+                return;
+            }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) => {}
+                Err(e) => {
+                    // The ring itself failed: fail everything we hold and stop.
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    self.fail_all(errno);
+                    return;
+                }
+            }
+            self.reap();
+        }
+    }
+
+    fn fail_all(&mut self, errno: i32) {
+        // Entries the kernel may still reference must stay alive: we leak them rather than free
+        // memory the kernel might write to.
+        for slot in self.slots.drain(..).flatten() {
+            std::mem::forget(slot);
+        }
+        for bio in self.backlog.drain(..) {
+            let (op, block) = (bio.op(), bio.start_block());
+            bio.complete(Err(IoError::Os { op, block, errno }));
+        }
+        for bio in self.rx.try_iter() {
+            let (op, block) = (bio.op(), bio.start_block());
+            bio.complete(Err(IoError::Os { op, block, errno }));
+        }
+    }
+
+    fn push(&mut self, entry: io_uring::squeue::Entry) {
+        loop {
+            // SAFETY: every entry we push points only at memory owned by an `InFlight` kept in
+            // `self.slots` until its completion is reaped (or at the eventfd, which lives as long
+            // as the thread).
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return;
+            }
+            // Submission queue full: hand what is queued to the kernel and try again.
+            let _ = self.ring.submit();
+        }
+    }
+
+    fn start(&mut self, mut bio: Bio) {
+        if let Err(e) = bio.check_bounds(self.geo) {
+            bio.complete(Err(e));
+            return;
+        }
+        if bio.op() == BioOp::Write && !self.writable {
+            bio.complete(Err(IoError::ReadOnly));
+            return;
+        }
+        if bio.op() == BioOp::Flush && !self.writable {
+            bio.complete(Ok(()));
+            return;
+        }
+        let segs: Vec<(usize, usize)> = match bio.op() {
+            BioOp::Write => bio.vecs().iter().map(|v| (v.bytes().as_ptr() as usize, v.len())).collect(),
+            BioOp::Read => {
+                bio.vecs_mut().iter_mut().filter_map(|v| v.bytes_mut()).map(|b| (b.as_mut_ptr() as usize, b.len())).collect()
+            }
+            BioOp::Flush => Vec::new(),
+        };
+        let total = segs.iter().map(|s| s.1).sum();
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.slots[slot] = Some(InFlight { bio, segs, iov: Vec::new(), done: 0, total });
+        self.inflight += 1;
+        self.issue(slot);
+    }
+
+    /// Pushes the entry for what remains of slot `slot`.
+    fn issue(&mut self, slot: usize) {
+        let fd = types::Fd(self.file.as_raw_fd());
+        let bs = u64::from(self.geo.block_size);
+        let Some(f) = self.slots[slot].as_mut() else { return };
+        let entry = match f.bio.op() {
+            BioOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+            op => {
+                // Rebuild the iovecs from the first byte not yet done.
+                f.iov.clear();
+                let mut skip = f.done;
+                for &(addr, len) in &f.segs {
+                    if skip >= len {
+                        skip -= len;
+                        continue;
+                    }
+                    f.iov.push(libc::iovec { iov_base: (addr + skip) as *mut libc::c_void, iov_len: len - skip });
+                    skip = 0;
+                    if f.iov.len() == IOV_MAX {
+                        break;
+                    }
+                }
+                let offset = f.bio.start_block() * bs + f.done as u64;
+                let (ptr, n) = (f.iov.as_ptr(), f.iov.len() as u32);
+                if op == BioOp::Write {
+                    opcode::Writev::new(fd, ptr, n).offset(offset).build()
+                } else {
+                    opcode::Readv::new(fd, ptr, n).offset(offset).build()
+                }
+            }
+        };
+        self.push(entry.user_data(slot as u64));
+    }
+
+    fn reap(&mut self) {
+        let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        for (ud, res) in done {
+            if ud == WAKE {
+                self.poll_armed = false;
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(self.wake.as_fd(), &mut buf);
+                continue;
+            }
+            let slot = ud as usize;
+            let Some(f) = self.slots[slot].as_mut() else { continue };
+            let op = f.bio.op();
+            let status = if res == -libc::EINTR || res == -libc::EAGAIN {
+                self.issue(slot);
+                continue;
+            } else if res < 0 {
+                Err(IoError::Os { op, block: f.bio.start_block(), errno: -res })
+            } else if op == BioOp::Flush {
+                Ok(())
+            } else if res == 0 {
+                if op == BioOp::Read {
+                    // Past the end of the file: zeros.
+                    zero_rest(f);
+                    Ok(())
+                } else {
+                    Err(IoError::Os { op, block: f.bio.start_block(), errno: libc::EIO })
+                }
+            } else {
+                f.done += res as usize;
+                if f.done < f.total {
+                    self.issue(slot);
+                    continue;
+                }
+                Ok(())
+            };
+            let Some(f) = self.slots[slot].take() else { continue };
+            self.free.push(slot);
+            self.inflight -= 1;
+            f.bio.complete(status);
+        }
+    }
+}
+
+fn zero_rest(f: &mut InFlight) {
+    let mut skip = f.done;
+    for v in f.bio.vecs_mut() {
+        let Some(b) = v.bytes_mut() else { continue };
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        b[skip..].fill(0);
+        skip = 0;
+    }
+}

@@ -1,0 +1,120 @@
+//! File-backed devices: IO from other threads, short transfers, flush, many segments.
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use ext4kit_blockdev::{
+    Bio, BioBuf, BioOp, BioVec, BlockDevice, BlockDeviceExt, Completion, FileDevice, UringDevice, open_file_device,
+};
+
+fn image(len: u64) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    f.as_file().set_len(len).unwrap();
+    f
+}
+
+fn devices(path: &std::path::Path) -> Vec<Arc<dyn BlockDevice>> {
+    let mut v: Vec<Arc<dyn BlockDevice>> = vec![Arc::new(FileDevice::open(path, true, 512).unwrap())];
+    match UringDevice::open(path, true, 512) {
+        Ok(d) => v.push(Arc::new(d)),
+        Err(e) => {
+            if std::env::var_os("EXT4KIT_REQUIRE_URING").is_some() {
+                panic!("io_uring required but unavailable: {e}");
+            }
+            eprintln!("io_uring not tested: {e}");
+        }
+    }
+    v
+}
+
+#[test]
+fn completions_run_on_device_threads_and_data_round_trips() {
+    let img = image(8 << 20);
+    for dev in devices(img.path()) {
+        let me = thread::current().id();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut waits = Vec::new();
+        // 64 bios of 3 segments each, shared and owned memory mixed.
+        for i in 0..64u64 {
+            let mut bio = Bio::new(BioOp::Write, i * 24);
+            let shared: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(vec![(i as u8) ^ 0x5a; 8192]);
+            bio.push(BioVec::new(BioBuf::Shared(shared), 4096, 4096));
+            bio.push(BioVec::from_vec(vec![i as u8; 4096]));
+            bio.push(BioVec::from_vec(vec![!(i as u8); 4096]));
+            let c = Completion::new();
+            let seen2 = Arc::clone(&seen);
+            let inner_end = {
+                let mut probe = Bio::new(BioOp::Flush, 0);
+                c.attach(&mut probe);
+                probe.take_end_io().unwrap()
+            };
+            bio.set_end_io(Box::new(move |bio, st| {
+                seen2.lock().unwrap().push(thread::current().id());
+                inner_end(bio, st)
+            }));
+            dev.submit(bio);
+            waits.push(c);
+        }
+        for c in waits {
+            assert!(c.wait().1.is_ok());
+        }
+        assert!(seen.lock().unwrap().iter().all(|t| *t != me), "{}: completion ran on the submitter", dev.kind());
+        dev.flush().unwrap();
+        for i in 0..64u64 {
+            let mut buf = vec![0u8; 12288];
+            dev.read_blocks(i * 24, &mut buf).unwrap();
+            assert!(buf[..4096].iter().all(|&b| b == (i as u8) ^ 0x5a), "{}", dev.kind());
+            assert!(buf[4096..8192].iter().all(|&b| b == i as u8));
+            assert!(buf[8192..].iter().all(|&b| b == !(i as u8)));
+        }
+    }
+}
+
+#[test]
+fn more_segments_than_iov_max_are_written_whole() {
+    let img = image(4 << 20);
+    for dev in devices(img.path()) {
+        let mut bio = Bio::new(BioOp::Write, 8);
+        for i in 0..1500u32 {
+            bio.push(BioVec::from_vec(vec![(i % 251) as u8; 512]));
+        }
+        assert!(dev.submit_and_wait(bio).1.is_ok());
+        let mut read = Bio::new(BioOp::Read, 8);
+        for _ in 0..1500 {
+            read.push(BioVec::zeroed(512));
+        }
+        let (read, st) = dev.submit_and_wait(read);
+        st.unwrap();
+        for (i, v) in read.vecs().iter().enumerate() {
+            assert!(v.bytes().iter().all(|&b| b == (i % 251) as u8), "{}: segment {i}", dev.kind());
+        }
+    }
+}
+
+#[test]
+fn out_of_range_and_read_only_fail_through_the_end_function() {
+    let img = image(1 << 20);
+    for dev in devices(img.path()) {
+        let err = dev.write_blocks(2047, &[0u8; 1024]).unwrap_err();
+        assert!(err.to_string().contains("outside the device"), "{err}");
+    }
+    let ro = FileDevice::open(img.path(), false, 512).unwrap();
+    assert!(matches!(ro.write_blocks(0, &[0u8; 512]), Err(ext4kit_blockdev::IoError::ReadOnly)));
+}
+
+#[test]
+fn open_file_device_reports_why_it_fell_back() {
+    let img = image(1 << 20);
+    let (dev, why) = open_file_device(img.path(), true, 512).unwrap();
+    match why {
+        None => assert_eq!(dev.kind(), "io_uring"),
+        Some(reason) => {
+            assert_eq!(dev.kind(), "file");
+            assert!(reason.to_string().contains("io_uring"), "{reason}");
+        }
+    }
+    dev.write_blocks(1, &[9u8; 512]).unwrap();
+    let mut b = [0u8; 512];
+    dev.read_blocks(1, &mut b).unwrap();
+    assert_eq!(b, [9u8; 512]);
+}
