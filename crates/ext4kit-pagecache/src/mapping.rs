@@ -1,0 +1,835 @@
+//! [`Mapping`]: the cache of one file (the kernel's `address_space`), and its write, read,
+//! truncate, fallocate and fsync paths.
+//!
+//! # What it owns
+//! - the page tree (index → page), the DIRTY and TOWRITE tags (sets of page indices);
+//! - the file size (`i_size`) and the last on-disk size handed to the filesystem (`disksize`);
+//! - the error sequence that `fsync` reports from;
+//! - a count of pages under writeback, for whole-file waits.
+//!
+//! # Locks
+//! - `inode_lock` (i_rwsem): held by write, truncate and fallocate. Writeback does not take it.
+//! - `writepages_lock`: one writeback pass per file at a time.
+//! - page LOCKED → page `state` mutex; `tree` is taken on its own, never inside a page's state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ext4kit_blockdev::{Bio, BioOp, BioVec, BlockDeviceExt, IoError};
+use parking_lot::lock_api::ArcRwLockWriteGuard;
+use parking_lot::{Condvar, Mutex, RawRwLock};
+
+use crate::errseq::ErrSeq;
+use crate::mapper::{ExtentKind, MapFlags};
+use crate::page::{INVALID_PBLK, Page, PageSnapshot};
+use crate::state::{BlockState, PageFlags};
+use crate::writeback::{SyncMode, WritebackControl};
+use crate::{Error, Shared};
+
+/// Largest file offset the cache accepts (the ext4 extent format limit, 2^32 blocks, is lower
+/// for small blocks; the filesystem enforces its own).
+const MAX_OFFSET: u64 = 1 << 60;
+
+pub(crate) struct Tree {
+    pub(crate) pages: BTreeMap<u64, Arc<Page>>,
+    pub(crate) dirty: BTreeSet<u64>,
+    pub(crate) towrite: BTreeSet<u64>,
+}
+
+pub(crate) struct MappingInner {
+    pub(crate) ino: u64,
+    pub(crate) cache: Arc<Shared>,
+    pub(crate) tree: Mutex<Tree>,
+    pub(crate) i_size: AtomicU64,
+    pub(crate) disksize: Mutex<u64>,
+    pub(crate) wb_err: ErrSeq,
+    pub(crate) inode_lock: Mutex<()>,
+    pub(crate) writepages_lock: Mutex<()>,
+    nr_writeback: Mutex<u64>,
+    wb_cond: Condvar,
+    /// Delayed blocks reserved and not yet allocated or released.
+    pub(crate) reserved: AtomicU64,
+}
+
+impl MappingInner {
+    pub(crate) fn new(ino: u64, cache: Arc<Shared>, i_size: u64, disksize: u64) -> MappingInner {
+        MappingInner {
+            ino,
+            cache,
+            tree: Mutex::new(Tree { pages: BTreeMap::new(), dirty: BTreeSet::new(), towrite: BTreeSet::new() }),
+            i_size: AtomicU64::new(i_size),
+            disksize: Mutex::new(disksize),
+            wb_err: ErrSeq::default(),
+            inode_lock: Mutex::new(()),
+            writepages_lock: Mutex::new(()),
+            nr_writeback: Mutex::new(0),
+            wb_cond: Condvar::new(),
+            reserved: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn page_size(&self) -> u64 {
+        self.cache.cfg.page_size as u64
+    }
+
+    /// Records a writeback error (`mapping_set_error`).
+    pub(crate) fn set_error(&self, errno: i32) {
+        self.wb_err.set(errno);
+    }
+
+    pub(crate) fn writeback_started(&self) {
+        *self.nr_writeback.lock() += 1;
+    }
+
+    pub(crate) fn writeback_ended(&self) {
+        let mut n = self.nr_writeback.lock();
+        if *n == 0 {
+            drop(n);
+            self.cache.violation("writeback count underflow");
+            return;
+        }
+        *n -= 1;
+        if *n == 0 {
+            self.wb_cond.notify_all();
+        }
+    }
+
+    pub(crate) fn wait_all_writeback(&self) {
+        let mut n = self.nr_writeback.lock();
+        while *n > 0 {
+            self.wb_cond.wait(&mut n);
+        }
+    }
+
+    fn grab_page(&self, index: u64) -> Arc<Page> {
+        let mut tree = self.tree.lock();
+        let cfg = &self.cache.cfg;
+        Arc::clone(tree.pages.entry(index).or_insert_with(|| Arc::new(Page::new(index, cfg.page_size, self.cache.bpp))))
+    }
+
+    fn find_page(&self, index: u64) -> Option<Arc<Page>> {
+        self.tree.lock().pages.get(&index).cloned()
+    }
+
+    /// Raises the on-disk size to `size` (never above i_size), telling the filesystem.
+    pub(crate) fn update_disksize(&self, size: u64) -> Result<(), Error> {
+        let size = size.min(self.i_size.load(Ordering::Acquire));
+        let mut ds = self.disksize.lock();
+        if size > *ds {
+            self.cache.mapper.update_disksize(self.ino, size)?;
+            *ds = size;
+        }
+        Ok(())
+    }
+
+    /// Reads `runs` of (page block, pblk, count) synchronously into the page's data.
+    fn read_blocks_into(&self, data: &mut [u8], runs: &[(usize, u64, usize)]) -> Result<(), Error> {
+        let bs = self.cache.cfg.block_size;
+        let mut waits = Vec::with_capacity(runs.len());
+        for &(b, pblk, n) in runs {
+            let mut bio = Bio::new(BioOp::Read, pblk * self.cache.dev_per_block);
+            bio.push(BioVec::zeroed(n * bs));
+            let done = ext4kit_blockdev::Completion::new();
+            done.attach(&mut bio);
+            self.cache.dev.submit(bio);
+            waits.push((b, n, done));
+        }
+        let mut first: Result<(), Error> = Ok(());
+        for (b, n, done) in waits {
+            let (mut bio, status) = done.wait();
+            match status {
+                Ok(()) => {
+                    if let Some(buf) = bio.take_vecs().pop().and_then(BioVec::into_owned) {
+                        data[b * bs..(b + n) * bs].copy_from_slice(&buf);
+                    }
+                }
+                Err(e) => {
+                    if first.is_ok() {
+                        first = Err(Error::Io(e));
+                    }
+                }
+            }
+        }
+        first
+    }
+
+    /// Looks up blocks `from..to` of a locked page that have no mapping yet. Holes and
+    /// unwritten blocks stay unmapped for reads (`for_write == false`); for writes, holes
+    /// become delayed (reserved) and unwritten blocks become MAPPED|NEW|UNWRITTEN.
+    fn map_page_blocks(&self, page: &Page, from: usize, to: usize, for_write: bool) -> Result<(), Error> {
+        let bpp = self.cache.bpp as u64;
+        let base = page.index() * bpp;
+        let todo: Vec<usize> = {
+            let st = page.state.lock();
+            (from..to).filter(|&b| !st.blocks[b].contains(BlockState::MAPPED)).collect()
+        };
+        let mut i = 0;
+        while i < todo.len() {
+            // A run of consecutive unmapped blocks.
+            let start = todo[i];
+            let mut end = start + 1;
+            while i + (end - start) < todo.len() && todo[i + (end - start)] == end {
+                end += 1;
+            }
+            i += end - start;
+            let mut b = start;
+            while b < end {
+                let lblk = base + b as u64;
+                let ext = self.cache.mapper.map_blocks(self.ino, lblk, (end - b) as u64, MapFlags::LOOKUP)?;
+                if ext.lblk > lblk || ext.lblk + ext.len <= lblk {
+                    return Err(Error::Map(crate::MapError::Corrupt(format!(
+                        "inode {}: lookup of block {lblk} returned blocks {}..{}",
+                        self.ino,
+                        ext.lblk,
+                        ext.lblk + ext.len
+                    ))));
+                }
+                let off = lblk - ext.lblk;
+                let n = ((ext.len - off) as usize).min(end - b);
+                match (ext.kind, for_write) {
+                    (ExtentKind::Hole, true) => {
+                        self.cache.mapper.reserve(self.ino, n as u64)?;
+                        self.reserved.fetch_add(n as u64, Ordering::Relaxed);
+                        let mut st = page.state.lock();
+                        for k in b..b + n {
+                            st.blocks[k].insert(BlockState::MAPPED | BlockState::NEW | BlockState::DELAY);
+                            st.pblk[k] = INVALID_PBLK;
+                        }
+                    }
+                    (ExtentKind::Unwritten, true) => {
+                        let mut st = page.state.lock();
+                        for k in b..b + n {
+                            st.blocks[k].insert(BlockState::MAPPED | BlockState::NEW | BlockState::UNWRITTEN);
+                            st.pblk[k] = ext.pblk + off + (k - b) as u64;
+                        }
+                    }
+                    (ExtentKind::Written, _) => {
+                        let mut st = page.state.lock();
+                        for k in b..b + n {
+                            st.blocks[k].insert(BlockState::MAPPED);
+                            st.pblk[k] = ext.pblk + off + (k - b) as u64;
+                        }
+                    }
+                    (ExtentKind::Hole | ExtentKind::Unwritten, false) => {
+                        // Reads as zeros; leave it unmapped so a later write looks it up again.
+                        let mut data = page.data.write();
+                        let bs = self.cache.cfg.block_size;
+                        data[b * bs..(b + n) * bs].fill(0);
+                        let mut st = page.state.lock();
+                        for k in b..b + n {
+                            st.blocks[k].insert(BlockState::UPTODATE);
+                        }
+                    }
+                }
+                b += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills every non-uptodate block of a locked page (`readpage`).
+    fn read_page(&self, page: &Page) -> Result<(), Error> {
+        let bpp = self.cache.bpp;
+        let bs = self.cache.cfg.block_size;
+        let size = self.i_size.load(Ordering::Acquire);
+        let eof_block = size.div_ceil(bs as u64);
+        let base = page.index() * bpp as u64;
+        // Blocks past EOF read as zeros.
+        let first_past = eof_block.saturating_sub(base).min(bpp as u64) as usize;
+        {
+            let mut data = page.data.write();
+            let mut st = page.state.lock();
+            for b in first_past..bpp {
+                if !st.blocks[b].contains(BlockState::UPTODATE) {
+                    data[b * bs..(b + 1) * bs].fill(0);
+                    st.blocks[b].insert(BlockState::UPTODATE);
+                }
+            }
+        }
+        self.map_page_blocks(page, 0, first_past, false)?;
+        let mut data = page.data.write();
+        let runs = {
+            let st = page.state.lock();
+            let mut runs: Vec<(usize, u64, usize)> = Vec::new();
+            for b in 0..bpp {
+                let s = st.blocks[b];
+                if s.contains(BlockState::UPTODATE) {
+                    continue;
+                }
+                if s.intersects(BlockState::DELAY | BlockState::UNWRITTEN) || st.pblk[b] == INVALID_PBLK {
+                    data[b * bs..(b + 1) * bs].fill(0);
+                    continue;
+                }
+                match runs.last_mut() {
+                    Some((rb, rp, n)) if *rb + *n == b && *rp + *n as u64 == st.pblk[b] => *n += 1,
+                    _ => runs.push((b, st.pblk[b], 1)),
+                }
+            }
+            runs
+        };
+        self.read_blocks_into(&mut data, &runs)?;
+        let mut st = page.state.lock();
+        for b in 0..bpp {
+            st.blocks[b].insert(BlockState::UPTODATE);
+        }
+        st.flags.insert(PageFlags::UPTODATE);
+        Ok(())
+    }
+
+    /// Marks a locked page dirty and tags it.
+    fn set_page_dirty(&self, page: &Page) {
+        {
+            let mut st = page.state.lock();
+            st.flags.insert(PageFlags::DIRTY);
+        }
+        self.tree.lock().dirty.insert(page.index());
+    }
+}
+
+/// The cache of one file. Cloning gives another handle to the same cache.
+#[derive(Clone)]
+pub struct Mapping {
+    pub(crate) inner: Arc<MappingInner>,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("ino", &self.inner.ino)
+            .field("i_size", &self.inner.i_size.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A page held between [`Mapping::write_begin`] and [`Mapping::write_end`]: locked, with its
+/// blocks in the range mapped or reserved and the bytes around the range prepared.
+pub struct WriteGuard {
+    page: Arc<Page>,
+    data: ArcRwLockWriteGuard<RawRwLock, Box<[u8]>>,
+    from: usize,
+    to: usize,
+}
+
+impl WriteGuard {
+    /// The bytes `from..to` of the page, to copy the new data into.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data[self.from..self.to]
+    }
+
+    /// Page index.
+    pub fn index(&self) -> u64 {
+        self.page.index()
+    }
+}
+
+impl Mapping {
+    pub(crate) fn from_inner(inner: Arc<MappingInner>) -> Mapping {
+        Mapping { inner }
+    }
+
+    /// Inode number.
+    pub fn ino(&self) -> u64 {
+        self.inner.ino
+    }
+
+    /// File size.
+    pub fn size(&self) -> u64 {
+        self.inner.i_size.load(Ordering::Acquire)
+    }
+
+    /// Size last recorded on disk through [`crate::BlockMapper::update_disksize`].
+    pub fn disksize(&self) -> u64 {
+        *self.inner.disksize.lock()
+    }
+
+    /// Delayed blocks reserved and not yet allocated or released.
+    pub fn reserved_blocks(&self) -> u64 {
+        self.inner.reserved.load(Ordering::Relaxed)
+    }
+
+    /// A new open file description, sampling the error sequence now.
+    pub fn open(&self) -> FileHandle {
+        FileHandle { mapping: self.clone(), cursor: Mutex::new(self.inner.wb_err.sample()) }
+    }
+
+    /// Pages cached.
+    pub fn nr_pages(&self) -> usize {
+        self.inner.tree.lock().pages.len()
+    }
+
+    /// Pages tagged dirty.
+    pub fn nr_dirty(&self) -> usize {
+        self.inner.tree.lock().dirty.len()
+    }
+
+    /// Pages tagged to-write (left over from a sync writeback that could not finish them).
+    pub fn nr_towrite(&self) -> usize {
+        self.inner.tree.lock().towrite.len()
+    }
+
+    /// The state of page `index`, if cached.
+    pub fn page_snapshot(&self, index: u64) -> Option<PageSnapshot> {
+        self.inner.find_page(index).map(|p| p.snapshot())
+    }
+
+    /// The states of every cached page, in index order.
+    pub fn snapshots(&self) -> Vec<PageSnapshot> {
+        let pages: Vec<Arc<Page>> = self.inner.tree.lock().pages.values().cloned().collect();
+        pages.iter().map(|p| p.snapshot()).collect()
+    }
+
+    /// Records a writeback error on the file, as a failed bio does.
+    pub fn set_error(&self, errno: i32) {
+        self.inner.set_error(errno);
+    }
+
+    /// Prepares bytes `pos..pos+len` of one page for writing (`ext4_da_write_begin`). The range
+    /// must lie inside one page. Blocks in it that are holes get a delayed reservation
+    /// (MAPPED|NEW|DELAY), blocks on unwritten extents become MAPPED|NEW|UNWRITTEN, partially
+    /// written blocks that are neither are read first, and around NEW blocks the bytes outside
+    /// the range are zeroed. The caller must hold no other page of this file locked.
+    pub fn write_begin(&self, pos: u64, len: usize) -> Result<WriteGuard, Error> {
+        let ps = self.inner.page_size();
+        if pos.checked_add(len as u64).is_none_or(|e| e > MAX_OFFSET) {
+            return Err(Error::TooLarge(pos));
+        }
+        let index = pos / ps;
+        let from = (pos % ps) as usize;
+        let to = from + len;
+        assert!(to as u64 <= ps, "write_begin range crosses a page");
+        let page = self.inner.grab_page(index);
+        {
+            let mut st = page.lock();
+            // Stable pages: the device may still be reading this page.
+            page.wait_writeback_locked(&mut st);
+        }
+        match self.prepare_write(&page, from, to) {
+            Ok(data) => Ok(WriteGuard { page, data, from, to }),
+            Err(e) => {
+                page.unlock();
+                Err(e)
+            }
+        }
+    }
+
+    fn prepare_write(
+        &self,
+        page: &Arc<Page>,
+        from: usize,
+        to: usize,
+    ) -> Result<ArcRwLockWriteGuard<RawRwLock, Box<[u8]>>, Error> {
+        let bs = self.inner.cache.cfg.block_size;
+        let (b0, b1) = (from / bs, to.div_ceil(bs));
+        self.inner.map_page_blocks(page, b0, b1, true)?;
+        let mut data = page.data.write_arc();
+        let (reads, page_uptodate) = {
+            let mut st = page.state.lock();
+            let page_uptodate = st.flags.contains(PageFlags::UPTODATE);
+            let mut reads = Vec::new();
+            for b in b0..b1 {
+                let (bstart, bend) = (b * bs, (b + 1) * bs);
+                let partial = bstart < from || bend > to;
+                let s = st.blocks[b];
+                if s.contains(BlockState::NEW) {
+                    if page_uptodate {
+                        // The cached bytes are valid zeros already.
+                        st.blocks[b].remove(BlockState::NEW);
+                        st.blocks[b].insert(BlockState::UPTODATE);
+                    } else if partial && !s.contains(BlockState::UPTODATE) {
+                        data[bstart..from.max(bstart)].fill(0);
+                        data[to.min(bend)..bend].fill(0);
+                    }
+                    continue;
+                }
+                if partial && !s.contains(BlockState::UPTODATE) {
+                    reads.push((b, st.pblk[b], 1usize));
+                }
+            }
+            (reads, page_uptodate)
+        };
+        let _ = page_uptodate;
+        if !reads.is_empty() {
+            self.inner.read_blocks_into(&mut data, &reads)?;
+            let mut st = page.state.lock();
+            for (b, _, _) in reads {
+                st.blocks[b].insert(BlockState::UPTODATE);
+            }
+        }
+        Ok(data)
+    }
+
+    /// Commits a write prepared by [`Mapping::write_begin`] (`ext4_da_write_end`): the blocks
+    /// in the range become UPTODATE|DIRTY, NEW is cleared on the page, the page is dirtied and
+    /// i_size grows (under the page lock) if the write ends past it. Returns `copied`.
+    pub fn write_end(&self, guard: WriteGuard, copied: usize) -> Result<usize, Error> {
+        let WriteGuard { page, data, from, to } = guard;
+        drop(data);
+        let bs = self.inner.cache.cfg.block_size;
+        let to = if copied < to - from { from + copied } else { to };
+        let (b0, b1) = (from / bs, to.div_ceil(bs));
+        let new_end = page.index() * self.inner.page_size() + to as u64;
+        let mut update_disksize = false;
+        {
+            let mut st = page.state.lock();
+            for b in b0..b1 {
+                st.blocks[b].insert(BlockState::UPTODATE | BlockState::DIRTY);
+            }
+            for s in st.blocks.iter_mut() {
+                s.remove(BlockState::NEW);
+            }
+            if st.blocks.iter().all(|s| s.contains(BlockState::UPTODATE)) {
+                st.flags.insert(PageFlags::UPTODATE);
+            }
+            if new_end > self.inner.i_size.load(Ordering::Acquire) {
+                self.inner.i_size.store(new_end, Ordering::Release);
+                // The new EOF is inside an allocated, written block: no writeback will raise
+                // the on-disk size for it, so do it now.
+                let last = (to - 1) / bs;
+                let s = st.blocks[last];
+                update_disksize = s.contains(BlockState::MAPPED) && !s.intersects(BlockState::DELAY | BlockState::UNWRITTEN);
+            }
+        }
+        if b1 > b0 {
+            self.inner.set_page_dirty(&page);
+        }
+        page.unlock();
+        if update_disksize {
+            self.inner.update_disksize(new_end)?;
+        }
+        Ok(copied)
+    }
+
+    /// Writes `data` at `offset` through the cache; returns the bytes written. May start
+    /// background writeback when the file has more dirty data than the configured limit.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, Error> {
+        let _inode = self.inner.inode_lock.lock();
+        let ps = self.inner.page_size();
+        let mut done = 0usize;
+        while done < data.len() {
+            let pos = offset + done as u64;
+            let n = ((ps - pos % ps) as usize).min(data.len() - done);
+            let mut g = self.write_begin(pos, n)?;
+            g.data_mut().copy_from_slice(&data[done..done + n]);
+            self.write_end(g, n)?;
+            done += n;
+        }
+        drop(_inode);
+        if let Some(limit) = self.inner.cache.cfg.dirty_limit_bytes {
+            let dirty = self.nr_dirty() * ps as usize;
+            if dirty > limit {
+                // Background writeback of what is dirty now (WB_SYNC_NONE); errors surface at fsync.
+                let mut wbc = WritebackControl::background((dirty / ps as usize) as i64);
+                let _ = self.writepages(&mut wbc);
+            }
+        }
+        Ok(done)
+    }
+
+    /// What a store through a shared memory map does when nothing calls `page_mkwrite`:
+    /// changes cached bytes of one page (creating and reading it first) and marks the touched
+    /// blocks and the page dirty, without touching i_size or any mapping. Writeback must clean
+    /// what it cannot write: bytes at or beyond EOF and blocks that are holes never reach the
+    /// disk.
+    pub fn mmap_write(&self, pos: u64, bytes: &[u8]) -> Result<(), Error> {
+        let ps = self.inner.page_size();
+        let index = pos / ps;
+        let from = (pos % ps) as usize;
+        assert!(from + bytes.len() <= ps as usize, "mmap_write range crosses a page");
+        let page = self.inner.grab_page(index);
+        {
+            let mut st = page.lock();
+            page.wait_writeback_locked(&mut st);
+            let uptodate = st.flags.contains(PageFlags::UPTODATE);
+            drop(st);
+            if !uptodate {
+                if let Err(e) = self.inner.read_page(&page) {
+                    page.unlock();
+                    return Err(e);
+                }
+            }
+        }
+        page.data.write()[from..from + bytes.len()].copy_from_slice(bytes);
+        let bs = self.inner.cache.cfg.block_size;
+        {
+            let mut st = page.state.lock();
+            for b in from / bs..(from + bytes.len()).div_ceil(bs) {
+                st.blocks[b].insert(BlockState::DIRTY);
+            }
+        }
+        self.inner.set_page_dirty(&page);
+        page.unlock();
+        Ok(())
+    }
+
+    /// A handle that does not keep the file's cache alive.
+    pub fn downgrade(&self) -> WeakMapping {
+        WeakMapping(Arc::downgrade(&self.inner))
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`, stopping at EOF; returns the bytes read. Holes
+    /// and unwritten blocks read as zeros.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+        let size = self.size();
+        if offset >= size {
+            return Ok(0);
+        }
+        let end = size.min(offset.saturating_add(buf.len() as u64));
+        let ps = self.inner.page_size();
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / ps;
+            let from = (pos % ps) as usize;
+            let n = ((ps - pos % ps).min(end - pos)) as usize;
+            let page = self.inner.grab_page(index);
+            if !page.state.lock().flags.contains(PageFlags::UPTODATE) {
+                let uptodate = page.lock().flags.contains(PageFlags::UPTODATE);
+                if !uptodate {
+                    if let Err(e) = self.inner.read_page(&page) {
+                        page.unlock();
+                        return Err(e);
+                    }
+                }
+                page.unlock();
+            }
+            let data = page.data.read();
+            let at = (pos - offset) as usize;
+            buf[at..at + n].copy_from_slice(&data[from..from + n]);
+            pos += n as u64;
+        }
+        Ok((end - offset) as usize)
+    }
+
+    /// Writes back dirty pages in the range of `wbc` (see [`WritebackControl`]).
+    pub fn writepages(&self, wbc: &mut WritebackControl) -> Result<(), Error> {
+        crate::writeback::writepages(&self.inner, wbc)
+    }
+
+    /// Waits until no page of the file is under writeback (including unwritten conversion).
+    pub fn wait_writeback(&self) {
+        self.inner.wait_all_writeback();
+    }
+
+    /// Drops every cached page that is clean, unlocked and not under writeback ("drop
+    /// caches"); returns how many were dropped.
+    pub fn invalidate_clean(&self) -> usize {
+        let pages: Vec<Arc<Page>> = self.inner.tree.lock().pages.values().cloned().collect();
+        let mut dropped = 0;
+        for page in pages {
+            if !page.try_lock() {
+                continue;
+            }
+            let clean = {
+                let st = page.state.lock();
+                !st.flags.contains(PageFlags::WRITEBACK)
+                    && !st.flags.contains(PageFlags::DIRTY)
+                    && !st.blocks.iter().any(|b| b.intersects(BlockState::DIRTY | BlockState::DELAY))
+            };
+            if clean {
+                let mut tree = self.inner.tree.lock();
+                tree.pages.remove(&page.index());
+                tree.dirty.remove(&page.index());
+                tree.towrite.remove(&page.index());
+                dropped += 1;
+            }
+            page.unlock();
+        }
+        dropped
+    }
+
+    /// Changes the file size. Shrinking drops cached pages past the new EOF (releasing their
+    /// delayed reservations), zeroes the tail of the page that holds the new EOF (dirtying the
+    /// EOF block if it is on disk, so the zeros reach it) and asks the filesystem to free the
+    /// blocks past it. Growing zeroes the old EOF block's tail and raises the on-disk size.
+    pub fn truncate(&self, new_size: u64) -> Result<(), Error> {
+        if new_size > MAX_OFFSET {
+            return Err(Error::TooLarge(new_size));
+        }
+        let _inode = self.inner.inode_lock.lock();
+        let old = self.size();
+        let ps = self.inner.page_size();
+        let bs = self.inner.cache.cfg.block_size as u64;
+        if new_size < old {
+            self.inner.i_size.store(new_size, Ordering::Release);
+            // Whole pages past the new EOF.
+            let first_gone = new_size.div_ceil(ps);
+            let gone: Vec<Arc<Page>> = self.inner.tree.lock().pages.range(first_gone..).map(|(_, p)| Arc::clone(p)).collect();
+            let mut released = 0u64;
+            for page in gone {
+                let mut st = page.lock();
+                page.wait_writeback_locked(&mut st);
+                for s in st.blocks.iter_mut() {
+                    if s.contains(BlockState::DELAY) {
+                        released += 1;
+                    }
+                    *s = BlockState::empty();
+                }
+                drop(st);
+                {
+                    let mut tree = self.inner.tree.lock();
+                    tree.pages.remove(&page.index());
+                    tree.dirty.remove(&page.index());
+                    tree.towrite.remove(&page.index());
+                }
+                page.unlock();
+            }
+            // The page holding the new EOF.
+            if new_size % ps != 0 {
+                if let Some(page) = self.inner.find_page(new_size / ps) {
+                    let mut st = page.lock();
+                    page.wait_writeback_locked(&mut st);
+                    drop(st);
+                    let from = (new_size % ps) as usize;
+                    page.data.write()[from..].fill(0);
+                    let mut st = page.state.lock();
+                    let first_past = (from as u64).div_ceil(bs) as usize;
+                    for s in st.blocks[first_past..].iter_mut() {
+                        if s.contains(BlockState::DELAY) {
+                            released += 1;
+                        }
+                        // Discarded: unmapped, clean, zero (block_invalidate_folio).
+                        *s = BlockState::UPTODATE;
+                    }
+                    let eof_block = from / bs as usize;
+                    let mut dirty = false;
+                    if from % bs as usize != 0 && st.blocks[eof_block].contains(BlockState::MAPPED) {
+                        // ext4_block_truncate_page: the zeroed tail must reach the disk.
+                        st.blocks[eof_block].insert(BlockState::DIRTY | BlockState::UPTODATE);
+                        dirty = true;
+                    }
+                    for s in st.pblk[first_past..].iter_mut() {
+                        *s = INVALID_PBLK;
+                    }
+                    drop(st);
+                    if dirty {
+                        self.inner.set_page_dirty(&page);
+                    }
+                    page.unlock();
+                }
+            }
+            if released > 0 {
+                self.inner.cache.mapper.release(self.inner.ino, released);
+                self.inner.reserved.fetch_sub(released, Ordering::Relaxed);
+            }
+            self.inner.cache.mapper.truncate(self.inner.ino, new_size.div_ceil(bs), new_size)?;
+            let mut ds = self.inner.disksize.lock();
+            *ds = (*ds).min(new_size);
+        } else if new_size > old {
+            // Bytes between the old EOF and the end of its block may hold garbage from an mmap
+            // store; they become file data now and must read as zeros, on disk too.
+            if old % bs != 0 {
+                if let Some(page) = self.inner.find_page(old / ps) {
+                    let mut st = page.lock();
+                    page.wait_writeback_locked(&mut st);
+                    drop(st);
+                    let from = (old % ps) as usize;
+                    let block_end = (from as u64).div_ceil(bs) as usize * bs as usize;
+                    page.data.write()[from..block_end].fill(0);
+                    let b = from / bs as usize;
+                    let mapped = {
+                        let mut st = page.state.lock();
+                        let m = st.blocks[b].contains(BlockState::MAPPED);
+                        if m {
+                            st.blocks[b].insert(BlockState::DIRTY);
+                        }
+                        m
+                    };
+                    if mapped {
+                        self.inner.set_page_dirty(&page);
+                    }
+                    page.unlock();
+                }
+            }
+            self.inner.i_size.store(new_size, Ordering::Release);
+            self.inner.update_disksize(new_size)?;
+        }
+        Ok(())
+    }
+
+    /// Allocates unwritten extents for the holes in `offset..offset+len` (delayed blocks in the
+    /// range are written back first), and grows the file to cover the range unless
+    /// `keep_size`.
+    pub fn fallocate(&self, offset: u64, len: u64, keep_size: bool) -> Result<(), Error> {
+        let end = offset.checked_add(len).filter(|e| *e <= MAX_OFFSET).ok_or(Error::TooLarge(offset))?;
+        if len == 0 {
+            return Ok(());
+        }
+        let _inode = self.inner.inode_lock.lock();
+        let bs = self.inner.cache.cfg.block_size as u64;
+        let mut wbc = WritebackControl::sync_range(offset, end - 1);
+        self.writepages(&mut wbc)?;
+        self.wait_writeback();
+        let (first, last) = (offset / bs, end.div_ceil(bs));
+        self.inner.cache.mapper.fallocate(self.inner.ino, first, last - first)?;
+        if !keep_size && end > self.size() {
+            self.inner.i_size.store(end, Ordering::Release);
+            self.inner.update_disksize(end)?;
+        }
+        Ok(())
+    }
+}
+
+/// A [`Mapping`] handle that does not keep it alive.
+#[derive(Debug, Clone)]
+pub struct WeakMapping(std::sync::Weak<MappingInner>);
+
+impl WeakMapping {
+    /// The mapping, if anything still holds it.
+    pub fn upgrade(&self) -> Option<Mapping> {
+        self.0.upgrade().map(Mapping::from_inner)
+    }
+}
+
+/// An open file description: fsync reports each writeback error once per handle.
+#[derive(Debug)]
+pub struct FileHandle {
+    mapping: Mapping,
+    cursor: Mutex<u64>,
+}
+
+impl FileHandle {
+    /// The file.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// Writes back the whole file in sync mode, waits for its writeback (and unwritten
+    /// conversion), flushes the device, and reports the first writeback error this handle has
+    /// not seen yet.
+    pub fn fsync(&self) -> Result<(), Error> {
+        let m = &self.mapping;
+        let submitted = m.writepages(&mut WritebackControl::sync_all());
+        m.wait_writeback();
+        if let Err(e) = m.inner.cache.dev.flush() {
+            m.inner.set_error(e.errno());
+        }
+        let err = m.inner.wb_err.check_and_advance(&mut self.cursor.lock());
+        submitted?;
+        match err {
+            Some(errno) => Err(Error::Writeback { errno }),
+            None => Ok(()),
+        }
+    }
+
+    /// Reports (and consumes) a pending writeback error without writing anything.
+    pub fn check_error(&self) -> Result<(), Error> {
+        match self.mapping.inner.wb_err.check_and_advance(&mut self.cursor.lock()) {
+            Some(errno) => Err(Error::Writeback { errno }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl SyncMode {
+    pub(crate) fn is_all(self) -> bool {
+        self == SyncMode::All
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn f<T: Send + Sync>() {}
+    f::<Mapping>();
+    f::<FileHandle>();
+    let _ = IoError::Shutdown;
+}

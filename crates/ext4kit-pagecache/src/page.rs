@@ -1,0 +1,142 @@
+//! [`Page`]: one page of a file's cache, holding `blocks_per_page` blocks.
+//!
+//! # What a page owns
+//! - `state`: page flags, one [`BlockState`] byte per block and one physical block number per
+//!   block (`u64`, [`INVALID_PBLK`] while delayed or unknown) — the 1 + 8 bytes per block budget.
+//!   The mutex is the per-page "uptodate lock" of the kernel: every block-state change and the
+//!   completion count of blocks still in flight happen under it.
+//! - `data`: the bytes, behind their own `Arc<RwLock>` so a bio can hold an owned read guard
+//!   while the device reads them (stable pages: a writer waits for writeback before it takes the
+//!   write lock, so the guard is never contended).
+//!
+//! # Locks
+//! `LOCKED` (PG_locked) is a sleeping lock implemented with the flag and the page's condvar.
+//! Lock order: page LOCKED → page `state` mutex; the mapping's tree mutex is never taken while a
+//! page's `state` mutex is held. Completion takes only `state` (never LOCKED).
+
+use std::sync::Arc;
+
+use parking_lot::lock_api::ArcRwLockReadGuard;
+use parking_lot::{Condvar, Mutex, MutexGuard, RawRwLock, RwLock};
+
+use crate::state::{BlockState, PageFlags};
+
+/// Physical block number of a block that has none yet (delayed, or not looked up).
+pub const INVALID_PBLK: u64 = u64::MAX;
+
+/// The mutable state of a page, guarded by [`Page::state`].
+#[derive(Debug)]
+pub(crate) struct PageState {
+    pub(crate) flags: PageFlags,
+    pub(crate) blocks: Box<[BlockState]>,
+    pub(crate) pblk: Box<[u64]>,
+    /// Writeback cycles started and ended (for the exactly-once checks).
+    pub(crate) wb_started: u32,
+    pub(crate) wb_ended: u32,
+}
+
+/// One page of a file.
+#[derive(Debug)]
+pub struct Page {
+    index: u64,
+    pub(crate) state: Mutex<PageState>,
+    pub(crate) wait: Condvar,
+    pub(crate) data: Arc<RwLock<Box<[u8]>>>,
+}
+
+/// A read guard on a page's bytes that a bio can own.
+pub(crate) struct PageDataRef(pub(crate) ArcRwLockReadGuard<RawRwLock, Box<[u8]>>);
+
+impl AsRef<[u8]> for PageDataRef {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Page {
+    pub(crate) fn new(index: u64, page_size: usize, blocks_per_page: usize) -> Page {
+        Page {
+            index,
+            state: Mutex::new(PageState {
+                flags: PageFlags::default(),
+                blocks: vec![BlockState::empty(); blocks_per_page].into_boxed_slice(),
+                pblk: vec![INVALID_PBLK; blocks_per_page].into_boxed_slice(),
+                wb_started: 0,
+                wb_ended: 0,
+            }),
+            wait: Condvar::new(),
+            data: Arc::new(RwLock::new(vec![0u8; page_size].into_boxed_slice())),
+        }
+    }
+
+    /// Page index in the file (byte offset / page size).
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Takes the page lock, sleeping while another task holds it.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PageState> {
+        let mut st = self.state.lock();
+        while st.flags.contains(PageFlags::LOCKED) {
+            self.wait.wait(&mut st);
+        }
+        st.flags.insert(PageFlags::LOCKED);
+        st
+    }
+
+    /// Takes the page lock if it is free.
+    pub(crate) fn try_lock(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.flags.contains(PageFlags::LOCKED) {
+            return false;
+        }
+        st.flags.insert(PageFlags::LOCKED);
+        true
+    }
+
+    /// Releases the page lock.
+    pub(crate) fn unlock(&self) {
+        let mut st = self.state.lock();
+        debug_assert!(st.flags.contains(PageFlags::LOCKED), "unlocking an unlocked page");
+        st.flags.remove(PageFlags::LOCKED);
+        drop(st);
+        self.wait.notify_all();
+    }
+
+    /// Waits until the page is not under writeback (the state guard is released while waiting).
+    pub(crate) fn wait_writeback_locked(&self, st: &mut MutexGuard<'_, PageState>) {
+        while st.flags.contains(PageFlags::WRITEBACK) {
+            self.wait.wait(st);
+        }
+    }
+
+    /// A snapshot of the page's flags and block states (for tests and diagnostics).
+    pub fn snapshot(&self) -> PageSnapshot {
+        let st = self.state.lock();
+        PageSnapshot {
+            index: self.index,
+            flags: st.flags,
+            blocks: st.blocks.to_vec(),
+            pblk: st.pblk.to_vec(),
+            wb_started: st.wb_started,
+            wb_ended: st.wb_ended,
+        }
+    }
+}
+
+/// A copy of a page's state at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageSnapshot {
+    /// Page index.
+    pub index: u64,
+    /// Page flags.
+    pub flags: PageFlags,
+    /// Block states.
+    pub blocks: Vec<BlockState>,
+    /// Physical block per block ([`INVALID_PBLK`] if none).
+    pub pblk: Vec<u64>,
+    /// Writeback cycles started.
+    pub wb_started: u32,
+    /// Writeback cycles ended.
+    pub wb_ended: u32,
+}
