@@ -255,11 +255,9 @@ fn process_page_bufs(mpd: &mut MpageDaData<'_>, page: &Arc<Page>, from: usize) -
     {
         let st = page.state.lock();
         while lblk < base + bpp {
-            if lblk >= eof_blocks {
-                break;
-            }
-            let s = st.blocks[(lblk - base) as usize];
-            if !add_block_to_extent(mpd, lblk, s) {
+            if lblk >= eof_blocks || !add_block_to_extent(mpd, lblk, st.blocks[(lblk - base) as usize]) {
+                // An extent to map: map it first (EOF only ends the scan once everything
+                // before it is mapped).
                 if mpd.map.len > 0 {
                     return Ok(false);
                 }
@@ -337,8 +335,7 @@ fn map_and_submit_extent(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
 fn map_one_extent(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
     let m = mpd.m;
     let mut flags = MapFlags::CREATE;
-    let delayed = mpd.map.flags.contains(BlockState::DELAY);
-    if delayed {
+    if mpd.map.flags.contains(BlockState::DELAY) {
         flags = flags | MapFlags::DELALLOC;
     }
     if m.cache.cfg.alloc_unwritten {
@@ -358,9 +355,6 @@ fn map_one_extent(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
     let len = mpd.map.len.min(ext.len - off);
     mpd.map.pblk = ext.pblk + off;
     mpd.map.len = len;
-    if delayed {
-        m.reserved.fetch_sub(len, Ordering::Relaxed);
-    }
     if ext.kind == ExtentKind::Unwritten {
         if let Some(io_end) = &mpd.io.io_end {
             io_end.add_unwritten(mpd.map.lblk, len);
@@ -383,7 +377,15 @@ fn map_and_submit_buffers(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
         if process_page(mpd, &page, &mut pblk)? {
             return Ok(());
         }
-        mpage_submit_page(mpd, &page)?;
+        if let Err(e) = mpage_submit_page(mpd, &page) {
+            // The filesystem allocated the whole extent: the pages we cannot submit now must
+            // still learn their block numbers, or a later pass would allocate them again.
+            let rest: Vec<Arc<Page>> = mpd.locked.iter().skip(1).filter(|p| p.index() <= end_page).cloned().collect();
+            for p in rest {
+                assign_mapped_blocks(mpd, &p, &mut pblk);
+            }
+            return Err(e);
+        }
         mpage_page_done(mpd, &page);
     }
     mpd.map.len = 0;
@@ -410,22 +412,46 @@ fn process_page(mpd: &mut MpageDaData<'_>, page: &Arc<Page>, pblk: &mut u64) -> 
             process_page_bufs(mpd, page, b)?;
             return Ok(true);
         }
-        if st.blocks[b].contains(BlockState::DELAY) {
-            st.blocks[b].remove(BlockState::DELAY);
-            st.pblk[b] = *pblk;
-            *pblk += 1;
-        }
-        // The on-disk extent stays unwritten until the io_end is converted.
-        st.blocks[b].remove(BlockState::UNWRITTEN);
+        map_block(mpd.m, &mut st, b, pblk);
     }
     Ok(false)
+}
+
+/// Gives block `b` of a page its place in the mapped extent (`mpage_process_folio`'s inner
+/// step): a delayed block takes the next physical block and its reservation is consumed; the
+/// UNWRITTEN bit leaves the block (the on-disk extent stays unwritten until the io_end is
+/// converted).
+fn map_block(m: &MappingInner, st: &mut crate::page::PageState, b: usize, pblk: &mut u64) {
+    if st.blocks[b].contains(BlockState::DELAY) {
+        st.blocks[b].remove(BlockState::DELAY);
+        st.pblk[b] = *pblk;
+        *pblk += 1;
+        m.reserved.fetch_sub(1, Ordering::Relaxed);
+    }
+    st.blocks[b].remove(BlockState::UNWRITTEN);
+}
+
+/// Maps the blocks of a page inside the extent without submitting it (error path).
+fn assign_mapped_blocks(mpd: &MpageDaData<'_>, page: &Arc<Page>, pblk: &mut u64) {
+    let bpp = mpd.m.cache.bpp as u64;
+    let base = page.index() * bpp;
+    let (start, end) = (mpd.map.lblk, mpd.map.lblk + mpd.map.len);
+    let mut st = page.state.lock();
+    for b in 0..bpp as usize {
+        let lblk = base + b as u64;
+        if lblk >= start && lblk < end {
+            map_block(mpd.m, &mut st, b, pblk);
+        }
+    }
 }
 
 /// Unlocks the pages collected but not submitted; they stay dirty for the next pass
 /// (`mpage_release_unused_pages` without invalidation).
 fn release_unused_pages(mpd: &mut MpageDaData<'_>) {
     if let Some(first) = mpd.locked.front() {
+        // These pages are still dirty: the scan is not over, whatever it saw past them.
         mpd.scan_index = first.index();
+        mpd.scanned_until_end = false;
     }
     while let Some(page) = mpd.locked.pop_front() {
         page.unlock();
