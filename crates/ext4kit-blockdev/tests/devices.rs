@@ -1,4 +1,5 @@
 //! File-backed devices: IO from other threads, short transfers, flush, many segments.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::thread;

@@ -390,10 +390,8 @@ impl PageCache {
         let mut first = Ok(());
         for m in maps {
             let m = Mapping::from_inner(m);
-            let r = m.writepages(&mut WritebackControl::sync_all()).and_then(|()| {
-                m.wait_writeback();
-                Ok(())
-            });
+            let r = m.writepages(&mut WritebackControl::sync_all());
+            m.wait_writeback();
             if first.is_ok() {
                 first = r;
             }

@@ -246,10 +246,10 @@ impl BlockMapper for SimpleMapper {
 
     fn map_blocks(&self, ino: u64, lblk: u64, len: u64, flags: MapFlags) -> Result<Extent, MapError> {
         let mut st = self.st.lock();
-        let found = st.files.get(&ino).and_then(|f| {
+        let found = st.files.get(&ino).map(|f| {
             let prev = f.range(..=lblk).next_back().filter(|(s, e)| lblk < *s + e.len).map(|(s, e)| (*s, *e));
             let next = f.range(lblk + 1..).next().map(|(s, _)| *s);
-            Some((prev, next))
+            (prev, next)
         });
         let (prev, next) = found.unwrap_or((None, None));
         if let Some((s, e)) = prev {

@@ -1,5 +1,6 @@
 //! Round trips through the cache for every geometry: write, read, fsync, disk contents, sizes,
 //! reservations; partial-block read-modify-write from disk; truncate; fallocate.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! One deterministic test per test idea of kernel-io-path.md §6 that applies to the engine
 //! (1–7, 11–13, 15–17), each named after the invariant it protects. Completion timing is in the
 //! test's hands: DeferredDevice parks bios until released, MemDevice completes inside submit.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
