@@ -33,17 +33,30 @@ pub struct CrashDevice {
 impl CrashDevice {
     /// A zero-filled device.
     pub fn new(block_size: u32, nr_blocks: u64) -> CrashDevice {
-        let len = usize::try_from(nr_blocks * u64::from(block_size)).expect("crash device too large");
+        let len =
+            usize::try_from(nr_blocks * u64::from(block_size)).expect("crash device too large");
         CrashDevice::from_image(block_size, vec![0u8; len])
     }
 
     /// A device whose live and durable contents both start as `image`.
     pub fn from_image(block_size: u32, image: Vec<u8>) -> CrashDevice {
-        assert_eq!(image.len() % block_size as usize, 0, "image is not a whole number of blocks");
-        let geo = Geometry { block_size, nr_blocks: (image.len() / block_size as usize) as u64 };
+        assert_eq!(
+            image.len() % block_size as usize,
+            0,
+            "image is not a whole number of blocks"
+        );
+        let geo = Geometry {
+            block_size,
+            nr_blocks: (image.len() / block_size as usize) as u64,
+        };
         CrashDevice {
             geo,
-            state: Arc::new(Mutex::new(CrashState { durable: image.clone(), live: image, unflushed: Vec::new(), flushes: 0 })),
+            state: Arc::new(Mutex::new(CrashState {
+                durable: image.clone(),
+                live: image,
+                unflushed: Vec::new(),
+                flushes: 0,
+            })),
         }
     }
 
@@ -98,7 +111,11 @@ impl BlockDevice for CrashDevice {
                 BioOp::Write => {
                     write_to_image(&mut st.live, self.geo.block_size, &bio);
                     let off = bio.start_block() as usize * self.geo.block_size as usize;
-                    let data: Vec<u8> = bio.vecs().iter().flat_map(|v| v.bytes().iter().copied()).collect();
+                    let data: Vec<u8> = bio
+                        .vecs()
+                        .iter()
+                        .flat_map(|v| v.bytes().iter().copied())
+                        .collect();
                     st.unflushed.push((off, data));
                 }
                 BioOp::Read => read_from_image(&st.live, self.geo.block_size, &mut bio),
@@ -140,6 +157,9 @@ mod tests {
             let img = dev.crash(s, 0.5);
             img[512] != img[1024]
         });
-        assert!(torn, "a crash must be able to keep part of an unflushed multi-block write");
+        assert!(
+            torn,
+            "a crash must be able to keep part of an unflushed multi-block write"
+        );
     }
 }

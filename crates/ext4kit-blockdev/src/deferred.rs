@@ -44,7 +44,10 @@ struct DeferredState {
 impl DeferredDevice {
     /// Parks every bio before it reaches `inner`.
     pub fn new(inner: Arc<dyn BlockDevice>) -> DeferredDevice {
-        DeferredDevice { inner, state: Arc::new((Mutex::new(DeferredState::default()), Condvar::new())) }
+        DeferredDevice {
+            inner,
+            state: Arc::new((Mutex::new(DeferredState::default()), Condvar::new())),
+        }
     }
 
     /// The parked bios, oldest first.
@@ -172,15 +175,29 @@ mod tests {
             waits.push(c);
         }
         assert_eq!(dev.nr_pending(), 3);
-        assert_eq!(mem.snapshot()[0], 0, "nothing may reach the device before release");
+        assert_eq!(
+            mem.snapshot()[0],
+            0,
+            "nothing may reach the device before release"
+        );
         let ids: Vec<u64> = dev.pending().iter().map(|p| p.id).collect();
         assert!(dev.complete(ids[2], Ok(())));
-        assert!(dev.complete(ids[0], Err(IoError::Injected { op: BioOp::Write, block: 0 })));
+        assert!(dev.complete(
+            ids[0],
+            Err(IoError::Injected {
+                op: BioOp::Write,
+                block: 0
+            })
+        ));
         assert!(dev.complete(ids[1], Ok(())));
         assert!(!dev.complete(ids[1], Ok(())), "a bio completes once");
         let st: Vec<bool> = waits.iter().map(|c| c.wait().1.is_ok()).collect();
         assert_eq!(st, vec![false, true, true]);
         let img = mem.snapshot();
-        assert_eq!((img[0], img[512], img[1024]), (0, 2, 3), "a failed write leaves the device untouched");
+        assert_eq!(
+            (img[0], img[512], img[1024]),
+            (0, 2, 3),
+            "a failed write leaves the device untouched"
+        );
     }
 }

@@ -74,7 +74,13 @@ pub struct FaultDevice {
 impl FaultDevice {
     /// Passes bios to `inner` unless a rule fails them. Records requests.
     pub fn new(inner: Arc<dyn BlockDevice>) -> FaultDevice {
-        FaultDevice { inner, state: Arc::new(Mutex::new(FaultState { record: true, ..FaultState::default() })) }
+        FaultDevice {
+            inner,
+            state: Arc::new(Mutex::new(FaultState {
+                record: true,
+                ..FaultState::default()
+            })),
+        }
     }
 
     /// Adds a rule.
@@ -122,8 +128,16 @@ impl BlockDevice for FaultDevice {
             let mut failed = false;
             for r in &mut st.rules {
                 match r.rule {
-                    FaultRule::Blocks { op, start: fs, end: fe } => {
-                        if op.is_none_or(|o| o == bio.op()) && bio.op() != BioOp::Flush && start < fe && fs < end {
+                    FaultRule::Blocks {
+                        op,
+                        start: fs,
+                        end: fe,
+                    } => {
+                        if op.is_none_or(|o| o == bio.op())
+                            && bio.op() != BioOp::Flush
+                            && start < fe
+                            && fs < end
+                        {
                             failed = true;
                         }
                     }
@@ -173,17 +187,30 @@ mod tests {
     fn rules_fail_chosen_blocks_and_the_nth_request() {
         let mem = MemDevice::new(512, 32);
         let dev = FaultDevice::new(Arc::new(mem.clone()));
-        dev.add_rule(FaultRule::Blocks { op: Some(BioOp::Write), start: 10, end: 12 });
-        dev.add_rule(FaultRule::Nth { op: Some(BioOp::Write), n: 2 });
+        dev.add_rule(FaultRule::Blocks {
+            op: Some(BioOp::Write),
+            start: 10,
+            end: 12,
+        });
+        dev.add_rule(FaultRule::Nth {
+            op: Some(BioOp::Write),
+            n: 2,
+        });
         let one = vec![1u8; 1024];
         assert!(dev.write_blocks(0, &one).is_ok()); // write #0
         assert!(dev.write_blocks(11, &one).is_err()); // write #1, touches 11..13
         assert!(dev.write_blocks(4, &one).is_err()); // write #2 = Nth
         assert!(dev.write_blocks(6, &one).is_ok()); // write #3
         let mut buf = vec![0u8; 1024];
-        assert!(dev.read_blocks(10, &mut buf).is_ok(), "the block rule only covers writes");
+        assert!(
+            dev.read_blocks(10, &mut buf).is_ok(),
+            "the block rule only covers writes"
+        );
         let log = dev.log();
-        assert_eq!(log.iter().map(|r| r.failed).collect::<Vec<_>>(), vec![false, true, true, false, false]);
+        assert_eq!(
+            log.iter().map(|r| r.failed).collect::<Vec<_>>(),
+            vec![false, true, true, false, false]
+        );
         assert_eq!(mem.snapshot()[11 * 512], 0);
         assert_eq!(mem.snapshot()[6 * 512], 1);
     }

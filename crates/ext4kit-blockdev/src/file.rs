@@ -44,10 +44,22 @@ impl FileDevice {
 
     /// Wraps an open file. Its size (for block devices: the device size) sets the geometry;
     /// a trailing partial block is not addressable.
-    pub fn from_file(mut file: File, writable: bool, block_size: u32, threads: usize) -> io::Result<FileDevice> {
+    pub fn from_file(
+        mut file: File,
+        writable: bool,
+        block_size: u32,
+        threads: usize,
+    ) -> io::Result<FileDevice> {
         let len = file.seek(SeekFrom::End(0))?;
-        let geo = Geometry { block_size, nr_blocks: len / u64::from(block_size) };
-        let inner = Arc::new(FileInner { file, geo, writable });
+        let geo = Geometry {
+            block_size,
+            nr_blocks: len / u64::from(block_size),
+        };
+        let inner = Arc::new(FileInner {
+            file,
+            geo,
+            writable,
+        });
         let (tx, rx) = unbounded::<Bio>();
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
@@ -63,7 +75,11 @@ impl FileDevice {
                     })?,
             );
         }
-        Ok(FileDevice { inner, tx: Some(tx), threads: handles })
+        Ok(FileDevice {
+            inner,
+            tx: Some(tx),
+            threads: handles,
+        })
     }
 }
 
@@ -78,14 +94,20 @@ impl Drop for FileDevice {
 
 impl FileInner {
     fn run(&self, mut bio: Bio) {
-        let status = bio.check_bounds(self.geo).and_then(|()| self.perform(&mut bio));
+        let status = bio
+            .check_bounds(self.geo)
+            .and_then(|()| self.perform(&mut bio));
         bio.complete(status);
     }
 
     fn perform(&self, bio: &mut Bio) -> Result<(), IoError> {
         let op = bio.op();
         let block = bio.start_block();
-        let os = |e: io::Error| IoError::Os { op, block, errno: e.raw_os_error().unwrap_or(5) };
+        let os = |e: io::Error| IoError::Os {
+            op,
+            block,
+            errno: e.raw_os_error().unwrap_or(5),
+        };
         let offset = block * u64::from(self.geo.block_size);
         match op {
             BioOp::Write => {
@@ -96,7 +118,11 @@ impl FileInner {
                 pwritev_all(&self.file, &slices, offset).map_err(os)
             }
             BioOp::Read => {
-                let mut slices: Vec<&mut [u8]> = bio.vecs_mut().iter_mut().filter_map(|v| v.bytes_mut()).collect();
+                let mut slices: Vec<&mut [u8]> = bio
+                    .vecs_mut()
+                    .iter_mut()
+                    .filter_map(|v| v.bytes_mut())
+                    .collect();
                 preadv_all(&self.file, &mut slices, offset).map_err(os)
             }
             BioOp::Flush => {
@@ -115,10 +141,18 @@ pub(crate) fn pwritev_all(file: &File, slices: &[&[u8]], mut offset: u64) -> io:
     let mut skip = 0; // bytes of slices[idx] already written
     while idx < slices.len() {
         let end = (idx + IOV_MAX).min(slices.len());
-        let iov: Vec<IoSlice<'_>> =
-            slices[idx..end].iter().enumerate().map(|(i, s)| IoSlice::new(if i == 0 { &s[skip..] } else { s })).collect();
+        let iov: Vec<IoSlice<'_>> = slices[idx..end]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| IoSlice::new(if i == 0 { &s[skip..] } else { s }))
+            .collect();
         let n = match rustix::io::pwritev(file, &iov, offset) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "pwritev wrote nothing",
+                ));
+            }
             Ok(n) => n,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
@@ -154,7 +188,11 @@ pub(crate) fn preadv_all(file: &File, slices: &mut [&mut [u8]], mut offset: u64)
         let n = {
             let mut iov: Vec<IoSliceMut<'_>> = Vec::with_capacity(end - idx);
             for (i, s) in slices[idx..end].iter_mut().enumerate() {
-                iov.push(IoSliceMut::new(if i == 0 { &mut s[skip..] } else { &mut s[..] }));
+                iov.push(IoSliceMut::new(if i == 0 {
+                    &mut s[skip..]
+                } else {
+                    &mut s[..]
+                }));
             }
             match rustix::io::preadv(file, &mut iov, offset) {
                 Ok(n) => n,

@@ -100,19 +100,30 @@ impl BioVec {
             BioBuf::Shared(b) => (**b).as_ref().len(),
             BioBuf::Owned(b) => b.len(),
         };
-        assert!(offset.checked_add(len).is_some_and(|end| end <= total), "bio segment out of its buffer");
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= total),
+            "bio segment out of its buffer"
+        );
         BioVec { buf, offset, len }
     }
 
     /// An owned, zero-filled segment of `len` bytes (for reads into a bounce buffer).
     pub fn zeroed(len: usize) -> BioVec {
-        BioVec { buf: BioBuf::Owned(vec![0u8; len].into_boxed_slice()), offset: 0, len }
+        BioVec {
+            buf: BioBuf::Owned(vec![0u8; len].into_boxed_slice()),
+            offset: 0,
+            len,
+        }
     }
 
     /// An owned segment holding `data` (for metadata writes).
     pub fn from_vec(data: Vec<u8>) -> BioVec {
         let len = data.len();
-        BioVec { buf: BioBuf::Owned(data.into_boxed_slice()), offset: 0, len }
+        BioVec {
+            buf: BioBuf::Owned(data.into_boxed_slice()),
+            offset: 0,
+            len,
+        }
     }
 
     /// Length of the segment in bytes.
@@ -140,7 +151,10 @@ impl BioVec {
             BioBuf::Owned(b) => b.len(),
         };
         let new_len = self.len + more;
-        assert!(self.offset + new_len <= total, "bio segment extended past its buffer");
+        assert!(
+            self.offset + new_len <= total,
+            "bio segment extended past its buffer"
+        );
         self.len = new_len;
     }
 
@@ -202,7 +216,13 @@ impl Bio {
     /// A new bio for `op` starting at device block `start_block`, with no segments and no end
     /// function.
     pub fn new(op: BioOp, start_block: u64) -> Bio {
-        Bio { op, start_block, vecs: Vec::new(), sync: false, end_io: None }
+        Bio {
+            op,
+            start_block,
+            vecs: Vec::new(),
+            sync: false,
+            end_io: None,
+        }
     }
 
     /// A flush bio.
@@ -221,7 +241,10 @@ impl Bio {
     }
 
     /// Builder form of [`Bio::set_end_io`].
-    pub fn with_end_io(mut self, end_io: impl FnOnce(Bio, Result<(), IoError>) + Send + 'static) -> Bio {
+    pub fn with_end_io(
+        mut self,
+        end_io: impl FnOnce(Bio, Result<(), IoError>) + Send + 'static,
+    ) -> Bio {
         self.end_io = Some(Box::new(end_io));
         self
     }
@@ -291,12 +314,20 @@ impl Bio {
         let bs = geo.block_size as usize;
         let len = self.len_bytes();
         if len % bs != 0 {
-            return Err(IoError::Misaligned { block: self.start_block, bytes: len, block_size: geo.block_size });
+            return Err(IoError::Misaligned {
+                block: self.start_block,
+                bytes: len,
+                block_size: geo.block_size,
+            });
         }
         let nr = (len / bs) as u64;
         match self.start_block.checked_add(nr) {
             Some(end) if end <= geo.nr_blocks => Ok(()),
-            _ => Err(IoError::OutOfRange { block: self.start_block, count: nr, nr_blocks: geo.nr_blocks }),
+            _ => Err(IoError::OutOfRange {
+                block: self.start_block,
+                count: nr,
+                nr_blocks: geo.nr_blocks,
+            }),
         }
     }
 }
@@ -340,7 +371,9 @@ pub enum IoError {
         block: u64,
     },
     /// The bio reaches past the end of the device.
-    #[error("IO of {count} blocks at device block {block} is outside the device ({nr_blocks} blocks)")]
+    #[error(
+        "IO of {count} blocks at device block {block} is outside the device ({nr_blocks} blocks)"
+    )]
     OutOfRange {
         /// First device block of the bio.
         block: u64,
@@ -350,7 +383,9 @@ pub enum IoError {
         nr_blocks: u64,
     },
     /// The bio is not a whole number of device blocks.
-    #[error("IO of {bytes} bytes at device block {block} is not a multiple of the block size {block_size}")]
+    #[error(
+        "IO of {bytes} bytes at device block {block} is not a multiple of the block size {block_size}"
+    )]
     Misaligned {
         /// First device block of the bio.
         block: u64,
@@ -374,7 +409,7 @@ impl IoError {
             IoError::Os { errno, .. } => *errno,
             IoError::Injected { .. } | IoError::Shutdown => libc_eio(),
             IoError::OutOfRange { .. } | IoError::Misaligned { .. } => 22, // EINVAL
-            IoError::ReadOnly => 30,                                      // EROFS
+            IoError::ReadOnly => 30,                                       // EROFS
         }
     }
 }
@@ -514,7 +549,10 @@ mod tests {
         let shared: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(vec![7u8; 4096]);
         let mut v = BioVec::new(BioBuf::Shared(shared), 1024, 1024);
         assert_eq!(v.bytes().len(), 1024);
-        assert!(v.bytes_mut().is_none(), "shared memory must not be handed out for writing");
+        assert!(
+            v.bytes_mut().is_none(),
+            "shared memory must not be handed out for writing"
+        );
         v.extend(1024);
         assert_eq!(v.len(), 2048);
     }
@@ -528,15 +566,28 @@ mod tests {
 
     #[test]
     fn bounds_are_checked_in_device_blocks() {
-        let geo = Geometry { block_size: 512, nr_blocks: 8 };
+        let geo = Geometry {
+            block_size: 512,
+            nr_blocks: 8,
+        };
         let mut bio = Bio::new(BioOp::Write, 6);
         bio.push(BioVec::zeroed(1024));
         assert!(bio.check_bounds(geo).is_ok());
         let mut bio = Bio::new(BioOp::Write, 7);
         bio.push(BioVec::zeroed(1024));
-        assert!(matches!(bio.check_bounds(geo), Err(IoError::OutOfRange { block: 7, count: 2, nr_blocks: 8 })));
+        assert!(matches!(
+            bio.check_bounds(geo),
+            Err(IoError::OutOfRange {
+                block: 7,
+                count: 2,
+                nr_blocks: 8
+            })
+        ));
         let mut bio = Bio::new(BioOp::Write, 0);
         bio.push(BioVec::zeroed(100));
-        assert!(matches!(bio.check_bounds(geo), Err(IoError::Misaligned { .. })));
+        assert!(matches!(
+            bio.check_bounds(geo),
+            Err(IoError::Misaligned { .. })
+        ));
     }
 }

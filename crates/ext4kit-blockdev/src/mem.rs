@@ -28,15 +28,29 @@ struct MemInner {
 impl MemDevice {
     /// A zero-filled device of `nr_blocks` blocks of `block_size` bytes, completing inline.
     pub fn new(block_size: u32, nr_blocks: u64) -> MemDevice {
-        let len = usize::try_from(nr_blocks * u64::from(block_size)).expect("memory device too large");
+        let len =
+            usize::try_from(nr_blocks * u64::from(block_size)).expect("memory device too large");
         MemDevice::from_image(block_size, vec![0u8; len])
     }
 
     /// A device over an existing image (its length must be a multiple of `block_size`).
     pub fn from_image(block_size: u32, image: Vec<u8>) -> MemDevice {
-        assert_eq!(image.len() % block_size as usize, 0, "image is not a whole number of blocks");
-        let geo = Geometry { block_size, nr_blocks: (image.len() / block_size as usize) as u64 };
-        MemDevice { inner: Arc::new(MemInner { geo, image: RwLock::new(image) }), tx: None }
+        assert_eq!(
+            image.len() % block_size as usize,
+            0,
+            "image is not a whole number of blocks"
+        );
+        let geo = Geometry {
+            block_size,
+            nr_blocks: (image.len() / block_size as usize) as u64,
+        };
+        MemDevice {
+            inner: Arc::new(MemInner {
+                geo,
+                image: RwLock::new(image),
+            }),
+            tx: None,
+        }
     }
 
     /// The same device, but completing every bio on a device thread.
@@ -51,7 +65,10 @@ impl MemDevice {
                 }
             })
             .expect("spawn memdev thread");
-        MemDevice { inner: self.inner, tx: Some(tx) }
+        MemDevice {
+            inner: self.inner,
+            tx: Some(tx),
+        }
     }
 
     /// A copy of the whole contents.

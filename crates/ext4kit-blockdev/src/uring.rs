@@ -80,7 +80,10 @@ pub fn open_file_device(
     match UringDevice::open(path, writable, block_size) {
         Ok(dev) => Ok((Arc::new(dev), None)),
         Err(OpenError::Io(e)) => Err(e),
-        Err(OpenError::Uring(why)) => Ok((Arc::new(FileDevice::open(path, writable, block_size)?), Some(why))),
+        Err(OpenError::Uring(why)) => Ok((
+            Arc::new(FileDevice::open(path, writable, block_size)?),
+            Some(why),
+        )),
     }
 }
 
@@ -114,27 +117,43 @@ pub struct UringDevice {
 
 impl fmt::Debug for UringDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UringDevice").field("geo", &self.geo).finish_non_exhaustive()
+        f.debug_struct("UringDevice")
+            .field("geo", &self.geo)
+            .finish_non_exhaustive()
     }
 }
 
 impl UringDevice {
     /// Opens `path` as an io_uring device.
     pub fn open(path: &Path, writable: bool, block_size: u32) -> Result<UringDevice, OpenError> {
-        let file = OpenOptions::new().read(true).write(writable).open(path).map_err(OpenError::Io)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)
+            .map_err(OpenError::Io)?;
         UringDevice::from_file(file, writable, block_size)
     }
 
     /// Probes io_uring and wraps `file`.
-    pub fn from_file(mut file: File, writable: bool, block_size: u32) -> Result<UringDevice, OpenError> {
+    pub fn from_file(
+        mut file: File,
+        writable: bool,
+        block_size: u32,
+    ) -> Result<UringDevice, OpenError> {
         if std::env::var_os("EXT4KIT_NO_URING").is_some_and(|v| !v.is_empty() && v != "0") {
             return Err(OpenError::Uring(UringUnavailable::DisabledByEnv));
         }
         let ring = probe_ring().map_err(OpenError::Uring)?;
         let len = file.seek(SeekFrom::End(0)).map_err(OpenError::Io)?;
-        let geo = Geometry { block_size, nr_blocks: len / u64::from(block_size) };
-        let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK)
-            .map_err(|e| OpenError::Io(e.into()))?;
+        let geo = Geometry {
+            block_size,
+            nr_blocks: len / u64::from(block_size),
+        };
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| OpenError::Io(e.into()))?;
         let wake = Arc::new(wake);
         let (tx, rx) = unbounded::<Bio>();
         let ring_wake = Arc::clone(&wake);
@@ -142,7 +161,12 @@ impl UringDevice {
             .name("uring-io".into())
             .spawn(move || RingThread::new(ring, file, rx, ring_wake, geo, writable).run())
             .map_err(OpenError::Io)?;
-        Ok(UringDevice { geo, tx: Some(tx), wake, thread: Some(thread) })
+        Ok(UringDevice {
+            geo,
+            tx: Some(tx),
+            wake,
+            thread: Some(thread),
+        })
     }
 
     fn kick(&self) {
@@ -155,12 +179,16 @@ fn probe_ring() -> Result<IoUring, UringUnavailable> {
     let ring = IoUring::new(QUEUE_DEPTH).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOSYS) => UringUnavailable::NotSupported,
         Some(libc::EPERM) => UringUnavailable::NotPermitted {
-            sysctl: std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok().map(|s| s.trim().to_string()),
+            sysctl: std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .ok()
+                .map(|s| s.trim().to_string()),
         },
         _ => UringUnavailable::Setup(e),
     })?;
     let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(UringUnavailable::Setup)?;
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(UringUnavailable::Setup)?;
     for (code, name) in [
         (opcode::Readv::CODE, "READV"),
         (opcode::Writev::CODE, "WRITEV"),
@@ -236,7 +264,14 @@ struct RingThread {
 }
 
 impl RingThread {
-    fn new(ring: IoUring, file: File, rx: Receiver<Bio>, wake: Arc<OwnedFd>, geo: Geometry, writable: bool) -> Self {
+    fn new(
+        ring: IoUring,
+        file: File,
+        rx: Receiver<Bio>,
+        wake: Arc<OwnedFd>,
+        geo: Geometry,
+        writable: bool,
+    ) -> Self {
         RingThread {
             ring,
             file,
@@ -256,7 +291,9 @@ impl RingThread {
     fn run(mut self) {
         loop {
             if !self.poll_armed && !self.closed {
-                let e = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32).build().user_data(WAKE);
+                let e = opcode::PollAdd::new(types::Fd(self.wake.as_raw_fd()), libc::POLLIN as u32)
+                    .build()
+                    .user_data(WAKE);
                 self.push(e);
                 self.poll_armed = true;
             }
@@ -281,7 +318,11 @@ impl RingThread {
             }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                    ) => {}
                 Err(e) => {
                     // The ring itself failed: fail everything we hold and stop.
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
@@ -337,10 +378,17 @@ impl RingThread {
             return;
         }
         let segs: Vec<(usize, usize)> = match bio.op() {
-            BioOp::Write => bio.vecs().iter().map(|v| (v.bytes().as_ptr() as usize, v.len())).collect(),
-            BioOp::Read => {
-                bio.vecs_mut().iter_mut().filter_map(|v| v.bytes_mut()).map(|b| (b.as_mut_ptr() as usize, b.len())).collect()
-            }
+            BioOp::Write => bio
+                .vecs()
+                .iter()
+                .map(|v| (v.bytes().as_ptr() as usize, v.len()))
+                .collect(),
+            BioOp::Read => bio
+                .vecs_mut()
+                .iter_mut()
+                .filter_map(|v| v.bytes_mut())
+                .map(|b| (b.as_mut_ptr() as usize, b.len()))
+                .collect(),
             BioOp::Flush => Vec::new(),
         };
         let total = segs.iter().map(|s| s.1).sum();
@@ -351,7 +399,13 @@ impl RingThread {
                 self.slots.len() - 1
             }
         };
-        self.slots[slot] = Some(InFlight { bio, segs, iov: Vec::new(), done: 0, total });
+        self.slots[slot] = Some(InFlight {
+            bio,
+            segs,
+            iov: Vec::new(),
+            done: 0,
+            total,
+        });
         self.inflight += 1;
         self.issue(slot);
     }
@@ -360,9 +414,13 @@ impl RingThread {
     fn issue(&mut self, slot: usize) {
         let fd = types::Fd(self.file.as_raw_fd());
         let bs = u64::from(self.geo.block_size);
-        let Some(f) = self.slots[slot].as_mut() else { return };
+        let Some(f) = self.slots[slot].as_mut() else {
+            return;
+        };
         let entry = match f.bio.op() {
-            BioOp::Flush => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
+            BioOp::Flush => opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build(),
             op => {
                 // Rebuild the iovecs from the first byte not yet done.
                 f.iov.clear();
@@ -372,7 +430,10 @@ impl RingThread {
                         skip -= len;
                         continue;
                     }
-                    f.iov.push(libc::iovec { iov_base: (addr + skip) as *mut libc::c_void, iov_len: len - skip });
+                    f.iov.push(libc::iovec {
+                        iov_base: (addr + skip) as *mut libc::c_void,
+                        iov_len: len - skip,
+                    });
                     skip = 0;
                     if f.iov.len() == IOV_MAX {
                         break;
@@ -391,7 +452,11 @@ impl RingThread {
     }
 
     fn reap(&mut self) {
-        let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let done: Vec<(u64, i32)> = self
+            .ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (ud, res) in done {
             if ud == WAKE {
                 self.poll_armed = false;
@@ -400,13 +465,19 @@ impl RingThread {
                 continue;
             }
             let slot = ud as usize;
-            let Some(f) = self.slots[slot].as_mut() else { continue };
+            let Some(f) = self.slots[slot].as_mut() else {
+                continue;
+            };
             let op = f.bio.op();
             let status = if res == -libc::EINTR || res == -libc::EAGAIN {
                 self.issue(slot);
                 continue;
             } else if res < 0 {
-                Err(IoError::Os { op, block: f.bio.start_block(), errno: -res })
+                Err(IoError::Os {
+                    op,
+                    block: f.bio.start_block(),
+                    errno: -res,
+                })
             } else if op == BioOp::Flush {
                 Ok(())
             } else if res == 0 {
@@ -415,7 +486,11 @@ impl RingThread {
                     zero_rest(f);
                     Ok(())
                 } else {
-                    Err(IoError::Os { op, block: f.bio.start_block(), errno: libc::EIO })
+                    Err(IoError::Os {
+                        op,
+                        block: f.bio.start_block(),
+                        errno: libc::EIO,
+                    })
                 }
             } else {
                 f.done += res as usize;
@@ -425,7 +500,9 @@ impl RingThread {
                 }
                 Ok(())
             };
-            let Some(f) = self.slots[slot].take() else { continue };
+            let Some(f) = self.slots[slot].take() else {
+                continue;
+            };
             self.free.push(slot);
             self.inflight -= 1;
             f.bio.complete(status);

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use ext4kit_blockdev::{
-    Bio, BioBuf, BioOp, BioVec, BlockDevice, BlockDeviceExt, Completion, FileDevice, UringDevice, open_file_device,
+    Bio, BioBuf, BioOp, BioVec, BlockDevice, BlockDeviceExt, Completion, FileDevice, UringDevice,
+    open_file_device,
 };
 
 fn image(len: u64) -> tempfile::NamedTempFile {
@@ -15,7 +16,8 @@ fn image(len: u64) -> tempfile::NamedTempFile {
 }
 
 fn devices(path: &std::path::Path) -> Vec<Arc<dyn BlockDevice>> {
-    let mut v: Vec<Arc<dyn BlockDevice>> = vec![Arc::new(FileDevice::open(path, true, 512).unwrap())];
+    let mut v: Vec<Arc<dyn BlockDevice>> =
+        vec![Arc::new(FileDevice::open(path, true, 512).unwrap())];
     match UringDevice::open(path, true, 512) {
         Ok(d) => v.push(Arc::new(d)),
         Err(e) => {
@@ -59,12 +61,20 @@ fn completions_run_on_device_threads_and_data_round_trips() {
         for c in waits {
             assert!(c.wait().1.is_ok());
         }
-        assert!(seen.lock().unwrap().iter().all(|t| *t != me), "{}: completion ran on the submitter", dev.kind());
+        assert!(
+            seen.lock().unwrap().iter().all(|t| *t != me),
+            "{}: completion ran on the submitter",
+            dev.kind()
+        );
         dev.flush().unwrap();
         for i in 0..64u64 {
             let mut buf = vec![0u8; 12288];
             dev.read_blocks(i * 24, &mut buf).unwrap();
-            assert!(buf[..4096].iter().all(|&b| b == (i as u8) ^ 0x5a), "{}", dev.kind());
+            assert!(
+                buf[..4096].iter().all(|&b| b == (i as u8) ^ 0x5a),
+                "{}",
+                dev.kind()
+            );
             assert!(buf[4096..8192].iter().all(|&b| b == i as u8));
             assert!(buf[8192..].iter().all(|&b| b == !(i as u8)));
         }
@@ -87,7 +97,11 @@ fn more_segments_than_iov_max_are_written_whole() {
         let (read, st) = dev.submit_and_wait(read);
         st.unwrap();
         for (i, v) in read.vecs().iter().enumerate() {
-            assert!(v.bytes().iter().all(|&b| b == (i % 251) as u8), "{}: segment {i}", dev.kind());
+            assert!(
+                v.bytes().iter().all(|&b| b == (i % 251) as u8),
+                "{}: segment {i}",
+                dev.kind()
+            );
         }
     }
 }
@@ -100,7 +114,10 @@ fn out_of_range_and_read_only_fail_through_the_end_function() {
         assert!(err.to_string().contains("outside the device"), "{err}");
     }
     let ro = FileDevice::open(img.path(), false, 512).unwrap();
-    assert!(matches!(ro.write_blocks(0, &[0u8; 512]), Err(ext4kit_blockdev::IoError::ReadOnly)));
+    assert!(matches!(
+        ro.write_blocks(0, &[0u8; 512]),
+        Err(ext4kit_blockdev::IoError::ReadOnly)
+    ));
 }
 
 #[test]

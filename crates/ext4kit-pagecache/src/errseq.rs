@@ -30,7 +30,10 @@ impl ErrSeq {
             if new == old {
                 return;
             }
-            match self.0.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .0
+                .compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return,
                 Err(cur) => old = cur,
             }
@@ -53,7 +56,9 @@ impl ErrSeq {
         if new != old {
             // If a newer error races in, the swap fails and the cursor stays behind it, so the
             // next check reports the newer error.
-            let _ = self.0.compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire);
+            let _ = self
+                .0
+                .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire);
         }
         *cursor = new;
         let errno = (new & ERRNO_MASK) as i32;

@@ -64,7 +64,11 @@ pub struct IoEnd {
 impl IoEnd {
     pub(crate) fn new(m: &Arc<MappingInner>) -> Arc<IoEnd> {
         m.cache.io_ends.fetch_add(1, Ordering::Relaxed);
-        Arc::new(IoEnd { flags: AtomicU32::new(0), mapping: Arc::clone(m), lists: Mutex::new(IoEndLists::default()) })
+        Arc::new(IoEnd {
+            flags: AtomicU32::new(0),
+            mapping: Arc::clone(m),
+            lists: Mutex::new(IoEndLists::default()),
+        })
     }
 
     pub(crate) fn mapping(&self) -> &Arc<MappingInner> {
@@ -108,7 +112,9 @@ impl Drop for IoEnd {
         // leave pages under writeback forever.
         let lists = std::mem::take(self.lists.get_mut());
         if lists.completed.is_some() {
-            self.mapping.cache.violation("io_end dropped with unfinished bios");
+            self.mapping
+                .cache
+                .violation("io_end dropped with unfinished bios");
             finish_chain(&self.mapping, lists.completed);
         }
     }
@@ -131,13 +137,22 @@ pub(crate) fn end_bio(
     // Release the bio's hold on the pages' bytes before anything can end their writeback.
     drop(bio);
     let m = Arc::clone(&io_end.mapping);
-    m.cache.emit(|| Event::BioComplete { ino: m.ino, pblk, nr_blocks, ok: status.is_ok() });
+    m.cache.emit(|| Event::BioComplete {
+        ino: m.ino,
+        pblk,
+        nr_blocks,
+        ok: status.is_ok(),
+    });
     let failed = status.is_err();
     if let Err(e) = &status {
         io_end.flags.fetch_or(IO_END_FAILED, Ordering::AcqRel);
         m.set_error(e.errno());
     }
-    let done = Box::new(CompletedBio { segs, failed, next: None });
+    let done = Box::new(CompletedBio {
+        segs,
+        failed,
+        next: None,
+    });
     if io_end.defer_completion() {
         io_end.chain(done);
         put_io_end_defer(io_end);
@@ -180,13 +195,21 @@ pub(crate) fn end_io_end(io_end: IoEnd, inline: bool) {
     if !ranges.is_empty() {
         if io_end.failed() {
             // Never expose the old contents of blocks whose data did not reach the disk.
-            m.cache.emit(|| Event::ConversionSkipped { ino: m.ino, ranges: ranges.clone() });
+            m.cache.emit(|| Event::ConversionSkipped {
+                ino: m.ino,
+                ranges: ranges.clone(),
+            });
         } else {
             let r = m.cache.mapper.convert_unwritten(m.ino, &ranges);
             if let Err(e) = &r {
                 m.set_error(e.errno());
             }
-            m.cache.emit(|| Event::Convert { ino: m.ino, ranges, ok: r.is_ok(), inline });
+            m.cache.emit(|| Event::Convert {
+                ino: m.ino,
+                ranges,
+                ok: r.is_ok(),
+                inline,
+            });
         }
     }
     release_io_end(io_end);
@@ -225,7 +248,10 @@ fn finish_bio(m: &Arc<MappingInner>, done: CompletedBio) {
                 s.remove(BlockState::WRITE_IO_ERROR);
             }
         }
-        let under_io = st.blocks.iter().any(|s| s.contains(BlockState::ASYNC_WRITE));
+        let under_io = st
+            .blocks
+            .iter()
+            .any(|s| s.contains(BlockState::ASYNC_WRITE));
         if !under_io {
             end_page_writeback_locked(m, &page, st);
         }
@@ -238,7 +264,11 @@ pub(crate) fn end_page_writeback(m: &Arc<MappingInner>, page: &Arc<Page>) {
     end_page_writeback_locked(m, page, st);
 }
 
-fn end_page_writeback_locked(m: &Arc<MappingInner>, page: &Page, mut st: MutexGuard<'_, PageState>) {
+fn end_page_writeback_locked(
+    m: &Arc<MappingInner>,
+    page: &Page,
+    mut st: MutexGuard<'_, PageState>,
+) {
     if !st.flags.contains(PageFlags::WRITEBACK) {
         drop(st);
         m.cache.violation("writeback ended twice");
@@ -248,7 +278,10 @@ fn end_page_writeback_locked(m: &Arc<MappingInner>, page: &Page, mut st: MutexGu
     st.wb_ended += 1;
     drop(st);
     page.wait.notify_all();
-    m.cache.emit(|| Event::WritebackEnd { ino: m.ino, index: page.index() });
+    m.cache.emit(|| Event::WritebackEnd {
+        ino: m.ino,
+        index: page.index(),
+    });
     // Last touch of the mapping: a whole-file waiter may go on (and drop the file) after this.
     m.writeback_ended();
 }

@@ -63,8 +63,8 @@ pub use page::{INVALID_PBLK, PageSnapshot};
 pub use state::{BlockState, PageFlags};
 pub use writeback::{SyncMode, WritebackControl};
 
-pub use ioend::io_end_size;
 use ioend::IoEnd;
+pub use ioend::io_end_size;
 use mapping::MappingInner;
 
 /// The longest extent writeback maps at once, in blocks (`MAX_WRITEPAGES_EXTENT_LEN`).
@@ -90,7 +90,13 @@ pub struct Config {
 impl Config {
     /// A configuration with defaults for everything but the geometry.
     pub fn new(page_size: usize, block_size: usize) -> Config {
-        Config { page_size, block_size, max_bio_bytes: 1 << 20, alloc_unwritten: false, dirty_limit_bytes: None }
+        Config {
+            page_size,
+            block_size,
+            max_bio_bytes: 1 << 20,
+            alloc_unwritten: false,
+            dirty_limit_bytes: None,
+        }
     }
 
     /// Blocks per page.
@@ -260,7 +266,10 @@ pub(crate) struct Shared {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PageCache").field("cfg", &self.cfg).field("dev", &self.dev.kind()).finish_non_exhaustive()
+        f.debug_struct("PageCache")
+            .field("cfg", &self.cfg)
+            .field("dev", &self.dev.kind())
+            .finish_non_exhaustive()
     }
 }
 
@@ -312,7 +321,11 @@ pub struct PageCache {
 
 impl PageCache {
     /// A cache over `dev`, asking `mapper` for block mappings.
-    pub fn new(cfg: Config, dev: Arc<dyn BlockDevice>, mapper: Arc<dyn BlockMapper>) -> Result<PageCache, Error> {
+    pub fn new(
+        cfg: Config,
+        dev: Arc<dyn BlockDevice>,
+        mapper: Arc<dyn BlockMapper>,
+    ) -> Result<PageCache, Error> {
         PageCache::with_observer(cfg, dev, mapper, None)
     }
 
@@ -376,7 +389,12 @@ impl PageCache {
         if let Some(m) = maps.get(&ino).and_then(Weak::upgrade) {
             return Mapping::from_inner(m);
         }
-        let inner = Arc::new(MappingInner::new(ino, Arc::clone(&self.shared), i_size, disksize));
+        let inner = Arc::new(MappingInner::new(
+            ino,
+            Arc::clone(&self.shared),
+            i_size,
+            disksize,
+        ));
         maps.insert(ino, Arc::downgrade(&inner));
         if maps.len() > 64 && maps.len().is_power_of_two() {
             maps.retain(|_, w| w.strong_count() > 0);
@@ -386,7 +404,13 @@ impl PageCache {
 
     /// Writes back every cached file (sync mode) and waits for it; returns the first error.
     pub fn sync_all(&self) -> Result<(), Error> {
-        let maps: Vec<Arc<MappingInner>> = self.shared.mappings.lock().values().filter_map(Weak::upgrade).collect();
+        let maps: Vec<Arc<MappingInner>> = self
+            .shared
+            .mappings
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
         let mut first = Ok(());
         for m in maps {
             let m = Mapping::from_inner(m);

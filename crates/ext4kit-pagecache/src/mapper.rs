@@ -103,8 +103,8 @@ impl MapError {
     /// The errno this error maps to.
     pub fn errno(&self) -> i32 {
         match self {
-            MapError::NoSpace => 28,    // ENOSPC
-            MapError::Io(_) => 5,       // EIO
+            MapError::NoSpace => 28,     // ENOSPC
+            MapError::Io(_) => 5,        // EIO
             MapError::Corrupt(_) => 117, // EUCLEAN
             MapError::Other { errno, .. } => *errno,
         }
@@ -124,7 +124,13 @@ pub trait BlockMapper: Send + Sync + fmt::Debug {
     /// With it, allocates holes and returns the extent now covering `lblk`; it may map fewer
     /// blocks than asked. An existing unwritten extent is returned as
     /// [`ExtentKind::Unwritten`]; the engine converts it after the data IO succeeded.
-    fn map_blocks(&self, ino: u64, lblk: u64, len: u64, flags: MapFlags) -> Result<Extent, MapError>;
+    fn map_blocks(
+        &self,
+        ino: u64,
+        lblk: u64,
+        len: u64,
+        flags: MapFlags,
+    ) -> Result<Extent, MapError>;
 
     /// Converts `ranges` from unwritten to written: called after every bio of the io_end
     /// completed without error, before the pages' writeback ends.

@@ -57,7 +57,11 @@ impl MappingInner {
         MappingInner {
             ino,
             cache,
-            tree: Mutex::new(Tree { pages: BTreeMap::new(), dirty: BTreeSet::new(), towrite: BTreeSet::new() }),
+            tree: Mutex::new(Tree {
+                pages: BTreeMap::new(),
+                dirty: BTreeSet::new(),
+                towrite: BTreeSet::new(),
+            }),
             i_size: AtomicU64::new(i_size),
             disksize: Mutex::new(disksize),
             wb_err: ErrSeq::default(),
@@ -105,7 +109,11 @@ impl MappingInner {
     fn grab_page(&self, index: u64) -> Arc<Page> {
         let mut tree = self.tree.lock();
         let cfg = &self.cache.cfg;
-        Arc::clone(tree.pages.entry(index).or_insert_with(|| Arc::new(Page::new(index, cfg.page_size, self.cache.bpp))))
+        Arc::clone(
+            tree.pages
+                .entry(index)
+                .or_insert_with(|| Arc::new(Page::new(index, cfg.page_size, self.cache.bpp))),
+        )
     }
 
     fn find_page(&self, index: u64) -> Option<Arc<Page>> {
@@ -157,12 +165,20 @@ impl MappingInner {
     /// Looks up blocks `from..to` of a locked page that have no mapping yet. Holes and
     /// unwritten blocks stay unmapped for reads (`for_write == false`); for writes, holes
     /// become delayed (reserved) and unwritten blocks become MAPPED|NEW|UNWRITTEN.
-    fn map_page_blocks(&self, page: &Page, from: usize, to: usize, for_write: bool) -> Result<(), Error> {
+    fn map_page_blocks(
+        &self,
+        page: &Page,
+        from: usize,
+        to: usize,
+        for_write: bool,
+    ) -> Result<(), Error> {
         let bpp = self.cache.bpp as u64;
         let base = page.index() * bpp;
         let todo: Vec<usize> = {
             let st = page.state.lock();
-            (from..to).filter(|&b| !st.blocks[b].contains(BlockState::MAPPED)).collect()
+            (from..to)
+                .filter(|&b| !st.blocks[b].contains(BlockState::MAPPED))
+                .collect()
         };
         let mut i = 0;
         while i < todo.len() {
@@ -176,7 +192,12 @@ impl MappingInner {
             let mut b = start;
             while b < end {
                 let lblk = base + b as u64;
-                let ext = self.cache.mapper.map_blocks(self.ino, lblk, (end - b) as u64, MapFlags::LOOKUP)?;
+                let ext = self.cache.mapper.map_blocks(
+                    self.ino,
+                    lblk,
+                    (end - b) as u64,
+                    MapFlags::LOOKUP,
+                )?;
                 if ext.lblk > lblk || ext.lblk + ext.len <= lblk {
                     return Err(Error::Map(crate::MapError::Corrupt(format!(
                         "inode {}: lookup of block {lblk} returned blocks {}..{}",
@@ -193,14 +214,17 @@ impl MappingInner {
                         self.reserved.fetch_add(n as u64, Ordering::Relaxed);
                         let mut st = page.state.lock();
                         for k in b..b + n {
-                            st.blocks[k].insert(BlockState::MAPPED | BlockState::NEW | BlockState::DELAY);
+                            st.blocks[k]
+                                .insert(BlockState::MAPPED | BlockState::NEW | BlockState::DELAY);
                             st.pblk[k] = INVALID_PBLK;
                         }
                     }
                     (ExtentKind::Unwritten, true) => {
                         let mut st = page.state.lock();
                         for k in b..b + n {
-                            st.blocks[k].insert(BlockState::MAPPED | BlockState::NEW | BlockState::UNWRITTEN);
+                            st.blocks[k].insert(
+                                BlockState::MAPPED | BlockState::NEW | BlockState::UNWRITTEN,
+                            );
                             st.pblk[k] = ext.pblk + off + (k - b) as u64;
                         }
                     }
@@ -257,7 +281,9 @@ impl MappingInner {
                 if s.contains(BlockState::UPTODATE) {
                     continue;
                 }
-                if s.intersects(BlockState::DELAY | BlockState::UNWRITTEN) || st.pblk[b] == INVALID_PBLK {
+                if s.intersects(BlockState::DELAY | BlockState::UNWRITTEN)
+                    || st.pblk[b] == INVALID_PBLK
+                {
                     data[b * bs..(b + 1) * bs].fill(0);
                     continue;
                 }
@@ -350,7 +376,10 @@ impl Mapping {
 
     /// A new open file description, sampling the error sequence now.
     pub fn open(&self) -> FileHandle {
-        FileHandle { mapping: self.clone(), cursor: Mutex::new(self.inner.wb_err.sample()) }
+        FileHandle {
+            mapping: self.clone(),
+            cursor: Mutex::new(self.inner.wb_err.sample()),
+        }
     }
 
     /// Pages cached.
@@ -405,7 +434,12 @@ impl Mapping {
             page.wait_writeback_locked(&mut st);
         }
         match self.prepare_write(&page, from, to) {
-            Ok(data) => Ok(WriteGuard { page, data, from, to }),
+            Ok(data) => Ok(WriteGuard {
+                page,
+                data,
+                from,
+                to,
+            }),
             Err(e) => {
                 page.unlock();
                 Err(e)
@@ -463,10 +497,19 @@ impl Mapping {
     /// in the range become UPTODATE|DIRTY, NEW is cleared on the page, the page is dirtied and
     /// i_size grows (under the page lock) if the write ends past it. Returns `copied`.
     pub fn write_end(&self, guard: WriteGuard, copied: usize) -> Result<usize, Error> {
-        let WriteGuard { page, data, from, to } = guard;
+        let WriteGuard {
+            page,
+            data,
+            from,
+            to,
+        } = guard;
         drop(data);
         let bs = self.inner.cache.cfg.block_size;
-        let to = if copied < to - from { from + copied } else { to };
+        let to = if copied < to - from {
+            from + copied
+        } else {
+            to
+        };
         let (b0, b1) = (from / bs, to.div_ceil(bs));
         let new_end = page.index() * self.inner.page_size() + to as u64;
         let mut update_disksize = false;
@@ -487,7 +530,8 @@ impl Mapping {
                 // the on-disk size for it, so do it now.
                 let last = (to - 1) / bs;
                 let s = st.blocks[last];
-                update_disksize = s.contains(BlockState::MAPPED) && !s.intersects(BlockState::DELAY | BlockState::UNWRITTEN);
+                update_disksize = s.contains(BlockState::MAPPED)
+                    && !s.intersects(BlockState::DELAY | BlockState::UNWRITTEN);
             }
         }
         if b1 > b0 {
@@ -505,6 +549,9 @@ impl Mapping {
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, Error> {
         let _inode = self.inner.inode_lock.lock();
         let ps = self.inner.page_size();
+        if !data.is_empty() {
+            self.zero_before_extension(offset)?;
+        }
         let mut done = 0usize;
         while done < data.len() {
             let pos = offset + done as u64;
@@ -535,7 +582,10 @@ impl Mapping {
         let ps = self.inner.page_size();
         let index = pos / ps;
         let from = (pos % ps) as usize;
-        assert!(from + bytes.len() <= ps as usize, "mmap_write range crosses a page");
+        assert!(
+            from + bytes.len() <= ps as usize,
+            "mmap_write range crosses a page"
+        );
         let page = self.inner.grab_page(index);
         {
             let mut st = page.lock();
@@ -623,7 +673,10 @@ impl Mapping {
                 let st = page.state.lock();
                 !st.flags.contains(PageFlags::WRITEBACK)
                     && !st.flags.contains(PageFlags::DIRTY)
-                    && !st.blocks.iter().any(|b| b.intersects(BlockState::DIRTY | BlockState::DELAY))
+                    && !st
+                        .blocks
+                        .iter()
+                        .any(|b| b.intersects(BlockState::DIRTY | BlockState::DELAY))
             };
             if clean {
                 let mut tree = self.inner.tree.lock();
@@ -653,7 +706,14 @@ impl Mapping {
             self.inner.i_size.store(new_size, Ordering::Release);
             // Whole pages past the new EOF.
             let first_gone = new_size.div_ceil(ps);
-            let gone: Vec<Arc<Page>> = self.inner.tree.lock().pages.range(first_gone..).map(|(_, p)| Arc::clone(p)).collect();
+            let gone: Vec<Arc<Page>> = self
+                .inner
+                .tree
+                .lock()
+                .pages
+                .range(first_gone..)
+                .map(|(_, p)| Arc::clone(p))
+                .collect();
             let mut released = 0u64;
             for page in gone {
                 let mut st = page.lock();
@@ -673,84 +733,100 @@ impl Mapping {
                 }
                 page.unlock();
             }
-            // The page holding the new EOF.
+            // The page holding the new EOF: zero past it (ext4_block_truncate_page).
             if new_size % ps != 0 {
-                if let Some(page) = self.inner.find_page(new_size / ps) {
-                    let mut st = page.lock();
-                    page.wait_writeback_locked(&mut st);
-                    drop(st);
-                    let from = (new_size % ps) as usize;
-                    page.data.write()[from..].fill(0);
-                    let mut st = page.state.lock();
-                    let first_past = (from as u64).div_ceil(bs) as usize;
-                    for s in st.blocks[first_past..].iter_mut() {
-                        if s.contains(BlockState::DELAY) {
-                            released += 1;
-                        }
-                        // Discarded: unmapped, clean, zero (block_invalidate_folio).
-                        *s = BlockState::UPTODATE;
-                    }
-                    let eof_block = from / bs as usize;
-                    let mut dirty = false;
-                    if from % bs as usize != 0 && st.blocks[eof_block].contains(BlockState::MAPPED) {
-                        // ext4_block_truncate_page: the zeroed tail must reach the disk.
-                        st.blocks[eof_block].insert(BlockState::DIRTY | BlockState::UPTODATE);
-                        dirty = true;
-                    }
-                    for s in st.pblk[first_past..].iter_mut() {
-                        *s = INVALID_PBLK;
-                    }
-                    drop(st);
-                    if dirty {
-                        self.inner.set_page_dirty(&page);
-                    }
-                    page.unlock();
-                }
+                released += self.zero_eof_block(new_size, ps as usize, true)?;
             }
             if released > 0 {
                 self.inner.cache.mapper.release(self.inner.ino, released);
                 self.inner.reserved.fetch_sub(released, Ordering::Relaxed);
             }
-            self.inner.cache.mapper.truncate(self.inner.ino, new_size.div_ceil(bs), new_size)?;
+            self.inner
+                .cache
+                .mapper
+                .truncate(self.inner.ino, new_size.div_ceil(bs), new_size)?;
             let mut ds = self.inner.disksize.lock();
             *ds = (*ds).min(new_size);
         } else if new_size > old {
-            // Bytes between the old EOF and the end of its block may hold garbage from an mmap
-            // store; they become file data now and must read as zeros, on disk too.
-            if old % bs != 0 {
-                if let Some(page) = self.inner.find_page(old / ps) {
-                    let mut st = page.lock();
-                    page.wait_writeback_locked(&mut st);
-                    drop(st);
-                    let from = (old % ps) as usize;
-                    let block_end = (from as u64).div_ceil(bs) as usize * bs as usize;
-                    page.data.write()[from..block_end].fill(0);
-                    let b = from / bs as usize;
-                    let mapped = {
-                        let mut st = page.state.lock();
-                        let m = st.blocks[b].contains(BlockState::MAPPED);
-                        if m {
-                            st.blocks[b].insert(BlockState::DIRTY);
-                        }
-                        m
-                    };
-                    if mapped {
-                        self.inner.set_page_dirty(&page);
-                    }
-                    page.unlock();
-                }
-            }
+            self.zero_before_extension(new_size)?;
             self.inner.i_size.store(new_size, Ordering::Release);
             self.inner.update_disksize(new_size)?;
         }
         Ok(())
     }
 
+    /// Before the file grows past `new_end` with a gap after the current EOF: the bytes
+    /// between the EOF and the end of its block become file data and must read as zeros,
+    /// whatever the cache (an mmap store) or the disk (a tail whose zeroing write failed) holds
+    /// there. Zeroes them in the cache and dirties the block so the disk gets the zeros too.
+    fn zero_before_extension(&self, new_end: u64) -> Result<(), Error> {
+        let old = self.size();
+        let bs = self.inner.cache.cfg.block_size;
+        if new_end > old && old % bs as u64 != 0 {
+            self.zero_eof_block(old, bs, false)?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes the page holding byte `eof` from `eof` up to the next multiple of `upto` (the
+    /// page end when truncating down, the block end when growing), reading the page first if
+    /// it is not cached, and dirties the EOF block if it is on disk so the zeros reach it. When
+    /// `discard` is set, blocks wholly past `eof` are discarded (unmapped, clean). Returns the
+    /// delayed blocks discarded.
+    fn zero_eof_block(&self, eof: u64, upto: usize, discard: bool) -> Result<u64, Error> {
+        let ps = self.inner.page_size();
+        let bs = self.inner.cache.cfg.block_size;
+        let page = self.inner.grab_page(eof / ps);
+        let uptodate = {
+            let mut st = page.lock();
+            page.wait_writeback_locked(&mut st);
+            st.flags.contains(PageFlags::UPTODATE)
+        };
+        if !uptodate {
+            if let Err(e) = self.inner.read_page(&page) {
+                page.unlock();
+                return Err(e);
+            }
+        }
+        let from = (eof % ps) as usize;
+        let to = from.div_ceil(upto) * upto;
+        page.data.write()[from..to].fill(0);
+        let mut released = 0;
+        let eof_block = from / bs;
+        let dirty = {
+            let mut st = page.state.lock();
+            if discard {
+                let first_past = from.div_ceil(bs);
+                for b in first_past..st.blocks.len() {
+                    if st.blocks[b].contains(BlockState::DELAY) {
+                        released += 1;
+                    }
+                    // block_invalidate_folio: unmapped, clean, zero.
+                    st.blocks[b] = BlockState::UPTODATE;
+                    st.pblk[b] = INVALID_PBLK;
+                }
+            }
+            let on_disk = st.blocks[eof_block].contains(BlockState::MAPPED);
+            if on_disk {
+                st.blocks[eof_block].insert(BlockState::DIRTY | BlockState::UPTODATE);
+            }
+            on_disk
+        };
+        if dirty {
+            self.inner.set_page_dirty(&page);
+        }
+        page.unlock();
+        Ok(released)
+    }
+
     /// Allocates unwritten extents for the holes in `offset..offset+len` (delayed blocks in the
     /// range are written back first), and grows the file to cover the range unless
     /// `keep_size`.
     pub fn fallocate(&self, offset: u64, len: u64, keep_size: bool) -> Result<(), Error> {
-        let end = offset.checked_add(len).filter(|e| *e <= MAX_OFFSET).ok_or(Error::TooLarge(offset))?;
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= MAX_OFFSET)
+            .ok_or(Error::TooLarge(offset))?;
         if len == 0 {
             return Ok(());
         }
@@ -760,7 +836,13 @@ impl Mapping {
         self.writepages(&mut wbc)?;
         self.wait_writeback();
         let (first, last) = (offset / bs, end.div_ceil(bs));
-        self.inner.cache.mapper.fallocate(self.inner.ino, first, last - first)?;
+        self.inner
+            .cache
+            .mapper
+            .fallocate(self.inner.ino, first, last - first)?;
+        if !keep_size {
+            self.zero_before_extension(end)?;
+        }
         if !keep_size && end > self.size() {
             self.inner.i_size.store(end, Ordering::Release);
             self.inner.update_disksize(end)?;
@@ -813,7 +895,12 @@ impl FileHandle {
 
     /// Reports (and consumes) a pending writeback error without writing anything.
     pub fn check_error(&self) -> Result<(), Error> {
-        match self.mapping.inner.wb_err.check_and_advance(&mut self.cursor.lock()) {
+        match self
+            .mapping
+            .inner
+            .wb_err
+            .check_and_advance(&mut self.cursor.lock())
+        {
             Some(errno) => Err(Error::Writeback { errno }),
             None => Ok(()),
         }

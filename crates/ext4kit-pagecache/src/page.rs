@@ -97,7 +97,10 @@ impl Page {
     /// Releases the page lock.
     pub(crate) fn unlock(&self) {
         let mut st = self.state.lock();
-        debug_assert!(st.flags.contains(PageFlags::LOCKED), "unlocking an unlocked page");
+        debug_assert!(
+            st.flags.contains(PageFlags::LOCKED),
+            "unlocking an unlocked page"
+        );
         st.flags.remove(PageFlags::LOCKED);
         drop(st);
         self.wait.notify_all();

@@ -75,7 +75,16 @@ impl std::ops::BitOr for BlockState {
 
 impl fmt::Debug for BlockState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [&str; 8] = ["Uptodate", "Dirty", "Mapped", "New", "Delay", "Unwritten", "AsyncWrite", "WriteEIO"];
+        const NAMES: [&str; 8] = [
+            "Uptodate",
+            "Dirty",
+            "Mapped",
+            "New",
+            "Delay",
+            "Unwritten",
+            "AsyncWrite",
+            "WriteEIO",
+        ];
         let mut first = true;
         f.write_str("[")?;
         for (i, n) in NAMES.iter().enumerate() {
@@ -125,7 +134,12 @@ impl PageFlags {
 impl fmt::Debug for PageFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const NAMES: [&str; 4] = ["Locked", "Dirty", "Writeback", "Uptodate"];
-        let v: Vec<&str> = NAMES.iter().enumerate().filter(|(i, _)| self.0 & (1 << i) != 0).map(|(_, n)| *n).collect();
+        let v: Vec<&str> = NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, n)| *n)
+            .collect();
         write!(f, "[{}]", v.join("|"))
     }
 }

@@ -57,7 +57,12 @@ impl SimpleMapper {
         if count > 0 {
             free.insert(first, count);
         }
-        SimpleMapper { st: Mutex::new(State { free, ..State::default() }) }
+        SimpleMapper {
+            st: Mutex::new(State {
+                free,
+                ..State::default()
+            }),
+        }
     }
 
     /// Maps `ino`'s blocks `lblk..lblk+len` to `pblk..` directly (test setup). The physical
@@ -78,7 +83,15 @@ impl SimpleMapper {
         if rs + rl > pblk + len {
             st.free.insert(pblk + len, rs + rl - pblk - len);
         }
-        st.insert_extent(ino, lblk, FileExtent { pblk, len, unwritten });
+        st.insert_extent(
+            ino,
+            lblk,
+            FileExtent {
+                pblk,
+                len,
+                unwritten,
+            },
+        );
     }
 
     /// Caps every allocation at `n` blocks (forces partial mappings).
@@ -114,7 +127,14 @@ impl SimpleMapper {
     /// Every extent of `ino` as (lblk, pblk, len, unwritten).
     pub fn extents(&self, ino: u64) -> Vec<(u64, u64, u64, bool)> {
         let st = self.st.lock();
-        st.files.get(&ino).map(|f| f.iter().map(|(&l, e)| (l, e.pblk, e.len, e.unwritten)).collect()).unwrap_or_default()
+        st.files
+            .get(&ino)
+            .map(|f| {
+                f.iter()
+                    .map(|(&l, e)| (l, e.pblk, e.len, e.unwritten))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Conversions requested so far.
@@ -199,19 +219,32 @@ impl State {
 
     /// Splits extents of `ino` so that `at` starts an extent (if it lies inside one).
     fn split_at(&mut self, ino: u64, at: u64) {
-        let Some(f) = self.files.get_mut(&ino) else { return };
+        let Some(f) = self.files.get_mut(&ino) else {
+            return;
+        };
         let hit = f.range(..at).next_back().map(|(&s, &e)| (s, e));
         if let Some((s, e)) = hit {
             if at < s + e.len {
                 let head = at - s;
                 f.insert(s, FileExtent { len: head, ..e });
-                f.insert(at, FileExtent { pblk: e.pblk + head, len: e.len - head, unwritten: e.unwritten });
+                f.insert(
+                    at,
+                    FileExtent {
+                        pblk: e.pblk + head,
+                        len: e.len - head,
+                        unwritten: e.unwritten,
+                    },
+                );
             }
         }
     }
 
     fn goal_for(&self, ino: u64, lblk: u64) -> u64 {
-        match self.files.get(&ino).and_then(|f| f.range(..lblk).next_back()) {
+        match self
+            .files
+            .get(&ino)
+            .and_then(|f| f.range(..lblk).next_back())
+        {
             Some((&s, e)) => e.pblk + (lblk - s) + self.gap,
             None => self.free.keys().next().copied().unwrap_or(0) + (ino % 8) * 4096,
         }
@@ -244,21 +277,45 @@ impl BlockMapper for SimpleMapper {
         st.total_reserved -= count;
     }
 
-    fn map_blocks(&self, ino: u64, lblk: u64, len: u64, flags: MapFlags) -> Result<Extent, MapError> {
+    fn map_blocks(
+        &self,
+        ino: u64,
+        lblk: u64,
+        len: u64,
+        flags: MapFlags,
+    ) -> Result<Extent, MapError> {
         let mut st = self.st.lock();
         let found = st.files.get(&ino).map(|f| {
-            let prev = f.range(..=lblk).next_back().filter(|(s, e)| lblk < *s + e.len).map(|(s, e)| (*s, *e));
+            let prev = f
+                .range(..=lblk)
+                .next_back()
+                .filter(|(s, e)| lblk < *s + e.len)
+                .map(|(s, e)| (*s, *e));
             let next = f.range(lblk + 1..).next().map(|(s, _)| *s);
             (prev, next)
         });
         let (prev, next) = found.unwrap_or((None, None));
         if let Some((s, e)) = prev {
-            let kind = if e.unwritten { ExtentKind::Unwritten } else { ExtentKind::Written };
-            return Ok(Extent { lblk: s, len: e.len, pblk: e.pblk, kind });
+            let kind = if e.unwritten {
+                ExtentKind::Unwritten
+            } else {
+                ExtentKind::Written
+            };
+            return Ok(Extent {
+                lblk: s,
+                len: e.len,
+                pblk: e.pblk,
+                kind,
+            });
         }
         let hole_len = next.map_or(len, |n| (n - lblk).min(len)).max(1);
         if !flags.contains(MapFlags::CREATE) {
-            return Ok(Extent { lblk, len: hole_len, pblk: 0, kind: ExtentKind::Hole });
+            return Ok(Extent {
+                lblk,
+                len: hole_len,
+                pblk: 0,
+                kind: ExtentKind::Hole,
+            });
         }
         let call = st.alloc_calls;
         st.alloc_calls += 1;
@@ -271,7 +328,9 @@ impl BlockMapper for SimpleMapper {
         if flags.contains(MapFlags::DELALLOC) {
             let r = st.reserved.entry(ino).or_default();
             if *r < got {
-                let msg = format!("inode {ino}: allocation of {got} delayed blocks with only {r} reserved");
+                let msg = format!(
+                    "inode {ino}: allocation of {got} delayed blocks with only {r} reserved"
+                );
                 st.errors.push(msg);
             } else {
                 *r -= got;
@@ -279,9 +338,26 @@ impl BlockMapper for SimpleMapper {
             }
         }
         let unwritten = flags.contains(MapFlags::UNWRITTEN);
-        st.insert_extent(ino, lblk, FileExtent { pblk, len: got, unwritten });
-        let kind = if unwritten { ExtentKind::Unwritten } else { ExtentKind::Written };
-        Ok(Extent { lblk, len: got, pblk, kind })
+        st.insert_extent(
+            ino,
+            lblk,
+            FileExtent {
+                pblk,
+                len: got,
+                unwritten,
+            },
+        );
+        let kind = if unwritten {
+            ExtentKind::Unwritten
+        } else {
+            ExtentKind::Written
+        };
+        Ok(Extent {
+            lblk,
+            len: got,
+            pblk,
+            kind,
+        })
     }
 
     fn convert_unwritten(&self, ino: u64, ranges: &[UnwrittenRange]) -> Result<(), MapError> {
@@ -289,11 +365,18 @@ impl BlockMapper for SimpleMapper {
         for r in ranges {
             st.split_at(ino, r.lblk);
             st.split_at(ino, r.lblk + r.len);
-            let keys: Vec<u64> =
-                st.files.get(&ino).map(|f| f.range(r.lblk..r.lblk + r.len).map(|(k, _)| *k).collect()).unwrap_or_default();
-            let covered: u64 = keys.iter().filter_map(|k| st.files.get(&ino).and_then(|f| f.get(k)).map(|e| e.len)).sum();
+            let keys: Vec<u64> = st
+                .files
+                .get(&ino)
+                .map(|f| f.range(r.lblk..r.lblk + r.len).map(|(k, _)| *k).collect())
+                .unwrap_or_default();
+            let covered: u64 = keys
+                .iter()
+                .filter_map(|k| st.files.get(&ino).and_then(|f| f.get(k)).map(|e| e.len))
+                .sum();
             if covered != r.len {
-                let msg = format!("inode {ino}: conversion of {r:?} covers only {covered} mapped blocks");
+                let msg =
+                    format!("inode {ino}: conversion of {r:?} covers only {covered} mapped blocks");
                 st.errors.push(msg);
             }
             if let Some(f) = st.files.get_mut(&ino) {
@@ -304,7 +387,10 @@ impl BlockMapper for SimpleMapper {
                 }
             }
         }
-        st.conversions.push(ConversionRecord { ino, ranges: ranges.to_vec() });
+        st.conversions.push(ConversionRecord {
+            ino,
+            ranges: ranges.to_vec(),
+        });
         Ok(())
     }
 
@@ -323,7 +409,9 @@ impl BlockMapper for SimpleMapper {
             .get_mut(&ino)
             .map(|f| {
                 let keys: Vec<u64> = f.range(first_lblk..).map(|(k, _)| *k).collect();
-                keys.into_iter().filter_map(|k| f.remove(&k).map(|e| (k, e))).collect()
+                keys.into_iter()
+                    .filter_map(|k| f.remove(&k).map(|e| (k, e)))
+                    .collect()
             })
             .unwrap_or_default();
         for (_, e) in gone {
@@ -341,7 +429,12 @@ impl BlockMapper for SimpleMapper {
             if e.kind == ExtentKind::Hole {
                 let mut done = 0;
                 while done < n {
-                    let got = self.map_blocks(ino, b + done, n - done, MapFlags::CREATE | MapFlags::UNWRITTEN)?;
+                    let got = self.map_blocks(
+                        ino,
+                        b + done,
+                        n - done,
+                        MapFlags::CREATE | MapFlags::UNWRITTEN,
+                    )?;
                     done += got.len;
                 }
             }

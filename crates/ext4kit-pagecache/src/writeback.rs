@@ -66,12 +66,24 @@ impl WritebackControl {
 
     /// Data-integrity writeback of bytes `start..=end`.
     pub fn sync_range(start: u64, end: u64) -> WritebackControl {
-        WritebackControl { sync_mode: SyncMode::All, range_start: start, range_end: end, nr_to_write: i64::MAX, can_map: true }
+        WritebackControl {
+            sync_mode: SyncMode::All,
+            range_start: start,
+            range_end: end,
+            nr_to_write: i64::MAX,
+            can_map: true,
+        }
     }
 
     /// Background writeback of at most `nr_pages` pages.
     pub fn background(nr_pages: i64) -> WritebackControl {
-        WritebackControl { sync_mode: SyncMode::None, range_start: 0, range_end: u64::MAX, nr_to_write: nr_pages, can_map: true }
+        WritebackControl {
+            sync_mode: SyncMode::None,
+            range_start: 0,
+            range_end: u64::MAX,
+            nr_to_write: nr_pages,
+            can_map: true,
+        }
     }
 }
 
@@ -125,7 +137,11 @@ pub(crate) fn writepages(m: &Arc<MappingInner>, wbc: &mut WritebackControl) -> R
     let _one_pass = m.writepages_lock.lock();
     let ps = m.page_size();
     let first = wbc.range_start / ps;
-    let end_index = if wbc.range_end == u64::MAX { u64::MAX } else { wbc.range_end / ps };
+    let end_index = if wbc.range_end == u64::MAX {
+        u64::MAX
+    } else {
+        wbc.range_end / ps
+    };
     if first > end_index {
         return Ok(());
     }
@@ -146,7 +162,12 @@ pub(crate) fn writepages(m: &Arc<MappingInner>, wbc: &mut WritebackControl) -> R
         done_pos: first * ps,
         progress: false,
         map: MapState::default(),
-        io: IoSubmit { bio: None, io_end: None, next_pblk: 0, sync },
+        io: IoSubmit {
+            bio: None,
+            io_end: None,
+            next_pblk: 0,
+            sync,
+        },
         scanned_until_end: false,
     };
     let mut ret = Ok(());
@@ -167,7 +188,9 @@ pub(crate) fn writepages(m: &Arc<MappingInner>, wbc: &mut WritebackControl) -> R
             ret = Err(e);
             break;
         }
-        if mpd.scanned_until_end || (mpd.wbc.sync_mode == SyncMode::None && mpd.wbc.nr_to_write <= 0) {
+        if mpd.scanned_until_end
+            || (mpd.wbc.sync_mode == SyncMode::None && mpd.wbc.nr_to_write <= 0)
+        {
             break;
         }
     }
@@ -179,6 +202,10 @@ pub(crate) fn writepages(m: &Arc<MappingInner>, wbc: &mut WritebackControl) -> R
 fn prepare_extent_to_map(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
     let sync = mpd.wbc.sync_mode.is_all();
     loop {
+        if mpd.scan_index > mpd.end_index {
+            mpd.scanned_until_end = true;
+            return Ok(());
+        }
         let next = {
             let tree = mpd.m.tree.lock();
             let set = if sync { &tree.towrite } else { &tree.dirty };
@@ -204,7 +231,13 @@ fn prepare_extent_to_map(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
             continue;
         };
         let mut st = page.lock();
-        let still_ours = mpd.m.tree.lock().pages.get(&index).is_some_and(|p| Arc::ptr_eq(p, &page));
+        let still_ours = mpd
+            .m
+            .tree
+            .lock()
+            .pages
+            .get(&index)
+            .is_some_and(|p| Arc::ptr_eq(p, &page));
         if !still_ours || !st.flags.contains(PageFlags::DIRTY) {
             // Truncated, or cleaned by someone else since it was tagged.
             drop(st);
@@ -246,7 +279,11 @@ fn prepare_extent_to_map(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
 /// Adds the blocks of a locked page from block `from` to the extent, or submits the page when
 /// nothing in it needs mapping (`mpage_process_page_bufs`). Returns whether the scan may go on
 /// to the next page.
-fn process_page_bufs(mpd: &mut MpageDaData<'_>, page: &Arc<Page>, from: usize) -> Result<bool, Error> {
+fn process_page_bufs(
+    mpd: &mut MpageDaData<'_>,
+    page: &Arc<Page>,
+    from: usize,
+) -> Result<bool, Error> {
     let bpp = mpd.m.cache.bpp as u64;
     let bs = mpd.m.cache.cfg.block_size as u64;
     let eof_blocks = mpd.m.i_size.load(Ordering::Acquire).div_ceil(bs);
@@ -255,7 +292,9 @@ fn process_page_bufs(mpd: &mut MpageDaData<'_>, page: &Arc<Page>, from: usize) -
     {
         let st = page.state.lock();
         while lblk < base + bpp {
-            if lblk >= eof_blocks || !add_block_to_extent(mpd, lblk, st.blocks[(lblk - base) as usize]) {
+            if lblk >= eof_blocks
+                || !add_block_to_extent(mpd, lblk, st.blocks[(lblk - base) as usize])
+            {
                 // An extent to map: map it first (EOF only ends the scan once everything
                 // before it is mapped).
                 if mpd.map.len > 0 {
@@ -281,7 +320,8 @@ fn process_page_bufs(mpd: &mut MpageDaData<'_>, page: &Arc<Page>, from: usize) -
 /// Whether block `lblk` (state `s`) joins the extent (`mpage_add_bh_to_extent`).
 fn add_block_to_extent(mpd: &mut MpageDaData<'_>, lblk: u64, s: BlockState) -> bool {
     let needs_map = BlockState::DELAY | BlockState::UNWRITTEN;
-    if !s.contains(BlockState::DIRTY) || !s.contains(BlockState::MAPPED) || !s.intersects(needs_map) {
+    if !s.contains(BlockState::DIRTY) || !s.contains(BlockState::MAPPED) || !s.intersects(needs_map)
+    {
         // Needs no mapping: with no extent yet it is written with its page right away.
         return mpd.map.len == 0;
     }
@@ -290,7 +330,12 @@ fn add_block_to_extent(mpd: &mut MpageDaData<'_>, lblk: u64, s: BlockState) -> b
         if !mpd.wbc.can_map {
             return false;
         }
-        mpd.map = MapState { lblk, len: 1, pblk: 0, flags };
+        mpd.map = MapState {
+            lblk,
+            len: 1,
+            pblk: 0,
+            flags,
+        };
         return true;
     }
     if mpd.map.len >= MAX_WRITEPAGES_EXTENT_LEN {
@@ -341,8 +386,12 @@ fn map_one_extent(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
     if m.cache.cfg.alloc_unwritten {
         flags = flags | MapFlags::UNWRITTEN;
     }
-    let ext = m.cache.mapper.map_blocks(m.ino, mpd.map.lblk, mpd.map.len, flags)?;
-    if ext.kind == ExtentKind::Hole || ext.lblk > mpd.map.lblk || ext.lblk + ext.len <= mpd.map.lblk {
+    let ext = m
+        .cache
+        .mapper
+        .map_blocks(m.ino, mpd.map.lblk, mpd.map.len, flags)?;
+    if ext.kind == ExtentKind::Hole || ext.lblk > mpd.map.lblk || ext.lblk + ext.len <= mpd.map.lblk
+    {
         return Err(Error::Map(MapError::Corrupt(format!(
             "inode {}: allocating blocks {}..{} returned {:?}",
             m.ino,
@@ -380,7 +429,13 @@ fn map_and_submit_buffers(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
         if let Err(e) = mpage_submit_page(mpd, &page) {
             // The filesystem allocated the whole extent: the pages we cannot submit now must
             // still learn their block numbers, or a later pass would allocate them again.
-            let rest: Vec<Arc<Page>> = mpd.locked.iter().skip(1).filter(|p| p.index() <= end_page).cloned().collect();
+            let rest: Vec<Arc<Page>> = mpd
+                .locked
+                .iter()
+                .skip(1)
+                .filter(|p| p.index() <= end_page)
+                .cloned()
+                .collect();
             for p in rest {
                 assign_mapped_blocks(mpd, &p, &mut pblk);
             }
@@ -395,7 +450,11 @@ fn map_and_submit_buffers(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
 
 /// Updates the blocks of one page inside the mapped extent (`mpage_process_folio`). Returns
 /// true when the extent ends inside the page (the rest of the page was fed back into the scan).
-fn process_page(mpd: &mut MpageDaData<'_>, page: &Arc<Page>, pblk: &mut u64) -> Result<bool, Error> {
+fn process_page(
+    mpd: &mut MpageDaData<'_>,
+    page: &Arc<Page>,
+    pblk: &mut u64,
+) -> Result<bool, Error> {
     let bpp = mpd.m.cache.bpp as u64;
     let base = page.index() * bpp;
     let (start, end) = (mpd.map.lblk, mpd.map.lblk + mpd.map.len);
@@ -478,7 +537,11 @@ fn mpage_submit_page(mpd: &mut MpageDaData<'_>, page: &Arc<Page>) -> Result<(), 
     let size = mpd.m.i_size.load(Ordering::Acquire);
     let ps = mpd.m.page_size();
     let pos = page.index() * ps;
-    let len = if pos + ps > size { size.saturating_sub(pos) as usize } else { ps as usize };
+    let len = if pos + ps > size {
+        size.saturating_sub(pos) as usize
+    } else {
+        ps as usize
+    };
     let r = bio_write_page(mpd.m, &mut mpd.io, page, len);
     mpd.wbc.nr_to_write -= 1;
     r
@@ -488,7 +551,12 @@ fn mpage_submit_page(mpd: &mut MpageDaData<'_>, page: &Arc<Page>) -> Result<(), 
 /// bytes from `len` to the end of the page are zeroed, the mark pass sets ASYNC_WRITE on every
 /// block to write (cleaning holes and blocks past EOF), writeback starts, then the submit pass
 /// adds the marked blocks to bios.
-pub(crate) fn bio_write_page(m: &Arc<MappingInner>, io: &mut IoSubmit, page: &Arc<Page>, len: usize) -> Result<(), Error> {
+pub(crate) fn bio_write_page(
+    m: &Arc<MappingInner>,
+    io: &mut IoSubmit,
+    page: &Arc<Page>,
+    len: usize,
+) -> Result<(), Error> {
     let cache = &m.cache;
     let bs = cache.cfg.block_size;
     let ps = cache.cfg.page_size;
@@ -514,7 +582,10 @@ pub(crate) fn bio_write_page(m: &Arc<MappingInner>, io: &mut IoSubmit, page: &Ar
             s.insert(BlockState::UPTODATE);
             continue;
         }
-        if !s.contains(BlockState::DIRTY) || s.intersects(BlockState::DELAY | BlockState::UNWRITTEN) || !s.contains(BlockState::MAPPED) {
+        if !s.contains(BlockState::DIRTY)
+            || s.intersects(BlockState::DELAY | BlockState::UNWRITTEN)
+            || !s.contains(BlockState::MAPPED)
+        {
             if !s.contains(BlockState::MAPPED) {
                 // A hole: nothing to write.
                 s.remove(BlockState::DIRTY);
@@ -552,7 +623,10 @@ pub(crate) fn bio_write_page(m: &Arc<MappingInner>, io: &mut IoSubmit, page: &Ar
     st.wb_started += 1;
     let still_dirty = st.flags.contains(PageFlags::DIRTY);
     let to_submit: Vec<(usize, u64)> = if nr_to_submit > 0 {
-        (0..st.blocks.len()).filter(|&b| st.blocks[b].contains(BlockState::ASYNC_WRITE)).map(|b| (b, st.pblk[b])).collect()
+        (0..st.blocks.len())
+            .filter(|&b| st.blocks[b].contains(BlockState::ASYNC_WRITE))
+            .map(|b| (b, st.pblk[b]))
+            .collect()
     } else {
         Vec::new()
     };
@@ -567,7 +641,10 @@ pub(crate) fn bio_write_page(m: &Arc<MappingInner>, io: &mut IoSubmit, page: &Ar
         }
     }
     m.writeback_started();
-    cache.emit(|| Event::WritebackStart { ino: m.ino, index: page.index() });
+    cache.emit(|| Event::WritebackStart {
+        ino: m.ino,
+        index: page.index(),
+    });
     if to_submit.is_empty() {
         // Nothing to write: end the writeback we just started, so the tags are updated.
         crate::ioend::end_page_writeback(m, page);
@@ -602,7 +679,9 @@ fn io_submit_add_block(
     }
     let Some(ob) = io.bio.as_mut() else { return };
     let merged = match ob.segs.last_mut() {
-        Some(last) if Arc::ptr_eq(&last.page, page) && last.first as usize + last.nr as usize == block => {
+        Some(last)
+            if Arc::ptr_eq(&last.page, page) && last.first as usize + last.nr as usize == block =>
+        {
             last.nr += 1;
             if let Some(v) = ob.bio.last_vec_mut() {
                 v.extend(bs);
@@ -612,8 +691,16 @@ fn io_submit_add_block(
         _ => false,
     };
     if !merged {
-        ob.bio.push(BioVec::new(BioBuf::Shared(Arc::clone(data)), block * bs, bs));
-        ob.segs.push(PageSeg { page: Arc::clone(page), first: block as u16, nr: 1 });
+        ob.bio.push(BioVec::new(
+            BioBuf::Shared(Arc::clone(data)),
+            block * bs,
+            bs,
+        ));
+        ob.segs.push(PageSeg {
+            page: Arc::clone(page),
+            first: block as u16,
+            nr: 1,
+        });
     }
     ob.bytes += bs;
     io.next_pblk = pblk + 1;
@@ -628,21 +715,45 @@ fn io_submit_init_bio(m: &Arc<MappingInner>, io: &mut IoSubmit, pblk: u64) {
             IoEnd::new(m)
         }
     };
-    io.bio = Some(OpenBio { bio: Bio::new(BioOp::Write, pblk * m.cache.dev_per_block), segs: Vec::new(), pblk, bytes: 0, io_end });
+    io.bio = Some(OpenBio {
+        bio: Bio::new(BioOp::Write, pblk * m.cache.dev_per_block),
+        segs: Vec::new(),
+        pblk,
+        bytes: 0,
+        io_end,
+    });
     io.next_pblk = pblk;
 }
 
 /// Submits the open bio, if any (`ext4_io_submit`).
 pub(crate) fn io_submit(io: &mut IoSubmit) {
-    let Some(OpenBio { mut bio, segs, pblk, bytes, io_end }) = io.bio.take() else { return };
+    let Some(OpenBio {
+        mut bio,
+        segs,
+        pblk,
+        bytes,
+        io_end,
+    }) = io.bio.take()
+    else {
+        return;
+    };
     let m = Arc::clone(io_end.mapping());
     let cache = &m.cache;
     let bs = cache.cfg.block_size;
     let nr_blocks = (bytes / bs) as u64;
     cache.bios_submitted.fetch_add(1, Ordering::Relaxed);
-    cache.bytes_submitted.fetch_add(bytes as u64, Ordering::Relaxed);
-    cache.emit(|| Event::BioSubmit { ino: m.ino, pblk, nr_blocks, nr_segments: segs.len() });
+    cache
+        .bytes_submitted
+        .fetch_add(bytes as u64, Ordering::Relaxed);
+    cache.emit(|| Event::BioSubmit {
+        ino: m.ino,
+        pblk,
+        nr_blocks,
+        nr_segments: segs.len(),
+    });
     bio.set_sync(io.sync);
-    bio.set_end_io(Box::new(move |bio, status| end_bio(io_end, segs, pblk, nr_blocks, bio, status)));
+    bio.set_end_io(Box::new(move |bio, status| {
+        end_bio(io_end, segs, pblk, nr_blocks, bio, status)
+    }));
     cache.dev.submit(bio);
 }

@@ -23,13 +23,20 @@ fn write_fsync_read_back_from_disk_for_every_geometry() {
             m.write(1, &data[1..100_000]).unwrap();
             assert_eq!(m.size(), 300_000);
             assert!(m.reserved_blocks() > 0, "writes must reserve, not allocate");
-            assert!(rig.mapper.extents(7).is_empty(), "delayed allocation: nothing allocated before writeback");
+            assert!(
+                rig.mapper.extents(7).is_empty(),
+                "delayed allocation: nothing allocated before writeback"
+            );
             let h = m.open();
             h.fsync().unwrap();
             assert_eq!(m.reserved_blocks(), 0);
             assert_eq!(rig.mapper.total_reserved(), 0);
             assert_eq!(rig.mapper.disksize(7), 300_000, "{ps}/{bs}");
-            assert_eq!(rig.disk_file(7, 300_000), data, "{ps}/{bs} unwritten={unwritten}");
+            assert_eq!(
+                rig.disk_file(7, 300_000),
+                data,
+                "{ps}/{bs} unwritten={unwritten}"
+            );
             let mut back = vec![0u8; 300_010];
             assert_eq!(m.read(0, &mut back).unwrap(), 300_000);
             assert_eq!(&back[..300_000], &data[..]);
@@ -41,7 +48,12 @@ fn write_fsync_read_back_from_disk_for_every_geometry() {
             assert!(rig.mapper.errors().is_empty(), "{:?}", rig.mapper.errors());
             assert_eq!(rig.cache.stats().violations, 0);
             // Delayed allocation gave one extent (contiguous file) and few bios.
-            assert_eq!(rig.mapper.extents(7).len(), 1, "{ps}/{bs}: {:?}", rig.mapper.extents(7));
+            assert_eq!(
+                rig.mapper.extents(7).len(),
+                1,
+                "{ps}/{bs}: {:?}",
+                rig.mapper.extents(7)
+            );
         }
     }
 }
@@ -83,7 +95,10 @@ fn holes_read_as_zeros_and_new_blocks_are_zeroed_around_partial_writes() {
         let mut back = vec![0xffu8; 8 * ps];
         let n = m.read(0, &mut back).unwrap();
         assert_eq!(n as u64, off + 3);
-        assert!(back[..off as usize].iter().all(|&b| b == 0), "{ps}/{bs}: hole or zeroed block part not zero");
+        assert!(
+            back[..off as usize].iter().all(|&b| b == 0),
+            "{ps}/{bs}: hole or zeroed block part not zero"
+        );
         assert_eq!(&back[off as usize..off as usize + 3], b"xyz");
         m.open().fsync().unwrap();
         // Only the one block was allocated: the holes stayed holes.
@@ -110,11 +125,17 @@ fn truncate_down_and_up_zeroes_the_tail_on_disk() {
         let mut back = vec![0u8; 3 * ps];
         m.read(0, &mut back).unwrap();
         assert_eq!(&back[..cut as usize], &data[..cut as usize]);
-        assert!(back[cut as usize..].iter().all(|&b| b == 0), "{ps}/{bs}: bytes past the old EOF must be zero");
+        assert!(
+            back[cut as usize..].iter().all(|&b| b == 0),
+            "{ps}/{bs}: bytes past the old EOF must be zero"
+        );
         m.open().fsync().unwrap();
         let disk = rig.disk_file(5, 3 * ps as u64);
         assert_eq!(&disk[..cut as usize], &data[..cut as usize]);
-        assert!(disk[cut as usize..].iter().all(|&b| b == 0), "{ps}/{bs}: on-disk tail not zeroed");
+        assert!(
+            disk[cut as usize..].iter().all(|&b| b == 0),
+            "{ps}/{bs}: on-disk tail not zeroed"
+        );
         // Blocks past the cut were freed.
         let blocks: u64 = rig.mapper.extents(5).iter().map(|e| e.2).sum();
         assert_eq!(blocks, cut.div_ceil(bs as u64));
@@ -133,7 +154,10 @@ fn fallocate_gives_unwritten_blocks_that_writes_convert() {
         let m = rig.mapping(6);
         m.fallocate(0, 4 * ps as u64, false).unwrap();
         assert_eq!(m.size(), 4 * ps as u64);
-        assert!(rig.mapper.extents(6).iter().all(|e| e.3), "fallocate must give unwritten extents");
+        assert!(
+            rig.mapper.extents(6).iter().all(|e| e.3),
+            "fallocate must give unwritten extents"
+        );
         let mut back = vec![1u8; 4 * ps];
         m.read(0, &mut back).unwrap();
         assert!(back.iter().all(|&b| b == 0));
@@ -141,11 +165,23 @@ fn fallocate_gives_unwritten_blocks_that_writes_convert() {
         let off = ps as u64 + 5;
         m.write(off, b"hello").unwrap();
         let snap = m.page_snapshot(1).unwrap();
-        assert!(snap.blocks[0].contains(BlockState::UNWRITTEN | BlockState::DIRTY), "{:?}", snap.blocks);
+        assert!(
+            snap.blocks[0].contains(BlockState::UNWRITTEN | BlockState::DIRTY),
+            "{:?}",
+            snap.blocks
+        );
         m.open().fsync().unwrap();
         let lblk = off / bs as u64;
-        assert_eq!(rig.mapper.lookup(6, lblk).map(|x| x.1), Some(false), "written block converted");
-        assert_eq!(rig.mapper.lookup(6, lblk + 1).map(|x| x.1), Some(true), "untouched block still unwritten");
+        assert_eq!(
+            rig.mapper.lookup(6, lblk).map(|x| x.1),
+            Some(false),
+            "written block converted"
+        );
+        assert_eq!(
+            rig.mapper.lookup(6, lblk + 1).map(|x| x.1),
+            Some(true),
+            "untouched block still unwritten"
+        );
         let disk = rig.disk_file(6, 4 * ps as u64);
         let mut expect = vec![0u8; 4 * ps];
         expect[off as usize..off as usize + 5].copy_from_slice(b"hello");

@@ -10,15 +10,18 @@ use std::thread;
 use std::time::Duration;
 
 use common::{Recorder, Rig, pattern};
-use ext4kit_blockdev::{Bio, BlockDevice, DeferredDevice, Geometry, IoError, BioOp, MemDevice};
+use ext4kit_blockdev::{Bio, BioOp, BlockDevice, DeferredDevice, Geometry, IoError, MemDevice};
 use ext4kit_pagecache::testing::SimpleMapper;
 use ext4kit_pagecache::{
-    BlockMapper, BlockState, Config, Error, Event, Extent, MapError, MapFlags, Mapping, PageCache, PageFlags,
-    SyncMode, UnwrittenRange, WritebackControl,
+    BlockMapper, BlockState, Config, Error, Event, Extent, MapError, MapFlags, Mapping, PageCache,
+    PageFlags, SyncMode, UnwrittenRange, WritebackControl,
 };
 
 fn injected() -> Result<(), IoError> {
-    Err(IoError::Injected { op: BioOp::Write, block: 0 })
+    Err(IoError::Injected {
+        op: BioOp::Write,
+        block: 0,
+    })
 }
 
 fn unwritten_cfg(ps: usize, bs: usize) -> Config {
@@ -40,16 +43,32 @@ fn page_writeback_ends_once_after_all_bios_and_failed_io_end_is_not_converted() 
     m.write(0, &pattern(1, 4096)).unwrap();
     m.writepages(&mut WritebackControl::sync_all()).unwrap();
     let pending = dd.pending();
-    assert_eq!(pending.len(), 4, "four discontiguous blocks need four bios: {pending:?}");
+    assert_eq!(
+        pending.len(),
+        4,
+        "four discontiguous blocks need four bios: {pending:?}"
+    );
     let snap = m.page_snapshot(0).unwrap();
     assert!(snap.flags.contains(PageFlags::WRITEBACK));
-    assert!(snap.blocks.iter().all(|b| b.contains(BlockState::ASYNC_WRITE)), "{:?}", snap.blocks);
+    assert!(
+        snap.blocks
+            .iter()
+            .all(|b| b.contains(BlockState::ASYNC_WRITE)),
+        "{:?}",
+        snap.blocks
+    );
     // Fail the second bio (block 1), complete the others in a scrambled order.
     let failed_block = pending[1].id;
     dd.complete(pending[3].id, Ok(()));
     dd.complete(failed_block, injected());
     dd.complete(pending[0].id, Ok(()));
-    assert!(m.page_snapshot(0).unwrap().flags.contains(PageFlags::WRITEBACK), "ended before the last bio completed");
+    assert!(
+        m.page_snapshot(0)
+            .unwrap()
+            .flags
+            .contains(PageFlags::WRITEBACK),
+        "ended before the last bio completed"
+    );
     dd.complete(pending[2].id, Ok(()));
     m.wait_writeback();
     let snap = m.page_snapshot(0).unwrap();
@@ -57,14 +76,28 @@ fn page_writeback_ends_once_after_all_bios_and_failed_io_end_is_not_converted() 
     assert_eq!(rig.rec.wb_cycles(1, 0), (1, 1));
     for (i, b) in snap.blocks.iter().enumerate() {
         assert!(!b.contains(BlockState::ASYNC_WRITE));
-        assert_eq!(b.contains(BlockState::WRITE_IO_ERROR), i == 1, "block {i}: {b:?}");
-        assert!(!b.contains(BlockState::DIRTY), "a failed page is not redirtied");
+        assert_eq!(
+            b.contains(BlockState::WRITE_IO_ERROR),
+            i == 1,
+            "block {i}: {b:?}"
+        );
+        assert!(
+            !b.contains(BlockState::DIRTY),
+            "a failed page is not redirtied"
+        );
     }
     assert!(!snap.flags.contains(PageFlags::DIRTY));
     assert_eq!(rig.rec.count(|e| matches!(e, Event::Convert { .. })), 0);
-    assert_eq!(rig.rec.count(|e| matches!(e, Event::ConversionSkipped { .. })), 1);
+    assert_eq!(
+        rig.rec
+            .count(|e| matches!(e, Event::ConversionSkipped { .. })),
+        1
+    );
     assert!(rig.mapper.conversions().is_empty());
-    assert!(rig.mapper.extents(1).iter().all(|e| e.3), "a failed io_end leaves its extents unwritten");
+    assert!(
+        rig.mapper.extents(1).iter().all(|e| e.3),
+        "a failed io_end leaves its extents unwritten"
+    );
     dd.set_passthrough(true);
     assert_eq!(h1.fsync(), Err(Error::Writeback { errno: 5 }));
     assert_eq!(h1.fsync(), Ok(()));
@@ -108,7 +141,12 @@ fn conversions_precede_page_ends(rec: &Recorder, ino: u64, bpp: u64) -> Vec<bool
     let mut inline = Vec::new();
     for e in &ev {
         match e {
-            Event::Convert { ino: i, ranges, inline: il, ok } if *i == ino => {
+            Event::Convert {
+                ino: i,
+                ranges,
+                inline: il,
+                ok,
+            } if *i == ino => {
                 assert!(ok);
                 converted.extend(ranges.iter().copied());
                 inline.push(*il);
@@ -116,7 +154,9 @@ fn conversions_precede_page_ends(rec: &Recorder, ino: u64, bpp: u64) -> Vec<bool
             Event::WritebackEnd { ino: i, index } if *i == ino => {
                 for lblk in index * bpp..(index + 1) * bpp {
                     assert!(
-                        converted.iter().any(|r| r.lblk <= lblk && lblk < r.lblk + r.len),
+                        converted
+                            .iter()
+                            .any(|r| r.lblk <= lblk && lblk < r.lblk + r.len),
                         "page {index} left writeback before block {lblk} was converted: {ev:?}"
                     );
                 }
@@ -134,7 +174,10 @@ fn conversions_precede_page_ends(rec: &Recorder, ino: u64, bpp: u64) -> Vec<bool
 fn conversion_runs_once_after_all_bios_in_the_writer_put_and_writeback_covers_it() {
     let mut slot = None;
     let rig = Rig::new(unwritten_cfg(4096, 1024), 4096, |mem| {
-        let d = Arc::new(ReverseAtN { inner: DeferredDevice::new(Arc::new(mem)), n: 4 });
+        let d = Arc::new(ReverseAtN {
+            inner: DeferredDevice::new(Arc::new(mem)),
+            n: 4,
+        });
         slot = Some(Arc::clone(&d));
         d
     });
@@ -145,9 +188,16 @@ fn conversion_runs_once_after_all_bios_in_the_writer_put_and_writeback_covers_it
     m.writepages(&mut WritebackControl::sync_all()).unwrap();
     m.wait_writeback();
     let inline = conversions_precede_page_ends(&rig.rec, 2, 4);
-    assert_eq!(inline, vec![true], "one conversion, by the writer, which dropped the last reference");
+    assert_eq!(
+        inline,
+        vec![true],
+        "one conversion, by the writer, which dropped the last reference"
+    );
     assert_eq!(rig.mapper.conversions().len(), 1);
-    assert_eq!(rig.mapper.conversions()[0].ranges, vec![UnwrittenRange { lblk: 0, len: 4 }]);
+    assert_eq!(
+        rig.mapper.conversions()[0].ranges,
+        vec![UnwrittenRange { lblk: 0, len: 4 }]
+    );
     assert!(rig.mapper.extents(2).iter().all(|e| !e.3));
     assert_eq!(rig.rec.wb_cycles(2, 0), (1, 1));
     assert_eq!(slot.unwrap().inner.nr_pending(), 0);
@@ -173,7 +223,11 @@ fn conversion_runs_once_on_the_worker_when_a_bio_drops_the_last_reference() {
     // Each page is its own io_end here (the allocator maps 3 blocks at a time, so every pass
     // ends inside a page): three conversions, all by the worker.
     let inline = conversions_precede_page_ends(&rig.rec, 3, 8);
-    assert_eq!(inline, vec![false, false, false], "the last reference was a bio's: the worker converts");
+    assert_eq!(
+        inline,
+        vec![false, false, false],
+        "the last reference was a bio's: the worker converts"
+    );
     assert_eq!(rig.mapper.conversions().len(), 3);
     for i in 0..3 {
         assert_eq!(rig.rec.wb_cycles(3, i), (1, 1));
@@ -202,16 +256,28 @@ fn bios_split_on_physical_discontiguity_merge_across_pages_and_holes_are_never_w
         .events()
         .iter()
         .filter_map(|e| match e {
-            Event::BioSubmit { pblk, nr_blocks, .. } => Some((*pblk, *nr_blocks)),
+            Event::BioSubmit {
+                pblk, nr_blocks, ..
+            } => Some((*pblk, *nr_blocks)),
             _ => None,
         })
         .collect();
     assert_eq!(bios, vec![(100, 1), (500, 1), (101, 1)]);
     let after = rig.mem.snapshot();
-    let changed: Vec<usize> = (0..after.len() / 1024).filter(|&b| before[b * 1024..(b + 1) * 1024] != after[b * 1024..(b + 1) * 1024]).collect();
-    assert_eq!(changed, vec![100, 101, 500], "only the three mapped blocks may be written");
+    let changed: Vec<usize> = (0..after.len() / 1024)
+        .filter(|&b| before[b * 1024..(b + 1) * 1024] != after[b * 1024..(b + 1) * 1024])
+        .collect();
+    assert_eq!(
+        changed,
+        vec![100, 101, 500],
+        "only the three mapped blocks may be written"
+    );
     let snap = m.page_snapshot(0).unwrap();
-    assert!(!snap.blocks[2].intersects(BlockState::DIRTY | BlockState::MAPPED), "{:?}", snap.blocks[2]);
+    assert!(
+        !snap.blocks[2].intersects(BlockState::DIRTY | BlockState::MAPPED),
+        "{:?}",
+        snap.blocks[2]
+    );
     assert!(!snap.flags.contains(PageFlags::DIRTY));
     assert_eq!(m.nr_dirty(), 0);
 
@@ -221,8 +287,21 @@ fn bios_split_on_physical_discontiguity_merge_across_pages_and_holes_are_never_w
     let m5 = rig.cache.mapping(5, 8192, 8192);
     m5.write(0, &pattern(5, 8192)).unwrap();
     m5.writepages(&mut WritebackControl::sync_all()).unwrap();
-    let subs: Vec<Event> = rig.rec.events().into_iter().filter(|e| matches!(e, Event::BioSubmit { .. })).collect();
-    assert_eq!(subs, vec![Event::BioSubmit { ino: 5, pblk: 1000, nr_blocks: 8, nr_segments: 2 }]);
+    let subs: Vec<Event> = rig
+        .rec
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::BioSubmit { .. }))
+        .collect();
+    assert_eq!(
+        subs,
+        vec![Event::BioSubmit {
+            ino: 5,
+            pblk: 1000,
+            nr_blocks: 8,
+            nr_segments: 2
+        }]
+    );
 }
 
 /// §6.4: with completion inside submit, each of a page's four bios completes before the next is
@@ -239,10 +318,22 @@ fn mark_before_submit_keeps_writeback_until_the_last_block_is_submitted() {
         m.write(0, &pattern(6, ps)).unwrap();
         m.writepages(&mut WritebackControl::sync_all()).unwrap();
         let ev = rig.rec.events();
-        let last_submit = ev.iter().rposition(|e| matches!(e, Event::BioSubmit { .. })).unwrap();
-        let end = ev.iter().position(|e| matches!(e, Event::WritebackEnd { .. })).unwrap();
-        assert!(end > last_submit, "{ps}/{bs}: writeback ended at event {end}, last submit at {last_submit}: {ev:?}");
-        assert_eq!(rig.rec.count(|e| matches!(e, Event::BioSubmit { .. })), bpp as usize);
+        let last_submit = ev
+            .iter()
+            .rposition(|e| matches!(e, Event::BioSubmit { .. }))
+            .unwrap();
+        let end = ev
+            .iter()
+            .position(|e| matches!(e, Event::WritebackEnd { .. }))
+            .unwrap();
+        assert!(
+            end > last_submit,
+            "{ps}/{bs}: writeback ended at event {end}, last submit at {last_submit}: {ev:?}"
+        );
+        assert_eq!(
+            rig.rec.count(|e| matches!(e, Event::BioSubmit { .. })),
+            bpp as usize
+        );
         assert_eq!(rig.rec.wb_cycles(6, 0), (1, 1));
         assert_eq!(rig.cache.stats().violations, 0);
         assert_eq!(rig.disk_file(6, ps as u64), pattern(6, ps));
@@ -267,10 +358,21 @@ fn eof_tail_is_zeroed_on_every_writeout_and_reads_zero_after_extension() {
             let eof_block = 5000 / bs64;
             let disk = rig.disk_file_block(7, eof_block);
             let inside = 5000 - (eof_block * bs64) as usize;
-            assert_eq!(&disk[..inside], &data[(eof_block * bs64) as usize..], "{ps}/{bs} round {round}");
-            assert!(disk[inside..].iter().all(|&b| b == 0), "{ps}/{bs}: garbage past EOF reached the disk");
+            assert_eq!(
+                &disk[..inside],
+                &data[(eof_block * bs64) as usize..],
+                "{ps}/{bs} round {round}"
+            );
+            assert!(
+                disk[inside..].iter().all(|&b| b == 0),
+                "{ps}/{bs}: garbage past EOF reached the disk"
+            );
             for lblk in eof_block + 1..(page_end as u64).div_ceil(bs64) {
-                assert_eq!(rig.mapper.lookup(7, lblk), None, "{ps}/{bs}: block {lblk} past EOF was allocated");
+                assert_eq!(
+                    rig.mapper.lookup(7, lblk),
+                    None,
+                    "{ps}/{bs}: block {lblk} past EOF was allocated"
+                );
             }
         }
         m.truncate(10_000).unwrap();
@@ -281,7 +383,10 @@ fn eof_tail_is_zeroed_on_every_writeout_and_reads_zero_after_extension() {
         m.open().fsync().unwrap();
         m.invalidate_clean();
         m.read(0, &mut back).unwrap();
-        assert!(back[5000..].iter().all(|&b| b == 0), "{ps}/{bs} after eviction");
+        assert!(
+            back[5000..].iter().all(|&b| b == 0),
+            "{ps}/{bs} after eviction"
+        );
         assert_eq!(rig.disk_file(7, 10_000)[5000..], vec![0u8; 5000][..]);
     }
 }
@@ -304,22 +409,42 @@ fn failed_submission_restores_dirty_and_leaves_no_block_in_flight() {
             m.wait_writeback();
             for snap in m.snapshots() {
                 assert!(!snap.flags.contains(PageFlags::WRITEBACK));
-                assert!(snap.blocks.iter().all(|b| !b.contains(BlockState::ASYNC_WRITE)), "{:?}", snap);
+                assert!(
+                    snap.blocks
+                        .iter()
+                        .all(|b| !b.contains(BlockState::ASYNC_WRITE)),
+                    "{:?}",
+                    snap
+                );
                 if snap.index >= nth {
-                    assert!(snap.flags.contains(PageFlags::DIRTY), "page {} lost its dirty flag", snap.index);
-                    assert!(snap.blocks.iter().all(|b| b.contains(BlockState::DIRTY)), "{snap:?}");
+                    assert!(
+                        snap.flags.contains(PageFlags::DIRTY),
+                        "page {} lost its dirty flag",
+                        snap.index
+                    );
+                    assert!(
+                        snap.blocks.iter().all(|b| b.contains(BlockState::DIRTY)),
+                        "{snap:?}"
+                    );
                 }
             }
             assert_eq!(m.nr_dirty() as u64, npages - nth);
             let fp = m.page_snapshot(nth).unwrap();
-            assert_eq!(fp.wb_started, 0, "writeback must not start on a failed submission");
+            assert_eq!(
+                fp.wb_started, 0,
+                "writeback must not start on a failed submission"
+            );
             m.open().fsync().unwrap();
             assert_eq!(rig.disk_file(8, data.len() as u64), data);
             assert_eq!(m.reserved_blocks(), 0);
             assert_eq!(rig.mapper.total_reserved(), 0);
             assert!(rig.mapper.errors().is_empty(), "{:?}", rig.mapper.errors());
             let allocated: u64 = rig.mapper.extents(8).iter().map(|e| e.2).sum();
-            assert_eq!(allocated * bs as u64, data.len() as u64, "blocks allocated twice or leaked");
+            assert_eq!(
+                allocated * bs as u64,
+                data.len() as u64,
+                "blocks allocated twice or leaked"
+            );
             assert_eq!(rig.cache.stats().violations, 0);
         }
     }
@@ -328,9 +453,17 @@ fn failed_submission_restores_dirty_and_leaves_no_block_in_flight() {
     let m = rig.mapping(9);
     m.write(0, &pattern(9, 20_000)).unwrap();
     rig.mapper.fail_alloc_at(Some(0));
-    assert_eq!(m.writepages(&mut WritebackControl::sync_all()), Err(Error::Map(MapError::NoSpace)));
+    assert_eq!(
+        m.writepages(&mut WritebackControl::sync_all()),
+        Err(Error::Map(MapError::NoSpace))
+    );
     assert_eq!(m.nr_dirty(), 5);
-    assert!(m.snapshots().iter().all(|s| s.blocks.iter().take_while(|_| true).any(|b| b.contains(BlockState::DELAY))));
+    assert!(m.snapshots().iter().all(|s| {
+        s.blocks
+            .iter()
+            .take_while(|_| true)
+            .any(|b| b.contains(BlockState::DELAY))
+    }));
     m.open().fsync().unwrap();
     assert_eq!(rig.disk_file(9, 20_000), pattern(9, 20_000));
     assert_eq!(rig.mapper.total_reserved(), 0);
@@ -353,7 +486,13 @@ impl BlockMapper for TruncateOnAlloc {
     fn release(&self, ino: u64, count: u64) {
         self.inner.release(ino, count)
     }
-    fn map_blocks(&self, ino: u64, lblk: u64, len: u64, flags: MapFlags) -> Result<Extent, MapError> {
+    fn map_blocks(
+        &self,
+        ino: u64,
+        lblk: u64,
+        len: u64,
+        flags: MapFlags,
+    ) -> Result<Extent, MapError> {
         if flags.contains(MapFlags::CREATE) {
             let mut fired = self.fired.lock().unwrap();
             if fired.is_none() {
@@ -390,9 +529,19 @@ fn truncate_racing_writeback_leaks_no_blocks_and_disksize_stays_inside_i_size() 
     for new_size in [0u64, 1, 5000, 9000, 4096 * 5] {
         let total = 4096 - common::FIRST_DATA_BLOCK;
         let inner = Arc::new(SimpleMapper::new(common::FIRST_DATA_BLOCK, total));
-        let mapper = Arc::new(TruncateOnAlloc { inner: inner.clone(), mapping: OnceLock::new(), new_size, fired: Mutex::new(None) });
+        let mapper = Arc::new(TruncateOnAlloc {
+            inner: inner.clone(),
+            mapping: OnceLock::new(),
+            new_size,
+            fired: Mutex::new(None),
+        });
         let mem = MemDevice::new(512, 4096 * 2);
-        let cache = PageCache::new(Config::new(4096, 1024), Arc::new(mem.clone()), mapper.clone()).unwrap();
+        let cache = PageCache::new(
+            Config::new(4096, 1024),
+            Arc::new(mem.clone()),
+            mapper.clone(),
+        )
+        .unwrap();
         let m = cache.mapping(10, 0, 0);
         mapper.mapping.set(m.clone()).unwrap();
         let data = pattern(10, 40_000);
@@ -403,9 +552,20 @@ fn truncate_racing_writeback_leaks_no_blocks_and_disksize_stays_inside_i_size() 
         assert_eq!(m.size(), new_size);
         let exts = inner.extents(10);
         let used: u64 = exts.iter().map(|e| e.2).sum();
-        assert_eq!(used + inner.free_blocks(), total, "new_size {new_size}: blocks leaked: {exts:?}");
-        assert!(exts.iter().all(|e| e.0 + e.2 <= new_size.div_ceil(1024)), "{exts:?}");
-        assert!(inner.disksize(10) <= new_size, "disksize {} > i_size {new_size}", inner.disksize(10));
+        assert_eq!(
+            used + inner.free_blocks(),
+            total,
+            "new_size {new_size}: blocks leaked: {exts:?}"
+        );
+        assert!(
+            exts.iter().all(|e| e.0 + e.2 <= new_size.div_ceil(1024)),
+            "{exts:?}"
+        );
+        assert!(
+            inner.disksize(10) <= new_size,
+            "disksize {} > i_size {new_size}",
+            inner.disksize(10)
+        );
         assert_eq!(inner.total_reserved(), 0);
         assert_eq!(m.reserved_blocks(), 0);
         let mut back = vec![0u8; new_size as usize];
@@ -428,7 +588,11 @@ fn delalloc_reservations_balance_to_zero_after_sync() {
         let r1 = m.reserved_blocks();
         assert_eq!(r1, (10 * ps / bs) as u64);
         m.write(ps as u64 + 3, &pattern(2, 2 * ps)).unwrap();
-        assert_eq!(m.reserved_blocks(), r1, "an overwrite of delayed blocks reserves nothing more");
+        assert_eq!(
+            m.reserved_blocks(),
+            r1,
+            "an overwrite of delayed blocks reserves nothing more"
+        );
         m.truncate(3 * ps as u64 + bs as u64 / 2).unwrap();
         assert_eq!(m.reserved_blocks(), (3 * ps / bs + 1) as u64);
         rig.mapper.fail_alloc_at(Some(0));
@@ -459,21 +623,41 @@ fn commit_writeback_leaves_delayed_blocks_dirty_and_tagged_for_sync() {
     wbc.can_map = false;
     m.writepages(&mut wbc).unwrap();
     m.wait_writeback();
-    assert_eq!(&rig.disk_file(12, 4096)[..], &pattern(2, 4096)[..], "mapped blocks are written");
+    assert_eq!(
+        &rig.disk_file(12, 4096)[..],
+        &pattern(2, 4096)[..],
+        "mapped blocks are written"
+    );
     let mut expect = pattern(1, 8192);
     expect[..4096].copy_from_slice(&pattern(2, 4096));
     expect.resize(16_000, 0);
     expect[6000..16_000].copy_from_slice(&pattern(3, 10_000));
-    assert_eq!(rig.disk_file(12, 8192), expect[..8192], "pages 0-1 have only mapped blocks: written");
+    assert_eq!(
+        rig.disk_file(12, 8192),
+        expect[..8192],
+        "pages 0-1 have only mapped blocks: written"
+    );
     assert_eq!(m.nr_towrite(), 2, "pages with delayed blocks keep TOWRITE");
     assert_eq!(m.nr_dirty(), 2);
     for i in 2..4 {
         let s = m.page_snapshot(i).unwrap();
         assert!(s.flags.contains(PageFlags::DIRTY));
-        assert!(s.blocks.iter().all(|b| b.contains(BlockState::DELAY | BlockState::DIRTY)), "{s:?}");
-        assert_eq!((s.wb_started, s.wb_ended), (1, 1), "written (with nothing to submit) once");
+        assert!(
+            s.blocks
+                .iter()
+                .all(|b| b.contains(BlockState::DELAY | BlockState::DIRTY)),
+            "{s:?}"
+        );
+        assert_eq!(
+            (s.wb_started, s.wb_ended),
+            (1, 1),
+            "written (with nothing to submit) once"
+        );
     }
-    assert!(rig.mapper.extents(12).iter().all(|e| e.0 + e.2 <= 8), "commit writeback allocated blocks");
+    assert!(
+        rig.mapper.extents(12).iter().all(|e| e.0 + e.2 <= 8),
+        "commit writeback allocated blocks"
+    );
     m.open().fsync().unwrap();
     assert_eq!((m.nr_dirty(), m.nr_towrite()), (0, 0));
     assert_eq!(rig.disk_file(12, 16_000), expect);
@@ -492,15 +676,24 @@ fn nothing_to_submit_still_clears_dirty_and_towrite_tags() {
     assert_eq!(m.nr_dirty(), 1);
     let before = rig.mem.snapshot();
     m.writepages(&mut WritebackControl::sync_all()).unwrap();
-    assert_eq!((m.nr_dirty(), m.nr_towrite()), (0, 0), "stale tags after a writeback with nothing to write");
+    assert_eq!(
+        (m.nr_dirty(), m.nr_towrite()),
+        (0, 0),
+        "stale tags after a writeback with nothing to write"
+    );
     assert_eq!(rig.rec.wb_cycles(13, 0), (1, 1));
     assert_eq!(rig.rec.count(|e| matches!(e, Event::BioSubmit { .. })), 0);
-    assert_eq!(rig.mem.snapshot(), before, "nothing past EOF may be written");
+    assert_eq!(
+        rig.mem.snapshot(),
+        before,
+        "nothing past EOF may be written"
+    );
     let s = m.page_snapshot(0).unwrap();
     assert!(!s.flags.contains(PageFlags::DIRTY));
     assert!(s.blocks[2..].iter().all(|b| !b.contains(BlockState::DIRTY)));
     // Background writeback after it finds nothing to do either.
-    m.writepages(&mut WritebackControl::background(100)).unwrap();
+    m.writepages(&mut WritebackControl::background(100))
+        .unwrap();
     assert_eq!(rig.rec.wb_cycles(13, 0), (1, 1));
 }
 
@@ -537,9 +730,16 @@ fn failed_write_then_eviction_reads_zeros_not_stale_data_and_errors_follow_errse
         let mut back = vec![0u8; 3 * ps];
         m.read(0, &mut back).unwrap();
         assert_eq!(back, data);
-        assert_eq!(m.invalidate_clean(), 3, "failed pages are clean: eviction drops them");
+        assert_eq!(
+            m.invalidate_clean(),
+            3,
+            "failed pages are clean: eviction drops them"
+        );
         m.read(0, &mut back).unwrap();
-        assert!(back.iter().all(|&b| b == 0), "{ps}/{bs}: after eviction a never-converted range must read zeros");
+        assert!(
+            back.iter().all(|&b| b == 0),
+            "{ps}/{bs}: after eviction a never-converted range must read zeros"
+        );
         assert!(rig.mapper.conversions().is_empty());
     }
 }
@@ -557,7 +757,10 @@ fn completion_keeps_no_reference_to_the_file_after_the_last_page_ends() {
         m.writepages(&mut WritebackControl::sync_all()).unwrap();
         let weak = m.downgrade();
         drop(m);
-        assert!(weak.upgrade().is_some(), "bios in flight keep the file alive");
+        assert!(
+            weak.upgrade().is_some(),
+            "bios in flight keep the file alive"
+        );
         dd.complete_all();
         // The conversion worker may still be finishing the last io_end.
         for _ in 0..1000 {
@@ -566,7 +769,10 @@ fn completion_keeps_no_reference_to_the_file_after_the_last_page_ends() {
             }
             thread::sleep(Duration::from_millis(1));
         }
-        assert!(weak.upgrade().is_none(), "unwritten={unwritten}: the engine kept the file alive after completion");
+        assert!(
+            weak.upgrade().is_none(),
+            "unwritten={unwritten}: the engine kept the file alive after completion"
+        );
         assert_eq!(rig.cache.stats().violations, 0);
     }
 }
@@ -582,7 +788,13 @@ impl BlockMapper for SlowConvert {
     fn release(&self, ino: u64, count: u64) {
         self.0.release(ino, count)
     }
-    fn map_blocks(&self, ino: u64, lblk: u64, len: u64, flags: MapFlags) -> Result<Extent, MapError> {
+    fn map_blocks(
+        &self,
+        ino: u64,
+        lblk: u64,
+        len: u64,
+        flags: MapFlags,
+    ) -> Result<Extent, MapError> {
         self.0.map_blocks(ino, lblk, len, flags)
     }
     fn convert_unwritten(&self, ino: u64, r: &[UnwrittenRange]) -> Result<(), MapError> {
@@ -610,7 +822,13 @@ fn shutdown_finishes_queued_conversions_and_later_ones_run_inline() {
     let rec = Arc::new(Recorder::default());
     let mut cfg = unwritten_cfg(4096, 4096);
     cfg.max_bio_bytes = 4096;
-    let cache = PageCache::with_observer(cfg, Arc::new(dd.clone()), Arc::new(SlowConvert(inner.clone())), Some(rec.clone())).unwrap();
+    let cache = PageCache::with_observer(
+        cfg,
+        Arc::new(dd.clone()),
+        Arc::new(SlowConvert(inner.clone())),
+        Some(rec.clone()),
+    )
+    .unwrap();
     inner.set_max_alloc(Some(1));
     let files: Vec<Mapping> = (0..5).map(|i| cache.mapping(100 + i, 0, 0)).collect();
     for (i, m) in files.iter().enumerate() {
@@ -624,15 +842,26 @@ fn shutdown_finishes_queued_conversions_and_later_ones_run_inline() {
     cache.shutdown();
     for m in &files {
         m.wait_writeback();
-        assert!(m.snapshots().iter().all(|s| !s.flags.contains(PageFlags::WRITEBACK)));
+        assert!(
+            m.snapshots()
+                .iter()
+                .all(|s| !s.flags.contains(PageFlags::WRITEBACK))
+        );
     }
     let converted: usize = inner.conversions().len();
-    assert_eq!(converted, 20, "every io_end with unwritten blocks converted ({n_io_ends} io_ends)");
+    assert_eq!(
+        converted, 20,
+        "every io_end with unwritten blocks converted ({n_io_ends} io_ends)"
+    );
     assert!(rec.count(|e| matches!(e, Event::Convert { inline: false, .. })) > 0);
     // After shutdown: a bio's last reference converts on the completing thread.
     let m = cache.mapping(200, 0, 0);
     m.write(0, &pattern(9, 4096)).unwrap();
-    m.writepages(&mut WritebackControl { sync_mode: SyncMode::All, ..WritebackControl::sync_all() }).unwrap();
+    m.writepages(&mut WritebackControl {
+        sync_mode: SyncMode::All,
+        ..WritebackControl::sync_all()
+    })
+    .unwrap();
     dd.complete_all();
     m.wait_writeback();
     assert!(inner.extents(200).iter().all(|e| !e.3));

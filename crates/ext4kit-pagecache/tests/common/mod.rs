@@ -30,8 +30,12 @@ impl Recorder {
     }
     /// (starts, ends) of writeback for page `index` of `ino`.
     pub fn wb_cycles(&self, ino: u64, index: u64) -> (usize, usize) {
-        let s = self.count(|e| matches!(e, Event::WritebackStart { ino: i, index: x } if *i == ino && *x == index));
-        let n = self.count(|e| matches!(e, Event::WritebackEnd { ino: i, index: x } if *i == ino && *x == index));
+        let s = self.count(
+            |e| matches!(e, Event::WritebackStart { ino: i, index: x } if *i == ino && *x == index),
+        );
+        let n = self.count(
+            |e| matches!(e, Event::WritebackEnd { ino: i, index: x } if *i == ino && *x == index),
+        );
         (s, n)
     }
 }
@@ -49,13 +53,33 @@ pub struct Rig {
 pub const FIRST_DATA_BLOCK: u64 = 16;
 
 impl Rig {
-    pub fn new(cfg: Config, nr_fs_blocks: u64, wrap: impl FnOnce(MemDevice) -> Arc<dyn BlockDevice>) -> Rig {
+    pub fn new(
+        cfg: Config,
+        nr_fs_blocks: u64,
+        wrap: impl FnOnce(MemDevice) -> Arc<dyn BlockDevice>,
+    ) -> Rig {
         let mem = MemDevice::new(512, nr_fs_blocks * (cfg.block_size as u64 / 512));
         let dev = wrap(mem.clone());
-        let mapper = Arc::new(SimpleMapper::new(FIRST_DATA_BLOCK, nr_fs_blocks - FIRST_DATA_BLOCK));
+        let mapper = Arc::new(SimpleMapper::new(
+            FIRST_DATA_BLOCK,
+            nr_fs_blocks - FIRST_DATA_BLOCK,
+        ));
         let rec = Arc::new(Recorder::default());
-        let cache = PageCache::with_observer(cfg.clone(), Arc::clone(&dev), mapper.clone(), Some(rec.clone())).unwrap();
-        Rig { cfg, mem, dev, mapper, rec, cache }
+        let cache = PageCache::with_observer(
+            cfg.clone(),
+            Arc::clone(&dev),
+            mapper.clone(),
+            Some(rec.clone()),
+        )
+        .unwrap();
+        Rig {
+            cfg,
+            mem,
+            dev,
+            mapper,
+            rec,
+            cache,
+        }
     }
 
     /// A rig whose device parks every bio until the test releases it.
@@ -76,7 +100,8 @@ impl Rig {
     /// The bytes of physical block `pblk` on the device.
     pub fn disk_block(&self, pblk: u64) -> Vec<u8> {
         let bs = self.cfg.block_size;
-        self.mem.with_image(|img| img[pblk as usize * bs..(pblk as usize + 1) * bs].to_vec())
+        self.mem
+            .with_image(|img| img[pblk as usize * bs..(pblk as usize + 1) * bs].to_vec())
     }
 
     /// The bytes of `ino`'s logical block `lblk` on disk (zeros for holes and unwritten blocks).
