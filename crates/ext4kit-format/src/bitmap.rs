@@ -98,7 +98,10 @@ pub fn count_set(bitmap: &[u8], start: usize, end: usize) -> usize {
     }
     let full_end = end / 8;
     if i / 8 < full_end {
-        n += bitmap[i / 8..full_end].iter().map(|b| b.count_ones() as usize).sum::<usize>();
+        n += bitmap[i / 8..full_end]
+            .iter()
+            .map(|b| b.count_ones() as usize)
+            .sum::<usize>();
         i = full_end * 8;
     }
     while i < end {
@@ -179,7 +182,10 @@ mod tests {
             for e in [s, s + 1, s + 7, s + 64, 512] {
                 let e = e.min(512);
                 assert_eq!(find_first_zero(&b, s, e), naive_zero(s, e));
-                assert_eq!(count_set(&b, s, e), (s..e).filter(|&i| test(&b, i).unwrap()).count());
+                assert_eq!(
+                    count_set(&b, s, e),
+                    (s..e).filter(|&i| test(&b, i).unwrap()).count()
+                );
             }
         }
     }

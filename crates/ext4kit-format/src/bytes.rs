@@ -18,7 +18,13 @@ macro_rules! rw {
                     <$ty>::$from(a)
                 }
                 None => {
-                    debug_assert!(false, "read of {} bytes at {} in a {}-byte buffer", $n, off, buf.len());
+                    debug_assert!(
+                        false,
+                        "read of {} bytes at {} in a {}-byte buffer",
+                        $n,
+                        off,
+                        buf.len()
+                    );
                     0
                 }
             }
@@ -31,7 +37,11 @@ macro_rules! rw {
             match off.checked_add($n).and_then(|end| buf.get_mut(off..end)) {
                 Some(s) => s.copy_from_slice(&value.$to()),
                 None => {
-                    debug_assert!(false, "write of {} bytes at {} in a {}-byte buffer", $n, off, len);
+                    debug_assert!(
+                        false,
+                        "write of {} bytes at {} in a {}-byte buffer",
+                        $n, off, len
+                    );
                 }
             }
         }
@@ -51,7 +61,12 @@ pub fn read_u8(buf: &[u8], off: usize) -> u8 {
     match buf.get(off) {
         Some(b) => *b,
         None => {
-            debug_assert!(false, "read of 1 byte at {} in a {}-byte buffer", off, buf.len());
+            debug_assert!(
+                false,
+                "read of 1 byte at {} in a {}-byte buffer",
+                off,
+                buf.len()
+            );
             0
         }
     }
@@ -73,7 +88,11 @@ pub fn read_array<const N: usize>(buf: &[u8], off: usize) -> [u8; N] {
     let mut a = [0u8; N];
     match off.checked_add(N).and_then(|end| buf.get(off..end)) {
         Some(s) => a.copy_from_slice(s),
-        None => debug_assert!(false, "read of {N} bytes at {off} in a {}-byte buffer", buf.len()),
+        None => debug_assert!(
+            false,
+            "read of {N} bytes at {off} in a {}-byte buffer",
+            buf.len()
+        ),
     }
     a
 }
@@ -82,9 +101,16 @@ pub fn read_array<const N: usize>(buf: &[u8], off: usize) -> [u8; N] {
 #[inline]
 pub fn write_bytes(buf: &mut [u8], off: usize, src: &[u8]) {
     let len = buf.len();
-    match off.checked_add(src.len()).and_then(|end| buf.get_mut(off..end)) {
+    match off
+        .checked_add(src.len())
+        .and_then(|end| buf.get_mut(off..end))
+    {
         Some(s) => s.copy_from_slice(src),
-        None => debug_assert!(false, "write of {} bytes at {off} in a {len}-byte buffer", src.len()),
+        None => debug_assert!(
+            false,
+            "write of {} bytes at {off} in a {len}-byte buffer",
+            src.len()
+        ),
     }
 }
 
@@ -94,7 +120,11 @@ pub fn slice(buf: &[u8], off: usize, len: usize) -> &[u8] {
     match off.checked_add(len).and_then(|end| buf.get(off..end)) {
         Some(s) => s,
         None => {
-            debug_assert!(false, "slice of {len} bytes at {off} in a {}-byte buffer", buf.len());
+            debug_assert!(
+                false,
+                "slice of {len} bytes at {off} in a {}-byte buffer",
+                buf.len()
+            );
             &[]
         }
     }

@@ -10,7 +10,9 @@
 //! the entry area (the block end, or the tail). `rec_len` values are decoded
 //! for 64 KiB blocks ([`rec_len_from_disk`]).
 
-use crate::bytes::{read_u16le, read_u32le, read_u8, write_bytes, write_u16le, write_u32le, write_u8};
+use crate::bytes::{
+    read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
+};
 use crate::checksum::{crc32c_raw, inode_csum_seed};
 use crate::error::{CorruptKind, FormatError, Result, Structure};
 use crate::inode::FileType;
@@ -45,7 +47,11 @@ pub fn rec_len_from_disk(raw: u16, block_size: u32) -> u32 {
 /// not multiples of 4 or exceed the block.
 pub fn rec_len_to_disk(len: u32, block_size: u32) -> Result<u16> {
     if len % 4 != 0 || len > block_size || block_size > (1 << 18) {
-        return Err(FormatError::unrepresentable(Structure::DirectoryBlock, "rec_len", u64::from(len)));
+        return Err(FormatError::unrepresentable(
+            Structure::DirectoryBlock,
+            "rec_len",
+            u64::from(len),
+        ));
     }
     if len < 65536 {
         return Ok(len as u16);
@@ -109,7 +115,11 @@ pub struct DirBlockOptions {
 impl DirBlockOptions {
     /// Options for a block of `block_size` with or without a tail.
     pub fn new(block_size: u32, has_tail: bool) -> Self {
-        Self { block_size, has_tail, max_inode: None }
+        Self {
+            block_size,
+            has_tail,
+            max_inode: None,
+        }
     }
 }
 
@@ -137,18 +147,31 @@ fn walk<'a>(buf: &'a [u8], end: usize, opts: &DirBlockOptions) -> Result<Vec<Dir
     let mut off = 0usize;
     while off < end {
         if off + DIRENT_HEADER_SIZE > end {
-            return bad(CorruptKind::DirentOverrun { offset: off, rec_len: 0 });
+            return bad(CorruptKind::DirentOverrun {
+                offset: off,
+                rec_len: 0,
+            });
         }
         let (inode, rec_len, name_len, file_type) = raw_entry(buf, off, opts.block_size);
         if rec_len < MIN_REC_LEN || rec_len % 4 != 0 {
-            return bad(CorruptKind::DirentRecLen { offset: off, rec_len });
+            return bad(CorruptKind::DirentRecLen {
+                offset: off,
+                rec_len,
+            });
         }
         if rec_len < rec_len_for_name(usize::from(name_len)) {
-            return bad(CorruptKind::DirentNameLen { offset: off, name_len, rec_len });
+            return bad(CorruptKind::DirentNameLen {
+                offset: off,
+                name_len,
+                rec_len,
+            });
         }
         let next = off + rec_len as usize;
         if next > end {
-            return bad(CorruptKind::DirentOverrun { offset: off, rec_len });
+            return bad(CorruptKind::DirentOverrun {
+                offset: off,
+                rec_len,
+            });
         }
         if let Some(max) = opts.max_inode {
             if inode > max {
@@ -156,7 +179,13 @@ fn walk<'a>(buf: &'a [u8], end: usize, opts: &DirBlockOptions) -> Result<Vec<Dir
             }
         }
         let name = &buf[off + DIRENT_HEADER_SIZE..off + DIRENT_HEADER_SIZE + usize::from(name_len)];
-        out.push(DirEntry { offset: off, inode, rec_len, file_type, name });
+        out.push(DirEntry {
+            offset: off,
+            inode,
+            rec_len,
+            file_type,
+            name,
+        });
         off = next;
     }
     Ok(out)
@@ -164,7 +193,9 @@ fn walk<'a>(buf: &'a [u8], end: usize, opts: &DirBlockOptions) -> Result<Vec<Dir
 
 /// `true` if the last 12 bytes of `buf` are a well-formed checksum tail.
 pub fn has_tail(buf: &[u8]) -> bool {
-    let Some(off) = buf.len().checked_sub(TAIL_SIZE) else { return false };
+    let Some(off) = buf.len().checked_sub(TAIL_SIZE) else {
+        return false;
+    };
     read_u32le(buf, off) == 0
         && read_u16le(buf, off + 4) == TAIL_SIZE as u16
         && read_u8(buf, off + 6) == 0
@@ -174,19 +205,28 @@ pub fn has_tail(buf: &[u8]) -> bool {
 impl DirBlock {
     /// Parses and validates a block (the whole chain; with `has_tail`, the tail too).
     pub fn parse(bytes: &[u8], opts: DirBlockOptions) -> Result<Self> {
-        let b = Self { raw: bytes.to_vec(), opts };
+        let b = Self {
+            raw: bytes.to_vec(),
+            opts,
+        };
         b.validate()?;
         Ok(b)
     }
 
     /// Wraps bytes without validation (entries() will then report errors).
     pub fn from_bytes_unchecked(bytes: &[u8], opts: DirBlockOptions) -> Self {
-        Self { raw: bytes.to_vec(), opts }
+        Self {
+            raw: bytes.to_vec(),
+            opts,
+        }
     }
 
     /// An empty block: one unused entry spanning the entry area (plus the tail if any).
     pub fn new_empty(len: usize, opts: DirBlockOptions) -> Result<Self> {
-        let mut b = Self { raw: vec![0; len], opts };
+        let mut b = Self {
+            raw: vec![0; len],
+            opts,
+        };
         let area = b.entry_area_len()?;
         b.write_header(0, 0, area as u32, 0, 0)?;
         if opts.has_tail {
@@ -196,9 +236,19 @@ impl DirBlock {
     }
 
     /// The first block of a new directory: `.` → `self_ino`, `..` → `parent_ino`.
-    pub fn new_dir(len: usize, opts: DirBlockOptions, self_ino: u32, parent_ino: u32, with_file_type: bool) -> Result<Self> {
+    pub fn new_dir(
+        len: usize,
+        opts: DirBlockOptions,
+        self_ino: u32,
+        parent_ino: u32,
+        with_file_type: bool,
+    ) -> Result<Self> {
         let mut b = Self::new_empty(len, opts)?;
-        let ft = if with_file_type { FileType::Directory.dirent_code() } else { 0 };
+        let ft = if with_file_type {
+            FileType::Directory.dirent_code()
+        } else {
+            0
+        };
         let area = b.entry_area_len()? as u32;
         b.write_header(0, self_ino, 12, 1, ft)?;
         write_bytes(&mut b.raw, 8, b".");
@@ -209,13 +259,20 @@ impl DirBlock {
 
     /// Builds a block holding `entries` (name, inode, file type code) packed in
     /// order, the last one extended to the end; `Ok(None)` if they do not fit.
-    pub fn build(len: usize, opts: DirBlockOptions, entries: &[(&[u8], u32, u8)]) -> Result<Option<Self>> {
+    pub fn build(
+        len: usize,
+        opts: DirBlockOptions,
+        entries: &[(&[u8], u32, u8)],
+    ) -> Result<Option<Self>> {
         let mut b = Self::new_empty(len, opts)?;
         let area = b.entry_area_len()?;
         if entries.is_empty() {
             return Ok(Some(b));
         }
-        let total: usize = entries.iter().map(|e| rec_len_for_name(e.0.len()) as usize).sum();
+        let total: usize = entries
+            .iter()
+            .map(|e| rec_len_for_name(e.0.len()) as usize)
+            .sum();
         if total > area {
             return Ok(None);
         }
@@ -223,7 +280,11 @@ impl DirBlock {
         for (i, (name, ino, ft)) in entries.iter().enumerate() {
             check_name(name)?;
             let need = rec_len_for_name(name.len()) as usize;
-            let rec = if i + 1 == entries.len() { area - off } else { need };
+            let rec = if i + 1 == entries.len() {
+                area - off
+            } else {
+                need
+            };
             b.write_header(off, *ino, rec as u32, name.len() as u8, *ft)?;
             write_bytes(&mut b.raw, off + DIRENT_HEADER_SIZE, name);
             // Zero the slack so stale bytes do not linger in new blocks.
@@ -248,14 +309,29 @@ impl DirBlock {
 
     /// Length of the entry area (the block, minus the tail if any).
     fn entry_area_len(&self) -> Result<usize> {
-        let n = if self.opts.has_tail { self.raw.len().checked_sub(TAIL_SIZE) } else { Some(self.raw.len()) };
+        let n = if self.opts.has_tail {
+            self.raw.len().checked_sub(TAIL_SIZE)
+        } else {
+            Some(self.raw.len())
+        };
         match n {
             Some(n) if n >= MIN_REC_LEN as usize => Ok(n),
-            _ => Err(FormatError::too_short(Structure::DirectoryBlock, MIN_REC_LEN as usize + TAIL_SIZE, self.raw.len())),
+            _ => Err(FormatError::too_short(
+                Structure::DirectoryBlock,
+                MIN_REC_LEN as usize + TAIL_SIZE,
+                self.raw.len(),
+            )),
         }
     }
 
-    fn write_header(&mut self, off: usize, inode: u32, rec_len: u32, name_len: u8, ft: u8) -> Result<()> {
+    fn write_header(
+        &mut self,
+        off: usize,
+        inode: u32,
+        rec_len: u32,
+        name_len: u8,
+        ft: u8,
+    ) -> Result<()> {
         let r = rec_len_to_disk(rec_len, self.opts.block_size)?;
         write_u32le(&mut self.raw, off, inode);
         write_u16le(&mut self.raw, off + 4, r);
@@ -274,7 +350,10 @@ impl DirBlock {
     pub fn validate(&self) -> Result<()> {
         let area = self.entry_area_len()?;
         if self.opts.has_tail && !has_tail(&self.raw) {
-            return Err(FormatError::corrupt(Structure::DirectoryBlock, CorruptKind::DirentTail));
+            return Err(FormatError::corrupt(
+                Structure::DirectoryBlock,
+                CorruptKind::DirentTail,
+            ));
         }
         walk(&self.raw, area, &self.opts).map(|_| ())
     }
@@ -286,12 +365,19 @@ impl DirBlock {
 
     /// Live entries (inode ≠ 0).
     pub fn live_entries(&self) -> Result<Vec<DirEntry<'_>>> {
-        Ok(self.entries()?.into_iter().filter(|e| !e.is_unused()).collect())
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| !e.is_unused())
+            .collect())
     }
 
     /// Looks up a live entry by name.
     pub fn find(&self, name: &[u8]) -> Result<Option<DirEntry<'_>>> {
-        Ok(self.entries()?.into_iter().find(|e| !e.is_unused() && e.name == name))
+        Ok(self
+            .entries()?
+            .into_iter()
+            .find(|e| !e.is_unused() && e.name == name))
     }
 
     /// Room for an entry of `name_len`: `true` if [`DirBlock::add_entry`] would succeed.
@@ -302,7 +388,11 @@ impl DirBlock {
     /// Total bytes not used by live entries' needed lengths.
     pub fn free_bytes(&self) -> Result<usize> {
         let area = self.entry_area_len()?;
-        let used: usize = self.live_entries()?.iter().map(|e| e.needed_len() as usize).sum();
+        let used: usize = self
+            .live_entries()?
+            .iter()
+            .map(|e| e.needed_len() as usize)
+            .sum();
         Ok(area.saturating_sub(used))
     }
 
@@ -325,10 +415,16 @@ impl DirBlock {
     pub fn add_entry(&mut self, name: &[u8], inode: u32, file_type: u8) -> Result<bool> {
         check_name(name)?;
         if inode == 0 {
-            return Err(FormatError::unrepresentable(Structure::DirectoryBlock, "inode", 0));
+            return Err(FormatError::unrepresentable(
+                Structure::DirectoryBlock,
+                "inode",
+                0,
+            ));
         }
         let need = rec_len_for_name(name.len());
-        let Some((off, used, rec_len)) = self.find_slot(need)? else { return Ok(false) };
+        let Some((off, used, rec_len)) = self.find_slot(need)? else {
+            return Ok(false);
+        };
         let at = if used > 0 {
             self.set_rec_len(off, used)?;
             off + used as usize
@@ -346,9 +442,21 @@ impl DirBlock {
     /// Removes the live entry `name` (the kernel's `ext4_generic_delete_entry`:
     /// merged into the previous entry, or marked unused if first). Returns its inode.
     pub fn remove_entry(&mut self, name: &[u8]) -> Result<Option<u32>> {
-        let entries: Vec<(usize, u32, u32, bool)> =
-            self.entries()?.iter().map(|e| (e.offset, e.inode, e.rec_len, !e.is_unused() && e.name == name)).collect();
-        let Some(i) = entries.iter().position(|e| e.3) else { return Ok(None) };
+        let entries: Vec<(usize, u32, u32, bool)> = self
+            .entries()?
+            .iter()
+            .map(|e| {
+                (
+                    e.offset,
+                    e.inode,
+                    e.rec_len,
+                    !e.is_unused() && e.name == name,
+                )
+            })
+            .collect();
+        let Some(i) = entries.iter().position(|e| e.3) else {
+            return Ok(None);
+        };
         let (off, ino, rec_len, _) = entries[i];
         if i == 0 {
             write_u32le(&mut self.raw, off, 0);
@@ -363,15 +471,25 @@ impl DirBlock {
     /// same order) and the last one extended to the end of the entry area.
     /// Returns the free bytes after the last entry's name.
     pub fn compact(&mut self) -> Result<usize> {
-        let live: Vec<(Vec<u8>, u32, u8)> =
-            self.live_entries()?.iter().map(|e| (e.name.to_vec(), e.inode, e.file_type)).collect();
+        let live: Vec<(Vec<u8>, u32, u8)> = self
+            .live_entries()?
+            .iter()
+            .map(|e| (e.name.to_vec(), e.inode, e.file_type))
+            .collect();
         let area = self.entry_area_len()?;
-        let refs: Vec<(&[u8], u32, u8)> = live.iter().map(|(n, i, f)| (n.as_slice(), *i, *f)).collect();
-        let fresh = Self::build(self.raw.len(), self.opts, &refs)?
-            .ok_or_else(|| FormatError::unrepresentable(Structure::DirectoryBlock, "rec_len", area as u64))?;
+        let refs: Vec<(&[u8], u32, u8)> = live
+            .iter()
+            .map(|(n, i, f)| (n.as_slice(), *i, *f))
+            .collect();
+        let fresh = Self::build(self.raw.len(), self.opts, &refs)?.ok_or_else(|| {
+            FormatError::unrepresentable(Structure::DirectoryBlock, "rec_len", area as u64)
+        })?;
         // Keep the existing tail bytes (checksum updated by the caller).
         self.raw[..area].copy_from_slice(&fresh.raw[..area]);
-        let used: usize = live.iter().map(|(n, _, _)| rec_len_for_name(n.len()) as usize).sum();
+        let used: usize = live
+            .iter()
+            .map(|(n, _, _)| rec_len_for_name(n.len()) as usize)
+            .sum();
         Ok(area - used)
     }
 
@@ -396,7 +514,10 @@ impl DirBlock {
 
     /// The checksum stored in the tail.
     pub fn stored_checksum(&self) -> u32 {
-        self.raw.len().checked_sub(4).map_or(0, |o| read_u32le(&self.raw, o))
+        self.raw
+            .len()
+            .checked_sub(4)
+            .map_or(0, |o| read_u32le(&self.raw, o))
     }
 
     /// Verifies the tail checksum (fails if there is no tail).
@@ -419,13 +540,24 @@ impl DirBlock {
 /// crc32c of a leaf block up to its 12-byte tail.
 pub fn compute_leaf_checksum(block: &[u8], fs_csum_seed: u32, ino: u32, generation: u32) -> u32 {
     let end = block.len().saturating_sub(TAIL_SIZE);
-    crc32c_raw(inode_csum_seed(fs_csum_seed, ino, generation), &block[..end])
+    crc32c_raw(
+        inode_csum_seed(fs_csum_seed, ino, generation),
+        &block[..end],
+    )
 }
 
 /// Verifies the tail checksum of a raw leaf block.
-pub fn verify_leaf_checksum(block: &[u8], fs_csum_seed: u32, ino: u32, generation: u32) -> Result<()> {
+pub fn verify_leaf_checksum(
+    block: &[u8],
+    fs_csum_seed: u32,
+    ino: u32,
+    generation: u32,
+) -> Result<()> {
     if !has_tail(block) {
-        return Err(FormatError::corrupt(Structure::DirectoryBlock, CorruptKind::DirentTail).with_inode(ino));
+        return Err(
+            FormatError::corrupt(Structure::DirectoryBlock, CorruptKind::DirentTail)
+                .with_inode(ino),
+        );
     }
     let c = compute_leaf_checksum(block, fs_csum_seed, ino, generation);
     let stored = read_u32le(block, block.len() - 4);
@@ -437,7 +569,11 @@ pub fn verify_leaf_checksum(block: &[u8], fs_csum_seed: u32, ino: u32, generatio
 
 fn check_name(name: &[u8]) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(FormatError::unrepresentable(Structure::DirectoryBlock, "name_len", name.len() as u64));
+        return Err(FormatError::unrepresentable(
+            Structure::DirectoryBlock,
+            "name_len",
+            name.len() as u64,
+        ));
     }
     Ok(())
 }
@@ -474,12 +610,20 @@ mod tests {
         let free = b.compact().unwrap();
         assert_eq!(free, b.free_bytes().unwrap());
         b.validate().unwrap();
-        let names: Vec<Vec<u8>> = b.live_entries().unwrap().iter().map(|e| e.name.to_vec()).collect();
+        let names: Vec<Vec<u8>> = b
+            .live_entries()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.to_vec())
+            .collect();
         assert_eq!(names.len(), 21);
         assert_eq!(names[0], b".");
         // Fill up.
         let mut n = 0;
-        while b.add_entry(format!("longer_name_{n:04}").as_bytes(), 500, 1).unwrap() {
+        while b
+            .add_entry(format!("longer_name_{n:04}").as_bytes(), 500, 1)
+            .unwrap()
+        {
             n += 1;
         }
         b.validate().unwrap();

@@ -152,7 +152,11 @@ pub struct UnknownFeatures {
 impl fmt::Display for UnknownFeatures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
-        for (letter, bits) in [('C', self.compat), ('I', self.incompat), ('R', self.ro_compat)] {
+        for (letter, bits) in [
+            ('C', self.compat),
+            ('I', self.incompat),
+            ('R', self.ro_compat),
+        ] {
             for bit in 0..32 {
                 if bits & (1 << bit) != 0 {
                     if !first {
@@ -445,7 +449,9 @@ impl fmt::Display for CorruptKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use CorruptKind as K;
         match self {
-            K::TooShort { needed, got } => write!(f, "buffer too short: {got} bytes, need {needed}"),
+            K::TooShort { needed, got } => {
+                write!(f, "buffer too short: {got} bytes, need {needed}")
+            }
             K::SuperblockMagic(m) => write!(f, "superblock magic {m:#06x} (expected 0xef53)"),
             K::LogBlockSize(v) => write!(f, "invalid s_log_block_size {v}"),
             K::LogClusterSize(v) => write!(f, "invalid s_log_cluster_size {v}"),
@@ -490,14 +496,20 @@ impl fmt::Display for CorruptKind {
             K::ExtentLogicalOverflow { index } => {
                 write!(f, "extent {index} runs past logical block 2^32-1")
             }
-            K::ExtentOrder { index } => write!(f, "extent entry {index} out of order or overlapping"),
+            K::ExtentOrder { index } => {
+                write!(f, "extent entry {index} out of order or overlapping")
+            }
             K::IndirectBlockOutOfRange(b) => {
                 write!(f, "logical block {b} beyond the triple-indirect range")
             }
             K::DirentRecLen { offset, rec_len } => {
                 write!(f, "directory entry at {offset}: invalid rec_len {rec_len}")
             }
-            K::DirentNameLen { offset, name_len, rec_len } => write!(
+            K::DirentNameLen {
+                offset,
+                name_len,
+                rec_len,
+            } => write!(
                 f,
                 "directory entry at {offset}: name_len {name_len} does not fit rec_len {rec_len}"
             ),
@@ -564,7 +576,9 @@ pub enum FormatError {
         context: ErrorContext,
     },
     /// The stored checksum disagrees with the computed one.
-    #[error("{context}{structure} checksum mismatch: stored {found:#010x}, computed {expected:#010x}")]
+    #[error(
+        "{context}{structure} checksum mismatch: stored {found:#010x}, computed {expected:#010x}"
+    )]
     ChecksumMismatch {
         /// The structure whose checksum failed.
         structure: Structure,
@@ -605,22 +619,40 @@ pub type Result<T, E = FormatError> = std::result::Result<T, E>;
 impl FormatError {
     /// A [`FormatError::Corrupt`] without context.
     pub fn corrupt(structure: Structure, what: CorruptKind) -> Self {
-        FormatError::Corrupt { structure, what, context: ErrorContext::default() }
+        FormatError::Corrupt {
+            structure,
+            what,
+            context: ErrorContext::default(),
+        }
     }
 
     /// A [`FormatError::ChecksumMismatch`] without context.
     pub fn checksum(structure: Structure, expected: u32, found: u32) -> Self {
-        FormatError::ChecksumMismatch { structure, expected, found, context: ErrorContext::default() }
+        FormatError::ChecksumMismatch {
+            structure,
+            expected,
+            found,
+            context: ErrorContext::default(),
+        }
     }
 
     /// A [`FormatError::Incompatible`] without context.
     pub fn incompatible(structure: Structure, what: IncompatibleKind) -> Self {
-        FormatError::Incompatible { structure, what, context: ErrorContext::default() }
+        FormatError::Incompatible {
+            structure,
+            what,
+            context: ErrorContext::default(),
+        }
     }
 
     /// A [`FormatError::Unrepresentable`] without context.
     pub fn unrepresentable(structure: Structure, field: &'static str, value: u64) -> Self {
-        FormatError::Unrepresentable { structure, field, value, context: ErrorContext::default() }
+        FormatError::Unrepresentable {
+            structure,
+            field,
+            value,
+            context: ErrorContext::default(),
+        }
     }
 
     /// A [`CorruptKind::TooShort`] error.
@@ -689,7 +721,10 @@ impl FormatError {
     /// `true` for [`FormatError::Corrupt`] and [`FormatError::ChecksumMismatch`]
     /// (the kernel's `EFSCORRUPTED` / `EFSBADCRC`; both mean "run fsck").
     pub fn is_corruption(&self) -> bool {
-        matches!(self, FormatError::Corrupt { .. } | FormatError::ChecksumMismatch { .. })
+        matches!(
+            self,
+            FormatError::Corrupt { .. } | FormatError::ChecksumMismatch { .. }
+        )
     }
 }
 
@@ -721,17 +756,30 @@ mod tests {
 
     #[test]
     fn display_with_context() {
-        let e = FormatError::corrupt(Structure::ExtentTree, CorruptKind::ExtentMagic(0)).with_inode(12);
-        assert_eq!(e.to_string(), "inode 12: extent header magic 0x0000 (expected 0xf30a)");
-        let e = FormatError::checksum(Structure::Inode, 0x1234, 0x5678).with_inode(3).with_block(9);
+        let e =
+            FormatError::corrupt(Structure::ExtentTree, CorruptKind::ExtentMagic(0)).with_inode(12);
+        assert_eq!(
+            e.to_string(),
+            "inode 12: extent header magic 0x0000 (expected 0xf30a)"
+        );
+        let e = FormatError::checksum(Structure::Inode, 0x1234, 0x5678)
+            .with_inode(3)
+            .with_block(9);
         assert_eq!(
             e.to_string(),
             "inode 3, block 9: inode checksum mismatch: stored 0x00005678, computed 0x00001234"
         );
         let e = FormatError::incompatible(
             Structure::Superblock,
-            IncompatibleKind::Features(UnknownFeatures { compat: 0, incompat: 1 << 20, ro_compat: 1 << 31 }),
+            IncompatibleKind::Features(UnknownFeatures {
+                compat: 0,
+                incompat: 1 << 20,
+                ro_compat: 1 << 31,
+            }),
         );
-        assert_eq!(e.to_string(), "superblock: unknown features: FEATURE_I20 FEATURE_R31");
+        assert_eq!(
+            e.to_string(),
+            "superblock: unknown features: FEATURE_I20 FEATURE_R31"
+        );
     }
 }

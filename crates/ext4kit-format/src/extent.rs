@@ -49,7 +49,11 @@ impl ExtentHeader {
     /// as raw value in the returned tuple).
     pub fn read(bytes: &[u8]) -> Result<(u16, Self)> {
         if bytes.len() < ENTRY_SIZE {
-            return Err(FormatError::too_short(Structure::ExtentTree, ENTRY_SIZE, bytes.len()));
+            return Err(FormatError::too_short(
+                Structure::ExtentTree,
+                ENTRY_SIZE,
+                bytes.len(),
+            ));
         }
         Ok((
             read_u16le(bytes, 0),
@@ -94,8 +98,11 @@ impl Extent {
     /// Decodes a 12-byte leaf entry.
     pub fn decode(b: &[u8]) -> Self {
         let raw_len = u32::from(read_u16le(b, 4));
-        let (len, unwritten) =
-            if raw_len > MAX_INIT_LEN { (raw_len - MAX_INIT_LEN, true) } else { (raw_len, false) };
+        let (len, unwritten) = if raw_len > MAX_INIT_LEN {
+            (raw_len - MAX_INIT_LEN, true)
+        } else {
+            (raw_len, false)
+        };
         Extent {
             logical_block: read_u32le(b, 0),
             len,
@@ -107,14 +114,30 @@ impl Extent {
     /// Encodes into a 12-byte entry; fails for lengths 0, above 32768 (32767
     /// unwritten), or physical blocks above 48 bits.
     pub fn encode(&self, b: &mut [u8]) -> Result<()> {
-        let max = if self.unwritten { MAX_UNWRITTEN_LEN } else { MAX_INIT_LEN };
+        let max = if self.unwritten {
+            MAX_UNWRITTEN_LEN
+        } else {
+            MAX_INIT_LEN
+        };
         if self.len == 0 || self.len > max {
-            return Err(FormatError::unrepresentable(Structure::ExtentTree, "ee_len", u64::from(self.len)));
+            return Err(FormatError::unrepresentable(
+                Structure::ExtentTree,
+                "ee_len",
+                u64::from(self.len),
+            ));
         }
         if self.physical_block > MAX_PHYSICAL_BLOCK {
-            return Err(FormatError::unrepresentable(Structure::ExtentTree, "ee_start", self.physical_block));
+            return Err(FormatError::unrepresentable(
+                Structure::ExtentTree,
+                "ee_start",
+                self.physical_block,
+            ));
         }
-        let raw_len = if self.unwritten { self.len + MAX_INIT_LEN } else { self.len };
+        let raw_len = if self.unwritten {
+            self.len + MAX_INIT_LEN
+        } else {
+            self.len
+        };
         write_u32le(b, 0, self.logical_block);
         write_u16le(b, 4, raw_len as u16);
         write_u16le(b, 6, (self.physical_block >> 32) as u16);
@@ -147,7 +170,11 @@ impl ExtentIndex {
     /// Encodes into a 12-byte entry; fails above 48-bit child blocks.
     pub fn encode(&self, b: &mut [u8]) -> Result<()> {
         if self.child_block > MAX_PHYSICAL_BLOCK {
-            return Err(FormatError::unrepresentable(Structure::ExtentTree, "ei_leaf", self.child_block));
+            return Err(FormatError::unrepresentable(
+                Structure::ExtentTree,
+                "ei_leaf",
+                self.child_block,
+            ));
         }
         write_u32le(b, 0, self.logical_block);
         write_u32le(b, 4, self.child_block as u32);
@@ -181,8 +208,15 @@ pub struct ExtentNode {
 impl ExtentNode {
     /// Parses and validates a node (see the module docs for the rules).
     /// `expected_depth` is the depth the parent implies (`None` for the root).
-    pub fn parse(bytes: &[u8], location: NodeLocation, expected_depth: Option<u16>) -> Result<Self> {
-        let node = Self { raw: bytes.to_vec(), location };
+    pub fn parse(
+        bytes: &[u8],
+        location: NodeLocation,
+        expected_depth: Option<u16>,
+    ) -> Result<Self> {
+        let node = Self {
+            raw: bytes.to_vec(),
+            location,
+        };
         node.validate(expected_depth)?;
         Ok(node)
     }
@@ -195,7 +229,13 @@ impl ExtentNode {
     /// An empty leaf (the root of a new extent-mapped inode, or a new tree block).
     pub fn new_leaf(len: usize, location: NodeLocation) -> Self {
         let mut raw = vec![0u8; len];
-        ExtentHeader { entries: 0, max: capacity(len), depth: 0, generation: 0 }.write(&mut raw);
+        ExtentHeader {
+            entries: 0,
+            max: capacity(len),
+            depth: 0,
+            generation: 0,
+        }
+        .write(&mut raw);
         Self { raw, location }
     }
 
@@ -207,9 +247,18 @@ impl ExtentNode {
     }
 
     /// Builds an index node at `depth` (≥ 1) holding `indexes`.
-    pub fn build_index(len: usize, location: NodeLocation, depth: u16, indexes: &[ExtentIndex]) -> Result<Self> {
+    pub fn build_index(
+        len: usize,
+        location: NodeLocation,
+        depth: u16,
+        indexes: &[ExtentIndex],
+    ) -> Result<Self> {
         if depth == 0 || depth > MAX_DEPTH {
-            return Err(FormatError::unrepresentable(Structure::ExtentTree, "eh_depth", u64::from(depth)));
+            return Err(FormatError::unrepresentable(
+                Structure::ExtentTree,
+                "eh_depth",
+                u64::from(depth),
+            ));
         }
         let mut n = Self::new_leaf(len, location);
         let mut h = n.header();
@@ -234,7 +283,14 @@ impl ExtentNode {
 
     /// The header.
     pub fn header(&self) -> ExtentHeader {
-        ExtentHeader::read(&self.raw).map(|(_, h)| h).unwrap_or(ExtentHeader { entries: 0, max: 0, depth: 0, generation: 0 })
+        ExtentHeader::read(&self.raw)
+            .map(|(_, h)| h)
+            .unwrap_or(ExtentHeader {
+                entries: 0,
+                max: 0,
+                depth: 0,
+                generation: 0,
+            })
     }
     /// Tree depth of this node (0 = leaf).
     pub fn depth(&self) -> u16 {
@@ -263,7 +319,9 @@ impl ExtentNode {
 
     fn entry_bytes(&self, i: usize) -> &[u8] {
         let off = ENTRY_SIZE * (i + 1);
-        self.raw.get(off..off + ENTRY_SIZE).unwrap_or(&[0; ENTRY_SIZE])
+        self.raw
+            .get(off..off + ENTRY_SIZE)
+            .unwrap_or(&[0; ENTRY_SIZE])
     }
 
     /// The leaf extents (empty for an index node).
@@ -271,7 +329,9 @@ impl ExtentNode {
         if !self.is_leaf() {
             return Vec::new();
         }
-        (0..self.entry_count()).map(|i| Extent::decode(self.entry_bytes(i))).collect()
+        (0..self.entry_count())
+            .map(|i| Extent::decode(self.entry_bytes(i)))
+            .collect()
     }
 
     /// The index entries (empty for a leaf).
@@ -279,12 +339,18 @@ impl ExtentNode {
         if self.is_leaf() {
             return Vec::new();
         }
-        (0..self.entry_count()).map(|i| ExtentIndex::decode(self.entry_bytes(i))).collect()
+        (0..self.entry_count())
+            .map(|i| ExtentIndex::decode(self.entry_bytes(i)))
+            .collect()
     }
 
     fn check_count(&self, n: usize) -> Result<()> {
         if n > self.max_entries() {
-            return Err(FormatError::unrepresentable(Structure::ExtentTree, "eh_entries", n as u64));
+            return Err(FormatError::unrepresentable(
+                Structure::ExtentTree,
+                "eh_entries",
+                n as u64,
+            ));
         }
         Ok(())
     }
@@ -321,10 +387,16 @@ impl ExtentNode {
         }
         let cap = capacity(self.raw.len());
         if h.max == 0 || h.max > cap {
-            return bad(CorruptKind::ExtentMax { found: h.max, capacity: cap });
+            return bad(CorruptKind::ExtentMax {
+                found: h.max,
+                capacity: cap,
+            });
         }
         if h.entries > h.max {
-            return bad(CorruptKind::ExtentEntries { entries: h.entries, max: h.max });
+            return bad(CorruptKind::ExtentEntries {
+                entries: h.entries,
+                max: h.max,
+            });
         }
         if h.depth > MAX_DEPTH || expected_depth.is_some_and(|d| d != h.depth) {
             return bad(CorruptKind::ExtentDepth(h.depth));
@@ -362,7 +434,9 @@ impl ExtentNode {
     /// Index of the entry covering `logical_block` (binary search; for an
     /// index node, the last entry starting at or before it).
     pub fn find(&self, logical_block: u32) -> Option<usize> {
-        let starts: Vec<u32> = (0..self.entry_count()).map(|i| read_u32le(self.entry_bytes(i), 0)).collect();
+        let starts: Vec<u32> = (0..self.entry_count())
+            .map(|i| read_u32le(self.entry_bytes(i), 0))
+            .collect();
         let pos = starts.partition_point(|&s| s <= logical_block);
         let i = pos.checked_sub(1)?;
         if self.is_leaf() {
@@ -383,13 +457,20 @@ impl ExtentNode {
     /// The crc32c a tree block should carry (`ext4_extent_block_csum`).
     pub fn compute_checksum(&self, fs_csum_seed: u32, ino: u32, generation: u32) -> u32 {
         let seed = inode_csum_seed(fs_csum_seed, ino, generation);
-        crc32c_raw(seed, self.raw.get(..self.tail_offset()).unwrap_or(&self.raw))
+        crc32c_raw(
+            seed,
+            self.raw.get(..self.tail_offset()).unwrap_or(&self.raw),
+        )
     }
 
     /// The stored tail checksum (0 if the tail does not fit).
     pub fn stored_checksum(&self) -> u32 {
         let off = self.tail_offset();
-        if off + TAIL_SIZE <= self.raw.len() { read_u32le(&self.raw, off) } else { 0 }
+        if off + TAIL_SIZE <= self.raw.len() {
+            read_u32le(&self.raw, off)
+        } else {
+            0
+        }
     }
 
     /// Verifies the tail of a tree block (call with metadata_csum only; roots
@@ -400,7 +481,10 @@ impl ExtentNode {
         }
         let c = self.compute_checksum(fs_csum_seed, ino, generation);
         if self.tail_offset() + TAIL_SIZE > self.raw.len() || c != self.stored_checksum() {
-            return Err(FormatError::checksum(Structure::ExtentTree, c, self.stored_checksum()).with_inode(ino));
+            return Err(
+                FormatError::checksum(Structure::ExtentTree, c, self.stored_checksum())
+                    .with_inode(ino),
+            );
         }
         Ok(())
     }
@@ -425,21 +509,49 @@ mod tests {
     #[test]
     fn unwritten_encoding() {
         let mut b = [0u8; 12];
-        let e = Extent { logical_block: 5, len: 10, physical_block: 0x1_0000_0002, unwritten: true };
+        let e = Extent {
+            logical_block: 5,
+            len: 10,
+            physical_block: 0x1_0000_0002,
+            unwritten: true,
+        };
         e.encode(&mut b).unwrap();
         assert_eq!(read_u16le(&b, 4), 32778);
         assert_eq!(Extent::decode(&b), e);
-        let full = Extent { logical_block: 0, len: 32768, physical_block: 1, unwritten: false };
+        let full = Extent {
+            logical_block: 0,
+            len: 32768,
+            physical_block: 1,
+            unwritten: false,
+        };
         full.encode(&mut b).unwrap();
         assert_eq!(Extent::decode(&b), full);
-        assert!(Extent { len: 32768, unwritten: true, ..full }.encode(&mut b).is_err());
+        assert!(
+            Extent {
+                len: 32768,
+                unwritten: true,
+                ..full
+            }
+            .encode(&mut b)
+            .is_err()
+        );
     }
 
     #[test]
     fn build_and_find() {
         let exts = [
-            Extent { logical_block: 0, len: 4, physical_block: 100, unwritten: false },
-            Extent { logical_block: 10, len: 2, physical_block: 200, unwritten: false },
+            Extent {
+                logical_block: 0,
+                len: 4,
+                physical_block: 100,
+                unwritten: false,
+            },
+            Extent {
+                logical_block: 10,
+                len: 2,
+                physical_block: 200,
+                unwritten: false,
+            },
         ];
         let n = ExtentNode::build_leaf(60, NodeLocation::Inode, &exts).unwrap();
         let p = ExtentNode::parse_root(n.as_bytes()).unwrap();
@@ -448,7 +560,17 @@ mod tests {
         assert_eq!(p.find(5), None);
         assert_eq!(p.find(11), Some(1));
         assert_eq!(p.header().max, 4);
-        let mut blk = ExtentNode::build_index(1024, NodeLocation::Block, 1, &[ExtentIndex { logical_block: 0, child_block: 9, unused: 0 }]).unwrap();
+        let mut blk = ExtentNode::build_index(
+            1024,
+            NodeLocation::Block,
+            1,
+            &[ExtentIndex {
+                logical_block: 0,
+                child_block: 9,
+                unused: 0,
+            }],
+        )
+        .unwrap();
         blk.update_checksum(1, 2, 3);
         blk.verify_checksum(1, 2, 3).unwrap();
         assert_eq!(blk.tail_offset(), 12 + 12 * 84);

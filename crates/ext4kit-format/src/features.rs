@@ -226,7 +226,10 @@ mod tests {
         let i = IncompatFeatures::EXTENTS | IncompatFeatures::BIT64 | IncompatFeatures(1 << 20);
         assert_eq!(i.to_string(), "extent 64bit FEATURE_I20");
         assert_eq!(i.unknown(), IncompatFeatures(1 << 20));
-        assert_eq!(RoCompatFeatures::from_name("metadata_csum"), Some(RoCompatFeatures::METADATA_CSUM));
+        assert_eq!(
+            RoCompatFeatures::from_name("metadata_csum"),
+            Some(RoCompatFeatures::METADATA_CSUM)
+        );
         assert_eq!(RoCompatFeatures::bit_name(7), "FEATURE_R7");
     }
 }

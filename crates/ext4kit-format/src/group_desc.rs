@@ -60,25 +60,38 @@ impl GroupDesc {
     /// need the superblock ([`GroupDesc::validate`]).
     pub fn parse(bytes: &[u8], desc_size: usize) -> Result<Self> {
         if desc_size < DESC_SIZE_32 {
-            return Err(FormatError::too_short(Structure::GroupDescriptor, DESC_SIZE_32, desc_size));
+            return Err(FormatError::too_short(
+                Structure::GroupDescriptor,
+                DESC_SIZE_32,
+                desc_size,
+            ));
         }
-        let src = bytes
-            .get(..desc_size)
-            .ok_or_else(|| FormatError::too_short(Structure::GroupDescriptor, desc_size, bytes.len()))?;
+        let src = bytes.get(..desc_size).ok_or_else(|| {
+            FormatError::too_short(Structure::GroupDescriptor, desc_size, bytes.len())
+        })?;
         Ok(Self { raw: src.to_vec() })
     }
 
     /// An all-zero descriptor of the given size.
     pub fn new_zeroed(desc_size: usize) -> Self {
-        Self { raw: vec![0; desc_size.max(DESC_SIZE_32)] }
+        Self {
+            raw: vec![0; desc_size.max(DESC_SIZE_32)],
+        }
     }
 
     /// Parses every descriptor of a descriptor-table block.
     pub fn parse_block(block: &[u8], desc_size: usize) -> Result<Vec<Self>> {
         if desc_size < DESC_SIZE_32 {
-            return Err(FormatError::too_short(Structure::GroupDescriptor, DESC_SIZE_32, desc_size));
+            return Err(FormatError::too_short(
+                Structure::GroupDescriptor,
+                DESC_SIZE_32,
+                desc_size,
+            ));
         }
-        block.chunks_exact(desc_size).map(|c| Self::parse(c, desc_size)).collect()
+        block
+            .chunks_exact(desc_size)
+            .map(|c| Self::parse(c, desc_size))
+            .collect()
     }
 
     /// The raw bytes.
@@ -92,10 +105,18 @@ impl GroupDesc {
     }
 
     fn hi16(&self, off: usize) -> u16 {
-        if self.raw.len() >= off + 2 { read_u16le(&self.raw, off) } else { 0 }
+        if self.raw.len() >= off + 2 {
+            read_u16le(&self.raw, off)
+        } else {
+            0
+        }
     }
     fn hi32(&self, off: usize) -> u32 {
-        if self.raw.len() >= off + 4 { read_u32le(&self.raw, off) } else { 0 }
+        if self.raw.len() >= off + 4 {
+            read_u32le(&self.raw, off)
+        } else {
+            0
+        }
     }
     fn set_hi16(&mut self, off: usize, v: u16) {
         if self.raw.len() >= off + 2 {
@@ -112,7 +133,11 @@ impl GroupDesc {
     }
     fn set64(&mut self, lo: usize, hi: usize, v: u64) -> Result<()> {
         if self.raw.len() < DESC_SIZE_64 && v > u64::from(u32::MAX) {
-            return Err(FormatError::unrepresentable(Structure::GroupDescriptor, "bg_*_lo", v));
+            return Err(FormatError::unrepresentable(
+                Structure::GroupDescriptor,
+                "bg_*_lo",
+                v,
+            ));
         }
         write_u32le(&mut self.raw, lo, v as u32);
         self.set_hi32(hi, (v >> 32) as u32);
@@ -123,7 +148,11 @@ impl GroupDesc {
     }
     fn set32(&mut self, lo: usize, hi: usize, v: u32) -> Result<()> {
         if self.raw.len() < DESC_SIZE_64 && v > u32::from(u16::MAX) {
-            return Err(FormatError::unrepresentable(Structure::GroupDescriptor, "bg_*_count_lo", u64::from(v)));
+            return Err(FormatError::unrepresentable(
+                Structure::GroupDescriptor,
+                "bg_*_count_lo",
+                u64::from(v),
+            ));
         }
         write_u16le(&mut self.raw, lo, v as u16);
         self.set_hi16(hi, (v >> 16) as u16);
@@ -204,9 +233,30 @@ impl GroupDesc {
         write_u16le(&mut self.raw, 0x12, f.0)
     }
 
-    field!(block_bitmap_csum_lo, set_block_bitmap_csum_lo, u16le, 0x18, "bg_block_bitmap_csum_lo", "Low 16 bits of the block bitmap checksum.");
-    field!(inode_bitmap_csum_lo, set_inode_bitmap_csum_lo, u16le, 0x1A, "bg_inode_bitmap_csum_lo", "Low 16 bits of the inode bitmap checksum.");
-    field!(checksum, set_checksum, u16le, CHECKSUM_OFFSET, "bg_checksum", "Descriptor checksum (crc16 or low 16 bits of crc32c).");
+    field!(
+        block_bitmap_csum_lo,
+        set_block_bitmap_csum_lo,
+        u16le,
+        0x18,
+        "bg_block_bitmap_csum_lo",
+        "Low 16 bits of the block bitmap checksum."
+    );
+    field!(
+        inode_bitmap_csum_lo,
+        set_inode_bitmap_csum_lo,
+        u16le,
+        0x1A,
+        "bg_inode_bitmap_csum_lo",
+        "Low 16 bits of the inode bitmap checksum."
+    );
+    field!(
+        checksum,
+        set_checksum,
+        u16le,
+        CHECKSUM_OFFSET,
+        "bg_checksum",
+        "Descriptor checksum (crc16 or low 16 bits of crc32c)."
+    );
 
     /// High 16 bits of the block bitmap checksum (`bg_block_bitmap_csum_hi`; 0 in 32-byte descriptors).
     pub fn block_bitmap_csum_hi(&self) -> u16 {
@@ -278,7 +328,11 @@ impl GroupDesc {
     /// The stored block bitmap checksum and how many of its bits are stored (16 or 32).
     pub fn block_bitmap_checksum(&self) -> (u32, u32) {
         if self.raw.len() >= 0x3A {
-            (u32::from(self.block_bitmap_csum_lo()) | u32::from(self.block_bitmap_csum_hi()) << 16, 32)
+            (
+                u32::from(self.block_bitmap_csum_lo())
+                    | u32::from(self.block_bitmap_csum_hi()) << 16,
+                32,
+            )
         } else {
             (u32::from(self.block_bitmap_csum_lo()), 16)
         }
@@ -287,7 +341,11 @@ impl GroupDesc {
     /// The stored inode bitmap checksum and its width in bits (16 or 32).
     pub fn inode_bitmap_checksum(&self) -> (u32, u32) {
         if self.raw.len() >= 0x3C {
-            (u32::from(self.inode_bitmap_csum_lo()) | u32::from(self.inode_bitmap_csum_hi()) << 16, 32)
+            (
+                u32::from(self.inode_bitmap_csum_lo())
+                    | u32::from(self.inode_bitmap_csum_hi()) << 16,
+                32,
+            )
         } else {
             (u32::from(self.inode_bitmap_csum_lo()), 16)
         }
@@ -352,18 +410,23 @@ impl GroupDesc {
         let flex = sb.has_incompat(IncompatFeatures::FLEX_BG);
         let last_group = group.saturating_add(1) >= sb.group_count();
         let (first, last) = if flex {
-            (u64::from(sb.first_data_block()), sb.blocks_count().saturating_sub(1))
+            (
+                u64::from(sb.first_data_block()),
+                sb.blocks_count().saturating_sub(1),
+            )
         } else {
             let f = sb.group_first_block(group);
             let l = if last_group {
                 sb.blocks_count().saturating_sub(1)
             } else {
-                f.saturating_add(u64::from(sb.blocks_per_group())).saturating_sub(1)
+                f.saturating_add(u64::from(sb.blocks_per_group()))
+                    .saturating_sub(1)
             };
             (f, l)
         };
         let sb_block = u64::from(sb.first_data_block());
-        let gdt_end = sb_block + u64::from(sb.gdt_block_count());
+        let m0 = sb.group_metadata(0);
+        let gdt_end = sb_block + u64::from(m0.gdt.map_or(0, |g| g.1) + u32::from(m0.meta_bg_gdt.is_some()));
         let on_primary_meta = |b: u64| b >= sb_block && b <= gdt_end;
         let bb = self.block_bitmap();
         if bb < first || bb > last || on_primary_meta(bb) {
@@ -374,15 +437,23 @@ impl GroupDesc {
             return bad(CorruptKind::GroupInodeBitmap(ib));
         }
         let it = self.inode_table();
-        let it_end = it.saturating_add(u64::from(sb.inode_table_blocks())).saturating_sub(1);
+        let it_end = it
+            .saturating_add(u64::from(sb.inode_table_blocks()))
+            .saturating_sub(1);
         if it < first || it_end > last || on_primary_meta(it) {
             return bad(CorruptKind::GroupInodeTable(it));
         }
         if self.free_blocks_count() > sb.clusters_per_group() {
-            return bad(CorruptKind::GroupFreeCount { inodes: false, found: self.free_blocks_count() });
+            return bad(CorruptKind::GroupFreeCount {
+                inodes: false,
+                found: self.free_blocks_count(),
+            });
         }
         if self.free_inodes_count() > sb.inodes_per_group() {
-            return bad(CorruptKind::GroupFreeCount { inodes: true, found: self.free_inodes_count() });
+            return bad(CorruptKind::GroupFreeCount {
+                inodes: true,
+                found: self.free_inodes_count(),
+            });
         }
         Ok(())
     }

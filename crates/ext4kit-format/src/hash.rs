@@ -93,7 +93,10 @@ impl HashVersion {
 
     /// `true` for the unsigned-char variants.
     pub fn is_unsigned(self) -> bool {
-        matches!(self, HashVersion::LegacyUnsigned | HashVersion::HalfMd4Unsigned | HashVersion::TeaUnsigned)
+        matches!(
+            self,
+            HashVersion::LegacyUnsigned | HashVersion::HalfMd4Unsigned | HashVersion::TeaUnsigned
+        )
     }
 }
 
@@ -113,7 +116,11 @@ pub const DEFAULT_SEED: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x103
 ///
 /// Fails with [`IncompatibleKind::HashVersion`] for SipHash.
 pub fn dirhash(name: &[u8], version: HashVersion, seed: &[u32; 4]) -> Result<DirHash> {
-    let mut buf = if seed.iter().any(|&w| w != 0) { *seed } else { DEFAULT_SEED };
+    let mut buf = if seed.iter().any(|&w| w != 0) {
+        *seed
+    } else {
+        DEFAULT_SEED
+    };
     let unsigned = version.is_unsigned();
     let (major, minor) = match version {
         HashVersion::Legacy | HashVersion::LegacyUnsigned => (legacy_hash(name, unsigned), 0),
@@ -136,7 +143,10 @@ pub fn dirhash(name: &[u8], version: HashVersion, seed: &[u32; 4]) -> Result<Dir
             (buf[0], buf[1])
         }
         HashVersion::SipHash => {
-            return Err(FormatError::incompatible(Structure::HtreeNode, IncompatibleKind::HashVersion(version.code())));
+            return Err(FormatError::incompatible(
+                Structure::HtreeNode,
+                IncompatibleKind::HashVersion(version.code()),
+            ));
         }
     };
     let mut major = major & !1;
@@ -149,7 +159,11 @@ pub fn dirhash(name: &[u8], version: HashVersion, seed: &[u32; 4]) -> Result<Dir
 /// A name byte as the C code sees it: sign-extended (`signed char`) or not.
 #[inline]
 fn char_value(b: u8, unsigned: bool) -> u32 {
-    if unsigned { u32::from(b) } else { i32::from(b as i8) as u32 }
+    if unsigned {
+        u32::from(b)
+    } else {
+        i32::from(b as i8) as u32
+    }
 }
 
 /// The legacy hash: a two-register mixing loop, result shifted left by one.
@@ -232,7 +246,10 @@ fn half_md4_transform(buf: &mut [u32; 4], x: &[u32; 8]) {
     let [mut a, mut b, mut c, mut d] = *buf;
     macro_rules! step {
         ($fun:ident, $a:ident, $b:ident, $c:ident, $d:ident, $x:expr, $s:expr) => {
-            $a = $a.wrapping_add($fun($b, $c, $d)).wrapping_add($x).rotate_left($s);
+            $a = $a
+                .wrapping_add($fun($b, $c, $d))
+                .wrapping_add($x)
+                .rotate_left($s);
         };
     }
     // Round 1.
@@ -287,7 +304,10 @@ mod tests {
 
     #[test]
     fn from_disk() {
-        assert_eq!(HashVersion::from_disk(1, true), Some(HashVersion::HalfMd4Unsigned));
+        assert_eq!(
+            HashVersion::from_disk(1, true),
+            Some(HashVersion::HalfMd4Unsigned)
+        );
         assert_eq!(HashVersion::from_disk(2, false), Some(HashVersion::Tea));
         assert_eq!(HashVersion::from_disk(7, false), None);
         assert_eq!(HashVersion::TeaUnsigned.disk_code(), 2);

@@ -11,9 +11,11 @@
 //! the tail's reserved word, exactly as `ext4_dx_csum` does.
 //! [`split_leaf`] splits a full leaf block by hash the way `do_split` does.
 
-use crate::bytes::{read_u16le, read_u32le, read_u8, write_bytes, write_u16le, write_u32le, write_u8};
+use crate::bytes::{
+    read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
+};
 use crate::checksum::{crc32c_raw, inode_csum_seed};
-use crate::dir::{rec_len_for_name, rec_len_from_disk, rec_len_to_disk, DirBlock};
+use crate::dir::{DirBlock, rec_len_for_name, rec_len_from_disk, rec_len_to_disk};
 use crate::error::{CorruptKind, FormatError, Result, Structure};
 use crate::hash::DirHash;
 
@@ -79,7 +81,8 @@ pub struct DxOptions {
 
 /// The limit a block of `block_size` holds at `count_offset`.
 pub fn expected_limit(block_size: u32, count_offset: usize, has_csum: bool) -> u16 {
-    let space = (block_size as usize).saturating_sub(count_offset + if has_csum { DX_TAIL_SIZE } else { 0 });
+    let space = (block_size as usize)
+        .saturating_sub(count_offset + if has_csum { DX_TAIL_SIZE } else { 0 });
     u16::try_from(space / DX_ENTRY_SIZE).unwrap_or(u16::MAX)
 }
 
@@ -97,7 +100,10 @@ pub fn detect(block: &[u8], block_size: u32) -> Option<DxKind> {
     }
     if rec0 == 12 {
         let rec1 = rec_len_from_disk(read_u16le(block, 16), block_size) as usize;
-        if rec1 == block.len() - 12 && read_u32le(block, 24) == 0 && read_u8(block, 29) == ROOT_INFO_LENGTH {
+        if rec1 == block.len() - 12
+            && read_u32le(block, 24) == 0
+            && read_u8(block, 29) == ROOT_INFO_LENGTH
+        {
             return Some(DxKind::Root);
         }
     }
@@ -115,14 +121,22 @@ pub struct DxBlock {
 impl DxBlock {
     /// Parses and validates a root block.
     pub fn parse_root(bytes: &[u8], opts: DxOptions) -> Result<Self> {
-        let b = Self { raw: bytes.to_vec(), kind: DxKind::Root, opts };
+        let b = Self {
+            raw: bytes.to_vec(),
+            kind: DxKind::Root,
+            opts,
+        };
         b.validate()?;
         Ok(b)
     }
 
     /// Parses and validates an interior node.
     pub fn parse_node(bytes: &[u8], opts: DxOptions) -> Result<Self> {
-        let b = Self { raw: bytes.to_vec(), kind: DxKind::Node, opts };
+        let b = Self {
+            raw: bytes.to_vec(),
+            kind: DxKind::Node,
+            opts,
+        };
         b.validate()?;
         Ok(b)
     }
@@ -154,7 +168,11 @@ impl DxBlock {
         write_u8(&mut raw, 28, hash_version);
         write_u8(&mut raw, 29, ROOT_INFO_LENGTH);
         write_u8(&mut raw, 30, indirect_levels);
-        let mut b = Self { raw, kind: DxKind::Root, opts };
+        let mut b = Self {
+            raw,
+            kind: DxKind::Root,
+            opts,
+        };
         b.set_limit(expected_limit(bs, ROOT_COUNT_OFFSET, opts.has_csum));
         b.set_entries(entries)?;
         Ok(b)
@@ -165,7 +183,11 @@ impl DxBlock {
         let bs = opts.block_size;
         let mut raw = vec![0u8; bs as usize];
         write_u16le(&mut raw, 4, rec_len_to_disk(bs, bs)?);
-        let mut b = Self { raw, kind: DxKind::Node, opts };
+        let mut b = Self {
+            raw,
+            kind: DxKind::Node,
+            opts,
+        };
         b.set_limit(expected_limit(bs, NODE_COUNT_OFFSET, opts.has_csum));
         b.set_entries(entries)?;
         Ok(b)
@@ -243,21 +265,33 @@ impl DxBlock {
         (0..n)
             .map(|i| {
                 let off = base + i * DX_ENTRY_SIZE;
-                let hash = if i == 0 { 0 } else { read_u32le(&self.raw, off) };
-                DxEntry { hash, block: read_u32le(&self.raw, off + 4) }
+                let hash = if i == 0 {
+                    0
+                } else {
+                    read_u32le(&self.raw, off)
+                };
+                DxEntry {
+                    hash,
+                    block: read_u32le(&self.raw, off + 4),
+                }
             })
             .collect()
     }
 
     /// Entries that physically fit after count/limit.
     fn max_fit(&self) -> u16 {
-        u16::try_from(self.raw.len().saturating_sub(self.count_offset()) / DX_ENTRY_SIZE).unwrap_or(u16::MAX)
+        u16::try_from(self.raw.len().saturating_sub(self.count_offset()) / DX_ENTRY_SIZE)
+            .unwrap_or(u16::MAX)
     }
 
     /// Replaces the entries (sets `count`; entry 0's hash is not stored).
     pub fn set_entries(&mut self, entries: &[DxEntry]) -> Result<()> {
         if entries.len() > usize::from(self.limit()) {
-            return Err(FormatError::unrepresentable(Structure::HtreeNode, "count", entries.len() as u64));
+            return Err(FormatError::unrepresentable(
+                Structure::HtreeNode,
+                "count",
+                entries.len() as u64,
+            ));
         }
         let base = self.count_offset();
         for (i, e) in entries.iter().enumerate() {
@@ -297,13 +331,21 @@ impl DxBlock {
         let bad = |k| Err(FormatError::corrupt(Structure::HtreeNode, k));
         let bs = self.opts.block_size;
         if self.raw.len() != bs as usize || self.raw.len() < ROOT_COUNT_OFFSET + DX_ENTRY_SIZE {
-            return Err(FormatError::too_short(Structure::HtreeNode, bs as usize, self.raw.len()));
+            return Err(FormatError::too_short(
+                Structure::HtreeNode,
+                bs as usize,
+                self.raw.len(),
+            ));
         }
         match self.kind {
             DxKind::Root => {
                 let rec0 = rec_len_from_disk(read_u16le(&self.raw, 4), bs);
                 let rec1 = rec_len_from_disk(read_u16le(&self.raw, 16), bs);
-                if rec0 != 12 || read_u8(&self.raw, 6) != 1 || rec1 != bs - 12 || read_u8(&self.raw, 18) != 2 {
+                if rec0 != 12
+                    || read_u8(&self.raw, 6) != 1
+                    || rec1 != bs - 12
+                    || read_u8(&self.raw, 18) != 2
+                {
                     return bad(CorruptKind::DxFakeDirent);
                 }
                 let info = self.root_info();
@@ -330,11 +372,17 @@ impl DxBlock {
         }
         let expected = expected_limit(bs, self.count_offset(), self.opts.has_csum);
         if self.limit() != expected {
-            return bad(CorruptKind::DxLimit { found: self.limit(), expected });
+            return bad(CorruptKind::DxLimit {
+                found: self.limit(),
+                expected,
+            });
         }
         let count = self.count();
         if count == 0 || count > self.limit() {
-            return bad(CorruptKind::DxCount { count, limit: self.limit() });
+            return bad(CorruptKind::DxCount {
+                count,
+                limit: self.limit(),
+            });
         }
         let e = self.entries();
         for i in 2..e.len() {
@@ -367,14 +415,21 @@ impl DxBlock {
     /// The checksum stored in the tail.
     pub fn stored_checksum(&self) -> u32 {
         let o = self.tail_offset() + 4;
-        if o + 4 <= self.raw.len() { read_u32le(&self.raw, o) } else { 0 }
+        if o + 4 <= self.raw.len() {
+            read_u32le(&self.raw, o)
+        } else {
+            0
+        }
     }
 
     /// Verifies the tail (call with metadata_csum only).
     pub fn verify_checksum(&self, fs_csum_seed: u32, ino: u32, generation: u32) -> Result<()> {
         let c = self.compute_checksum(fs_csum_seed, ino, generation);
         if self.tail_offset() + DX_TAIL_SIZE > self.raw.len() || c != self.stored_checksum() {
-            return Err(FormatError::checksum(Structure::HtreeNode, c, self.stored_checksum()).with_inode(ino));
+            return Err(
+                FormatError::checksum(Structure::HtreeNode, c, self.stored_checksum())
+                    .with_inode(ino),
+            );
         }
         Ok(())
     }
@@ -424,7 +479,11 @@ pub fn split_leaf(
         map.push((hash(e.name)?.major, e.name.to_vec(), e.inode, e.file_type));
     }
     if map.len() < 2 {
-        return Err(FormatError::unrepresentable(Structure::DirectoryBlock, "entries to split", map.len() as u64));
+        return Err(FormatError::unrepresentable(
+            Structure::DirectoryBlock,
+            "entries to split",
+            map.len() as u64,
+        ));
     }
     map.sort_by_key(|m| m.0);
     let count = map.len();
@@ -446,29 +505,57 @@ pub fn split_leaf(
     }
     let split_hash = map[split].0;
     let continued = split_hash == map[split - 1].0;
-    let keep: Vec<(&[u8], u32, u8)> = map[..split].iter().map(|m| (m.1.as_slice(), m.2, m.3)).collect();
-    let give: Vec<(&[u8], u32, u8)> = map[split..].iter().map(|m| (m.1.as_slice(), m.2, m.3)).collect();
-    let overflow = || FormatError::unrepresentable(Structure::DirectoryBlock, "rec_len", block_size as u64);
+    let keep: Vec<(&[u8], u32, u8)> = map[..split]
+        .iter()
+        .map(|m| (m.1.as_slice(), m.2, m.3))
+        .collect();
+    let give: Vec<(&[u8], u32, u8)> = map[split..]
+        .iter()
+        .map(|m| (m.1.as_slice(), m.2, m.3))
+        .collect();
+    let overflow =
+        || FormatError::unrepresentable(Structure::DirectoryBlock, "rec_len", block_size as u64);
     let new = DirBlock::build(block_size, opts, &give)?.ok_or_else(overflow)?;
     let kept = DirBlock::build(block_size, opts, &keep)?.ok_or_else(overflow)?;
     // Keep the old block's tail bytes; replace the entry area.
     let mut bytes = old.as_bytes().to_vec();
-    let area = if opts.has_tail { block_size - crate::dir::TAIL_SIZE } else { block_size };
+    let area = if opts.has_tail {
+        block_size - crate::dir::TAIL_SIZE
+    } else {
+        block_size
+    };
     bytes[..area].copy_from_slice(&kept.as_bytes()[..area]);
     *old = DirBlock::from_bytes_unchecked(&bytes, opts);
-    Ok((new, LeafSplit { split_hash, continued, moved: count - split }))
+    Ok((
+        new,
+        LeafSplit {
+            split_hash,
+            continued,
+            moved: count - split,
+        },
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dir::DirBlockOptions;
-    use crate::hash::{dirhash, HashVersion};
+    use crate::hash::{HashVersion, dirhash};
 
     #[test]
     fn root_build_parse_checksum() {
-        let opts = DxOptions { block_size: 4096, has_csum: true, largedir: false };
-        let e = [DxEntry { hash: 0, block: 1 }, DxEntry { hash: 0x100, block: 2 }];
+        let opts = DxOptions {
+            block_size: 4096,
+            has_csum: true,
+            largedir: false,
+        };
+        let e = [
+            DxEntry { hash: 0, block: 1 },
+            DxEntry {
+                hash: 0x100,
+                block: 2,
+            },
+        ];
         let mut r = DxBlock::new_root(opts, 12, 2, 2, 1, 0, &e).unwrap();
         assert_eq!(r.limit(), (4096 - 32 - 8) / 8);
         r.update_checksum(5, 12, 0);
@@ -488,7 +575,10 @@ mod tests {
         let opts = DirBlockOptions::new(1024, true);
         let mut b = DirBlock::new_empty(1024, opts).unwrap();
         let mut i = 0;
-        while b.add_entry(format!("name-{i}").as_bytes(), 20 + i, 1).unwrap() {
+        while b
+            .add_entry(format!("name-{i}").as_bytes(), 20 + i, 1)
+            .unwrap()
+        {
             i += 1;
         }
         let h = |n: &[u8]| dirhash(n, HashVersion::HalfMd4, &[0; 4]);

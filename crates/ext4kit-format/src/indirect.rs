@@ -82,7 +82,12 @@ pub fn max_blocks(block_size: u32) -> u64 {
 /// indirect range (or for block sizes below 1024).
 pub fn path_for(logical_block: u64, block_size: u32) -> Result<IndirectPath> {
     let p = pointers_per_block(block_size);
-    let out = || FormatError::corrupt(Structure::IndirectMap, CorruptKind::IndirectBlockOutOfRange(logical_block));
+    let out = || {
+        FormatError::corrupt(
+            Structure::IndirectMap,
+            CorruptKind::IndirectBlockOutOfRange(logical_block),
+        )
+    };
     if p < 256 {
         return Err(out());
     }
@@ -92,15 +97,21 @@ pub fn path_for(logical_block: u64, block_size: u32) -> Result<IndirectPath> {
     }
     b -= u64::from(DIRECT_BLOCKS);
     if b < p {
-        return Ok(IndirectPath::Single { offsets: [b as u32] });
+        return Ok(IndirectPath::Single {
+            offsets: [b as u32],
+        });
     }
     b -= p;
     if b < p * p {
-        return Ok(IndirectPath::Double { offsets: [(b / p) as u32, (b % p) as u32] });
+        return Ok(IndirectPath::Double {
+            offsets: [(b / p) as u32, (b % p) as u32],
+        });
     }
     b -= p * p;
     if b < p * p * p {
-        return Ok(IndirectPath::Triple { offsets: [(b / (p * p)) as u32, ((b / p) % p) as u32, (b % p) as u32] });
+        return Ok(IndirectPath::Triple {
+            offsets: [(b / (p * p)) as u32, ((b / p) % p) as u32, (b % p) as u32],
+        });
     }
     Err(out())
 }
@@ -108,7 +119,11 @@ pub fn path_for(logical_block: u64, block_size: u32) -> Result<IndirectPath> {
 /// Reads pointer `index` of an indirect block (0 if out of range = hole).
 pub fn pointer(block: &[u8], index: u32) -> u32 {
     let off = index as usize * 4;
-    if off + 4 <= block.len() { read_u32le(block, off) } else { 0 }
+    if off + 4 <= block.len() {
+        read_u32le(block, off)
+    } else {
+        0
+    }
 }
 
 /// All pointers of an indirect block.
@@ -123,14 +138,37 @@ mod tests {
     #[test]
     fn paths_1k() {
         assert_eq!(path_for(0, 1024).unwrap(), IndirectPath::Direct { slot: 0 });
-        assert_eq!(path_for(11, 1024).unwrap(), IndirectPath::Direct { slot: 11 });
-        assert_eq!(path_for(12, 1024).unwrap(), IndirectPath::Single { offsets: [0] });
-        assert_eq!(path_for(12 + 255, 1024).unwrap(), IndirectPath::Single { offsets: [255] });
-        assert_eq!(path_for(12 + 256, 1024).unwrap(), IndirectPath::Double { offsets: [0, 0] });
-        assert_eq!(path_for(12 + 256 + 257, 1024).unwrap(), IndirectPath::Double { offsets: [1, 1] });
+        assert_eq!(
+            path_for(11, 1024).unwrap(),
+            IndirectPath::Direct { slot: 11 }
+        );
+        assert_eq!(
+            path_for(12, 1024).unwrap(),
+            IndirectPath::Single { offsets: [0] }
+        );
+        assert_eq!(
+            path_for(12 + 255, 1024).unwrap(),
+            IndirectPath::Single { offsets: [255] }
+        );
+        assert_eq!(
+            path_for(12 + 256, 1024).unwrap(),
+            IndirectPath::Double { offsets: [0, 0] }
+        );
+        assert_eq!(
+            path_for(12 + 256 + 257, 1024).unwrap(),
+            IndirectPath::Double { offsets: [1, 1] }
+        );
         let t = 12 + 256 + 65536;
-        assert_eq!(path_for(t, 1024).unwrap(), IndirectPath::Triple { offsets: [0, 0, 0] });
-        assert_eq!(path_for(max_blocks(1024) - 1, 1024).unwrap(), IndirectPath::Triple { offsets: [255, 255, 255] });
+        assert_eq!(
+            path_for(t, 1024).unwrap(),
+            IndirectPath::Triple { offsets: [0, 0, 0] }
+        );
+        assert_eq!(
+            path_for(max_blocks(1024) - 1, 1024).unwrap(),
+            IndirectPath::Triple {
+                offsets: [255, 255, 255]
+            }
+        );
         assert!(path_for(max_blocks(1024), 1024).is_err());
     }
 }

@@ -13,9 +13,9 @@
 use crate::dir::{DirBlock, DirBlockOptions};
 use crate::error::{CorruptKind, FormatError, Result, Structure};
 use crate::features::{IncompatFeatures, RoCompatFeatures};
-use crate::inode::{Inode, InodeFlags, I_BLOCK_SIZE};
+use crate::inode::{I_BLOCK_SIZE, Inode, InodeFlags};
 use crate::superblock::Superblock;
-use crate::xattr::{parse_ibody, value_of, INDEX_SYSTEM};
+use crate::xattr::{INDEX_SYSTEM, parse_ibody, value_of};
 
 /// Bytes of inline data held in `i_block` (`EXT4_MIN_INLINE_DATA_SIZE`).
 pub const MIN_INLINE_DATA_SIZE: usize = I_BLOCK_SIZE;
@@ -47,7 +47,10 @@ pub fn read_inline_data(inode: &Inode, ea_inode_feature: bool) -> Result<Vec<u8>
     let extra = system_data(inode, ea_inode_feature)?.unwrap_or_default();
     let size = inode.size();
     if size > (MIN_INLINE_DATA_SIZE + extra.len()) as u64 {
-        return Err(FormatError::corrupt(Structure::InlineData, CorruptKind::InlineDataSize(size)));
+        return Err(FormatError::corrupt(
+            Structure::InlineData,
+            CorruptKind::InlineDataSize(size),
+        ));
     }
     let mut data = inode.block_area().to_vec();
     data.extend_from_slice(&extra);
@@ -81,11 +84,12 @@ impl InlineDir {
         let opts = DirBlockOptions::new(block_size, false);
         let ib = inode.block_area();
         let parent = u32::from_le_bytes([ib[0], ib[1], ib[2], ib[3]]);
-        let head = DirBlock::parse(&ib[INLINE_DOTDOT_SIZE..], opts).map_err(|e| with_structure(e, Structure::InlineData))?;
+        let head = DirBlock::parse(&ib[INLINE_DOTDOT_SIZE..], opts)
+            .map_err(|e| with_structure(e, Structure::InlineData))?;
         let tail = match system_data(inode, ea_inode_feature)? {
-            Some(v) if !v.is_empty() => {
-                Some(DirBlock::parse(&v, opts).map_err(|e| with_structure(e, Structure::InlineData))?)
-            }
+            Some(v) if !v.is_empty() => Some(
+                DirBlock::parse(&v, opts).map_err(|e| with_structure(e, Structure::InlineData))?,
+            ),
             _ => None,
         };
         Ok(InlineDir { parent, head, tail })
@@ -95,7 +99,10 @@ impl InlineDir {
     pub fn new_i_block(parent: u32, block_size: u32) -> Result<[u8; I_BLOCK_SIZE]> {
         let mut ib = [0u8; I_BLOCK_SIZE];
         ib[..4].copy_from_slice(&parent.to_le_bytes());
-        let region = DirBlock::new_empty(I_BLOCK_SIZE - INLINE_DOTDOT_SIZE, DirBlockOptions::new(block_size, false))?;
+        let region = DirBlock::new_empty(
+            I_BLOCK_SIZE - INLINE_DOTDOT_SIZE,
+            DirBlockOptions::new(block_size, false),
+        )?;
         ib[INLINE_DOTDOT_SIZE..].copy_from_slice(region.as_bytes());
         Ok(ib)
     }
@@ -103,7 +110,11 @@ impl InlineDir {
 
 fn with_structure(e: FormatError, s: Structure) -> FormatError {
     match e {
-        FormatError::Corrupt { what, context, .. } => FormatError::Corrupt { structure: s, what, context },
+        FormatError::Corrupt { what, context, .. } => FormatError::Corrupt {
+            structure: s,
+            what,
+            context,
+        },
         other => other,
     }
 }
@@ -129,11 +140,22 @@ pub fn symlink_storage(inode: &Inode, sb: &Superblock) -> SymlinkStorage {
     let fast = if sb.has_incompat(IncompatFeatures::EA_INODE) {
         inode.size() > 0 && inode.size() < I_BLOCK_SIZE as u64
     } else {
-        let ea_blocks = if inode.file_acl() != 0 { u64::from(sb.cluster_size() >> 9) } else { 0 };
-        let blocks = inode.block_count_512(sb.has_ro_compat(RoCompatFeatures::HUGE_FILE), sb.block_size_bits());
+        let ea_blocks = if inode.file_acl() != 0 {
+            u64::from(sb.cluster_size() >> 9)
+        } else {
+            0
+        };
+        let blocks = inode.block_count_512(
+            sb.has_ro_compat(RoCompatFeatures::HUGE_FILE),
+            sb.block_size_bits(),
+        );
         blocks.saturating_sub(ea_blocks) == 0
     };
-    if fast { SymlinkStorage::Fast } else { SymlinkStorage::Blocks }
+    if fast {
+        SymlinkStorage::Fast
+    } else {
+        SymlinkStorage::Blocks
+    }
 }
 
 /// The target of a fast symlink; fails like the kernel ("invalid fast
@@ -156,7 +178,11 @@ pub fn fast_symlink_target(inode: &Inode) -> Result<&[u8]> {
 /// than 59 bytes (use a data block then).
 pub fn set_fast_symlink(inode: &mut Inode, target: &[u8]) -> Result<()> {
     if target.is_empty() || target.len() > FAST_SYMLINK_MAX_LEN || target.contains(&0) {
-        return Err(FormatError::unrepresentable(Structure::Symlink, "i_block", target.len() as u64));
+        return Err(FormatError::unrepresentable(
+            Structure::Symlink,
+            "i_block",
+            target.len() as u64,
+        ));
     }
     let ib = inode.block_area_mut();
     ib.fill(0);
@@ -186,7 +212,10 @@ mod tests {
         assert!(set_fast_symlink(&mut i, &[b'a'; 60]).is_err());
         set_fast_symlink(&mut i, &[b'a'; 59]).unwrap();
         i.set_size(60);
-        assert_eq!(fast_symlink_target(&i).unwrap_err().corrupt_kind(), Some(&CorruptKind::FastSymlink(60)));
+        assert_eq!(
+            fast_symlink_target(&i).unwrap_err().corrupt_kind(),
+            Some(&CorruptKind::FastSymlink(60))
+        );
     }
 
     #[test]

@@ -247,7 +247,10 @@ impl Timestamp {
             seconds += i64::from(extra & 3) << 32;
             nanoseconds = extra >> 2;
         }
-        Timestamp { seconds, nanoseconds }
+        Timestamp {
+            seconds,
+            nanoseconds,
+        }
     }
 
     /// Encodes into (base, extra) like `ext4_encode_extra_time`, after clamping
@@ -301,9 +304,15 @@ impl Inode {
     /// ([`Inode::verify_checksum`]) because it needs the inode number.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < GOOD_OLD_INODE_SIZE {
-            return Err(FormatError::too_short(Structure::Inode, GOOD_OLD_INODE_SIZE, bytes.len()));
+            return Err(FormatError::too_short(
+                Structure::Inode,
+                GOOD_OLD_INODE_SIZE,
+                bytes.len(),
+            ));
         }
-        let inode = Self { raw: bytes.to_vec() };
+        let inode = Self {
+            raw: bytes.to_vec(),
+        };
         inode.validate()?;
         Ok(inode)
     }
@@ -320,9 +329,15 @@ impl Inode {
     /// Copies the bytes without validation.
     pub fn from_bytes_unchecked(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < GOOD_OLD_INODE_SIZE {
-            return Err(FormatError::too_short(Structure::Inode, GOOD_OLD_INODE_SIZE, bytes.len()));
+            return Err(FormatError::too_short(
+                Structure::Inode,
+                GOOD_OLD_INODE_SIZE,
+                bytes.len(),
+            ));
         }
-        Ok(Self { raw: bytes.to_vec() })
+        Ok(Self {
+            raw: bytes.to_vec(),
+        })
     }
 
     /// A zeroed inode of `inode_size` bytes with `i_extra_isize` set (use 32,
@@ -332,7 +347,11 @@ impl Inode {
         let mut inode = Self { raw: vec![0; size] };
         if size > GOOD_OLD_INODE_SIZE {
             if extra_isize % 4 != 0 || GOOD_OLD_INODE_SIZE + usize::from(extra_isize) > size {
-                return Err(FormatError::unrepresentable(Structure::Inode, "i_extra_isize", u64::from(extra_isize)));
+                return Err(FormatError::unrepresentable(
+                    Structure::Inode,
+                    "i_extra_isize",
+                    u64::from(extra_isize),
+                ));
             }
             write_u16le(&mut inode.raw, EXTRA_ISIZE, extra_isize);
         }
@@ -345,11 +364,17 @@ impl Inode {
         if self.raw.len() > GOOD_OLD_INODE_SIZE {
             let e = self.extra_isize();
             if e % 4 != 0 || GOOD_OLD_INODE_SIZE + usize::from(e) > self.raw.len() {
-                return Err(FormatError::corrupt(Structure::Inode, CorruptKind::InodeExtraIsize(e)));
+                return Err(FormatError::corrupt(
+                    Structure::Inode,
+                    CorruptKind::InodeExtraIsize(e),
+                ));
             }
         }
         if self.size() > i64::MAX as u64 {
-            return Err(FormatError::corrupt(Structure::Inode, CorruptKind::InodeSize64(self.size())));
+            return Err(FormatError::corrupt(
+                Structure::Inode,
+                CorruptKind::InodeSize64(self.size()),
+            ));
         }
         Ok(())
     }
@@ -368,26 +393,166 @@ impl Inode {
     }
 
     // ---- base fields ----
-    field!(mode, set_mode, u16le, 0x00, "i_mode", "File type and permission bits.");
-    field!(uid_lo, set_uid_lo, u16le, 0x02, "i_uid", "Low 16 bits of the owner uid.");
-    field!(size_lo, set_size_lo, u32le, 0x04, "i_size_lo", "Low 32 bits of the size.");
-    field!(atime_raw, set_atime_raw, u32le, 0x08, "i_atime", "Access time, base seconds.");
-    field!(ctime_raw, set_ctime_raw, u32le, 0x0C, "i_ctime", "Change time, base seconds.");
-    field!(mtime_raw, set_mtime_raw, u32le, 0x10, "i_mtime", "Modification time, base seconds.");
-    field!(dtime, set_dtime, u32le, 0x14, "i_dtime", "Deletion time (also the orphan list link).");
-    field!(gid_lo, set_gid_lo, u16le, 0x18, "i_gid", "Low 16 bits of the group id.");
-    field!(links_count, set_links_count, u16le, 0x1A, "i_links_count", "Hard link count (1 also means 'many' for dir_nlink directories).");
-    field!(blocks_lo, set_blocks_lo, u32le, 0x1C, "i_blocks_lo", "Low 32 bits of the block count.");
-    field!(version_lo, set_version_lo, u32le, 0x24, "l_i_version", "Low 32 bits of the inode version (osd1).");
-    field!(generation, set_generation, u32le, 0x64, "i_generation", "File generation (NFS), also part of the checksum seeds.");
-    field!(file_acl_lo, set_file_acl_lo, u32le, 0x68, "i_file_acl_lo", "Low 32 bits of the xattr block.");
-    field!(size_high, set_size_high, u32le, 0x6C, "i_size_high", "High 32 bits of the size.");
-    field!(obso_faddr, set_obso_faddr, u32le, 0x70, "i_obso_faddr", "Obsolete fragment address.");
-    field!(blocks_high, set_blocks_high, u16le, 0x74, "l_i_blocks_high", "High 16 bits of the block count (huge_file).");
-    field!(file_acl_high, set_file_acl_high, u16le, 0x76, "l_i_file_acl_high", "High 16 bits of the xattr block.");
-    field!(uid_high, set_uid_high, u16le, 0x78, "l_i_uid_high", "High 16 bits of the uid.");
-    field!(gid_high, set_gid_high, u16le, 0x7A, "l_i_gid_high", "High 16 bits of the gid.");
-    field!(checksum_lo, set_checksum_lo, u16le, CHECKSUM_LO, "l_i_checksum_lo", "Low 16 bits of the checksum.");
+    field!(
+        mode,
+        set_mode,
+        u16le,
+        0x00,
+        "i_mode",
+        "File type and permission bits."
+    );
+    field!(
+        uid_lo,
+        set_uid_lo,
+        u16le,
+        0x02,
+        "i_uid",
+        "Low 16 bits of the owner uid."
+    );
+    field!(
+        size_lo,
+        set_size_lo,
+        u32le,
+        0x04,
+        "i_size_lo",
+        "Low 32 bits of the size."
+    );
+    field!(
+        atime_raw,
+        set_atime_raw,
+        u32le,
+        0x08,
+        "i_atime",
+        "Access time, base seconds."
+    );
+    field!(
+        ctime_raw,
+        set_ctime_raw,
+        u32le,
+        0x0C,
+        "i_ctime",
+        "Change time, base seconds."
+    );
+    field!(
+        mtime_raw,
+        set_mtime_raw,
+        u32le,
+        0x10,
+        "i_mtime",
+        "Modification time, base seconds."
+    );
+    field!(
+        dtime,
+        set_dtime,
+        u32le,
+        0x14,
+        "i_dtime",
+        "Deletion time (also the orphan list link)."
+    );
+    field!(
+        gid_lo,
+        set_gid_lo,
+        u16le,
+        0x18,
+        "i_gid",
+        "Low 16 bits of the group id."
+    );
+    field!(
+        links_count,
+        set_links_count,
+        u16le,
+        0x1A,
+        "i_links_count",
+        "Hard link count (1 also means 'many' for dir_nlink directories)."
+    );
+    field!(
+        blocks_lo,
+        set_blocks_lo,
+        u32le,
+        0x1C,
+        "i_blocks_lo",
+        "Low 32 bits of the block count."
+    );
+    field!(
+        version_lo,
+        set_version_lo,
+        u32le,
+        0x24,
+        "l_i_version",
+        "Low 32 bits of the inode version (osd1)."
+    );
+    field!(
+        generation,
+        set_generation,
+        u32le,
+        0x64,
+        "i_generation",
+        "File generation (NFS), also part of the checksum seeds."
+    );
+    field!(
+        file_acl_lo,
+        set_file_acl_lo,
+        u32le,
+        0x68,
+        "i_file_acl_lo",
+        "Low 32 bits of the xattr block."
+    );
+    field!(
+        size_high,
+        set_size_high,
+        u32le,
+        0x6C,
+        "i_size_high",
+        "High 32 bits of the size."
+    );
+    field!(
+        obso_faddr,
+        set_obso_faddr,
+        u32le,
+        0x70,
+        "i_obso_faddr",
+        "Obsolete fragment address."
+    );
+    field!(
+        blocks_high,
+        set_blocks_high,
+        u16le,
+        0x74,
+        "l_i_blocks_high",
+        "High 16 bits of the block count (huge_file)."
+    );
+    field!(
+        file_acl_high,
+        set_file_acl_high,
+        u16le,
+        0x76,
+        "l_i_file_acl_high",
+        "High 16 bits of the xattr block."
+    );
+    field!(
+        uid_high,
+        set_uid_high,
+        u16le,
+        0x78,
+        "l_i_uid_high",
+        "High 16 bits of the uid."
+    );
+    field!(
+        gid_high,
+        set_gid_high,
+        u16le,
+        0x7A,
+        "l_i_gid_high",
+        "High 16 bits of the gid."
+    );
+    field!(
+        checksum_lo,
+        set_checksum_lo,
+        u16le,
+        CHECKSUM_LO,
+        "l_i_checksum_lo",
+        "Low 16 bits of the checksum."
+    );
 
     /// Flags (`i_flags`).
     pub fn flags(&self) -> InodeFlags {
@@ -400,13 +565,21 @@ impl Inode {
 
     /// `i_extra_isize` (0 for 128-byte records).
     pub fn extra_isize(&self) -> u16 {
-        if self.raw.len() > GOOD_OLD_INODE_SIZE + 1 { read_u16le(&self.raw, EXTRA_ISIZE) } else { 0 }
+        if self.raw.len() > GOOD_OLD_INODE_SIZE + 1 {
+            read_u16le(&self.raw, EXTRA_ISIZE)
+        } else {
+            0
+        }
     }
 
     /// Sets `i_extra_isize` (bytes after it are left as they are).
     pub fn set_extra_isize(&mut self, v: u16) -> Result<()> {
         if v % 4 != 0 || GOOD_OLD_INODE_SIZE + usize::from(v) > self.raw.len() {
-            return Err(FormatError::unrepresentable(Structure::Inode, "i_extra_isize", u64::from(v)));
+            return Err(FormatError::unrepresentable(
+                Structure::Inode,
+                "i_extra_isize",
+                u64::from(v),
+            ));
         }
         write_u16le(&mut self.raw, EXTRA_ISIZE, v);
         Ok(())
@@ -434,7 +607,8 @@ impl Inode {
 
     /// Offset where in-inode xattrs start (`128 + i_extra_isize`), if the record has room.
     pub fn xattr_area_offset(&self) -> Option<usize> {
-        (self.raw.len() > GOOD_OLD_INODE_SIZE).then(|| GOOD_OLD_INODE_SIZE + usize::from(self.extra_isize()))
+        (self.raw.len() > GOOD_OLD_INODE_SIZE)
+            .then(|| GOOD_OLD_INODE_SIZE + usize::from(self.extra_isize()))
     }
     /// The bytes after `128 + i_extra_isize` (in-inode xattr area, starting with the magic).
     pub fn xattr_area(&self) -> &[u8] {
@@ -508,7 +682,11 @@ impl Inode {
     /// Sets the xattr block; fails above 48 bits.
     pub fn set_file_acl(&mut self, block: u64) -> Result<()> {
         if block >> 48 != 0 {
-            return Err(FormatError::unrepresentable(Structure::Inode, "i_file_acl", block));
+            return Err(FormatError::unrepresentable(
+                Structure::Inode,
+                "i_file_acl",
+                block,
+            ));
         }
         self.set_file_acl_lo(block as u32);
         self.set_file_acl_high((block >> 32) as u16);
@@ -530,7 +708,8 @@ impl Inode {
         }
         let n = self.blocks_raw();
         if self.flags().contains(InodeFlags::HUGE_FILE) {
-            n.checked_shl(block_size_bits.saturating_sub(9)).unwrap_or(u64::MAX)
+            n.checked_shl(block_size_bits.saturating_sub(9))
+                .unwrap_or(u64::MAX)
         } else {
             n
         }
@@ -540,14 +719,23 @@ impl Inode {
     /// the representation (and the HUGE_FILE flag). Fails (the kernel's
     /// `EFBIG`) when the count needs huge_file and the feature is off, or is
     /// too large for any representation.
-    pub fn set_block_count_512(&mut self, n: u64, huge_file_feature: bool, block_size_bits: u32) -> Result<()> {
+    pub fn set_block_count_512(
+        &mut self,
+        n: u64,
+        huge_file_feature: bool,
+        block_size_bits: u32,
+    ) -> Result<()> {
         let mut flags = self.flags();
         if n <= u64::from(u32::MAX) {
             self.set_blocks_lo(n as u32);
             self.set_blocks_high(0);
             flags.remove(InodeFlags::HUGE_FILE);
         } else if !huge_file_feature {
-            return Err(FormatError::unrepresentable(Structure::Inode, "i_blocks", n));
+            return Err(FormatError::unrepresentable(
+                Structure::Inode,
+                "i_blocks",
+                n,
+            ));
         } else if n <= 0xFFFF_FFFF_FFFF {
             self.set_blocks_lo(n as u32);
             self.set_blocks_high((n >> 32) as u16);
@@ -555,7 +743,11 @@ impl Inode {
         } else {
             let shifted = n >> block_size_bits.saturating_sub(9);
             if shifted > 0xFFFF_FFFF_FFFF {
-                return Err(FormatError::unrepresentable(Structure::Inode, "i_blocks", n));
+                return Err(FormatError::unrepresentable(
+                    Structure::Inode,
+                    "i_blocks",
+                    n,
+                ));
             }
             self.set_blocks_lo(shifted as u32);
             self.set_blocks_high((shifted >> 32) as u16);
@@ -631,22 +823,33 @@ impl Inode {
         if self.set_extra_u32(PROJID, id) {
             Ok(())
         } else {
-            Err(FormatError::unrepresentable(Structure::Inode, "i_projid", u64::from(id)))
+            Err(FormatError::unrepresentable(
+                Structure::Inode,
+                "i_projid",
+                u64::from(id),
+            ))
         }
     }
 
     /// The 60 bytes of `i_block` (extent root, block map, fast symlink, inline data, device).
     pub fn block_area(&self) -> &[u8; I_BLOCK_SIZE] {
-        self.raw[I_BLOCK_OFFSET..I_BLOCK_OFFSET + I_BLOCK_SIZE].try_into().unwrap_or(&[0; I_BLOCK_SIZE])
+        self.raw[I_BLOCK_OFFSET..I_BLOCK_OFFSET + I_BLOCK_SIZE]
+            .try_into()
+            .unwrap_or(&[0; I_BLOCK_SIZE])
     }
     /// Mutable `i_block`.
     pub fn block_area_mut(&mut self) -> &mut [u8; I_BLOCK_SIZE] {
         let s = &mut self.raw[I_BLOCK_OFFSET..I_BLOCK_OFFSET + I_BLOCK_SIZE];
-        s.try_into().unwrap_or_else(|_| unreachable!("i_block slice has a fixed length"))
+        s.try_into()
+            .unwrap_or_else(|_| unreachable!("i_block slice has a fixed length"))
     }
     /// `i_block[i]` as a little-endian word (i < 15).
     pub fn block_word(&self, i: usize) -> u32 {
-        if i < 15 { read_u32le(&self.raw, I_BLOCK_OFFSET + 4 * i) } else { 0 }
+        if i < 15 {
+            read_u32le(&self.raw, I_BLOCK_OFFSET + 4 * i)
+        } else {
+            0
+        }
     }
     /// Sets `i_block[i]` (i < 15; ignored otherwise).
     pub fn set_block_word(&mut self, i: usize, v: u32) {
@@ -663,7 +866,10 @@ impl Inode {
             ((old >> 8) & 0xFF, old & 0xFF)
         } else {
             let new = self.block_word(1);
-            ((new & 0xF_FF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF_00))
+            (
+                (new & 0xF_FF00) >> 8,
+                (new & 0xFF) | ((new >> 12) & 0x000F_FF00),
+            )
         }
     }
 
@@ -675,7 +881,11 @@ impl Inode {
             self.set_block_word(1, 0);
         } else {
             if major > 0xFFF || minor > 0xF_FFFF {
-                return Err(FormatError::unrepresentable(Structure::Inode, "i_block (device number)", u64::from(major) << 32 | u64::from(minor)));
+                return Err(FormatError::unrepresentable(
+                    Structure::Inode,
+                    "i_block (device number)",
+                    u64::from(major) << 32 | u64::from(minor),
+                ));
             }
             self.set_block_word(0, 0);
             self.set_block_word(1, (minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12));
@@ -695,7 +905,11 @@ impl Inode {
     /// The stored checksum (16 bits when there is no `i_checksum_hi`).
     pub fn stored_checksum(&self) -> u32 {
         let lo = u32::from(self.checksum_lo());
-        if self.has_checksum_hi() { lo | u32::from(read_u16le(&self.raw, CHECKSUM_HI)) << 16 } else { lo }
+        if self.has_checksum_hi() {
+            lo | u32::from(read_u16le(&self.raw, CHECKSUM_HI)) << 16
+        } else {
+            lo
+        }
     }
 
     /// The checksum this inode should carry (`ext4_inode_csum`): crc32c over
@@ -755,14 +969,35 @@ mod tests {
             (EXTRA_TIMESTAMP_MAX, 0x7FFF_FFFF, 3),
         ];
         for (s, base, epoch) in cases {
-            let (b, e) = Timestamp { seconds: s, nanoseconds: 7 }.encode();
+            let (b, e) = Timestamp {
+                seconds: s,
+                nanoseconds: 7,
+            }
+            .encode();
             assert_eq!((b, e & 3, e >> 2), (base, epoch, 7), "seconds {s}");
-            assert_eq!(Timestamp::decode(b, Some(e)), Timestamp { seconds: s, nanoseconds: 7 });
+            assert_eq!(
+                Timestamp::decode(b, Some(e)),
+                Timestamp {
+                    seconds: s,
+                    nanoseconds: 7
+                }
+            );
         }
         // Out of range clamps.
-        let (b, e) = Timestamp { seconds: i64::MAX, nanoseconds: 0 }.encode();
+        let (b, e) = Timestamp {
+            seconds: i64::MAX,
+            nanoseconds: 0,
+        }
+        .encode();
         assert_eq!(Timestamp::decode(b, Some(e)).seconds, EXTRA_TIMESTAMP_MAX);
-        assert_eq!(Timestamp { seconds: -(1i64 << 40), nanoseconds: 0 }.encode_base_only(), 0x8000_0000);
+        assert_eq!(
+            Timestamp {
+                seconds: -(1i64 << 40),
+                nanoseconds: 0
+            }
+            .encode_base_only(),
+            0x8000_0000
+        );
     }
 
     #[test]

@@ -16,9 +16,13 @@
 //! Data blocks are covered by their tag: crc32c over `be32(sequence)` and the
 //! block (32 bits in v3 tags, the low 16 bits in v2 tags).
 
-use crate::bytes::{read_u16be, read_u32be, read_u64be, write_bytes, write_u16be, write_u32be, write_u64be};
-use crate::checksum::{crc32c_raw, CRC32C_INITIAL};
-use crate::error::{CorruptKind, FormatError, IncompatibleKind, Result, Structure, UnknownFeatures};
+use crate::bytes::{
+    read_u16be, read_u32be, read_u64be, write_bytes, write_u16be, write_u32be, write_u64be,
+};
+use crate::checksum::{CRC32C_INITIAL, crc32c_raw};
+use crate::error::{
+    CorruptKind, FormatError, IncompatibleKind, Result, Structure, UnknownFeatures,
+};
 use crate::macros::field;
 
 /// `JBD2_MAGIC_NUMBER`.
@@ -97,7 +101,10 @@ impl JournalHeader {
         if block.len() < HEADER_SIZE || read_u32be(block, 0) != JBD2_MAGIC {
             return None;
         }
-        Some(JournalHeader { block_type: read_u32be(block, 4), sequence: read_u32be(block, 8) })
+        Some(JournalHeader {
+            block_type: read_u32be(block, 4),
+            sequence: read_u32be(block, 8),
+        })
     }
 
     /// The decoded block type.
@@ -113,17 +120,30 @@ impl JournalHeader {
     }
 }
 
-fn check_header(block: &[u8], want: JournalBlockType, structure: Structure) -> Result<JournalHeader> {
+fn check_header(
+    block: &[u8],
+    want: JournalBlockType,
+    structure: Structure,
+) -> Result<JournalHeader> {
     if block.len() < HEADER_SIZE {
         return Err(FormatError::too_short(structure, HEADER_SIZE, block.len()));
     }
     let magic = read_u32be(block, 0);
     if magic != JBD2_MAGIC {
-        return Err(FormatError::corrupt(structure, CorruptKind::JournalMagic(magic)));
+        return Err(FormatError::corrupt(
+            structure,
+            CorruptKind::JournalMagic(magic),
+        ));
     }
-    let h = JournalHeader { block_type: read_u32be(block, 4), sequence: read_u32be(block, 8) };
+    let h = JournalHeader {
+        block_type: read_u32be(block, 4),
+        sequence: read_u32be(block, 8),
+    };
     if h.block_type != want.code() {
-        return Err(FormatError::corrupt(structure, CorruptKind::JournalBlockType(h.block_type)));
+        return Err(FormatError::corrupt(
+            structure,
+            CorruptKind::JournalBlockType(h.block_type),
+        ));
     }
     Ok(h)
 }
@@ -147,8 +167,12 @@ pub mod features {
     /// Known compat bits.
     pub const KNOWN_COMPAT: u32 = COMPAT_CHECKSUM;
     /// Known incompat bits.
-    pub const KNOWN_INCOMPAT: u32 =
-        INCOMPAT_REVOKE | INCOMPAT_64BIT | INCOMPAT_ASYNC_COMMIT | INCOMPAT_CSUM_V2 | INCOMPAT_CSUM_V3 | INCOMPAT_FAST_COMMIT;
+    pub const KNOWN_INCOMPAT: u32 = INCOMPAT_REVOKE
+        | INCOMPAT_64BIT
+        | INCOMPAT_ASYNC_COMMIT
+        | INCOMPAT_CSUM_V2
+        | INCOMPAT_CSUM_V3
+        | INCOMPAT_FAST_COMMIT;
     /// Known ro_compat bits.
     pub const KNOWN_RO_COMPAT: u32 = 0;
 
@@ -158,7 +182,11 @@ pub mod features {
         for bit in 0..32 {
             let m = 1u32 << bit;
             if compat & m != 0 {
-                v.push(if m == COMPAT_CHECKSUM { "journal_checksum".into() } else { format!("FEATURE_C{bit}") });
+                v.push(if m == COMPAT_CHECKSUM {
+                    "journal_checksum".into()
+                } else {
+                    format!("FEATURE_C{bit}")
+                });
             }
         }
         for bit in 0..32 {
@@ -207,9 +235,13 @@ impl JournalSuperblock {
     /// journal's first block): magic, type v1/v2, block size, geometry, users,
     /// checksum features, checksum type and checksum.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let src = bytes
-            .get(..JOURNAL_SUPERBLOCK_SIZE)
-            .ok_or_else(|| FormatError::too_short(Structure::JournalSuperblock, JOURNAL_SUPERBLOCK_SIZE, bytes.len()))?;
+        let src = bytes.get(..JOURNAL_SUPERBLOCK_SIZE).ok_or_else(|| {
+            FormatError::too_short(
+                Structure::JournalSuperblock,
+                JOURNAL_SUPERBLOCK_SIZE,
+                bytes.len(),
+            )
+        })?;
         let mut raw = Box::new([0u8; JOURNAL_SUPERBLOCK_SIZE]);
         raw.copy_from_slice(src);
         let sb = Self { raw };
@@ -221,8 +253,14 @@ impl JournalSuperblock {
     /// (first log block 1, clean, sequence 1, one user); features and uuid to
     /// be set by the caller, then [`JournalSuperblock::update_checksum`].
     pub fn new(block_size: u32, maxlen: u32) -> Self {
-        let mut sb = Self { raw: Box::new([0u8; JOURNAL_SUPERBLOCK_SIZE]) };
-        JournalHeader { block_type: JournalBlockType::SuperblockV2.code(), sequence: 0 }.write(&mut sb.raw[..]);
+        let mut sb = Self {
+            raw: Box::new([0u8; JOURNAL_SUPERBLOCK_SIZE]),
+        };
+        JournalHeader {
+            block_type: JournalBlockType::SuperblockV2.code(),
+            sequence: 0,
+        }
+        .write(&mut sb.raw[..]);
         sb.set_block_size(block_size);
         sb.set_maxlen(maxlen);
         sb.set_first(1);
@@ -236,25 +274,158 @@ impl JournalSuperblock {
         &self.raw
     }
 
-    field!(block_type, set_block_type, u32be, 0x04, "h_blocktype", "3 for a v1 superblock, 4 for v2.");
-    field!(block_size, set_block_size, u32be, 0x0C, "s_blocksize", "Journal block size.");
-    field!(maxlen, set_maxlen, u32be, 0x10, "s_maxlen", "Total blocks in the journal.");
-    field!(first, set_first, u32be, 0x14, "s_first", "First block of log information.");
-    field!(sequence, set_sequence, u32be, 0x18, "s_sequence", "First transaction id expected in the log.");
-    field!(start, set_start, u32be, 0x1C, "s_start", "Block where the log starts; 0 = the journal is clean.");
-    field!(errno_raw, set_errno_raw, u32be, 0x20, "s_errno", "Error set by journal abort (signed).");
-    field!(feature_compat_raw, set_feature_compat, u32be, 0x24, "s_feature_compat", "Compatible features (raw; see [`JournalSuperblock::feature_compat`]).");
-    field!(feature_incompat_raw, set_feature_incompat, u32be, 0x28, "s_feature_incompat", "Incompatible features (raw).");
-    field!(feature_ro_compat_raw, set_feature_ro_compat, u32be, 0x2C, "s_feature_ro_compat", "Read-only compatible features (raw).");
-    field!(uuid, set_uuid, [u8; 16], 0x30, "s_uuid", "Journal UUID (seeds the checksums).");
-    field!(nr_users, set_nr_users, u32be, 0x40, "s_nr_users", "Filesystems sharing the journal.");
-    field!(dynsuper, set_dynsuper, u32be, 0x44, "s_dynsuper", "Block of a dynamic superblock copy.");
-    field!(max_transaction, set_max_transaction, u32be, 0x48, "s_max_transaction", "Limit of journal blocks per transaction.");
-    field!(max_trans_data, set_max_trans_data, u32be, 0x4C, "s_max_trans_data", "Limit of data blocks per transaction.");
-    field!(checksum_type, set_checksum_type, u8, 0x50, "s_checksum_type", "Checksum algorithm (4 = crc32c).");
-    field!(num_fc_blocks_raw, set_num_fc_blocks, u32be, 0x54, "s_num_fc_blks", "Fast-commit blocks (0 = default 256).");
-    field!(head, set_head, u32be, 0x58, "s_head", "Head of the log, valid while the filesystem is clean.");
-    field!(checksum, set_checksum, u32be, 0xFC, "s_checksum", "crc32c of the superblock.");
+    field!(
+        block_type,
+        set_block_type,
+        u32be,
+        0x04,
+        "h_blocktype",
+        "3 for a v1 superblock, 4 for v2."
+    );
+    field!(
+        block_size,
+        set_block_size,
+        u32be,
+        0x0C,
+        "s_blocksize",
+        "Journal block size."
+    );
+    field!(
+        maxlen,
+        set_maxlen,
+        u32be,
+        0x10,
+        "s_maxlen",
+        "Total blocks in the journal."
+    );
+    field!(
+        first,
+        set_first,
+        u32be,
+        0x14,
+        "s_first",
+        "First block of log information."
+    );
+    field!(
+        sequence,
+        set_sequence,
+        u32be,
+        0x18,
+        "s_sequence",
+        "First transaction id expected in the log."
+    );
+    field!(
+        start,
+        set_start,
+        u32be,
+        0x1C,
+        "s_start",
+        "Block where the log starts; 0 = the journal is clean."
+    );
+    field!(
+        errno_raw,
+        set_errno_raw,
+        u32be,
+        0x20,
+        "s_errno",
+        "Error set by journal abort (signed)."
+    );
+    field!(
+        feature_compat_raw,
+        set_feature_compat,
+        u32be,
+        0x24,
+        "s_feature_compat",
+        "Compatible features (raw; see [`JournalSuperblock::feature_compat`])."
+    );
+    field!(
+        feature_incompat_raw,
+        set_feature_incompat,
+        u32be,
+        0x28,
+        "s_feature_incompat",
+        "Incompatible features (raw)."
+    );
+    field!(
+        feature_ro_compat_raw,
+        set_feature_ro_compat,
+        u32be,
+        0x2C,
+        "s_feature_ro_compat",
+        "Read-only compatible features (raw)."
+    );
+    field!(
+        uuid,
+        set_uuid,
+        [u8; 16],
+        0x30,
+        "s_uuid",
+        "Journal UUID (seeds the checksums)."
+    );
+    field!(
+        nr_users,
+        set_nr_users,
+        u32be,
+        0x40,
+        "s_nr_users",
+        "Filesystems sharing the journal."
+    );
+    field!(
+        dynsuper,
+        set_dynsuper,
+        u32be,
+        0x44,
+        "s_dynsuper",
+        "Block of a dynamic superblock copy."
+    );
+    field!(
+        max_transaction,
+        set_max_transaction,
+        u32be,
+        0x48,
+        "s_max_transaction",
+        "Limit of journal blocks per transaction."
+    );
+    field!(
+        max_trans_data,
+        set_max_trans_data,
+        u32be,
+        0x4C,
+        "s_max_trans_data",
+        "Limit of data blocks per transaction."
+    );
+    field!(
+        checksum_type,
+        set_checksum_type,
+        u8,
+        0x50,
+        "s_checksum_type",
+        "Checksum algorithm (4 = crc32c)."
+    );
+    field!(
+        num_fc_blocks_raw,
+        set_num_fc_blocks,
+        u32be,
+        0x54,
+        "s_num_fc_blks",
+        "Fast-commit blocks (0 = default 256)."
+    );
+    field!(
+        head,
+        set_head,
+        u32be,
+        0x58,
+        "s_head",
+        "Head of the log, valid while the filesystem is clean."
+    );
+    field!(
+        checksum,
+        set_checksum,
+        u32be,
+        0xFC,
+        "s_checksum",
+        "crc32c of the superblock."
+    );
 
     /// `s_errno` as the signed value it is.
     pub fn errno(&self) -> i32 {
@@ -266,19 +437,35 @@ impl JournalSuperblock {
     }
     /// Compatible features (0 for v1).
     pub fn feature_compat(&self) -> u32 {
-        if self.is_v2() { self.feature_compat_raw() } else { 0 }
+        if self.is_v2() {
+            self.feature_compat_raw()
+        } else {
+            0
+        }
     }
     /// Incompatible features (0 for v1).
     pub fn feature_incompat(&self) -> u32 {
-        if self.is_v2() { self.feature_incompat_raw() } else { 0 }
+        if self.is_v2() {
+            self.feature_incompat_raw()
+        } else {
+            0
+        }
     }
     /// Read-only-compatible features (0 for v1).
     pub fn feature_ro_compat(&self) -> u32 {
-        if self.is_v2() { self.feature_ro_compat_raw() } else { 0 }
+        if self.is_v2() {
+            self.feature_ro_compat_raw()
+        } else {
+            0
+        }
     }
     /// Feature names as `dumpe2fs` prints them.
     pub fn feature_names(&self) -> Vec<String> {
-        features::names(self.feature_compat(), self.feature_incompat(), self.feature_ro_compat())
+        features::names(
+            self.feature_compat(),
+            self.feature_incompat(),
+            self.feature_ro_compat(),
+        )
     }
     /// 64-bit block numbers in tags and revoke records.
     pub fn is_64bit(&self) -> bool {
@@ -334,7 +521,11 @@ impl JournalSuperblock {
 
     /// Bytes reserved at the end of descriptor and revoke blocks (4 with v2/v3).
     pub fn block_tail_size(&self) -> usize {
-        if self.has_csum_v2_or_v3() { BLOCK_TAIL_SIZE } else { 0 }
+        if self.has_csum_v2_or_v3() {
+            BLOCK_TAIL_SIZE
+        } else {
+            0
+        }
     }
 
     /// The checksum seed: crc32c of the uuid.
@@ -344,7 +535,8 @@ impl JournalSuperblock {
 
     /// UUID of user `i` (`s_users`).
     pub fn user(&self, i: usize) -> Option<[u8; 16]> {
-        (i < USERS_MAX as usize).then(|| crate::bytes::read_array::<16>(&self.raw[..], 0x100 + 16 * i))
+        (i < USERS_MAX as usize)
+            .then(|| crate::bytes::read_array::<16>(&self.raw[..], 0x100 + 16 * i))
     }
     /// Sets the UUID of user `i`.
     pub fn set_user(&mut self, i: usize, uuid: [u8; 16]) {
@@ -366,7 +558,11 @@ impl JournalSuperblock {
         }
         let c = self.compute_checksum();
         if c != self.checksum() {
-            return Err(FormatError::checksum(Structure::JournalSuperblock, c, self.checksum()));
+            return Err(FormatError::checksum(
+                Structure::JournalSuperblock,
+                c,
+                self.checksum(),
+            ));
         }
         Ok(())
     }
@@ -385,7 +581,11 @@ impl JournalSuperblock {
         if incompat != 0 || ro_compat != 0 {
             return Err(FormatError::incompatible(
                 Structure::JournalSuperblock,
-                IncompatibleKind::JournalFeatures(UnknownFeatures { compat: 0, incompat, ro_compat }),
+                IncompatibleKind::JournalFeatures(UnknownFeatures {
+                    compat: 0,
+                    incompat,
+                    ro_compat,
+                }),
             ));
         }
         Ok(())
@@ -399,7 +599,8 @@ impl JournalSuperblock {
             return bad(CorruptKind::JournalMagic(magic));
         }
         let t = self.block_type();
-        if t != JournalBlockType::SuperblockV1.code() && t != JournalBlockType::SuperblockV2.code() {
+        if t != JournalBlockType::SuperblockV1.code() && t != JournalBlockType::SuperblockV2.code()
+        {
             return bad(CorruptKind::JournalBlockType(t));
         }
         let bs = self.block_size();
@@ -414,7 +615,9 @@ impl JournalSuperblock {
             if self.nr_users() > USERS_MAX {
                 return bad(CorruptKind::JournalUsers(self.nr_users()));
             }
-            if (self.has_csum_v2() && self.has_csum_v3()) || (self.has_csum_v2_or_v3() && self.has_csum_v1()) {
+            if (self.has_csum_v2() && self.has_csum_v3())
+                || (self.has_csum_v2_or_v3() && self.has_csum_v1())
+            {
                 return bad(CorruptKind::JournalChecksumFeatures);
             }
             if self.has_csum_v2_or_v3() && self.checksum_type() != CHECKSUM_TYPE_CRC32C {
@@ -471,7 +674,12 @@ pub fn data_block_checksum(csum_seed: u32, sequence: u32, data: &[u8]) -> u32 {
 }
 
 /// Verifies a logged data block against its tag (Ok without v2/v3).
-pub fn verify_data_block(jsb: &JournalSuperblock, sequence: u32, tag: &JournalTag, data: &[u8]) -> Result<()> {
+pub fn verify_data_block(
+    jsb: &JournalSuperblock,
+    sequence: u32,
+    tag: &JournalTag,
+    data: &[u8],
+) -> Result<()> {
     if !jsb.has_csum_v2_or_v3() {
         return Ok(());
     }
@@ -480,7 +688,10 @@ pub fn verify_data_block(jsb: &JournalSuperblock, sequence: u32, tag: &JournalTa
         c &= 0xFFFF;
     }
     if c != tag.checksum {
-        return Err(FormatError::checksum(Structure::JournalDataBlock, c, tag.checksum).with_block(tag.block));
+        return Err(
+            FormatError::checksum(Structure::JournalDataBlock, c, tag.checksum)
+                .with_block(tag.block),
+        );
     }
     Ok(())
 }
@@ -514,7 +725,10 @@ fn verify_tail(block: &[u8], jsb: &JournalSuperblock, structure: Structure) -> R
         return Ok(());
     }
     let c = block_tail_checksum(block, jsb.csum_seed());
-    let stored = block.len().checked_sub(4).map_or(0, |o| read_u32be(block, o));
+    let stored = block
+        .len()
+        .checked_sub(4)
+        .map_or(0, |o| read_u32be(block, o));
     if c != stored {
         return Err(FormatError::checksum(structure, c, stored));
     }
@@ -550,12 +764,31 @@ impl DescriptorBlock {
         let mut off = HEADER_SIZE;
         while off + tag_bytes <= size {
             let (block_lo, flags, hi, checksum) = if jsb.has_csum_v3() {
-                (read_u32be(block, off), read_u32be(block, off + 4), read_u32be(block, off + 8), read_u32be(block, off + 12))
+                (
+                    read_u32be(block, off),
+                    read_u32be(block, off + 4),
+                    read_u32be(block, off + 8),
+                    read_u32be(block, off + 12),
+                )
             } else {
-                let hi = if jsb.is_64bit() { read_u32be(block, off + 8) } else { 0 };
-                (read_u32be(block, off), u32::from(read_u16be(block, off + 6)), hi, u32::from(read_u16be(block, off + 4)))
+                let hi = if jsb.is_64bit() {
+                    read_u32be(block, off + 8)
+                } else {
+                    0
+                };
+                (
+                    read_u32be(block, off),
+                    u32::from(read_u16be(block, off + 6)),
+                    hi,
+                    u32::from(read_u16be(block, off + 4)),
+                )
             };
-            let number = u64::from(block_lo) | if jsb.is_64bit() { u64::from(hi) << 32 } else { 0 };
+            let number = u64::from(block_lo)
+                | if jsb.is_64bit() {
+                    u64::from(hi) << 32
+                } else {
+                    0
+                };
             let flags = TagFlags(flags);
             let tag_off = off;
             off += tag_bytes;
@@ -563,18 +796,31 @@ impl DescriptorBlock {
                 None
             } else {
                 if off + 16 > size {
-                    return Err(FormatError::corrupt(s, CorruptKind::JournalTagOverrun { offset: tag_off }));
+                    return Err(FormatError::corrupt(
+                        s,
+                        CorruptKind::JournalTagOverrun { offset: tag_off },
+                    ));
                 }
                 let u = crate::bytes::read_array::<16>(block, off);
                 off += 16;
                 Some(u)
             };
-            tags.push(JournalTag { offset: tag_off, block: number, flags, checksum, uuid });
+            tags.push(JournalTag {
+                offset: tag_off,
+                block: number,
+                flags,
+                checksum,
+                uuid,
+            });
             if flags.contains(TagFlags::LAST_TAG) {
                 break;
             }
         }
-        Ok(Self { raw: block.to_vec(), sequence: h.sequence, tags })
+        Ok(Self {
+            raw: block.to_vec(),
+            sequence: h.sequence,
+            tags,
+        })
     }
 
     /// The raw bytes.
@@ -614,7 +860,11 @@ impl DescriptorBuilder {
     pub fn new(jsb: &JournalSuperblock, sequence: u32) -> Self {
         let bs = jsb.block_size() as usize;
         let mut raw = vec![0u8; bs];
-        JournalHeader { block_type: JournalBlockType::Descriptor.code(), sequence }.write(&mut raw);
+        JournalHeader {
+            block_type: JournalBlockType::Descriptor.code(),
+            sequence,
+        }
+        .write(&mut raw);
         Self {
             raw,
             off: HEADER_SIZE,
@@ -643,7 +893,11 @@ impl DescriptorBuilder {
             return Ok(false);
         }
         if !self.bit64 && block > u64::from(u32::MAX) {
-            return Err(FormatError::unrepresentable(Structure::JournalDescriptor, "t_blocknr", block));
+            return Err(FormatError::unrepresentable(
+                Structure::JournalDescriptor,
+                "t_blocknr",
+                block,
+            ));
         }
         let mut flags = if first { 0 } else { TagFlags::SAME_UUID.0 };
         if escaped {
@@ -656,7 +910,11 @@ impl DescriptorBuilder {
             write_u32be(&mut self.raw, o + 8, (block >> 32) as u32);
             write_u32be(&mut self.raw, o + 12, data_checksum);
         } else {
-            write_u16be(&mut self.raw, o + 4, if self.v2 { data_checksum as u16 } else { 0 });
+            write_u16be(
+                &mut self.raw,
+                o + 4,
+                if self.v2 { data_checksum as u16 } else { 0 },
+            );
             write_u16be(&mut self.raw, o + 6, flags as u16);
             if self.bit64 {
                 write_u32be(&mut self.raw, o + 8, (block >> 32) as u32);
@@ -699,16 +957,26 @@ impl CommitBlock {
     pub fn parse(block: &[u8]) -> Result<Self> {
         check_header(block, JournalBlockType::Commit, Structure::JournalCommit)?;
         if block.len() < 0x3C {
-            return Err(FormatError::too_short(Structure::JournalCommit, 0x3C, block.len()));
+            return Err(FormatError::too_short(
+                Structure::JournalCommit,
+                0x3C,
+                block.len(),
+            ));
         }
-        Ok(Self { raw: block.to_vec() })
+        Ok(Self {
+            raw: block.to_vec(),
+        })
     }
 
     /// A commit block for `sequence` committed at (`seconds`, `nanoseconds`);
     /// call [`CommitBlock::update_checksum`] (v2/v3) or [`CommitBlock::set_v1_checksum`].
     pub fn new(block_size: usize, sequence: u32, seconds: u64, nanoseconds: u32) -> Self {
         let mut raw = vec![0u8; block_size.max(0x3C)];
-        JournalHeader { block_type: JournalBlockType::Commit.code(), sequence }.write(&mut raw);
+        JournalHeader {
+            block_type: JournalBlockType::Commit.code(),
+            sequence,
+        }
+        .write(&mut raw);
         write_u64be(&mut raw, 0x30, seconds);
         write_u32be(&mut raw, 0x38, nanoseconds);
         Self { raw }
@@ -752,7 +1020,11 @@ impl CommitBlock {
         }
         let c = self.compute_checksum(jsb.csum_seed());
         if c != self.checksum() {
-            return Err(FormatError::checksum(Structure::JournalCommit, c, self.checksum()));
+            return Err(FormatError::checksum(
+                Structure::JournalCommit,
+                c,
+                self.checksum(),
+            ));
         }
         Ok(())
     }
@@ -794,16 +1066,26 @@ impl RevokeBlock {
         let count = read_u32be(block, 12);
         let max = block.len().saturating_sub(jsb.block_tail_size());
         if (count as usize) > max || (count as usize) < REVOKE_HEADER_SIZE {
-            return Err(FormatError::corrupt(s, CorruptKind::JournalRevokeCount(count)));
+            return Err(FormatError::corrupt(
+                s,
+                CorruptKind::JournalRevokeCount(count),
+            ));
         }
         let rs = if jsb.is_64bit() { 8 } else { 4 };
         let mut off = REVOKE_HEADER_SIZE;
         let mut blocks = Vec::new();
         while off + rs <= count as usize {
-            blocks.push(if rs == 8 { read_u64be(block, off) } else { u64::from(read_u32be(block, off)) });
+            blocks.push(if rs == 8 {
+                read_u64be(block, off)
+            } else {
+                u64::from(read_u32be(block, off))
+            });
             off += rs;
         }
-        Ok(Self { raw: block.to_vec(), blocks })
+        Ok(Self {
+            raw: block.to_vec(),
+            blocks,
+        })
     }
 
     /// Builds a revoke block for `sequence` with as many of `blocks` as fit;
@@ -811,23 +1093,38 @@ impl RevokeBlock {
     pub fn build(jsb: &JournalSuperblock, sequence: u32, blocks: &[u64]) -> Result<(Self, usize)> {
         let bs = jsb.block_size() as usize;
         let rs = if jsb.is_64bit() { 8 } else { 4 };
-        let room = (bs.saturating_sub(jsb.block_tail_size()).saturating_sub(REVOKE_HEADER_SIZE)) / rs;
+        let room = (bs
+            .saturating_sub(jsb.block_tail_size())
+            .saturating_sub(REVOKE_HEADER_SIZE))
+            / rs;
         let n = blocks.len().min(room);
         let mut raw = vec![0u8; bs];
-        JournalHeader { block_type: JournalBlockType::Revoke.code(), sequence }.write(&mut raw);
+        JournalHeader {
+            block_type: JournalBlockType::Revoke.code(),
+            sequence,
+        }
+        .write(&mut raw);
         let mut off = REVOKE_HEADER_SIZE;
         for &b in &blocks[..n] {
             if rs == 8 {
                 write_u64be(&mut raw, off, b);
             } else {
-                let b32 = u32::try_from(b).map_err(|_| FormatError::unrepresentable(Structure::JournalRevoke, "revoke record", b))?;
+                let b32 = u32::try_from(b).map_err(|_| {
+                    FormatError::unrepresentable(Structure::JournalRevoke, "revoke record", b)
+                })?;
                 write_u32be(&mut raw, off, b32);
             }
             off += rs;
         }
         write_u32be(&mut raw, 12, off as u32);
         update_tail(&mut raw, jsb);
-        Ok((Self { raw, blocks: blocks[..n].to_vec() }, n))
+        Ok((
+            Self {
+                raw,
+                blocks: blocks[..n].to_vec(),
+            },
+            n,
+        ))
     }
 
     /// The raw bytes.
@@ -880,12 +1177,22 @@ mod tests {
     #[test]
     fn descriptor_round_trip_all_formats() {
         use features::*;
-        for inc in [0, INCOMPAT_64BIT, INCOMPAT_CSUM_V2, INCOMPAT_CSUM_V2 | INCOMPAT_64BIT, INCOMPAT_CSUM_V3 | INCOMPAT_64BIT, INCOMPAT_CSUM_V3] {
+        for inc in [
+            0,
+            INCOMPAT_64BIT,
+            INCOMPAT_CSUM_V2,
+            INCOMPAT_CSUM_V2 | INCOMPAT_64BIT,
+            INCOMPAT_CSUM_V3 | INCOMPAT_64BIT,
+            INCOMPAT_CSUM_V3,
+        ] {
             let j = jsb(inc | INCOMPAT_REVOKE);
             let mut b = DescriptorBuilder::new(&j, 42);
             let mut n = 0u64;
             let big = if j.is_64bit() { 1u64 << 33 } else { 0 };
-            while b.push(100 + n + big, n == 3, 0xABCD_1234 ^ n as u32).unwrap() {
+            while b
+                .push(100 + n + big, n == 3, 0xABCD_1234 ^ n as u32)
+                .unwrap()
+            {
                 n += 1;
             }
             let bytes = b.finish(&j);
@@ -896,7 +1203,13 @@ mod tests {
             assert!(d.tags().last().unwrap().flags.contains(TagFlags::LAST_TAG));
             assert!(d.tags()[3].flags.contains(TagFlags::ESCAPE));
             assert_eq!(d.tags()[5].block, 105 + big);
-            let expect_csum = if j.has_csum_v3() { 0xABCD_1234 ^ 5 } else if j.has_csum_v2() { (0xABCD_1234u32 ^ 5) & 0xFFFF } else { 0 };
+            let expect_csum = if j.has_csum_v3() {
+                0xABCD_1234 ^ 5
+            } else if j.has_csum_v2() {
+                (0xABCD_1234u32 ^ 5) & 0xFFFF
+            } else {
+                0
+            };
             assert_eq!(d.tags()[5].checksum, expect_csum);
             let (r, taken) = RevokeBlock::build(&j, 42, &[1, 2, 3, 4]).unwrap();
             assert_eq!(taken, 4);

@@ -49,7 +49,10 @@ impl Superblock {
     /// Number of block groups: ceil((blocks - first_data_block) / blocks_per_group).
     pub fn group_count(&self) -> u32 {
         let bpg = u64::from(self.blocks_per_group().max(1));
-        let n = self.blocks_count().saturating_sub(u64::from(self.first_data_block())).div_ceil(bpg);
+        let n = self
+            .blocks_count()
+            .saturating_sub(u64::from(self.first_data_block()))
+            .div_ceil(bpg);
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
@@ -62,7 +65,9 @@ impl Superblock {
     /// Number of blocks in group `group` (the last group may be shorter).
     pub fn group_block_count(&self, group: u32) -> u32 {
         let first = self.group_first_block(group);
-        let end = first.saturating_add(u64::from(self.blocks_per_group())).min(self.blocks_count());
+        let end = first
+            .saturating_add(u64::from(self.blocks_per_group()))
+            .min(self.blocks_count());
         u32::try_from(end.saturating_sub(first)).unwrap_or(u32::MAX)
     }
 
@@ -121,7 +126,10 @@ impl Superblock {
     /// byte offset inside that block.
     pub fn group_desc_position(&self, group: u32) -> (u32, usize) {
         let per = self.desc_per_block().max(1);
-        (group / per, (group % per) as usize * usize::from(self.desc_size()))
+        (
+            group / per,
+            (group % per) as usize * usize::from(self.desc_size()),
+        )
     }
 
     /// `true` if group `group` holds a superblock backup (group 0 always holds
@@ -162,8 +170,11 @@ impl Superblock {
         let meta_group = group / per;
         if !meta_bg || meta_group < self.first_meta_bg() {
             if has_super {
-                let gdt_blocks =
-                    if meta_bg { self.first_meta_bg() } else { self.gdt_block_count() };
+                let gdt_blocks = if meta_bg {
+                    self.first_meta_bg()
+                } else {
+                    self.gdt_block_count()
+                };
                 m.gdt = Some((first + 1, gdt_blocks));
                 let reserved = u32::from(self.reserved_gdt_blocks());
                 if reserved > 0 && !meta_bg {

@@ -51,7 +51,9 @@ pub mod layout;
 pub mod superblock;
 pub mod xattr;
 
-pub use error::{CorruptKind, ErrorContext, FormatError, IncompatibleKind, Result, ResultExt, Structure};
+pub use error::{
+    CorruptKind, ErrorContext, FormatError, IncompatibleKind, Result, ResultExt, Structure,
+};
 pub use features::{CompatFeatures, IncompatFeatures, RoCompatFeatures};
-pub use hash::{dirhash, DirHash, HashVersion};
+pub use hash::{DirHash, HashVersion, dirhash};
 pub use superblock::Superblock;

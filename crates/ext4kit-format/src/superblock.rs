@@ -9,8 +9,10 @@
 //! [`crate::layout`].
 
 use crate::bytes::{read_u32le, write_u32le};
-use crate::checksum::{crc32c_raw, CRC32C_INITIAL};
-use crate::error::{CorruptKind, FormatError, IncompatibleKind, Result, Structure, UnknownFeatures};
+use crate::checksum::{CRC32C_INITIAL, crc32c_raw};
+use crate::error::{
+    CorruptKind, FormatError, IncompatibleKind, Result, Structure, UnknownFeatures,
+};
 use crate::features::{CompatFeatures, IncompatFeatures, RoCompatFeatures};
 use crate::hash::HashVersion;
 use crate::macros::field;
@@ -146,7 +148,10 @@ impl Superblock {
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         let sb = Self::from_bytes_unchecked(bytes)?;
         if sb.magic() != SUPER_MAGIC {
-            return Err(FormatError::corrupt(Structure::Superblock, CorruptKind::SuperblockMagic(sb.magic())));
+            return Err(FormatError::corrupt(
+                Structure::Superblock,
+                CorruptKind::SuperblockMagic(sb.magic()),
+            ));
         }
         sb.verify_checksum()?;
         sb.validate()?;
@@ -156,9 +161,9 @@ impl Superblock {
     /// Copies the bytes without any validation (for tools that inspect damaged
     /// filesystems, and for building a new superblock field by field).
     pub fn from_bytes_unchecked(bytes: &[u8]) -> Result<Self> {
-        let src = bytes
-            .get(..SUPERBLOCK_SIZE)
-            .ok_or_else(|| FormatError::too_short(Structure::Superblock, SUPERBLOCK_SIZE, bytes.len()))?;
+        let src = bytes.get(..SUPERBLOCK_SIZE).ok_or_else(|| {
+            FormatError::too_short(Structure::Superblock, SUPERBLOCK_SIZE, bytes.len())
+        })?;
         let mut raw = Box::new([0u8; SUPERBLOCK_SIZE]);
         raw.copy_from_slice(src);
         Ok(Self { raw })
@@ -166,7 +171,9 @@ impl Superblock {
 
     /// An all-zero superblock with the magic set, for writers (mkfs) to fill in.
     pub fn new_zeroed() -> Self {
-        let mut sb = Self { raw: Box::new([0u8; SUPERBLOCK_SIZE]) };
+        let mut sb = Self {
+            raw: Box::new([0u8; SUPERBLOCK_SIZE]),
+        };
         sb.set_magic(SUPER_MAGIC);
         sb.set_rev_level(REV_DYNAMIC);
         sb
@@ -186,101 +193,759 @@ impl Superblock {
     // Raw fields, in on-disk order.
     // ------------------------------------------------------------------
 
-    field!(inodes_count, set_inodes_count, u32le, 0x00, "s_inodes_count", "Total number of inodes.");
-    field!(blocks_count_lo, set_blocks_count_lo, u32le, 0x04, "s_blocks_count_lo", "Low 32 bits of the block count.");
-    field!(reserved_blocks_count_lo, set_reserved_blocks_count_lo, u32le, 0x08, "s_r_blocks_count_lo", "Low 32 bits of the reserved block count.");
-    field!(free_blocks_count_lo, set_free_blocks_count_lo, u32le, 0x0C, "s_free_blocks_count_lo", "Low 32 bits of the free block count.");
-    field!(free_inodes_count, set_free_inodes_count, u32le, 0x10, "s_free_inodes_count", "Free inode count.");
-    field!(first_data_block, set_first_data_block, u32le, 0x14, "s_first_data_block", "Block holding the primary superblock (1 with 1 KiB blocks, else 0).");
-    field!(log_block_size, set_log_block_size, u32le, 0x18, "s_log_block_size", "Block size is 1024 << this.");
-    field!(log_cluster_size, set_log_cluster_size, u32le, 0x1C, "s_log_cluster_size", "Cluster size is 1024 << this (bigalloc; equals the block size otherwise).");
-    field!(blocks_per_group, set_blocks_per_group, u32le, 0x20, "s_blocks_per_group", "Blocks per group.");
-    field!(clusters_per_group, set_clusters_per_group, u32le, 0x24, "s_clusters_per_group", "Clusters per group (equals blocks per group without bigalloc).");
-    field!(inodes_per_group, set_inodes_per_group, u32le, 0x28, "s_inodes_per_group", "Inodes per group.");
-    field!(mount_time_lo, set_mount_time_lo, u32le, 0x2C, "s_mtime", "Low 32 bits of the last mount time.");
-    field!(write_time_lo, set_write_time_lo, u32le, 0x30, "s_wtime", "Low 32 bits of the last write time.");
-    field!(mount_count, set_mount_count, u16le, 0x34, "s_mnt_count", "Mounts since the last check.");
-    field!(max_mount_count_raw, set_max_mount_count_raw, u16le, 0x36, "s_max_mnt_count", "Mounts allowed between checks, as stored (signed; -1 disables).");
-    field!(magic, set_magic, u16le, 0x38, "s_magic", "Magic number, 0xEF53.");
-    field!(state, set_state, u16le, 0x3A, "s_state", "State bits, see [`state`].");
-    field!(errors_behaviour, set_errors_behaviour, u16le, 0x3C, "s_errors", "What to do on errors, see [`errors_behaviour`].");
-    field!(minor_rev_level, set_minor_rev_level, u16le, 0x3E, "s_minor_rev_level", "Minor revision level.");
-    field!(last_check_time_lo, set_last_check_time_lo, u32le, 0x40, "s_lastcheck", "Low 32 bits of the last check time.");
-    field!(check_interval, set_check_interval, u32le, 0x44, "s_checkinterval", "Maximum seconds between checks.");
-    field!(creator_os, set_creator_os, u32le, 0x48, "s_creator_os", "Creator OS, see [`creator_os`].");
-    field!(rev_level, set_rev_level, u32le, 0x4C, "s_rev_level", "Revision level (0 good old, 1 dynamic).");
-    field!(default_reserved_uid, set_default_reserved_uid, u16le, 0x50, "s_def_resuid", "Default uid allowed to use reserved blocks.");
-    field!(default_reserved_gid, set_default_reserved_gid, u16le, 0x52, "s_def_resgid", "Default gid allowed to use reserved blocks.");
-    field!(first_ino_raw, set_first_ino, u32le, 0x54, "s_first_ino", "First non-reserved inode, as stored (see [`Superblock::first_ino`]).");
-    field!(inode_size_raw, set_inode_size, u16le, 0x58, "s_inode_size", "Inode record size, as stored (see [`Superblock::inode_size`]).");
-    field!(block_group_nr, set_block_group_nr, u16le, 0x5A, "s_block_group_nr", "Group number of this superblock copy.");
+    field!(
+        inodes_count,
+        set_inodes_count,
+        u32le,
+        0x00,
+        "s_inodes_count",
+        "Total number of inodes."
+    );
+    field!(
+        blocks_count_lo,
+        set_blocks_count_lo,
+        u32le,
+        0x04,
+        "s_blocks_count_lo",
+        "Low 32 bits of the block count."
+    );
+    field!(
+        reserved_blocks_count_lo,
+        set_reserved_blocks_count_lo,
+        u32le,
+        0x08,
+        "s_r_blocks_count_lo",
+        "Low 32 bits of the reserved block count."
+    );
+    field!(
+        free_blocks_count_lo,
+        set_free_blocks_count_lo,
+        u32le,
+        0x0C,
+        "s_free_blocks_count_lo",
+        "Low 32 bits of the free block count."
+    );
+    field!(
+        free_inodes_count,
+        set_free_inodes_count,
+        u32le,
+        0x10,
+        "s_free_inodes_count",
+        "Free inode count."
+    );
+    field!(
+        first_data_block,
+        set_first_data_block,
+        u32le,
+        0x14,
+        "s_first_data_block",
+        "Block holding the primary superblock (1 with 1 KiB blocks, else 0)."
+    );
+    field!(
+        log_block_size,
+        set_log_block_size,
+        u32le,
+        0x18,
+        "s_log_block_size",
+        "Block size is 1024 << this."
+    );
+    field!(
+        log_cluster_size,
+        set_log_cluster_size,
+        u32le,
+        0x1C,
+        "s_log_cluster_size",
+        "Cluster size is 1024 << this (bigalloc; equals the block size otherwise)."
+    );
+    field!(
+        blocks_per_group,
+        set_blocks_per_group,
+        u32le,
+        0x20,
+        "s_blocks_per_group",
+        "Blocks per group."
+    );
+    field!(
+        clusters_per_group,
+        set_clusters_per_group,
+        u32le,
+        0x24,
+        "s_clusters_per_group",
+        "Clusters per group (equals blocks per group without bigalloc)."
+    );
+    field!(
+        inodes_per_group,
+        set_inodes_per_group,
+        u32le,
+        0x28,
+        "s_inodes_per_group",
+        "Inodes per group."
+    );
+    field!(
+        mount_time_lo,
+        set_mount_time_lo,
+        u32le,
+        0x2C,
+        "s_mtime",
+        "Low 32 bits of the last mount time."
+    );
+    field!(
+        write_time_lo,
+        set_write_time_lo,
+        u32le,
+        0x30,
+        "s_wtime",
+        "Low 32 bits of the last write time."
+    );
+    field!(
+        mount_count,
+        set_mount_count,
+        u16le,
+        0x34,
+        "s_mnt_count",
+        "Mounts since the last check."
+    );
+    field!(
+        max_mount_count_raw,
+        set_max_mount_count_raw,
+        u16le,
+        0x36,
+        "s_max_mnt_count",
+        "Mounts allowed between checks, as stored (signed; -1 disables)."
+    );
+    field!(
+        magic,
+        set_magic,
+        u16le,
+        0x38,
+        "s_magic",
+        "Magic number, 0xEF53."
+    );
+    field!(
+        state,
+        set_state,
+        u16le,
+        0x3A,
+        "s_state",
+        "State bits, see [`state`]."
+    );
+    field!(
+        errors_behaviour,
+        set_errors_behaviour,
+        u16le,
+        0x3C,
+        "s_errors",
+        "What to do on errors, see [`errors_behaviour`]."
+    );
+    field!(
+        minor_rev_level,
+        set_minor_rev_level,
+        u16le,
+        0x3E,
+        "s_minor_rev_level",
+        "Minor revision level."
+    );
+    field!(
+        last_check_time_lo,
+        set_last_check_time_lo,
+        u32le,
+        0x40,
+        "s_lastcheck",
+        "Low 32 bits of the last check time."
+    );
+    field!(
+        check_interval,
+        set_check_interval,
+        u32le,
+        0x44,
+        "s_checkinterval",
+        "Maximum seconds between checks."
+    );
+    field!(
+        creator_os,
+        set_creator_os,
+        u32le,
+        0x48,
+        "s_creator_os",
+        "Creator OS, see [`creator_os`]."
+    );
+    field!(
+        rev_level,
+        set_rev_level,
+        u32le,
+        0x4C,
+        "s_rev_level",
+        "Revision level (0 good old, 1 dynamic)."
+    );
+    field!(
+        default_reserved_uid,
+        set_default_reserved_uid,
+        u16le,
+        0x50,
+        "s_def_resuid",
+        "Default uid allowed to use reserved blocks."
+    );
+    field!(
+        default_reserved_gid,
+        set_default_reserved_gid,
+        u16le,
+        0x52,
+        "s_def_resgid",
+        "Default gid allowed to use reserved blocks."
+    );
+    field!(
+        first_ino_raw,
+        set_first_ino,
+        u32le,
+        0x54,
+        "s_first_ino",
+        "First non-reserved inode, as stored (see [`Superblock::first_ino`])."
+    );
+    field!(
+        inode_size_raw,
+        set_inode_size,
+        u16le,
+        0x58,
+        "s_inode_size",
+        "Inode record size, as stored (see [`Superblock::inode_size`])."
+    );
+    field!(
+        block_group_nr,
+        set_block_group_nr,
+        u16le,
+        0x5A,
+        "s_block_group_nr",
+        "Group number of this superblock copy."
+    );
     field!(uuid, set_uuid, [u8; 16], 0x68, "s_uuid", "Filesystem UUID.");
-    field!(volume_name, set_volume_name, [u8; 16], 0x78, "s_volume_name", "Volume label, NUL-padded (see [`Superblock::label`]).");
-    field!(last_mounted, set_last_mounted, [u8; 64], 0x88, "s_last_mounted", "Directory where last mounted, NUL-padded.");
-    field!(algorithm_usage_bitmap, set_algorithm_usage_bitmap, u32le, 0xC8, "s_algorithm_usage_bitmap", "Compression algorithms (unused).");
-    field!(prealloc_blocks, set_prealloc_blocks, u8, 0xCC, "s_prealloc_blocks", "Blocks to preallocate for files.");
-    field!(prealloc_dir_blocks, set_prealloc_dir_blocks, u8, 0xCD, "s_prealloc_dir_blocks", "Blocks to preallocate for directories.");
-    field!(reserved_gdt_blocks, set_reserved_gdt_blocks, u16le, 0xCE, "s_reserved_gdt_blocks", "Blocks reserved after the GDT for online growth (resize_inode).");
-    field!(journal_uuid, set_journal_uuid, [u8; 16], 0xD0, "s_journal_uuid", "UUID of the journal superblock (external journal).");
-    field!(journal_inum, set_journal_inum, u32le, 0xE0, "s_journal_inum", "Inode of the internal journal (normally 8).");
-    field!(journal_dev, set_journal_dev, u32le, 0xE4, "s_journal_dev", "Device number of an external journal.");
-    field!(last_orphan, set_last_orphan, u32le, 0xE8, "s_last_orphan", "Head of the orphan inode list.");
-    field!(def_hash_version, set_def_hash_version, u8, 0xFC, "s_def_hash_version", "Default directory hash version (0 legacy, 1 half_md4, 2 tea).");
-    field!(jnl_backup_type, set_jnl_backup_type, u8, 0xFD, "s_jnl_backup_type", "1 if `s_jnl_blocks` holds a copy of the journal inode's block map.");
-    field!(desc_size_raw, set_desc_size, u16le, 0xFE, "s_desc_size", "Group descriptor size with 64bit, as stored (see [`Superblock::desc_size`]).");
-    field!(default_mount_opts, set_default_mount_opts, u32le, 0x100, "s_default_mount_opts", "Default mount options, see [`default_mount_opts`].");
-    field!(first_meta_bg, set_first_meta_bg, u32le, 0x104, "s_first_meta_bg", "First meta block group (meta_bg).");
-    field!(mkfs_time_lo, set_mkfs_time_lo, u32le, 0x108, "s_mkfs_time", "Low 32 bits of the creation time.");
-    field!(blocks_count_hi, set_blocks_count_hi, u32le, 0x150, "s_blocks_count_hi", "High 32 bits of the block count (64bit).");
-    field!(reserved_blocks_count_hi, set_reserved_blocks_count_hi, u32le, 0x154, "s_r_blocks_count_hi", "High 32 bits of the reserved block count.");
-    field!(free_blocks_count_hi, set_free_blocks_count_hi, u32le, 0x158, "s_free_blocks_count_hi", "High 32 bits of the free block count.");
-    field!(min_extra_isize, set_min_extra_isize, u16le, 0x15C, "s_min_extra_isize", "All inodes have at least this many extra bytes.");
-    field!(want_extra_isize, set_want_extra_isize, u16le, 0x15E, "s_want_extra_isize", "New inodes should reserve this many extra bytes.");
-    field!(flags, set_flags, u32le, 0x160, "s_flags", "Miscellaneous flags, see [`flags`].");
-    field!(raid_stride, set_raid_stride, u16le, 0x164, "s_raid_stride", "RAID stride in blocks.");
-    field!(mmp_update_interval, set_mmp_update_interval, u16le, 0x166, "s_mmp_update_interval", "Seconds between MMP updates.");
-    field!(mmp_block, set_mmp_block, u64le, 0x168, "s_mmp_block", "Block holding the MMP structure.");
-    field!(raid_stripe_width, set_raid_stripe_width, u32le, 0x170, "s_raid_stripe_width", "RAID stripe width in blocks.");
-    field!(log_groups_per_flex, set_log_groups_per_flex, u8, 0x174, "s_log_groups_per_flex", "Groups per flex group is 1 << this.");
-    field!(checksum_type, set_checksum_type, u8, 0x175, "s_checksum_type", "Metadata checksum algorithm (1 = crc32c).");
-    field!(encryption_level, set_encryption_level, u8, 0x176, "s_encryption_level", "Encryption versioning level.");
-    field!(kbytes_written, set_kbytes_written, u64le, 0x178, "s_kbytes_written", "KiB written over the filesystem's lifetime.");
-    field!(snapshot_inum, set_snapshot_inum, u32le, 0x180, "s_snapshot_inum", "Inode of the active snapshot.");
-    field!(snapshot_id, set_snapshot_id, u32le, 0x184, "s_snapshot_id", "ID of the active snapshot.");
-    field!(snapshot_reserved_blocks_count, set_snapshot_reserved_blocks_count, u64le, 0x188, "s_snapshot_r_blocks_count", "Blocks reserved for the active snapshot.");
-    field!(snapshot_list, set_snapshot_list, u32le, 0x190, "s_snapshot_list", "Head of the snapshot list.");
-    field!(error_count, set_error_count, u32le, 0x194, "s_error_count", "Number of errors seen.");
-    field!(first_error_time_lo, set_first_error_time_lo, u32le, 0x198, "s_first_error_time", "Low 32 bits of the first error time.");
-    field!(first_error_ino, set_first_error_ino, u32le, 0x19C, "s_first_error_ino", "Inode of the first error.");
-    field!(first_error_block, set_first_error_block, u64le, 0x1A0, "s_first_error_block", "Block of the first error.");
-    field!(first_error_func, set_first_error_func, [u8; 32], 0x1A8, "s_first_error_func", "Kernel function of the first error, NUL-padded.");
-    field!(first_error_line, set_first_error_line, u32le, 0x1C8, "s_first_error_line", "Source line of the first error.");
-    field!(last_error_time_lo, set_last_error_time_lo, u32le, 0x1CC, "s_last_error_time", "Low 32 bits of the last error time.");
-    field!(last_error_ino, set_last_error_ino, u32le, 0x1D0, "s_last_error_ino", "Inode of the last error.");
-    field!(last_error_line, set_last_error_line, u32le, 0x1D4, "s_last_error_line", "Source line of the last error.");
-    field!(last_error_block, set_last_error_block, u64le, 0x1D8, "s_last_error_block", "Block of the last error.");
-    field!(last_error_func, set_last_error_func, [u8; 32], 0x1E0, "s_last_error_func", "Kernel function of the last error, NUL-padded.");
-    field!(mount_opts, set_mount_opts, [u8; 64], 0x200, "s_mount_opts", "Default mount option string, NUL-padded.");
-    field!(usr_quota_inum, set_usr_quota_inum, u32le, 0x240, "s_usr_quota_inum", "User quota inode.");
-    field!(grp_quota_inum, set_grp_quota_inum, u32le, 0x244, "s_grp_quota_inum", "Group quota inode.");
-    field!(overhead_clusters, set_overhead_clusters, u32le, 0x248, "s_overhead_clusters", "Overhead clusters (0 = compute).");
-    field!(encrypt_algos, set_encrypt_algos, [u8; 4], 0x254, "s_encrypt_algos", "Encryption algorithms in use.");
-    field!(encrypt_pw_salt, set_encrypt_pw_salt, [u8; 16], 0x258, "s_encrypt_pw_salt", "Salt for string2key.");
-    field!(lpf_ino, set_lpf_ino, u32le, 0x268, "s_lpf_ino", "lost+found inode.");
-    field!(prj_quota_inum, set_prj_quota_inum, u32le, 0x26C, "s_prj_quota_inum", "Project quota inode.");
-    field!(checksum_seed, set_checksum_seed, u32le, 0x270, "s_checksum_seed", "crc32c(uuid) kept fixed when the csum_seed feature is set.");
-    field!(write_time_hi, set_write_time_hi, u8, 0x274, "s_wtime_hi", "High 8 bits of the last write time.");
-    field!(mount_time_hi, set_mount_time_hi, u8, 0x275, "s_mtime_hi", "High 8 bits of the last mount time.");
-    field!(mkfs_time_hi, set_mkfs_time_hi, u8, 0x276, "s_mkfs_time_hi", "High 8 bits of the creation time.");
-    field!(last_check_time_hi, set_last_check_time_hi, u8, 0x277, "s_lastcheck_hi", "High 8 bits of the last check time.");
-    field!(first_error_time_hi, set_first_error_time_hi, u8, 0x278, "s_first_error_time_hi", "High 8 bits of the first error time.");
-    field!(last_error_time_hi, set_last_error_time_hi, u8, 0x279, "s_last_error_time_hi", "High 8 bits of the last error time.");
-    field!(first_error_errcode, set_first_error_errcode, u8, 0x27A, "s_first_error_errcode", "errno of the first error.");
-    field!(last_error_errcode, set_last_error_errcode, u8, 0x27B, "s_last_error_errcode", "errno of the last error.");
-    field!(encoding, set_encoding, u16le, 0x27C, "s_encoding", "Filename charset encoding (casefold; 1 = utf8-12.1).");
-    field!(encoding_flags, set_encoding_flags, u16le, 0x27E, "s_encoding_flags", "Filename encoding flags.");
-    field!(orphan_file_inum, set_orphan_file_inum, u32le, 0x280, "s_orphan_file_inum", "Orphan file inode.");
-    field!(checksum, set_checksum, u32le, CHECKSUM_OFFSET, "s_checksum", "crc32c of the superblock (metadata_csum).");
+    field!(
+        volume_name,
+        set_volume_name,
+        [u8; 16],
+        0x78,
+        "s_volume_name",
+        "Volume label, NUL-padded (see [`Superblock::label`])."
+    );
+    field!(
+        last_mounted,
+        set_last_mounted,
+        [u8; 64],
+        0x88,
+        "s_last_mounted",
+        "Directory where last mounted, NUL-padded."
+    );
+    field!(
+        algorithm_usage_bitmap,
+        set_algorithm_usage_bitmap,
+        u32le,
+        0xC8,
+        "s_algorithm_usage_bitmap",
+        "Compression algorithms (unused)."
+    );
+    field!(
+        prealloc_blocks,
+        set_prealloc_blocks,
+        u8,
+        0xCC,
+        "s_prealloc_blocks",
+        "Blocks to preallocate for files."
+    );
+    field!(
+        prealloc_dir_blocks,
+        set_prealloc_dir_blocks,
+        u8,
+        0xCD,
+        "s_prealloc_dir_blocks",
+        "Blocks to preallocate for directories."
+    );
+    field!(
+        reserved_gdt_blocks,
+        set_reserved_gdt_blocks,
+        u16le,
+        0xCE,
+        "s_reserved_gdt_blocks",
+        "Blocks reserved after the GDT for online growth (resize_inode)."
+    );
+    field!(
+        journal_uuid,
+        set_journal_uuid,
+        [u8; 16],
+        0xD0,
+        "s_journal_uuid",
+        "UUID of the journal superblock (external journal)."
+    );
+    field!(
+        journal_inum,
+        set_journal_inum,
+        u32le,
+        0xE0,
+        "s_journal_inum",
+        "Inode of the internal journal (normally 8)."
+    );
+    field!(
+        journal_dev,
+        set_journal_dev,
+        u32le,
+        0xE4,
+        "s_journal_dev",
+        "Device number of an external journal."
+    );
+    field!(
+        last_orphan,
+        set_last_orphan,
+        u32le,
+        0xE8,
+        "s_last_orphan",
+        "Head of the orphan inode list."
+    );
+    field!(
+        def_hash_version,
+        set_def_hash_version,
+        u8,
+        0xFC,
+        "s_def_hash_version",
+        "Default directory hash version (0 legacy, 1 half_md4, 2 tea)."
+    );
+    field!(
+        jnl_backup_type,
+        set_jnl_backup_type,
+        u8,
+        0xFD,
+        "s_jnl_backup_type",
+        "1 if `s_jnl_blocks` holds a copy of the journal inode's block map."
+    );
+    field!(
+        desc_size_raw,
+        set_desc_size,
+        u16le,
+        0xFE,
+        "s_desc_size",
+        "Group descriptor size with 64bit, as stored (see [`Superblock::desc_size`])."
+    );
+    field!(
+        default_mount_opts,
+        set_default_mount_opts,
+        u32le,
+        0x100,
+        "s_default_mount_opts",
+        "Default mount options, see [`default_mount_opts`]."
+    );
+    field!(
+        first_meta_bg,
+        set_first_meta_bg,
+        u32le,
+        0x104,
+        "s_first_meta_bg",
+        "First meta block group (meta_bg)."
+    );
+    field!(
+        mkfs_time_lo,
+        set_mkfs_time_lo,
+        u32le,
+        0x108,
+        "s_mkfs_time",
+        "Low 32 bits of the creation time."
+    );
+    field!(
+        blocks_count_hi,
+        set_blocks_count_hi,
+        u32le,
+        0x150,
+        "s_blocks_count_hi",
+        "High 32 bits of the block count (64bit)."
+    );
+    field!(
+        reserved_blocks_count_hi,
+        set_reserved_blocks_count_hi,
+        u32le,
+        0x154,
+        "s_r_blocks_count_hi",
+        "High 32 bits of the reserved block count."
+    );
+    field!(
+        free_blocks_count_hi,
+        set_free_blocks_count_hi,
+        u32le,
+        0x158,
+        "s_free_blocks_count_hi",
+        "High 32 bits of the free block count."
+    );
+    field!(
+        min_extra_isize,
+        set_min_extra_isize,
+        u16le,
+        0x15C,
+        "s_min_extra_isize",
+        "All inodes have at least this many extra bytes."
+    );
+    field!(
+        want_extra_isize,
+        set_want_extra_isize,
+        u16le,
+        0x15E,
+        "s_want_extra_isize",
+        "New inodes should reserve this many extra bytes."
+    );
+    field!(
+        flags,
+        set_flags,
+        u32le,
+        0x160,
+        "s_flags",
+        "Miscellaneous flags, see [`flags`]."
+    );
+    field!(
+        raid_stride,
+        set_raid_stride,
+        u16le,
+        0x164,
+        "s_raid_stride",
+        "RAID stride in blocks."
+    );
+    field!(
+        mmp_update_interval,
+        set_mmp_update_interval,
+        u16le,
+        0x166,
+        "s_mmp_update_interval",
+        "Seconds between MMP updates."
+    );
+    field!(
+        mmp_block,
+        set_mmp_block,
+        u64le,
+        0x168,
+        "s_mmp_block",
+        "Block holding the MMP structure."
+    );
+    field!(
+        raid_stripe_width,
+        set_raid_stripe_width,
+        u32le,
+        0x170,
+        "s_raid_stripe_width",
+        "RAID stripe width in blocks."
+    );
+    field!(
+        log_groups_per_flex,
+        set_log_groups_per_flex,
+        u8,
+        0x174,
+        "s_log_groups_per_flex",
+        "Groups per flex group is 1 << this."
+    );
+    field!(
+        checksum_type,
+        set_checksum_type,
+        u8,
+        0x175,
+        "s_checksum_type",
+        "Metadata checksum algorithm (1 = crc32c)."
+    );
+    field!(
+        encryption_level,
+        set_encryption_level,
+        u8,
+        0x176,
+        "s_encryption_level",
+        "Encryption versioning level."
+    );
+    field!(
+        kbytes_written,
+        set_kbytes_written,
+        u64le,
+        0x178,
+        "s_kbytes_written",
+        "KiB written over the filesystem's lifetime."
+    );
+    field!(
+        snapshot_inum,
+        set_snapshot_inum,
+        u32le,
+        0x180,
+        "s_snapshot_inum",
+        "Inode of the active snapshot."
+    );
+    field!(
+        snapshot_id,
+        set_snapshot_id,
+        u32le,
+        0x184,
+        "s_snapshot_id",
+        "ID of the active snapshot."
+    );
+    field!(
+        snapshot_reserved_blocks_count,
+        set_snapshot_reserved_blocks_count,
+        u64le,
+        0x188,
+        "s_snapshot_r_blocks_count",
+        "Blocks reserved for the active snapshot."
+    );
+    field!(
+        snapshot_list,
+        set_snapshot_list,
+        u32le,
+        0x190,
+        "s_snapshot_list",
+        "Head of the snapshot list."
+    );
+    field!(
+        error_count,
+        set_error_count,
+        u32le,
+        0x194,
+        "s_error_count",
+        "Number of errors seen."
+    );
+    field!(
+        first_error_time_lo,
+        set_first_error_time_lo,
+        u32le,
+        0x198,
+        "s_first_error_time",
+        "Low 32 bits of the first error time."
+    );
+    field!(
+        first_error_ino,
+        set_first_error_ino,
+        u32le,
+        0x19C,
+        "s_first_error_ino",
+        "Inode of the first error."
+    );
+    field!(
+        first_error_block,
+        set_first_error_block,
+        u64le,
+        0x1A0,
+        "s_first_error_block",
+        "Block of the first error."
+    );
+    field!(
+        first_error_func,
+        set_first_error_func,
+        [u8; 32],
+        0x1A8,
+        "s_first_error_func",
+        "Kernel function of the first error, NUL-padded."
+    );
+    field!(
+        first_error_line,
+        set_first_error_line,
+        u32le,
+        0x1C8,
+        "s_first_error_line",
+        "Source line of the first error."
+    );
+    field!(
+        last_error_time_lo,
+        set_last_error_time_lo,
+        u32le,
+        0x1CC,
+        "s_last_error_time",
+        "Low 32 bits of the last error time."
+    );
+    field!(
+        last_error_ino,
+        set_last_error_ino,
+        u32le,
+        0x1D0,
+        "s_last_error_ino",
+        "Inode of the last error."
+    );
+    field!(
+        last_error_line,
+        set_last_error_line,
+        u32le,
+        0x1D4,
+        "s_last_error_line",
+        "Source line of the last error."
+    );
+    field!(
+        last_error_block,
+        set_last_error_block,
+        u64le,
+        0x1D8,
+        "s_last_error_block",
+        "Block of the last error."
+    );
+    field!(
+        last_error_func,
+        set_last_error_func,
+        [u8; 32],
+        0x1E0,
+        "s_last_error_func",
+        "Kernel function of the last error, NUL-padded."
+    );
+    field!(
+        mount_opts,
+        set_mount_opts,
+        [u8; 64],
+        0x200,
+        "s_mount_opts",
+        "Default mount option string, NUL-padded."
+    );
+    field!(
+        usr_quota_inum,
+        set_usr_quota_inum,
+        u32le,
+        0x240,
+        "s_usr_quota_inum",
+        "User quota inode."
+    );
+    field!(
+        grp_quota_inum,
+        set_grp_quota_inum,
+        u32le,
+        0x244,
+        "s_grp_quota_inum",
+        "Group quota inode."
+    );
+    field!(
+        overhead_clusters,
+        set_overhead_clusters,
+        u32le,
+        0x248,
+        "s_overhead_clusters",
+        "Overhead clusters (0 = compute)."
+    );
+    field!(
+        encrypt_algos,
+        set_encrypt_algos,
+        [u8; 4],
+        0x254,
+        "s_encrypt_algos",
+        "Encryption algorithms in use."
+    );
+    field!(
+        encrypt_pw_salt,
+        set_encrypt_pw_salt,
+        [u8; 16],
+        0x258,
+        "s_encrypt_pw_salt",
+        "Salt for string2key."
+    );
+    field!(
+        lpf_ino,
+        set_lpf_ino,
+        u32le,
+        0x268,
+        "s_lpf_ino",
+        "lost+found inode."
+    );
+    field!(
+        prj_quota_inum,
+        set_prj_quota_inum,
+        u32le,
+        0x26C,
+        "s_prj_quota_inum",
+        "Project quota inode."
+    );
+    field!(
+        checksum_seed,
+        set_checksum_seed,
+        u32le,
+        0x270,
+        "s_checksum_seed",
+        "crc32c(uuid) kept fixed when the csum_seed feature is set."
+    );
+    field!(
+        write_time_hi,
+        set_write_time_hi,
+        u8,
+        0x274,
+        "s_wtime_hi",
+        "High 8 bits of the last write time."
+    );
+    field!(
+        mount_time_hi,
+        set_mount_time_hi,
+        u8,
+        0x275,
+        "s_mtime_hi",
+        "High 8 bits of the last mount time."
+    );
+    field!(
+        mkfs_time_hi,
+        set_mkfs_time_hi,
+        u8,
+        0x276,
+        "s_mkfs_time_hi",
+        "High 8 bits of the creation time."
+    );
+    field!(
+        last_check_time_hi,
+        set_last_check_time_hi,
+        u8,
+        0x277,
+        "s_lastcheck_hi",
+        "High 8 bits of the last check time."
+    );
+    field!(
+        first_error_time_hi,
+        set_first_error_time_hi,
+        u8,
+        0x278,
+        "s_first_error_time_hi",
+        "High 8 bits of the first error time."
+    );
+    field!(
+        last_error_time_hi,
+        set_last_error_time_hi,
+        u8,
+        0x279,
+        "s_last_error_time_hi",
+        "High 8 bits of the last error time."
+    );
+    field!(
+        first_error_errcode,
+        set_first_error_errcode,
+        u8,
+        0x27A,
+        "s_first_error_errcode",
+        "errno of the first error."
+    );
+    field!(
+        last_error_errcode,
+        set_last_error_errcode,
+        u8,
+        0x27B,
+        "s_last_error_errcode",
+        "errno of the last error."
+    );
+    field!(
+        encoding,
+        set_encoding,
+        u16le,
+        0x27C,
+        "s_encoding",
+        "Filename charset encoding (casefold; 1 = utf8-12.1)."
+    );
+    field!(
+        encoding_flags,
+        set_encoding_flags,
+        u16le,
+        0x27E,
+        "s_encoding_flags",
+        "Filename encoding flags."
+    );
+    field!(
+        orphan_file_inum,
+        set_orphan_file_inum,
+        u32le,
+        0x280,
+        "s_orphan_file_inum",
+        "Orphan file inode."
+    );
+    field!(
+        checksum,
+        set_checksum,
+        u32le,
+        CHECKSUM_OFFSET,
+        "s_checksum",
+        "crc32c of the superblock (metadata_csum)."
+    );
 
     // ------------------------------------------------------------------
     // Composite fields.
@@ -334,12 +999,17 @@ impl Superblock {
     }
     /// `true` if group descriptors carry a checksum (metadata_csum or uninit_bg / GDT_CSUM).
     pub fn has_group_desc_csum(&self) -> bool {
-        self.feature_ro_compat().intersects(RoCompatFeatures::METADATA_CSUM | RoCompatFeatures::GDT_CSUM)
+        self.feature_ro_compat()
+            .intersects(RoCompatFeatures::METADATA_CSUM | RoCompatFeatures::GDT_CSUM)
     }
 
     /// Feature names as `dumpe2fs` prints them after `Filesystem features:`.
     pub fn feature_names(&self) -> String {
-        crate::features::dumpe2fs_feature_list(self.feature_compat(), self.feature_incompat(), self.feature_ro_compat())
+        crate::features::dumpe2fs_feature_list(
+            self.feature_compat(),
+            self.feature_incompat(),
+            self.feature_ro_compat(),
+        )
     }
 
     /// Unknown incompat bits (a kernel that sees them refuses to mount).
@@ -359,11 +1029,19 @@ impl Superblock {
     /// always, unknown ro_compat bits when `for_write` is set.
     pub fn check_features(&self, for_write: bool) -> Result<()> {
         let incompat = self.unknown_incompat().0;
-        let ro_compat = if for_write { self.unknown_ro_compat().0 } else { 0 };
+        let ro_compat = if for_write {
+            self.unknown_ro_compat().0
+        } else {
+            0
+        };
         if incompat != 0 || ro_compat != 0 {
             return Err(FormatError::incompatible(
                 Structure::Superblock,
-                IncompatibleKind::Features(UnknownFeatures { compat: 0, incompat, ro_compat }),
+                IncompatibleKind::Features(UnknownFeatures {
+                    compat: 0,
+                    incompat,
+                    ro_compat,
+                }),
             ));
         }
         Ok(())
@@ -371,7 +1049,11 @@ impl Superblock {
 
     /// Total block count (`s_blocks_count_lo` + `s_blocks_count_hi` with 64bit).
     pub fn blocks_count(&self) -> u64 {
-        let hi = if self.is_64bit() { u64::from(self.blocks_count_hi()) } else { 0 };
+        let hi = if self.is_64bit() {
+            u64::from(self.blocks_count_hi())
+        } else {
+            0
+        };
         u64::from(self.blocks_count_lo()) | (hi << 32)
     }
     /// Sets the block count (both halves).
@@ -381,7 +1063,11 @@ impl Superblock {
     }
     /// Reserved block count (`s_r_blocks_count_lo` / `_hi`).
     pub fn reserved_blocks_count(&self) -> u64 {
-        let hi = if self.is_64bit() { u64::from(self.reserved_blocks_count_hi()) } else { 0 };
+        let hi = if self.is_64bit() {
+            u64::from(self.reserved_blocks_count_hi())
+        } else {
+            0
+        };
         u64::from(self.reserved_blocks_count_lo()) | (hi << 32)
     }
     /// Sets the reserved block count (both halves).
@@ -391,7 +1077,11 @@ impl Superblock {
     }
     /// Free block count (`s_free_blocks_count_lo` / `s_free_blocks_hi`).
     pub fn free_blocks_count(&self) -> u64 {
-        let hi = if self.is_64bit() { u64::from(self.free_blocks_count_hi()) } else { 0 };
+        let hi = if self.is_64bit() {
+            u64::from(self.free_blocks_count_hi())
+        } else {
+            0
+        };
         u64::from(self.free_blocks_count_lo()) | (hi << 32)
     }
     /// Sets the free block count (both halves).
@@ -417,7 +1107,9 @@ impl Superblock {
     /// Blocks per cluster (1 without bigalloc).
     pub fn cluster_ratio(&self) -> u32 {
         if self.has_ro_compat(RoCompatFeatures::BIGALLOC) {
-            let bits = self.log_cluster_size().saturating_sub(self.log_block_size());
+            let bits = self
+                .log_cluster_size()
+                .saturating_sub(self.log_block_size());
             1u32.checked_shl(bits).unwrap_or(1)
         } else {
             1
@@ -426,15 +1118,27 @@ impl Superblock {
 
     /// Inode record size: 128 for revision 0, else `s_inode_size`.
     pub fn inode_size(&self) -> u16 {
-        if self.rev_level() == REV_GOOD_OLD { GOOD_OLD_INODE_SIZE } else { self.inode_size_raw() }
+        if self.rev_level() == REV_GOOD_OLD {
+            GOOD_OLD_INODE_SIZE
+        } else {
+            self.inode_size_raw()
+        }
     }
     /// First non-reserved inode: 11 for revision 0, else `s_first_ino`.
     pub fn first_ino(&self) -> u32 {
-        if self.rev_level() == REV_GOOD_OLD { GOOD_OLD_FIRST_INO } else { self.first_ino_raw() }
+        if self.rev_level() == REV_GOOD_OLD {
+            GOOD_OLD_FIRST_INO
+        } else {
+            self.first_ino_raw()
+        }
     }
     /// Group descriptor size: `s_desc_size` with 64bit, else 32.
     pub fn desc_size(&self) -> u16 {
-        if self.is_64bit() { self.desc_size_raw() } else { 32 }
+        if self.is_64bit() {
+            self.desc_size_raw()
+        } else {
+            32
+        }
     }
 
     /// `s_max_mnt_count` as the signed value it is.
@@ -515,7 +1219,11 @@ impl Superblock {
     pub fn set_label(&mut self, label: &str) -> Result<()> {
         let b = label.as_bytes();
         if b.len() > 16 {
-            return Err(FormatError::unrepresentable(Structure::Superblock, "s_volume_name", b.len() as u64));
+            return Err(FormatError::unrepresentable(
+                Structure::Superblock,
+                "s_volume_name",
+                b.len() as u64,
+            ));
         }
         let mut a = [0u8; 16];
         a[..b.len()].copy_from_slice(b);
@@ -572,7 +1280,10 @@ impl Superblock {
     }
     /// Groups holding backups with sparse_super2 (`s_backup_bgs`).
     pub fn backup_bgs(&self) -> [u32; 2] {
-        [read_u32le(&self.raw[..], 0x24C), read_u32le(&self.raw[..], 0x250)]
+        [
+            read_u32le(&self.raw[..], 0x24C),
+            read_u32le(&self.raw[..], 0x250),
+        ]
     }
     /// Sets `s_backup_bgs`.
     pub fn set_backup_bgs(&mut self, v: [u32; 2]) {
@@ -583,7 +1294,8 @@ impl Superblock {
     /// Groups per flex group (`1 << s_log_groups_per_flex` with flex_bg, else 1).
     pub fn groups_per_flex(&self) -> u32 {
         if self.has_incompat(IncompatFeatures::FLEX_BG) {
-            1u32.checked_shl(u32::from(self.log_groups_per_flex())).unwrap_or(1)
+            1u32.checked_shl(u32::from(self.log_groups_per_flex()))
+                .unwrap_or(1)
         } else {
             1
         }
@@ -622,7 +1334,11 @@ impl Superblock {
         }
         let computed = self.compute_checksum();
         if computed != self.checksum() {
-            return Err(FormatError::checksum(Structure::Superblock, computed, self.checksum()));
+            return Err(FormatError::checksum(
+                Structure::Superblock,
+                computed,
+                self.checksum(),
+            ));
         }
         Ok(())
     }
@@ -647,7 +1363,10 @@ impl Superblock {
             return bad(CorruptKind::SuperblockMagic(self.magic()));
         }
         if self.rev_level() > REV_DYNAMIC {
-            return Err(FormatError::incompatible(Structure::Superblock, IncompatibleKind::RevisionLevel(self.rev_level())));
+            return Err(FormatError::incompatible(
+                Structure::Superblock,
+                IncompatibleKind::RevisionLevel(self.rev_level()),
+            ));
         }
         let log_bs = self.log_block_size();
         if log_bs > 6 {
@@ -675,7 +1394,7 @@ impl Superblock {
         }
         if self.is_64bit() {
             let ds = self.desc_size_raw();
-            if ds < 64 || ds > 1024 || !ds.is_power_of_two() {
+            if !(64..=1024).contains(&ds) || !ds.is_power_of_two() {
                 return bad(CorruptKind::DescSize(ds));
             }
         }
@@ -703,7 +1422,10 @@ impl Superblock {
         }
         let expected_inodes = groups * u64::from(ipg);
         if u64::from(self.inodes_count()) != expected_inodes {
-            return bad(CorruptKind::InodesCount { found: self.inodes_count(), expected: expected_inodes });
+            return bad(CorruptKind::InodesCount {
+                found: self.inodes_count(),
+                expected: expected_inodes,
+            });
         }
         let first_ino = self.first_ino();
         if first_ino < GOOD_OLD_FIRST_INO || first_ino > self.inodes_count() {
@@ -713,7 +1435,9 @@ impl Superblock {
             return bad(CorruptKind::FreeBlocksCount(self.free_blocks_count()));
         }
         if self.reserved_blocks_count() > blocks {
-            return bad(CorruptKind::ReservedBlocksCount(self.reserved_blocks_count()));
+            return bad(CorruptKind::ReservedBlocksCount(
+                self.reserved_blocks_count(),
+            ));
         }
         if self.free_inodes_count() > self.inodes_count() {
             return bad(CorruptKind::FreeInodesCount(self.free_inodes_count()));
@@ -762,6 +1486,12 @@ mod tests {
     #[test]
     fn short_buffer() {
         let e = Superblock::parse(&[0u8; 100]).unwrap_err();
-        assert_eq!(e.corrupt_kind(), Some(&CorruptKind::TooShort { needed: 1024, got: 100 }));
+        assert_eq!(
+            e.corrupt_kind(),
+            Some(&CorruptKind::TooShort {
+                needed: 1024,
+                got: 100
+            })
+        );
     }
 }

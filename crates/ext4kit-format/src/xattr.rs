@@ -13,7 +13,9 @@
 //! front and values from the back: [`build_block`] (sorted by index, name
 //! length, name, as the kernel expects in blocks) and [`build_ibody`].
 
-use crate::bytes::{read_u16le, read_u32le, read_u8, write_bytes, write_u16le, write_u32le, write_u8};
+use crate::bytes::{
+    read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
+};
 use crate::checksum::crc32c_raw;
 use crate::error::{CorruptKind, FormatError, Result, Structure};
 
@@ -117,7 +119,14 @@ impl XattrEntry {
 
 /// Walks and validates entries of `buf`: entries start at `first`, value
 /// offsets count from `value_base`, everything ends at `end`.
-fn walk(buf: &[u8], first: usize, value_base: usize, end: usize, ea_inode: bool, structure: Structure) -> Result<Vec<XattrEntry>> {
+fn walk(
+    buf: &[u8],
+    first: usize,
+    value_base: usize,
+    end: usize,
+    ea_inode: bool,
+    structure: Structure,
+) -> Result<Vec<XattrEntry>> {
     let bad = |k| Err(FormatError::corrupt(structure, k));
     let mut out = Vec::new();
     let mut off = first;
@@ -161,7 +170,11 @@ fn walk(buf: &[u8], first: usize, value_base: usize, end: usize, ea_inode: bool,
         if e.value_size != 0 && e.value_inum == 0 {
             let start = value_base + usize::from(e.value_offset);
             let size = e.value_size as usize;
-            if start > end || start < terminator + 4 || size > end - start || padded_value_len(size) > end - start {
+            if start > end
+                || start < terminator + 4
+                || size > end - start
+                || padded_value_len(size) > end - start
+            {
                 return bad(CorruptKind::XattrValueBounds { offset: e.offset });
             }
             e.value_pos = Some(start);
@@ -192,7 +205,14 @@ pub fn parse_ibody(area: &[u8], ea_inode_feature: bool) -> Result<Vec<XattrEntry
     if area.len() < 4 || read_u32le(area, 0) != XATTR_MAGIC {
         return Ok(Vec::new());
     }
-    walk(area, 4, 4, area.len(), ea_inode_feature, Structure::XattrInode)
+    walk(
+        area,
+        4,
+        4,
+        area.len(),
+        ea_inode_feature,
+        Structure::XattrInode,
+    )
 }
 
 /// An xattr block, owning its bytes.
@@ -207,7 +227,11 @@ impl XattrBlock {
     pub fn parse(bytes: &[u8], ea_inode_feature: bool) -> Result<Self> {
         let bad = |k| Err(FormatError::corrupt(Structure::XattrBlock, k));
         if bytes.len() < BLOCK_HEADER_SIZE + 4 {
-            return Err(FormatError::too_short(Structure::XattrBlock, BLOCK_HEADER_SIZE + 4, bytes.len()));
+            return Err(FormatError::too_short(
+                Structure::XattrBlock,
+                BLOCK_HEADER_SIZE + 4,
+                bytes.len(),
+            ));
         }
         let magic = read_u32le(bytes, 0);
         if magic != XATTR_MAGIC {
@@ -217,8 +241,18 @@ impl XattrBlock {
         if blocks != 1 {
             return bad(CorruptKind::XattrBlocks(blocks));
         }
-        let entries = walk(bytes, BLOCK_HEADER_SIZE, 0, bytes.len(), ea_inode_feature, Structure::XattrBlock)?;
-        Ok(Self { raw: bytes.to_vec(), entries })
+        let entries = walk(
+            bytes,
+            BLOCK_HEADER_SIZE,
+            0,
+            bytes.len(),
+            ea_inode_feature,
+            Structure::XattrBlock,
+        )?;
+        Ok(Self {
+            raw: bytes.to_vec(),
+            entries,
+        })
     }
 
     /// The raw bytes.
@@ -235,7 +269,9 @@ impl XattrBlock {
     }
     /// Looks up an entry by name index and suffix.
     pub fn find(&self, index: u8, name: &[u8]) -> Option<&XattrEntry> {
-        self.entries.iter().find(|e| e.name_index == index && e.name == name)
+        self.entries
+            .iter()
+            .find(|e| e.name_index == index && e.name == name)
     }
 
     /// `h_refcount`: inodes sharing the block.
@@ -288,7 +324,10 @@ impl XattrBlock {
     pub fn verify_checksum(&self, fs_csum_seed: u32, block_nr: u64) -> Result<()> {
         let c = self.compute_checksum(fs_csum_seed, block_nr);
         if c != self.checksum() {
-            return Err(FormatError::checksum(Structure::XattrBlock, c, self.checksum()).with_block(block_nr));
+            return Err(
+                FormatError::checksum(Structure::XattrBlock, c, self.checksum())
+                    .with_block(block_nr),
+            );
         }
         Ok(())
     }
@@ -313,7 +352,11 @@ const BLOCK_HASH_SHIFT: u32 = 16;
 
 fn hash_name(name: &[u8], signed: bool) -> u32 {
     name.iter().fold(0u32, |h, &c| {
-        let c = if signed { i32::from(c as i8) as u32 } else { u32::from(c) };
+        let c = if signed {
+            i32::from(c as i8) as u32
+        } else {
+            u32::from(c)
+        };
         h.rotate_left(NAME_HASH_SHIFT) ^ c
     })
 }
@@ -386,7 +429,11 @@ impl XattrSpec {
     /// An inline attribute from its full name (`user.foo`).
     pub fn inline(full_name: &[u8], value: &[u8]) -> Self {
         let (name_index, name) = split_name(full_name);
-        XattrSpec { name_index, name: name.to_vec(), value: XattrValue::Inline(value.to_vec()) }
+        XattrSpec {
+            name_index,
+            name: name.to_vec(),
+            value: XattrValue::Inline(value.to_vec()),
+        }
     }
 
     /// Bytes this attribute takes (entry + padded inline value).
@@ -407,13 +454,21 @@ pub fn block_order(a: &XattrSpec, b: &XattrSpec) -> std::cmp::Ordering {
 /// `true` if parsed entries are in block order.
 pub fn is_block_ordered(entries: &[XattrEntry]) -> bool {
     entries.windows(2).all(|w| {
-        (w[0].name_index, w[0].name.len(), &w[0].name) <= (w[1].name_index, w[1].name.len(), &w[1].name)
+        (w[0].name_index, w[0].name.len(), &w[0].name)
+            <= (w[1].name_index, w[1].name.len(), &w[1].name)
     })
 }
 
 /// Writes entries and values into `buf[first..end]`, value offsets relative to
 /// `value_base`. Returns `false` if they do not fit.
-fn lay_out(buf: &mut [u8], first: usize, value_base: usize, end: usize, specs: &[XattrSpec], hashes: bool) -> Result<bool> {
+fn lay_out(
+    buf: &mut [u8],
+    first: usize,
+    value_base: usize,
+    end: usize,
+    specs: &[XattrSpec],
+    hashes: bool,
+) -> Result<bool> {
     let total: usize = specs.iter().map(XattrSpec::space).sum();
     if first + total + 4 > end {
         return Ok(false);
@@ -423,7 +478,11 @@ fn lay_out(buf: &mut [u8], first: usize, value_base: usize, end: usize, specs: &
     let mut vend = end;
     for s in specs {
         if s.name.len() > 255 || s.name.contains(&0) {
-            return Err(FormatError::unrepresentable(Structure::XattrBlock, "e_name_len", s.name.len() as u64));
+            return Err(FormatError::unrepresentable(
+                Structure::XattrBlock,
+                "e_name_len",
+                s.name.len() as u64,
+            ));
         }
         write_u8(buf, off, s.name.len() as u8);
         write_u8(buf, off + 1, s.name_index);
@@ -431,18 +490,30 @@ fn lay_out(buf: &mut [u8], first: usize, value_base: usize, end: usize, specs: &
         let hash = match &s.value {
             XattrValue::Inline(v) => {
                 if v.len() as u64 > u64::from(XATTR_SIZE_MAX) {
-                    return Err(FormatError::unrepresentable(Structure::XattrBlock, "e_value_size", v.len() as u64));
+                    return Err(FormatError::unrepresentable(
+                        Structure::XattrBlock,
+                        "e_value_size",
+                        v.len() as u64,
+                    ));
                 }
                 if !v.is_empty() {
                     vend -= padded_value_len(v.len());
                     write_bytes(buf, vend, v);
                     let rel = u16::try_from(vend - value_base).map_err(|_| {
-                        FormatError::unrepresentable(Structure::XattrBlock, "e_value_offs", (vend - value_base) as u64)
+                        FormatError::unrepresentable(
+                            Structure::XattrBlock,
+                            "e_value_offs",
+                            (vend - value_base) as u64,
+                        )
                     })?;
                     write_u16le(buf, off + 2, rel);
                 }
                 write_u32le(buf, off + 8, v.len() as u32);
-                if hashes { entry_hash(&s.name, v, false) } else { 0 }
+                if hashes {
+                    entry_hash(&s.name, v, false)
+                } else {
+                    0
+                }
             }
             XattrValue::Inode { inum, size, hash } => {
                 write_u32le(buf, off + 4, *inum);
@@ -460,11 +531,17 @@ fn lay_out(buf: &mut [u8], first: usize, value_base: usize, end: usize, specs: &
 /// order), with entry hashes, `h_refcount` = 1, `h_blocks` = 1 and the block
 /// hash; the checksum is left 0 (see [`XattrBlock::update_checksum`]).
 /// `Ok(None)` if they do not fit.
-pub fn build_block(block_size: usize, specs: &[XattrSpec], ea_inode_feature: bool) -> Result<Option<XattrBlock>> {
+pub fn build_block(
+    block_size: usize,
+    specs: &[XattrSpec],
+    ea_inode_feature: bool,
+) -> Result<Option<XattrBlock>> {
     let mut sorted = specs.to_vec();
     sorted.sort_by(block_order);
     let mut raw = vec![0u8; block_size];
-    if block_size < BLOCK_HEADER_SIZE + 4 || !lay_out(&mut raw, BLOCK_HEADER_SIZE, 0, block_size, &sorted, true)? {
+    if block_size < BLOCK_HEADER_SIZE + 4
+        || !lay_out(&mut raw, BLOCK_HEADER_SIZE, 0, block_size, &sorted, true)?
+    {
         return Ok(None);
     }
     write_u32le(&mut raw, 0, XATTR_MAGIC);
