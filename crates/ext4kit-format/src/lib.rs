@@ -27,6 +27,39 @@
 //! | [`checksum`] | crc32c (ext4 convention), crc16, crc32_be |
 //! | [`bytes`] | little- and big-endian field access |
 //! | [`error`] | [`FormatError`] and its detail enums |
+//!
+//! Checksums follow ext4's convention exactly: [`checksum::crc32c_raw`] is the
+//! raw CRC-32C register without the usual inversions, seeded with
+//! [`Superblock::csum_seed`] (and, per inode, with inode number and
+//! generation). Every checksummed structure has `compute_checksum`,
+//! `verify_checksum` and `update_checksum`.
+//!
+//! ```
+//! use ext4kit_format::extent::{Extent, ExtentNode, NodeLocation};
+//! use ext4kit_format::inode::{FileType, Inode, InodeFlags, Timestamp};
+//!
+//! // A new extent-mapped regular file, as a writer would build it.
+//! let mut inode = Inode::new(256, 32)?;
+//! inode.set_mode(FileType::Regular.mode_bits() | 0o644);
+//! inode.set_links_count(1);
+//! inode.set_size(8192);
+//! inode.set_modification_time(Timestamp { seconds: 5_000_000_000, nanoseconds: 7 });
+//! let root = ExtentNode::build_leaf(60, NodeLocation::Inode, &[Extent {
+//!     logical_block: 0, len: 2, physical_block: 1234, unwritten: false,
+//! }])?;
+//! inode.block_area_mut().copy_from_slice(root.as_bytes());
+//! let mut flags = inode.flags();
+//! flags.insert(InodeFlags::EXTENTS);
+//! inode.set_flags(flags);
+//! inode.update_checksum(0xDEAD_BEEF, 12);
+//!
+//! // ... and as a reader gets it back.
+//! let parsed = Inode::parse_checked(inode.as_bytes(), 12, Some(0xDEAD_BEEF))?;
+//! let extents = ExtentNode::parse_root(parsed.block_area())?.extents();
+//! assert_eq!(extents[0].physical_block, 1234);
+//! assert_eq!(parsed.modification_time().seconds, 5_000_000_000);
+//! # Ok::<(), ext4kit_format::FormatError>(())
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
