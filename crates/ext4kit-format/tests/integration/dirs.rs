@@ -411,3 +411,52 @@ fn rebuilt_dx_root_accepted_by_e2fsck() {
     std::fs::write(&path, &bytes).unwrap();
     Image::fsck_clean(&path);
 }
+
+#[test]
+fn split_real_htree_leaf() {
+    let Some(img) = fixtures::csum1k() else { return };
+    let sb = img.sb();
+    let ino = img.ino("/many");
+    let inode = img.inode(ino);
+    let bs = sb.block_size();
+    let opts = DirBlockOptions::new(bs, true);
+    let version = {
+        let root = DxBlock::parse_root(img.block(img.map_file(ino).0[0].1), dx_opts(img)).unwrap();
+        sb.effective_hash_version(root.root_info().hash_version).unwrap()
+    };
+    let seed = sb.hash_seed();
+    // The fullest leaf of the directory.
+    let mut best: Option<(usize, DirBlock)> = None;
+    for (_, p, len, _) in img.map_file(ino).0 {
+        for i in 0..u64::from(len) {
+            let blk = img.block(p + i);
+            if htree::detect(blk, bs).is_some() {
+                continue;
+            }
+            let b = DirBlock::parse(blk, opts).unwrap();
+            let n = b.live_entries().unwrap().len();
+            if best.as_ref().is_none_or(|(m, _)| n > *m) {
+                best = Some((n, b));
+            }
+        }
+    }
+    let (n, mut old) = best.unwrap();
+    let (mut new, split) = htree::split_leaf(&mut old, |name| dirhash(name, version, &seed)).unwrap();
+    old.validate().unwrap();
+    new.validate().unwrap();
+    assert_eq!(old.live_entries().unwrap().len() + new.live_entries().unwrap().len(), n);
+    assert_eq!(new.live_entries().unwrap().len(), split.moved);
+    for e in new.live_entries().unwrap() {
+        assert!(dirhash(e.name, version, &seed).unwrap().major >= split.split_hash);
+    }
+    for e in old.live_entries().unwrap() {
+        assert!(dirhash(e.name, version, &seed).unwrap().major <= split.split_hash);
+    }
+    // Neither half is more than half full.
+    assert!(old.free_bytes().unwrap() * 2 >= bs as usize - 12 - 100);
+    assert!(new.free_bytes().unwrap() * 2 >= bs as usize - 12 - 100);
+    for b in [&mut old, &mut new] {
+        b.update_checksum(sb.csum_seed(), ino, inode.generation());
+        b.verify_checksum(sb.csum_seed(), ino, inode.generation()).unwrap();
+    }
+}
