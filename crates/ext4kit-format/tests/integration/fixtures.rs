@@ -196,7 +196,22 @@ impl Image {
 }
 
 /// A fresh temporary directory that lives for the whole test process.
+///
+/// Fixtures live in statics, which are never dropped, so the directories are
+/// kept; directories left by runs more than two hours old are removed here.
 pub fn temp_dir() -> PathBuf {
+    static SWEEP: OnceLock<()> = OnceLock::new();
+    SWEEP.get_or_init(|| {
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+        for e in entries.flatten() {
+            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if e.file_name().to_string_lossy().starts_with("ext4kit-format-")
+                && old.is_some_and(|age| age.as_secs() > 2 * 3600)
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    });
     let d = tempfile::Builder::new().prefix("ext4kit-format-").tempdir().unwrap();
     d.keep()
 }
