@@ -38,12 +38,14 @@
 #![deny(unsafe_code)]
 
 mod errseq;
+mod flusher;
 mod ioend;
 mod mapper;
 mod mapping;
 mod page;
 mod state;
 pub mod testing;
+mod tree;
 mod writeback;
 
 use std::collections::HashMap;
@@ -82,8 +84,9 @@ pub struct Config {
     /// Writeback allocates unwritten extents and converts them after the data IO succeeded
     /// (ext4's dioread_nolock). Without it, new blocks are allocated written.
     pub alloc_unwritten: bool,
-    /// When a file's dirty data passes this many bytes, `write` starts background writeback of
-    /// that file (a simple `balance_dirty_pages`). `None`: only explicit writeback.
+    /// When a file's dirty data passes this many bytes, `write` hands it to the flusher thread
+    /// for background writeback, and waits for it past twice as much (`balance_dirty_pages`).
+    /// `None`: only explicit writeback, no flusher thread.
     pub dirty_limit_bytes: Option<usize>,
 }
 
@@ -251,6 +254,7 @@ pub(crate) struct Shared {
     pub(crate) dev: Arc<dyn BlockDevice>,
     pub(crate) mapper: Arc<dyn BlockMapper>,
     pub(crate) observer: Option<Arc<dyn Observer>>,
+    pub(crate) flusher: flusher::Flusher,
     worker_tx: Mutex<Option<Sender<IoEnd>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     worker_id: Mutex<Option<ThreadId>>,
@@ -302,6 +306,7 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        self.flusher.stop();
         self.worker_tx.lock().take();
         let me = thread::current().id();
         if let Some(h) = self.worker.lock().take() {
@@ -346,6 +351,7 @@ impl PageCache {
             dev,
             mapper,
             observer,
+            flusher: flusher::Flusher::default(),
             worker_tx: Mutex::new(Some(tx)),
             worker: Mutex::new(None),
             worker_id: Mutex::new(None),
@@ -369,6 +375,9 @@ impl PageCache {
             .map_err(|e| Error::BadConfig(format!("cannot start the conversion worker: {e}")))?;
         *shared.worker_id.lock() = Some(handle.thread().id());
         *shared.worker.lock() = Some(handle);
+        if shared.cfg.dirty_limit_bytes.is_some() {
+            flusher::start(&shared).map_err(|e| Error::BadConfig(format!("cannot start the flusher: {e}")))?;
+        }
         Ok(PageCache { shared })
     }
 
@@ -426,6 +435,7 @@ impl PageCache {
     /// Stops the conversion worker after it has finished what is queued. Later conversions run
     /// inline on the completing thread. Call after all writeback has been waited for.
     pub fn shutdown(&self) {
+        self.shared.flusher.stop();
         self.shared.worker_tx.lock().take();
         let h = self.shared.worker.lock().take();
         if let Some(h) = h {

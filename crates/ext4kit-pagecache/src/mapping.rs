@@ -12,7 +12,6 @@
 //! - `writepages_lock`: one writeback pass per file at a time.
 //! - page LOCKED → page `state` mutex; `tree` is taken on its own, never inside a page's state.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +23,7 @@ use crate::errseq::ErrSeq;
 use crate::mapper::{ExtentKind, MapFlags};
 use crate::page::{INVALID_PBLK, Page, PageSnapshot};
 use crate::state::{BlockState, PageFlags};
+use crate::tree::{PageTree, TagSet};
 use crate::writeback::{SyncMode, WritebackControl};
 use crate::{Error, Shared};
 
@@ -31,10 +31,11 @@ use crate::{Error, Shared};
 /// for small blocks; the filesystem enforces its own).
 const MAX_OFFSET: u64 = 1 << 60;
 
+#[derive(Default)]
 pub(crate) struct Tree {
-    pub(crate) pages: BTreeMap<u64, Arc<Page>>,
-    pub(crate) dirty: BTreeSet<u64>,
-    pub(crate) towrite: BTreeSet<u64>,
+    pub(crate) pages: PageTree,
+    pub(crate) dirty: TagSet,
+    pub(crate) towrite: TagSet,
 }
 
 pub(crate) struct MappingInner {
@@ -57,11 +58,7 @@ impl MappingInner {
         MappingInner {
             ino,
             cache,
-            tree: Mutex::new(Tree {
-                pages: BTreeMap::new(),
-                dirty: BTreeSet::new(),
-                towrite: BTreeSet::new(),
-            }),
+            tree: Mutex::new(Tree::default()),
             i_size: AtomicU64::new(i_size),
             disksize: Mutex::new(disksize),
             wb_err: ErrSeq::default(),
@@ -109,15 +106,12 @@ impl MappingInner {
     fn grab_page(&self, index: u64) -> Arc<Page> {
         let mut tree = self.tree.lock();
         let cfg = &self.cache.cfg;
-        Arc::clone(
-            tree.pages
-                .entry(index)
-                .or_insert_with(|| Arc::new(Page::new(index, cfg.page_size, self.cache.bpp))),
-        )
+        let bpp = self.cache.bpp;
+        Arc::clone(tree.pages.get_or_insert_with(index, || Page::new(index, cfg.page_size, bpp)))
     }
 
     fn find_page(&self, index: u64) -> Option<Arc<Page>> {
-        self.tree.lock().pages.get(&index).cloned()
+        self.tree.lock().pages.get(index).cloned()
     }
 
     /// Raises the on-disk size to `size` (never above i_size), telling the filesystem.
@@ -404,7 +398,7 @@ impl Mapping {
 
     /// The states of every cached page, in index order.
     pub fn snapshots(&self) -> Vec<PageSnapshot> {
-        let pages: Vec<Arc<Page>> = self.inner.tree.lock().pages.values().cloned().collect();
+        let pages: Vec<Arc<Page>> = self.inner.tree.lock().pages.collect_from(0);
         pages.iter().map(|p| p.snapshot()).collect()
     }
 
@@ -563,14 +557,34 @@ impl Mapping {
         }
         drop(_inode);
         if let Some(limit) = self.inner.cache.cfg.dirty_limit_bytes {
-            let dirty = self.nr_dirty() * ps as usize;
-            if dirty > limit {
-                // Background writeback of what is dirty now (WB_SYNC_NONE); errors surface at fsync.
-                let mut wbc = WritebackControl::background((dirty / ps as usize) as i64);
-                let _ = self.writepages(&mut wbc);
-            }
+            self.balance_dirty_pages(limit);
         }
         Ok(done)
+    }
+
+    /// Past `limit` dirty bytes, hands the file to the flusher thread for background writeback;
+    /// past twice the limit, waits for the flusher to catch up (`balance_dirty_pages`).
+    fn balance_dirty_pages(&self, limit: usize) {
+        let ps = self.inner.page_size() as usize;
+        let dirty = self.nr_dirty() * ps;
+        if dirty <= limit {
+            return;
+        }
+        let cache = &self.inner.cache;
+        cache.flusher.queue(&self.inner);
+        let mut before = self.nr_dirty();
+        while before * ps > 2 * limit {
+            cache.flusher.queue(&self.inner);
+            if !cache.flusher.wait_pass(&self.inner) {
+                break;
+            }
+            let now = self.nr_dirty();
+            if now >= before {
+                // No progress (pages busy or not writable in the background): stop waiting.
+                break;
+            }
+            before = now;
+        }
     }
 
     /// What a store through a shared memory map does when nothing calls `page_mkwrite`:
@@ -663,7 +677,7 @@ impl Mapping {
     /// Drops every cached page that is clean, unlocked and not under writeback ("drop
     /// caches"); returns how many were dropped.
     pub fn invalidate_clean(&self) -> usize {
-        let pages: Vec<Arc<Page>> = self.inner.tree.lock().pages.values().cloned().collect();
+        let pages: Vec<Arc<Page>> = self.inner.tree.lock().pages.collect_from(0);
         let mut dropped = 0;
         for page in pages {
             if !page.try_lock() {
@@ -680,9 +694,9 @@ impl Mapping {
             };
             if clean {
                 let mut tree = self.inner.tree.lock();
-                tree.pages.remove(&page.index());
-                tree.dirty.remove(&page.index());
-                tree.towrite.remove(&page.index());
+                tree.pages.remove(page.index());
+                tree.dirty.remove(page.index());
+                tree.towrite.remove(page.index());
                 dropped += 1;
             }
             page.unlock();
@@ -706,14 +720,7 @@ impl Mapping {
             self.inner.i_size.store(new_size, Ordering::Release);
             // Whole pages past the new EOF.
             let first_gone = new_size.div_ceil(ps);
-            let gone: Vec<Arc<Page>> = self
-                .inner
-                .tree
-                .lock()
-                .pages
-                .range(first_gone..)
-                .map(|(_, p)| Arc::clone(p))
-                .collect();
+            let gone: Vec<Arc<Page>> = self.inner.tree.lock().pages.collect_from(first_gone);
             let mut released = 0u64;
             for page in gone {
                 let mut st = page.lock();
@@ -727,9 +734,9 @@ impl Mapping {
                 drop(st);
                 {
                     let mut tree = self.inner.tree.lock();
-                    tree.pages.remove(&page.index());
-                    tree.dirty.remove(&page.index());
-                    tree.towrite.remove(&page.index());
+                    tree.pages.remove(page.index());
+                    tree.dirty.remove(page.index());
+                    tree.towrite.remove(page.index());
                 }
                 page.unlock();
             }

@@ -147,9 +147,9 @@ pub(crate) fn writepages(m: &Arc<MappingInner>, wbc: &mut WritebackControl) -> R
     }
     if wbc.sync_mode.is_all() {
         // tag_pages_for_writeback: what is dirty now is what this pass must write.
-        let mut tree = m.tree.lock();
-        let tagged: Vec<u64> = tree.dirty.range(first..=end_index).copied().collect();
-        tree.towrite.extend(tagged);
+        let mut guard = m.tree.lock();
+        let tree = &mut *guard;
+        tree.towrite.copy_range_from(&tree.dirty, first, end_index);
     }
     let sync = wbc.sync_mode.is_all();
     let mut mpd = MpageDaData {
@@ -209,7 +209,7 @@ fn prepare_extent_to_map(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
         let next = {
             let tree = mpd.m.tree.lock();
             let set = if sync { &tree.towrite } else { &tree.dirty };
-            set.range(mpd.scan_index..=mpd.end_index).next().copied()
+            set.next_in(mpd.scan_index, mpd.end_index)
         };
         let Some(index) = next else {
             mpd.scanned_until_end = true;
@@ -223,11 +223,11 @@ fn prepare_extent_to_map(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
             return Ok(());
         }
         mpd.scan_index = index + 1;
-        let page = mpd.m.tree.lock().pages.get(&index).cloned();
+        let page = mpd.m.tree.lock().pages.get(index).cloned();
         let Some(page) = page else {
             let mut tree = mpd.m.tree.lock();
-            tree.dirty.remove(&index);
-            tree.towrite.remove(&index);
+            tree.dirty.remove(index);
+            tree.towrite.remove(index);
             continue;
         };
         let mut st = page.lock();
@@ -236,13 +236,13 @@ fn prepare_extent_to_map(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
             .tree
             .lock()
             .pages
-            .get(&index)
+            .get(index)
             .is_some_and(|p| Arc::ptr_eq(p, &page));
         if !still_ours || !st.flags.contains(PageFlags::DIRTY) {
             // Truncated, or cleaned by someone else since it was tagged.
             drop(st);
             if still_ours {
-                mpd.m.tree.lock().towrite.remove(&index);
+                mpd.m.tree.lock().towrite.remove(index);
             }
             page.unlock();
             continue;
@@ -634,10 +634,10 @@ pub(crate) fn bio_write_page(
     {
         let mut tree = m.tree.lock();
         if !still_dirty {
-            tree.dirty.remove(&page.index());
+            tree.dirty.remove(page.index());
         }
         if !keep_towrite {
-            tree.towrite.remove(&page.index());
+            tree.towrite.remove(page.index());
         }
     }
     m.writeback_started();

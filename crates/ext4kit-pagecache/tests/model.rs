@@ -65,6 +65,8 @@ struct Case {
     alloc_unwritten: bool,
     max_alloc: Option<u64>,
     gap: u64,
+    /// Dirty limit for the flusher thread (background writeback racing the test's ops).
+    dirty_limit: Option<usize>,
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
@@ -75,14 +77,16 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         any::<bool>(),
         prop::option::of(1..9u64),
         0..3u64,
+        prop::option::of(4096usize..65536),
     )
-        .prop_map(|(ops, fails, seed, alloc_unwritten, max_alloc, gap)| Case {
+        .prop_map(|(ops, fails, seed, alloc_unwritten, max_alloc, gap, dirty_limit)| Case {
             ops,
             fails,
             seed,
             alloc_unwritten,
             max_alloc,
             gap,
+            dirty_limit,
         })
 }
 
@@ -410,6 +414,7 @@ fn harness(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<Harnes
     let mut cfg = Config::new(ps, bs);
     cfg.alloc_unwritten = case.alloc_unwritten;
     cfg.max_bio_bytes = 32 << 10;
+    cfg.dirty_limit_bytes = case.dirty_limit;
     let cache =
         PageCache::new(cfg, Arc::new(ChaosRef(Arc::clone(&chaos))), mapper.clone()).unwrap();
     Ok(Harness {
