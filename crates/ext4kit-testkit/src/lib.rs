@@ -1,0 +1,553 @@
+//! Test support shared by the ext4kit crates: the outside oracles and the trees they judge.
+//!
+//! - [`kernel_available`] / [`require_kernel`]: whether root, loop devices and the e2fsprogs
+//!   tools are here. With `EXT4KIT_REQUIRE_KERNEL=1` (CI) a missing piece fails the test loudly;
+//!   otherwise the test prints a note and skips its kernel part.
+//! - [`e2fsck_clean`]: `e2fsck -fn` that fails on *any* output line beyond the version, the five
+//!   pass lines and the summary (e2fsck exits 0 on a wrong free-blocks count).
+//! - [`LoopMount`]: a kernel loop mount, unmounted on drop.
+//! - [`generate_tree`]: a directory tree with the shapes that break file systems (sizes around
+//!   block and page boundaries, sparse files, fast and slow symlinks, hard links, a large
+//!   directory, deep nesting, long and non-ASCII names, xattrs, modes, owners, ns mtimes,
+//!   special files).
+//! - [`snapshot`] / [`diff_trees`]: everything a tree means (content, mode, owner, ns mtime,
+//!   symlink targets, link groups, xattrs), and the differences between two of them.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Whether kernel-level oracles (root, loop mount, e2fsprogs) are usable here.
+pub fn kernel_available() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let tools = ["mke2fs", "e2fsck", "debugfs", "mount"].iter().all(|t| which(t).is_some());
+    root && tools && Path::new("/dev/loop-control").exists()
+}
+
+/// Returns true if kernel oracles can run; panics when they cannot and
+/// `EXT4KIT_REQUIRE_KERNEL=1`; otherwise prints a note naming the test and returns false.
+pub fn require_kernel(test: &str) -> bool {
+    if kernel_available() {
+        return true;
+    }
+    if std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
+        panic!("{test}: EXT4KIT_REQUIRE_KERNEL=1 but root, loop devices or e2fsprogs are missing");
+    }
+    eprintln!("note: {test}: kernel oracles unavailable (need root, /dev/loop-control, e2fsprogs); skipping that part");
+    false
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/sbin", "/usr/sbin"].iter().map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// Runs a command, returning (exit code, stdout+stderr).
+pub fn run(cmd: &str, args: &[&OsStr]) -> (i32, String) {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Runs a command and panics with its output unless it succeeds.
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let (code, text) = run(cmd, &a);
+    assert_eq!(code, 0, "{cmd} {args:?} failed:\n{text}");
+    text
+}
+
+/// `e2fsck -fn IMG`: Ok when it exits 0 and prints only the version line, the "Pass N" lines and
+/// the summary line; Err with the whole output otherwise.
+pub fn e2fsck_clean(img: &Path) -> Result<(), String> {
+    let (code, text) = run("e2fsck", &[OsStr::new("-fn"), img.as_os_str()]);
+    let name = img.to_string_lossy();
+    let unexpected: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let l = l.trim();
+            !(l.is_empty()
+                || l.starts_with("e2fsck ")
+                || (l.starts_with("Pass ") && l.as_bytes().get(6) == Some(&b':'))
+                || (l.starts_with(&*name) && l.contains(" files (") && l.contains(" blocks")))
+        })
+        .collect();
+    if code == 0 && unexpected.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("e2fsck -fn {name} exited {code}; unexpected lines {unexpected:?}; full output:\n{text}"))
+    }
+}
+
+/// Panics with e2fsck's output unless the image is clean.
+pub fn assert_e2fsck_clean(img: &Path) {
+    if let Err(e) = e2fsck_clean(img) {
+        panic!("{e}");
+    }
+}
+
+/// A kernel loop mount, unmounted (and its directory removed) on drop.
+pub struct LoopMount {
+    dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl LoopMount {
+    /// Mounts `img` (read-only if `ro`).
+    pub fn new(img: &Path, ro: bool) -> Result<LoopMount, String> {
+        let dir = tempfile::Builder::new().prefix("ext4kit-mnt-").tempdir().map_err(|e| e.to_string())?;
+        let opts = if ro { "loop,ro" } else { "loop" };
+        let (code, text) = run(
+            "mount",
+            &[OsStr::new("-t"), OsStr::new("ext4"), OsStr::new("-o"), OsStr::new(opts), img.as_os_str(), dir.path().as_os_str()],
+        );
+        if code != 0 {
+            let (_, dmesg) = run("dmesg", &[]);
+            let tail: Vec<&str> = dmesg.lines().rev().take(8).collect();
+            return Err(format!("mount {} failed: {text}\nkernel log: {tail:?}", img.display()));
+        }
+        Ok(LoopMount { dir, mounted: true })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Unmounts now, reporting failure.
+    pub fn unmount(mut self) -> Result<(), String> {
+        self.do_unmount()
+    }
+
+    fn do_unmount(&mut self) -> Result<(), String> {
+        if !self.mounted {
+            return Ok(());
+        }
+        self.mounted = false;
+        let (code, text) = run("umount", &[self.dir.path().as_os_str()]);
+        if code == 0 { Ok(()) } else { Err(format!("umount failed: {text}")) }
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = self.do_unmount();
+    }
+}
+
+/// Builds an image from `tree` with `mke2fs -t ext4 -d`, block size `bs`, `size` bytes, plus
+/// `extra` arguments (e.g. `["-O", "^metadata_csum,^64bit"]`).
+pub fn mke2fs_d(tree: &Path, img: &Path, fs_type: &str, bs: u32, size: u64, extra: &[&str]) {
+    let f = fs::File::create(img).unwrap();
+    f.set_len(size).unwrap();
+    drop(f);
+    let bs = bs.to_string();
+    let mut args = vec!["-q", "-F", "-t", fs_type, "-b", &bs, "-E", "lazy_itable_init=0,lazy_journal_init=0"];
+    args.extend_from_slice(extra);
+    let tree_s = tree.to_str().unwrap();
+    let img_s = img.to_str().unwrap();
+    args.extend_from_slice(&["-d", tree_s, img_s]);
+    run_ok("mke2fs", &args);
+}
+
+/// What to put in a generated tree.
+#[derive(Debug, Clone)]
+pub struct TreeOptions {
+    /// Entries in the big directory.
+    pub big_dir_entries: usize,
+    /// Levels of nesting.
+    pub depth: usize,
+    /// Create device nodes, a FIFO and a socket (needs root for devices).
+    pub special_files: bool,
+    /// Set owners other than root (needs root).
+    pub owners: bool,
+    /// Add user./trusted./security. xattrs.
+    pub xattrs: bool,
+}
+
+impl Default for TreeOptions {
+    fn default() -> TreeOptions {
+        let root = rustix::process::geteuid().is_root();
+        TreeOptions { big_dir_entries: 3000, depth: 40, special_files: root, owners: root, xattrs: true }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn set_mtime_ns(path: &Path, sec: i64, nsec: i64) {
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: sec - 1000, tv_nsec: nsec },
+        last_modification: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+}
+
+fn write_file(path: &Path, data: &[u8]) {
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+}
+
+/// Creates the test tree under `root` (which must exist and be empty). Deterministic for a
+/// given `seed` and options.
+pub fn generate_tree(root: &Path, seed: u64, opt: &TreeOptions) {
+    let t0 = 1_700_000_000i64;
+    // Files around block and page boundaries.
+    let files = root.join("files");
+    fs::create_dir(&files).unwrap();
+    let sizes = [0usize, 1, 59, 60, 61, 1023, 1024, 1025, 2047, 2048, 2049, 4095, 4096, 4097, 8191, 8192, 12289, 65535, 65536, 65537, (1 << 20) + 1];
+    for (i, &n) in sizes.iter().enumerate() {
+        let p = files.join(format!("size-{n}"));
+        write_file(&p, &pattern(seed + i as u64, n));
+        set_mtime_ns(&p, t0 + i as i64, (i as i64 * 123_456_789) % 1_000_000_000);
+    }
+    // Sparse files: holes at the start, in the middle, at the end.
+    let sparse = root.join("sparse");
+    fs::create_dir(&sparse).unwrap();
+    {
+        let f = fs::File::create(sparse.join("hole-start")).unwrap();
+        f.write_all_at(&pattern(seed + 100, 5000), 3 << 20).unwrap();
+        let f = fs::File::create(sparse.join("hole-middle")).unwrap();
+        f.write_all_at(&pattern(seed + 101, 4096), 0).unwrap();
+        f.write_all_at(&pattern(seed + 102, 4096), 8 << 20).unwrap();
+        let f = fs::File::create(sparse.join("hole-end")).unwrap();
+        f.write_all_at(&pattern(seed + 103, 7000), 0).unwrap();
+        f.set_len(5 << 20).unwrap();
+        let f = fs::File::create(sparse.join("all-hole")).unwrap();
+        f.set_len(1 << 20).unwrap();
+    }
+    // Symlinks: fast (< 60 bytes) and slow, dangling, to a directory.
+    let links = root.join("links");
+    fs::create_dir(&links).unwrap();
+    std::os::unix::fs::symlink("../files/size-1", links.join("fast")).unwrap();
+    let long_target = format!("../files/{}", "x".repeat(100));
+    std::os::unix::fs::symlink(&long_target, links.join("slow")).unwrap();
+    std::os::unix::fs::symlink("a".repeat(59), links.join("fast-59")).unwrap();
+    std::os::unix::fs::symlink("b".repeat(60), links.join("slow-60")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", links.join("dangling")).unwrap();
+    std::os::unix::fs::symlink("../files", links.join("to-dir")).unwrap();
+    set_mtime_ns(&links.join("fast"), t0 + 50, 555);
+    // Hard links: a group of three, across directories.
+    let hl = root.join("hardlinks");
+    fs::create_dir(&hl).unwrap();
+    write_file(&hl.join("one"), &pattern(seed + 200, 3000));
+    fs::hard_link(hl.join("one"), hl.join("two")).unwrap();
+    fs::hard_link(hl.join("one"), files.join("three-linked")).unwrap();
+    // A big directory.
+    let big = root.join("bigdir");
+    fs::create_dir(&big).unwrap();
+    for i in 0..opt.big_dir_entries {
+        write_file(&big.join(format!("entry-{i:05}-{}", "n".repeat(i % 40))), &pattern(seed + i as u64, i % 50));
+    }
+    // Deep nesting.
+    let mut d = root.join("deep");
+    fs::create_dir(&d).unwrap();
+    for i in 0..opt.depth {
+        d = d.join(format!("level{i:02}"));
+        fs::create_dir(&d).unwrap();
+    }
+    write_file(&d.join("bottom.txt"), b"the bottom\n");
+    // Names: 255 bytes, non-ASCII.
+    let names = root.join("names");
+    fs::create_dir(&names).unwrap();
+    write_file(&names.join("L".repeat(255)), b"long name\n");
+    write_file(&names.join("ünïcødé-文件-🦀"), b"utf-8\n");
+    write_file(&names.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")), b"not utf-8\n");
+    write_file(&names.join("with space and 'quotes'"), b"q\n");
+    // Modes.
+    let modes = root.join("modes");
+    fs::create_dir(&modes).unwrap();
+    for (name, mode) in [("m600", 0o600), ("m755", 0o755), ("m4755", 0o4755), ("m2711", 0o2711), ("m000", 0o000)] {
+        let p = modes.join(name);
+        write_file(&p, name.as_bytes());
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let sticky = modes.join("sticky-dir");
+    fs::create_dir(&sticky).unwrap();
+    fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+    if opt.owners {
+        let o = root.join("owners");
+        fs::create_dir(&o).unwrap();
+        for (i, (u, g)) in [(1000u32, 1000u32), (0, 100), (65534, 65534), (123_456, 7)].iter().enumerate() {
+            let p = o.join(format!("owned-{i}"));
+            write_file(&p, b"owner\n");
+            std::os::unix::fs::lchown(&p, Some(*u), Some(*g)).unwrap();
+        }
+        std::os::unix::fs::symlink("owned-0", o.join("link-owned")).unwrap();
+        std::os::unix::fs::lchown(o.join("link-owned"), Some(1000), Some(1000)).unwrap();
+    }
+    if opt.xattrs {
+        let x = root.join("xattrs");
+        fs::create_dir(&x).unwrap();
+        let p = x.join("small");
+        write_file(&p, b"x\n");
+        rustix::fs::setxattr(&p, "user.comment", b"hello", rustix::fs::XattrFlags::empty()).unwrap();
+        rustix::fs::setxattr(&p, "user.empty", b"", rustix::fs::XattrFlags::empty()).unwrap();
+        let p = x.join("big");
+        write_file(&p, b"y\n");
+        // Too large for the inode: goes to an xattr block.
+        rustix::fs::setxattr(&p, "user.big", &pattern(seed + 300, 1500), rustix::fs::XattrFlags::empty()).unwrap();
+        rustix::fs::setxattr(&p, "user.second", &pattern(seed + 301, 300), rustix::fs::XattrFlags::empty()).unwrap();
+        if rustix::process::geteuid().is_root() {
+            let p = x.join("trusted");
+            write_file(&p, b"z\n");
+            rustix::fs::setxattr(&p, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
+            rustix::fs::setxattr(&p, "security.selinux", b"system_u:object_r:etc_t:s0\0", rustix::fs::XattrFlags::empty()).unwrap();
+        }
+        rustix::fs::setxattr(&x, "user.on-dir", b"dir", rustix::fs::XattrFlags::empty()).unwrap();
+    }
+    if opt.special_files {
+        let s = root.join("special");
+        fs::create_dir(&s).unwrap();
+        let m = rustix::fs::Mode::from_raw_mode(0o644);
+        rustix::fs::mknodat(rustix::fs::CWD, s.join("fifo"), rustix::fs::FileType::Fifo, m, 0).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, s.join("char-1-3"), rustix::fs::FileType::CharacterDevice, m, rustix::fs::makedev(1, 3)).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, s.join("block-8-1"), rustix::fs::FileType::BlockDevice, m, rustix::fs::makedev(8, 1)).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, s.join("char-big"), rustix::fs::FileType::CharacterDevice, m, rustix::fs::makedev(300, 70000)).unwrap();
+        let sock = std::os::unix::net::UnixListener::bind(s.join("socket")).unwrap();
+        drop(sock);
+    }
+    // Directory mtimes last (creating entries changes them).
+    set_mtime_ns(&files, t0 + 500, 999_999_999);
+    set_mtime_ns(&root.join("deep"), t0 + 501, 1);
+}
+
+/// The kind of a tree entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file with its content.
+    File(Vec<u8>),
+    /// Directory.
+    Dir,
+    /// Symlink with its target.
+    Symlink(Vec<u8>),
+    /// Character device (major, minor).
+    Char(u32, u32),
+    /// Block device (major, minor).
+    Block(u32, u32),
+    /// FIFO.
+    Fifo,
+    /// Socket.
+    Socket,
+}
+
+/// Everything a tree entry means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Kind and content.
+    pub kind: Kind,
+    /// Permission bits (incl. setuid/setgid/sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, i64),
+    /// Extended attributes (name → value), sorted.
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Link-group id: the smallest path sharing this entry's inode (regular files only).
+    pub link_group: Option<Vec<u8>>,
+}
+
+/// Path (relative, bytes) → entry.
+pub type Tree = BTreeMap<Vec<u8>, Entry>;
+
+/// Reads everything about the tree under `root` (root itself excluded), without following
+/// symlinks. `lost+found` at the top is skipped.
+pub fn snapshot(root: &Path) -> Tree {
+    let mut out = Tree::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+    // Link group id: the first path (in walk order) that reached the inode.
+    walk(root, root, &mut out, &mut inodes);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Tree, inodes: &mut BTreeMap<(u64, u64), Vec<u8>>) {
+    let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    for name in names {
+        let p = dir.join(&name);
+        let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        if rel == b"lost+found" {
+            continue;
+        }
+        let md = fs::symlink_metadata(&p).unwrap();
+        let ft = md.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink(fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec())
+        } else if ft.is_file() {
+            Kind::File(fs::read(&p).unwrap())
+        } else if ft.is_char_device() {
+            Kind::Char(rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))
+        } else if ft.is_block_device() {
+            Kind::Block(rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else {
+            Kind::Socket
+        };
+        let mut xattrs = BTreeMap::new();
+        let mut names_buf = vec![0u8; 65536];
+        if let Ok(n) = rustix::fs::llistxattr(&p, &mut names_buf) {
+            for xname in names_buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+                let cname = std::ffi::CString::new(xname.to_vec()).unwrap();
+                let mut val = vec![0u8; 65536];
+                if let Ok(vn) = rustix::fs::lgetxattr(&p, cname.as_c_str(), &mut val) {
+                    xattrs.insert(xname.to_vec(), val[..vn].to_vec());
+                }
+            }
+        }
+        let link_group = if ft.is_file() && md.nlink() > 1 {
+            let key = (md.dev(), md.ino());
+            Some(inodes.entry(key).or_insert_with(|| rel.clone()).clone())
+        } else {
+            None
+        };
+        out.insert(
+            rel.clone(),
+            Entry {
+                kind,
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                xattrs,
+                link_group,
+            },
+        );
+        if ft.is_dir() {
+            walk(root, &p, out, inodes);
+        }
+    }
+}
+
+/// Which properties [`diff_trees`] compares.
+#[derive(Debug, Clone, Copy)]
+pub struct Compare {
+    /// Compare mtimes (seconds).
+    pub mtime: bool,
+    /// Compare the nanoseconds of mtimes too.
+    pub mtime_ns: bool,
+    /// Compare directory mtimes (they change whenever an entry is added).
+    pub dir_mtime: bool,
+    /// Compare owners.
+    pub owner: bool,
+    /// Compare xattrs.
+    pub xattrs: bool,
+}
+
+impl Default for Compare {
+    fn default() -> Compare {
+        Compare { mtime: true, mtime_ns: true, dir_mtime: true, owner: true, xattrs: true }
+    }
+}
+
+/// Differences between two trees, one line each (empty when they are equal).
+pub fn diff_trees(want: &Tree, got: &Tree, cmp: Compare) -> Vec<String> {
+    let mut d = Vec::new();
+    let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    for (p, w) in want {
+        let Some(g) = got.get(p) else {
+            d.push(format!("missing: {}", show(p)));
+            continue;
+        };
+        if w.kind != g.kind {
+            let brief = |k: &Kind| match k {
+                Kind::File(c) => format!("file of {} bytes", c.len()),
+                other => format!("{other:?}"),
+            };
+            d.push(format!("{}: kind/content differs: want {} got {}", show(p), brief(&w.kind), brief(&g.kind)));
+        }
+        if w.mode != g.mode {
+            d.push(format!("{}: mode {:o} != {:o}", show(p), w.mode, g.mode));
+        }
+        if cmp.owner && (w.uid, w.gid) != (g.uid, g.gid) {
+            d.push(format!("{}: owner {}:{} != {}:{}", show(p), w.uid, w.gid, g.uid, g.gid));
+        }
+        let is_dir = w.kind == Kind::Dir;
+        if cmp.mtime && (cmp.dir_mtime || !is_dir) {
+            let (wm, gm) = if cmp.mtime_ns { (w.mtime, g.mtime) } else { ((w.mtime.0, 0), (g.mtime.0, 0)) };
+            if wm != gm {
+                d.push(format!("{}: mtime {:?} != {:?}", show(p), w.mtime, g.mtime));
+            }
+        }
+        if cmp.xattrs && w.xattrs != g.xattrs {
+            d.push(format!("{}: xattrs {:?} != {:?}", show(p), w.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>(), g.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>()));
+        }
+        if w.link_group.is_some() != g.link_group.is_some() {
+            d.push(format!("{}: hard-link group {:?} != {:?}", show(p), w.link_group.as_deref().map(show), g.link_group.as_deref().map(show)));
+        }
+    }
+    for p in got.keys() {
+        if !want.contains_key(p) {
+            d.push(format!("unexpected: {}", show(p)));
+        }
+    }
+    // Link groups must partition the same way.
+    let groups = |t: &Tree| -> BTreeMap<Vec<u8>, Vec<Vec<u8>>> {
+        let mut g: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+        for (p, e) in t {
+            if let Some(l) = &e.link_group {
+                g.entry(l.clone()).or_default().push(p.clone());
+            }
+        }
+        g
+    };
+    let (gw, gg) = (groups(want), groups(got));
+    let norm = |g: BTreeMap<Vec<u8>, Vec<Vec<u8>>>| -> Vec<Vec<Vec<u8>>> {
+        let mut v: Vec<Vec<Vec<u8>>> = g.into_values().collect();
+        v.sort();
+        v
+    };
+    let (nw, ng) = (norm(gw), norm(gg));
+    if nw != ng {
+        d.push(format!("hard-link groups differ: want {} groups, got {}", nw.len(), ng.len()));
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tree_snapshots_equal_themselves_and_diff_finds_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let opt = TreeOptions { big_dir_entries: 50, depth: 5, ..TreeOptions::default() };
+        generate_tree(dir.path(), 1, &opt);
+        let a = snapshot(dir.path());
+        assert!(a.len() > 80, "{}", a.len());
+        assert!(diff_trees(&a, &a, Compare::default()).is_empty());
+        fs::write(dir.path().join("files/size-1"), b"Z").unwrap();
+        let b = snapshot(dir.path());
+        let d = diff_trees(&a, &b, Compare::default());
+        assert!(d.iter().any(|l| l.contains("files/size-1")), "{d:?}");
+        let hl = a.get(b"hardlinks/two".as_slice()).unwrap();
+        assert_eq!(hl.link_group.as_deref(), Some(b"files/three-linked".as_slice()));
+    }
+}
