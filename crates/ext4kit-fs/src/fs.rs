@@ -1,0 +1,378 @@
+//! [`Fs`]: opening an image, and the shared state every operation reads ([`Core`]).
+//!
+//! Opening (`Fs::open`) does what the kernel's `ext4_fill_super` does before it can read:
+//! 1. reads and validates the superblock (magic, checksum, geometry) and refuses unknown or
+//!    unsupported incompat features, naming them;
+//! 2. checks that the device holds the whole filesystem;
+//! 3. loads every group descriptor, verifying its checksum (crc16 or crc32c) and its locations;
+//! 4. if the journal needs recovery, replays it **in memory** ([`crate::journal`]) and starts
+//!    again from 1 on an overlay device that serves the replayed blocks; the image is never
+//!    written;
+//! 5. reads the root inode (it must be a directory) and starts the page cache, with [`Core`] as
+//!    its [`ext4kit_pagecache::BlockMapper`].
+//!
+//! [`Core`] is behind an `Arc` shared by the page cache (as mapper) and [`Fs`]. Everything in
+//! it is immutable after open except the caches, so readers on many threads need no lock of
+//! their own.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ext4kit_blockdev::{BlockDevice, BlockDeviceExt};
+use ext4kit_format::group_desc::{GroupDesc, GroupFlags};
+use ext4kit_format::inode::Inode;
+use ext4kit_format::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
+use ext4kit_format::{IncompatFeatures, RoCompatFeatures, Structure, Superblock};
+use ext4kit_pagecache::{Config, PageCache};
+use parking_lot::Mutex;
+
+use crate::error::{Corruption, Error, Result, ResultExt, Unsupported};
+use crate::journal::{self, OverlayDevice, ReplayReport};
+use crate::metacache::MetaCache;
+
+/// Inode number of the root directory.
+pub const ROOT_INO: u32 = 2;
+
+/// What to do with a journal that needs recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JournalMode {
+    /// Replay it in memory (the image is not written). The default.
+    #[default]
+    Replay,
+    /// Read the image as it is on disk, ignoring the journal (what `debugfs` shows).
+    Ignore,
+}
+
+/// How to open an image.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Open for writing. Not implemented yet: `true` is refused with [`Error::ReadOnly`].
+    pub writable: bool,
+    /// What to do with a journal that needs recovery.
+    pub journal: JournalMode,
+    /// Most metadata blocks kept in memory.
+    pub metadata_cache_blocks: usize,
+    /// Page size of the file data cache (raised to the block size if smaller).
+    pub page_size: usize,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            writable: false,
+            journal: JournalMode::Replay,
+            metadata_cache_blocks: 8192,
+            page_size: 4096,
+        }
+    }
+}
+
+/// The state every operation reads: superblock, group descriptors, metadata cache.
+#[derive(Debug)]
+pub struct Core {
+    pub(crate) sb: Superblock,
+    pub(crate) block_size: u32,
+    pub(crate) groups: Vec<GroupDesc>,
+    pub(crate) cache: MetaCache,
+    /// The metadata_csum seed, when the filesystem has metadata_csum.
+    pub(crate) csum_seed: Option<u32>,
+    pub(crate) ea_inode: bool,
+    /// The typed error behind the last failed `map_blocks` of each inode (the page cache only
+    /// carries a message), taken back when the read that caused it returns.
+    pub(crate) map_errors: Mutex<Vec<(u64, Error)>>,
+}
+
+/// Incompat features this reader refuses even though they are known.
+const REFUSED_INCOMPAT: IncompatFeatures = IncompatFeatures(
+    IncompatFeatures::COMPRESSION.0 | IncompatFeatures::JOURNAL_DEV.0 | IncompatFeatures::DIRDATA.0,
+);
+
+impl Core {
+    /// Reads the superblock from `dev`.
+    fn read_superblock(dev: &Arc<dyn BlockDevice>) -> Result<Superblock> {
+        let dev_bs = dev.geometry().block_size as usize;
+        if dev_bs == 0 || dev_bs > 65536 || !dev_bs.is_power_of_two() {
+            return Err(Error::InvalidArgument(format!(
+                "device block size {dev_bs} is not supported"
+            )));
+        }
+        let end = SUPERBLOCK_OFFSET as usize + SUPERBLOCK_SIZE;
+        let len = end.div_ceil(dev_bs) * dev_bs;
+        let have = dev.geometry().size_bytes();
+        if have < end as u64 {
+            return Err(Error::corrupt(
+                Structure::Superblock,
+                Corruption::Truncated {
+                    needed: end as u64,
+                    device: have,
+                },
+            ));
+        }
+        let mut buf = vec![0u8; len];
+        dev.read_blocks(0, &mut buf)
+            .map_err(|e| Error::io(e, None))?;
+        let sb = Superblock::parse(&buf[SUPERBLOCK_OFFSET as usize..end])?;
+        Ok(sb)
+    }
+
+    /// Checks the features of `sb` (unknown and refused incompat bits; unknown ro_compat bits
+    /// when writing).
+    fn check_features(sb: &Superblock, writable: bool) -> Result<()> {
+        sb.check_features(writable)?;
+        let refused = IncompatFeatures(sb.feature_incompat().0 & REFUSED_INCOMPAT.0);
+        if refused.0 != 0 {
+            return Err(Error::unsupported(Unsupported::Features(refused.names())));
+        }
+        Ok(())
+    }
+
+    /// Loads the group descriptors and builds the core over `dev`.
+    fn load(dev: Arc<dyn BlockDevice>, sb: Superblock, opts: &OpenOptions) -> Result<Core> {
+        let block_size = sb.block_size();
+        let dev_bs = dev.geometry().block_size;
+        if block_size % dev_bs != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "device block size {dev_bs} does not divide the filesystem block size {block_size}"
+            )));
+        }
+        let needed = sb.blocks_count().saturating_mul(u64::from(block_size));
+        let have = dev.geometry().size_bytes();
+        if needed > have {
+            return Err(Error::corrupt(
+                Structure::Superblock,
+                Corruption::Truncated {
+                    needed,
+                    device: have,
+                },
+            ));
+        }
+        let csum_seed = sb.has_metadata_csum().then(|| sb.csum_seed());
+        let cache = MetaCache::new(dev, block_size as usize, opts.metadata_cache_blocks);
+        let desc_size = usize::from(sb.desc_size());
+        let count = sb.group_count();
+        let mut groups = Vec::with_capacity(count as usize);
+        for g in 0..count {
+            let (index, off) = sb.group_desc_position(g);
+            let block = sb.group_desc_block_location(index);
+            let ctx = |e: Error| e.with_group(g).with_block(block);
+            if block >= sb.blocks_count() {
+                return Err(ctx(Error::corrupt(
+                    Structure::GroupDescriptor,
+                    Corruption::BlockOutOfRange { block },
+                )));
+            }
+            let data = cache.get(block).map_err(ctx)?;
+            let bytes = data.read();
+            let desc = bytes
+                .get(off..)
+                .ok_or_else(|| {
+                    ctx(Error::corrupt(
+                        Structure::GroupDescriptor,
+                        Corruption::BlockOutOfRange { block },
+                    ))
+                })
+                .and_then(|b| GroupDesc::parse(b, desc_size).map_err(|e| ctx(e.into())))?;
+            desc.verify_checksum(&sb, g).map_err(|e| ctx(e.into()))?;
+            desc.validate(&sb, g).map_err(|e| ctx(e.into()))?;
+            groups.push(desc);
+        }
+        Ok(Core {
+            block_size,
+            groups,
+            cache,
+            csum_seed,
+            ea_inode: sb.has_incompat(IncompatFeatures::EA_INODE),
+            sb,
+            map_errors: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The superblock.
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    /// Checks that `block` (and `len - 1` blocks after it) lie inside the filesystem.
+    pub(crate) fn check_range(&self, structure: Structure, block: u64, len: u64) -> Result<()> {
+        let first = u64::from(self.sb.first_data_block());
+        let ok = block >= first.max(1)
+            && block
+                .checked_add(len)
+                .is_some_and(|end| end <= self.sb.blocks_count());
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::corrupt(
+                structure,
+                Corruption::BlockOutOfRange { block },
+            ))
+        }
+    }
+
+    /// Reads inode `ino` from its inode table, verifying its checksum.
+    pub fn read_inode(&self, ino: u32) -> Result<Inode> {
+        let out_of_range = || {
+            Error::corrupt(Structure::Inode, Corruption::InodeOutOfRange { ino }).with_inode(ino)
+        };
+        let (group, offset) = self.sb.inode_table_offset(ino).ok_or_else(out_of_range)?;
+        let gd = self.groups.get(group as usize).ok_or_else(out_of_range)?;
+        if self.sb.has_group_desc_csum() {
+            let index = (ino - 1) % self.sb.inodes_per_group();
+            let used = self
+                .sb
+                .inodes_per_group()
+                .saturating_sub(gd.itable_unused());
+            if gd.flags().contains(GroupFlags::INODE_UNINIT) || index >= used {
+                return Err(Error::corrupt(
+                    Structure::Inode,
+                    Corruption::InodeUninitialized { ino },
+                )
+                .with_inode(ino)
+                .with_group(group));
+            }
+        }
+        let bs = u64::from(self.block_size);
+        let block = gd.inode_table() + offset / bs;
+        self.check_range(Structure::Inode, block, 1)
+            .map_err(|e| e.with_inode(ino).with_group(group))?;
+        let data = self.cache.get(block).ctx_inode(ino)?;
+        let bytes = data.read();
+        let start = (offset % bs) as usize;
+        let isz = usize::from(self.sb.inode_size());
+        let raw = bytes.get(start..start + isz).ok_or_else(out_of_range)?;
+        Inode::parse_checked(raw, ino, self.csum_seed)
+            .ctx_inode(ino)
+            .ctx_block(block)
+    }
+
+    /// `true` if the filesystem has the given ro_compat feature.
+    pub(crate) fn has_ro(&self, f: RoCompatFeatures) -> bool {
+        self.sb.has_ro_compat(f)
+    }
+}
+
+/// An open ext2/ext3/ext4 image.
+///
+/// `Fs` is `Send + Sync`; every method takes `&self`.
+#[derive(Debug, Clone)]
+pub struct Fs {
+    pub(crate) core: Arc<Core>,
+    pub(crate) pages: PageCache,
+    replay: Option<Arc<ReplayReport>>,
+    notices: Vec<String>,
+}
+
+impl Fs {
+    /// Opens the filesystem on `dev` (see the module docs for what is checked).
+    pub fn open(dev: Arc<dyn BlockDevice>, opts: &OpenOptions) -> Result<Fs> {
+        if opts.writable {
+            return Err(Error::ReadOnly(
+                "writing is not implemented yet; open read-only".into(),
+            ));
+        }
+        let mut notices = Vec::new();
+        let sb = Core::read_superblock(&dev)?;
+        Core::check_features(&sb, opts.writable)?;
+        let mut core = Core::load(Arc::clone(&dev), sb, opts)?;
+        let mut replay = None;
+        let mut data_dev = dev;
+        if core.sb.has_incompat(IncompatFeatures::RECOVER) {
+            match opts.journal {
+                JournalMode::Replay => {
+                    let (blocks, report) = journal::replay(&core)?;
+                    let overlay: Arc<dyn BlockDevice> = Arc::new(OverlayDevice::new(
+                        Arc::clone(&data_dev),
+                        u64::from(core.block_size),
+                        blocks,
+                    ));
+                    let sb = Core::read_superblock(&overlay)?;
+                    Core::check_features(&sb, opts.writable)?;
+                    core = Core::load(Arc::clone(&overlay), sb, opts)?;
+                    data_dev = overlay;
+                    notices.push(report.to_string());
+                    replay = Some(Arc::new(report));
+                }
+                JournalMode::Ignore => notices.push(
+                    "journal needs recovery; not replayed (reading the image as it is on disk)"
+                        .into(),
+                ),
+            }
+        }
+        let root = core.read_inode(ROOT_INO)?;
+        if !root.is_dir() {
+            return Err(Error::corrupt(
+                Structure::Inode,
+                Corruption::BadFileType { mode: root.mode() },
+            )
+            .with_inode(ROOT_INO));
+        }
+        let bs = core.block_size as usize;
+        let page_size = opts.page_size.max(bs).max(4096);
+        let core = Arc::new(core);
+        let mapper: Arc<dyn ext4kit_pagecache::BlockMapper> = Arc::clone(&core) as _;
+        let pages = PageCache::new(Config::new(page_size, bs), data_dev, mapper).map_err(|e| {
+            Error::Cache {
+                message: e.to_string(),
+                errno: e.errno(),
+            }
+        })?;
+        Ok(Fs {
+            core,
+            pages,
+            replay,
+            notices,
+        })
+    }
+
+    /// Opens the image file (or block device) at `path`.
+    pub fn open_path(path: &Path, opts: &OpenOptions) -> Result<Fs> {
+        let (dev, _why_not_uring) = ext4kit_blockdev::open_file_device(path, opts.writable, 1024)
+            .map_err(|e| Error::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+            errno: e.raw_os_error().unwrap_or(5),
+        })?;
+        Fs::open(dev, opts)
+    }
+
+    /// The superblock (after journal replay, if any).
+    pub fn superblock(&self) -> &Superblock {
+        &self.core.sb
+    }
+
+    /// The block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.core.block_size
+    }
+
+    /// The group descriptors, in group order.
+    pub fn group_descs(&self) -> &[GroupDesc] {
+        &self.core.groups
+    }
+
+    /// What the in-memory journal replay did, if the journal needed recovery.
+    pub fn journal_replay(&self) -> Option<&ReplayReport> {
+        self.replay.as_deref()
+    }
+
+    /// Things worth telling a user about how the image was opened (journal replayed or
+    /// ignored), one sentence each.
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
+    /// The shared core (the page cache's block mapper).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// The file data cache.
+    pub fn page_cache(&self) -> &PageCache {
+        &self.pages
+    }
+
+    /// Reads inode `ino` (checksum verified).
+    pub fn inode(&self, ino: u32) -> Result<Inode> {
+        self.core.read_inode(ino)
+    }
+}

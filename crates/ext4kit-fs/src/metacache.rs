@@ -1,0 +1,220 @@
+//! The metadata block cache (the kernel's buffer cache for the block device).
+//!
+//! Every metadata block (group descriptor blocks, inode table blocks, extent tree blocks,
+//! indirect blocks, directory blocks, xattr blocks, symlink blocks) is read through
+//! [`MetaCache::get`], which returns an [`Arc<MetaBlock>`]: one shared copy per filesystem
+//! block. File data does not come here; it goes through `ext4kit-pagecache`.
+//!
+//! # Design for writing
+//! A [`MetaBlock`] keeps its bytes behind an `RwLock` and has a `dirty` flag. The read side only
+//! reads; the write side will take [`MetaBlock::write`], change the bytes (recomputing the
+//! structure's checksum), call [`MetaBlock::mark_dirty`], and write dirty blocks back (through
+//! the journal) with [`MetaCache::dirty_blocks`] / [`MetaBlock::clear_dirty`]. Eviction never drops
+//! a dirty block or a block someone still holds.
+//!
+//! # Bounds
+//! At most `capacity` blocks are kept; past that, clean unreferenced blocks are evicted in
+//! insertion order (a FIFO with second chance for blocks referenced since).
+//!
+//! # Locks
+//! `map` (the index) is taken alone and never held across IO; a block's `data` lock is never
+//! held while taking `map`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ext4kit_blockdev::{BlockDevice, BlockDeviceExt};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::error::{Error, Result};
+
+/// One cached filesystem block.
+#[derive(Debug)]
+pub struct MetaBlock {
+    block: u64,
+    data: RwLock<Box<[u8]>>,
+    dirty: AtomicBool,
+    referenced: AtomicBool,
+}
+
+impl MetaBlock {
+    /// The filesystem block number.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+
+    /// The bytes, for reading.
+    pub fn read(&self) -> RwLockReadGuard<'_, Box<[u8]>> {
+        self.data.read()
+    }
+
+    /// The bytes, for changing (the caller then marks the block dirty).
+    pub fn write(&self) -> RwLockWriteGuard<'_, Box<[u8]>> {
+        self.data.write()
+    }
+
+    /// A copy of the bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.data.read().to_vec()
+    }
+
+    /// Marks the block as changed in memory (it will not be evicted until cleaned).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    /// Marks the block as written back.
+    pub fn clear_dirty(&self) {
+        self.dirty.store(false, Ordering::Release);
+    }
+
+    /// Whether the block has changes not yet written back.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    blocks: HashMap<u64, Arc<MetaBlock>>,
+    order: VecDeque<u64>,
+}
+
+/// A read-through cache of filesystem blocks over a device.
+#[derive(Debug)]
+pub struct MetaCache {
+    dev: Arc<dyn BlockDevice>,
+    block_size: usize,
+    dev_per_block: u64,
+    capacity: usize,
+    map: Mutex<Index>,
+}
+
+impl MetaCache {
+    /// A cache of `block_size`-byte filesystem blocks over `dev` (whose block size divides
+    /// `block_size`), keeping at most `capacity` blocks.
+    pub fn new(dev: Arc<dyn BlockDevice>, block_size: usize, capacity: usize) -> Self {
+        let dev_bs = dev.geometry().block_size.max(1) as usize;
+        MetaCache {
+            dev,
+            block_size,
+            dev_per_block: (block_size / dev_bs).max(1) as u64,
+            capacity: capacity.max(16),
+            map: Mutex::new(Index::default()),
+        }
+    }
+
+    /// The filesystem block size.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<dyn BlockDevice> {
+        &self.dev
+    }
+
+    /// Reads `block` without caching it (for one-shot reads such as journal blocks).
+    pub fn read_uncached(&self, block: u64, buf: &mut [u8]) -> Result<()> {
+        let start = block
+            .checked_mul(self.dev_per_block)
+            .ok_or_else(|| Error::io(ext4kit_blockdev::IoError::Shutdown, Some(block)))?;
+        self.dev
+            .read_blocks(start, buf)
+            .map_err(|e| Error::io(e, Some(block)))
+    }
+
+    /// The cached block `block`, read from the device if needed.
+    pub fn get(&self, block: u64) -> Result<Arc<MetaBlock>> {
+        if let Some(b) = self.map.lock().blocks.get(&block) {
+            b.referenced.store(true, Ordering::Relaxed);
+            return Ok(Arc::clone(b));
+        }
+        let mut buf = vec![0u8; self.block_size].into_boxed_slice();
+        self.read_uncached(block, &mut buf)?;
+        let fresh = Arc::new(MetaBlock {
+            block,
+            data: RwLock::new(buf),
+            dirty: AtomicBool::new(false),
+            referenced: AtomicBool::new(false),
+        });
+        let mut idx = self.map.lock();
+        if let Some(b) = idx.blocks.get(&block) {
+            // Someone else read it meanwhile; keep theirs (it may already be changed).
+            return Ok(Arc::clone(b));
+        }
+        idx.blocks.insert(block, Arc::clone(&fresh));
+        idx.order.push_back(block);
+        self.evict(&mut idx);
+        Ok(fresh)
+    }
+
+    /// Drops clean, unreferenced blocks until the cache is within its capacity (or nothing
+    /// more can go).
+    fn evict(&self, idx: &mut Index) {
+        let mut budget = idx.order.len();
+        while idx.blocks.len() > self.capacity && budget > 0 {
+            budget -= 1;
+            let Some(b) = idx.order.pop_front() else {
+                break;
+            };
+            let Some(entry) = idx.blocks.get(&b) else {
+                continue;
+            };
+            let busy = Arc::strong_count(entry) > 1 || entry.is_dirty();
+            if busy || entry.referenced.swap(false, Ordering::Relaxed) {
+                idx.order.push_back(b);
+                continue;
+            }
+            idx.blocks.remove(&b);
+        }
+    }
+
+    /// Blocks marked dirty (for the write side's write-back).
+    pub fn dirty_blocks(&self) -> Vec<Arc<MetaBlock>> {
+        let idx = self.map.lock();
+        let mut v: Vec<Arc<MetaBlock>> = idx
+            .blocks
+            .values()
+            .filter(|b| b.is_dirty())
+            .cloned()
+            .collect();
+        v.sort_by_key(|b| b.block);
+        v
+    }
+
+    /// Number of cached blocks.
+    pub fn len(&self) -> usize {
+        self.map.lock().blocks.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ext4kit_blockdev::MemDevice;
+
+    #[test]
+    fn caches_evicts_and_keeps_dirty_blocks() {
+        let dev = Arc::new(MemDevice::new(1024, 256));
+        dev.poke(5 * 1024, b"hello");
+        let c = MetaCache::new(dev, 1024, 16);
+        let b5 = c.get(5).unwrap();
+        assert_eq!(&b5.read()[..5], b"hello");
+        assert!(Arc::ptr_eq(&b5, &c.get(5).unwrap()));
+        b5.mark_dirty();
+        drop(b5);
+        for i in 10..60 {
+            c.get(i).unwrap();
+        }
+        assert!(c.len() <= 17, "{}", c.len());
+        assert_eq!(c.dirty_blocks().len(), 1, "a dirty block is never evicted");
+        assert!(c.get(10_000).is_err(), "reads past the device fail");
+    }
+}
