@@ -95,6 +95,22 @@ impl IoEnd {
         self.flags.fetch_or(IO_END_UNWRITTEN, Ordering::AcqRel);
     }
 
+    /// Takes block `lblk` out of the ranges to convert: it was mapped with the extent but is not
+    /// written (it lies past an EOF that moved down meanwhile), so it must stay unwritten.
+    pub(crate) fn remove_unwritten(&self, lblk: u64) {
+        let mut l = self.lists.lock();
+        let Some(i) = l.unwritten.iter().position(|r| r.lblk <= lblk && lblk < r.lblk + r.len) else { return };
+        let r = l.unwritten[i];
+        let tail = UnwrittenRange { lblk: lblk + 1, len: r.lblk + r.len - lblk - 1 };
+        l.unwritten[i].len = lblk - r.lblk;
+        if tail.len > 0 {
+            l.unwritten.insert(i + 1, tail);
+        }
+        if l.unwritten[i].len == 0 {
+            l.unwritten.remove(i);
+        }
+    }
+
     fn chain(&self, mut done: Box<CompletedBio>) {
         let mut l = self.lists.lock();
         done.next = l.completed.take();
@@ -115,7 +131,7 @@ impl Drop for IoEnd {
             self.mapping
                 .cache
                 .violation("io_end dropped with unfinished bios");
-            finish_chain(&self.mapping, lists.completed);
+            finish_chain(&self.mapping, lists.completed, &[]);
         }
     }
 }
@@ -159,7 +175,7 @@ pub(crate) fn end_bio(
     } else {
         // Drop the io_end reference before the pages finish.
         put_io_end_defer(io_end);
-        finish_bio(&m, *done);
+        finish_bio(&m, *done, &[]);
     }
 }
 
@@ -192,52 +208,60 @@ pub(crate) fn put_io_end(io_end: Arc<IoEnd>) {
 pub(crate) fn end_io_end(io_end: IoEnd, inline: bool) {
     let m = Arc::clone(&io_end.mapping);
     let ranges = std::mem::take(&mut io_end.lists.lock().unwritten);
+    let mut converted = true;
     if !ranges.is_empty() {
         if io_end.failed() {
             // Never expose the old contents of blocks whose data did not reach the disk.
-            m.cache.emit(|| Event::ConversionSkipped {
-                ino: m.ino,
-                ranges: ranges.clone(),
-            });
+            converted = false;
+            m.cache.emit(|| Event::ConversionSkipped { ino: m.ino, ranges: ranges.clone() });
         } else {
             let r = m.cache.mapper.convert_unwritten(m.ino, &ranges);
             if let Err(e) = &r {
                 m.set_error(e.errno());
+                converted = false;
             }
-            m.cache.emit(|| Event::Convert {
-                ino: m.ino,
-                ranges,
-                ok: r.is_ok(),
-                inline,
-            });
+            m.cache.emit(|| Event::Convert { ino: m.ino, ranges: ranges.clone(), ok: r.is_ok(), inline });
         }
     }
-    release_io_end(io_end);
+    let unconverted: &[UnwrittenRange] = if converted { &[] } else { &ranges };
+    release_io_end_as(io_end, unconverted);
 }
 
 /// Finishes every bio chained on the io_end and frees it (`ext4_release_io_end`).
 fn release_io_end(io_end: IoEnd) {
+    release_io_end_as(io_end, &[]);
+}
+
+/// Like [`release_io_end`], for an io_end whose `unconverted` ranges stayed unwritten on disk:
+/// every block it carried is marked WRITE_IO_ERROR, even those whose own bio succeeded (the data
+/// they hold exists nowhere readable; automatic eviction keeps such pages), and blocks inside the
+/// ranges get UNWRITTEN back, so that rewriting them goes through mapping and conversion again
+/// instead of being taken for blocks of a written extent.
+fn release_io_end_as(io_end: IoEnd, unconverted: &[UnwrittenRange]) {
     let lists = io_end.take_lists();
     let m = Arc::clone(&io_end.mapping);
     drop(io_end);
-    finish_chain(&m, lists.completed);
+    finish_chain(&m, lists.completed, unconverted);
 }
 
-fn finish_chain(m: &Arc<MappingInner>, mut next: Option<Box<CompletedBio>>) {
+fn finish_chain(m: &Arc<MappingInner>, mut next: Option<Box<CompletedBio>>, unconverted: &[UnwrittenRange]) {
     while let Some(mut done) = next {
         next = done.next.take();
-        finish_bio(m, *done);
+        done.failed |= !unconverted.is_empty();
+        finish_bio(m, *done, unconverted);
     }
 }
 
 /// Clears ASYNC_WRITE on the blocks a bio carried and ends the writeback of every page with
 /// nothing left in flight (`ext4_finish_bio`).
-fn finish_bio(m: &Arc<MappingInner>, done: CompletedBio) {
+fn finish_bio(m: &Arc<MappingInner>, done: CompletedBio, unconverted: &[UnwrittenRange]) {
+    let bpp = m.cache.bpp as u64;
     for seg in done.segs {
         let page = seg.page;
         let mut st = page.state.lock();
         let (first, nr) = (seg.first as usize, seg.nr as usize);
-        for s in &mut st.blocks[first..first + nr] {
+        for b in first..first + nr {
+            let s = &mut st.blocks[b];
             if !s.contains(BlockState::ASYNC_WRITE) {
                 m.cache.violation("block completed twice");
             }
@@ -247,11 +271,12 @@ fn finish_bio(m: &Arc<MappingInner>, done: CompletedBio) {
             } else {
                 s.remove(BlockState::WRITE_IO_ERROR);
             }
+            let lblk = page.index() * bpp + b as u64;
+            if unconverted.iter().any(|r| r.lblk <= lblk && lblk < r.lblk + r.len) {
+                s.insert(BlockState::UNWRITTEN);
+            }
         }
-        let under_io = st
-            .blocks
-            .iter()
-            .any(|s| s.contains(BlockState::ASYNC_WRITE));
+        let under_io = st.blocks.iter().any(|s| s.contains(BlockState::ASYNC_WRITE));
         if !under_io {
             end_page_writeback_locked(m, &page, st);
         }

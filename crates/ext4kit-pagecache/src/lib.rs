@@ -50,7 +50,7 @@ mod writeback;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle, ThreadId};
 
@@ -88,6 +88,9 @@ pub struct Config {
     /// for background writeback, and waits for it past twice as much (`balance_dirty_pages`).
     /// `None`: only explicit writeback, no flusher thread.
     pub dirty_limit_bytes: Option<usize>,
+    /// When the cache holds more than this many bytes of pages, clean pages are evicted (those
+    /// of other files first) down to half of it. `None`: pages stay until invalidated.
+    pub cache_limit_bytes: Option<usize>,
 }
 
 impl Config {
@@ -99,6 +102,7 @@ impl Config {
             max_bio_bytes: 1 << 20,
             alloc_unwritten: false,
             dirty_limit_bytes: None,
+            cache_limit_bytes: None,
         }
     }
 
@@ -245,6 +249,8 @@ pub struct Stats {
     pub io_ends: u64,
     /// Invariant violations detected at run time (must stay 0).
     pub violations: u64,
+    /// Pages cached over all files.
+    pub cached_pages: u64,
 }
 
 pub(crate) struct Shared {
@@ -266,6 +272,8 @@ pub(crate) struct Shared {
     /// Fail the n-th `bio_write_page` between its mark and submit passes (test hook).
     pub(crate) fail_submit_at: Mutex<Option<u64>>,
     pub(crate) bio_write_page_calls: AtomicU64,
+    /// Pages cached over all files.
+    pub(crate) cached_pages: AtomicUsize,
 }
 
 impl fmt::Debug for Shared {
@@ -287,6 +295,26 @@ impl Shared {
     pub(crate) fn violation(&self, what: &str) {
         self.violations.fetch_add(1, Ordering::Relaxed);
         debug_assert!(false, "writeback invariant violated: {what}");
+    }
+
+    /// Evicts clean pages when the cache is over its limit: other files first, `current` last.
+    pub(crate) fn shrink_if_needed(&self, current: u64) {
+        let Some(limit) = self.cfg.cache_limit_bytes else { return };
+        let ps = self.cfg.page_size;
+        if self.cached_pages.load(Ordering::Relaxed) * ps <= limit {
+            return;
+        }
+        let target = limit / 2 / ps;
+        let mut maps: Vec<(u64, Arc<MappingInner>)> =
+            self.mappings.lock().iter().filter_map(|(ino, w)| w.upgrade().map(|m| (*ino, m))).collect();
+        maps.sort_by_key(|(ino, _)| *ino == current);
+        for (_, m) in maps {
+            let cached = self.cached_pages.load(Ordering::Relaxed);
+            if cached <= target {
+                break;
+            }
+            m.evict_clean(cached - target, false);
+        }
     }
 
     /// Hands a completed io_end with unwritten ranges to the conversion worker (or converts it
@@ -362,6 +390,7 @@ impl PageCache {
             violations: AtomicU64::new(0),
             fail_submit_at: Mutex::new(None),
             bio_write_page_calls: AtomicU64::new(0),
+            cached_pages: AtomicUsize::new(0),
         });
         // The conversion worker ("ext4-rsv-conversion"): converts io_ends whose last bio
         // completed on a device thread, in the order they arrive.
@@ -451,6 +480,7 @@ impl PageCache {
             bytes_submitted: s.bytes_submitted.load(Ordering::Relaxed),
             io_ends: s.io_ends.load(Ordering::Relaxed),
             violations: s.violations.load(Ordering::Relaxed),
+            cached_pages: s.cached_pages.load(Ordering::Relaxed) as u64,
         }
     }
 

@@ -53,6 +53,13 @@ pub(crate) struct MappingInner {
     pub(crate) reserved: AtomicU64,
 }
 
+impl Drop for MappingInner {
+    fn drop(&mut self) {
+        let n = self.tree.get_mut().pages.len();
+        self.cache.cached_pages.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 impl MappingInner {
     pub(crate) fn new(ino: u64, cache: Arc<Shared>, i_size: u64, disksize: u64) -> MappingInner {
         MappingInner {
@@ -107,7 +114,55 @@ impl MappingInner {
         let mut tree = self.tree.lock();
         let cfg = &self.cache.cfg;
         let bpp = self.cache.bpp;
-        Arc::clone(tree.pages.get_or_insert_with(index, || Page::new(index, cfg.page_size, bpp)))
+        let before = tree.pages.len();
+        let page = Arc::clone(tree.pages.get_or_insert_with(index, || Page::new(index, cfg.page_size, bpp)));
+        if tree.pages.len() != before {
+            self.cache.cached_pages.fetch_add(1, Ordering::Relaxed);
+        }
+        page
+    }
+
+    /// Drops page `index` from the tree and its tags.
+    fn remove_page(&self, tree: &mut Tree, index: u64) {
+        if tree.pages.remove(index).is_some() {
+            self.cache.cached_pages.fetch_sub(1, Ordering::Relaxed);
+        }
+        tree.dirty.remove(index);
+        tree.towrite.remove(index);
+    }
+
+    /// Drops up to `max` clean pages (unlocked, not under writeback, nothing dirty or delayed);
+    /// returns how many. Unless `with_errors`, pages holding blocks whose write failed are kept:
+    /// their data exists nowhere else, so only an explicit invalidation drops it.
+    pub(crate) fn evict_clean(&self, max: usize, with_errors: bool) -> usize {
+        let pages: Vec<Arc<Page>> = self.tree.lock().pages.collect_from(0);
+        let mut dropped = 0;
+        for page in pages {
+            if dropped >= max {
+                break;
+            }
+            if !page.try_lock() {
+                continue;
+            }
+            let clean = {
+                let st = page.state.lock();
+                let busy = if with_errors {
+                    BlockState::DIRTY | BlockState::DELAY
+                } else {
+                    BlockState::DIRTY | BlockState::DELAY | BlockState::WRITE_IO_ERROR
+                };
+                !st.flags.contains(PageFlags::WRITEBACK)
+                    && !st.flags.contains(PageFlags::DIRTY)
+                    && !st.blocks.iter().any(|b| b.intersects(busy))
+            };
+            if clean {
+                let mut tree = self.tree.lock();
+                self.remove_page(&mut tree, page.index());
+                dropped += 1;
+            }
+            page.unlock();
+        }
+        dropped
     }
 
     fn find_page(&self, index: u64) -> Option<Arc<Page>> {
@@ -294,6 +349,140 @@ impl MappingInner {
             st.blocks[b].insert(BlockState::UPTODATE);
         }
         st.flags.insert(PageFlags::UPTODATE);
+        Ok(())
+    }
+
+    /// Reads every page of `first..=last` that is not uptodate, with as few and as large bios as
+    /// the physical layout allows (`mpage_readahead`): one mapping lookup per extent, blocks
+    /// merged across pages while physically contiguous, all bios in flight at once. Pages
+    /// locked by someone else are left for the caller.
+    fn readahead(&self, first: u64, last: u64) -> Result<(), Error> {
+        let bpp = self.cache.bpp;
+        let bs = self.cache.cfg.block_size;
+        let size = self.i_size.load(Ordering::Acquire);
+        let eof_block = size.div_ceil(bs as u64);
+        let mut pages: Vec<Arc<Page>> = Vec::new();
+        for index in first..=last {
+            let page = self.grab_page(index);
+            if page.state.lock().flags.contains(PageFlags::UPTODATE) || !page.try_lock() {
+                continue;
+            }
+            if page.state.lock().flags.contains(PageFlags::UPTODATE) {
+                page.unlock();
+                continue;
+            }
+            pages.push(page);
+        }
+        if pages.is_empty() {
+            return Ok(());
+        }
+        let result = self.readahead_locked(&pages, bpp, bs, eof_block);
+        for p in &pages {
+            p.unlock();
+        }
+        result
+    }
+
+    fn readahead_locked(&self, pages: &[Arc<Page>], bpp: usize, bs: usize, eof_block: u64) -> Result<(), Error> {
+        // 1. Mapping, one lookup per extent. No page lock is held while the filesystem maps
+        //    (it may do IO whose completion needs other pages' state locks).
+        let mut ext: Option<crate::Extent> = None;
+        // (page number in `pages`, block, pblk) of every block to read.
+        let mut to_read: Vec<(usize, usize, u64)> = Vec::new();
+        for (pi, page) in pages.iter().enumerate() {
+            let base = page.index() * bpp as u64;
+            let todo: Vec<(usize, BlockState, u64)> = {
+                let st = page.state.lock();
+                (0..bpp).filter(|&b| !st.blocks[b].contains(BlockState::UPTODATE)).map(|b| (b, st.blocks[b], st.pblk[b])).collect()
+            };
+            let mut zero: Vec<usize> = Vec::new();
+            let mut mapped: Vec<(usize, u64)> = Vec::new();
+            for (b, s, pblk) in todo {
+                let lblk = base + b as u64;
+                if lblk >= eof_block || s.intersects(BlockState::DELAY | BlockState::UNWRITTEN) {
+                    zero.push(b);
+                    continue;
+                }
+                if s.contains(BlockState::MAPPED) && pblk != INVALID_PBLK {
+                    to_read.push((pi, b, pblk));
+                    continue;
+                }
+                let covers = |e: &crate::Extent| e.lblk <= lblk && lblk < e.lblk + e.len;
+                if !ext.as_ref().is_some_and(covers) {
+                    let e = self.cache.mapper.map_blocks(self.ino, lblk, eof_block - lblk, MapFlags::LOOKUP)?;
+                    if !covers(&e) {
+                        return Err(Error::Map(crate::MapError::Corrupt(format!(
+                            "inode {}: lookup of block {lblk} returned blocks {}..{}",
+                            self.ino,
+                            e.lblk,
+                            e.lblk + e.len
+                        ))));
+                    }
+                    ext = Some(e);
+                }
+                let Some(e) = ext else { continue };
+                if e.kind == ExtentKind::Written {
+                    let pblk = e.pblk + (lblk - e.lblk);
+                    mapped.push((b, pblk));
+                    to_read.push((pi, b, pblk));
+                } else {
+                    zero.push(b);
+                }
+            }
+            if !zero.is_empty() || !mapped.is_empty() {
+                let mut data = page.data.write();
+                let mut st = page.state.lock();
+                for b in zero {
+                    data[b * bs..(b + 1) * bs].fill(0);
+                    st.blocks[b].insert(BlockState::UPTODATE);
+                }
+                for (b, pblk) in mapped {
+                    st.blocks[b].insert(BlockState::MAPPED);
+                    st.pblk[b] = pblk;
+                }
+            }
+        }
+        // 2. Runs of physically contiguous blocks, each at most one bio.
+        let max_blocks = (self.cache.cfg.max_bio_bytes / bs).max(1);
+        let mut runs: Vec<(usize, usize)> = Vec::new(); // (start in to_read, count)
+        for i in 0..to_read.len() {
+            match runs.last_mut() {
+                Some((start, n)) if *n < max_blocks && to_read[*start + *n - 1].2 + 1 == to_read[i].2 => *n += 1,
+                _ => runs.push((i, 1)),
+            }
+        }
+        let mut waits = Vec::with_capacity(runs.len());
+        for &(start, n) in &runs {
+            let mut bio = Bio::new(BioOp::Read, to_read[start].2 * self.cache.dev_per_block);
+            bio.push(BioVec::zeroed(n * bs));
+            let done = ext4kit_blockdev::Completion::new();
+            done.attach(&mut bio);
+            self.cache.dev.submit(bio);
+            waits.push((start, n, done));
+        }
+        let mut first_err = None;
+        for (start, n, done) in waits {
+            let (mut bio, status) = done.wait();
+            if let Err(e) = status {
+                first_err.get_or_insert(Error::Io(e));
+                continue;
+            }
+            let Some(buf) = bio.take_vecs().pop().and_then(BioVec::into_owned) else { continue };
+            for (k, &(pi, b, _)) in to_read[start..start + n].iter().enumerate() {
+                let page = &pages[pi];
+                page.data.write()[b * bs..(b + 1) * bs].copy_from_slice(&buf[k * bs..(k + 1) * bs]);
+                page.state.lock().blocks[b].insert(BlockState::UPTODATE);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        for page in pages {
+            let mut st = page.state.lock();
+            if st.blocks.iter().all(|b| b.contains(BlockState::UPTODATE)) {
+                st.flags.insert(PageFlags::UPTODATE);
+            }
+        }
         Ok(())
     }
 
@@ -559,6 +748,7 @@ impl Mapping {
         if let Some(limit) = self.inner.cache.cfg.dirty_limit_bytes {
             self.balance_dirty_pages(limit);
         }
+        self.inner.cache.shrink_if_needed(self.inner.ino);
         Ok(done)
     }
 
@@ -640,8 +830,17 @@ impl Mapping {
         }
         let end = size.min(offset.saturating_add(buf.len() as u64));
         let ps = self.inner.page_size();
+        // Read ahead in windows, so a huge read does not lock its whole range at once.
+        let window = ((4 << 20) / ps).max(1);
+        let last_page = (end - 1) / ps;
+        let mut ra_next = offset / ps;
         let mut pos = offset;
         while pos < end {
+            if pos / ps >= ra_next {
+                let to = (ra_next + window - 1).min(last_page);
+                self.inner.readahead(ra_next, to)?;
+                ra_next = to + 1;
+            }
             let index = pos / ps;
             let from = (pos % ps) as usize;
             let n = ((ps - pos % ps).min(end - pos)) as usize;
@@ -661,6 +860,7 @@ impl Mapping {
             buf[at..at + n].copy_from_slice(&data[from..from + n]);
             pos += n as u64;
         }
+        self.inner.cache.shrink_if_needed(self.inner.ino);
         Ok((end - offset) as usize)
     }
 
@@ -677,31 +877,7 @@ impl Mapping {
     /// Drops every cached page that is clean, unlocked and not under writeback ("drop
     /// caches"); returns how many were dropped.
     pub fn invalidate_clean(&self) -> usize {
-        let pages: Vec<Arc<Page>> = self.inner.tree.lock().pages.collect_from(0);
-        let mut dropped = 0;
-        for page in pages {
-            if !page.try_lock() {
-                continue;
-            }
-            let clean = {
-                let st = page.state.lock();
-                !st.flags.contains(PageFlags::WRITEBACK)
-                    && !st.flags.contains(PageFlags::DIRTY)
-                    && !st
-                        .blocks
-                        .iter()
-                        .any(|b| b.intersects(BlockState::DIRTY | BlockState::DELAY))
-            };
-            if clean {
-                let mut tree = self.inner.tree.lock();
-                tree.pages.remove(page.index());
-                tree.dirty.remove(page.index());
-                tree.towrite.remove(page.index());
-                dropped += 1;
-            }
-            page.unlock();
-        }
-        dropped
+        self.inner.evict_clean(usize::MAX, true)
     }
 
     /// Changes the file size. Shrinking drops cached pages past the new EOF (releasing their
@@ -734,9 +910,7 @@ impl Mapping {
                 drop(st);
                 {
                     let mut tree = self.inner.tree.lock();
-                    tree.pages.remove(page.index());
-                    tree.dirty.remove(page.index());
-                    tree.towrite.remove(page.index());
+                    self.inner.remove_page(&mut tree, page.index());
                 }
                 page.unlock();
             }
@@ -893,6 +1067,7 @@ impl FileHandle {
             m.inner.set_error(e.errno());
         }
         let err = m.inner.wb_err.check_and_advance(&mut self.cursor.lock());
+        m.inner.cache.shrink_if_needed(m.inner.ino);
         submitted?;
         match err {
             Some(errno) => Err(Error::Writeback { errno }),

@@ -577,9 +577,12 @@ pub(crate) fn bio_write_page(
     for b in 0..st.blocks.len() {
         let s = &mut st.blocks[b];
         if b * bs >= len {
-            // Wholly past EOF: clean, never written.
+            // Wholly past EOF: clean, never written — and so never converted either.
             s.remove(BlockState::DIRTY);
             s.insert(BlockState::UPTODATE);
+            if let Some(io_end) = &io.io_end {
+                io_end.remove_unwritten(page.index() * cache.bpp as u64 + b as u64);
+            }
             continue;
         }
         if !s.contains(BlockState::DIRTY)

@@ -190,3 +190,49 @@ fn fallocate_gives_unwritten_blocks_that_writes_convert() {
         assert_eq!(rig.cache.stats().violations, 0);
     }
 }
+
+#[test]
+fn sequential_reads_use_few_large_bios() {
+    use ext4kit_blockdev::{BioOp, FaultDevice, MemDevice};
+    use std::sync::Arc;
+    let mut cfg = Config::new(4096, 1024);
+    cfg.max_bio_bytes = 256 << 10;
+    let mut fault = None;
+    let rig = Rig::new(cfg, 16384, |mem: MemDevice| {
+        let f = FaultDevice::new(Arc::new(mem));
+        fault = Some(f.clone());
+        Arc::new(f)
+    });
+    let fault = fault.unwrap();
+    let m = rig.mapping(20);
+    let data = pattern(20, 4 << 20);
+    m.write(0, &data).unwrap();
+    m.open().fsync().unwrap();
+    m.invalidate_clean();
+    fault.clear_log();
+    let mut back = vec![0u8; data.len()];
+    m.read(0, &mut back).unwrap();
+    assert_eq!(back, data);
+    let reads: Vec<_> = fault.log().into_iter().filter(|r| r.op == BioOp::Read).collect();
+    // 4 MiB in 256 KiB bios: 16, not one per page (1024) or per block (4096).
+    assert_eq!(reads.len(), 16, "{} read bios", reads.len());
+}
+
+#[test]
+fn clean_pages_are_evicted_past_the_cache_limit_and_data_stays_correct() {
+    let mut cfg = Config::new(4096, 4096);
+    cfg.cache_limit_bytes = Some(1 << 20);
+    let rig = Rig::inline(cfg, 8192);
+    let files: Vec<_> = (0..4).map(|i| rig.mapping(30 + i)).collect();
+    for (i, m) in files.iter().enumerate() {
+        m.write(0, &pattern(i as u64, 2 << 20)).unwrap();
+        m.open().fsync().unwrap();
+    }
+    assert!(rig.cache.stats().cached_pages * 4096 <= 1 << 20, "{} pages cached", rig.cache.stats().cached_pages);
+    for (i, m) in files.iter().enumerate() {
+        let mut back = vec![0u8; 2 << 20];
+        m.read(0, &mut back).unwrap();
+        assert_eq!(back, pattern(i as u64, 2 << 20));
+    }
+    assert!(rig.cache.stats().cached_pages * 4096 <= 2 << 20);
+}

@@ -67,6 +67,8 @@ struct Case {
     gap: u64,
     /// Dirty limit for the flusher thread (background writeback racing the test's ops).
     dirty_limit: Option<usize>,
+    /// Cache limit (clean pages evicted behind the test's back).
+    cache_limit: Option<usize>,
 }
 
 fn case_strategy() -> impl Strategy<Value = Case> {
@@ -78,8 +80,9 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop::option::of(1..9u64),
         0..3u64,
         prop::option::of(4096usize..65536),
+        prop::option::of(65536usize..262_144),
     )
-        .prop_map(|(ops, fails, seed, alloc_unwritten, max_alloc, gap, dirty_limit)| Case {
+        .prop_map(|(ops, fails, seed, alloc_unwritten, max_alloc, gap, dirty_limit, cache_limit)| Case {
             ops,
             fails,
             seed,
@@ -87,6 +90,7 @@ fn case_strategy() -> impl Strategy<Value = Case> {
             max_alloc,
             gap,
             dirty_limit,
+            cache_limit,
         })
 }
 
@@ -353,7 +357,40 @@ enum Backend {
 
 const INO: u64 = 42;
 
+struct EventLog {
+    tx: Mutex<std::sync::mpsc::Sender<ext4kit_pagecache::Event>>,
+    rx: Mutex<std::sync::mpsc::Receiver<ext4kit_pagecache::Event>>,
+    steps: Mutex<Vec<String>>,
+}
+
+impl Default for EventLog {
+    fn default() -> EventLog {
+        let (tx, rx) = std::sync::mpsc::channel();
+        EventLog { tx: Mutex::new(tx), rx: Mutex::new(rx), steps: Mutex::new(Vec::new()) }
+    }
+}
+
+thread_local! {
+    static TX: std::cell::RefCell<Option<(usize, std::sync::mpsc::Sender<ext4kit_pagecache::Event>)>> = const { std::cell::RefCell::new(None) };
+}
+
+impl ext4kit_pagecache::Observer for EventLog {
+    fn event(&self, ev: &ext4kit_pagecache::Event) {
+        let me = self as *const EventLog as usize;
+        TX.with(|t| {
+            let mut t = t.borrow_mut();
+            if t.as_ref().is_none_or(|(id, _)| *id != me) {
+                *t = Some((me, self.tx.lock().unwrap().clone()));
+            }
+            if let Some((_, tx)) = t.as_ref() {
+                let _ = tx.send(ev.clone());
+            }
+        });
+    }
+}
+
 struct Harness {
+    log: Arc<EventLog>,
     bs: usize,
     ps: usize,
     cache: PageCache,
@@ -415,9 +452,17 @@ fn harness(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<Harnes
     cfg.alloc_unwritten = case.alloc_unwritten;
     cfg.max_bio_bytes = 32 << 10;
     cfg.dirty_limit_bytes = case.dirty_limit;
-    let cache =
-        PageCache::new(cfg, Arc::new(ChaosRef(Arc::clone(&chaos))), mapper.clone()).unwrap();
+    cfg.cache_limit_bytes = case.cache_limit;
+    let log = Arc::new(EventLog::default());
+    let cache = PageCache::with_observer(
+        cfg,
+        Arc::new(ChaosRef(Arc::clone(&chaos))),
+        mapper.clone(),
+        Some(log.clone()),
+    )
+    .unwrap();
     Ok(Harness {
+        log,
         bs,
         ps,
         cache,
@@ -603,6 +648,7 @@ fn run_case(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<(), T
     for (step, op) in case.ops.iter().enumerate() {
         let ctx = format!("{ps}/{bs} {backend:?} step {step} {op:?}");
         h.chaos.step.store(step as u64, Ordering::SeqCst);
+        h.log.steps.lock().unwrap().push(format!("STEP {step} {op:?}"));
         match op {
             Op::Write { off, len, seed } => {
                 let data = pattern(*seed, *len);
@@ -758,3 +804,4 @@ fn model_file_device_threads() {
 fn model_uring_device() {
     run_backend(Backend::Uring, cases() / 2);
 }
+
