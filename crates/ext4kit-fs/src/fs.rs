@@ -375,4 +375,11 @@ impl Fs {
     pub fn inode(&self, ino: u32) -> Result<Inode> {
         self.core.read_inode(ino)
     }
+
+    /// A copy of filesystem block `block`, read through the metadata cache (after journal
+    /// replay).
+    pub fn read_block(&self, block: u64) -> Result<Vec<u8>> {
+        self.core.check_range(Structure::Superblock, block, 1)?;
+        Ok(self.core.cache.get(block)?.to_vec())
+    }
 }

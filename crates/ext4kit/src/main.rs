@@ -1,3 +1,556 @@
-fn main() {
-    println!("Hello, world!");
+//! `ext4kit`: read (and soon write) ext2/ext3/ext4 images without the kernel and without root.
+//!
+//! Files inside an image are named `IMG:PATH` (as e2tools does): `disk.img:/etc/hostname`.
+//! Every command exits 0 on success and non-zero with a one-line error on stderr otherwise;
+//! `--json` gives output for scripts. An image whose journal needs recovery is read with the
+//! journal replayed in memory (the image is never written); a line on stderr says so.
+
+mod cp;
+mod show;
+mod spec;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use ext4kit_fs::format::journal::JournalSuperblock;
+use ext4kit_fs::{ExtentKind, FileType, Fs, Stat};
+use serde_json::{Value, json};
+
+use crate::spec::{Images, Spec};
+
+#[derive(Parser)]
+#[command(
+    name = "ext4kit",
+    version,
+    about = "Read ext2/ext3/ext4 images without mounting them and without root",
+    long_about = "Read ext2/ext3/ext4 images without mounting them and without root.\n\n\
+        Files inside an image are written IMG:PATH, e.g. disk.img:/etc/hostname \
+        (IMG alone means its root directory).\n\
+        An image whose journal needs recovery is read as if the journal had been replayed; \
+        the replay happens in memory only and the image is never modified.",
+    after_help = "Examples:\n  \
+        ext4kit info disk.img\n  \
+        ext4kit ls -l disk.img:/etc\n  \
+        ext4kit cat disk.img:/etc/hostname\n  \
+        ext4kit stat --json disk.img:/bin/sh\n  \
+        ext4kit cp -r -p disk.img:/ rootfs/\n  \
+        ext4kit cp disk.img:/etc/passwd disk.img:/etc/group ./out/"
+)]
+struct Cli {
+    /// Read the image as it is on disk, without replaying a journal that needs recovery.
+    #[arg(long, global = true)]
+    no_replay: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the filesystem's geometry, features, free counts, UUID and label.
+    #[command(after_help = "Field names follow dumpe2fs -h.")]
+    Info {
+        /// The image.
+        image: PathBuf,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a directory (or show one file) inside an image.
+    #[command(
+        after_help = "Entries are sorted by name; . and .. are shown with -a.\n\
+        Example: ext4kit ls -l disk.img:/etc"
+    )]
+    Ls {
+        /// IMG[:PATH] (PATH defaults to /).
+        spec: OsString,
+        /// Long listing: mode, links, owner, group, size, mtime (UTC), name [-> target].
+        #[arg(short = 'l')]
+        long: bool,
+        /// Include . and ..
+        #[arg(short = 'a')]
+        all: bool,
+        /// Print a JSON array of entries (with their inode data).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a file's contents to stdout (symlinks are followed).
+    Cat {
+        /// IMG:PATH of a regular file.
+        spec: OsString,
+    },
+    /// Show an inode: type, mode, owner, size, times (ns), flags, xattrs, extents.
+    #[command(
+        after_help = "The last path component is not followed if it is a symlink (like stat(1))."
+    )]
+    Stat {
+        /// IMG:PATH.
+        spec: OsString,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy files or trees out of images.
+    #[command(
+        after_help = "IMG:/ copies the root's contents into DEST (like cp -r SRC/. DEST).\n\
+        With one source, DEST may be a new name; with several it must be a directory.\n\
+        Symlinks stay symlinks, hard links stay linked, sparse files stay sparse; \
+        nothing is ever written outside DEST, whatever names the image holds.\n\
+        Examples:\n  ext4kit cp -r -p disk.img:/ rootfs/\n  ext4kit cp disk.img:/etc/hostname ./hostname"
+    )]
+    Cp {
+        /// Copy directories recursively (symlinks are never followed then).
+        #[arg(short = 'r', short_alias = 'R', long = "recursive")]
+        recursive: bool,
+        /// Preserve mode, owner, timestamps (ns) and user.* xattrs.
+        #[arg(short = 'p', long = "preserve")]
+        preserve: bool,
+        /// With -p, copy xattrs of every namespace (trusted.*, security.*), not only user.*.
+        #[arg(long)]
+        all_xattrs: bool,
+        /// IMG:PATH... DEST
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut images = Images::default();
+    images.no_replay = cli.no_replay;
+    match run(cli.command, &mut images) {
+        Ok(code) => code,
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ext4kit: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
+    match cmd {
+        Command::Info { image, json } => {
+            let fs = images.get(&image)?;
+            info(&fs, json)?;
+        }
+        Command::Ls {
+            spec,
+            long,
+            all,
+            json,
+        } => {
+            let spec = Spec::parse(&spec);
+            let fs = images.get(&spec.image)?;
+            ls(&fs, &spec, long, all, json).with_context(|| spec.display())?;
+        }
+        Command::Cat { spec } => {
+            let spec = Spec::parse(&spec);
+            let fs = images.get(&spec.image)?;
+            cat(&fs, &spec).with_context(|| spec.display())?;
+        }
+        Command::Stat { spec, json } => {
+            let spec = Spec::parse(&spec);
+            let fs = images.get(&spec.image)?;
+            stat(&fs, &spec, json).with_context(|| spec.display())?;
+        }
+        Command::Cp {
+            recursive,
+            preserve,
+            all_xattrs,
+            mut args,
+        } => {
+            let dest = PathBuf::from(args.pop().unwrap_or_default());
+            let sources: Vec<Spec> = args.iter().map(|a| Spec::parse(a)).collect();
+            for s in &sources {
+                if s.path.is_none() {
+                    bail!(
+                        "{}: a source must be IMG:PATH (use IMG:/ for the whole image)",
+                        s.image.display()
+                    );
+                }
+            }
+            let opts = cp::CpOptions {
+                recursive,
+                preserve,
+                all_xattrs,
+            };
+            let errors = cp::run(images, &sources, &dest, opts)?;
+            if errors > 0 {
+                eprintln!("ext4kit: cp: {errors} error(s)");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hash_name(v: u8) -> String {
+    match v {
+        0 => "legacy".into(),
+        1 => "half_md4".into(),
+        2 => "tea".into(),
+        3 => "legacy_unsigned".into(),
+        4 => "half_md4_unsigned".into(),
+        5 => "tea_unsigned".into(),
+        6 => "siphash".into(),
+        n => format!("unknown ({n})"),
+    }
+}
+
+fn info(fs: &Fs, as_json: bool) -> Result<()> {
+    let sb = fs.superblock();
+    let state = {
+        let s = sb.state();
+        let mut v = vec![if s & 1 != 0 { "clean" } else { "not clean" }];
+        if s & 2 != 0 {
+            v.push("with errors");
+        }
+        v.join(" ")
+    };
+    let label = sb.label();
+    let mut fields: Vec<(&str, Value)> = vec![
+        (
+            "Filesystem volume name",
+            json!(if label.is_empty() {
+                "<none>".to_string()
+            } else {
+                label
+            }),
+        ),
+        ("Filesystem UUID", json!(show::uuid(&sb.uuid()))),
+        (
+            "Filesystem magic number",
+            json!(format!("{:#06X}", sb.magic())),
+        ),
+        ("Filesystem revision #", json!(sb.rev_level())),
+        ("Filesystem features", json!(sb.feature_names())),
+        ("Filesystem state", json!(state)),
+        ("Inode count", json!(sb.inodes_count())),
+        ("Block count", json!(sb.blocks_count())),
+        ("Reserved block count", json!(sb.reserved_blocks_count())),
+        ("Free blocks", json!(sb.free_blocks_count())),
+        ("Free inodes", json!(sb.free_inodes_count())),
+        ("First block", json!(sb.first_data_block())),
+        ("Block size", json!(sb.block_size())),
+        ("Group count", json!(sb.group_count())),
+        ("Blocks per group", json!(sb.blocks_per_group())),
+        ("Inodes per group", json!(sb.inodes_per_group())),
+        ("Inode size", json!(sb.inode_size())),
+        ("First inode", json!(sb.first_ino())),
+        ("Reserved GDT blocks", json!(sb.reserved_gdt_blocks())),
+        ("Filesystem created", json!(show::date(sb.mkfs_time()))),
+        ("Last mount time", json!(show::date(sb.mount_time()))),
+        ("Last write time", json!(show::date(sb.write_time()))),
+        ("Mount count", json!(sb.mount_count())),
+        (
+            "Default directory hash",
+            json!(hash_name(sb.def_hash_version())),
+        ),
+        (
+            "Directory Hash Seed",
+            json!(show::uuid(&hash_seed_bytes(sb.hash_seed()))),
+        ),
+    ];
+    if sb.is_64bit() {
+        fields.push(("Group descriptor size", json!(sb.desc_size())));
+    }
+    if sb.has_metadata_csum() {
+        fields.push(("Checksum type", json!("crc32c")));
+        fields.push(("Checksum", json!(format!("{:#010x}", sb.checksum()))));
+        fields.push(("Checksum seed", json!(format!("{:#010x}", sb.csum_seed()))));
+    }
+    if sb.journal_inum() != 0 {
+        fields.push(("Journal inode", json!(sb.journal_inum())));
+        if let Ok(j) = journal_info(fs) {
+            fields.push(("Journal features", json!(j.feature_names().join(" "))));
+            fields.push(("Total journal blocks", json!(j.maxlen())));
+            fields.push(("Journal sequence", json!(format!("{:#010x}", j.sequence()))));
+            fields.push(("Journal start", json!(j.start())));
+        }
+    }
+    let recovered = fs.journal_replay();
+    fields.push((
+        "Journal replayed in memory",
+        json!(recovered.map(|r| r.transactions)),
+    ));
+    if as_json {
+        let mut o = serde_json::Map::new();
+        for (k, v) in fields {
+            o.insert(
+                k.to_lowercase().replace(['#'], "number").replace(' ', "_"),
+                v,
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&Value::Object(o))?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        for (k, v) in fields {
+            let v = match v {
+                Value::String(s) => s,
+                Value::Null => "no".into(),
+                other => other.to_string(),
+            };
+            writeln!(out, "{:<26}{v}", format!("{k}:"))?;
+        }
+    }
+    Ok(())
+}
+
+fn hash_seed_bytes(seed: [u32; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    for (i, w) in seed.iter().enumerate() {
+        b[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    b
+}
+
+/// The journal superblock (after replay), through the journal inode's first block.
+fn journal_info(fs: &Fs) -> Result<JournalSuperblock> {
+    let ino = fs.superblock().journal_inum();
+    let e = fs.map_block(ino, 0, 1)?;
+    if e.kind != ExtentKind::Written {
+        bail!("journal block 0 is not mapped");
+    }
+    let block = fs.read_block(e.pblk)?;
+    Ok(JournalSuperblock::parse(&block)?)
+}
+
+fn entry_json(fs: &Fs, name: &[u8], ino: u32) -> Value {
+    let mut o = serde_json::Map::new();
+    show::put_bytes(&mut o, "name", name);
+    match fs.stat(ino) {
+        Ok(st) => {
+            o.extend(show::stat_json(&st));
+            if st.file_type == FileType::Symlink {
+                if let Ok(t) = fs.read_link(ino) {
+                    show::put_bytes(&mut o, "target", &t);
+                }
+            }
+        }
+        Err(e) => {
+            o.insert("ino".into(), json!(ino));
+            o.insert("error".into(), json!(e.to_string()));
+        }
+    }
+    Value::Object(o)
+}
+
+fn long_line(fs: &Fs, name: &[u8], st: &Stat) -> Vec<u8> {
+    let size = match st.rdev {
+        Some((ma, mi)) => format!("{ma}, {mi}"),
+        None => st.size.to_string(),
+    };
+    let mut line = format!(
+        "{} {:>3} {:>5} {:>5} {:>10} {} ",
+        show::mode_string(st.mode),
+        st.nlink,
+        st.uid,
+        st.gid,
+        size,
+        show::date(st.mtime.seconds)
+    )
+    .into_bytes();
+    line.extend_from_slice(name);
+    if st.file_type == FileType::Symlink {
+        if let Ok(t) = fs.read_link(st.ino) {
+            line.extend_from_slice(b" -> ");
+            line.extend_from_slice(&t);
+        }
+    }
+    line.push(b'\n');
+    line
+}
+
+fn ls(fs: &Fs, spec: &Spec, long: bool, all: bool, as_json: bool) -> Result<()> {
+    let path = spec.path_or_root();
+    let (ino, inode) = fs.resolve_inode(path, true)?;
+    let mut entries: Vec<(Vec<u8>, u32)> = if inode.is_dir() {
+        fs.read_dir(ino)?
+            .into_iter()
+            .filter(|e| all || !e.is_dot_or_dotdot())
+            .map(|e| (e.name, e.ino))
+            .collect()
+    } else {
+        vec![(path.to_vec(), ino)]
+    };
+    entries.sort();
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let v: Vec<Value> = entries.iter().map(|(n, i)| entry_json(fs, n, *i)).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    let mut failed = None;
+    for (name, ino) in &entries {
+        if long {
+            match fs.stat(*ino) {
+                Ok(st) => out.write_all(&long_line(fs, name, &st))?,
+                Err(e) => {
+                    failed.get_or_insert_with(|| format!("{}: {e}", String::from_utf8_lossy(name)));
+                }
+            }
+        } else {
+            out.write_all(name)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    if let Some(f) = failed {
+        bail!(f);
+    }
+    Ok(())
+}
+
+fn cat(fs: &Fs, spec: &Spec) -> Result<()> {
+    let (ino, inode) = fs.resolve_inode(spec.path_or_root(), true)?;
+    if inode.is_dir() {
+        bail!("is a directory");
+    }
+    let reader = fs.open_file(ino)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = std::io::stdout().lock();
+    let mut pos = 0u64;
+    loop {
+        let n = reader.read_at(pos, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        pos += n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn stat(fs: &Fs, spec: &Spec, as_json: bool) -> Result<()> {
+    let (ino, _) = fs.resolve_inode(spec.path_or_root(), false)?;
+    let st = fs.stat(ino)?;
+    let xattrs = fs.list_xattrs(ino)?;
+    let target = if st.file_type == FileType::Symlink {
+        Some(fs.read_link(ino)?)
+    } else {
+        None
+    };
+    let runs = match st.file_type {
+        FileType::Regular | FileType::Directory | FileType::Symlink => fs.file_runs(ino)?,
+        _ => Vec::new(),
+    };
+    let mapped: Vec<_> = runs.iter().filter(|r| r.kind != ExtentKind::Hole).collect();
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let mut o = show::stat_json(&st);
+        let xs: Vec<Value> = xattrs
+            .iter()
+            .map(|x| {
+                let mut m = serde_json::Map::new();
+                show::put_bytes(&mut m, "name", &x.name);
+                show::put_bytes(&mut m, "value", &x.value);
+                m.insert("value_hex".into(), json!(show::hex(&x.value)));
+                Value::Object(m)
+            })
+            .collect();
+        o.insert("xattrs".into(), Value::Array(xs));
+        if let Some(t) = &target {
+            show::put_bytes(&mut o, "target", t);
+        }
+        let ext: Vec<Value> = mapped
+            .iter()
+            .map(|r| {
+                json!({
+                    "logical": r.lblk, "physical": r.pblk, "len": r.len,
+                    "unwritten": r.kind == ExtentKind::Unwritten,
+                })
+            })
+            .collect();
+        o.insert("extents".into(), Value::Array(ext));
+        writeln!(out, "{}", serde_json::to_string_pretty(&Value::Object(o))?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Inode: {}   Type: {}   Mode: {:04o}   Flags: {:#x}",
+        st.ino,
+        show::type_name(st.file_type),
+        st.mode & 0o7777,
+        st.flags.0
+    )?;
+    writeln!(
+        out,
+        "Generation: {}   Version: {:#x}",
+        st.generation, st.version
+    )?;
+    writeln!(
+        out,
+        "User: {:>5}   Group: {:>5}   Project: {:>5}   Size: {}",
+        st.uid, st.gid, st.project_id, st.size
+    )?;
+    writeln!(out, "File ACL: {}", st.file_acl)?;
+    writeln!(out, "Links: {}   Blockcount: {}", st.nlink, st.blocks)?;
+    if let Some((ma, mi)) = st.rdev {
+        writeln!(out, "Device major/minor number: {ma:02}:{mi:02}")?;
+    }
+    writeln!(out, " ctime: {}", show::timestamp(st.ctime))?;
+    writeln!(out, " atime: {}", show::timestamp(st.atime))?;
+    writeln!(out, " mtime: {}", show::timestamp(st.mtime))?;
+    if let Some(c) = st.crtime {
+        writeln!(out, "crtime: {}", show::timestamp(c))?;
+    }
+    writeln!(out, "Size of extra inode fields: {}", st.extra_isize)?;
+    if !xattrs.is_empty() {
+        writeln!(out, "Extended attributes:")?;
+        for x in &xattrs {
+            out.write_all(b"  ")?;
+            out.write_all(&x.name)?;
+            writeln!(
+                out,
+                " ({}) = {:?}",
+                x.value.len(),
+                String::from_utf8_lossy(&x.value)
+            )?;
+        }
+    }
+    if let Some(t) = &target {
+        out.write_all(b"Link target: ")?;
+        out.write_all(t)?;
+        out.write_all(b"\n")?;
+    }
+    if !mapped.is_empty() {
+        writeln!(out, "EXTENTS:")?;
+        let parts: Vec<String> = mapped
+            .iter()
+            .map(|r| {
+                let u = if r.kind == ExtentKind::Unwritten {
+                    "[u]"
+                } else {
+                    ""
+                };
+                if r.len == 1 {
+                    format!("({}{u}):{}", r.lblk, r.pblk)
+                } else {
+                    format!(
+                        "({}-{}{u}):{}-{}",
+                        r.lblk,
+                        r.lblk + r.len - 1,
+                        r.pblk,
+                        r.pblk + r.len - 1
+                    )
+                }
+            })
+            .collect();
+        writeln!(out, "{}", parts.join(", "))?;
+    }
+    Ok(())
 }

@@ -1,0 +1,119 @@
+//! `IMG[:PATH]` arguments (the e2tools convention) and opening images.
+//!
+//! The image part is the longest prefix naming an existing file when the whole argument is not
+//! one, so image names may contain `:`; the path part is inside the image, `/` if omitted.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ext4kit_fs::{Fs, JournalMode, OpenOptions};
+
+/// An `IMG[:PATH]` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// The image file.
+    pub image: PathBuf,
+    /// The path inside the image (`None`: none given).
+    pub path: Option<Vec<u8>>,
+}
+
+impl Spec {
+    /// Splits `arg` into image and path.
+    pub fn parse(arg: &OsStr) -> Spec {
+        let bytes = arg.as_bytes();
+        if Path::new(arg).is_file() || !bytes.contains(&b':') {
+            return Spec {
+                image: PathBuf::from(arg),
+                path: None,
+            };
+        }
+        let colons: Vec<usize> = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b':')
+            .map(|(i, _)| i)
+            .collect();
+        let at = colons
+            .iter()
+            .copied()
+            .find(|&i| Path::new(OsStr::from_bytes(&bytes[..i])).is_file())
+            .unwrap_or(colons[0]);
+        Spec {
+            image: PathBuf::from(OsStr::from_bytes(&bytes[..at])),
+            path: Some(bytes[at + 1..].to_vec()),
+        }
+    }
+
+    /// The path inside the image, `/` if none was given.
+    pub fn path_or_root(&self) -> &[u8] {
+        match &self.path {
+            Some(p) if !p.is_empty() => p,
+            _ => b"/",
+        }
+    }
+
+    /// How to print this argument.
+    pub fn display(&self) -> String {
+        format!(
+            "{}:{}",
+            self.image.display(),
+            String::from_utf8_lossy(self.path_or_root())
+        )
+    }
+}
+
+/// Opens images once each, printing their notices (journal replay) to stderr.
+#[derive(Default)]
+pub struct Images {
+    open: HashMap<PathBuf, Fs>,
+    /// Read the image as it is on disk, without replaying a journal.
+    pub no_replay: bool,
+}
+
+impl Images {
+    /// The filesystem in `image`.
+    pub fn get(&mut self, image: &Path) -> Result<Fs> {
+        if let Some(fs) = self.open.get(image) {
+            return Ok(fs.clone());
+        }
+        let opts = OpenOptions {
+            journal: if self.no_replay {
+                JournalMode::Ignore
+            } else {
+                JournalMode::Replay
+            },
+            ..OpenOptions::default()
+        };
+        let fs = Fs::open_path(image, &opts).with_context(|| image.display().to_string())?;
+        for n in fs.notices() {
+            eprintln!("ext4kit: {}: {n}", image.display());
+        }
+        self.open.insert(image.to_path_buf(), fs.clone());
+        Ok(fs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_image_and_path() {
+        let s = Spec::parse(OsStr::new("/nonexistent/disk.img:/etc/passwd"));
+        assert_eq!(s.image, PathBuf::from("/nonexistent/disk.img"));
+        assert_eq!(s.path.as_deref(), Some(&b"/etc/passwd"[..]));
+        let s = Spec::parse(OsStr::new("disk.img"));
+        assert_eq!(s.path, None);
+        assert_eq!(s.path_or_root(), b"/");
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a:b.img");
+        std::fs::write(&img, b"").unwrap();
+        let arg = format!("{}:/x:y", img.display());
+        let s = Spec::parse(OsStr::new(&arg));
+        assert_eq!(s.image, img);
+        assert_eq!(s.path.as_deref(), Some(&b"/x:y"[..]));
+    }
+}
