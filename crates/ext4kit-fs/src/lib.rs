@@ -42,6 +42,7 @@ pub mod map;
 pub mod metacache;
 pub mod path;
 pub mod stat;
+pub mod write;
 pub mod xattr;
 
 pub use dir::DirEntry;
