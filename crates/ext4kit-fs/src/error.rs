@@ -313,6 +313,27 @@ pub enum Error {
         /// errno.
         errno: i32,
     },
+    /// No room left: free blocks, free inodes, or a directory index that cannot grow.
+    #[error("no space left on device: {0}")]
+    NoSpace(String),
+    /// The name exists already.
+    #[error("{path}: file exists")]
+    Exists {
+        /// The path (or name).
+        path: PathBytes,
+    },
+    /// The directory is not empty.
+    #[error("{path}: directory not empty")]
+    NotEmpty {
+        /// The path.
+        path: PathBytes,
+    },
+    /// Too many links to an inode (or subdirectories in a directory without dir_nlink).
+    #[error("{path}: too many links")]
+    TooManyLinks {
+        /// The path.
+        path: PathBytes,
+    },
 }
 
 // errno values (Linux).
@@ -328,6 +349,10 @@ const ELOOP: i32 = 40;
 const ENODATA: i32 = 61;
 const EBADMSG: i32 = 74;
 const EOPNOTSUPP: i32 = 95;
+const ENOSPC: i32 = 28;
+const EEXIST: i32 = 17;
+const ENOTEMPTY: i32 = 39;
+const EMLINK: i32 = 31;
 const EUCLEAN: i32 = 117;
 
 impl Error {
@@ -379,6 +404,10 @@ impl Error {
             Error::InvalidArgument(_) => EINVAL,
             Error::NoXattr { .. } => ENODATA,
             Error::ReadOnly(_) => EROFS,
+            Error::NoSpace(_) => ENOSPC,
+            Error::Exists { .. } => EEXIST,
+            Error::NotEmpty { .. } => ENOTEMPTY,
+            Error::TooManyLinks { .. } => EMLINK,
             Error::Cache { errno, .. } => {
                 if *errno > 0 {
                     *errno

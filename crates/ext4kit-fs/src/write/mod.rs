@@ -4,5 +4,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`extent_tree`] | inserting, converting and removing mappings in extent trees |
+//! | [`dir_write`] | adding and removing directory entries, linear and htree; bulk-built directories |
 
+pub mod dir_write;
 pub mod extent_tree;
