@@ -190,7 +190,7 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             };
             let errors = cp::run(images, &sources, &dest, opts)?;
             if errors > 0 {
-                eprintln!("ext4kit: cp: {errors} error(s)");
+                // Each error was reported on its own line.
                 return Ok(ExitCode::FAILURE);
             }
         }
