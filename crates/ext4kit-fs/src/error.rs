@@ -535,6 +535,8 @@ pub trait ResultExt<T> {
     fn ctx_inode(self, ino: u32) -> Result<T>;
     /// Attaches the block number to the error, if any.
     fn ctx_block(self, block: u64) -> Result<T>;
+    /// Attaches the group number to the error, if any.
+    fn ctx_group(self, group: u32) -> Result<T>;
 }
 
 impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
@@ -543,6 +545,9 @@ impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
     }
     fn ctx_block(self, block: u64) -> Result<T> {
         self.map_err(|e| e.into().with_block(block))
+    }
+    fn ctx_group(self, group: u32) -> Result<T> {
+        self.map_err(|e| e.into().with_group(group))
     }
 }
 

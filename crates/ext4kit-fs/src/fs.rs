@@ -80,6 +80,8 @@ pub struct Core {
     /// The typed error behind the last failed `map_blocks` of each inode (the page cache only
     /// carries a message), taken back when the read that caused it returns.
     pub(crate) map_errors: Mutex<Vec<(u64, Error)>>,
+    /// The write side, when the filesystem is open for writing.
+    pub(crate) write: Option<crate::write::state::WriteState>,
 }
 
 /// Incompat features this reader refuses even though they are known.
@@ -176,12 +178,14 @@ impl Core {
             desc.validate(&sb, g).map_err(|e| ctx(e.into()))?;
             groups.push(desc);
         }
+        let write = opts.writable.then(|| crate::write::state::WriteState::new(&sb, &groups));
         Ok(Core {
             block_size,
             groups,
             cache,
             csum_seed,
             ea_inode: sb.has_incompat(IncompatFeatures::EA_INODE),
+            write,
             sb,
             map_errors: Mutex::new(Vec::new()),
         })
@@ -209,13 +213,24 @@ impl Core {
         }
     }
 
-    /// Reads inode `ino` from its inode table, verifying its checksum.
+    /// Reads inode `ino`, verifying its checksum: the writer's copy when the filesystem is open
+    /// for writing and the inode was changed, else from its inode table.
     pub fn read_inode(&self, ino: u32) -> Result<Inode> {
+        if let Some(w) = &self.write {
+            let mut meta = w.meta.lock();
+            return meta.inode(self, ino).map(|i| i.clone());
+        }
+        self.read_inode_from_table(ino, &self.groups)
+    }
+
+    /// Reads inode `ino` from its inode table, judging its group by `groups` (the writer passes
+    /// its up-to-date descriptors).
+    pub(crate) fn read_inode_from_table(&self, ino: u32, groups: &[GroupDesc]) -> Result<Inode> {
         let out_of_range = || {
             Error::corrupt(Structure::Inode, Corruption::InodeOutOfRange { ino }).with_inode(ino)
         };
         let (group, offset) = self.sb.inode_table_offset(ino).ok_or_else(out_of_range)?;
-        let gd = self.groups.get(group as usize).ok_or_else(out_of_range)?;
+        let gd = groups.get(group as usize).ok_or_else(out_of_range)?;
         if self.sb.has_group_desc_csum() {
             let index = (ino - 1) % self.sb.inodes_per_group();
             let used = self
@@ -245,6 +260,11 @@ impl Core {
             .ctx_block(block)
     }
 
+    /// The write state, or a read-only error naming `what`.
+    pub(crate) fn writer(&self, what: &str) -> Result<&crate::write::state::WriteState> {
+        self.write.as_ref().ok_or_else(|| Error::ReadOnly(format!("{what}: the image is open read-only")))
+    }
+
     /// `true` if the filesystem has the given ro_compat feature.
     pub(crate) fn has_ro(&self, f: RoCompatFeatures) -> bool {
         self.sb.has_ro_compat(f)
@@ -265,14 +285,19 @@ pub struct Fs {
 impl Fs {
     /// Opens the filesystem on `dev` (see the module docs for what is checked).
     pub fn open(dev: Arc<dyn BlockDevice>, opts: &OpenOptions) -> Result<Fs> {
-        if opts.writable {
-            return Err(Error::ReadOnly(
-                "writing is not implemented yet; open read-only".into(),
-            ));
-        }
         let mut notices = Vec::new();
         let sb = Core::read_superblock(&dev)?;
         Core::check_features(&sb, opts.writable)?;
+        if opts.writable {
+            if sb.has_incompat(IncompatFeatures::RECOVER) {
+                return Err(Error::ReadOnly(
+                    "the journal needs recovery; replay it first (mount and unmount the image, or \
+                     run `e2fsck -E journal_only`), then write"
+                        .into(),
+                ));
+            }
+            crate::write::ops::check_writable(&sb)?;
+        }
         let mut core = Core::load(Arc::clone(&dev), sb, opts)?;
         let mut replay = None;
         let mut data_dev = dev;
@@ -310,7 +335,12 @@ impl Fs {
         let page_size = opts.page_size.max(bs).max(4096);
         let core = Arc::new(core);
         let mapper: Arc<dyn ext4kit_pagecache::BlockMapper> = Arc::clone(&core) as _;
-        let pages = PageCache::new(Config::new(page_size, bs), data_dev, mapper).map_err(|e| {
+        let mut cfg = Config::new(page_size, bs);
+        if opts.writable {
+            cfg.dirty_limit_bytes = Some(64 << 20);
+            cfg.cache_limit_bytes = Some(256 << 20);
+        }
+        let pages = PageCache::new(cfg, data_dev, mapper).map_err(|e| {
             Error::Cache {
                 message: e.to_string(),
                 errno: e.errno(),

@@ -345,11 +345,18 @@ fn read_only(what: &str) -> MapError {
 }
 
 impl BlockMapper for Core {
-    fn reserve(&self, _ino: u64, _count: u64) -> Result<(), MapError> {
-        Err(read_only("reserve"))
+    fn reserve(&self, ino: u64, count: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("reserve"));
+        }
+        self.w_reserve(ino_u32(ino)?, count).map_err(|e| self.map_err(ino, e))
     }
 
-    fn release(&self, _ino: u64, _count: u64) {}
+    fn release(&self, ino: u64, count: u64) {
+        if let Ok(i) = ino_u32(ino) {
+            self.w_release(i, count);
+        }
+    }
 
     fn map_blocks(
         &self,
@@ -359,7 +366,12 @@ impl BlockMapper for Core {
         flags: MapFlags,
     ) -> Result<Extent, MapError> {
         if flags.contains(MapFlags::CREATE) {
-            return Err(read_only("allocate"));
+            if self.write.is_none() {
+                return Err(read_only("allocate"));
+            }
+            return self
+                .w_map_create(ino_u32(ino)?, lblk, len, flags)
+                .map_err(|e| self.map_err(ino, e));
         }
         let result = u32::try_from(ino)
             .map_err(|_| Error::InvalidArgument(format!("inode number {ino} too large")))
@@ -367,25 +379,49 @@ impl BlockMapper for Core {
                 let inode = self.read_inode(i)?;
                 self.map_inode(i, &inode, lblk, len)
             });
-        result.map_err(|e| {
-            self.stash_map_error(ino, &e);
-            to_map_error(&e)
-        })
+        result.map_err(|e| self.map_err(ino, e))
     }
 
-    fn convert_unwritten(&self, _ino: u64, _ranges: &[UnwrittenRange]) -> Result<(), MapError> {
-        Err(read_only("convert unwritten extents"))
+    fn convert_unwritten(&self, ino: u64, ranges: &[UnwrittenRange]) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("convert unwritten extents"));
+        }
+        self.w_convert(ino_u32(ino)?, ranges).map_err(|e| self.map_err(ino, e))
     }
 
-    fn update_disksize(&self, _ino: u64, _size: u64) -> Result<(), MapError> {
-        Err(read_only("update the size"))
+    fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("update the size"));
+        }
+        self.w_update_disksize(ino_u32(ino)?, size).map_err(|e| self.map_err(ino, e))
     }
 
-    fn truncate(&self, _ino: u64, _first_lblk: u64, _new_size: u64) -> Result<(), MapError> {
-        Err(read_only("truncate"))
+    fn truncate(&self, ino: u64, first_lblk: u64, new_size: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("truncate"));
+        }
+        self.w_truncate(ino_u32(ino)?, first_lblk, new_size).map_err(|e| self.map_err(ino, e))
     }
 
-    fn fallocate(&self, _ino: u64, _lblk: u64, _len: u64) -> Result<(), MapError> {
-        Err(read_only("fallocate"))
+    fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("fallocate"));
+        }
+        self.w_fallocate(ino_u32(ino)?, lblk, len).map_err(|e| self.map_err(ino, e))
+    }
+}
+
+fn ino_u32(ino: u64) -> Result<u32, MapError> {
+    u32::try_from(ino).map_err(|_| MapError::Other { errno: 22, msg: format!("inode number {ino} too large") })
+}
+
+impl Core {
+    /// Stashes the typed error and converts it for the page cache.
+    fn map_err(&self, ino: u64, e: Error) -> MapError {
+        self.stash_map_error(ino, &e);
+        match e {
+            Error::NoSpace(_) => MapError::NoSpace,
+            other => to_map_error(&other),
+        }
     }
 }

@@ -150,6 +150,68 @@ impl MetaCache {
         Ok(fresh)
     }
 
+    /// The block `block` for overwriting whole: a zero-filled buffer, not read from the device
+    /// (a newly allocated metadata block). Any cached copy is replaced.
+    pub fn get_new(&self, block: u64) -> Arc<MetaBlock> {
+        let fresh = Arc::new(MetaBlock {
+            block,
+            data: RwLock::new(vec![0u8; self.block_size].into_boxed_slice()),
+            dirty: AtomicBool::new(false),
+            referenced: AtomicBool::new(false),
+        });
+        let mut idx = self.map.lock();
+        if idx.blocks.insert(block, Arc::clone(&fresh)).is_none() {
+            idx.order.push_back(block);
+        }
+        self.evict(&mut idx);
+        fresh
+    }
+
+    /// Forgets block `block` (freed: its cached copy, dirty or not, must never be written back
+    /// over whatever reuses the block).
+    pub fn forget(&self, block: u64) {
+        self.map.lock().blocks.remove(&block);
+    }
+
+    /// Writes every dirty block back (physically contiguous blocks in one bio), waits for
+    /// them, and marks them clean. Does not flush the device.
+    pub fn write_back(&self) -> Result<usize> {
+        let dirty = self.dirty_blocks();
+        let mut waits = Vec::new();
+        let mut i = 0;
+        while i < dirty.len() {
+            let start = dirty[i].block;
+            let mut j = i + 1;
+            while j < dirty.len() && dirty[j].block == dirty[j - 1].block + 1 && j - i < 256 {
+                j += 1;
+            }
+            let mut bio = ext4kit_blockdev::Bio::new(ext4kit_blockdev::BioOp::Write, start * self.dev_per_block);
+            for b in &dirty[i..j] {
+                // Cleared before the copy: a change made after this point dirties it again.
+                b.clear_dirty();
+                bio.push(ext4kit_blockdev::BioVec::from_vec(b.data.read().to_vec()));
+            }
+            let done = ext4kit_blockdev::Completion::new();
+            done.attach(&mut bio);
+            self.dev.submit(bio);
+            waits.push((start, i, j, done));
+            i = j;
+        }
+        let mut first_err = None;
+        for (start, i, j, done) in waits {
+            if let Err(e) = done.wait().1 {
+                for b in &dirty[i..j] {
+                    b.mark_dirty();
+                }
+                first_err.get_or_insert(Error::io(e, Some(start)));
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(dirty.len()),
+        }
+    }
+
     /// Drops clean, unreferenced blocks until the cache is within its capacity (or nothing
     /// more can go).
     fn evict(&self, idx: &mut Index) {

@@ -183,6 +183,21 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
         Ok(leaf.node.find(lblk).and_then(|i| leaf.node.extents().get(i).copied()))
     }
 
+    /// The extent before `lblk` in its leaf (if any) and the first mapped block after `lblk`
+    /// (if any): what bounds a hole at `lblk` and gives an allocation goal.
+    pub fn neighbours(&mut self, lblk: u32) -> Result<(Option<Extent>, Option<u32>)> {
+        let path = self.find_path(lblk)?;
+        let Some(leaf) = path.last() else { return Ok((None, None)) };
+        let exts = leaf.node.extents();
+        let pos = exts.partition_point(|e| e.logical_block <= lblk);
+        let prev = pos.checked_sub(1).map(|i| exts[i]);
+        let next = match exts.get(pos) {
+            Some(e) => Some(e.logical_block),
+            None => self.next_leaf_key(lblk)?,
+        };
+        Ok((prev, next))
+    }
+
     /// Inserts a mapping for blocks that are a hole in the tree (merging with neighbours).
     pub fn insert(&mut self, new: Extent) -> Result<()> {
         if new.len == 0 || new.len > max_len(new.unwritten) {

@@ -8,3 +8,7 @@
 
 pub mod dir_write;
 pub mod extent_tree;
+pub mod mapper;
+pub mod ops;
+pub mod state;
+pub mod stores;

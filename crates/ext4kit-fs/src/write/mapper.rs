@@ -1,0 +1,131 @@
+//! The writable half of the page cache's `BlockMapper` (the read half is in `crate::map`):
+//! delalloc reservations, allocation of whole extents at writeback (`ext4_map_blocks` with
+//! `EXT4_GET_BLOCKS_CREATE`), unwritten-extent conversion after the data IO, on-disk size
+//! updates, truncation and preallocation.
+//!
+//! Allocation is goal-directed: a new extent goes right after the physical end of the extent
+//! before it, so a file written in order stays contiguous; the first extent of a file goes near
+//! its inode's group.
+
+use ext4kit_format::extent::{Extent as TreeExtent, MAX_INIT_LEN, MAX_UNWRITTEN_LEN};
+use ext4kit_pagecache::{Extent, ExtentKind, MapFlags, UnwrittenRange};
+
+use crate::error::{Error, Result};
+use crate::fs::Core;
+use crate::write::state::MetaState;
+use crate::write::stores::with_tree;
+
+impl Core {
+    /// Reserves `count` blocks for delayed allocation by `ino`.
+    pub(crate) fn w_reserve(&self, ino: u32, count: u64) -> Result<()> {
+        self.writer("reserve")?.meta.lock().reserve(ino, count)
+    }
+
+    /// Gives back reserved blocks.
+    pub(crate) fn w_release(&self, ino: u32, count: u64) {
+        if let Some(w) = &self.write {
+            w.meta.lock().release(ino, count);
+        }
+    }
+
+    /// Maps `lblk..lblk+len` of `ino`, allocating a hole at `lblk` (up to the next mapped block)
+    /// as one extent where the free space allows.
+    pub(crate) fn w_map_create(&self, ino: u32, lblk: u64, len: u64, flags: MapFlags) -> Result<Extent> {
+        let w = self.writer("allocate")?;
+        let mut meta = w.meta.lock();
+        let unwritten = flags.contains(MapFlags::UNWRITTEN);
+        let e = self.alloc_extent(&mut meta, ino, lblk, len, unwritten)?;
+        if flags.contains(MapFlags::DELALLOC) && e.kind != ExtentKind::Hole && e.lblk == lblk {
+            meta.release(ino, e.len.min(len));
+        }
+        Ok(e)
+    }
+
+    /// The extent at `lblk`, allocating the hole there if there is one.
+    fn alloc_extent(&self, meta: &mut MetaState, ino: u32, lblk: u64, len: u64, unwritten: bool) -> Result<Extent> {
+        let lblk32 = u32::try_from(lblk).map_err(|_| Error::InvalidArgument(format!("block {lblk} beyond the extent format")))?;
+        let (found, prev, next) = with_tree(self, meta, ino, 0, |t| {
+            let found = t.lookup(lblk32)?;
+            if found.is_some() {
+                return Ok((found, None, None));
+            }
+            let (prev, next) = t.neighbours(lblk32)?;
+            Ok((None, prev, next))
+        })?;
+        if let Some(e) = found {
+            let kind = if e.unwritten { ExtentKind::Unwritten } else { ExtentKind::Written };
+            return Ok(Extent { lblk: u64::from(e.logical_block), len: u64::from(e.len), pblk: e.physical_block, kind });
+        }
+        let cap = u64::from(if unwritten { MAX_UNWRITTEN_LEN } else { MAX_INIT_LEN });
+        let mut want = len.max(1).min(cap);
+        if let Some(n) = next {
+            want = want.min(u64::from(n) - lblk);
+        }
+        let goal = match prev {
+            Some(p) => p.physical_block + (lblk - u64::from(p.logical_block)),
+            None => {
+                let ipg = meta.sb.inodes_per_group();
+                let g = (ino - 1) / ipg;
+                meta.groups.get(g as usize).map_or(0, |gd| gd.inode_table())
+            }
+        };
+        let (pblk, got) = meta.alloc_blocks(self, goal, want)?;
+        meta.add_blocks(self, ino, got as i64)?;
+        let ext = TreeExtent { logical_block: lblk32, len: got as u32, physical_block: pblk, unwritten };
+        if let Err(e) = with_tree(self, meta, ino, pblk, |t| t.insert(ext)) {
+            // Do not leak the blocks.
+            let _ = meta.free_blocks_range(self, pblk, got);
+            let _ = meta.add_blocks(self, ino, -(got as i64));
+            return Err(e);
+        }
+        let kind = if unwritten { ExtentKind::Unwritten } else { ExtentKind::Written };
+        Ok(Extent { lblk, len: got, pblk, kind })
+    }
+
+    /// Converts `ranges` of `ino` from unwritten to written.
+    pub(crate) fn w_convert(&self, ino: u32, ranges: &[UnwrittenRange]) -> Result<()> {
+        let w = self.writer("convert")?;
+        let mut meta = w.meta.lock();
+        for r in ranges {
+            let (l, n) = (u32::try_from(r.lblk).map_err(|_| Error::InvalidArgument("range".into()))?, r.len as u32);
+            with_tree(self, &mut meta, ino, 0, |t| t.set_unwritten(l, n, false))?;
+        }
+        Ok(())
+    }
+
+    /// Raises the on-disk size of `ino` to `size`.
+    pub(crate) fn w_update_disksize(&self, ino: u32, size: u64) -> Result<()> {
+        let w = self.writer("update the size")?;
+        let mut meta = w.meta.lock();
+        let inode = meta.inode(self, ino)?;
+        if size > inode.size() {
+            inode.set_size(size);
+            meta.dirty_inode(ino);
+        }
+        Ok(())
+    }
+
+    /// Frees every block of `ino` from `first_lblk` on and sets its size.
+    pub(crate) fn w_truncate(&self, ino: u32, first_lblk: u64, new_size: u64) -> Result<()> {
+        let w = self.writer("truncate")?;
+        let mut meta = w.meta.lock();
+        with_tree(self, &mut meta, ino, 0, |t| t.remove_range(first_lblk, 1 << 32))?;
+        let inode = meta.inode(self, ino)?;
+        inode.set_size(new_size);
+        meta.dirty_inode(ino);
+        Ok(())
+    }
+
+    /// Allocates unwritten extents over the holes of `lblk..lblk+len`.
+    pub(crate) fn w_fallocate(&self, ino: u32, lblk: u64, len: u64) -> Result<()> {
+        let w = self.writer("fallocate")?;
+        let mut meta = w.meta.lock();
+        let end = lblk + len;
+        let mut at = lblk;
+        while at < end {
+            let e = self.alloc_extent(&mut meta, ino, at, end - at, true)?;
+            at = (e.lblk + e.len).max(at + 1);
+        }
+        Ok(())
+    }
+}

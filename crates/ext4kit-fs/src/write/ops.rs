@@ -1,0 +1,484 @@
+//! Filesystem operations that change the image: create files, directories, symlinks, device
+//! nodes, FIFOs and sockets, hard links, write file data (through the page cache), set sizes,
+//! and write everything back (`sync`).
+//!
+//! Each operation takes the metadata lock for its metadata changes only; file data goes through
+//! the page cache (delayed allocation) without it. Nothing reaches the disk before
+//! [`Fs::sync`], which writes back file data (allocating it), then inodes, group descriptors and
+//! bitmaps, the superblock, and flushes the device.
+
+use ext4kit_format::extent::ExtentNode;
+use ext4kit_format::extent::NodeLocation;
+use ext4kit_format::inline_data::set_fast_symlink;
+use ext4kit_format::inode::{FileType, Inode, InodeFlags, Timestamp};
+use ext4kit_format::RoCompatFeatures;
+use ext4kit_pagecache::Mapping;
+
+use crate::error::{Error, PathBytes, Result};
+use crate::fs::Fs;
+use crate::write::dir_write;
+use crate::write::state::MetaState;
+use crate::write::stores::DirIo;
+
+/// Most links an inode may have (`EXT4_LINK_MAX`).
+pub const LINK_MAX: u16 = 65_000;
+
+/// Attributes of a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewInode {
+    /// Permission bits (`0o7777`, setuid/setgid/sticky included).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Access time.
+    pub atime: Timestamp,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Change time.
+    pub ctime: Timestamp,
+    /// Creation time.
+    pub crtime: Timestamp,
+}
+
+impl NewInode {
+    /// Root-owned, mode `perm`, all times `t`.
+    pub fn with_time(perm: u16, t: Timestamp) -> NewInode {
+        NewInode { perm, uid: 0, gid: 0, atime: t, mtime: t, ctime: t, crtime: t }
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewKind {
+    /// A regular file (empty).
+    Regular,
+    /// A directory (with `.` and `..`).
+    Directory,
+    /// A symbolic link to the target.
+    Symlink(Vec<u8>),
+    /// A character device.
+    CharDevice(u32, u32),
+    /// A block device.
+    BlockDevice(u32, u32),
+    /// A FIFO.
+    Fifo,
+    /// A socket.
+    Socket,
+}
+
+impl NewKind {
+    fn file_type(&self) -> FileType {
+        match self {
+            NewKind::Regular => FileType::Regular,
+            NewKind::Directory => FileType::Directory,
+            NewKind::Symlink(_) => FileType::Symlink,
+            NewKind::CharDevice(..) => FileType::CharDevice,
+            NewKind::BlockDevice(..) => FileType::BlockDevice,
+            NewKind::Fifo => FileType::Fifo,
+            NewKind::Socket => FileType::Socket,
+        }
+    }
+}
+
+fn name_check(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
+        if name.len() > 255 {
+            return Err(Error::NameTooLong { path: PathBytes(name.to_vec()) });
+        }
+        return Err(Error::InvalidArgument(format!("invalid file name {:?}", String::from_utf8_lossy(name))));
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Whether the image is open for writing.
+    pub fn is_writable(&self) -> bool {
+        self.core.write.is_some()
+    }
+
+    /// Creates `name` in directory `dir`. Returns the new inode number.
+    pub fn create(&self, dir: u32, name: &[u8], kind: &NewKind, attrs: &NewInode) -> Result<u32> {
+        name_check(name)?;
+        let core = &self.core;
+        let w = core.writer("create")?;
+        let mut meta = w.meta.lock();
+        let parent = meta.inode(core, dir)?;
+        if !parent.is_dir() {
+            return Err(Error::NotDir { path: PathBytes(name.to_vec()) });
+        }
+        let grandparent = dotdot(&mut meta, core, dir)?;
+        if dir_write::lookup(&mut DirIo { core, meta: &mut meta, ino: dir, parent: grandparent }, name)?.is_some() {
+            return Err(Error::Exists { path: PathBytes(name.to_vec()) });
+        }
+        let is_dir = matches!(kind, NewKind::Directory);
+        if is_dir {
+            let links = meta.inode(core, dir)?.links_count();
+            if links >= LINK_MAX && !meta.sb.has_ro_compat(RoCompatFeatures::DIR_NLINK) {
+                return Err(Error::TooManyLinks { path: PathBytes(name.to_vec()) });
+            }
+        }
+        let ino = meta.alloc_inode(core, dir, is_dir)?;
+        let result = init_inode(&mut meta, core, ino, dir, kind, attrs);
+        if let Err(e) = result {
+            let _ = meta.free_inode(core, ino, is_dir);
+            meta.inodes.remove(&ino);
+            return Err(e);
+        }
+        dir_write::add_entry(
+            &mut DirIo { core, meta: &mut meta, ino: dir, parent: grandparent },
+            name,
+            ino,
+            kind.file_type().dirent_code(),
+        )?;
+        touch_dir(&mut meta, core, dir, attrs.ctime, is_dir)?;
+        Ok(ino)
+    }
+
+    /// Creates directory `name` in `dir` holding `entries` (name, inode, dirent file type) of
+    /// inodes created beforehand with [`Fs::create_detached`]: an indexed directory from the
+    /// start when the entries do not fit one block. Returns the directory's inode number.
+    pub fn create_dir_with(&self, dir: u32, name: &[u8], ino: u32, entries: &[(Vec<u8>, u32, u8)], attrs: &NewInode) -> Result<()> {
+        name_check(name)?;
+        let core = &self.core;
+        let w = core.writer("create directory")?;
+        let mut meta = w.meta.lock();
+        let grandparent = dotdot(&mut meta, core, dir)?;
+        fill_dir(&mut meta, core, ino, dir, entries)?;
+        dir_write::add_entry(&mut DirIo { core, meta: &mut meta, ino: dir, parent: grandparent }, name, ino, FileType::Directory.dirent_code())?;
+        touch_dir(&mut meta, core, dir, attrs.ctime, true)?;
+        Ok(())
+    }
+
+    /// Allocates and initialises an inode of `kind` that is not in any directory yet (the
+    /// builder adds the entries later, in bulk). A directory gets no blocks yet: fill it with
+    /// [`Fs::create_dir_with`] or [`Fs::fill_root`].
+    pub fn create_detached(&self, parent: u32, kind: &NewKind, attrs: &NewInode) -> Result<u32> {
+        let core = &self.core;
+        let w = core.writer("create")?;
+        let mut meta = w.meta.lock();
+        let is_dir = matches!(kind, NewKind::Directory);
+        let ino = meta.alloc_inode(core, parent, is_dir)?;
+        if let Err(e) = init_inode_no_blocks(&mut meta, core, ino, kind, attrs) {
+            let _ = meta.free_inode(core, ino, is_dir);
+            return Err(e);
+        }
+        if let NewKind::Symlink(target) = kind {
+            if let Err(e) = write_symlink(&mut meta, core, ino, target) {
+                return Err(e);
+            }
+        }
+        Ok(ino)
+    }
+
+    /// Adds `entries` to the (empty) root directory, rebuilding it (indexed when large).
+    pub fn fill_root(&self, entries: &[(Vec<u8>, u32, u8)]) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("fill root")?;
+        let mut meta = w.meta.lock();
+        let root = crate::fs::ROOT_INO;
+        // Existing entries (lost+found) stay.
+        let mut all: Vec<(Vec<u8>, u32, u8)> = Vec::new();
+        {
+            let mut io = DirIo { core, meta: &mut meta, ino: root, parent: root };
+            for lblk in 0..dir_write::DirStore::nblocks(&io) {
+                let raw = dir_write::DirStore::read_block(&mut io, lblk)?;
+                if ext4kit_format::htree::detect(&raw, core.block_size).is_some() {
+                    continue;
+                }
+                let b = ext4kit_format::dir::DirBlock::parse(&raw, ext4kit_format::dir::DirBlockOptions::new(core.block_size, core.csum_seed.is_some()))?;
+                for e in b.live_entries()? {
+                    if !e.is_dot_or_dotdot() {
+                        all.push((e.name.to_vec(), e.inode, e.file_type));
+                    }
+                }
+            }
+        }
+        all.extend(entries.iter().cloned());
+        // Free the old blocks and build anew.
+        crate::write::stores::with_tree(core, &mut meta, root, 0, |t| t.remove_range(0, 1 << 32))?;
+        let inode = meta.inode(core, root)?;
+        inode.set_size(0);
+        let mut f = inode.flags();
+        f.remove(InodeFlags::INDEX);
+        inode.set_flags(f);
+        meta.dirty_inode(root);
+        let subdirs = entries.iter().filter(|e| e.2 == FileType::Directory.dirent_code()).count() as u16;
+        dir_write::build_dir(&mut DirIo { core, meta: &mut meta, ino: root, parent: root }, &all)?;
+        let inode = meta.inode(core, root)?;
+        let links = inode.links_count().saturating_add(subdirs);
+        inode.set_links_count(if links >= LINK_MAX { 1 } else { links });
+        meta.dirty_inode(root);
+        Ok(())
+    }
+
+    /// Adds a hard link `name` in `dir` to inode `ino` (not a directory).
+    pub fn link(&self, ino: u32, dir: u32, name: &[u8]) -> Result<()> {
+        name_check(name)?;
+        let core = &self.core;
+        let w = core.writer("link")?;
+        let mut meta = w.meta.lock();
+        let target = meta.inode(core, ino)?;
+        if target.is_dir() {
+            return Err(Error::IsDir { path: PathBytes(name.to_vec()) });
+        }
+        let ft = target.file_type().map_or(0, FileType::dirent_code);
+        if target.links_count() >= LINK_MAX {
+            return Err(Error::TooManyLinks { path: PathBytes(name.to_vec()) });
+        }
+        let grandparent = dotdot(&mut meta, core, dir)?;
+        let mut io = DirIo { core, meta: &mut meta, ino: dir, parent: grandparent };
+        if dir_write::lookup(&mut io, name)?.is_some() {
+            return Err(Error::Exists { path: PathBytes(name.to_vec()) });
+        }
+        dir_write::add_entry(&mut io, name, ino, ft)?;
+        let inode = meta.inode(core, ino)?;
+        inode.set_links_count(inode.links_count() + 1);
+        meta.dirty_inode(ino);
+        Ok(())
+    }
+
+    /// Counts `n` more hard links to `ino` (the builder adds entries for them in bulk).
+    pub fn add_links(&self, ino: u32, n: u16) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("link")?;
+        let mut meta = w.meta.lock();
+        let inode = meta.inode(core, ino)?;
+        let links = inode.links_count().checked_add(n).filter(|l| *l <= LINK_MAX).ok_or(Error::TooManyLinks { path: PathBytes(Vec::new()) })?;
+        inode.set_links_count(links);
+        meta.dirty_inode(ino);
+        Ok(())
+    }
+
+    /// The page cache of regular file `ino` (kept alive until the next sync).
+    pub fn data_mapping(&self, ino: u32) -> Result<Mapping> {
+        let inode = self.core.read_inode(ino)?;
+        let m = self.pages.mapping(u64::from(ino), inode.size(), inode.size());
+        if let Some(w) = &self.core.write {
+            w.open_mappings.lock().entry(ino).or_insert_with(|| m.clone());
+        }
+        Ok(m)
+    }
+
+    /// Writes `data` at `offset` of regular file `ino` (delayed allocation: blocks are reserved
+    /// now and allocated at writeback).
+    pub fn write_at(&self, ino: u32, offset: u64, data: &[u8]) -> Result<()> {
+        self.core.writer("write")?;
+        let m = self.data_mapping(ino)?;
+        m.write(offset, data).map_err(|e| self.cache_error(ino, e))?;
+        Ok(())
+    }
+
+    /// Sets the size of regular file `ino` (truncating or extending with a hole).
+    pub fn set_size(&self, ino: u32, size: u64) -> Result<()> {
+        self.core.writer("truncate")?;
+        let m = self.data_mapping(ino)?;
+        m.truncate(size).map_err(|e| self.cache_error(ino, e))?;
+        Ok(())
+    }
+
+    /// Sets the timestamps of `ino` (`None` keeps one).
+    pub fn set_times(&self, ino: u32, atime: Option<Timestamp>, mtime: Option<Timestamp>, ctime: Option<Timestamp>) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("set times")?;
+        let mut meta = w.meta.lock();
+        let inode = meta.inode(core, ino)?;
+        if let Some(t) = atime {
+            inode.set_access_time(t);
+        }
+        if let Some(t) = mtime {
+            inode.set_modification_time(t);
+        }
+        if let Some(t) = ctime {
+            inode.set_change_time(t);
+        }
+        meta.dirty_inode(ino);
+        Ok(())
+    }
+
+    /// Writes everything back: file data (allocating delayed blocks), inodes, group descriptors
+    /// and bitmaps, the superblock; then flushes the device.
+    pub fn sync(&self) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("sync")?;
+        let mappings: Vec<(u32, Mapping)> = w.open_mappings.lock().drain().collect();
+        for (ino, m) in &mappings {
+            let h = m.open();
+            h.fsync().map_err(|e| self.cache_error(*ino, e))?;
+        }
+        drop(mappings);
+        {
+            let mut meta = w.meta.lock();
+            meta.write_back(core)?;
+        }
+        core.cache.write_back()?;
+        ext4kit_blockdev::BlockDeviceExt::flush(&**core.cache.device()).map_err(|e| Error::io(e, None))?;
+        Ok(())
+    }
+
+    /// A page cache error, with the typed error behind it when the mapper stashed one.
+    pub(crate) fn cache_error(&self, ino: u32, e: ext4kit_pagecache::Error) -> Error {
+        if let Some(typed) = self.core.take_map_error(u64::from(ino)) {
+            return typed;
+        }
+        match e {
+            ext4kit_pagecache::Error::Map(ext4kit_pagecache::MapError::NoSpace) => Error::NoSpace(format!("inode {ino}")),
+            other => Error::Cache { message: other.to_string(), errno: other.errno() },
+        }
+    }
+}
+
+/// The parent (`..`) of directory `dir`.
+fn dotdot(meta: &mut MetaState, core: &crate::fs::Core, dir: u32) -> Result<u32> {
+    if dir == crate::fs::ROOT_INO {
+        return Ok(dir);
+    }
+    let mut io = DirIo { core, meta, ino: dir, parent: 0 };
+    Ok(dir_write::lookup(&mut io, b"..")?.map_or(crate::fs::ROOT_INO, |e| e.0))
+}
+
+/// A parent directory gained an entry: times, and a link for a new subdirectory.
+fn touch_dir(meta: &mut MetaState, core: &crate::fs::Core, dir: u32, t: Timestamp, subdir: bool) -> Result<()> {
+    let inode = meta.inode(core, dir)?;
+    inode.set_modification_time(t);
+    inode.set_change_time(t);
+    if subdir {
+        let links = inode.links_count();
+        // dir_nlink: past LINK_MAX a directory's count stays 1 ("many").
+        inode.set_links_count(if links == 1 || links + 1 >= LINK_MAX { 1 } else { links + 1 });
+    }
+    meta.dirty_inode(dir);
+    Ok(())
+}
+
+/// Sets up the fields every new inode has.
+fn init_inode_no_blocks(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, kind: &NewKind, attrs: &NewInode) -> Result<()> {
+    let isz = usize::from(meta.sb.inode_size());
+    let extra = if isz > 128 { 32 } else { 0 };
+    let mut inode = Inode::new(isz, extra)?;
+    inode.set_mode(kind.file_type().mode_bits() | (attrs.perm & 0o7777));
+    inode.set_uid(attrs.uid);
+    inode.set_gid(attrs.gid);
+    inode.set_access_time(attrs.atime);
+    inode.set_modification_time(attrs.mtime);
+    inode.set_change_time(attrs.ctime);
+    inode.set_creation_time(attrs.crtime);
+    let generation = meta.generation();
+    inode.set_generation(generation);
+    let is_dir = matches!(kind, NewKind::Directory);
+    inode.set_links_count(if is_dir { 2 } else { 1 });
+    let mut flags = InodeFlags::default();
+    match kind {
+        NewKind::Regular | NewKind::Directory => {
+            flags.insert(InodeFlags::EXTENTS);
+            let root = ExtentNode::new_leaf(60, NodeLocation::Inode);
+            inode.block_area_mut()[..60].copy_from_slice(root.as_bytes());
+        }
+        NewKind::Symlink(_) => {}
+        NewKind::CharDevice(maj, min) | NewKind::BlockDevice(maj, min) => inode.set_device_number(*maj, *min)?,
+        NewKind::Fifo | NewKind::Socket => {}
+    }
+    inode.set_flags(flags);
+    let _ = core;
+    meta.inodes.insert(ino, inode);
+    meta.dirty_inode(ino);
+    Ok(())
+}
+
+/// A new inode, fully initialised (a directory gets its first block).
+fn init_inode(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, parent: u32, kind: &NewKind, attrs: &NewInode) -> Result<()> {
+    init_inode_no_blocks(meta, core, ino, kind, attrs)?;
+    match kind {
+        NewKind::Directory => fill_dir(meta, core, ino, parent, &[]),
+        NewKind::Symlink(target) => write_symlink(meta, core, ino, target),
+        _ => Ok(()),
+    }
+}
+
+/// Builds the blocks of directory `ino` (child of `parent`) holding `entries`.
+fn fill_dir(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, parent: u32, entries: &[(Vec<u8>, u32, u8)]) -> Result<()> {
+    dir_write::build_dir(&mut DirIo { core, meta: &mut *meta, ino, parent }, entries)?;
+    let subdirs = entries.iter().filter(|e| e.2 == FileType::Directory.dirent_code()).count();
+    let inode = meta.inode(core, ino)?;
+    let links = 2 + subdirs;
+    inode.set_links_count(if links >= usize::from(LINK_MAX) { 1 } else { links as u16 });
+    meta.dirty_inode(ino);
+    Ok(())
+}
+
+/// Stores a symlink target: in `i_block` when short (fast symlink), else in a block.
+fn write_symlink(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, target: &[u8]) -> Result<()> {
+    let bs = core.block_size as usize;
+    if target.is_empty() || target.len() >= bs || target.contains(&0) {
+        return Err(Error::NameTooLong { path: PathBytes(target.to_vec()) });
+    }
+    if target.len() < 60 {
+        let inode = meta.inode(core, ino)?;
+        set_fast_symlink(inode, target)?;
+        inode.set_size(target.len() as u64);
+        meta.dirty_inode(ino);
+        return Ok(());
+    }
+    // Slow symlink: an extent-mapped data block holding the target.
+    {
+        let inode = meta.inode(core, ino)?;
+        let mut f = inode.flags();
+        f.insert(InodeFlags::EXTENTS);
+        inode.set_flags(f);
+        let root = ExtentNode::new_leaf(60, NodeLocation::Inode);
+        inode.block_area_mut()[..60].copy_from_slice(root.as_bytes());
+    }
+    let ipg = meta.sb.inodes_per_group();
+    let goal = meta.groups.get(((ino - 1) / ipg) as usize).map_or(0, |g| g.inode_table());
+    let (pblk, _) = meta.alloc_blocks(core, goal, 1)?;
+    meta.add_blocks(core, ino, 1)?;
+    crate::write::stores::with_tree(core, meta, ino, pblk, |t| {
+        t.insert(ext4kit_format::extent::Extent { logical_block: 0, len: 1, physical_block: pblk, unwritten: false })
+    })?;
+    let blk = core.cache.get_new(pblk);
+    blk.write()[..target.len()].copy_from_slice(target);
+    blk.mark_dirty();
+    let inode = meta.inode(core, ino)?;
+    inode.set_size(target.len() as u64);
+    meta.dirty_inode(ino);
+    Ok(())
+}
+
+/// Features the writer supports: refuse the others with their names.
+pub(crate) fn check_writable(sb: &ext4kit_format::Superblock) -> Result<()> {
+    use ext4kit_format::IncompatFeatures as I;
+    use ext4kit_format::RoCompatFeatures as R;
+    let mut bad: Vec<String> = Vec::new();
+    let inc = sb.feature_incompat();
+    for (f, name) in [
+        (I::INLINE_DATA, "inline_data"),
+        (I::ENCRYPT, "encrypt"),
+        (I::CASEFOLD, "casefold"),
+        (I::EA_INODE, "ea_inode"),
+        (I::MMP, "mmp"),
+        (I::LARGEDIR, "large_dir"),
+        (I::META_BG, "meta_bg"),
+    ] {
+        if inc.contains(f) {
+            bad.push(name.to_string());
+        }
+    }
+    let ro = sb.feature_ro_compat();
+    for (f, name) in [(R::BIGALLOC, "bigalloc"), (R::QUOTA, "quota"), (R::READONLY, "read-only")] {
+        if ro.contains(f) {
+            bad.push(name.to_string());
+        }
+    }
+    if !inc.contains(I::EXTENTS) {
+        bad.push("no extents (ext2/ext3 indirect block maps)".into());
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::unsupported(crate::error::Unsupported::Other(format!(
+            "cannot write images with {}; ext4kit opens them read-only",
+            bad.join(", ")
+        ))))
+    }
+}

@@ -1,0 +1,117 @@
+//! Writing into images made by mkfs.ext4: create files, directories, symlinks, device nodes,
+//! hard links, file data; then e2fsck must be silent and the kernel must see exactly that.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ext4kit_fs::format::inode::Timestamp;
+use ext4kit_fs::write::ops::{NewInode, NewKind};
+use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
+use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, require_kernel, run_ok};
+
+fn mkfs(img: &Path, bs: u32, size: u64, extra: &[&str]) {
+    let f = std::fs::File::create(img).unwrap();
+    f.set_len(size).unwrap();
+    let bs = bs.to_string();
+    let mut args = vec!["-q", "-F", "-t", "ext4", "-b", &bs, "-E", "lazy_itable_init=1"];
+    args.extend_from_slice(extra);
+    args.push(img.to_str().unwrap());
+    run_ok("mke2fs", &args);
+}
+
+fn writable() -> OpenOptions {
+    OpenOptions { writable: true, ..OpenOptions::default() }
+}
+
+fn t(s: i64, ns: u32) -> Timestamp {
+    Timestamp { seconds: s, nanoseconds: ns }
+}
+
+#[test]
+fn create_files_dirs_links_and_data_then_fsck_and_kernel_agree() {
+    if !require_kernel("create_files_dirs_links_and_data_then_fsck_and_kernel_agree") {
+        return;
+    }
+    for (bs, size) in [(1024u32, 64u64 << 20), (4096, 256 << 20), (2048, 128 << 20)] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("w.img");
+        mkfs(&img, bs, size, &[]);
+        let fs = Fs::open_path(&img, &writable()).unwrap();
+        let attrs = NewInode { perm: 0o644, uid: 1000, gid: 100, ..NewInode::with_time(0o644, t(1_700_000_000, 123_456_789)) };
+        let d = fs.create(ROOT_INO, b"dir", &NewKind::Directory, &NewInode { perm: 0o755, ..attrs }).unwrap();
+        let sub = fs.create(d, b"sub", &NewKind::Directory, &NewInode { perm: 0o700, ..attrs }).unwrap();
+        let mut expect: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        // Files of boundary sizes, written in odd pieces.
+        for (i, n) in [0usize, 1, 1023, 1024, 1025, 4095, 4096, 4097, 65537, 1 << 20, (3 << 20) + 7].iter().enumerate() {
+            let name = format!("f{i}");
+            let ino = fs.create(d, name.as_bytes(), &NewKind::Regular, &attrs).unwrap();
+            let data = pattern(i as u64 + u64::from(bs), *n);
+            let mut off = 0;
+            while off < data.len() {
+                let piece = (off * 7 % 50_000 + 1).min(data.len() - off);
+                fs.write_at(ino, off as u64, &data[off..off + piece]).unwrap();
+                off += piece;
+            }
+            expect.insert(format!("dir/{name}"), data);
+        }
+        // A sparse file: data at both ends.
+        let sp = fs.create(sub, b"sparse", &NewKind::Regular, &attrs).unwrap();
+        fs.write_at(sp, 0, b"head").unwrap();
+        fs.write_at(sp, 40 << 20, b"tail").unwrap();
+        // Many entries: the directory becomes an htree.
+        let big = fs.create(ROOT_INO, b"big", &NewKind::Directory, &NewInode { perm: 0o755, ..attrs }).unwrap();
+        for i in 0..3000 {
+            fs.create(big, format!("entry-{i:05}").as_bytes(), &NewKind::Regular, &attrs).unwrap();
+        }
+        // Symlinks, devices, FIFO, socket, hard link.
+        fs.create(d, b"fast", &NewKind::Symlink(b"f1".to_vec()), &NewInode { perm: 0o777, ..attrs }).unwrap();
+        let long = format!("../{}", "x".repeat(150));
+        fs.create(d, b"slow", &NewKind::Symlink(long.clone().into_bytes()), &NewInode { perm: 0o777, ..attrs }).unwrap();
+        fs.create(d, b"null", &NewKind::CharDevice(1, 3), &attrs).unwrap();
+        fs.create(d, b"sda1", &NewKind::BlockDevice(8, 1), &attrs).unwrap();
+        fs.create(d, b"fifo", &NewKind::Fifo, &attrs).unwrap();
+        fs.create(d, b"sock", &NewKind::Socket, &attrs).unwrap();
+        let f3 = fs.lookup(d, b"f3").unwrap().unwrap().ino;
+        fs.link(f3, sub, b"f3-link").unwrap();
+        fs.sync().unwrap();
+        drop(fs);
+        assert_e2fsck_clean(&img);
+
+        // Read back through our own reader.
+        let fs = Fs::open_path(&img, &OpenOptions::default()).unwrap();
+        for (path, data) in &expect {
+            let ino = fs.resolve(format!("/{path}").as_bytes(), true).unwrap();
+            assert_eq!(&fs.open_file(ino).unwrap().read_to_end(64 << 20).unwrap(), data, "{bs}: {path}");
+        }
+        drop(fs);
+
+        // And through the kernel.
+        let m = LoopMount::new(&img, true).unwrap();
+        let root = m.path();
+        for (path, data) in &expect {
+            assert_eq!(&std::fs::read(root.join(path)).unwrap(), data, "{bs}: kernel read of {path}");
+        }
+        let sparse = std::fs::read(root.join("dir/sub/sparse")).unwrap();
+        assert_eq!(sparse.len(), (40 << 20) + 4);
+        assert_eq!(&sparse[..4], b"head");
+        assert_eq!(&sparse[40 << 20..], b"tail");
+        assert!(sparse[4..40 << 20].iter().all(|&b| b == 0));
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(root.join("dir/sub/sparse")).unwrap();
+        assert!(md.blocks() * 512 <= 16 * u64::from(bs), "sparse file allocated {} sectors", md.blocks());
+        assert_eq!(std::fs::read_link(root.join("dir/fast")).unwrap().to_str().unwrap(), "f1");
+        assert_eq!(std::fs::read_link(root.join("dir/slow")).unwrap().to_str().unwrap(), long);
+        assert_eq!(std::fs::read_dir(root.join("big")).unwrap().count(), 3000);
+        let l = std::fs::metadata(root.join("dir/sub/f3-link")).unwrap();
+        assert_eq!(l.nlink(), 2);
+        assert_eq!(l.ino(), std::fs::metadata(root.join("dir/f3")).unwrap().ino());
+        let f0 = std::fs::metadata(root.join("dir/f1")).unwrap();
+        assert_eq!((f0.uid(), f0.gid(), f0.mode() & 0o7777), (1000, 100, 0o644));
+        assert_eq!((f0.mtime(), f0.mtime_nsec()), (1_700_000_000, 123_456_789));
+        let dev = std::fs::symlink_metadata(root.join("dir/null")).unwrap();
+        assert_eq!(dev.rdev(), rustix::fs::makedev(1, 3));
+        m.unmount().unwrap();
+        assert_e2fsck_clean(&img);
+    }
+}
