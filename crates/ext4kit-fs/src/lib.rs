@@ -40,6 +40,7 @@ pub mod fs;
 pub mod journal;
 pub mod map;
 pub mod metacache;
+pub mod mkfs;
 pub mod path;
 pub mod stat;
 pub mod write;
