@@ -1,1 +1,165 @@
-fn main() {}
+//! Reading a 1 GiB file out of an image: `ext4kit cat` vs `debugfs -R "dump"` vs `cat` through
+//! a kernel loop mount with caches dropped before each run. Same run, interleaved, medians of
+//! `EXT4KIT_BENCH_RUNS` (default 5) runs, per-run ratios printed.
+//!
+//! The image lives in /dev/shm (tmpfs), so the device is memory and the comparison is about CPU
+//! and IO path; the loop mount's page cache is dropped (`echo 3 > /proc/sys/vm/drop_caches`)
+//! before each kernel read. Needs root and e2fsprogs; `EXT4KIT_BENCH_MB` changes the size.
+//!
+//! Run: `cargo bench -p ext4kit --bench read`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn timed(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let st = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
+    let d = t.elapsed();
+    assert!(st.success(), "{cmd:?} failed");
+    d
+}
+
+fn drop_caches() {
+    Command::new("sync").status().unwrap();
+    fs::write("/proc/sys/vm/drop_caches", b"3\n").unwrap();
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let mb: u64 = std::env::var("EXT4KIT_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let root = rustix::process::geteuid().is_root();
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ext4kit-bench-")
+        .tempdir_in(base)
+        .unwrap();
+    let tree = dir.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    // The file: pseudo-random data, written in 4 MiB chunks.
+    {
+        let mut f = fs::File::create(tree.join("big")).unwrap();
+        let chunk = ext4kit_testkit::pattern(42, 4 << 20);
+        for i in 0..mb / 4 {
+            let mut c = chunk.clone();
+            c[..8].copy_from_slice(&i.to_le_bytes());
+            f.write_all(&c).unwrap();
+        }
+    }
+    let img = dir.path().join("bench.img");
+    let size = (mb + mb / 8 + 64) << 20;
+    ext4kit_testkit::mke2fs_d(&tree, &img, "ext4", 4096, size, &[]);
+    // Correctness once: the bytes ext4kit reads are the file's.
+    let out = Command::new(BIN)
+        .arg("cat")
+        .arg(format!("{}:/big", img.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout == fs::read(tree.join("big")).unwrap(),
+        "ext4kit cat returned wrong data"
+    );
+    drop(out);
+    fs::remove_file(tree.join("big")).unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = root
+        && Command::new("mount")
+            .args(["-o", "loop,ro"])
+            .arg(&img)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("note: not root or mount failed; the kernel column is skipped");
+    }
+    let spec = format!("{}:/big", img.display());
+    let (mut ours, mut dbg, mut kern) = (Vec::new(), Vec::new(), Vec::new());
+    println!("reading a {mb} MiB file, {runs} interleaved runs (image in {base})");
+    println!(
+        "{:>4} {:>14} {:>14} {:>14} {:>10} {:>10}",
+        "run", "ext4kit MB/s", "debugfs MB/s", "kernel MB/s", "vs debugfs", "vs kernel"
+    );
+    let rate = |d: Duration| mb as f64 * 1.048_576 / d.as_secs_f64();
+    for run in 0..runs {
+        let a = timed(Command::new(BIN).arg("cat").arg(&spec));
+        let b = timed(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg("dump /big /dev/null")
+                .arg(&img),
+        );
+        let c = if mounted {
+            drop_caches();
+            Some(timed(Command::new("cat").arg(mnt.join("big"))))
+        } else {
+            None
+        };
+        println!(
+            "{run:>4} {:>14.0} {:>14.0} {:>14} {:>10.2} {:>10}",
+            rate(a),
+            rate(b),
+            c.map_or("-".into(), |c| format!("{:.0}", rate(c))),
+            b.as_secs_f64() / a.as_secs_f64(),
+            c.map_or("-".into(), |c| format!(
+                "{:.2}",
+                c.as_secs_f64() / a.as_secs_f64()
+            )),
+        );
+        ours.push(a);
+        dbg.push(b);
+        if let Some(c) = c {
+            kern.push(c);
+        }
+    }
+    let (a, b) = (median(&mut ours), median(&mut dbg));
+    println!(
+        "median: ext4kit cat {:.0} MB/s ({:.3} s), debugfs dump {:.0} MB/s ({:.3} s)",
+        rate(a),
+        a.as_secs_f64(),
+        rate(b),
+        b.as_secs_f64()
+    );
+    println!(
+        "ratio (time of the other / time of ext4kit): debugfs {:.2}x",
+        b.as_secs_f64() / a.as_secs_f64()
+    );
+    if !kern.is_empty() {
+        let c = median(&mut kern);
+        println!(
+            "median: kernel loop-mount cat (caches dropped) {:.0} MB/s ({:.3} s); ratio {:.2}x",
+            rate(c),
+            c.as_secs_f64(),
+            c.as_secs_f64() / a.as_secs_f64()
+        );
+        Command::new("umount").arg(&mnt).status().unwrap();
+    }
+}
