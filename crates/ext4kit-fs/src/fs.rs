@@ -54,6 +54,11 @@ pub struct OpenOptions {
     pub metadata_cache_blocks: usize,
     /// Page size of the file data cache (raised to the block size if smaller).
     pub page_size: usize,
+    /// When writing: write file data back in the background (a flusher thread) once enough of
+    /// it is dirty. Off, data is written back only by `sync`/`flush_data`, from the caller's
+    /// thread — allocation then depends on nothing but the order of operations (reproducible
+    /// images).
+    pub background_writeback: bool,
 }
 
 impl Default for OpenOptions {
@@ -63,6 +68,7 @@ impl Default for OpenOptions {
             journal: JournalMode::Replay,
             metadata_cache_blocks: 8192,
             page_size: 4096,
+            background_writeback: true,
         }
     }
 }
@@ -337,7 +343,9 @@ impl Fs {
         let mapper: Arc<dyn ext4kit_pagecache::BlockMapper> = Arc::clone(&core) as _;
         let mut cfg = Config::new(page_size, bs);
         if opts.writable {
-            cfg.dirty_limit_bytes = Some(64 << 20);
+            if opts.background_writeback {
+                cfg.dirty_limit_bytes = Some(64 << 20);
+            }
             cfg.cache_limit_bytes = Some(256 << 20);
         }
         let pages = PageCache::new(cfg, data_dev, mapper).map_err(|e| {

@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod build;
 pub mod dir;
 pub mod error;
 pub mod file;

@@ -306,9 +306,9 @@ pub fn generate_tree(root: &Path, seed: u64, opt: &TreeOptions) {
         rustix::fs::setxattr(&p, "user.empty", b"", rustix::fs::XattrFlags::empty()).unwrap();
         let p = x.join("big");
         write_file(&p, b"y\n");
-        // Too large for the inode: goes to an xattr block.
-        rustix::fs::setxattr(&p, "user.big", &pattern(seed + 300, 1500), rustix::fs::XattrFlags::empty()).unwrap();
-        rustix::fs::setxattr(&p, "user.second", &pattern(seed + 301, 300), rustix::fs::XattrFlags::empty()).unwrap();
+        // Too large for the inode: goes to an xattr block (small enough for a 1 KiB block).
+        rustix::fs::setxattr(&p, "user.big", &pattern(seed + 300, 700), rustix::fs::XattrFlags::empty()).unwrap();
+        rustix::fs::setxattr(&p, "user.second", &pattern(seed + 301, 200), rustix::fs::XattrFlags::empty()).unwrap();
         if rustix::process::geteuid().is_root() {
             let p = x.join("trusted");
             write_file(&p, b"z\n");

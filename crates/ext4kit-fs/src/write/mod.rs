@@ -12,3 +12,4 @@ pub mod mapper;
 pub mod ops;
 pub mod state;
 pub mod stores;
+pub mod xattr_write;

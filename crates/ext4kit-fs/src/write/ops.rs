@@ -278,6 +278,20 @@ impl Fs {
         Ok(())
     }
 
+    /// Sets the owner and permission bits of `ino` (its file type stays).
+    pub fn set_owner_mode(&self, ino: u32, uid: u32, gid: u32, perm: u16) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("set owner")?;
+        let mut meta = w.meta.lock();
+        let inode = meta.inode(core, ino)?;
+        inode.set_uid(uid);
+        inode.set_gid(gid);
+        let mode = (inode.mode() & !0o7777) | (perm & 0o7777);
+        inode.set_mode(mode);
+        meta.dirty_inode(ino);
+        Ok(())
+    }
+
     /// Sets the timestamps of `ino` (`None` keeps one).
     pub fn set_times(&self, ino: u32, atime: Option<Timestamp>, mtime: Option<Timestamp>, ctime: Option<Timestamp>) -> Result<()> {
         let core = &self.core;
@@ -297,17 +311,41 @@ impl Fs {
         Ok(())
     }
 
+    /// Writes back the data of every file written since the last sync (allocating its
+    /// delayed blocks) and waits for it, without flushing the device or writing metadata.
+    /// Files are handled in inode order, so allocation does not depend on timing.
+    pub fn flush_data(&self) -> Result<()> {
+        let w = self.core.writer("sync")?;
+        let mut mappings: Vec<(u32, Mapping)> = w.open_mappings.lock().drain().collect();
+        mappings.sort_by_key(|(ino, _)| *ino);
+        let mut handles = Vec::with_capacity(mappings.len());
+        for (ino, m) in &mappings {
+            let h = m.open();
+            m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all()).map_err(|e| self.cache_error(*ino, e))?;
+            handles.push((*ino, h));
+        }
+        for (ino, h) in &handles {
+            h.mapping().wait_writeback();
+            h.check_error().map_err(|e| self.cache_error(*ino, e))?;
+        }
+        Ok(())
+    }
+
+    /// Builds the blocks of directory `ino` (created with [`Fs::create_detached`], child of
+    /// `parent`) holding `entries`: one block, or an indexed directory when they do not fit.
+    pub fn fill_dir(&self, ino: u32, parent: u32, entries: &[(Vec<u8>, u32, u8)]) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("fill directory")?;
+        let mut meta = w.meta.lock();
+        fill_dir(&mut meta, core, ino, parent, entries)
+    }
+
     /// Writes everything back: file data (allocating delayed blocks), inodes, group descriptors
     /// and bitmaps, the superblock; then flushes the device.
     pub fn sync(&self) -> Result<()> {
         let core = &self.core;
         let w = core.writer("sync")?;
-        let mappings: Vec<(u32, Mapping)> = w.open_mappings.lock().drain().collect();
-        for (ino, m) in &mappings {
-            let h = m.open();
-            h.fsync().map_err(|e| self.cache_error(*ino, e))?;
-        }
-        drop(mappings);
+        self.flush_data()?;
         {
             let mut meta = w.meta.lock();
             meta.write_back(core)?;

@@ -26,7 +26,7 @@ use ext4kit_format::bitmap;
 use ext4kit_format::group_desc::{GroupDesc, GroupFlags};
 use ext4kit_format::inode::Inode;
 use ext4kit_format::superblock::SUPERBLOCK_OFFSET;
-use ext4kit_format::{IncompatFeatures, RoCompatFeatures, Structure, Superblock};
+use ext4kit_format::{RoCompatFeatures, Structure, Superblock};
 use parking_lot::Mutex;
 
 use crate::error::{Corruption, Error, Result, ResultExt};
@@ -502,10 +502,5 @@ impl MetaState {
         blk.write()[sb_off..sb_off + raw.len()].copy_from_slice(raw);
         blk.mark_dirty();
         Ok(())
-    }
-
-    /// Whether the filesystem has `feature`.
-    pub(crate) fn has_incompat(&self, f: IncompatFeatures) -> bool {
-        self.sb.has_incompat(f)
     }
 }

@@ -10,7 +10,7 @@ use ext4kit_format::extent::{Extent, ExtentNode, NodeLocation};
 use ext4kit_format::hash::{DirHash, dirhash};
 use ext4kit_format::htree::DxBlock;
 use ext4kit_format::inode::InodeFlags;
-use ext4kit_format::{IncompatFeatures, Structure};
+use ext4kit_format::Structure;
 
 use crate::error::{Corruption, Error, Result, ResultExt};
 use crate::fs::Core;
@@ -229,9 +229,4 @@ impl DirStore for DirIo<'_> {
             self.meta.dirty_inode(self.ino);
         }
     }
-}
-
-/// Whether the filesystem keeps 64-bit block numbers etc. (kept for callers' feature checks).
-pub(crate) fn has_incompat(meta: &MetaState, f: IncompatFeatures) -> bool {
-    meta.has_incompat(f)
 }
