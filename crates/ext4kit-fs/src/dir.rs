@@ -100,6 +100,19 @@ impl Core {
         Ok(n)
     }
 
+    /// (logical, physical) of every written block of a block-mapped directory, in order
+    /// (holes skipped a run at a time, so a huge sparse directory costs nothing).
+    fn mapped_dir_blocks(&self, d: &DirInode<'_>) -> Result<Vec<(u64, u64)>> {
+        let n = self.dir_blocks(d)?;
+        let mut out = Vec::new();
+        for r in self.runs(d.ino, d.inode, n)? {
+            if r.kind == ExtentKind::Written {
+                out.extend((0..r.len).map(|k| (r.lblk + k, r.pblk + k)));
+            }
+        }
+        Ok(out)
+    }
+
     /// The physical block and cached bytes of directory block `lblk`, `None` for a hole.
     fn dir_block(&self, d: &DirInode<'_>, lblk: u64) -> Result<Option<Arc<MetaBlock>>> {
         let e = self.map_inode(d.ino, d.inode, lblk, 1)?;
@@ -186,19 +199,17 @@ impl Core {
             }
             return Ok(out);
         }
-        let n = self.dir_blocks(d)?;
         let dx = self.is_dx(d.inode);
-        for lblk in 0..n {
-            let Some(mb) = self.dir_block(d, lblk)? else {
-                if lblk == 0 {
-                    return Err(Error::corrupt(
-                        Structure::DirectoryBlock,
-                        Corruption::DirectoryHole { lblk },
-                    )
-                    .with_inode(d.ino));
-                }
-                continue;
-            };
+        let blocks = self.mapped_dir_blocks(d)?;
+        if blocks.first().is_none_or(|b| b.0 != 0) {
+            return Err(Error::corrupt(
+                Structure::DirectoryBlock,
+                Corruption::DirectoryHole { lblk: 0 },
+            )
+            .with_inode(d.ino));
+        }
+        for (lblk, pblk) in blocks {
+            let mb = self.cache.get(pblk).ctx_inode(d.ino)?;
             if dx && lblk == 0 {
                 let root = self.parse_dx(d, &mb, DxKind::Root)?;
                 let bytes = mb.read();
@@ -308,11 +319,8 @@ impl Core {
         if self.is_dx(d.inode) {
             return self.dx_lookup(d, name);
         }
-        let n = self.dir_blocks(d)?;
-        for lblk in 0..n {
-            let Some(mb) = self.dir_block(d, lblk)? else {
-                continue;
-            };
+        for (_, pblk) in self.mapped_dir_blocks(d)? {
+            let mb = self.cache.get(pblk).ctx_inode(d.ino)?;
             let leaf = self.parse_leaf(d, &mb)?;
             if leaf.find(name).ctx_inode(d.ino)?.is_some() {
                 let mut v = Vec::new();
