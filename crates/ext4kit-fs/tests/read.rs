@@ -32,6 +32,10 @@ fn temp_dir(prefix: &str) -> PathBuf {
         .keep()
 }
 
+fn hexs(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
 }
@@ -820,6 +824,82 @@ fn htree_hashes_and_lookups_agree_with_debugfs_for_every_variant() {
                 .unwrap()
                 .unwrap_or_else(|| panic!("{alg}: lookup {}", String::from_utf8_lossy(name)));
             assert_eq!(&e.name, name);
+        }
+        // Random names against `debugfs dx_hash` with the filesystem's seed and variant
+        // (codes 3..=5 are the unsigned variants).
+        let code = ["legacy", "half_md4", "tea"]
+            .iter()
+            .position(|a| *a == alg)
+            .unwrap()
+            + if unsigned { 3 } else { 0 };
+        let seed = fs.superblock().hash_seed();
+        let mut sb = [0u8; 16];
+        for (k, w) in seed.iter().enumerate() {
+            sb[k * 4..k * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        let seed_s = format!(
+            "{}-{}-{}-{}-{}",
+            hexs(&sb[0..4]),
+            hexs(&sb[4..6]),
+            hexs(&sb[6..8]),
+            hexs(&sb[8..10]),
+            hexs(&sb[10..16])
+        );
+        let names: Vec<Vec<u8>> = (0..60u64)
+            .map(|i| {
+                let raw =
+                    ext4kit_testkit::pattern(i * 7 + code as u64, 1 + (i as usize * 13) % 120);
+                raw.iter()
+                    .map(|b| 0x21 + (b % 0x5E))
+                    .filter(|&b| b != b'"' && b != b'/' && b != b'-' && b != b'#')
+                    .chain(std::iter::once(b'z'))
+                    .collect()
+            })
+            .collect();
+        let mut cmds = Vec::new();
+        for n in &names {
+            cmds.extend_from_slice(format!("dx_hash -h {code} -s {seed_s} ").as_bytes());
+            cmds.extend_from_slice(n);
+            cmds.push(b'\n');
+        }
+        let cmdfile = path.with_extension("dxcmds");
+        fs::write(&cmdfile, &cmds).unwrap();
+        let out = std::process::Command::new("debugfs")
+            .arg("-f")
+            .arg(&cmdfile)
+            .arg(&path)
+            .output()
+            .unwrap();
+        let got: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("Hash of "))
+            .map(|l| {
+                u32::from_str_radix(
+                    l.rsplit(" is 0x")
+                        .next()
+                        .unwrap()
+                        .split(' ')
+                        .next()
+                        .unwrap(),
+                    16,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(
+            got.len(),
+            names.len(),
+            "{alg}: debugfs answered {} of {}",
+            got.len(),
+            names.len()
+        );
+        for (n, h) in names.iter().zip(&got) {
+            assert_eq!(
+                fs.dx_hash(big, n).unwrap().0,
+                *h,
+                "{alg} unsigned={unsigned}: {}",
+                String::from_utf8_lossy(n)
+            );
         }
         // Random names that are not there.
         for i in 0..200u64 {
