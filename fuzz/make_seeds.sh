@@ -28,3 +28,26 @@ mk ext4-plain 256K -t ext4 -b 1024 -N 128 -O ^has_journal,^metadata_csum,^64bit 
 mk ext2 256K -t ext2 -b 1024 -N 128
 mk ext4-inline 256K -t ext4 -b 1024 -N 128 -O ^has_journal,inline_data -I 256
 ls -l "$out"
+
+# A seed whose journal needs recovery (needs root and loop devices): fsync'd transactions,
+# copied while mounted. Fuzz it on its own (it is 3 MiB): corpus/walk-journal, -max_len=3145728.
+if [ "$(id -u)" = 0 ] && [ -e /dev/loop-control ]; then
+    jout="$(dirname "$out")/walk-journal"
+    mkdir -p "$jout" "$tmp/m"
+    truncate -s 3M "$tmp/j.img"
+    mke2fs -q -F -t ext4 -b 1024 -N 64 -J size=1 -O ^resize_inode "$tmp/j.img"
+    mount -o loop "$tmp/j.img" "$tmp/m"
+    mkdir "$tmp/m/d"
+    for i in $(seq 1 20); do echo "$i" > "$tmp/m/d/f$i"; done
+    python3 -c "
+import os, sys
+d = sys.argv[1]
+for n in sorted(os.listdir(d)) + ['.']:
+    fd = os.open(os.path.join(d, n), os.O_RDONLY); os.fsync(fd); os.close(fd)
+os.unlink(os.path.join(d, 'f1'))
+fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+" "$tmp/m/d"
+    cp "$tmp/j.img" "$jout/ext4-needs-recovery"
+    umount "$tmp/m"
+    ls -l "$jout"
+fi
