@@ -1029,29 +1029,42 @@ fn dx_cycles_end_with_an_error() {
 /// A kernel-written image copied while mounted, after fsync'd transactions that include
 /// revokes (a directory's blocks freed and reused). Returns the image and the mount's view of
 /// `/after` (name → contents).
-fn journal_fixture() -> Option<&'static (Img, BTreeMap<String, Vec<u8>>)> {
-    static CELL: OnceLock<Option<(Img, BTreeMap<String, Vec<u8>>)>> = OnceLock::new();
-    CELL.get_or_init(|| {
+type JournalFixture = (Img, BTreeMap<String, Vec<u8>>);
+
+fn journal_fixture() -> Option<&'static JournalFixture> {
+    static CELL: OnceLock<Option<JournalFixture>> = OnceLock::new();
+    CELL.get_or_init(|| make_journal_fixture(&[])).as_ref()
+}
+
+/// The same on a filesystem without metadata_csum and 64bit: a journal without checksums and
+/// with 32-bit tags.
+fn journal_fixture_plain() -> Option<&'static JournalFixture> {
+    static CELL: OnceLock<Option<JournalFixture>> = OnceLock::new();
+    CELL.get_or_init(|| make_journal_fixture(&["-O", "^metadata_csum,^64bit"]))
+        .as_ref()
+}
+
+fn make_journal_fixture(extra: &[&str]) -> Option<JournalFixture> {
+    {
         if !require_kernel("journal fixture") {
             return None;
         }
         let dir = temp_dir("ext4kit-fs-journal-");
         let img = dir.join("j.img");
         fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
-        run_ok(
-            "mke2fs",
-            &[
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-b",
-                "1024",
-                "-E",
-                "lazy_itable_init=0,lazy_journal_init=0",
-                img.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec![
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+        ];
+        args.extend_from_slice(extra);
+        args.push(img.to_str().unwrap());
+        run_ok("mke2fs", &args);
         let m = LoopMount::new(&img, false).unwrap();
         let p = m.path();
         let fsync = |q: &Path| fs::File::open(q).unwrap().sync_all().unwrap();
@@ -1089,8 +1102,7 @@ fn journal_fixture() -> Option<&'static (Img, BTreeMap<String, Vec<u8>>)> {
             },
             want,
         ))
-    })
-    .as_ref()
+    }
 }
 
 fn read_after(fs: &Fs) -> BTreeMap<String, Vec<u8>> {
@@ -1129,6 +1141,20 @@ fn journal_replayed_in_memory_with_revokes() {
         want,
         "the disk alone already holds everything"
     );
+}
+
+#[test]
+fn journal_without_checksums_is_replayed() {
+    let Some((img, want)) = journal_fixture_plain() else {
+        return;
+    };
+    let fs = img.open().unwrap();
+    let r = fs.journal_replay().expect("replayed").clone();
+    assert!(
+        r.transactions >= 2 && r.revoked > 0 && r.stopped_at.is_none(),
+        "{r}"
+    );
+    assert_eq!(&read_after(&fs), want);
 }
 
 #[test]
