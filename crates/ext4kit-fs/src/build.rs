@@ -115,7 +115,15 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<XattrPair>> {
-    let mut names = vec![0u8; 65536];
+    // Ask for the size first: most files have none.
+    let mut empty: [u8; 0] = [];
+    let size = match rustix::fs::llistxattr(path, &mut empty[..]) {
+        Ok(0) => return Ok(Vec::new()),
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(path, e.into())),
+    };
+    let mut names = vec![0u8; size + 256];
     let n = match rustix::fs::llistxattr(path, &mut names) {
         Ok(n) => n,
         Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
@@ -220,6 +228,8 @@ struct Builder<'a> {
     progress: Progress,
     on_progress: &'a mut dyn FnMut(Progress),
     since_flush: u64,
+    /// Copy buffer, reused for every file.
+    buf: Vec<u8>,
 }
 
 /// Data written between deterministic write-backs (bounds the page cache's dirty memory).
@@ -307,20 +317,35 @@ impl Builder<'_> {
             return Ok(());
         }
         let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(1 << 20, 0);
+        let result = self.copy_regions(ino, path, &f, len, &mut buf);
+        self.buf = buf;
+        result?;
+        // A trailing hole: the size says it.
+        self.fs.set_size(ino, len)?;
+        if self.since_flush >= FLUSH_EVERY {
+            self.fs.flush_data()?;
+            self.since_flush = 0;
+            (self.on_progress)(self.progress);
+        }
+        Ok(())
+    }
+
+    fn copy_regions(&mut self, ino: u32, path: &Path, f: &fs::File, len: u64, buf: &mut [u8]) -> Result<()> {
         let mut pos = 0u64;
         while pos < len {
             // Next data region (the whole rest if the host cannot tell).
-            let data = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
+            let data = match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
                 Ok(d) => d,
                 Err(rustix::io::Errno::NXIO) => break,
                 Err(_) => pos,
             };
-            let hole = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(data)).unwrap_or(len).min(len);
+            let hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(data)).unwrap_or(len).min(len);
             let mut at = data;
             while at < hole {
                 let n = ((hole - at) as usize).min(buf.len());
-                let got = rustix::io::pread(&f, &mut buf[..n], at).map_err(|e| io_err(path, e.into()))?;
+                let got = rustix::io::pread(f, &mut buf[..n], at).map_err(|e| io_err(path, e.into()))?;
                 if got == 0 {
                     break;
                 }
@@ -331,13 +356,6 @@ impl Builder<'_> {
                 self.since_flush += got as u64;
             }
             pos = hole.max(at);
-        }
-        // A trailing hole: the size says it.
-        self.fs.set_size(ino, len)?;
-        if self.since_flush >= FLUSH_EVERY {
-            self.fs.flush_data()?;
-            self.since_flush = 0;
-            (self.on_progress)(self.progress);
         }
         Ok(())
     }
@@ -386,7 +404,7 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
     };
     let progress = Progress { entries_total: totals.entries, bytes_total: totals.bytes, ..Progress::default() };
     let clamp = opts.source_date_epoch;
-    let mut b = Builder { fs: &fs, clamp, links: HashMap::new(), report: report.clone(), progress, on_progress, since_flush: 0 };
+    let mut b = Builder { fs: &fs, clamp, links: HashMap::new(), report: report.clone(), progress, on_progress, since_flush: 0, buf: Vec::new() };
     let ScanKind::Dir(kids) = &root.kind else { return Err(Error::NotDir { path: PathBytes(Vec::new()) }) };
     // The new filesystem has its own lost+found: a source one at the top is not copied.
     let kids: Vec<&Node> = kids.iter().filter(|n| !(n.name == b"lost+found" && matches!(n.kind, ScanKind::Dir(_)))).collect();
