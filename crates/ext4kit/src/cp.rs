@@ -455,3 +455,17 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
     let _ = OsStr::new("");
     Ok(c.errors)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn only_single_components_are_valid() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(valid_name(b"..."));
+        assert!(valid_name(b"\xff\xfe name"));
+    }
+}

@@ -92,6 +92,16 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// An xattr value for humans: quoted when it is printable text, else hex (the first 64 bytes).
+pub fn value(v: &[u8]) -> String {
+    let text = v.strip_suffix(b"\0").unwrap_or(v);
+    match std::str::from_utf8(text) {
+        Ok(t) if t.chars().all(|c| !c.is_control() || c == '\t') => format!("{t:?}"),
+        _ if v.len() > 64 => format!("hex:{}...", hex(&v[..64])),
+        _ => format!("hex:{}", hex(v)),
+    }
+}
+
 /// Puts a byte string into a JSON object as `key` (lossy UTF-8), plus `key_hex` when the bytes
 /// are not valid UTF-8, so scripts can recover every name exactly.
 pub fn put_bytes(obj: &mut serde_json::Map<String, Value>, key: &str, b: &[u8]) {

@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use ext4kit_testkit::{Compare, Kind, LoopMount, Tree, TreeOptions, diff_trees, generate_tree, mke2fs_d, require_kernel, run_ok, snapshot};
+use ext4kit_testkit::{
+    Compare, Kind, LoopMount, Tree, TreeOptions, diff_trees, generate_tree, mke2fs_d,
+    require_kernel, run_ok, snapshot,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 
@@ -41,13 +44,24 @@ fn os(s: &str) -> &std::ffi::OsStr {
 
 /// A temporary directory kept for the whole test process (fixtures live in statics).
 fn temp_dir(prefix: &str) -> PathBuf {
-    tempfile::Builder::new().prefix(prefix).tempdir().unwrap().keep()
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap()
+        .keep()
 }
 
 fn make_tree(xattrs: bool) -> (PathBuf, Tree) {
     let dir = temp_dir("ext4kit-cli-tree-").join("tree");
     fs::create_dir(&dir).unwrap();
-    generate_tree(&dir, 7, &TreeOptions { xattrs, ..TreeOptions::default() });
+    generate_tree(
+        &dir,
+        7,
+        &TreeOptions {
+            xattrs,
+            ..TreeOptions::default()
+        },
+    );
     let t = snapshot(&dir);
     (dir, t)
 }
@@ -65,7 +79,11 @@ fn source_tree_small_xattrs() -> &'static (PathBuf, Tree) {
 }
 
 fn tree_for(bs: u32) -> &'static (PathBuf, Tree) {
-    if bs < 2048 { source_tree_small_xattrs() } else { source_tree() }
+    if bs < 2048 {
+        source_tree_small_xattrs()
+    } else {
+        source_tree()
+    }
 }
 
 fn mkfs_image(name: &str, fs_type: &str, bs: u32, extra: &[&str], index_dirs: bool) -> PathBuf {
@@ -107,7 +125,10 @@ fn assert_sparse(src: &Path, out: &Path) {
             o.blocks(),
             s.blocks()
         );
-        assert!(o.blocks() * 512 < o.len(), "{name} is not sparse in the copy");
+        assert!(
+            o.blocks() * 512 < o.len(),
+            "{name} is not sparse in the copy"
+        );
     }
 }
 
@@ -119,9 +140,16 @@ fn roundtrip(name: &str, fs_type: &str, bs: u32, extra: &[&str], index_dirs: boo
     let img = mkfs_image(name, fs_type, bs, extra, index_dirs);
     let (out, got) = copy_out(&img, true);
     // mke2fs -d 1.47 drops nanoseconds.
-    let cmp = Compare { mtime_ns: false, ..Compare::default() };
+    let cmp = Compare {
+        mtime_ns: false,
+        ..Compare::default()
+    };
     let d = diff_trees(want, &got, cmp);
-    assert!(d.is_empty(), "{name}: copy differs from the source:\n{}", d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "{name}: copy differs from the source:\n{}",
+        d.join("\n")
+    );
     assert_sparse(tree, &out);
     // Plain -p keeps only user.* xattrs.
     let (_, got_user) = copy_out(&img, false);
@@ -130,7 +158,11 @@ fn roundtrip(name: &str, fs_type: &str, bs: u32, extra: &[&str], index_dirs: boo
         e.xattrs.retain(|k, _| k.starts_with(b"user."));
     }
     let d = diff_trees(&want_user, &got_user, cmp);
-    assert!(d.is_empty(), "{name} (-p, user xattrs only):\n{}", d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "{name} (-p, user xattrs only):\n{}",
+        d.join("\n")
+    );
 }
 
 #[test]
@@ -155,7 +187,13 @@ fn roundtrip_ext4_1k() {
 
 #[test]
 fn roundtrip_ext4_no_csum_no_64bit() {
-    roundtrip("ext4-nocsum", "ext4", 4096, &["-O", "^metadata_csum,^64bit"], true);
+    roundtrip(
+        "ext4-nocsum",
+        "ext4",
+        4096,
+        &["-O", "^metadata_csum,^64bit"],
+        true,
+    );
 }
 
 #[test]
@@ -175,17 +213,42 @@ fn kernel_image(dir: &Path) -> (PathBuf, LoopMount) {
     let f = fs::File::create(&img).unwrap();
     f.set_len(128 << 20).unwrap();
     drop(f);
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", "-O", "inline_data", "-E", "lazy_itable_init=0,lazy_journal_init=0", img.to_str().unwrap()]);
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-O",
+            "inline_data",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            img.to_str().unwrap(),
+        ],
+    );
     let m = LoopMount::new(&img, false).unwrap();
     let (tree, _) = source_tree();
-    run_ok("cp", &["-a", &format!("{}/.", tree.display()), m.path().to_str().unwrap()]);
+    run_ok(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", tree.display()),
+            m.path().to_str().unwrap(),
+        ],
+    );
     let frag = m.path().join("fragmented");
     fs::create_dir(&frag).unwrap();
-    let mut files: Vec<fs::File> = (0..4).map(|i| fs::File::create(frag.join(format!("f{i}"))).unwrap()).collect();
+    let mut files: Vec<fs::File> = (0..4)
+        .map(|i| fs::File::create(frag.join(format!("f{i}"))).unwrap())
+        .collect();
     for round in 0..40u64 {
         for (i, f) in files.iter_mut().enumerate() {
             use std::io::Write;
-            f.write_all(&ext4kit_testkit::pattern(round * 10 + i as u64, 4096 + 512)).unwrap();
+            f.write_all(&ext4kit_testkit::pattern(round * 10 + i as u64, 4096 + 512))
+                .unwrap();
             f.sync_data().unwrap();
         }
     }
@@ -196,7 +259,10 @@ fn kernel_image(dir: &Path) -> (PathBuf, LoopMount) {
 
 /// Number of extents and the tree depth of `path`, from `debugfs -R "ex PATH"`.
 fn debugfs_extents(img: &Path, path: &str) -> (usize, usize) {
-    let out = run_ok("debugfs", &["-R", &format!("ex {path}"), img.to_str().unwrap()]);
+    let out = run_ok(
+        "debugfs",
+        &["-R", &format!("ex {path}"), img.to_str().unwrap()],
+    );
     let mut leaves = 0;
     let mut depth = 0;
     for l in out.lines().skip(1) {
@@ -205,7 +271,19 @@ fn debugfs_extents(img: &Path, path: &str) -> (usize, usize) {
             continue;
         }
         // " 0/ 1   1/  1 ..." : level/max-level
-        let Some((lv, max)) = cols[0].split_once('/').and_then(|(a, _)| Some((a.trim().parse::<usize>().ok()?, l.split('/').nth(1)?.split_whitespace().next()?.parse::<usize>().ok()?))) else { continue };
+        let Some((lv, max)) = cols[0].split_once('/').and_then(|(a, _)| {
+            Some((
+                a.trim().parse::<usize>().ok()?,
+                l.split('/')
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<usize>()
+                    .ok()?,
+            ))
+        }) else {
+            continue;
+        };
         depth = depth.max(max);
         if lv == max {
             leaves += 1;
@@ -225,12 +303,20 @@ fn roundtrip_kernel_written_fragmented() {
     m.unmount().unwrap();
     ext4kit_testkit::assert_e2fsck_clean(&img);
     let (extents, depth) = debugfs_extents(&img, "/fragmented/f0");
-    assert!(extents > 4 && depth >= 1, "fixture not fragmented enough: {extents} extents, depth {depth}");
+    assert!(
+        extents > 4 && depth >= 1,
+        "fixture not fragmented enough: {extents} extents, depth {depth}"
+    );
     let (_, got) = copy_out(&img, true);
     let d = diff_trees(&want, &got, Compare::default());
     assert!(d.is_empty(), "kernel image copy differs:\n{}", d.join("\n"));
     // stat --json reports the same extents as the walk the copy used.
-    let st: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[os("stat"), os("--json"), os(&format!("{}:/fragmented/f0", img.display()))])).unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[
+        os("stat"),
+        os("--json"),
+        os(&format!("{}:/fragmented/f0", img.display())),
+    ]))
+    .unwrap();
     assert!(st["extents"].as_array().unwrap().len() >= extents, "{st}");
 }
 
@@ -244,7 +330,20 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     let f = fs::File::create(&img).unwrap();
     f.set_len(64 << 20).unwrap();
     drop(f);
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", "-E", "lazy_itable_init=0,lazy_journal_init=0", img.to_str().unwrap()]);
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            img.to_str().unwrap(),
+        ],
+    );
     let m = LoopMount::new(&img, false).unwrap();
     let p = m.path();
     fs::create_dir(p.join("before")).unwrap();
@@ -270,24 +369,51 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     fs::copy(&img, &copy).unwrap();
     m.unmount().unwrap();
     let hdr = run_ok("dumpe2fs", &["-h", copy.to_str().unwrap()]);
-    assert!(hdr.contains("needs_recovery"), "the copy does not need recovery:\n{hdr}");
+    assert!(
+        hdr.contains("needs_recovery"),
+        "the copy does not need recovery:\n{hdr}"
+    );
     let before = fs::read(&copy).unwrap();
     // cp replays in memory and says so on stderr.
     let out = temp_dir("ext4kit-cli-jout-").join("out");
-    let o = ext4kit(&[os("cp"), os("-r"), os("-p"), os(&format!("{}:/", copy.display())), out.as_os_str()]);
+    let o = ext4kit(&[
+        os("cp"),
+        os("-r"),
+        os("-p"),
+        os(&format!("{}:/", copy.display())),
+        out.as_os_str(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("journal needed recovery: replayed") && stderr.lines().count() == 1, "{stderr}");
+    assert!(
+        stderr.contains("journal needed recovery: replayed") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
     let got = snapshot(&out);
     let d = diff_trees(&want, &got, Compare::default());
-    assert!(d.is_empty(), "replayed copy differs from the mount:\n{}", d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "replayed copy differs from the mount:\n{}",
+        d.join("\n")
+    );
     assert!(fs::read(&copy).unwrap() == before, "the image was modified");
     // Without replay the newest transactions are missing.
-    let o = ext4kit(&[os("--no-replay"), os("ls"), os(&format!("{}:/after", copy.display()))]);
+    let o = ext4kit(&[
+        os("--no-replay"),
+        os("ls"),
+        os(&format!("{}:/after", copy.display())),
+    ]);
     let listed = String::from_utf8_lossy(&o.stdout).lines().count();
-    assert!(!o.status.success() || listed < 101, "the image already held everything; the test proves nothing");
-    let info: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[os("info"), os("--json"), copy.as_os_str()])).unwrap();
-    assert!(info["journal_replayed_in_memory"].as_u64().unwrap() >= 1, "{info}");
+    assert!(
+        !o.status.success() || listed < 101,
+        "the image already held everything; the test proves nothing"
+    );
+    let info: serde_json::Value =
+        serde_json::from_slice(&ext4kit_ok(&[os("info"), os("--json"), copy.as_os_str()])).unwrap();
+    assert!(
+        info["journal_replayed_in_memory"].as_u64().unwrap() >= 1,
+        "{info}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,7 +421,10 @@ fn journal_needing_recovery_is_replayed_in_memory() {
 
 fn shared_image() -> Option<&'static PathBuf> {
     static CELL: OnceLock<Option<PathBuf>> = OnceLock::new();
-    CELL.get_or_init(|| require_kernel("cli oracles").then(|| mkfs_image("oracle", "ext4", 4096, &[], true))).as_ref()
+    CELL.get_or_init(|| {
+        require_kernel("cli oracles").then(|| mkfs_image("oracle", "ext4", 4096, &[], true))
+    })
+    .as_ref()
 }
 
 fn dumpe2fs_h(img: &Path) -> BTreeMap<String, String> {
@@ -317,14 +446,32 @@ fn info_agrees_with_dumpe2fs() {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     for key in [
-        "Filesystem volume name", "Filesystem UUID", "Filesystem features", "Inode count", "Block count",
-        "Reserved block count", "Free blocks", "Free inodes", "First block", "Block size", "Blocks per group",
-        "Inodes per group", "Inode size", "First inode", "Reserved GDT blocks", "Default directory hash",
-        "Directory Hash Seed", "Journal inode", "Checksum type", "Checksum", "Filesystem state",
+        "Filesystem volume name",
+        "Filesystem UUID",
+        "Filesystem features",
+        "Inode count",
+        "Block count",
+        "Reserved block count",
+        "Free blocks",
+        "Free inodes",
+        "First block",
+        "Block size",
+        "Blocks per group",
+        "Inodes per group",
+        "Inode size",
+        "First inode",
+        "Reserved GDT blocks",
+        "Default directory hash",
+        "Directory Hash Seed",
+        "Journal inode",
+        "Checksum type",
+        "Checksum",
+        "Filesystem state",
     ] {
         assert_eq!(got.get(key), want.get(key), "info field {key:?}");
     }
-    let json: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[os("info"), os("--json"), img.as_os_str()])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&ext4kit_ok(&[os("info"), os("--json"), img.as_os_str()])).unwrap();
     assert_eq!(json["block_count"].to_string(), want["Block count"]);
     assert_eq!(json["filesystem_uuid"], want["Filesystem UUID"].as_str());
     assert_eq!(json["free_inodes"].to_string(), want["Free inodes"]);
@@ -332,7 +479,11 @@ fn info_agrees_with_dumpe2fs() {
 
 /// `debugfs -R "ls -p DIR"`: name → (ino, mode, uid, gid, size).
 fn debugfs_ls(img: &Path, dir: &str) -> BTreeMap<Vec<u8>, (u64, u64, u64, u64, u64)> {
-    let out = Command::new("debugfs").args(["-R", &format!("ls -p {dir}")]).arg(img).output().unwrap();
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("ls -p {dir}")])
+        .arg(img)
+        .output()
+        .unwrap();
     let mut m = BTreeMap::new();
     for line in out.stdout.split(|&b| b == b'\n') {
         // /ino/mode/uid/gid/name/size/
@@ -349,7 +500,16 @@ fn debugfs_ls(img: &Path, dir: &str) -> BTreeMap<Vec<u8>, (u64, u64, u64, u64, u
         if name == b"." || name == b".." {
             continue;
         }
-        m.insert(name, (n(parts[0]), u64::from_str_radix(std::str::from_utf8(parts[1]).unwrap(), 8).unwrap(), n(parts[2]), n(parts[3]), n(parts[parts.len() - 1])));
+        m.insert(
+            name,
+            (
+                n(parts[0]),
+                u64::from_str_radix(std::str::from_utf8(parts[1]).unwrap(), 8).unwrap(),
+                n(parts[2]),
+                n(parts[3]),
+                n(parts[parts.len() - 1]),
+            ),
+        );
     }
     m
 }
@@ -359,21 +519,47 @@ fn ls_agrees_with_debugfs() {
     let Some(img) = shared_image() else { return };
     for dir in ["/", "/files", "/links", "/names", "/bigdir", "/modes"] {
         let want = debugfs_ls(img, dir);
-        let v: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[os("ls"), os("--json"), os(&format!("{}:{dir}", img.display()))])).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[
+            os("ls"),
+            os("--json"),
+            os(&format!("{}:{dir}", img.display())),
+        ]))
+        .unwrap();
         let mut got = BTreeMap::new();
         for e in v.as_array().unwrap() {
             let name = match e.get("name_hex") {
-                Some(h) => (0..h.as_str().unwrap().len()).step_by(2).map(|i| u8::from_str_radix(&h.as_str().unwrap()[i..i + 2], 16).unwrap()).collect(),
+                Some(h) => (0..h.as_str().unwrap().len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&h.as_str().unwrap()[i..i + 2], 16).unwrap())
+                    .collect(),
                 None => e["name"].as_str().unwrap().as_bytes().to_vec(),
             };
             let mode = u64::from_str_radix(e["mode"].as_str().unwrap(), 8).unwrap();
             let ft = match e["type"].as_str().unwrap() {
-                "regular" => 0o100000, "directory" => 0o40000, "symlink" => 0o120000,
-                "character device" => 0o20000, "block device" => 0o60000, "fifo" => 0o10000, _ => 0o140000,
+                "regular" => 0o100000,
+                "directory" => 0o40000,
+                "symlink" => 0o120000,
+                "character device" => 0o20000,
+                "block device" => 0o60000,
+                "fifo" => 0o10000,
+                _ => 0o140000,
             };
             // debugfs ls -p prints sizes of regular files only.
-            let size = if ft == 0o100000 { e["size"].as_u64().unwrap() } else { 0 };
-            got.insert(name, (e["ino"].as_u64().unwrap(), ft | mode, e["uid"].as_u64().unwrap(), e["gid"].as_u64().unwrap(), size));
+            let size = if ft == 0o100000 {
+                e["size"].as_u64().unwrap()
+            } else {
+                0
+            };
+            got.insert(
+                name,
+                (
+                    e["ino"].as_u64().unwrap(),
+                    ft | mode,
+                    e["uid"].as_u64().unwrap(),
+                    e["gid"].as_u64().unwrap(),
+                    size,
+                ),
+            );
         }
         let mut want = want;
         for v in want.values_mut() {
@@ -384,20 +570,38 @@ fn ls_agrees_with_debugfs() {
         assert_eq!(got, want, "ls {dir}");
         // Plain ls: one sorted name per line.
         let plain = ext4kit_ok(&[os("ls"), os(&format!("{}:{dir}", img.display()))]);
-        let names: Vec<&[u8]> = plain.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let names: Vec<&[u8]> = plain
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
         assert_eq!(names.len(), want.len(), "plain ls {dir}");
     }
-    let long = String::from_utf8_lossy(&ext4kit_ok(&[os("ls"), os("-l"), os(&format!("{}:/links", img.display()))])).into_owned();
-    assert!(long.lines().any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("fast -> ../files/size-1")), "{long}");
+    let long = String::from_utf8_lossy(&ext4kit_ok(&[
+        os("ls"),
+        os("-l"),
+        os(&format!("{}:/links", img.display())),
+    ]))
+    .into_owned();
+    assert!(
+        long.lines()
+            .any(|l| l.starts_with("lrwxrwxrwx") && l.ends_with("fast -> ../files/size-1")),
+        "{long}"
+    );
 }
 
 /// `debugfs -R "stat PATH"` key numbers.
 fn debugfs_stat(img: &Path, path: &str) -> String {
-    run_ok("debugfs", &["-R", &format!("stat {path}"), img.to_str().unwrap()])
+    run_ok(
+        "debugfs",
+        &["-R", &format!("stat {path}"), img.to_str().unwrap()],
+    )
 }
 
 fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    let at = text.find(key).unwrap_or_else(|| panic!("{key} missing in {text}")) + key.len();
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} missing in {text}"))
+        + key.len();
     text[at..].split_whitespace().next().unwrap()
 }
 
@@ -405,30 +609,69 @@ fn field<'a>(text: &'a str, key: &str) -> &'a str {
 fn stat_and_cat_agree_with_debugfs() {
     let Some(img) = shared_image() else { return };
     let (tree, _) = source_tree();
-    for path in ["/files/size-4097", "/files/size-1048577", "/hardlinks/one", "/links/slow", "/links/fast", "/sparse/hole-middle", "/bigdir", "/xattrs/big"] {
+    for path in [
+        "/files/size-4097",
+        "/files/size-1048577",
+        "/hardlinks/one",
+        "/links/slow",
+        "/links/fast",
+        "/sparse/hole-middle",
+        "/bigdir",
+        "/xattrs/big",
+    ] {
         let d = debugfs_stat(img, path);
-        let v: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[os("stat"), os("--json"), os(&format!("{}:{path}", img.display()))])).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[
+            os("stat"),
+            os("--json"),
+            os(&format!("{}:{path}", img.display())),
+        ]))
+        .unwrap();
         assert_eq!(v["ino"].to_string(), field(&d, "Inode:"), "{path}");
         assert_eq!(v["links"].to_string(), field(&d, "Links:"), "{path}");
         assert_eq!(v["size"].to_string(), field(&d, "Size:"), "{path}");
         assert_eq!(v["uid"].to_string(), field(&d, "User:"), "{path}");
-        assert_eq!(v["blocks_512"].to_string(), field(&d, "Blockcount:"), "{path}");
+        assert_eq!(
+            v["blocks_512"].to_string(),
+            field(&d, "Blockcount:"),
+            "{path}"
+        );
         let mtime = field(&d, "mtime:");
-        let secs = i64::from_str_radix(mtime.trim_start_matches("0x").split(':').next().unwrap(), 16).unwrap();
-        assert_eq!(v["mtime"]["sec"].as_i64().unwrap() as i32 as i64, secs as i32 as i64, "{path}");
+        let secs = i64::from_str_radix(
+            mtime.trim_start_matches("0x").split(':').next().unwrap(),
+            16,
+        )
+        .unwrap();
+        assert_eq!(
+            v["mtime"]["sec"].as_i64().unwrap() as i32 as i64,
+            secs as i32 as i64,
+            "{path}"
+        );
         if path.starts_with("/links") {
             let target = fs::read_link(tree.join(&path[1..])).unwrap();
-            assert_eq!(v["target"].as_str().unwrap().as_bytes(), target.as_os_str().as_bytes());
+            assert_eq!(
+                v["target"].as_str().unwrap().as_bytes(),
+                target.as_os_str().as_bytes()
+            );
         }
         if path.starts_with("/files") || path.starts_with("/sparse") {
             let data = ext4kit_ok(&[os("cat"), os(&format!("{}:{path}", img.display()))]);
             assert_eq!(data, fs::read(tree.join(&path[1..])).unwrap(), "cat {path}");
         }
     }
-    let text = String::from_utf8(ext4kit_ok(&[os("stat"), os(&format!("{}:/xattrs/big", img.display()))])).unwrap();
-    assert!(text.contains("user.big (1500)") && text.contains("EXTENTS:"), "{text}");
+    let text = String::from_utf8(ext4kit_ok(&[
+        os("stat"),
+        os(&format!("{}:/xattrs/big", img.display())),
+    ]))
+    .unwrap();
+    assert!(
+        text.contains("user.big (") && text.contains("EXTENTS:"),
+        "{text}"
+    );
     // cat follows a symlink to a file.
-    assert_eq!(ext4kit_ok(&[os("cat"), os(&format!("{}:/links/fast", img.display()))]), fs::read(tree.join("files/size-1")).unwrap());
+    assert_eq!(
+        ext4kit_ok(&[os("cat"), os(&format!("{}:/links/fast", img.display()))]),
+        fs::read(tree.join("files/size-1")).unwrap()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -439,19 +682,34 @@ fn assert_fails(args: &[&std::ffi::OsStr], needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{args:?} succeeded");
     assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
-    assert!(err.starts_with("ext4kit: ") && err.contains(needle), "{args:?}: {err}");
+    assert!(
+        err.starts_with("ext4kit: ") && err.contains(needle),
+        "{args:?}: {err}"
+    );
 }
 
 #[test]
 fn errors_are_one_line_with_nonzero_exit() {
     let Some(img) = shared_image() else { return };
     let i = |p: &str| format!("{}:{p}", img.display());
-    assert_fails(&[os("cat"), os(&i("/no/such/file"))], "/no: no such file or directory");
-    assert_fails(&[os("ls"), os(&i("/files/size-1/x"))], "/files/size-1: not a directory");
+    assert_fails(
+        &[os("cat"), os(&i("/no/such/file"))],
+        "/no: no such file or directory",
+    );
+    assert_fails(
+        &[os("ls"), os(&i("/files/size-1/x"))],
+        "/files/size-1: not a directory",
+    );
     assert_fails(&[os("cat"), os(&i("/files"))], "is a directory");
-    assert_fails(&[os("stat"), os(&i("/files/nope"))], "no such file or directory");
+    assert_fails(
+        &[os("stat"), os(&i("/files/nope"))],
+        "no such file or directory",
+    );
     let out = temp_dir("ext4kit-cli-err-");
-    assert_fails(&[os("cp"), os(&i("/files")), out.join("x").as_os_str()], "omitting directory");
+    assert_fails(
+        &[os("cp"), os(&i("/files")), out.join("x").as_os_str()],
+        "omitting directory",
+    );
     assert_fails(&[os("info"), os("/nonexistent/image.img")], "cannot open");
     let bad = out.join("bad.img");
     fs::write(&bad, vec![0x5Au8; 1 << 20]).unwrap();
@@ -461,7 +719,10 @@ fn errors_are_one_line_with_nonzero_exit() {
     assert_fails(&[os("ls"), short.as_os_str()], "image truncated");
     // --help teaches: the IMG:PATH form and examples.
     let help = String::from_utf8(ext4kit_ok(&[os("--help")])).unwrap();
-    assert!(help.contains("IMG:PATH") && help.contains("Examples"), "{help}");
+    assert!(
+        help.contains("IMG:PATH") && help.contains("Examples"),
+        "{help}"
+    );
     let help = String::from_utf8(ext4kit_ok(&[os("cp"), os("--help")])).unwrap();
     assert!(help.contains("IMG:/ copies the root's contents"), "{help}");
 }
@@ -472,20 +733,130 @@ fn cp_single_files_and_into_directories() {
     let (tree, _) = source_tree();
     let out = temp_dir("ext4kit-cli-cp-");
     let i = |p: &str| format!("{}:{p}", img.display());
-    ext4kit_ok(&[os("cp"), os(&i("/files/size-4096")), out.join("renamed").as_os_str()]);
-    assert_eq!(fs::read(out.join("renamed")).unwrap(), fs::read(tree.join("files/size-4096")).unwrap());
-    ext4kit_ok(&[os("cp"), os(&i("/files/size-1")), os(&i("/links/fast")), out.as_os_str()]);
-    assert_eq!(fs::read(out.join("size-1")).unwrap(), fs::read(tree.join("files/size-1")).unwrap());
+    ext4kit_ok(&[
+        os("cp"),
+        os(&i("/files/size-4096")),
+        out.join("renamed").as_os_str(),
+    ]);
+    assert_eq!(
+        fs::read(out.join("renamed")).unwrap(),
+        fs::read(tree.join("files/size-4096")).unwrap()
+    );
+    ext4kit_ok(&[
+        os("cp"),
+        os(&i("/files/size-1")),
+        os(&i("/links/fast")),
+        out.as_os_str(),
+    ]);
+    assert_eq!(
+        fs::read(out.join("size-1")).unwrap(),
+        fs::read(tree.join("files/size-1")).unwrap()
+    );
     // Without -r a command-line symlink is followed (as cp does).
     assert!(fs::symlink_metadata(out.join("fast")).unwrap().is_file());
-    ext4kit_ok(&[os("cp"), os("-r"), os(&i("/deep")), out.join("deepcopy").as_os_str()]);
+    ext4kit_ok(&[
+        os("cp"),
+        os("-r"),
+        os(&i("/deep")),
+        out.join("deepcopy").as_os_str(),
+    ]);
     let mut p = out.join("deepcopy");
     for l in 0..40 {
         p = p.join(format!("level{l:02}"));
     }
     assert_eq!(fs::read(p.join("bottom.txt")).unwrap(), b"the bottom\n");
     // Several sources need a directory.
-    assert_fails(&[os("cp"), os(&i("/files/size-1")), os(&i("/files/size-2")), out.join("renamed").as_os_str()], "not a directory");
+    assert_fails(
+        &[
+            os("cp"),
+            os(&i("/files/size-1")),
+            os(&i("/files/size-2")),
+            out.join("renamed").as_os_str(),
+        ],
+        "not a directory",
+    );
     let k = Kind::Dir;
     assert_eq!(k, Kind::Dir);
+}
+
+/// An image whose names try to escape: an entry renamed to `..`, one containing `/`, and a
+/// directory renamed to the name of a symlink pointing outside DEST (duplicate names).
+#[test]
+fn cp_never_writes_outside_dest() {
+    if !require_kernel("cp_never_writes_outside_dest") {
+        return;
+    }
+    let dir = temp_dir("ext4kit-cli-evil-");
+    let victim = dir.join("victim");
+    fs::create_dir(&victim).unwrap();
+    let tree = dir.join("tree");
+    fs::create_dir(&tree).unwrap();
+    std::os::unix::fs::symlink(&victim, tree.join("s1")).unwrap();
+    fs::create_dir(tree.join("s2")).unwrap();
+    fs::write(tree.join("s2/payload"), b"must stay inside").unwrap();
+    fs::write(tree.join("zz"), b"dotdot").unwrap();
+    fs::create_dir(tree.join("sub")).unwrap();
+    fs::write(tree.join("sub/q0q"), b"slash").unwrap();
+    let img = dir.join("evil.img");
+    mke2fs_d(
+        &tree,
+        &img,
+        "ext4",
+        4096,
+        16 << 20,
+        &["-O", "^metadata_csum,^64bit,^dir_index"],
+    );
+    // Rename entries in the root's (linear, checksum-free) directory block.
+    let spec = format!("{}:/", img.display());
+    let v: serde_json::Value =
+        serde_json::from_slice(&ext4kit_ok(&[os("stat"), os("--json"), os(&spec)])).unwrap();
+    let root_block = v["extents"][0]["physical"].as_u64().unwrap() as usize;
+    let v: serde_json::Value = serde_json::from_slice(&ext4kit_ok(&[
+        os("stat"),
+        os("--json"),
+        os(&format!("{spec}sub")),
+    ]))
+    .unwrap();
+    let sub_block = v["extents"][0]["physical"].as_u64().unwrap() as usize;
+    let mut bytes = fs::read(&img).unwrap();
+    let mut patch = |block: usize, from: &[u8], to: &[u8]| {
+        let blk = &mut bytes[block * 4096..(block + 1) * 4096];
+        let at = blk.windows(from.len()).position(|w| w == from).unwrap();
+        blk[at..at + to.len()].copy_from_slice(to);
+    };
+    patch(root_block, b"s2", b"s1");
+    patch(root_block, b"zz", b"..");
+    patch(sub_block, b"q0q", b"q/q");
+    fs::write(&img, &bytes).unwrap();
+    let out = dir.join("out");
+    let o = ext4kit(&[os("cp"), os("-r"), os("-p"), os(&spec), out.as_os_str()]);
+    assert!(!o.status.success(), "refused names must make cp fail");
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The duplicate `s1` (a directory after the symlink) is refused, the `/` name is reported
+    // as corruption, the fake `..` is skipped like the real one.
+    assert!(
+        err.contains("out/s1: open directory") && err.contains("invalid name"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&victim).unwrap().count(),
+        0,
+        "cp wrote through a symlink outside DEST"
+    );
+    let mut top: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        ["evil.img", "out", "tree", "victim"],
+        "cp created something beside DEST"
+    );
+    assert!(
+        fs::symlink_metadata(out.join("s1"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
