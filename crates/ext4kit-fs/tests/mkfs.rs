@@ -14,6 +14,7 @@
 //!
 //! Tests needing e2fsprogs, root or loop devices print a note and return when those are
 //! missing, and fail when `EXT4KIT_REQUIRE_KERNEL=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

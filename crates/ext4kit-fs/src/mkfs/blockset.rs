@@ -191,7 +191,7 @@ mod tests {
         let num = num.max(1);
         let mut steps = 0;
         loop {
-            if b + num - 1 >= total {
+            if b + num > total {
                 if finish > start {
                     return None;
                 }
