@@ -36,15 +36,32 @@ impl FileReader {
         self.size
     }
 
+    /// For inline-data files, how many bytes are stored in the inode (the rest, up to the
+    /// size, reads as zeros); `None` for block-mapped files (see [`Fs::file_runs`]).
+    pub fn inline_len(&self) -> Option<u64> {
+        match &self.source {
+            Source::Inline(d) => Some(d.len() as u64),
+            Source::Paged(_) => None,
+        }
+    }
+
     /// Reads up to `buf.len()` bytes at `offset` (fewer at EOF); returns the count.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         match &self.source {
             Source::Inline(data) => {
-                let Some(rest) = usize::try_from(offset).ok().and_then(|o| data.get(o..)) else {
+                // Bytes past the stored inline data (up to i_size) read as zeros, as the
+                // kernel's ext4_read_inline_folio zero-fills them.
+                if offset >= self.size {
                     return Ok(0);
-                };
-                let n = rest.len().min(buf.len());
-                buf[..n].copy_from_slice(&rest[..n]);
+                }
+                let n = ((self.size - offset).min(buf.len() as u64)) as usize;
+                let stored = usize::try_from(offset)
+                    .ok()
+                    .and_then(|o| data.get(o..))
+                    .unwrap_or(&[]);
+                let k = stored.len().min(n);
+                buf[..k].copy_from_slice(&stored[..k]);
+                buf[k..n].fill(0);
                 Ok(n)
             }
             Source::Paged(m) => m.read(offset, buf).map_err(|e| self.cache_error(e)),
@@ -121,9 +138,13 @@ impl Fs {
                     Error::corrupt(Structure::InlineData, Corruption::InlineData).with_inode(ino),
                 );
             }
-            Source::Inline(
-                inline_data::read_inline_data(&inode, self.core.ea_inode).ctx_inode(ino)?,
-            )
+            let extra = inline_data::system_data(&inode, self.core.ea_inode)
+                .ctx_inode(ino)?
+                .unwrap_or_default();
+            let mut data = inode.block_area().to_vec();
+            data.extend_from_slice(&extra);
+            data.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+            Source::Inline(data)
         } else {
             Source::Paged(self.pages.mapping(u64::from(ino), size, size))
         };

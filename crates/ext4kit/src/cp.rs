@@ -213,7 +213,9 @@ impl Copier<'_> {
         .map_err(|e| errno(e, "create"))?;
         let bs = u64::from(fs.block_size());
         let runs = fs.file_runs(st.ino)?;
-        let ranges: Vec<(u64, u64)> = if runs.is_empty() {
+        let ranges: Vec<(u64, u64)> = if let Some(stored) = reader.inline_len() {
+            vec![(0, stored.min(st.size))]
+        } else if runs.is_empty() {
             vec![(0, st.size)]
         } else {
             runs.iter()
