@@ -115,6 +115,9 @@ fn build_tree(root: &Path, big_entries: usize, xattr_len: usize) {
         f.seek(SeekFrom::Start(i * 3 * 4096)).unwrap();
         f.write_all(&ext4kit_testkit::pattern(i, 4096)).unwrap();
     }
+    // Past 4 GiB: i_size_high, logical blocks above 2^20.
+    let f = fs::File::create(root.join("huge")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"tail of a 5 GiB file", 5 << 30).unwrap();
     std::os::unix::fs::symlink("x".repeat(100), root.join("slowlink")).unwrap();
     std::os::unix::fs::symlink("small", root.join("fastlink")).unwrap();
     std::os::unix::fs::symlink("loop2", root.join("loop1")).unwrap();
@@ -238,6 +241,20 @@ fn reads_the_fixture() {
             );
         }
     }
+    let huge = fs.resolve(b"/huge", true).unwrap();
+    let r = fs.open_file(huge).unwrap();
+    assert_eq!(r.size(), (5 << 30) + 20);
+    let mut buf = vec![1u8; 4096 + 20];
+    assert_eq!(r.read_at((5 << 30) - 4096, &mut buf).unwrap(), 4096 + 20);
+    assert!(buf[..4096].iter().all(|&b| b == 0));
+    assert_eq!(&buf[4096..], b"tail of a 5 GiB file");
+    let runs = fs.file_runs(huge).unwrap();
+    assert_eq!(
+        runs.iter()
+            .filter(|r| r.kind == ExtentKind::Written)
+            .count(),
+        1
+    );
     // Path errors.
     assert!(matches!(
         fs.resolve(b"/small/x", true),

@@ -9,6 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use ext4kit_fs::format::Structure;
 use ext4kit_fs::{Fs, JournalMode, OpenOptions};
 
 /// An `IMG[:PATH]` argument.
@@ -87,7 +88,26 @@ impl Images {
             },
             ..OpenOptions::default()
         };
-        let fs = Fs::open_path(image, &opts).with_context(|| image.display().to_string())?;
+        let fs = Fs::open_path(image, &opts)
+            .map_err(|e| {
+                let journal = matches!(
+                    e.structure(),
+                    Some(
+                        Structure::JournalSuperblock
+                            | Structure::JournalDescriptor
+                            | Structure::JournalCommit
+                            | Structure::JournalRevoke
+                            | Structure::JournalDataBlock
+                    )
+                );
+                let hint = if journal && !self.no_replay {
+                    " (--no-replay reads the image without its journal)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("{e}{hint}")
+            })
+            .with_context(|| image.display().to_string())?;
         for n in fs.notices() {
             eprintln!("ext4kit: {}: {n}", image.display());
         }

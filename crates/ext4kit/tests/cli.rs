@@ -245,6 +245,17 @@ fn roundtrip_ext4_inline_data() {
 }
 
 #[test]
+fn roundtrip_ext4_meta_bg() {
+    roundtrip(
+        "ext4-metabg",
+        "ext4",
+        4096,
+        &["-O", "meta_bg,^resize_inode", "-g", "4096"],
+        true,
+    );
+}
+
+#[test]
 fn roundtrip_ext2() {
     roundtrip("ext2", "ext2", 1024, &[], true);
 }
