@@ -1219,3 +1219,53 @@ fn journal_replay_stops_at_a_corrupt_descriptor() {
     assert!(r.to_string().contains("stopped at journal block"), "{r}");
     let _ = checksum::crc32c_raw(0, b"");
 }
+
+#[test]
+fn xattr_values_in_ea_inodes() {
+    if !require_kernel("ea_inode") {
+        return;
+    }
+    let dir = temp_dir("ext4kit-fs-ea-");
+    let tree = dir.join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join("f"), b"x").unwrap();
+    let img = dir.join("ea.img");
+    ext4kit_testkit::mke2fs_d(&tree, &img, "ext4", 4096, 16 << 20, &["-O", "ea_inode"]);
+    let val = dir.join("val");
+    fs::write(&val, ext4kit_testkit::pattern(5, 4096)).unwrap();
+    run_ok(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            &format!("ea_set -f {} /f user.huge", val.display()),
+            img.to_str().unwrap(),
+        ],
+    );
+    let out = dir.join("out");
+    run_ok(
+        "debugfs",
+        &[
+            "-R",
+            &format!("ea_get -f {} /f user.huge", out.display()),
+            img.to_str().unwrap(),
+        ],
+    );
+    // debugfs ea_set leaves i_blocks of the owner one block short; let e2fsck fix that.
+    let (code, text) = run("e2fsck", &[os("-fy"), img.as_os_str()]);
+    assert!(code == 0 || code == 1, "{text}");
+    ext4kit_testkit::assert_e2fsck_clean(&img);
+    let m = Img {
+        bytes: fs::read(&img).unwrap(),
+    };
+    let fs = m.open().unwrap();
+    let f = fs.resolve(b"/f", true).unwrap();
+    let v = fs.get_xattr(f, b"user.huge").unwrap();
+    assert_eq!(v, fs::read(&out).unwrap());
+    assert_eq!(
+        v.len(),
+        4096,
+        "the value must not fit the inode: it lives in an EA inode"
+    );
+    assert_eq!(fs.stat(f).unwrap().file_acl, 0);
+}
