@@ -325,9 +325,10 @@ pub(crate) fn plan(
         let mut ipg_start = inodes_wanted.div_ceil(u64::from(group_count));
         if ipg_start > u64::from(max_bpg_bits) {
             if bpg >= 256 {
+                // mke2fs restores the block count but keeps the reserved count
+                // of the last trim.
                 bpg -= 8;
                 blocks = param_blocks;
-                reserved = param_reserved;
                 continue 'retry;
             }
             return Err(MkfsError::TooManyInodes {
@@ -523,6 +524,14 @@ mod tests {
             (214_748_364, 262_144, 131_072)
         );
         assert_eq!(g.size_type, SizeType::Huge);
+        // Too many inodes per group: blocks per group shrink in steps of 8, and the reserved
+        // count keeps the value of the last trim of a short last group.
+        let g = geo(408_108_544, 4096);
+        assert_eq!(
+            (g.blocks_count, g.blocks_per_group, g.inodes_per_group),
+            (99_635, 32_672, 24_912)
+        );
+        assert_eq!(g.reserved_blocks, 4901);
     }
 
     #[test]
