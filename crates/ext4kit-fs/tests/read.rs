@@ -1269,3 +1269,42 @@ fn xattr_values_in_ea_inodes() {
     );
     assert_eq!(fs.stat(f).unwrap().file_acl, 0);
 }
+
+#[test]
+fn device_errors_are_io_errors_naming_the_block() {
+    let Some(img) = fixture() else { return };
+    let (ino, leaf) = sparse_leaf(img);
+    let mem: Arc<dyn BlockDevice> = Arc::new(MemDevice::from_image(1024, img.bytes.clone()));
+    let fault = Arc::new(FaultDevice::new(mem));
+    let fs = Fs::open(fault.clone(), &OpenOptions::default()).unwrap();
+    // The extent leaf (4 device blocks of 1 KiB per 4 KiB block).
+    fault.add_rule(ext4kit_blockdev::FaultRule::Blocks {
+        op: None,
+        start: leaf * 4,
+        end: leaf * 4 + 4,
+    });
+    let e = fs.file_runs(ino).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert_eq!(
+        (e.context().inode, e.context().block),
+        (Some(ino), Some(leaf)),
+        "{e}"
+    );
+    assert_eq!(e.errno(), 5);
+    // A data block read through the page cache.
+    fault.clear_rules();
+    let first = fs
+        .file_runs(ino)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.kind == ExtentKind::Written)
+        .unwrap();
+    fault.add_rule(ext4kit_blockdev::FaultRule::Blocks {
+        op: None,
+        start: first.pblk * 4,
+        end: first.pblk * 4 + 4,
+    });
+    let e = fs.open_file(ino).unwrap().read_to_end(1 << 30).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert_eq!(e.context().inode, Some(ino));
+}
