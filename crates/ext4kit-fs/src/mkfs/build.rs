@@ -274,6 +274,15 @@ fn set_extents(
         }
     };
     inode.block_area_mut().copy_from_slice(root.as_bytes());
+    if tree_block.is_some() {
+        // When libext2fs moves a full in-inode root into a tree block it leaves the old
+        // entries 2..4 in the root's unused slots (beyond eh_entries, so every reader ignores
+        // them). Keep them too, so that the image matches mkfs.ext4's byte for byte.
+        for (k, e) in extents.iter().enumerate().take(4).skip(1) {
+            let at = 12 + 12 * k;
+            e.encode(&mut inode.block_area_mut()[at..at + 12])?;
+        }
+    }
     let mut f = inode.flags();
     f.insert(InodeFlags::EXTENTS);
     inode.set_flags(f);

@@ -21,11 +21,24 @@
 //! 1.47.0's lazy initialisation does, which keeps a 16 TiB filesystem to a few
 //! hundred megabytes of writes (almost all descriptor-table copies).
 //!
-//! The layout follows `mkfs.ext4 -O ^resize_inode` block for block: with the
-//! same UUID, hash seed and time (and `lazy_itable_init: false` against
-//! `-E lazy_itable_init=0`) the images differ only in `s_kbytes_written` and
-//! the superblock checksum. Given the same options, including `uuid`,
-//! `hash_seed` and `time`, two runs write identical bytes.
+//! The layout follows `mkfs.ext4 -O ^resize_inode` (e2fsprogs 1.47.0) block for
+//! block: with the same UUID, hash seed, label and time, `lazy_itable_init:
+//! false` against `-E lazy_itable_init=0` (or `assume_zeroed: true` against
+//! `-E assume_storage_prezeroed=1`), the images differ only in
+//! `s_kbytes_written` and the superblock checksums (checked from 8 MiB to
+//! 16 TiB). Where we part from `mke2fs` on purpose:
+//!
+//! * below 2048 blocks `mke2fs` silently makes a filesystem without a journal;
+//!   we refuse ([`MkfsError::TooSmall`]) — the journal is not optional here;
+//! * where `mke2fs` would switch to `meta_bg` (descriptor tables over 3/4 of a
+//!   group: above 768 GiB with 1 KiB blocks, 12 TiB with 2 KiB, 192 TiB with
+//!   4 KiB) we refuse ([`MkfsError::TooLarge`]);
+//! * the signed-hash flag is set on every host, not only where `char` is signed;
+//! * groups holding only a superblock backup stay `BLOCK_UNINIT` (1.47.0;
+//!   1.47.1 and later initialise their bitmaps instead; both are valid).
+//!
+//! Given the same options, including `uuid`, `hash_seed` and `time`, two runs
+//! write identical bytes.
 //!
 //! ```no_run
 //! use ext4kit_blockdev::FileDevice;
@@ -252,6 +265,21 @@ pub enum MkfsError {
     Internal(String),
 }
 
+/// `SOURCE_DATE_EPOCH` from the environment, for [`MkfsOptions::time`] in
+/// reproducible builds; `None` when unset or not a decimal number of seconds.
+/// [`mkfs`] itself never reads the environment.
+pub fn source_date_epoch() -> Option<i64> {
+    parse_epoch(&std::env::var("SOURCE_DATE_EPOCH").ok()?)
+}
+
+fn parse_epoch(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 /// Parameters resolved from the options (random or current values filled in).
 #[derive(Debug, Clone)]
 pub(crate) struct Resolved {
@@ -362,6 +390,16 @@ mod tests {
             assert_eq!(sb.free_blocks_count(), r.free_blocks);
             assert_eq!(sb.block_size(), bs);
         }
+    }
+
+    #[test]
+    fn epoch() {
+        assert_eq!(parse_epoch("1700000000"), Some(1_700_000_000));
+        assert_eq!(parse_epoch(" 0\n"), Some(0));
+        assert_eq!(parse_epoch("-5"), None);
+        assert_eq!(parse_epoch("12abc"), None);
+        assert_eq!(parse_epoch(""), None);
+        assert_eq!(parse_epoch("99999999999999999999"), None);
     }
 
     #[test]
