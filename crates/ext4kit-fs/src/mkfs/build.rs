@@ -11,6 +11,7 @@
 //! (`ext2fs_flush2`: backup superblocks without `EXT2_VALID_FS`, numbered in
 //! `s_block_group_nr`) and `initialize.c` (`BLOCK_UNINIT` / `INODE_UNINIT`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ext4kit_format::HashVersion;
@@ -34,6 +35,8 @@ use super::tables::{GroupTables, allocate_tables};
 use super::writer::WritePlan;
 use super::{MkfsError, MkfsReport, Resolved};
 
+/// `s_jnl_backup_type`: `s_jnl_blocks` holds the journal inode's block map.
+const JNL_BACKUP_BLOCKS: u8 = 1;
 /// `i_extra_isize` of new inodes and `s_{min,want}_extra_isize`.
 const EXTRA_ISIZE: u16 = 32;
 /// Journal inode.
@@ -298,17 +301,8 @@ fn byte_offset(geo: &Geometry, block: u64) -> u64 {
     block * u64::from(geo.block_size)
 }
 
-/// Builds every structure and the write plan.
-pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image, MkfsError> {
-    let bs = geo.block_size as usize;
-    let bs64 = u64::from(geo.block_size);
-    let t = Timestamp {
-        seconds: p.time,
-        nanoseconds: 0,
-    };
-    let mut plan = WritePlan::default();
-
-    // ---- superblock (counts filled in below) ----
+/// The superblock of the new filesystem, free counts and `s_jnl_blocks` still unset.
+fn new_superblock(geo: &Geometry, p: &Resolved) -> Superblock {
     let mut sb = Superblock::new_zeroed();
     sb.set_magic(SUPER_MAGIC);
     sb.set_rev_level(REV_DYNAMIC);
@@ -347,17 +341,17 @@ pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image,
     sb.set_uuid(p.uuid);
     sb.set_volume_name(p.label);
     sb.set_journal_inum(JOURNAL_INO);
-    let seed_words: [u32; 4] = std::array::from_fn(|i| {
+    // s_hash_seed holds the seed's raw bytes (four le32 words).
+    sb.set_hash_seed(std::array::from_fn(|i| {
         u32::from_le_bytes([
             p.hash_seed[4 * i],
             p.hash_seed[4 * i + 1],
             p.hash_seed[4 * i + 2],
             p.hash_seed[4 * i + 3],
         ])
-    });
-    sb.set_hash_seed(seed_words);
+    }));
     sb.set_def_hash_version(HashVersion::HalfMd4.disk_code());
-    sb.set_jnl_backup_type(1);
+    sb.set_jnl_backup_type(JNL_BACKUP_BLOCKS);
     sb.set_desc_size(DESC_SIZE as u16);
     sb.set_default_mount_opts(default_mount_opts::XATTR_USER | default_mount_opts::ACL);
     sb.set_min_extra_isize(EXTRA_ISIZE);
@@ -368,182 +362,234 @@ pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image,
     sb.set_mkfs_time(p.time);
     sb.set_last_check_time(p.time);
     sb.set_write_time(p.time);
-    let seed = sb.csum_seed();
+    sb
+}
 
-    // ---- inodes ----
+/// Inodes 1..=11 as they go to disk, and the journal's extent tree block.
+struct SpecialInodes {
+    /// Inode table block → its bytes, for the blocks holding inodes 1..=11
+    /// (they span groups when groups hold fewer than 11 inodes).
+    table_blocks: BTreeMap<u64, Vec<u8>>,
+    /// `s_jnl_blocks`: the journal inode's `i_block`, then `i_size_high`, `i_size`.
+    jnl_blocks: [u32; JNL_BLOCKS_LEN],
+    /// The journal's extent leaf, when it does not fit in the inode.
+    journal_leaf: Option<Vec<u8>>,
+}
+
+fn special_inodes(
+    geo: &Geometry,
+    lay: &Layout,
+    seed: u32,
+    t: Timestamp,
+) -> Result<SpecialInodes, MkfsError> {
+    let bs64 = u64::from(geo.block_size);
     let lpf_blocks: u64 = lay.lpf.iter().map(|r| r.1).sum();
-    let mut root_inode = new_inode(FileType::Directory.mode_bits() | 0o755, 3, bs64, t)?;
-    set_extents(&mut root_inode, &lay.root, None, geo, seed, ROOT_INO)?;
-    root_inode.update_checksum(seed, ROOT_INO);
-    let mut lpf_inode = new_inode(
+    let mut root = new_inode(FileType::Directory.mode_bits() | 0o755, 3, bs64, t)?;
+    set_extents(&mut root, &lay.root, None, geo, seed, ROOT_INO)?;
+    let mut lpf = new_inode(
         FileType::Directory.mode_bits() | 0o700,
         2,
         lpf_blocks * bs64,
         t,
     )?;
-    set_extents(&mut lpf_inode, &lay.lpf, None, geo, seed, LPF_INO)?;
-    lpf_inode.update_checksum(seed, LPF_INO);
+    set_extents(&mut lpf, &lay.lpf, None, geo, seed, LPF_INO)?;
     let journal_bytes = u64::from(geo.journal_blocks) * bs64;
-    let mut journal_inode = new_inode(FileType::Regular.mode_bits() | 0o600, 1, journal_bytes, t)?;
+    let mut journal = new_inode(FileType::Regular.mode_bits() | 0o600, 1, journal_bytes, t)?;
     let journal_leaf = set_extents(
-        &mut journal_inode,
+        &mut journal,
         &lay.journal,
         lay.journal_tree_block,
         geo,
         seed,
         JOURNAL_INO,
     )?;
-    journal_inode.update_checksum(seed, JOURNAL_INO);
-    // s_jnl_blocks: the journal inode's i_block, then i_size_high, i_size.
-    let mut jnl = [0u32; JNL_BLOCKS_LEN];
-    for (i, w) in jnl.iter_mut().take(15).enumerate() {
-        *w = journal_inode.block_word(i);
+    let mut jnl_blocks = [0u32; JNL_BLOCKS_LEN];
+    for (i, w) in jnl_blocks.iter_mut().take(15).enumerate() {
+        *w = journal.block_word(i);
     }
-    jnl[15] = (journal_bytes >> 32) as u32;
-    jnl[16] = journal_bytes as u32;
-    sb.set_jnl_blocks(jnl);
+    jnl_blocks[15] = (journal_bytes >> 32) as u32;
+    jnl_blocks[16] = journal_bytes as u32;
 
-    // The inode table blocks holding inodes 1..=11 (they may span groups
-    // when groups hold fewer than 11 inodes).
+    let isz = u64::from(INODE_SIZE);
     let ipg = geo.inodes_per_group;
-    let isz = usize::from(INODE_SIZE);
-    let mut itable: std::collections::BTreeMap<u64, Vec<u8>> = std::collections::BTreeMap::new();
+    let mut table_blocks = BTreeMap::new();
     for ino in 1..=FIRST_INO {
-        let inode = match ino {
-            ROOT_INO => root_inode.clone(),
-            LPF_INO => lpf_inode.clone(),
-            JOURNAL_INO => journal_inode.clone(),
+        let mut inode = match ino {
+            ROOT_INO => root.clone(),
+            LPF_INO => lpf.clone(),
+            JOURNAL_INO => journal.clone(),
             _ => {
-                // Reserved inodes get a valid checksum; the bad-blocks inode
-                // (1) also gets its times, as ext2fs_update_bb_inode writes them.
-                let mut i = Inode::new(isz, 0)?;
+                // Reserved inodes are zero but for a valid checksum; the bad
+                // blocks inode (1) has its times, as ext2fs_update_bb_inode writes them.
+                let mut i = Inode::new(usize::from(INODE_SIZE), 0)?;
                 if ino == special::BAD {
                     i.set_access_time(t);
                     i.set_change_time(t);
                     i.set_modification_time(t);
                 }
-                i.update_checksum(seed, ino);
                 i
             }
         };
-        let g = (ino - 1) / ipg;
-        let index = u64::from((ino - 1) % ipg);
-        let tb = lay
+        inode.update_checksum(seed, ino);
+        let tables = lay
             .tables
-            .get(g as usize)
-            .ok_or_else(|| MkfsError::Internal("inode group".into()))?;
-        let block = tb.inode_table + index * isz as u64 / bs64;
-        let off = (index * isz as u64 % bs64) as usize;
-        let buf = itable.entry(block).or_insert_with(|| vec![0u8; bs]);
-        buf[off..off + isz].copy_from_slice(inode.as_bytes());
+            .get(((ino - 1) / ipg) as usize)
+            .ok_or_else(|| MkfsError::Internal(format!("no group for inode {ino}")))?;
+        let at = u64::from((ino - 1) % ipg) * isz;
+        let buf = table_blocks
+            .entry(tables.inode_table + at / bs64)
+            .or_insert_with(|| vec![0u8; geo.block_size as usize]);
+        let off = (at % bs64) as usize;
+        buf[off..off + usize::from(INODE_SIZE)].copy_from_slice(inode.as_bytes());
     }
-    // Used inodes per group (the first FIRST_INO inodes).
-    let used_inodes = |g: u32| -> u32 {
-        let first = u64::from(g) * u64::from(ipg) + 1;
-        let last = first + u64::from(ipg) - 1;
-        let hi = last.min(u64::from(FIRST_INO));
-        if first > hi {
-            0
-        } else {
-            (hi - first + 1) as u32
-        }
-    };
-    let dir_group = |ino: u32| (ino - 1) / ipg;
+    Ok(SpecialInodes {
+        table_blocks,
+        jnl_blocks,
+        journal_leaf,
+    })
+}
 
-    // ---- directories ----
+/// The root directory block and the `lost+found` blocks.
+fn write_directories(
+    geo: &Geometry,
+    lay: &Layout,
+    seed: u32,
+    plan: &mut WritePlan,
+) -> Result<(), MkfsError> {
+    let bs = geo.block_size as usize;
     let opts = DirBlockOptions::new(geo.block_size, true);
-    let dir_ft = FileType::Directory.dirent_code();
-    let mut root_dir = DirBlock::new_dir(bs, opts, ROOT_INO, ROOT_INO, true)?;
-    if !root_dir.add_entry(b"lost+found", LPF_INO, dir_ft)? {
+    let mut root = DirBlock::new_dir(bs, opts, ROOT_INO, ROOT_INO, true)?;
+    if !root.add_entry(b"lost+found", LPF_INO, FileType::Directory.dirent_code())? {
         return Err(MkfsError::Internal(
             "lost+found does not fit the root block".into(),
         ));
     }
-    root_dir.update_checksum(seed, ROOT_INO, 0);
+    root.update_checksum(seed, ROOT_INO, 0);
     let root_block = lay
         .root
         .first()
         .ok_or_else(|| MkfsError::Internal("root has no block".into()))?
         .0;
-    plan.data(byte_offset(geo, root_block), root_dir.into_bytes());
-    let mut lpf_index = 0u64;
-    for &(start, len) in &lay.lpf {
-        for b in start..start + len {
-            let mut blk = if lpf_index == 0 {
-                DirBlock::new_dir(bs, opts, LPF_INO, ROOT_INO, true)?
-            } else {
-                DirBlock::new_empty(bs, opts)?
-            };
-            blk.update_checksum(seed, LPF_INO, 0);
-            plan.data(byte_offset(geo, b), blk.into_bytes());
-            lpf_index += 1;
-        }
+    plan.data(byte_offset(geo, root_block), root.into_bytes());
+    let lpf_blocks = lay.lpf.iter().flat_map(|&(start, len)| start..start + len);
+    for (i, b) in lpf_blocks.enumerate() {
+        let mut blk = if i == 0 {
+            DirBlock::new_dir(bs, opts, LPF_INO, ROOT_INO, true)?
+        } else {
+            DirBlock::new_empty(bs, opts)?
+        };
+        blk.update_checksum(seed, LPF_INO, 0);
+        plan.data(byte_offset(geo, b), blk.into_bytes());
     }
+    Ok(())
+}
 
-    // ---- journal ----
+/// The journal superblock, the zeroed log, the extent tree block.
+fn write_journal(
+    geo: &Geometry,
+    lay: &Layout,
+    p: &Resolved,
+    leaf: Option<Vec<u8>>,
+    plan: &mut WritePlan,
+) -> Result<(), MkfsError> {
     let mut jsb = JournalSuperblock::new(geo.block_size, geo.journal_blocks);
     jsb.set_uuid(p.uuid);
     jsb.update_checksum();
-    let mut jblock = vec![0u8; bs];
-    jblock[..jsb.as_bytes().len()].copy_from_slice(jsb.as_bytes());
-    let journal_start = lay
+    let mut first = vec![0u8; geo.block_size as usize];
+    first[..jsb.as_bytes().len()].copy_from_slice(jsb.as_bytes());
+    let start = lay
         .journal
         .first()
         .ok_or_else(|| MkfsError::Internal("empty journal".into()))?
         .0;
-    plan.data(byte_offset(geo, journal_start), jblock);
+    plan.data(byte_offset(geo, start), first);
     if !p.assume_zeroed {
         for &(start, len) in &lay.journal {
-            plan.zero(byte_offset(geo, start), len * bs64);
+            plan.zero(byte_offset(geo, start), len * u64::from(geo.block_size));
         }
     }
-    if let (Some(tb), Some(leaf)) = (lay.journal_tree_block, journal_leaf) {
+    if let (Some(tb), Some(leaf)) = (lay.journal_tree_block, leaf) {
         plan.data(byte_offset(geo, tb), leaf);
     }
+    Ok(())
+}
 
-    // ---- group descriptors and bitmaps ----
-    let last_group = geo.group_count - 1;
-    let mut gdt = vec![0u8; geo.gdt_blocks as usize * bs];
-    let mut free_blocks_total = 0u64;
-    let mut free_inodes_total = 0u64;
-    let zeroed_tables = p.assume_zeroed || !p.lazy_itable_init;
+/// The descriptor table, with the totals it adds up to.
+struct Groups {
+    gdt: Vec<u8>,
+    free_blocks: u64,
+    free_inodes: u32,
+}
+
+/// Builds every group descriptor, writes the bitmaps of initialised groups
+/// and zeroes inode tables as the options ask.
+fn write_groups(
+    geo: &Geometry,
+    lay: &Layout,
+    p: &Resolved,
+    sb: &Superblock,
+    plan: &mut WritePlan,
+) -> Result<Groups, MkfsError> {
+    let bs = geo.block_size as usize;
+    let bs64 = u64::from(geo.block_size);
+    let ipg = geo.inodes_per_group;
+    let internal = |what: &str| MkfsError::Internal(what.to_string());
+    // Inodes 1..=FIRST_INO are the used ones.
+    let used_inodes = |g: u32| -> u32 {
+        let first = u64::from(g) * u64::from(ipg) + 1;
+        let last = (first + u64::from(ipg) - 1).min(u64::from(FIRST_INO));
+        if first > last {
+            0
+        } else {
+            (last - first + 1) as u32
+        }
+    };
     let sgroups = super_groups(geo.group_count);
+    let mut out = Groups {
+        gdt: vec![0u8; geo.gdt_blocks as usize * bs],
+        free_blocks: 0,
+        free_inodes: 0,
+    };
     for g in 0..geo.group_count {
         let tb = *lay
             .tables
             .get(g as usize)
-            .ok_or_else(|| MkfsError::Internal("group tables".into()))?;
+            .ok_or_else(|| internal("group tables"))?;
         let first = geo.group_first_block(g);
         let end = geo.group_last_block(g) + 1;
         let used_blocks = lay.used.count_used(first, end);
-        let base_meta = if sgroups.binary_search(&g).is_ok() {
-            1 + u64::from(geo.gdt_blocks)
-        } else {
-            0
-        };
         let free_blocks = (end - first) - used_blocks;
         let inodes_used = used_inodes(g);
         let free_inodes = ipg - inodes_used;
-        free_blocks_total += free_blocks;
-        free_inodes_total += u64::from(free_inodes);
+        out.free_blocks += free_blocks;
+        out.free_inodes = out
+            .free_inodes
+            .checked_add(free_inodes)
+            .ok_or_else(|| internal("free inodes"))?;
 
         let mut d = GroupDesc::new_zeroed(DESC_SIZE as usize);
         d.set_block_bitmap(tb.block_bitmap)?;
         d.set_inode_bitmap(tb.inode_bitmap)?;
         d.set_inode_table(tb.inode_table)?;
-        d.set_free_blocks_count(
-            u32::try_from(free_blocks).map_err(|_| MkfsError::Internal("free count".into()))?,
-        )?;
+        d.set_free_blocks_count(u32::try_from(free_blocks).map_err(|_| internal("free blocks"))?)?;
         d.set_free_inodes_count(free_inodes)?;
         let dirs = [ROOT_INO, LPF_INO]
             .iter()
-            .filter(|&&i| dir_group(i) == g)
-            .count() as u32;
-        d.set_used_dirs_count(dirs)?;
+            .filter(|&&i| (i - 1) / ipg == g)
+            .count();
+        d.set_used_dirs_count(dirs as u32)?;
         d.set_itable_unused(free_inodes)?;
+
+        // A group whose only used blocks are its superblock backup is left
+        // for the kernel to initialise (the last group never is: its bitmap
+        // needs padding).
+        let base_meta = if sgroups.binary_search(&g).is_ok() {
+            1 + u64::from(geo.gdt_blocks)
+        } else {
+            0
+        };
         let mut fl = GroupFlags::default();
-        let block_uninit = g != last_group && used_blocks == base_meta;
-        if block_uninit {
+        if g + 1 != geo.group_count && used_blocks == base_meta {
             fl.insert(GroupFlags::BLOCK_UNINIT);
         } else {
             let mut bm = vec![0u8; bs];
@@ -551,7 +597,7 @@ pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image,
                 bitmap::set_range(&mut bm, (s - first) as usize, (e - s) as usize);
             }
             bitmap::mark_padding(&mut bm, (end - first) as usize);
-            d.set_block_bitmap_checksum(&sb, &bm);
+            d.set_block_bitmap_checksum(sb, &bm);
             plan.data(byte_offset(geo, tb.block_bitmap), bm);
         }
         if inodes_used == 0 {
@@ -560,40 +606,49 @@ pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image,
             let mut im = vec![0u8; bs];
             bitmap::set_range(&mut im, 0, inodes_used as usize);
             bitmap::mark_padding(&mut im, ipg as usize);
-            d.set_inode_bitmap_checksum(&sb, &im);
+            d.set_inode_bitmap_checksum(sb, &im);
             plan.data(byte_offset(geo, tb.inode_bitmap), im);
         }
-        if zeroed_tables {
+        if p.assume_zeroed || !p.lazy_itable_init {
             fl.insert(GroupFlags::ITABLE_ZEROED);
         }
         d.set_flags(fl);
-        d.update_checksum(&sb, g);
+        d.update_checksum(sb, g);
         let off = g as usize * DESC_SIZE as usize;
-        gdt[off..off + DESC_SIZE as usize].copy_from_slice(d.as_bytes());
+        out.gdt[off..off + DESC_SIZE as usize].copy_from_slice(d.as_bytes());
 
-        // Inode table zeroing.
+        // Zero the used part of the inode table (mke2fs's lazy init), or all of it.
         if !p.assume_zeroed {
-            let itb = u64::from(geo.inode_table_blocks);
-            let n = if p.lazy_itable_init {
-                (u64::from(inodes_used) * isz as u64).div_ceil(bs64)
+            let blocks = if p.lazy_itable_init {
+                (u64::from(inodes_used) * u64::from(INODE_SIZE)).div_ceil(bs64)
             } else {
-                itb
+                u64::from(geo.inode_table_blocks)
             };
-            plan.zero(byte_offset(geo, tb.inode_table), n * bs64);
+            plan.zero(byte_offset(geo, tb.inode_table), blocks * bs64);
         }
     }
-    for (block, bytes) in itable {
+    Ok(out)
+}
+
+/// Builds every structure and the write plan.
+pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image, MkfsError> {
+    let bs64 = u64::from(geo.block_size);
+    let t = Timestamp {
+        seconds: p.time,
+        nanoseconds: 0,
+    };
+    let mut plan = WritePlan::default();
+    let mut sb = new_superblock(geo, p);
+    let seed = sb.csum_seed();
+
+    let special = special_inodes(geo, lay, seed, t)?;
+    sb.set_jnl_blocks(special.jnl_blocks);
+    write_directories(geo, lay, seed, &mut plan)?;
+    write_journal(geo, lay, p, special.journal_leaf, &mut plan)?;
+    let groups = write_groups(geo, lay, p, &sb, &mut plan)?;
+    for (block, bytes) in special.table_blocks {
         plan.data(byte_offset(geo, block), bytes);
     }
-
-    // ---- superblock counts, backups ----
-    let overhead =
-        lay.table_blocks + u64::from(geo.journal_blocks) + u64::from(geo.first_data_block);
-    sb.set_free_blocks_count(free_blocks_total);
-    let free_inodes_total =
-        u32::try_from(free_inodes_total).map_err(|_| MkfsError::Internal("free inodes".into()))?;
-    sb.set_free_inodes_count(free_inodes_total);
-    sb.set_overhead_clusters(u32::try_from(overhead).unwrap_or(0));
 
     // Zeroing mke2fs does besides the tables: the old superblock area
     // (bytes 1024..4096) and the last 64..128 KiB of the filesystem.
@@ -609,16 +664,23 @@ pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image,
         }
     }
 
-    let gdt = Arc::new(gdt);
-    let gdt_len = gdt.len();
+    // Descriptor table copies, then the superblock backups.
+    let sgroups = super_groups(geo.group_count);
+    let gdt = Arc::new(groups.gdt);
     for &g in &sgroups {
-        let gdt_at = byte_offset(geo, geo.group_first_block(g) + 1);
-        plan.shared(gdt_at, Arc::clone(&gdt), 0, gdt_len);
+        let at = byte_offset(geo, geo.group_first_block(g) + 1);
+        plan.shared(at, Arc::clone(&gdt), 0, gdt.len());
     }
+    let overhead =
+        lay.table_blocks + u64::from(geo.journal_blocks) + u64::from(geo.first_data_block);
+    sb.set_free_blocks_count(groups.free_blocks);
+    sb.set_free_inodes_count(groups.free_inodes);
+    sb.set_overhead_clusters(u32::try_from(overhead).unwrap_or(0));
     // Lifetime writes: the metadata this mkfs writes, in KiB (the kernel
     // adds to it from the first mount on).
     sb.set_kbytes_written((plan.data_bytes() + 1024 * sgroups.len() as u64) / 1024);
     for &g in sgroups.iter().filter(|&&g| g != 0) {
+        // ext2fs_flush2 writes the backups while the state lacks VALID.
         let mut backup = sb.clone();
         backup.set_state(sb.state() & !state::VALID);
         backup.set_block_group_nr(u16::try_from(g).unwrap_or(u16::MAX));
@@ -634,7 +696,7 @@ pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image,
         block_size: geo.block_size,
         blocks_count: geo.blocks_count,
         reserved_blocks: geo.reserved_blocks,
-        free_blocks: free_blocks_total,
+        free_blocks: groups.free_blocks,
         first_data_block: geo.first_data_block,
         blocks_per_group: geo.blocks_per_group,
         group_count: geo.group_count,
@@ -645,14 +707,15 @@ pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image,
         inodes_per_group: geo.inodes_per_group,
         inode_size: INODE_SIZE,
         inode_table_blocks: geo.inode_table_blocks,
-        free_inodes: free_inodes_total,
+        free_inodes: groups.free_inodes,
         overhead_blocks: overhead,
         journal_inode: JOURNAL_INO,
         journal_blocks: geo.journal_blocks,
         journal_extents: lay.journal.iter().map(|&(s, l)| (s, l as u32)).collect(),
         root_inode: ROOT_INO,
         lost_found_inode: LPF_INO,
-        lost_found_blocks: u32::try_from(lpf_blocks).unwrap_or(u32::MAX),
+        lost_found_blocks: u32::try_from(lay.lpf.iter().map(|r| r.1).sum::<u64>())
+            .unwrap_or(u32::MAX),
         uuid: p.uuid,
         hash_seed: p.hash_seed,
         time: p.time,
