@@ -515,6 +515,32 @@ fn kernel_mounts_and_writes() {
     }
 }
 
+#[test]
+fn dirty_device() {
+    // mkfs over storage full of old bytes: what must be zero (used inode table blocks, the
+    // journal) is zeroed, the rest is left to the uninit flags and the kernel's lazy init.
+    if !e2fsprogs("dirty_device") {
+        return;
+    }
+    let kernel = tk::require_kernel("dirty_device (mount)");
+    let dir = tmpdir();
+    let img = dir.path().join("dirty.img");
+    let garbage = tk::pattern(99, (64 * MIB) as usize);
+    for (bs, lazy) in [(1024, true), (2048, false), (4096, true), (4096, false)] {
+        fs::write(&img, &garbage).unwrap();
+        let opts = MkfsOptions {
+            block_size: Some(bs),
+            lazy_itable_init: lazy,
+            ..MkfsOptions::default()
+        };
+        our_mkfs(&img, &opts);
+        fsck(&img);
+        if kernel {
+            kernel_round_trip(&img);
+        }
+    }
+}
+
 /// A directory on a file system that holds 16 TiB sparse files (tmpfs).
 fn big_file_dir() -> Option<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
