@@ -79,7 +79,7 @@ pub fn e2fsck_clean(img: &Path) -> Result<(), String> {
             !(l.is_empty()
                 || l.starts_with("e2fsck ")
                 || (l.starts_with("Pass ") && l.as_bytes().get(6) == Some(&b':'))
-                || (l.starts_with(&*name) && l.contains(" files (") && l.contains(" blocks")))
+                || is_summary_line(l))
         })
         .collect();
     if code == 0 && unexpected.is_empty() {
@@ -87,6 +87,17 @@ pub fn e2fsck_clean(img: &Path) -> Result<(), String> {
     } else {
         Err(format!("e2fsck -fn {name} exited {code}; unexpected lines {unexpected:?}; full output:\n{text}"))
     }
+}
+
+/// e2fsck's summary: `NAME: 12/2048 files (0.0% non-contiguous), 1234/8192 blocks`, where
+/// NAME is the volume label when there is one, else the device name.
+fn is_summary_line(l: &str) -> bool {
+    let Some((_, rest)) = l.rsplit_once(": ") else { return false };
+    let mut parts = rest.split(", ");
+    let files = parts.next().unwrap_or("");
+    let blocks = parts.next().unwrap_or("");
+    let ratio = |s: &str| s.split_once('/').is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
+    files.split_once(" files (").is_some_and(|(r, _)| ratio(r)) && blocks.strip_suffix(" blocks").is_some_and(ratio) && parts.next().is_none()
 }
 
 /// Panics with e2fsck's output unless the image is clean.
@@ -549,5 +560,19 @@ mod tests {
         assert!(d.iter().any(|l| l.contains("files/size-1")), "{d:?}");
         let hl = a.get(b"hardlinks/two".as_slice()).unwrap();
         assert_eq!(hl.link_group.as_deref(), Some(b"files/three-linked".as_slice()));
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::is_summary_line;
+
+    #[test]
+    fn summary_lines_with_label_or_path_are_recognised() {
+        assert!(is_summary_line("/tmp/x.img: 11/2048 files (0.0% non-contiguous), 1300/8192 blocks"));
+        assert!(is_summary_line("demo: 19/16384 files (0.0% non-contiguous), 8239/65536 blocks"));
+        assert!(!is_summary_line("Free blocks count wrong (123, counted=456)."));
+        assert!(!is_summary_line("Fix? no"));
+        assert!(!is_summary_line("x: 1/2 files (0.0% non-contiguous), 3/4 blocks, extra"));
     }
 }
