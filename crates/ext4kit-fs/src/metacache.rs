@@ -215,7 +215,9 @@ impl MetaCache {
     /// Drops clean, unreferenced blocks until the cache is within its capacity (or nothing
     /// more can go).
     fn evict(&self, idx: &mut Index) {
-        let mut budget = idx.order.len();
+        // Bounded work per call: when most blocks are dirty or held (a large write), scanning
+        // the whole queue on every insertion would be quadratic.
+        let mut budget = idx.order.len().min(64);
         while idx.blocks.len() > self.capacity && budget > 0 {
             budget -= 1;
             let Some(b) = idx.order.pop_front() else {
