@@ -115,20 +115,19 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<XattrPair>> {
-    // Ask for the size first: most files have none.
-    let mut empty: [u8; 0] = [];
-    let size = match rustix::fs::llistxattr(path, &mut empty[..]) {
-        Ok(0) => return Ok(Vec::new()),
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(path, e.into())),
+    // A small buffer first (most files have no or few attributes), a large one on ERANGE.
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut names) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) if names.len() < 1 << 16 => names.resize(1 << 16, 0),
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(path, e.into())),
+        }
     };
-    let mut names = vec![0u8; size + 256];
-    let n = match rustix::fs::llistxattr(path, &mut names) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(path, e.into())),
-    };
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let mut out = Vec::new();
     for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
         let Ok(cname) = std::ffi::CString::new(name.to_vec()) else { continue };

@@ -64,6 +64,11 @@ fn create_files_dirs_links_and_data_then_fsck_and_kernel_agree() {
         for i in 0..3000 {
             fs.create(big, format!("entry-{i:05}").as_bytes(), &NewKind::Regular, &attrs).unwrap();
         }
+        // An htree that grows under a parent other than the root: `..` must stay right.
+        let nested = fs.create(sub, b"nested-big", &NewKind::Directory, &NewInode { perm: 0o755, ..attrs }).unwrap();
+        for i in 0..3000 {
+            fs.create(nested, format!("n-{i:05}").as_bytes(), &NewKind::Regular, &attrs).unwrap();
+        }
         // Symlinks, devices, FIFO, socket, hard link.
         fs.create(d, b"fast", &NewKind::Symlink(b"f1".to_vec()), &NewInode { perm: 0o777, ..attrs }).unwrap();
         let long = format!("../{}", "x".repeat(150));
@@ -103,6 +108,8 @@ fn create_files_dirs_links_and_data_then_fsck_and_kernel_agree() {
         assert_eq!(std::fs::read_link(root.join("dir/fast")).unwrap().to_str().unwrap(), "f1");
         assert_eq!(std::fs::read_link(root.join("dir/slow")).unwrap().to_str().unwrap(), long);
         assert_eq!(std::fs::read_dir(root.join("big")).unwrap().count(), 3000);
+        assert_eq!(std::fs::read_dir(root.join("dir/sub/nested-big")).unwrap().count(), 3000);
+        assert_eq!(std::fs::metadata(root.join("dir/sub/nested-big/..")).unwrap().ino(), std::fs::metadata(root.join("dir/sub")).unwrap().ino());
         let l = std::fs::metadata(root.join("dir/sub/f3-link")).unwrap();
         assert_eq!(l.nlink(), 2);
         assert_eq!(l.ino(), std::fs::metadata(root.join("dir/f3")).unwrap().ino());

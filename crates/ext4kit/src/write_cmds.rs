@@ -384,16 +384,13 @@ struct CopyIn<'a> {
 }
 
 fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut empty: [u8; 0] = [];
-    let Ok(size) = rustix::fs::llistxattr(path, &mut empty[..]) else {
-        return Vec::new();
-    };
-    if size == 0 {
-        return Vec::new();
-    }
-    let mut names = vec![0u8; size + 256];
-    let Ok(n) = rustix::fs::llistxattr(path, &mut names) else {
-        return Vec::new();
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut names) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) if names.len() < 1 << 16 => names.resize(1 << 16, 0),
+            Err(_) => return Vec::new(),
+        }
     };
     let mut out = Vec::new();
     for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
@@ -580,8 +577,10 @@ pub fn cmd_cp_in(
         let contents_of = src.as_os_str().as_bytes().ends_with(b"/.");
         match dest_dir {
             Some(d) if contents_of => {
-                // SRC/. : the contents of SRC into DEST.
-                let dir = src.parent().unwrap_or(Path::new("."));
+                // SRC/. : the contents of SRC into DEST. (Path::parent would skip the `.`.)
+                let b = src.as_os_str().as_bytes();
+                let dir = Path::new(OsStr::from_bytes(&b[..b.len() - 2]));
+                let dir = if dir.as_os_str().is_empty() { Path::new("/") } else { dir };
                 if !c.opts.recursive {
                     bail!("{}: is a directory (use -r)", src.display());
                 }

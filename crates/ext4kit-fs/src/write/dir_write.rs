@@ -95,6 +95,20 @@ pub fn add_entry<S: DirStore + ?Sized>(s: &mut S, name: &[u8], ino: u32, ft: u8)
     s.write_leaf(lblk, b)
 }
 
+/// The directory's parent: the `..` entry (in the dx root's fake entries when indexed).
+pub fn parent_of<S: DirStore + ?Sized>(s: &mut S) -> Result<Option<u32>> {
+    if s.nblocks() == 0 {
+        return Ok(None);
+    }
+    let raw = s.read_block(0)?;
+    if s.is_indexed() {
+        let root = DxBlock::parse_root(&raw, dx_opts(s))?;
+        return Ok(Some(root.parent_inode()));
+    }
+    let b = DirBlock::parse(&raw, opts(s))?;
+    Ok(b.find(b"..")?.map(|e| e.inode))
+}
+
 /// Looks `name` up; returns (inode, dirent file type).
 pub fn lookup<S: DirStore + ?Sized>(s: &mut S, name: &[u8]) -> Result<Option<(u32, u8)>> {
     let find = |raw: &[u8], o: DirBlockOptions| -> Result<Option<(u32, u8)>> {

@@ -373,7 +373,13 @@ fn dotdot(meta: &mut MetaState, core: &crate::fs::Core, dir: u32) -> Result<u32>
         return Ok(dir);
     }
     let mut io = DirIo { core, meta, ino: dir, parent: 0 };
-    Ok(dir_write::lookup(&mut io, b"..")?.map_or(crate::fs::ROOT_INO, |e| e.0))
+    dir_write::parent_of(&mut io)?.ok_or_else(|| {
+        Error::corrupt(
+            ext4kit_format::Structure::DirectoryBlock,
+            crate::error::Corruption::DirectoryDots,
+        )
+        .with_inode(dir)
+    })
 }
 
 /// A parent directory gained an entry: times, and a link for a new subdirectory.

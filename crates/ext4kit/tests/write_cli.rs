@@ -1,0 +1,164 @@
+//! The writing commands through the binary: mkfs, build, mkdir, cp into images. Every image is
+//! judged by e2fsck (strict) and a kernel loop mount.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use ext4kit_testkit::{
+    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, generate_tree, require_kernel, run_ok, snapshot,
+};
+
+fn ext4kit(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ok(args: &[&str]) -> String {
+    let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let (code, out, err) = ext4kit(&a);
+    assert_eq!(code, 0, "ext4kit {args:?} failed: {err}");
+    out
+}
+
+fn fails(args: &[&str]) -> String {
+    let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let (code, _, err) = ext4kit(&a);
+    assert_ne!(code, 0, "ext4kit {args:?} should fail");
+    assert_eq!(err.trim_end().lines().count(), 1, "one-line error expected, got {err:?}");
+    err
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn mkfs_gives_a_clean_image_that_info_and_dumpe2fs_describe_alike() {
+    if !require_kernel("mkfs_gives_a_clean_image_that_info_and_dumpe2fs_describe_alike") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (bs, size) in [("1024", "8M"), ("2048", "100M"), ("4096", "1G")] {
+        let img = dir.path().join(format!("m{bs}.img"));
+        ok(&["mkfs", "-b", bs, "-L", "vol", "-U", "01234567-89ab-cdef-0123-456789abcdef", s(&img), size]);
+        assert_e2fsck_clean(&img);
+        let info: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", s(&img)])).unwrap();
+        let dump = run_ok("dumpe2fs", &["-h", s(&img)]);
+        let field = |name: &str| dump.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string())).unwrap();
+        assert_eq!(info["block_size"].to_string(), field("Block size"));
+        assert_eq!(info["block_count"].to_string(), field("Block count"));
+        assert_eq!(info["free_blocks"].to_string(), field("Free blocks"));
+        assert_eq!(info["inode_count"].to_string(), field("Inode count"));
+        assert_eq!(field("Filesystem UUID"), "01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(field("Filesystem volume name"), "vol");
+        for f in ["has_journal", "ext_attr", "dir_index", "filetype", "extent", "64bit", "flex_bg", "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize", "metadata_csum"] {
+            assert!(field("Filesystem features").split_whitespace().any(|x| x == f), "{bs}: feature {f} missing");
+        }
+        let m = LoopMount::new(&img, false).unwrap();
+        std::fs::write(m.path().join("hello"), b"kernel was here").unwrap();
+        m.unmount().unwrap();
+        assert_e2fsck_clean(&img);
+    }
+    assert!(fails(&["mkfs", s(&dir.path().join("x.img")), "12Q"]).contains("suffix"));
+    assert!(fails(&["mkfs", s(&dir.path().join("y.img")), "100K"]).contains("y.img"));
+}
+
+#[test]
+fn cp_into_images_from_both_mkfs_equals_the_tree_in_the_kernel() {
+    if !require_kernel("cp_into_images_from_both_mkfs_equals_the_tree_in_the_kernel") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    generate_tree(&src, 3, &TreeOptions::default());
+    let want = snapshot(&src);
+    let tree_dot = format!("{}/.", s(&src));
+    for bs in ["1024", "2048", "4096"] {
+        for maker in ["ext4kit", "mkfs.ext4"] {
+            let img = dir.path().join(format!("{maker}-{bs}.img"));
+            if maker == "ext4kit" {
+                ok(&["mkfs", "-b", bs, s(&img), "128M"]);
+            } else {
+                let f = std::fs::File::create(&img).unwrap();
+                f.set_len(128 << 20).unwrap();
+                run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", bs, s(&img)]);
+            }
+            let root = format!("{}:/", s(&img));
+            ok(&["cp", "-r", "-p", &tree_dot, &root]);
+            assert_e2fsck_clean(&img);
+            let m = LoopMount::new(&img, true).unwrap();
+            let got = snapshot(m.path());
+            // Directory mtimes change as entries are added after -p set them; compare files.
+            let d = diff_trees(&want, &got, Compare { dir_mtime: false, ..Compare::default() });
+            assert!(d.is_empty(), "{maker} {bs}: {d:#?}");
+            m.unmount().unwrap();
+        }
+    }
+}
+
+#[test]
+fn mkdir_p_and_cp_overwrite_and_errors() {
+    if !require_kernel("mkdir_p_and_cp_overwrite_and_errors") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("a.img");
+    ok(&["mkfs", "-b", "4096", s(&img), "64M"]);
+    let spec = |p: &str| format!("{}:{p}", s(&img));
+    ok(&["mkdir", "-p", &spec("/etc/app/conf.d"), &spec("/var/log")]);
+    ok(&["mkdir", "-p", &spec("/etc/app")]);
+    assert!(fails(&["mkdir", &spec("/etc")]).contains("exists"));
+    assert!(fails(&["mkdir", &spec("/no/such/parent")]).contains("no/such"));
+    let f = dir.path().join("conf");
+    std::fs::write(&f, vec![b'a'; 100_000]).unwrap();
+    ok(&["cp", s(&f), &spec("/etc/app/conf.d/")]);
+    std::fs::write(&f, b"short now").unwrap();
+    ok(&["cp", s(&f), &spec("/etc/app/conf.d/conf")]);
+    ok(&["cp", s(&f), &spec("/etc/renamed")]);
+    assert!(fails(&["cp", s(dir.path()), &spec("/x")]).contains("-r"));
+    assert_eq!(ok(&["cat", &spec("/etc/app/conf.d/conf")]), "short now");
+    assert_e2fsck_clean(&img);
+    let m = LoopMount::new(&img, true).unwrap();
+    assert_eq!(std::fs::read(m.path().join("etc/app/conf.d/conf")).unwrap(), b"short now");
+    assert_eq!(std::fs::read(m.path().join("etc/renamed")).unwrap(), b"short now");
+    assert!(m.path().join("var/log").is_dir());
+    // A mounted image is refused.
+    let err = fails(&["mkdir", &spec("/while-mounted")]);
+    assert!(err.contains("mounted") || err.contains("loop"), "{err}");
+    m.unmount().unwrap();
+}
+
+#[test]
+fn build_through_the_cli_is_reproducible_and_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    generate_tree(&src, 4, &TreeOptions { big_dir_entries: 400, depth: 6, ..TreeOptions::default() });
+    let run = |img: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+            .args(["build", "-b", "2048", "-U", "0123456789abcdef0123456789abcdef", "--hash-seed", "fedcba9876543210fedcba9876543210", "--json", s(&src), s(img)])
+            .env("SOURCE_DATE_EPOCH", "1650000000")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    let ra = run(&a);
+    run(&b);
+    assert!(ra["files"].as_u64().unwrap() > 400);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "two builds differ");
+    if ext4kit_testkit::kernel_available() {
+        assert_e2fsck_clean(&a);
+        let m = LoopMount::new(&a, true).unwrap();
+        let want = snapshot(&src);
+        let got = snapshot(m.path());
+        // SOURCE_DATE_EPOCH clamps every time: compare everything else, and check the clamp.
+        let d = diff_trees(&want, &got, Compare { mtime: false, ..Compare::default() });
+        assert!(d.is_empty(), "{d:#?}");
+        assert!(got.values().all(|e| e.mtime.0 <= 1_650_000_000), "a time past SOURCE_DATE_EPOCH survived");
+        m.unmount().unwrap();
+    }
+}
