@@ -409,6 +409,13 @@ impl BlockMapper for Core {
         }
         self.w_fallocate(ino_u32(ino)?, lblk, len).map_err(|e| self.map_err(ino, e))
     }
+
+    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("punch a hole"));
+        }
+        self.w_punch(ino_u32(ino)?, lblk, len).map_err(|e| self.map_err(ino, e))
+    }
 }
 
 fn ino_u32(ino: u64) -> Result<u32, MapError> {

@@ -146,4 +146,7 @@ pub trait BlockMapper: Send + Sync + fmt::Debug {
 
     /// Allocates unwritten extents for the holes in `lblk..lblk+len` (fallocate).
     fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError>;
+
+    /// Frees the blocks of `ino` in `lblk..lblk+len` (punch hole); the size does not change.
+    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError>;
 }

@@ -1000,6 +1000,110 @@ impl Mapping {
         Ok(released)
     }
 
+    /// Punches a hole in `offset..offset+len` (the size stays), as ext4_punch_hole: writes back
+    /// and waits for the range, zeroes the partly covered blocks at its edges through the cache
+    /// (reading them in if needed and dirtying them, so the disk gets the zeros), drops the
+    /// cached pages wholly inside, forgets the wholly covered blocks of the edge pages, and asks
+    /// the filesystem to free the wholly covered blocks.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), Error> {
+        let end = offset.checked_add(len).filter(|e| *e <= MAX_OFFSET).ok_or(Error::TooLarge(offset))?;
+        if len == 0 {
+            return Ok(());
+        }
+        let _inode = self.inner.inode_lock.lock();
+        let ps = self.inner.page_size();
+        let bs = self.inner.cache.cfg.block_size as u64;
+        // The range is clipped at the end of the block holding EOF (the kernel clips at the
+        // end of its page); blocks preallocated past that stay.
+        let size = self.inner.i_size.load(Ordering::Acquire);
+        if offset >= size {
+            return Ok(());
+        }
+        let end = end.min(size.div_ceil(bs) * bs);
+        self.writepages(&mut WritebackControl::sync_range(offset, end - 1))?;
+        self.wait_writeback();
+        // Partial edge blocks (ext4_zero_partial_blocks).
+        let head_end = end.min(offset.div_ceil(bs) * bs);
+        if offset % bs != 0 {
+            self.zero_partial_block(offset, head_end - offset)?;
+        }
+        let tail_start = end / bs * bs;
+        if end % bs != 0 && tail_start >= head_end {
+            self.zero_partial_block(tail_start, end - tail_start)?;
+        }
+        let (first, last) = (offset.div_ceil(bs), end / bs);
+        if last <= first {
+            return Ok(());
+        }
+        // Whole blocks (truncate_pagecache_range).
+        let (from_byte, to_byte) = (first * bs, last * bs);
+        let pages: Vec<Arc<Page>> = self.inner.tree.lock().pages.collect_from(from_byte / ps);
+        for page in pages {
+            let pos = page.index() * ps;
+            if pos >= to_byte {
+                break;
+            }
+            let mut st = page.lock();
+            page.wait_writeback_locked(&mut st);
+            drop(st);
+            let (from, to) = (from_byte.max(pos) - pos, to_byte.min(pos + ps) - pos);
+            if from == 0 && to == ps {
+                let mut tree = self.inner.tree.lock();
+                self.inner.remove_page(&mut tree, page.index());
+                drop(tree);
+                page.unlock();
+                continue;
+            }
+            page.data.write()[from as usize..to as usize].fill(0);
+            {
+                let mut st = page.state.lock();
+                for b in (from / bs) as usize..(to / bs) as usize {
+                    // Unmapped, clean, zero (block_invalidate_folio).
+                    st.blocks[b] = BlockState::UPTODATE;
+                    st.pblk[b] = INVALID_PBLK;
+                }
+            }
+            page.unlock();
+        }
+        self.inner.cache.mapper.punch_hole(self.inner.ino, first, last - first)?;
+        Ok(())
+    }
+
+    /// Zeroes `pos..pos+len` (within one block) through the cache: reads the page in if it is
+    /// not up to date and dirties the block if it is on disk (ext4_block_zero_page_range).
+    fn zero_partial_block(&self, pos: u64, len: u64) -> Result<(), Error> {
+        let ps = self.inner.page_size();
+        let bs = self.inner.cache.cfg.block_size as u64;
+        let page = self.inner.grab_page(pos / ps);
+        let uptodate = {
+            let mut st = page.lock();
+            page.wait_writeback_locked(&mut st);
+            st.flags.contains(PageFlags::UPTODATE)
+        };
+        if !uptodate {
+            if let Err(e) = self.inner.read_page(&page) {
+                page.unlock();
+                return Err(e);
+            }
+        }
+        let from = pos % ps;
+        page.data.write()[from as usize..(from + len) as usize].fill(0);
+        let block = (from / bs) as usize;
+        let dirty = {
+            let mut st = page.state.lock();
+            let on_disk = st.blocks[block].contains(BlockState::MAPPED);
+            if on_disk {
+                st.blocks[block].insert(BlockState::DIRTY | BlockState::UPTODATE);
+            }
+            on_disk
+        };
+        if dirty {
+            self.inner.set_page_dirty(&page);
+        }
+        page.unlock();
+        Ok(())
+    }
+
     /// Allocates unwritten extents for the holes in `offset..offset+len` (delayed blocks in the
     /// range are written back first), and grows the file to cover the range unless
     /// `keep_size`.

@@ -421,6 +421,24 @@ impl BlockMapper for SimpleMapper {
         Ok(())
     }
 
+    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
+        let mut st = self.st.lock();
+        st.split_at(ino, lblk);
+        st.split_at(ino, lblk + len);
+        let gone: Vec<FileExtent> = st
+            .files
+            .get_mut(&ino)
+            .map(|f| {
+                let keys: Vec<u64> = f.range(lblk..lblk + len).map(|(k, _)| *k).collect();
+                keys.into_iter().filter_map(|k| f.remove(&k)).collect()
+            })
+            .unwrap_or_default();
+        for e in gone {
+            st.free_run(e.pblk, e.len);
+        }
+        Ok(())
+    }
+
     fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
         let mut b = lblk;
         while b < lblk + len {

@@ -514,6 +514,9 @@ impl BlockMapper for TruncateOnAlloc {
     fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
         self.inner.fallocate(ino, lblk, len)
     }
+    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
+        self.inner.punch_hole(ino, lblk, len)
+    }
 }
 
 /// §6.7: i_size shrinks between collecting the extent and mapping it (1 KiB blocks on 4 KiB
@@ -804,6 +807,9 @@ impl BlockMapper for SlowConvert {
     }
     fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
         self.0.fallocate(ino, lblk, len)
+    }
+    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
+        self.0.punch_hole(ino, lblk, len)
     }
 }
 

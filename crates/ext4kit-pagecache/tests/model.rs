@@ -42,6 +42,7 @@ enum Op {
     Write { off: u64, len: usize, seed: u64 },
     Truncate { size: u64 },
     Fallocate { off: u64, len: u64, keep: bool },
+    Punch { off: u64, len: u64 },
     Writepages { sync: bool, nr: i64 },
     Fsync { handle: usize, drop_cache: bool },
 }
@@ -51,6 +52,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         6 => (0..MAX_FILE, 1usize..24_000, any::<u64>()).prop_map(|(off, len, seed)| Op::Write { off, len, seed }),
         1 => (0..MAX_FILE).prop_map(|size| Op::Truncate { size }),
         1 => (0..MAX_FILE, 1..40_000u64, any::<bool>()).prop_map(|(off, len, keep)| Op::Fallocate { off, len, keep }),
+        1 => (0..MAX_FILE, 1..40_000u64).prop_map(|(off, len)| Op::Punch { off, len }),
         2 => (any::<bool>(), 1..40i64).prop_map(|(sync, nr)| Op::Writepages { sync, nr }),
         2 => (0..2usize, any::<bool>()).prop_map(|(handle, drop_cache)| Op::Fsync { handle, drop_cache }),
     ]
@@ -345,6 +347,9 @@ impl BlockMapper for CheckingMapper {
     }
     fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
         self.inner.fallocate(ino, lblk, len)
+    }
+    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
+        self.inner.punch_hole(ino, lblk, len)
     }
 }
 
@@ -671,6 +676,14 @@ fn run_case(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<(), T
                 let end = (off + len) as usize;
                 if !keep && model.len() < end {
                     model.resize(end, 0);
+                }
+            }
+            Op::Punch { off, len } => {
+                m.punch_hole(*off, *len)
+                    .map_err(|e| TestCaseError::fail(format!("{ctx}: {e}")))?;
+                let end = ((off + len) as usize).min(model.len());
+                if (*off as usize) < end {
+                    model[*off as usize..end].fill(0);
                 }
             }
             Op::Writepages { sync, nr } => {

@@ -116,6 +116,15 @@ impl Core {
         Ok(())
     }
 
+    /// Frees the blocks of `ino` in `lblk..lblk+len`.
+    pub(crate) fn w_punch(&self, ino: u32, lblk: u64, len: u64) -> Result<()> {
+        let w = self.writer("punch")?;
+        let mut meta = w.meta.lock();
+        with_tree(self, &mut meta, ino, 0, |t| t.remove_range(lblk, lblk + len))?;
+        meta.dirty_inode(ino);
+        Ok(())
+    }
+
     /// Allocates unwritten extents over the holes of `lblk..lblk+len`.
     pub(crate) fn w_fallocate(&self, ino: u32, lblk: u64, len: u64) -> Result<()> {
         let w = self.writer("fallocate")?;
