@@ -104,6 +104,12 @@ pub enum Corruption {
     TooManyNodes,
     /// The journal inode or its geometry is unusable.
     Journal(String),
+    /// A POSIX ACL value in ext4's on-disk format that does not parse (version, truncated or
+    /// unknown entry).
+    Acl {
+        /// Byte offset in the value.
+        offset: usize,
+    },
     /// The image is shorter than the filesystem it holds.
     Truncated {
         /// Bytes the filesystem needs.
@@ -149,6 +155,7 @@ impl fmt::Display for Corruption {
             C::FileTooLarge { size } => write!(f, "size {size} beyond the largest file"),
             C::TooManyNodes => f.write_str("more tree nodes than the filesystem has blocks"),
             C::Journal(s) => f.write_str(s),
+            C::Acl { offset } => write!(f, "malformed POSIX ACL at byte {offset}"),
             C::Truncated { needed, device } => write!(
                 f,
                 "image truncated: the filesystem needs {needed} bytes, the device has {device}"

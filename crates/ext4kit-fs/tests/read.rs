@@ -105,6 +105,24 @@ fn assert_typed(e: &Error, structure: Structure, ino: Option<u32>, block: Option
     assert!(msg.contains(&structure.to_string()), "{msg}");
 }
 
+/// A POSIX ACL as getxattr(2) returns it: user::rw-, user:1000:r--, group::r--, mask::r--,
+/// other::r--.
+fn acl_xattr() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1000),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
 fn build_tree(root: &Path, big_entries: usize, xattr_len: usize) {
     use std::io::{Seek, SeekFrom, Write};
     fs::create_dir_all(root.join("sub/deeper")).unwrap();
@@ -123,6 +141,14 @@ fn build_tree(root: &Path, big_entries: usize, xattr_len: usize) {
     std::os::unix::fs::symlink("loop2", root.join("loop1")).unwrap();
     std::os::unix::fs::symlink("./loop1", root.join("loop2")).unwrap();
     fs::write(root.join("xfile"), b"x").unwrap();
+    fs::write(root.join("acl"), b"acl").unwrap();
+    rustix::fs::setxattr(
+        root.join("acl"),
+        "system.posix_acl_access",
+        &acl_xattr(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
     rustix::fs::setxattr(
         root.join("xfile"),
         "user.big",
@@ -303,6 +329,32 @@ fn symlink_loops_and_huge_sparse_directories_terminate() {
     assert!(names.contains(&b"deeper".to_vec()));
     assert!(fs.lookup(sub, b"nothing-here").unwrap().is_none());
     assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+}
+
+#[test]
+fn posix_acls_read_as_getxattr_returns_them() {
+    let Some(img) = fixture() else { return };
+    let fs = img.open().unwrap();
+    let f = fs.resolve(b"/acl", true).unwrap();
+    assert_eq!(
+        fs.get_xattr(f, b"system.posix_acl_access").unwrap(),
+        acl_xattr()
+    );
+    // On disk it is ext4's shorter form (version 1, 4-byte entries without ids).
+    let disk = [
+        1u32.to_le_bytes().to_vec(),
+        vec![1, 0, 6, 0],
+        vec![2, 0, 4, 0],
+        1000u32.to_le_bytes().to_vec(),
+        vec![4, 0, 4, 0, 0x10, 0, 4, 0, 0x20, 0, 4, 0],
+    ]
+    .concat();
+    assert_eq!(
+        ext4kit_fs::xattr::acl_from_disk(&disk).unwrap(),
+        acl_xattr()
+    );
+    assert!(ext4kit_fs::xattr::acl_from_disk(&disk[..disk.len() - 2]).is_err());
+    assert!(ext4kit_fs::xattr::acl_from_disk(&[2, 0, 0, 0]).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
 //! sparse (only written extents are written; unwritten extents and holes become holes), device
 //! nodes, FIFOs and sockets are recreated. With `-p`: owner (ignored when not permitted, as cp
 //! does), full mode including set-id bits, atime/mtime with nanoseconds, and `user.*` xattrs
-//! (every namespace with `--all-xattrs`). Directory cycles in a corrupt image are refused.
+//! (every namespace with `--all-xattrs`, POSIX ACLs included). Directory cycles in a corrupt
+//! image are refused.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -287,8 +288,7 @@ impl Copier<'_> {
             if !(user || self.opts.all_xattrs) || (is_link && user) {
                 continue;
             }
-            if x.name.starts_with(b"system.") {
-                // ACLs are stored in ext4's own format; not translated yet.
+            if x.name.starts_with(b"system.") && !x.name.starts_with(b"system.posix_acl_") {
                 continue;
             }
             let r = match (fd, st.file_type) {
