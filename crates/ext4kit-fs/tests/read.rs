@@ -1360,3 +1360,107 @@ fn device_errors_are_io_errors_naming_the_block() {
     assert!(matches!(e, Error::Io { .. }), "{e}");
     assert_eq!(e.context().inode, Some(ino));
 }
+
+/// Opens `img` and touches everything (what the fuzz target does), bounded.
+fn walk_all(fs: &Fs) {
+    let mut queue = vec![(ROOT_INO, b"/".to_vec())];
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Some((ino, path)) = queue.pop() {
+        if seen.len() > 500 || !seen.insert(ino) {
+            continue;
+        }
+        let Ok(st) = fs.stat(ino) else { continue };
+        let _ = fs.list_xattrs(ino);
+        let _ = fs.file_runs(ino);
+        let _ = fs.resolve(&path, true);
+        match st.file_type {
+            ext4kit_fs::FileType::Directory => {
+                for e in fs.read_dir(ino).into_iter().flatten() {
+                    let _ = fs.lookup(ino, &e.name);
+                    if !e.is_dot_or_dotdot() {
+                        let mut p = path.clone();
+                        p.push(b'/');
+                        p.extend_from_slice(&e.name);
+                        queue.push((e.ino, p));
+                    }
+                }
+            }
+            ext4kit_fs::FileType::Regular => {
+                if let Ok(r) = fs.open_file(ino) {
+                    let mut pos = 0;
+                    while pos < r.size().min(1 << 20) {
+                        match r.read_at(pos, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => pos += n as u64,
+                        }
+                    }
+                }
+            }
+            ext4kit_fs::FileType::Symlink => {
+                let _ = fs.read_link(ino);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Random byte flips in the metadata of a small image: never a panic, always an end.
+#[test]
+fn random_metadata_flips_never_panic() {
+    if !require_kernel("random flips") {
+        return;
+    }
+    let dir = temp_dir("ext4kit-fs-flips-");
+    let tree = dir.join("tree");
+    build_tree(&tree, 40, 300);
+    fs::remove_file(tree.join("huge")).unwrap();
+    let path = dir.join("flips.img");
+    ext4kit_testkit::mke2fs_d(
+        &tree,
+        &path,
+        "ext4",
+        1024,
+        3 << 20,
+        &["-O", "metadata_csum,inline_data,^has_journal", "-N", "128"],
+    );
+    let (code, text) = run("e2fsck", &[os("-fyD"), path.as_os_str()]);
+    assert!(code == 0 || code == 1, "{text}");
+    let base = Img {
+        bytes: fs::read(&path).unwrap(),
+    };
+    let fs0 = base.open().unwrap();
+    walk_all(&fs0);
+    drop(fs0);
+    let used = base.bytes.len().min(1 << 20);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut opened = 0;
+    for _ in 0..1500 {
+        let mut m = base.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = 1024 + (next() as usize % (used - 1024));
+            m.bytes[at] ^= 1 << (next() % 8);
+        }
+        let r = std::panic::catch_unwind(|| {
+            for journal in [JournalMode::Replay, JournalMode::Ignore] {
+                if let Ok(fs) = m.open_with(journal) {
+                    walk_all(&fs);
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(r.is_ok(), "a flip made the reader panic");
+        opened += usize::from(r.unwrap_or(false));
+    }
+    assert!(
+        opened > 100,
+        "most flipped images should still open ({opened})"
+    );
+}
