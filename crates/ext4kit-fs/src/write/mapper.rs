@@ -69,7 +69,13 @@ impl Core {
                 meta.groups.get(g as usize).map_or(0, |gd| gd.inode_table())
             }
         };
-        let (pblk, got) = meta.alloc_blocks(self, goal, want)?;
+        // Blocks that would still merge into the extent before (same state, adjacent).
+        let room = match prev {
+            Some(p) if u64::from(p.logical_block) + u64::from(p.len) == lblk && p.unwritten == unwritten => cap.saturating_sub(u64::from(p.len)),
+            _ => 0,
+        };
+        // The blocks before `lblk` hint at how far the file streams on.
+        let (pblk, got) = meta.alloc_stream(self, goal, want, lblk, room)?;
         meta.add_blocks(self, ino, got as i64)?;
         let ext = TreeExtent { logical_block: lblk32, len: got as u32, physical_block: pblk, unwritten };
         if let Err(e) = with_tree(self, meta, ino, pblk, |t| t.insert(ext)) {

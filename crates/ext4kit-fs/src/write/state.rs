@@ -37,6 +37,10 @@ use crate::metacache::MetaBlock;
 /// delayed allocation: a reservation that would eat into them fails with ENOSPC.
 const METADATA_MARGIN_BLOCKS: u64 = 64;
 
+/// Shortest free run (in bytes) on which a stream starts a new extent (shorter ones are left to
+/// small files unless the request fits): mballoc's largest normalised request.
+const MIN_STREAM_RUN_BYTES: u64 = 8 << 20;
+
 /// The write side of an open filesystem.
 #[derive(Debug)]
 pub struct WriteState {
@@ -242,14 +246,42 @@ impl MetaState {
 
     // ---- block allocation ----
 
-    /// Allocates up to `want` contiguous blocks, as close after `goal` as possible: the first
-    /// run of `want` free blocks in the goal's group from the goal on, else the first free run
-    /// there, else the next groups. Returns (first block, count ≥ 1).
+    /// Allocates up to `want` contiguous blocks, as close after `goal` as possible: the free
+    /// run at the goal if it holds `want` blocks (counted across group ends), else the first
+    /// run of `want` free blocks from the goal on, else the first free blocks from the goal on.
+    /// Returns (first block, count ≥ 1).
     pub(crate) fn alloc_blocks(&mut self, core: &Core, goal: u64, want: u64) -> Result<(u64, u64)> {
+        self.alloc_stream(core, goal, want, 0, 0)
+    }
+
+    /// [`MetaState::alloc_blocks`] for a file expected to grow by about `stream` blocks beyond
+    /// this request (its size so far, as mballoc's request normalisation guesses), whose extent
+    /// ending at `goal` can take `room` more blocks. At the goal, blocks that fit that extent
+    /// are always taken; a new extent starts at the goal only if the free run there (counted
+    /// across group ends) is long — `want`, or the stream up to 8 MiB. Otherwise
+    /// the search wants a run that long too, and takes the first `want` blocks of it, so short
+    /// runs are left to small files, as mballoc does.
+    pub(crate) fn alloc_stream(&mut self, core: &Core, goal: u64, want: u64, stream: u64, room: u64) -> Result<(u64, u64)> {
         let want = want.max(1);
+        let min_stream_run = MIN_STREAM_RUN_BYTES / u64::from(self.sb.block_size());
+        let long = want.max(stream).min(min_stream_run.max(want));
         let ngroups = self.groups.len() as u32;
         let goal = goal.clamp(self.first_data_block(), self.sb.blocks_count().saturating_sub(1));
         let start_group = self.group_of(goal).min(ngroups.saturating_sub(1));
+        let (run, total) = self.free_run_at(core, goal, long)?;
+        let take = if total >= long { run.min(want) } else { run.min(want).min(room) };
+        if take > 0 {
+            let g = start_group;
+            let bm = self.block_bitmap(core, g)?;
+            let at = (goal - self.group_first(g)) as usize;
+            bitmap::set_range(&mut bm.write(), at, take as usize);
+            bm.mark_dirty();
+            let gd = &mut self.groups[g as usize];
+            let free = gd.free_blocks_count().saturating_sub(take as u32);
+            gd.set_free_blocks_count(free).map_err(Error::from)?;
+            self.mark_group(g);
+            return Ok((goal, take));
+        }
         // Two passes: first a full run of `want` anywhere from the goal, then any free block.
         for pass in 0..2 {
             for k in 0..ngroups {
@@ -261,11 +293,23 @@ impl MetaState {
                 let first = self.group_first(g);
                 let len = self.group_len(g) as usize;
                 let from = if k == 0 { (goal - first) as usize } else { 0 };
+                let mut tail = None;
                 let found = {
                     let bits = bm.read();
-                    let need = (want as usize).min(len);
+                    let need = (long as usize).min(len);
                     if pass == 0 {
-                        bitmap::find_zero_run(&bits, from, len, need).or_else(|| if from > 0 { bitmap::find_zero_run(&bits, 0, from, need) } else { None }).map(|s| (s, need))
+                        let hit = bitmap::find_zero_run(&bits, from, len, need)
+                            .or_else(|| if from > 0 { bitmap::find_zero_run(&bits, 0, from, need) } else { None })
+                            .map(|s| (s, need.min(want as usize)));
+                        if hit.is_none() && bitmap::test(&bits, len - 1) == Some(false) {
+                            // A shorter run at the group's end may go on into the next group.
+                            let mut t = len - 1;
+                            while t > 0 && bitmap::test(&bits, t - 1) == Some(false) {
+                                t -= 1;
+                            }
+                            tail = Some(t);
+                        }
+                        hit
                     } else {
                         bitmap::find_first_zero(&bits, from, len)
                             .or_else(|| bitmap::find_first_zero(&bits, 0, from))
@@ -278,6 +322,13 @@ impl MetaState {
                             })
                     }
                 };
+                let found = match (found, tail) {
+                    (None, Some(t)) => {
+                        let (run, total) = self.free_run_at(core, first + t as u64, long)?;
+                        (total >= long).then_some((t, run.min(want) as usize))
+                    }
+                    (found, _) => found,
+                };
                 let Some((s, n)) = found else { continue };
                 bitmap::set_range(&mut bm.write(), s, n);
                 bm.mark_dirty();
@@ -286,6 +337,64 @@ impl MetaState {
                 gd.set_free_blocks_count(free).map_err(Error::from)?;
                 self.mark_group(g);
                 return Ok((first + s as u64, n as u64));
+            }
+        }
+        Err(no_space("no free blocks"))
+    }
+
+    /// The free run starting at `goal`, at most `want` long: (its length inside the goal's
+    /// group, its length across the following groups too).
+    fn free_run_at(&mut self, core: &Core, goal: u64, want: u64) -> Result<(u64, u64)> {
+        let mut total = 0;
+        let mut in_group = None;
+        let mut b = goal;
+        while total < want {
+            let g = self.group_of(b);
+            if g as usize >= self.groups.len() || self.groups[g as usize].free_blocks_count() == 0 {
+                break;
+            }
+            let bm = self.block_bitmap(core, g)?;
+            let first = self.group_first(g);
+            let len = self.group_len(g) as usize;
+            let at = (b - first) as usize;
+            let bits = bm.read();
+            if at >= len || bitmap::test(&bits, at) != Some(false) {
+                break;
+            }
+            let stop = (at as u64 + (want - total)).min(len as u64) as usize;
+            let n = (bitmap::find_first_set(&bits, at, stop).unwrap_or(stop) - at) as u64;
+            total += n;
+            in_group.get_or_insert(n);
+            if at + n as usize != len {
+                break;
+            }
+            b = first + len as u64;
+        }
+        Ok((in_group.unwrap_or(0), total))
+    }
+
+    /// Allocates one block for file metadata (an extent tree node): the last free block of the
+    /// filesystem, so nodes stay out of the way of data streams, which grow forward from their
+    /// goals (mballoc keeps small requests apart from streams, too).
+    pub(crate) fn alloc_meta_block(&mut self, core: &Core) -> Result<u64> {
+        for g in (0..self.groups.len() as u32).rev() {
+            if self.groups[g as usize].free_blocks_count() == 0 {
+                continue;
+            }
+            let bm = self.block_bitmap(core, g)?;
+            let len = self.group_len(g) as usize;
+            let found = {
+                let bits = bm.read();
+                (0..len).rev().find(|&i| bitmap::test(&bits, i) == Some(false))
+            };
+            if let Some(i) = found {
+                bitmap::set(&mut bm.write(), i);
+                bm.mark_dirty();
+                let gd = &mut self.groups[g as usize];
+                let free = gd.free_blocks_count().saturating_sub(1);
+                gd.set_free_blocks_count(free).map_err(Error::from)?;
+                self.mark_group(g);
+                return Ok(self.group_first(g) + i as u64);
             }
         }
         Err(no_space("no free blocks"))

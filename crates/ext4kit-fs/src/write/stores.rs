@@ -48,8 +48,8 @@ impl NodeStore for TreeIo<'_> {
         Ok(())
     }
 
-    fn alloc_node(&mut self, goal: u64) -> Result<u64> {
-        let (b, _) = self.meta.alloc_blocks(self.core, goal, 1)?;
+    fn alloc_node(&mut self, _goal: u64) -> Result<u64> {
+        let b = self.meta.alloc_meta_block(self.core)?;
         self.meta.add_blocks(self.core, self.ino, 1)?;
         Ok(b)
     }

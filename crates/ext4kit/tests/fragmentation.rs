@@ -1,0 +1,79 @@
+//! Fragmentation: a 1 GiB file copied into a fresh mkfs.ext4 image with `ext4kit cp` has no more
+//! extents than the kernel gives the same copy into the same image (loop mount, cp, sync), at
+//! 1, 2 and 4 KiB blocks. Extents are counted with `debugfs -R "ex FILE"` (leaf entries) on both
+//! images; ours must also be e2fsck-clean and hold the right bytes (read through the kernel).
+//!
+//! `EXT4KIT_FRAG_MB` changes the file size (default 1024).
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, require_kernel, run_ok};
+
+/// Leaf extents of `path` in `img`, as debugfs lists them.
+fn leaf_extents(img: &Path, path: &str) -> usize {
+    let out = run_ok("debugfs", &["-R", &format!("ex {path}"), img.to_str().unwrap()]);
+    let mut leaves = 0;
+    for line in out.lines().skip_while(|l| !l.starts_with("Level")).skip(1) {
+        // " 1/ 1   3/ 10  ..." — level/depth, entry/count.
+        let mut f = line.split_whitespace();
+        let (Some(level), Some(depth)) = (f.next(), f.next()) else { continue };
+        if level.trim_end_matches('/') == depth {
+            leaves += 1;
+        }
+    }
+    assert!(leaves > 0, "no extents listed for {path}: {out}");
+    leaves
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    Command::new("cmp").args(["-s"]).arg(a).arg(b).status().unwrap().success()
+}
+
+#[test]
+fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
+    if !require_kernel("one_gib_copy_has_no_more_extents_than_the_kernel_gives") {
+        return;
+    }
+    let mb: usize = std::env::var("EXT4KIT_FRAG_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let src = dir.path().join("big");
+    {
+        let mut f = std::fs::File::create(&src).unwrap();
+        for i in 0..mb {
+            f.write_all(&pattern(i as u64, 1 << 20)).unwrap();
+        }
+    }
+    let size = format!("{}M", mb * 3);
+    for bs in ["1024", "2048", "4096"] {
+        let ours = dir.path().join(format!("ours{bs}.img"));
+        let kern = dir.path().join(format!("kernel{bs}.img"));
+        run_ok("mkfs.ext4", &["-q", "-F", "-b", bs, "-E", "root_owner=0:0", ours.to_str().unwrap(), &size]);
+        std::fs::copy(&ours, &kern).unwrap();
+
+        let st = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+            .args(["cp", src.to_str().unwrap(), &format!("{}:/big", ours.display())])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ext4kit cp failed at {bs}");
+        assert_e2fsck_clean(&ours);
+
+        let m = LoopMount::new(&kern, false).unwrap();
+        std::fs::copy(&src, m.path().join("big")).unwrap();
+        run_ok("sync", &[]);
+        m.unmount().unwrap();
+
+        let (n_ours, n_kern) = (leaf_extents(&ours, "/big"), leaf_extents(&kern, "/big"));
+        eprintln!("{mb} MiB at {bs}-byte blocks: ext4kit {n_ours} extents, kernel {n_kern}");
+        assert!(n_ours <= n_kern, "{bs}: ext4kit made {n_ours} extents, the kernel {n_kern}");
+
+        let m = LoopMount::new(&ours, true).unwrap();
+        assert!(same_file(&src, &m.path().join("big")), "{bs}: content differs");
+        m.unmount().unwrap();
+        std::fs::remove_file(&ours).unwrap();
+        std::fs::remove_file(&kern).unwrap();
+    }
+}
