@@ -110,6 +110,19 @@ pub enum Corruption {
         /// Byte offset in the value.
         offset: usize,
     },
+    /// The orphan list (`s_last_orphan` and the `i_dtime` links) names an inode that cannot
+    /// be on it (out of range, reserved, or reached twice).
+    OrphanList {
+        /// The inode named.
+        ino: u32,
+    },
+    /// An orphan file block is malformed.
+    OrphanFile {
+        /// The block.
+        block: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// The image is shorter than the filesystem it holds.
     Truncated {
         /// Bytes the filesystem needs.
@@ -156,6 +169,8 @@ impl fmt::Display for Corruption {
             C::TooManyNodes => f.write_str("more tree nodes than the filesystem has blocks"),
             C::Journal(s) => f.write_str(s),
             C::Acl { offset } => write!(f, "malformed POSIX ACL at byte {offset}"),
+            C::OrphanList { ino } => write!(f, "orphan list names inode {ino}, which cannot be an orphan"),
+            C::OrphanFile { block, reason } => write!(f, "orphan file block {block}: {reason}"),
             C::Truncated { needed, device } => write!(
                 f,
                 "image truncated: the filesystem needs {needed} bytes, the device has {device}"

@@ -88,6 +88,8 @@ pub struct Core {
     pub(crate) map_errors: Mutex<Vec<(u64, Error)>>,
     /// The write side, when the filesystem is open for writing.
     pub(crate) write: Option<crate::write::state::WriteState>,
+    /// Unlinked inodes still in use (see [`crate::write::orphan`]).
+    pub(crate) orphans: Mutex<crate::write::orphan::Orphans>,
 }
 
 /// Incompat features this reader refuses even though they are known.
@@ -194,6 +196,7 @@ impl Core {
             write,
             sb,
             map_errors: Mutex::new(Vec::new()),
+            orphans: Mutex::new(crate::write::orphan::Orphans::default()),
         })
     }
 
@@ -354,12 +357,20 @@ impl Fs {
                 errno: e.errno(),
             }
         })?;
-        Ok(Fs {
+        let mut fs = Fs {
             core,
             pages,
             replay,
             notices,
-        })
+        };
+        if opts.writable {
+            // What a previous writer left on the orphan list is freed (or truncated) now.
+            let n = crate::write::orphan::clean_at_open(&fs)?;
+            if n > 0 {
+                fs.notices.push(format!("cleaned up {n} orphan inode(s) left by a previous writer"));
+            }
+        }
+        Ok(fs)
     }
 
     /// Opens the image file (or block device) at `path`.

@@ -6,6 +6,7 @@
 //! journal replayed in memory (the image is never written); a line on stderr says so.
 
 mod cp;
+mod modify_cmds;
 mod show;
 mod spec;
 mod write_cmds;
@@ -163,6 +164,46 @@ enum Command {
         #[arg(required = true)]
         specs: Vec<OsString>,
     },
+    /// Remove files, symlinks and (with -r) directories inside images.
+    #[command(after_help = "Blocks, extent-tree blocks, xattr blocks and inodes are freed; a hard-linked file\n\
+        only loses the name given. Symlinks are removed, never followed. Directories need -r,\n\
+        which removes everything below them first. The root directory cannot be removed.\n\
+        Several IMG:PATH arguments on one image open it once and write it back once.\n\
+        Examples:\n  ext4kit rm disk.img:/etc/motd disk.img:/var/log/old.log\n  ext4kit rm -r disk.img:/usr/share/doc")]
+    Rm {
+        /// Remove directories and their contents.
+        #[arg(short = 'r', short_alias = 'R', long = "recursive")]
+        recursive: bool,
+        /// IMG:PATH...
+        #[arg(required = true)]
+        specs: Vec<OsString>,
+    },
+    /// Move or rename a file or directory inside an image.
+    #[command(after_help = "As mv(1): when IMG:DST is an existing directory the source moves into it under\n\
+        its own name; otherwise it is renamed to DST, replacing an existing file (or an empty\n\
+        directory, when the source is a directory). A directory cannot move into itself.\n\
+        Source and destination must be in the same image (copy between images with cp).\n\
+        Examples:\n  ext4kit mv disk.img:/etc/app.conf disk.img:/etc/app.conf.bak\n  ext4kit mv disk.img:/opt/tool disk.img:/usr/local/")]
+    Mv {
+        /// IMG:SRC... IMG:DST
+        #[arg(required = true, num_args = 2..)]
+        args: Vec<OsString>,
+    },
+    /// Make a hard link (TARGET is IMG:PATH in the same image) or, with -s, a symbolic link.
+    #[command(after_help = "With -s, TARGET is the text the symlink holds (it need not exist):\n  \
+        ext4kit ln -s ../lib/libfoo.so.1 disk.img:/usr/lib/libfoo.so\n\
+        Without -s, TARGET is an existing non-directory in the same image:\n  \
+        ext4kit ln disk.img:/bin/busybox disk.img:/bin/sh\n\
+        When IMG:PATH is an existing directory, the link goes into it under TARGET's last name.")]
+    Ln {
+        /// Make a symbolic link.
+        #[arg(short = 's', long = "symbolic")]
+        symbolic: bool,
+        /// The target: IMG:PATH (hard link) or any text (-s).
+        target: OsString,
+        /// IMG:PATH of the new link.
+        link: OsString,
+    },
     /// Copy files or trees out of images, or into one.
     #[command(
         about = "Copy files or trees out of images (IMG:PATH... DEST), or into one (SRC... IMG:PATH)"
@@ -272,6 +313,24 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
                 source_date_epoch: None,
             };
             write_cmds::cmd_build(&dir, &image, opts, json)?;
+        }
+        Command::Rm { recursive, specs } => {
+            let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
+            let mut w = write_cmds::WritableImages::default();
+            modify_cmds::cmd_rm(&mut w, &specs, recursive)?;
+        }
+        Command::Mv { args } => {
+            let mut w = write_cmds::WritableImages::default();
+            modify_cmds::cmd_mv(&mut w, &args)?;
+        }
+        Command::Ln {
+            symbolic,
+            target,
+            link,
+        } => {
+            let link = Spec::parse(&link);
+            let mut w = write_cmds::WritableImages::default();
+            modify_cmds::cmd_ln(&mut w, &target, &link, symbolic)?;
         }
         Command::Mkdir { parents, specs } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();

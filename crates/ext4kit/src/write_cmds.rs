@@ -117,7 +117,9 @@ pub struct WritableImages {
 impl WritableImages {
     /// The filesystem in `image`, opened for writing.
     pub fn get(&mut self, image: &Path) -> Result<Fs> {
-        if let Some(fs) = self.open.get(image) {
+        // One key per file, however it is spelled (a.img, ./a.img): never two writers on it.
+        let key = fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
+        if let Some(fs) = self.open.get(&key) {
             return Ok(fs.clone());
         }
         check_not_mounted(image)?;
@@ -129,7 +131,10 @@ impl WritableImages {
             },
         )
         .with_context(|| image.display().to_string())?;
-        self.open.insert(image.to_path_buf(), fs.clone());
+        for n in fs.notices() {
+            eprintln!("ext4kit: {}: {n}", image.display());
+        }
+        self.open.insert(key, fs.clone());
         Ok(fs)
     }
 
@@ -143,7 +148,7 @@ impl WritableImages {
     }
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -153,7 +158,7 @@ fn now() -> Timestamp {
     }
 }
 
-fn euid_egid() -> (u32, u32) {
+pub(crate) fn euid_egid() -> (u32, u32) {
     (
         rustix::process::geteuid().as_raw(),
         rustix::process::getegid().as_raw(),
@@ -297,7 +302,7 @@ pub fn cmd_build(dir: &Path, image: &Path, opts: BuildOptions, json: bool) -> Re
 }
 
 /// Resolves the parent directory of `path` in `fs` and the final name.
-fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
+pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
     let trimmed: &[u8] = {
         let mut p = path;
         while p.len() > 1 && p.ends_with(b"/") {

@@ -5,11 +5,15 @@
 //! |---|---|
 //! | [`extent_tree`] | inserting, converting and removing mappings in extent trees |
 //! | [`dir_write`] | adding and removing directory entries, linear and htree; bulk-built directories |
+//! | [`modify`] | unlink, rmdir, rename, symlink, fallocate, punch hole; freeing inodes |
+//! | [`orphan`] | unlinked-but-open inodes, and orphans left in an image (cleaned at open) |
 
 pub mod dir_write;
 pub mod extent_tree;
 pub mod mapper;
+pub mod modify;
 pub mod ops;
+pub mod orphan;
 pub mod state;
 pub mod stores;
 pub mod xattr_write;

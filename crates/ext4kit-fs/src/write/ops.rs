@@ -346,6 +346,8 @@ impl Fs {
         let core = &self.core;
         let w = core.writer("sync")?;
         self.flush_data()?;
+        // Unlinked files nobody holds any more are freed before the metadata goes out.
+        crate::write::orphan::release_unused(self, None)?;
         {
             let mut meta = w.meta.lock();
             meta.write_back(core)?;

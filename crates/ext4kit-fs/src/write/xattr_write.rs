@@ -39,6 +39,13 @@ pub(crate) fn read_all(core: &Core, meta: &mut MetaState, ino: u32) -> Result<Ve
     Ok(out)
 }
 
+/// `h_refcount` of xattr block `blk` of `ino`.
+fn xattr_block_refcount(core: &Core, ino: u32, blk: u64) -> Result<u32> {
+    let b = core.cache.get(blk).ctx_inode(ino)?;
+    let x = XattrBlock::parse(&b.read(), core.ea_inode).ctx_inode(ino).ctx_block(blk)?;
+    Ok(x.refcount())
+}
+
 /// Replaces every attribute of `ino` with `attrs` (under the metadata lock).
 pub(crate) fn write_all(core: &Core, meta: &mut MetaState, ino: u32, attrs: &[XattrPair]) -> Result<()> {
     let bs = core.block_size as usize;
@@ -67,14 +74,15 @@ pub(crate) fn write_all(core: &Core, meta: &mut MetaState, ino: u32, attrs: &[Xa
         let inode = meta.inode(core, ino)?;
         inode.xattr_area_mut().copy_from_slice(&raw);
     }
-    // The block: rewrite in place when there is one, else allocate.
-    if block.is_empty() {
-        if old_block != 0 {
-            meta.free_blocks_range(core, old_block, 1)?;
-            meta.add_blocks(core, ino, -1)?;
-            meta.inode(core, ino)?.set_file_acl(0)?;
-        }
+    // The block: rewrite in place when this inode is its only user, else (none, or one shared
+    // with other inodes, h_refcount > 1) drop the reference and allocate a block of its own.
+    let old_block = if old_block != 0 && (block.is_empty() || xattr_block_refcount(core, ino, old_block)? > 1) {
+        crate::write::modify::release_xattr_block(meta, core, ino, old_block)?;
+        0
     } else {
+        old_block
+    };
+    if !block.is_empty() {
         let mut b = build_block(bs, &block, false)?.ok_or_else(|| Error::NoSpace(format!("inode {ino}: attributes do not fit one block")))?;
         let pblk = if old_block != 0 {
             old_block

@@ -1,0 +1,319 @@
+//! Orphans: inodes with no links left that cannot be freed yet because their page cache is
+//! still in use (a [`ext4kit_pagecache::Mapping`] or a [`crate::FileReader`] alive), and the
+//! orphans an image was left with.
+//!
+//! - In memory, [`Orphans`] (in [`Core`]) lists them head first, each with a weak handle on its
+//!   page cache. On disk they form the kernel's list: `s_last_orphan` names the head and each
+//!   inode's `i_dtime` the next one (0 ends it). The list is rewritten whenever it changes and
+//!   reaches the disk at the next sync, so an image synced while a file is open-but-unlinked
+//!   tells the kernel and e2fsck what to free.
+//! - An orphan is freed by [`Fs::close_file`] or [`Fs::sync`] once no strong handle on its page
+//!   cache is left.
+//! - Opening an image for writing cleans up what a previous writer left: every inode on the
+//!   `s_last_orphan` list and, when the filesystem has `orphan_file` and `orphan_present` is
+//!   set, every inode named in the orphan file (whose blocks are then zeroed and re-checksummed,
+//!   and `orphan_present` cleared). As the kernel's `ext4_orphan_cleanup`: an orphan with no
+//!   links is freed; one that still has links (a truncate that did not finish) loses the blocks
+//!   past its size. Orphans of our own always go on the `s_last_orphan` list, which the kernel
+//!   and e2fsck process on orphan_file filesystems too.
+//!
+//! Lock order: [`crate::write::state::WriteState::meta`], then [`Core::orphans`]; the orphan
+//! lock alone never waits for the metadata lock.
+
+use std::collections::{BTreeSet, HashMap};
+
+use ext4kit_format::bitmap;
+use ext4kit_format::checksum::{crc32c_raw, inode_csum_seed};
+use ext4kit_format::group_desc::GroupFlags;
+use ext4kit_format::inode::InodeFlags;
+use ext4kit_format::{CompatFeatures, RoCompatFeatures, Structure};
+use ext4kit_pagecache::WeakMapping;
+
+use crate::error::{Corruption, Error, Result, ResultExt};
+use crate::fs::{Core, Fs};
+use crate::write::modify::evict_inode;
+use crate::write::state::MetaState;
+use crate::write::stores::with_tree;
+
+/// Magic number in the tail of every orphan file block (`EXT4_ORPHAN_BLOCK_MAGIC`).
+pub const ORPHAN_BLOCK_MAGIC: u32 = 0x0b10_ca04;
+
+/// The orphans of an open filesystem (see the module docs).
+#[derive(Debug, Default)]
+pub struct Orphans {
+    /// On-disk list order, head (`s_last_orphan`) first.
+    list: Vec<u32>,
+    /// The page cache that keeps each orphan alive.
+    holders: HashMap<u32, WeakMapping>,
+}
+
+impl Orphans {
+    /// The orphans, head of the on-disk list first.
+    pub fn inodes(&self) -> &[u32] {
+        &self.list
+    }
+}
+
+/// Rewrites the on-disk list: `s_last_orphan` and each orphan's `i_dtime`.
+fn relink(meta: &mut MetaState, core: &Core, list: &[u32]) -> Result<()> {
+    meta.sb.set_last_orphan(list.first().copied().unwrap_or(0));
+    for (i, &ino) in list.iter().enumerate() {
+        let next = list.get(i + 1).copied().unwrap_or(0);
+        let inode = meta.inode(core, ino)?;
+        if inode.dtime() != next {
+            inode.set_dtime(next);
+            meta.dirty_inode(ino);
+        }
+    }
+    Ok(())
+}
+
+/// Puts `ino` at the head of the orphan list (it has no links left).
+pub(crate) fn add(meta: &mut MetaState, core: &Core, ino: u32) -> Result<()> {
+    let list = {
+        let mut o = core.orphans.lock();
+        if o.list.contains(&ino) {
+            return Ok(());
+        }
+        o.list.insert(0, ino);
+        o.list.clone()
+    };
+    relink(meta, core, &list)
+}
+
+/// Takes `ino` off the orphan list, if it is on it.
+pub(crate) fn forget(meta: &mut MetaState, core: &Core, ino: u32) -> Result<()> {
+    let list = {
+        let mut o = core.orphans.lock();
+        o.holders.remove(&ino);
+        let Some(pos) = o.list.iter().position(|i| *i == ino) else { return Ok(()) };
+        o.list.remove(pos);
+        o.list.clone()
+    };
+    relink(meta, core, &list)?;
+    let inode = meta.inode(core, ino)?;
+    inode.set_dtime(0);
+    meta.dirty_inode(ino);
+    Ok(())
+}
+
+/// Frees orphan `ino` unless its page cache is in use; then remembers who holds it.
+pub(crate) fn release_if_unused(fs: &Fs, ino: u32) -> Result<()> {
+    let core = &fs.core;
+    let w = core.writer("free an inode")?;
+    // The page cache: the one kept for the next sync, or whatever else is alive (a new, empty
+    // one otherwise — dropped right away).
+    let kept = w.open_mappings.lock().remove(&ino);
+    let m = kept.unwrap_or_else(|| fs.pages.mapping(u64::from(ino), 0, 0));
+    let weak = m.downgrade();
+    drop(m);
+    if weak.upgrade().is_some() {
+        core.orphans.lock().holders.insert(ino, weak);
+        return Ok(());
+    }
+    let mut meta = w.meta.lock();
+    let still_orphan = core.orphans.lock().list.contains(&ino);
+    if still_orphan && meta.inode(core, ino)?.links_count() == 0 {
+        evict_inode(&mut meta, core, ino)?;
+    }
+    Ok(())
+}
+
+/// Frees the orphans whose page cache nobody holds any more (all of them, or only `only`).
+pub(crate) fn release_unused(fs: &Fs, only: Option<u32>) -> Result<()> {
+    let core = &fs.core;
+    let w = core.writer("free orphans")?;
+    let candidates: Vec<u32> = {
+        let o = core.orphans.lock();
+        o.list
+            .iter()
+            .copied()
+            .filter(|i| only.is_none_or(|x| x == *i))
+            .filter(|i| o.holders.get(i).is_none_or(|h| h.upgrade().is_none()))
+            .collect()
+    };
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    let mut meta = w.meta.lock();
+    for ino in candidates {
+        // Re-check under the metadata lock: a handle may have come back.
+        let free = {
+            let o = core.orphans.lock();
+            o.list.contains(&ino) && o.holders.get(&ino).is_none_or(|h| h.upgrade().is_none())
+        };
+        if free && meta.inode(core, ino)?.links_count() == 0 {
+            evict_inode(&mut meta, core, ino)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether inode `ino` is marked in use in its group's inode bitmap.
+fn inode_in_use(meta: &MetaState, core: &Core, ino: u32) -> Result<bool> {
+    let ipg = meta.sb.inodes_per_group();
+    let g = (ino - 1) / ipg;
+    let Some(gd) = meta.groups.get(g as usize) else { return Ok(false) };
+    if gd.flags().contains(GroupFlags::INODE_UNINIT) {
+        return Ok(false);
+    }
+    let bm = core.cache.get(gd.inode_bitmap()).ctx_group(g)?;
+    let used = bitmap::test(&bm.read(), ((ino - 1) % ipg) as usize) == Some(true);
+    Ok(used)
+}
+
+fn bad_orphan(ino: u32) -> Error {
+    Error::corrupt(Structure::Superblock, Corruption::OrphanList { ino })
+}
+
+/// Cleans up the orphans an image was left with (see the module docs). Returns how many
+/// inodes were processed.
+pub(crate) fn clean_at_open(fs: &Fs) -> Result<usize> {
+    let core = &fs.core;
+    let w = core.writer("clean up orphans")?;
+    let mut meta = w.meta.lock();
+    let first_ino = meta.sb.first_ino();
+    let inodes_count = meta.sb.inodes_count();
+    let mut pending: Vec<u32> = Vec::new();
+    let mut seen: BTreeSet<u32> = BTreeSet::new();
+    // The s_last_orphan list.
+    let mut ino = meta.sb.last_orphan();
+    while ino != 0 {
+        if ino < first_ino || ino > inodes_count || !seen.insert(ino) {
+            return Err(bad_orphan(ino));
+        }
+        if !inode_in_use(&meta, core, ino)? {
+            // A stale head: nothing to free, and the chain through it cannot be trusted.
+            break;
+        }
+        let next = meta.inode(core, ino).map_err(|e| e.with_inode(ino))?.dtime();
+        pending.push(ino);
+        ino = next;
+    }
+    if meta.sb.last_orphan() != 0 {
+        meta.sb.set_last_orphan(0);
+    }
+    // The orphan file.
+    let of_ino = meta.sb.orphan_file_inum();
+    if meta.sb.has_compat(CompatFeatures::ORPHAN_FILE) && meta.sb.has_ro_compat(RoCompatFeatures::ORPHAN_PRESENT) && of_ino != 0 {
+        for o in read_and_clear_orphan_file(&mut meta, core, of_ino)? {
+            if o < first_ino || o > inodes_count {
+                return Err(bad_orphan(o));
+            }
+            if seen.insert(o) {
+                pending.push(o);
+            }
+        }
+    }
+    if meta.sb.has_ro_compat(RoCompatFeatures::ORPHAN_PRESENT) {
+        let mut f = meta.sb.feature_ro_compat();
+        f.remove(RoCompatFeatures::ORPHAN_PRESENT);
+        meta.sb.set_feature_ro_compat(f);
+    }
+    let n = pending.len();
+    for ino in pending {
+        if !inode_in_use(&meta, core, ino)? {
+            continue;
+        }
+        let (links, size, regular_extents) = {
+            let inode = meta.inode(core, ino)?;
+            (inode.links_count(), inode.size(), inode.is_regular() && inode.flags().contains(InodeFlags::EXTENTS))
+        };
+        if links == 0 {
+            evict_inode(&mut meta, core, ino)?;
+        } else {
+            if regular_extents {
+                let from = size.div_ceil(u64::from(core.block_size));
+                with_tree(core, &mut meta, ino, 0, |t| t.remove_range(from, 1 << 32))?;
+            }
+            let inode = meta.inode(core, ino)?;
+            inode.set_dtime(0);
+            meta.dirty_inode(ino);
+        }
+    }
+    Ok(n)
+}
+
+/// Reads every block of the orphan file, returns the inode numbers in it, and zeroes them
+/// (tails kept, checksums updated).
+fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) -> Result<Vec<u32>> {
+    let (generation, extents) = {
+        let inode = meta.inode(core, of_ino)?;
+        if !inode.flags().contains(InodeFlags::EXTENTS) {
+            return Err(Error::unsupported(crate::error::Unsupported::Other(format!(
+                "orphan file inode {of_ino} is not extent-mapped"
+            ))));
+        }
+        let g = inode.generation();
+        (g, with_tree(core, meta, of_ino, 0, |t| t.extents())?)
+    };
+    let bs = core.block_size as usize;
+    let per_block = (bs - 8) / 4;
+    let mut out = Vec::new();
+    for e in extents {
+        if e.unwritten {
+            continue;
+        }
+        core.check_range(Structure::Inode, e.physical_block, u64::from(e.len)).ctx_inode(of_ino)?;
+        for k in 0..u64::from(e.len) {
+            let pblk = e.physical_block + k;
+            let mb = core.cache.get(pblk).ctx_inode(of_ino)?;
+            let mut data = mb.read().to_vec();
+            let magic = u32::from_le_bytes([data[bs - 8], data[bs - 7], data[bs - 6], data[bs - 5]]);
+            if magic != ORPHAN_BLOCK_MAGIC {
+                return Err(Error::corrupt(
+                    Structure::Inode,
+                    Corruption::OrphanFile { block: pblk, reason: format!("tail magic {magic:#010x}, expected {ORPHAN_BLOCK_MAGIC:#010x}") },
+                )
+                .with_inode(of_ino));
+            }
+            if let Some(seed) = core.csum_seed {
+                let stored = u32::from_le_bytes([data[bs - 4], data[bs - 3], data[bs - 2], data[bs - 1]]);
+                let computed = orphan_block_csum(seed, of_ino, generation, pblk, &data[..per_block * 4]);
+                if stored != computed {
+                    return Err(Error::ChecksumMismatch {
+                        structure: Structure::Inode,
+                        expected: computed,
+                        found: stored,
+                        context: ext4kit_format::ErrorContext::default(),
+                    }
+                    .with_inode(of_ino)
+                    .with_block(pblk));
+                }
+            }
+            let mut any = false;
+            for chunk in data[..per_block * 4].chunks_exact(4) {
+                let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                if v != 0 {
+                    out.push(v);
+                    any = true;
+                }
+            }
+            if any {
+                data[..per_block * 4].fill(0);
+                if let Some(seed) = core.csum_seed {
+                    let c = orphan_block_csum(seed, of_ino, generation, pblk, &data[..per_block * 4]);
+                    data[bs - 4..].copy_from_slice(&c.to_le_bytes());
+                }
+                mb.write().copy_from_slice(&data);
+                mb.mark_dirty();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The checksum of an orphan file block: crc32c over the orphan file's inode seed, the block
+/// number (le64) and the entries.
+fn orphan_block_csum(fs_seed: u32, ino: u32, generation: u32, pblk: u64, entries: &[u8]) -> u32 {
+    let c = crc32c_raw(inode_csum_seed(fs_seed, ino, generation), &pblk.to_le_bytes());
+    crc32c_raw(c, entries)
+}
+
+impl Fs {
+    /// The inodes waiting on the orphan list (unlinked while their page cache was in use),
+    /// head of the on-disk list first.
+    pub fn orphans(&self) -> Vec<u32> {
+        self.core.orphans.lock().inodes().to_vec()
+    }
+}

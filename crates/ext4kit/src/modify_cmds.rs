@@ -1,0 +1,174 @@
+//! The commands that change what an image already holds: `rm [-r]`, `mv`, `ln [-s]`.
+//!
+//! They share the rules of the other writing commands ([`crate::write_cmds`]): every image
+//! named by the arguments is opened for writing once (however its name is spelled), a mounted
+//! image is refused, and everything is synced at the end. Paths are resolved inside the image;
+//! the last component of a path to remove, move or link is never followed when it is a
+//! symlink (as rm(1), mv(1) and ln(1) do).
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ext4kit_fs::write::ops::NewInode;
+use ext4kit_fs::{FileType, Fs, ROOT_INO};
+
+use crate::spec::Spec;
+use crate::write_cmds::{WritableImages, euid_egid, now, parent_and_name};
+
+fn image_path(s: &Spec) -> Result<&[u8]> {
+    match &s.path {
+        Some(p) if !p.is_empty() => Ok(p),
+        _ => bail!("{}: expected IMG:PATH (a path inside the image)", s.image.display()),
+    }
+}
+
+/// Whether `path` names the root directory (`/`, `//`, `/.`, ...).
+fn is_root(path: &[u8]) -> bool {
+    path.split(|b| *b == b'/').all(|c| c.is_empty() || c == b".")
+}
+
+/// `ext4kit rm [-r] IMG:PATH...`.
+pub fn cmd_rm(images: &mut WritableImages, specs: &[Spec], recursive: bool) -> Result<()> {
+    for s in specs {
+        let path = image_path(s)?;
+        if is_root(path) {
+            bail!("{}: refusing to remove the root directory", s.display());
+        }
+        let fs = images.get(&s.image)?;
+        let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
+        let e = fs
+            .lookup(dir, &name)
+            .with_context(|| s.display())?
+            .ok_or_else(|| anyhow!("{}: no such file or directory", s.display()))?;
+        if fs.inode(e.ino).with_context(|| s.display())?.is_dir() {
+            if !recursive {
+                bail!("{}: is a directory (use -r to remove it and its contents)", s.display());
+            }
+            remove_tree(&fs, e.ino).with_context(|| s.display())?;
+            fs.rmdir(dir, &name).with_context(|| s.display())?;
+        } else {
+            fs.unlink(dir, &name).with_context(|| s.display())?;
+        }
+    }
+    images.sync_all()
+}
+
+/// Removes everything inside directory `dir`, depth first (an explicit stack: no recursion
+/// limit from deep trees).
+fn remove_tree(fs: &Fs, dir: u32) -> Result<()> {
+    // (directory, its name in the directory below it on the stack, entries not yet handled)
+    let mut stack: Vec<(u32, Vec<u8>, Vec<(Vec<u8>, u32)>)> = vec![(dir, Vec::new(), children(fs, dir)?)];
+    while let Some((d, dname, mut kids)) = stack.pop() {
+        let Some((name, ino)) = kids.pop() else {
+            // Empty now: remove it from its parent (the caller removes `dir` itself).
+            if let Some((parent, _, _)) = stack.last() {
+                fs.rmdir(*parent, &dname).with_context(|| String::from_utf8_lossy(&dname).into_owned())?;
+            }
+            continue;
+        };
+        let is_dir = fs.inode(ino)?.is_dir();
+        stack.push((d, dname, kids));
+        if is_dir {
+            let grandkids = children(fs, ino).with_context(|| String::from_utf8_lossy(&name).into_owned())?;
+            stack.push((ino, name, grandkids));
+        } else {
+            fs.unlink(d, &name).with_context(|| String::from_utf8_lossy(&name).into_owned())?;
+        }
+    }
+    Ok(())
+}
+
+fn children(fs: &Fs, dir: u32) -> Result<Vec<(Vec<u8>, u32)>> {
+    Ok(fs.read_dir(dir)?.into_iter().filter(|e| !e.is_dot_or_dotdot()).map(|e| (e.name, e.ino)).collect())
+}
+
+/// Where a name lands: into `dest` when it is an existing directory (keeping `src_name`), else
+/// at `dest` itself.
+fn destination(fs: &Fs, dest: &Spec, src_name: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let path = image_path(dest)?;
+    if let Ok(ino) = fs.resolve(path, true) {
+        if fs.inode(ino)?.is_dir() {
+            return Ok((ino, src_name.to_vec()));
+        }
+    }
+    parent_and_name(fs, path).with_context(|| dest.display())
+}
+
+/// `ext4kit mv IMG:SRC... IMG:DST`.
+pub fn cmd_mv(images: &mut WritableImages, args: &[OsString]) -> Result<()> {
+    let specs: Vec<Spec> = args.iter().map(|a| Spec::parse(a)).collect();
+    let Some((dest, sources)) = specs.split_last() else { bail!("mv needs IMG:SRC and IMG:DST") };
+    let dest_image = std::fs::canonicalize(&dest.image).with_context(|| dest.image.display().to_string())?;
+    for s in sources {
+        let same = std::fs::canonicalize(&s.image).map(|c| c == dest_image).unwrap_or(false);
+        if !same {
+            bail!(
+                "{} -> {}: mv works inside one image (copy between images with cp)",
+                s.display(),
+                dest.display()
+            );
+        }
+    }
+    let fs = images.get(&dest.image)?;
+    if sources.len() > 1 {
+        let d = fs.resolve(image_path(dest)?, true).with_context(|| dest.display())?;
+        if !fs.inode(d)?.is_dir() {
+            bail!("{}: not a directory (several sources need one)", dest.display());
+        }
+    }
+    for s in sources {
+        let path = image_path(s)?;
+        if is_root(path) {
+            bail!("{}: the root directory cannot be moved", s.display());
+        }
+        let (src_dir, src_name) = parent_and_name(&fs, path).with_context(|| s.display())?;
+        let (dst_dir, dst_name) = destination(&fs, dest, &src_name)?;
+        fs.rename(src_dir, &src_name, dst_dir, &dst_name)
+            .with_context(|| format!("{} -> {}", s.display(), dest.display()))?;
+    }
+    images.sync_all()
+}
+
+/// `ext4kit ln [-s] TARGET IMG:PATH`.
+pub fn cmd_ln(images: &mut WritableImages, target: &OsString, link: &Spec, symbolic: bool) -> Result<()> {
+    let fs = images.get(&link.image)?;
+    let (uid, gid) = euid_egid();
+    if symbolic {
+        use std::os::unix::ffi::OsStrExt;
+        let t = target.as_bytes();
+        let last = t.rsplit(|b| *b == b'/').next().unwrap_or(t).to_vec();
+        let (dir, name) = destination(&fs, link, &last)?;
+        let attrs = NewInode { uid, gid, ..NewInode::with_time(0o777, now()) };
+        fs.symlink(dir, &name, t, &attrs).with_context(|| link.display())?;
+        return images.sync_all();
+    }
+    let tspec = Spec::parse(target);
+    let Some(tpath) = tspec.path.clone().filter(|p| !p.is_empty()) else {
+        bail!(
+            "{}: a hard link target must be IMG:PATH in the same image (use -s for a symbolic link)",
+            Path::new(target).display()
+        );
+    };
+    let same = match (std::fs::canonicalize(&tspec.image), std::fs::canonicalize(&link.image)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        bail!("{} -> {}: hard links stay inside one image", tspec.display(), link.display());
+    }
+    let (tdir, tname) = parent_and_name(&fs, &tpath).with_context(|| tspec.display())?;
+    let e = fs
+        .lookup(tdir, &tname)
+        .with_context(|| tspec.display())?
+        .ok_or_else(|| anyhow!("{}: no such file or directory", tspec.display()))?;
+    if e.file_type == Some(FileType::Directory) || fs.inode(e.ino)?.is_dir() {
+        bail!("{}: hard links to directories are not allowed", tspec.display());
+    }
+    let (dir, name) = destination(&fs, link, &tname)?;
+    if dir == ROOT_INO && name.is_empty() {
+        bail!("{}: not a name that can be created", link.display());
+    }
+    fs.link(e.ino, dir, &name).with_context(|| link.display())?;
+    images.sync_all()
+}
