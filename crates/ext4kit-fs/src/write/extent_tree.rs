@@ -153,6 +153,109 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
         Ok(())
     }
 
+    /// Per level (the root is level 0): entries and capacity, counted as e2fsck's pass 1 does —
+    /// a tree block that is not full counts one entry less of capacity (appends leave one free
+    /// entry behind a split).
+    fn level_stats(&mut self) -> Result<Vec<(u64, u64)>> {
+        let root = self.read_root()?;
+        let mut stats = vec![(0u64, 0u64); usize::from(root.depth()) + 1];
+        let mut stack = vec![(root, 0usize)];
+        let mut visited = 0u64;
+        while let Some((node, level)) = stack.pop() {
+            visited += 1;
+            if visited > 1 << 24 {
+                return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+            }
+            let (n, m) = (node.entry_count() as u64, node.max_entries() as u64);
+            let s = stats.get_mut(level).ok_or_else(|| corrupt(0))?;
+            s.0 += n;
+            s.1 += m;
+            if level > 0 && n < m {
+                s.1 -= 1;
+            }
+            if !node.is_leaf() {
+                for i in node.indexes() {
+                    let child = self.store.read_node(i.child_block, node.depth() - 1)?;
+                    stack.push((child, level + 1));
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Whether e2fsck would find the tree wider or deeper than it needs to be ("extent tree
+    /// could be narrower / shallower"): some level has more than one block's worth of free
+    /// entries, or fewer entries than a level above it could hold.
+    pub fn needs_packing(&mut self) -> Result<bool> {
+        let stats = self.level_stats()?;
+        let per = u64::from(ext4kit_format::extent::capacity(self.block_size));
+        for (i, &(num, max)) in stats.iter().enumerate() {
+            if max.saturating_sub(num) > per || stats[..i].iter().any(|&(_, above)| num < above) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Rewrites the tree packed (what e2fsck's rebuild makes): every node full but the last of
+    /// its level, the least depth that holds the extents (in the root when they fit), adjacent
+    /// extents merged. The old tree blocks are reused first; more are allocated, or the rest
+    /// freed. Data blocks do not move.
+    pub fn rebuild_packed(&mut self) -> Result<()> {
+        let mut exts = self.extents()?;
+        merge_all(&mut exts);
+        let mut spare = self.node_blocks()?;
+        spare.sort_unstable_by(|a, b| b.cmp(a));
+        if self.goal == 0 {
+            self.goal = exts.first().map_or(0, |e| e.physical_block);
+        }
+        let root_cap = usize::from(ext4kit_format::extent::capacity(ROOT_BYTES));
+        if exts.len() <= root_cap {
+            let root = self.leaf_node(true, &exts)?;
+            self.set_root(&root);
+        } else {
+            let per = usize::from(ext4kit_format::extent::capacity(self.block_size)).max(2);
+            let mut level: Vec<ExtentIndex> = Vec::with_capacity(exts.len().div_ceil(per));
+            for chunk in exts.chunks(per) {
+                let blk = self.take_block(&mut spare)?;
+                let node = self.leaf_node(false, chunk)?;
+                self.store.write_node(blk, &node)?;
+                level.push(ExtentIndex { logical_block: chunk[0].logical_block, child_block: blk, unused: 0 });
+            }
+            let mut depth = 1u16;
+            while level.len() > root_cap {
+                if depth >= MAX_DEPTH {
+                    return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+                }
+                let mut up = Vec::with_capacity(level.len().div_ceil(per));
+                for chunk in level.chunks(per) {
+                    let blk = self.take_block(&mut spare)?;
+                    let node = self.index_node(false, depth, chunk)?;
+                    self.store.write_node(blk, &node)?;
+                    up.push(ExtentIndex { logical_block: chunk[0].logical_block, child_block: blk, unused: 0 });
+                }
+                level = up;
+                depth += 1;
+            }
+            let root = self.index_node(true, depth, &level)?;
+            self.set_root(&root);
+        }
+        for b in spare {
+            self.store.free_node(b)?;
+        }
+        Ok(())
+    }
+
+    /// An old tree block to reuse (lowest first), else a new one.
+    fn take_block(&mut self, spare: &mut Vec<u64>) -> Result<u64> {
+        if let Some(b) = spare.pop() {
+            return Ok(b);
+        }
+        let b = self.store.alloc_node(self.goal)?;
+        self.goal = b + 1;
+        Ok(b)
+    }
+
     /// Every tree block (not the root), for accounting (`i_blocks`).
     pub fn node_blocks(&mut self) -> Result<Vec<u64>> {
         let root = self.read_root()?;
@@ -717,6 +820,45 @@ mod tests {
             let r = ExtentNode::parse_root(&root).unwrap();
             prop_assert!(r.is_leaf() && r.entry_count() == 0);
             prop_assert!(store.nodes.is_empty(), "{} tree blocks leaked", store.nodes.len());
+        }
+    }
+
+    #[test]
+    fn packing_keeps_every_mapping_and_leaves_nothing_for_e2fsck_to_narrow() {
+        for bs in [1024usize, 4096] {
+            let mut root = [0u8; 60];
+            ExtentTree::<MemStore>::init_root(&mut root);
+            let mut store = MemStore { bs, ..MemStore::default() };
+            let mut model: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+            // Every other block, inserted out of order (mid-leaf splits), then punched.
+            let n = 20_000u32;
+            for k in 0..n {
+                let lblk = (k.wrapping_mul(7919) % n) * 2;
+                let mut t = ExtentTree::new(&mut root, &mut store, bs, 0);
+                let e = Extent { logical_block: lblk, len: 1, physical_block: 1_000 + u64::from(lblk) * 3, unwritten: k % 3 == 0 };
+                t.insert(e).unwrap();
+                model.insert(u64::from(lblk), (e.physical_block, e.unwritten));
+            }
+            for (from, to) in [(1000u64, 9000u64), (20_000, 30_001), (39_000, 39_990)] {
+                ExtentTree::new(&mut root, &mut store, bs, 0).remove_range(from, to).unwrap();
+                let keys: Vec<u64> = model.range(from..to).map(|(k, _)| *k).collect();
+                for k in keys {
+                    model.remove(&k);
+                }
+            }
+            let mut t = ExtentTree::new(&mut root, &mut store, bs, 0);
+            assert!(t.needs_packing().unwrap(), "{bs}: scattered inserts and punches leave a loose tree");
+            t.rebuild_packed().unwrap();
+            assert!(!t.needs_packing().unwrap(), "{bs}: packed tree still loose");
+            let exts = check(&root, &mut store);
+            assert_eq!(model_of(&exts), model);
+            // Down to a handful: back in the root, every tree block freed.
+            let mut t = ExtentTree::new(&mut root, &mut store, bs, 0);
+            t.remove_range(6, 1 << 32).unwrap();
+            t.rebuild_packed().unwrap();
+            let r = ExtentNode::parse_root(&root).unwrap();
+            assert!(r.is_leaf() && r.entry_count() == 3);
+            assert!(store.nodes.is_empty(), "{} tree blocks left", store.nodes.len());
         }
     }
 

@@ -231,6 +231,34 @@ pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result
     meta.free_inode(core, ino, is_dir)
 }
 
+/// Before a sync writes the metadata: frees the orphans nobody holds any more, and packs the
+/// extent trees of changed inodes that e2fsck would find wider or deeper than needed (after
+/// punches, truncates, deletes and mid-leaf splits), as its pass 1E would rebuild them.
+pub(crate) fn prepare_sync(fs: &Fs) -> Result<()> {
+    crate::write::orphan::release_unused(fs, None)?;
+    let core = &fs.core;
+    let w = core.writer("sync")?;
+    let mut meta = w.meta.lock();
+    let candidates: Vec<u32> = meta
+        .dirty_inodes
+        .iter()
+        .copied()
+        .filter(|ino| {
+            meta.inodes.get(ino).is_some_and(|i| {
+                let b = i.block_area();
+                i.links_count() > 0
+                    && i.flags().contains(InodeFlags::EXTENTS)
+                    && b[0..2] == [0x0a, 0xf3]
+                    && u16::from_le_bytes([b[6], b[7]]) >= 1
+            })
+        })
+        .collect();
+    for ino in candidates {
+        with_tree(core, &mut meta, ino, 0, |t| if t.needs_packing()? { t.rebuild_packed() } else { Ok(()) })?;
+    }
+    Ok(())
+}
+
 /// What happened to the inode a name pointed at when the name went away.
 enum Unlinked {
     /// Still linked elsewhere, or freed already.

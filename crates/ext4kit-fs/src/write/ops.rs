@@ -346,8 +346,8 @@ impl Fs {
         let core = &self.core;
         let w = core.writer("sync")?;
         self.flush_data()?;
-        // Unlinked files nobody holds any more are freed before the metadata goes out.
-        crate::write::orphan::release_unused(self, None)?;
+        // Orphans nobody holds are freed, loose extent trees packed, before metadata goes out.
+        crate::write::modify::prepare_sync(self)?;
         {
             let mut meta = w.meta.lock();
             meta.write_back(core)?;
