@@ -304,7 +304,8 @@ impl Shared {
         if self.cached_pages.load(Ordering::Relaxed) * ps <= limit {
             return;
         }
-        let target = limit / 2 / ps;
+        // Evict an eighth: small batches keep the freed buffers within the page buffer pool.
+        let target = (limit - limit / 8) / ps;
         let mut maps: Vec<(u64, Arc<MappingInner>)> =
             self.mappings.lock().iter().filter_map(|(ino, w)| w.upgrade().map(|m| (*ino, m))).collect();
         maps.sort_by_key(|(ino, _)| *ino == current);

@@ -21,7 +21,7 @@ use parking_lot::{Condvar, Mutex, RawRwLock};
 
 use crate::errseq::ErrSeq;
 use crate::mapper::{ExtentKind, MapFlags};
-use crate::page::{INVALID_PBLK, Page, PageSnapshot};
+use crate::page::{INVALID_PBLK, Page, PageBytes, PageSnapshot};
 use crate::state::{BlockState, PageFlags};
 use crate::tree::{PageTree, TagSet};
 use crate::writeback::{SyncMode, WritebackControl};
@@ -51,7 +51,21 @@ pub(crate) struct MappingInner {
     wb_cond: Condvar,
     /// Delayed blocks reserved and not yet allocated or released.
     pub(crate) reserved: AtomicU64,
+    /// The last hole the filesystem reported (a one-entry extent status cache), so writing a
+    /// new file does not look its blocks up page by page.
+    hole_hint: Mutex<HoleHint>,
 }
+
+/// A run of logical blocks known to be a hole, valid while `generation` has not moved.
+#[derive(Default)]
+struct HoleHint {
+    start: u64,
+    end: u64,
+    generation: u64,
+}
+
+/// Blocks asked for when looking up a hole (the answer stops at the next mapped block).
+const HOLE_LOOKUP_BLOCKS: u64 = 1 << 20;
 
 impl Drop for MappingInner {
     fn drop(&mut self) {
@@ -74,7 +88,37 @@ impl MappingInner {
             nr_writeback: Mutex::new(0),
             wb_cond: Condvar::new(),
             reserved: AtomicU64::new(0),
+            hole_hint: Mutex::new(HoleHint::default()),
         }
+    }
+
+    /// Forgets the hole hint; called before and after every call that may map blocks (so a
+    /// lookup racing with it cannot store a hint from before the change).
+    pub(crate) fn forget_holes(&self) {
+        let mut h = self.hole_hint.lock();
+        h.generation += 1;
+        h.start = 0;
+        h.end = 0;
+    }
+
+    /// Looks `lblk` up (at most `len` blocks), through the hole hint.
+    fn lookup_block(&self, lblk: u64, len: u64) -> Result<crate::Extent, Error> {
+        let generation = {
+            let h = self.hole_hint.lock();
+            if h.start <= lblk && lblk < h.end {
+                return Ok(crate::Extent { lblk, len: (h.end - lblk).min(len), pblk: 0, kind: ExtentKind::Hole });
+            }
+            h.generation
+        };
+        let ext = self.cache.mapper.map_blocks(self.ino, lblk, len.max(HOLE_LOOKUP_BLOCKS), MapFlags::LOOKUP)?;
+        if ext.kind == ExtentKind::Hole && ext.lblk <= lblk && lblk < ext.lblk + ext.len {
+            let mut h = self.hole_hint.lock();
+            if h.generation == generation {
+                h.start = ext.lblk;
+                h.end = ext.lblk + ext.len;
+            }
+        }
+        Ok(ext)
     }
 
     pub(crate) fn page_size(&self) -> u64 {
@@ -135,7 +179,20 @@ impl MappingInner {
     /// returns how many. Unless `with_errors`, pages holding blocks whose write failed are kept:
     /// their data exists nowhere else, so only an explicit invalidation drops it.
     pub(crate) fn evict_clean(&self, max: usize, with_errors: bool) -> usize {
-        let pages: Vec<Arc<Page>> = self.tree.lock().pages.collect_from(0);
+        let mut dropped = 0;
+        let mut next = 0;
+        // In batches, so the evicted pages' buffers are freed (pooled) as we go and a large
+        // cache is not cloned whole.
+        while dropped < max {
+            let batch: Vec<Arc<Page>> = self.tree.lock().pages.collect(next, 256);
+            let Some(last) = batch.last() else { break };
+            next = last.index() + 1;
+            dropped += self.evict_batch(batch, max - dropped, with_errors);
+        }
+        dropped
+    }
+
+    fn evict_batch(&self, pages: Vec<Arc<Page>>, max: usize, with_errors: bool) -> usize {
         let mut dropped = 0;
         for page in pages {
             if dropped >= max {
@@ -241,12 +298,7 @@ impl MappingInner {
             let mut b = start;
             while b < end {
                 let lblk = base + b as u64;
-                let ext = self.cache.mapper.map_blocks(
-                    self.ino,
-                    lblk,
-                    (end - b) as u64,
-                    MapFlags::LOOKUP,
-                )?;
+                let ext = self.lookup_block(lblk, (end - b) as u64)?;
                 if ext.lblk > lblk || ext.lblk + ext.len <= lblk {
                     return Err(Error::Map(crate::MapError::Corrupt(format!(
                         "inode {}: lookup of block {lblk} returned blocks {}..{}",
@@ -515,7 +567,7 @@ impl std::fmt::Debug for Mapping {
 /// blocks in the range mapped or reserved and the bytes around the range prepared.
 pub struct WriteGuard {
     page: Arc<Page>,
-    data: ArcRwLockWriteGuard<RawRwLock, Box<[u8]>>,
+    data: ArcRwLockWriteGuard<RawRwLock, PageBytes>,
     from: usize,
     to: usize,
 }
@@ -635,7 +687,7 @@ impl Mapping {
         page: &Arc<Page>,
         from: usize,
         to: usize,
-    ) -> Result<ArcRwLockWriteGuard<RawRwLock, Box<[u8]>>, Error> {
+    ) -> Result<ArcRwLockWriteGuard<RawRwLock, PageBytes>, Error> {
         let bs = self.inner.cache.cfg.block_size;
         let (b0, b1) = (from / bs, to.div_ceil(bs));
         self.inner.map_page_blocks(page, b0, b1, true)?;
@@ -1121,10 +1173,10 @@ impl Mapping {
         self.writepages(&mut wbc)?;
         self.wait_writeback();
         let (first, last) = (offset / bs, end.div_ceil(bs));
-        self.inner
-            .cache
-            .mapper
-            .fallocate(self.inner.ino, first, last - first)?;
+        self.inner.forget_holes();
+        let r = self.inner.cache.mapper.fallocate(self.inner.ino, first, last - first);
+        self.inner.forget_holes();
+        r?;
         if !keep_size {
             self.zero_before_extension(end)?;
         }

@@ -41,11 +41,65 @@ pub struct Page {
     index: u64,
     pub(crate) state: Mutex<PageState>,
     pub(crate) wait: Condvar,
-    pub(crate) data: Arc<RwLock<Box<[u8]>>>,
+    pub(crate) data: Arc<RwLock<PageBytes>>,
+}
+
+/// Bytes of page buffers kept for reuse (process-wide).
+const POOL_BYTES: usize = 64 << 20;
+
+/// Page buffers freed and not yet reused: allocating and freeing a buffer per page costs more
+/// than the copy into it (malloc bookkeeping, and page faults after the heap is trimmed).
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// A page's bytes; the buffer goes back to a process-wide pool when the page is dropped.
+#[derive(Debug)]
+pub struct PageBytes(Box<[u8]>);
+
+impl PageBytes {
+    /// A zeroed buffer of `size` bytes, recycled when one of that size is pooled.
+    pub(crate) fn zeroed(size: usize) -> PageBytes {
+        let reused = {
+            let mut pool = POOL.lock();
+            match pool.last() {
+                Some(b) if b.len() == size => pool.pop(),
+                _ => None,
+            }
+        };
+        match reused {
+            Some(mut b) => {
+                b.fill(0);
+                PageBytes(b)
+            }
+            None => PageBytes(vec![0u8; size].into_boxed_slice()),
+        }
+    }
+}
+
+impl std::ops::Deref for PageBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PageBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Drop for PageBytes {
+    fn drop(&mut self) {
+        let b = std::mem::take(&mut self.0);
+        let mut pool = POOL.lock();
+        if (pool.len() + 1) * b.len() <= POOL_BYTES && pool.last().is_none_or(|l| l.len() == b.len()) {
+            pool.push(b);
+        }
+    }
 }
 
 /// A read guard on a page's bytes that a bio can own.
-pub(crate) struct PageDataRef(pub(crate) ArcRwLockReadGuard<RawRwLock, Box<[u8]>>);
+pub(crate) struct PageDataRef(pub(crate) ArcRwLockReadGuard<RawRwLock, PageBytes>);
 
 impl AsRef<[u8]> for PageDataRef {
     fn as_ref(&self) -> &[u8] {
@@ -65,7 +119,7 @@ impl Page {
                 wb_ended: 0,
             }),
             wait: Condvar::new(),
-            data: Arc::new(RwLock::new(vec![0u8; page_size].into_boxed_slice())),
+            data: Arc::new(RwLock::new(PageBytes::zeroed(page_size))),
         }
     }
 

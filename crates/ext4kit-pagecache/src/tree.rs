@@ -79,10 +79,18 @@ impl PageTree {
 
     /// Every page with index `>= first`, in index order.
     pub(crate) fn collect_from(&self, first: u64) -> Vec<Arc<Page>> {
+        self.collect(first, usize::MAX)
+    }
+
+    /// The first `max` pages (or a few more: whole chunks) with index `>= first`, in index order.
+    pub(crate) fn collect(&self, first: u64, max: usize) -> Vec<Arc<Page>> {
         let mut keys: Vec<u64> = self.chunks.keys().copied().filter(|k| ((k + 1) << CHUNK_SHIFT) > first).collect();
         keys.sort_unstable();
         let mut out = Vec::new();
         for k in keys {
+            if out.len() >= max {
+                break;
+            }
             if let Some(c) = self.chunks.get(&k) {
                 out.extend(c.iter().flatten().filter(|p| p.index() >= first).cloned());
             }

@@ -1,0 +1,227 @@
+//! Writing images, against the anchors, in one run with the runs interleaved:
+//!
+//! 1. `ext4kit build TREE IMG` vs `mke2fs -t ext4 -d TREE IMG` on a generated tree of about
+//!    200 MB in thousands of files (goal: at least 2x faster);
+//! 2. copying a 1 GiB file into an image: `ext4kit cp` vs the kernel (loop mount, `cp`, `sync`;
+//!    mounting and unmounting not timed) (goal: at least 1.0x);
+//! 3. copying 10,000 files of 4 KiB into an image: `ext4kit cp -r` vs the kernel (`cp -r`, `sync`).
+//!
+//! Everything lives in /dev/shm, so the device is memory and the comparison is about the write
+//! path. Fresh images come from mkfs.ext4 (4 KiB blocks) before each timed run and are not
+//! timed. Medians of `EXT4KIT_BENCH_RUNS` (default 5) runs; a ratio above 1 means ext4kit is
+//! faster. `EXT4KIT_BENCH_ONLY=build|copy|files` runs one part. Needs root for the kernel parts.
+//!
+//! Run: `cargo bench -p ext4kit --bench write`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn run(cmd: &mut Command) {
+    let st = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).status().unwrap();
+    assert!(st.success(), "{cmd:?} failed");
+}
+
+fn timed(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    run(cmd);
+    t.elapsed()
+}
+
+fn sh(script: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", script]);
+    c
+}
+
+fn mkfs(img: &Path, size: &str) {
+    let _ = fs::remove_file(img);
+    run(Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096"]).arg(img).arg(size));
+}
+
+/// A tree of about `total` bytes: `files` files in nested directories, sizes from a few bytes to
+/// a few MiB (most small, as in a root filesystem), pseudo-random content.
+fn make_tree(root: &Path, files: usize, total: u64) -> u64 {
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // Sizes: 80% up to 16 KiB, 18% up to 256 KiB, 2% up to 8 MiB; scaled to `total`.
+    let mut sizes: Vec<u64> = (0..files)
+        .map(|_| match next() % 100 {
+            0..80 => next() % (16 << 10),
+            80..98 => next() % (256 << 10),
+            _ => next() % (8 << 20),
+        })
+        .collect();
+    let sum: u64 = sizes.iter().sum();
+    for s in &mut sizes {
+        *s = *s * total / sum.max(1);
+    }
+    let block = ext4kit_testkit::pattern(7, 8 << 20);
+    let mut written = 0;
+    for (i, size) in sizes.iter().enumerate() {
+        let dir = root.join(format!("d{}/s{}", i % 40, i % 7));
+        fs::create_dir_all(&dir).unwrap();
+        let mut f = fs::File::create(dir.join(format!("file-{i}.dat"))).unwrap();
+        let off = (i * 4099) % (block.len() / 2);
+        let n = *size as usize;
+        f.write_all(&block[off..off + n.min(block.len() - off)]).unwrap();
+        let mut left = n.saturating_sub(block.len() - off);
+        while left > 0 {
+            let k = left.min(block.len());
+            f.write_all(&block[..k]).unwrap();
+            left -= k;
+        }
+        written += *size;
+    }
+    written
+}
+
+struct Part {
+    name: &'static str,
+    anchor: &'static str,
+    ours: Vec<Duration>,
+    theirs: Vec<Duration>,
+}
+
+impl Part {
+    fn new(name: &'static str, anchor: &'static str) -> Part {
+        Part { name, anchor, ours: Vec::new(), theirs: Vec::new() }
+    }
+
+    fn push(&mut self, run: usize, ours: Duration, theirs: Duration) {
+        println!(
+            "  {:<26} run {run}: ext4kit {:>7.3} s, {:<16} {:>7.3} s, ratio {:.2}",
+            self.name,
+            ours.as_secs_f64(),
+            self.anchor,
+            theirs.as_secs_f64(),
+            theirs.as_secs_f64() / ours.as_secs_f64()
+        );
+        self.ours.push(ours);
+        self.theirs.push(theirs);
+    }
+
+    fn summary(&self) -> Option<String> {
+        if self.ours.is_empty() {
+            return None;
+        }
+        let (a, b) = (median(&self.ours), median(&self.theirs));
+        Some(format!(
+            "{:<26} median ext4kit {:>7.3} s, {:<16} {:>7.3} s, ratio {:.2}",
+            self.name,
+            a.as_secs_f64(),
+            self.anchor,
+            b.as_secs_f64(),
+            b.as_secs_f64() / a.as_secs_f64()
+        ))
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let only = std::env::var("EXT4KIT_BENCH_ONLY").unwrap_or_default();
+    let want = |p: &str| only.is_empty() || only == p;
+    let root = rustix::process::geteuid().is_root();
+    let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = tempfile::Builder::new().prefix("ext4kit-wbench-").tempdir_in(base).unwrap();
+    let d = dir.path();
+    let mnt = d.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+
+    // Inputs.
+    let tree = d.join("tree");
+    let tree_bytes = if want("build") { make_tree(&tree, 6000, 200 << 20) } else { 0 };
+    let big = d.join("big");
+    if want("copy") {
+        let mut f = fs::File::create(&big).unwrap();
+        let chunk = ext4kit_testkit::pattern(42, 4 << 20);
+        for i in 0..256u64 {
+            let mut c = chunk.clone();
+            c[..8].copy_from_slice(&i.to_le_bytes());
+            f.write_all(&c).unwrap();
+        }
+    }
+    let small = d.join("small");
+    if want("files") {
+        for i in 0..10_000 {
+            let sub = small.join(format!("dir{:02}", i % 50));
+            if i < 50 {
+                fs::create_dir_all(&sub).unwrap();
+            }
+            fs::write(sub.join(format!("f{i:05}")), ext4kit_testkit::pattern(i as u64, 4096)).unwrap();
+        }
+    }
+    if !root {
+        eprintln!("note: not root: the kernel parts are skipped");
+    }
+    println!("ext4kit write benchmark, {runs} interleaved runs, files in {base}");
+
+    let (ours_img, their_img) = (d.join("ours.img"), d.join("theirs.img"));
+    let mut build = Part::new("build ~200 MB tree", "mke2fs -d");
+    let mut copy = Part::new("cp 1 GiB file", "kernel cp+sync");
+    let mut files = Part::new("cp -r 10,000 x 4 KiB", "kernel cp+sync");
+    if want("build") {
+        println!("  tree: 6000 files, {} MB", tree_bytes / 1_000_000);
+    }
+    for r in 0..runs {
+        if want("build") {
+            // Same geometry for both: 4 KiB blocks, 512 MiB.
+            let _ = fs::remove_file(&ours_img);
+            let a = timed(Command::new(BIN).args(["build", "-b", "4096", "--size", "512M"]).arg(&tree).arg(&ours_img));
+            let _ = fs::remove_file(&their_img);
+            let b = timed(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"]).arg(&tree).arg(&their_img).arg("512M"));
+            if r == 0 {
+                for img in [&ours_img, &their_img] {
+                    run(Command::new("e2fsck").args(["-fn"]).arg(img));
+                }
+            }
+            build.push(r, a, b);
+        }
+        if root && want("copy") {
+            mkfs(&ours_img, "3G");
+            let a = timed(Command::new(BIN).arg("cp").arg(&big).arg(format!("{}:/big", ours_img.display())));
+            mkfs(&their_img, "3G");
+            run(Command::new("mount").args(["-o", "loop"]).arg(&their_img).arg(&mnt));
+            let b = timed(&mut sh(&format!("cp '{}' '{}/big' && sync", big.display(), mnt.display())));
+            run(Command::new("umount").arg(&mnt));
+            copy.push(r, a, b);
+        }
+        if root && want("files") {
+            mkfs(&ours_img, "1G");
+            let a = timed(Command::new(BIN).args(["cp", "-r"]).arg(&small).arg(format!("{}:/", ours_img.display())));
+            mkfs(&their_img, "1G");
+            run(Command::new("mount").args(["-o", "loop"]).arg(&their_img).arg(&mnt));
+            let b = timed(&mut sh(&format!("cp -r '{}' '{}/' && sync", small.display(), mnt.display())));
+            run(Command::new("umount").arg(&mnt));
+            if r == 0 {
+                run(Command::new("e2fsck").args(["-fn"]).arg(&ours_img));
+            }
+            files.push(r, a, b);
+        }
+    }
+    println!("medians (ratio = anchor time / ext4kit time; above 1 is faster):");
+    for p in [&build, &copy, &files] {
+        if let Some(s) = p.summary() {
+            println!("  {s}");
+        }
+    }
+}
