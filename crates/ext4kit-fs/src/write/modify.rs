@@ -131,6 +131,24 @@ fn set_dotdot(meta: &mut MetaState, core: &Core, dir: u32, parent: u32) -> Resul
     io.write_leaf(0, b)
 }
 
+/// Whether directory `dir` is `ancestor` or lies below it (walking `..` up to the root).
+fn is_within(meta: &mut MetaState, core: &Core, dir: u32, ancestor: u32) -> Result<bool> {
+    let mut at = dir;
+    let limit = meta.sb.inodes_count();
+    for _ in 0..=limit {
+        if at == ancestor {
+            return Ok(true);
+        }
+        if at == ROOT_INO {
+            return Ok(false);
+        }
+        meta.inode(core, at)?;
+        at = dotdot(meta, core, at)?;
+    }
+    // More steps than inodes: the `..` chain loops.
+    Err(Error::corrupt(Structure::DirectoryBlock, Corruption::TreeCycle { block: u64::from(at) }).with_inode(dir))
+}
+
 /// A directory lost a subdirectory (`ext4_dec_count`: a count of 1 or 2 stays).
 fn dec_dir_links(meta: &mut MetaState, core: &Core, dir: u32) -> Result<()> {
     let inode = meta.inode(core, dir)?;
@@ -339,13 +357,26 @@ impl Fs {
             }
             let is_dir = meta.inode(core, ino)?.is_dir();
             let existing = lookup(&mut meta, core, dst_dir, dst_parent, dst_name)?;
+            // The checks in rename(2)'s order: a directory into its own subtree (EINVAL), a
+            // target that is an ancestor of the source (ENOTEMPTY), two names of one inode
+            // (nothing to do), then the target's type and emptiness.
+            if is_dir && src_dir != dst_dir && is_within(&mut meta, core, dst_dir, ino)? {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot move directory {} into its own subtree ({})",
+                    String::from_utf8_lossy(src_name),
+                    String::from_utf8_lossy(dst_name)
+                )));
+            }
             let mut replaced_dir = false;
             if let Some((old, _)) = existing {
+                let old_is_dir = meta.inode(core, old)?.is_dir();
+                if old_is_dir && is_within(&mut meta, core, src_dir, old)? {
+                    return Err(Error::NotEmpty { path: PathBytes(dst_name.to_vec()) });
+                }
                 if old == ino {
                     // Two names of one inode: rename(2) does nothing.
                     return Ok(());
                 }
-                let old_is_dir = meta.inode(core, old)?.is_dir();
                 match (is_dir, old_is_dir) {
                     (true, false) => return Err(Error::NotDir { path: PathBytes(dst_name.to_vec()) }),
                     (false, true) => return Err(Error::IsDir { path: PathBytes(dst_name.to_vec()) }),
@@ -358,27 +389,13 @@ impl Fs {
                     (false, false) => {}
                 }
             }
-            if is_dir && src_dir != dst_dir {
-                // dst_dir must not be ino or below it: walk up from dst_dir to the root.
-                let mut at = dst_dir;
-                let limit = meta.sb.inodes_count();
-                for _ in 0..=limit {
-                    if at == ino {
-                        return Err(Error::InvalidArgument(format!(
-                            "cannot move directory {} into its own subtree ({})",
-                            String::from_utf8_lossy(src_name),
-                            String::from_utf8_lossy(dst_name)
-                        )));
-                    }
-                    if at == ROOT_INO {
-                        break;
-                    }
-                    meta.inode(core, at)?;
-                    at = dotdot(&mut meta, core, at)?;
-                }
-                if !replaced_dir && meta.inode(core, dst_dir)?.links_count() >= LINK_MAX && !meta.sb.has_ro_compat(ext4kit_format::RoCompatFeatures::DIR_NLINK) {
-                    return Err(Error::TooManyLinks { path: PathBytes(dst_name.to_vec()) });
-                }
+            if is_dir
+                && src_dir != dst_dir
+                && !replaced_dir
+                && meta.inode(core, dst_dir)?.links_count() >= LINK_MAX
+                && !meta.sb.has_ro_compat(ext4kit_format::RoCompatFeatures::DIR_NLINK)
+            {
+                return Err(Error::TooManyLinks { path: PathBytes(dst_name.to_vec()) });
             }
             // The new name first (pointing an existing one at the inode), then the old name.
             {
