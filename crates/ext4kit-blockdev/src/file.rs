@@ -92,7 +92,49 @@ impl Drop for FileDevice {
     }
 }
 
+/// Copies `len` bytes from `src` at `src_off` into `dst` at `dst_off` inside the kernel
+/// (`copy_file_range`), falling back to `pread`/`pwrite` when the kernel cannot (across
+/// filesystems on some kernels, or old kernels). A source that ends early is an error.
+pub(crate) fn copy_file_to_file(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> io::Result<()> {
+    let (mut so, mut d_o, mut left) = (src_off, dst_off, len);
+    while left > 0 {
+        let want = left.min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut so), dst, Some(&mut d_o), want) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early")),
+            Ok(n) => left -= n as u64,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::XDEV | rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                let mut buf = vec![0u8; (left.min(1 << 20)) as usize];
+                while left > 0 {
+                    let k = (left as usize).min(buf.len());
+                    let got = rustix::io::pread(src, &mut buf[..k], so)?;
+                    if got == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early"));
+                    }
+                    pwritev_all(dst, &[&buf[..got]], d_o)?;
+                    so += got as u64;
+                    d_o += got as u64;
+                    left -= got as u64;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 impl FileInner {
+    fn copy_from_file(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+        let block = dst_off / u64::from(self.geo.block_size);
+        if !self.writable {
+            return Err(IoError::ReadOnly);
+        }
+        if dst_off + len > self.geo.size_bytes() {
+            return Err(IoError::OutOfRange { block, count: len.div_ceil(u64::from(self.geo.block_size)), nr_blocks: self.geo.nr_blocks });
+        }
+        copy_file_to_file(src, src_off, &self.file, dst_off, len).map_err(|e| IoError::Os { op: BioOp::Write, block, errno: e.raw_os_error().unwrap_or(5) })
+    }
+
     fn run(&self, mut bio: Bio) {
         let status = bio
             .check_bounds(self.geo)
@@ -232,6 +274,10 @@ pub(crate) fn preadv_all(file: &File, slices: &mut [&mut [u8]], mut offset: u64)
 impl BlockDevice for FileDevice {
     fn geometry(&self) -> Geometry {
         self.inner.geo
+    }
+
+    fn copy_from_file(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+        self.inner.copy_from_file(src, src_off, dst_off, len)
     }
 
     fn submit(&self, bio: Bio) {

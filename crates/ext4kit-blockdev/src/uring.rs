@@ -110,6 +110,8 @@ impl std::error::Error for OpenError {}
 /// An io_uring-driven file device.
 pub struct UringDevice {
     geo: Geometry,
+    /// A second handle on the file for [`BlockDevice::copy_from_file`] (`None` if read-only).
+    copy_fd: Option<File>,
     tx: Option<Sender<Bio>>,
     wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
@@ -155,6 +157,7 @@ impl UringDevice {
         )
         .map_err(|e| OpenError::Io(e.into()))?;
         let wake = Arc::new(wake);
+        let copy_fd = if writable { Some(file.try_clone().map_err(OpenError::Io)?) } else { None };
         let (tx, rx) = unbounded::<Bio>();
         let ring_wake = Arc::clone(&wake);
         let thread = thread::Builder::new()
@@ -163,6 +166,7 @@ impl UringDevice {
             .map_err(OpenError::Io)?;
         Ok(UringDevice {
             geo,
+            copy_fd,
             tx: Some(tx),
             wake,
             thread: Some(thread),
@@ -215,6 +219,15 @@ impl Drop for UringDevice {
 impl BlockDevice for UringDevice {
     fn geometry(&self) -> Geometry {
         self.geo
+    }
+
+    fn copy_from_file(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+        let block = dst_off / u64::from(self.geo.block_size);
+        let Some(dst) = &self.copy_fd else { return Err(IoError::ReadOnly) };
+        if dst_off + len > self.geo.size_bytes() {
+            return Err(IoError::OutOfRange { block, count: len.div_ceil(u64::from(self.geo.block_size)), nr_blocks: self.geo.nr_blocks });
+        }
+        crate::file::copy_file_to_file(src, src_off, dst, dst_off, len).map_err(|e| IoError::Os { op: BioOp::Write, block, errno: e.raw_os_error().unwrap_or(5) })
     }
 
     fn submit(&self, bio: Bio) {

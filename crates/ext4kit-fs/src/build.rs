@@ -227,8 +227,6 @@ struct Builder<'a> {
     progress: Progress,
     on_progress: &'a mut dyn FnMut(Progress),
     since_flush: u64,
-    /// Copy buffer, reused for every file.
-    buf: Vec<u8>,
 }
 
 /// Data written between deterministic write-backs (bounds the page cache's dirty memory).
@@ -310,19 +308,18 @@ impl Builder<'_> {
         Ok(entries)
     }
 
-    /// Copies a source file's data regions (holes stay holes).
+    /// Copies a source file's data regions (holes stay holes) straight to blocks allocated for
+    /// them (the bulk path of `write::direct`; the image is fresh, so block tails are zeros).
     fn copy_file(&mut self, ino: u32, path: &Path, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
         let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(1 << 20, 0);
-        let result = self.copy_regions(ino, path, &f, len, &mut buf);
-        self.buf = buf;
-        result?;
+        let end = self.copy_regions(ino, path, &f, len)?;
         // A trailing hole: the size says it.
-        self.fs.set_size(ino, len)?;
+        if end < len {
+            self.fs.set_size(ino, len)?;
+        }
         if self.since_flush >= FLUSH_EVERY {
             self.fs.flush_data()?;
             self.since_flush = 0;
@@ -331,8 +328,11 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn copy_regions(&mut self, ino: u32, path: &Path, f: &fs::File, len: u64, buf: &mut [u8]) -> Result<()> {
+    /// Copies the data regions of `f`; returns where the last one ends.
+    fn copy_regions(&mut self, ino: u32, path: &Path, f: &fs::File, len: u64) -> Result<u64> {
+        const PIECE: u64 = 32 << 20;
         let mut pos = 0u64;
+        let mut end = 0;
         while pos < len {
             // Next data region (the whole rest if the host cannot tell).
             let data = match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
@@ -343,20 +343,24 @@ impl Builder<'_> {
             let hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(data)).unwrap_or(len).min(len);
             let mut at = data;
             while at < hole {
-                let n = ((hole - at) as usize).min(buf.len());
-                let got = rustix::io::pread(f, &mut buf[..n], at).map_err(|e| io_err(path, e.into()))?;
-                if got == 0 {
-                    break;
+                let n = (hole - at).min(PIECE);
+                self.fs.write_from_file(ino, f, at, at, n).map_err(|e| match e {
+                    // Reading the source or writing the image: name the source.
+                    Error::Io { .. } => io_err(path, std::io::Error::other(e.to_string())),
+                    e => e,
+                })?;
+                at += n;
+                end = at;
+                self.progress.bytes_done += n;
+                self.report.bytes += n;
+                self.since_flush += n;
+                if n == PIECE {
+                    (self.on_progress)(self.progress);
                 }
-                self.fs.write_at(ino, at, &buf[..got])?;
-                at += got as u64;
-                self.progress.bytes_done += got as u64;
-                self.report.bytes += got as u64;
-                self.since_flush += got as u64;
             }
             pos = hole.max(at);
         }
-        Ok(())
+        Ok(end)
     }
 }
 
@@ -403,7 +407,7 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
     };
     let progress = Progress { entries_total: totals.entries, bytes_total: totals.bytes, ..Progress::default() };
     let clamp = opts.source_date_epoch;
-    let mut b = Builder { fs: &fs, clamp, links: HashMap::new(), report: report.clone(), progress, on_progress, since_flush: 0, buf: Vec::new() };
+    let mut b = Builder { fs: &fs, clamp, links: HashMap::new(), report: report.clone(), progress, on_progress, since_flush: 0 };
     let ScanKind::Dir(kids) = &root.kind else { return Err(Error::NotDir { path: PathBytes(Vec::new()) }) };
     // The new filesystem has its own lost+found: a source one at the top is not copied.
     let kids: Vec<&Node> = kids.iter().filter(|n| !(n.name == b"lost+found" && matches!(n.kind, ScanKind::Dir(_)))).collect();

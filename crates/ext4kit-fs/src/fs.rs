@@ -347,7 +347,7 @@ impl Fs {
         let mut cfg = Config::new(page_size, bs);
         if opts.writable {
             if opts.background_writeback {
-                cfg.dirty_limit_bytes = Some(64 << 20);
+                cfg.dirty_limit_bytes = Some(16 << 20);
             }
             cfg.cache_limit_bytes = Some(256 << 20);
         }

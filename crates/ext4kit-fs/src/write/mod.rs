@@ -4,11 +4,13 @@
 //! | module | owns |
 //! |---|---|
 //! | [`extent_tree`] | inserting, converting and removing mappings in extent trees |
+//! | [`direct`] | image building's bulk data path (source file to allocated blocks, no page cache) |
 //! | [`dir_write`] | adding and removing directory entries, linear and htree; bulk-built directories |
 //! | [`modify`] | unlink, rmdir, rename, symlink, fallocate, punch hole; freeing inodes |
 //! | [`orphan`] | unlinked-but-open inodes, and orphans left in an image (cleaned at open) |
 
 pub mod dir_write;
+pub mod direct;
 pub mod extent_tree;
 pub mod mapper;
 pub mod modify;
