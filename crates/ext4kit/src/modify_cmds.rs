@@ -54,11 +54,14 @@ pub fn cmd_rm(images: &mut WritableImages, specs: &[Spec], recursive: bool) -> R
     images.sync_all()
 }
 
+/// A directory being emptied: inode, its name in its parent, entries (name, inode) left.
+type Frame = (u32, Vec<u8>, Vec<(Vec<u8>, u32)>);
+
 /// Removes everything inside directory `dir`, depth first (an explicit stack: no recursion
 /// limit from deep trees).
 fn remove_tree(fs: &Fs, dir: u32) -> Result<()> {
     // (directory, its name in the directory below it on the stack, entries not yet handled)
-    let mut stack: Vec<(u32, Vec<u8>, Vec<(Vec<u8>, u32)>)> = vec![(dir, Vec::new(), children(fs, dir)?)];
+    let mut stack: Vec<Frame> = vec![(dir, Vec::new(), children(fs, dir)?)];
     while let Some((d, dname, mut kids)) = stack.pop() {
         let Some((name, ino)) = kids.pop() else {
             // Empty now: remove it from its parent (the caller removes `dir` itself).
