@@ -546,3 +546,48 @@ fn change_under_faults(img: &Path, fail_at: Option<u64>) -> (Result<(), Error>, 
     drop(fs);
     (r, fault)
 }
+
+#[test]
+fn xattr_blocks_the_kernel_shares_between_inodes_are_reference_counted() {
+    if !require_kernel("xattr_blocks_the_kernel_shares_between_inodes_are_reference_counted") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    // Identical attribute sets too large for the inode: the kernel's mbcache gives all four
+    // files one xattr block (h_refcount 4).
+    let value = pattern(5, 600);
+    for n in ["a", "b", "c", "d"] {
+        let p = host.join(n);
+        std::fs::write(&p, n).unwrap();
+        rustix::fs::setxattr(&p, "user.shared", &value, rustix::fs::XattrFlags::empty()).unwrap();
+    }
+    let img = kernel_image(dir.path(), "x.img", 4096, 32, None, &[]);
+    {
+        let m = LoopMount::new(&img, false).unwrap();
+        run_ok("cp", &["-a", &format!("{}/.", host.display()), m.path().to_str().unwrap()]);
+        m.unmount().unwrap();
+    }
+    let t = Twin { host: host.clone(), fs: open_rw(&img) };
+    let acl = |n: &str| t.fs.inode(t.ino(n)).unwrap().file_acl();
+    assert!(acl("a") != 0 && acl("a") == acl("b") && acl("b") == acl("d"), "the kernel shared one block");
+    let shared = acl("a");
+    t.unlink("a");
+    t.set_xattr("b", "user.shared", &pattern(6, 700));
+    assert_ne!(acl("b"), shared, "a changed set gets a block of its own");
+    t.remove_xattr("c", "user.shared");
+    assert_eq!(acl("c"), 0);
+    assert_eq!(acl("d"), shared);
+    t.fs.sync().unwrap();
+    drop(t);
+    assert_e2fsck_clean(&img);
+    assert_kernel_view(&img, &host, "shared xattr blocks");
+    // The last user lets go: the block is freed.
+    let t = Twin { host: host.clone(), fs: open_rw(&img) };
+    t.unlink("d");
+    t.fs.sync().unwrap();
+    drop(t);
+    assert_e2fsck_clean(&img);
+    assert_kernel_view(&img, &host, "shared xattr block freed");
+}
