@@ -156,7 +156,7 @@ fn scan(path: &Path, name: Vec<u8>, depth: usize, totals: &mut Totals, bs: u64) 
     let kind = if ft.is_dir() {
         let mut children = Vec::new();
         let mut names: Vec<_> = fs::read_dir(path).map_err(|e| io_err(path, e))?.collect::<std::io::Result<Vec<_>>>().map_err(|e| io_err(path, e))?;
-        names.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        names.sort_by_key(|a| a.file_name());
         for e in names {
             let n = e.file_name().as_bytes().to_vec();
             if n.len() > 255 {
@@ -344,7 +344,7 @@ impl Builder<'_> {
             let mut at = data;
             while at < hole {
                 let n = (hole - at).min(PIECE);
-                self.fs.write_from_file(ino, f, at, at, n).map_err(|e| match e {
+                self.fs.write_from_file_with(ino, f, at, at, n, false).map_err(|e| match e {
                     // Reading the source or writing the image: name the source.
                     Error::Io { .. } => io_err(path, std::io::Error::other(e.to_string())),
                     e => e,

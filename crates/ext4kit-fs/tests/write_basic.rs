@@ -122,3 +122,50 @@ fn create_files_dirs_links_and_data_then_fsck_and_kernel_agree() {
         assert_e2fsck_clean(&img);
     }
 }
+
+/// `Fs::write_from_file` (the direct path `cp` uses for new files) on an image whose free blocks
+/// hold old bytes (0xEE): data regions starting and ending mid-block, two regions sharing a
+/// block, a region crossing extents. Reads (ours and the kernel's) must show the source bytes
+/// and zeros everywhere else, and e2fsck must be silent.
+#[test]
+fn write_from_file_zeroes_around_partial_blocks_on_a_dirty_image() {
+    if !require_kernel("write_from_file_zeroes_around_partial_blocks_on_a_dirty_image") {
+        return;
+    }
+    for bs in [1024u32, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("d.img");
+        std::fs::write(&img, vec![0xEE; 32 << 20]).unwrap();
+        let bs_s = bs.to_string();
+        run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", &bs_s, "-E", "lazy_itable_init=1,nodiscard", img.to_str().unwrap()]);
+        let src_path = dir.path().join("src");
+        let src_data = pattern(u64::from(bs), 3 << 20);
+        std::fs::write(&src_path, &src_data).unwrap();
+        let src = std::fs::File::open(&src_path).unwrap();
+        // (file offset, length); the file is zero elsewhere.
+        let regions: [(u64, u64); 4] = [(100, 300), (600, 5000), (12_345, 1), (20_000, 2_100_000)];
+        let fs = Fs::open_path(&img, &writable()).unwrap();
+        let attrs = NewInode::with_time(0o644, t(1_700_000_000, 0));
+        let ino = fs.create(ROOT_INO, b"direct", &NewKind::Regular, &attrs).unwrap();
+        let mut want = vec![0u8; (20_000 + 2_100_000) as usize];
+        for (off, len) in regions {
+            fs.write_from_file(ino, &src, off, off, len).unwrap();
+            want[off as usize..(off + len) as usize].copy_from_slice(&src_data[off as usize..(off + len) as usize]);
+        }
+        fs.sync().unwrap();
+        let got = fs.open_file(ino).unwrap().read_to_end(1 << 30).unwrap();
+        assert!(got == want, "{bs}: our read differs");
+        drop(fs);
+        assert_e2fsck_clean(&img);
+        let m = LoopMount::new(&img, true).unwrap();
+        assert!(std::fs::read(m.path().join("direct")).unwrap() == want, "{bs}: kernel read differs");
+        m.unmount().unwrap();
+        // The block tails past EOF hold zeros too (a later extension must not expose old bytes).
+        let out = run_ok("debugfs", &["-R", "blocks /direct", img.to_str().unwrap()]);
+        let last: u64 = out.split_whitespace().filter_map(|w| w.parse().ok()).next_back().unwrap();
+        let raw = std::fs::read(&img).unwrap();
+        let tail_from = (want.len() as u64 % u64::from(bs)) as usize;
+        let block = &raw[(last * u64::from(bs)) as usize..((last + 1) * u64::from(bs)) as usize];
+        assert!(block[tail_from..].iter().all(|&b| b == 0), "{bs}: old bytes past EOF");
+    }
+}

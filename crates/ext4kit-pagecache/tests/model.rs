@@ -106,7 +106,7 @@ struct Chaos {
     nr_failed: AtomicU64,
     step: AtomicU64,
     history: Mutex<Vec<(u64, u64, String)>>,
-    queue: Option<Arc<(Mutex<Vec<(Bio, bool)>>, std::sync::Condvar)>>,
+    queue: Option<Arc<BioQueue>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -132,7 +132,7 @@ impl Chaos {
         let dev_per_fs = bs / u64::from(inner.geometry().block_size);
         let stop = Arc::new(AtomicBool::new(false));
         let queue = shuffle_seed.map(|seed| {
-            let q: Arc<(Mutex<Vec<(Bio, bool)>>, std::sync::Condvar)> = Arc::default();
+            let q: Arc<BioQueue> = Arc::default();
             let (q2, inner2, stop2) = (Arc::clone(&q), Arc::clone(&inner), Arc::clone(&stop));
             thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(seed);
@@ -362,16 +362,23 @@ enum Backend {
 
 const INO: u64 = 42;
 
+/// Bios held back by the shuffling device (with "fail it?"), and its wake-up.
+type BioQueue = (Mutex<Vec<(Bio, bool)>>, std::sync::Condvar);
+
+/// Reads one block of the device by number (to explain a mismatch).
+type DeviceReader = Box<dyn Fn(u64) -> Vec<u8>>;
+
 struct EventLog {
     tx: Mutex<std::sync::mpsc::Sender<ext4kit_pagecache::Event>>,
-    rx: Mutex<std::sync::mpsc::Receiver<ext4kit_pagecache::Event>>,
+    /// Kept so that sends never fail; the events that matter are copied into `steps`.
+    _rx: Mutex<std::sync::mpsc::Receiver<ext4kit_pagecache::Event>>,
     steps: Mutex<Vec<String>>,
 }
 
 impl Default for EventLog {
     fn default() -> EventLog {
         let (tx, rx) = std::sync::mpsc::channel();
-        EventLog { tx: Mutex::new(tx), rx: Mutex::new(rx), steps: Mutex::new(Vec::new()) }
+        EventLog { tx: Mutex::new(tx), _rx: Mutex::new(rx), steps: Mutex::new(Vec::new()) }
     }
 }
 
@@ -401,13 +408,13 @@ struct Harness {
     cache: PageCache,
     chaos: Arc<Chaos>,
     mapper: Arc<CheckingMapper>,
-    read_dev: Box<dyn Fn(u64) -> Vec<u8>>,
+    read_dev: DeviceReader,
     _tmp: Option<tempfile::NamedTempFile>,
 }
 
 fn harness(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<Harness, TestCaseError> {
     let nr_fs = FS_BYTES / bs as u64;
-    let (inner, read_dev, tmp): (Arc<dyn BlockDevice>, Box<dyn Fn(u64) -> Vec<u8>>, _) =
+    let (inner, read_dev, tmp): (Arc<dyn BlockDevice>, DeviceReader, _) =
         match backend {
             Backend::ShuffledMemory => {
                 let mem = MemDevice::new(512, FS_BYTES / 512);

@@ -243,11 +243,7 @@ pub fn cmd_build(dir: &Path, image: &Path, opts: BuildOptions, json: bool) -> Re
     let mut on_progress = |p: ext4kit_fs::build::Progress| {
         if tty && (last.elapsed().as_millis() >= 100 || p.entries_done == p.entries_total) {
             last = std::time::Instant::now();
-            let pct = if p.bytes_total > 0 {
-                p.bytes_done * 100 / p.bytes_total
-            } else {
-                100
-            };
+            let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
             let width = 30usize;
             let filled = (pct as usize * width / 100).min(width);
             eprint!(
@@ -474,18 +470,18 @@ impl CopyIn<'_> {
                     return Ok(());
                 }
             }
-            let ino = match existing {
+            let (ino, fresh) = match existing {
                 Some(e) if e.file_type == Some(FileType::Regular) => {
                     self.fs.set_size(e.ino, 0)?;
-                    e.ino
+                    (e.ino, false)
                 }
                 Some(_) => bail!(
                     "{}: exists in the image and is not a regular file",
                     String::from_utf8_lossy(name)
                 ),
-                None => self.fs.create(dir, name, &NewKind::Regular, &attrs)?,
+                None => (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true),
             };
-            self.copy_data(src, ino, md.len())?;
+            self.copy_data(src, ino, md.len(), fresh)?;
             if md.nlink() > 1 {
                 self.links.insert((md.dev(), md.ino()), ino);
             }
@@ -524,9 +520,13 @@ impl CopyIn<'_> {
         Ok(())
     }
 
-    fn copy_data(&mut self, src: &Path, ino: u32, len: u64) -> Result<()> {
+    /// Copies the data regions of `src` into `ino` (holes stay holes). A file this copy created
+    /// is filled straight from the source (`Fs::write_from_file`: allocated now, copied inside
+    /// the kernel); an existing one is rewritten through the page cache.
+    fn copy_data(&mut self, src: &Path, ino: u32, len: u64, fresh: bool) -> Result<()> {
         let f = fs::File::open(src).with_context(|| src.display().to_string())?;
         self.buf.resize(1 << 20, 0);
+        let mut end = 0;
         let mut pos = 0u64;
         while pos < len {
             let data = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
@@ -538,6 +538,12 @@ impl CopyIn<'_> {
                 .unwrap_or(len)
                 .min(len);
             let mut at = data;
+            if fresh && hole > at {
+                self.fs
+                    .write_from_file(ino, &f, at, at, hole - at)
+                    .with_context(|| src.display().to_string())?;
+                at = hole;
+            }
             while at < hole {
                 let n = ((hole - at) as usize).min(self.buf.len());
                 let got = rustix::io::pread(&f, &mut self.buf[..n], at)
@@ -548,9 +554,12 @@ impl CopyIn<'_> {
                 self.fs.write_at(ino, at, &self.buf[..got])?;
                 at += got as u64;
             }
+            end = at;
             pos = hole.max(at);
         }
-        self.fs.set_size(ino, len)?;
+        if !fresh || end != len {
+            self.fs.set_size(ino, len)?;
+        }
         Ok(())
     }
 }

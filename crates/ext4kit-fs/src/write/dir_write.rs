@@ -380,7 +380,7 @@ fn dx_add<S: DirStore + ?Sized>(s: &mut S, name: &[u8], ino: u32, ft: u8) -> Res
             return Err(Error::InvalidArgument("name too long for a directory block".into()));
         }
         let new_lblk = s.append_block()?;
-        let (mut upper, split) = split_leaf(&mut leaf, |n| Ok(s.hash(n).map_err(|_| ext4kit_format::FormatError::corrupt(Structure::DirectoryBlock, CorruptKind::DirentNameLen { offset: 0, name_len: 0, rec_len: 0 }))?))?;
+        let (mut upper, split) = split_leaf(&mut leaf, |n| s.hash(n).map_err(|_| ext4kit_format::FormatError::corrupt(Structure::DirectoryBlock, CorruptKind::DirentNameLen { offset: 0, name_len: 0, rec_len: 0 })))?;
         let target_upper = hash >= split.split_hash;
         let added = if target_upper { upper.add_entry(name, ino, ft)? } else { leaf.add_entry(name, ino, ft)? };
         s.write_leaf(path.leaf, leaf)?;
@@ -554,7 +554,6 @@ mod tests {
             } else {
                 let node = DxBlock::parse_node(&d.read_block(e.block).unwrap(), dxo).unwrap();
                 let ne = node.entries();
-                assert!(i == 0 || ne[0].hash == e.hash || true);
                 for (j, x) in ne.iter().enumerate() {
                     let nhi = ne.get(j + 1).map_or(hi, |n| n.hash);
                     let nlo = if j == 0 { lo } else { x.hash };

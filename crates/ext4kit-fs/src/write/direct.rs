@@ -4,8 +4,9 @@
 //!
 //! Delayed allocation would give such a file the same extents (it is written whole, in order,
 //! and nothing else allocates in between); what this path saves is the two copies through user
-//! memory and the page bookkeeping. It is only for files nothing else has open, on blocks known
-//! to hold zeros (a freshly made image): the tail of the last block is not written.
+//! memory and the page bookkeeping. It is only for filling new files that nothing else has
+//! open. A partial last block is written whole with zero padding, except when building an image
+//! (its free blocks are known to hold zeros).
 
 use std::fs::File;
 
@@ -17,26 +18,45 @@ use crate::fs::Fs;
 
 impl Fs {
     /// Copies `len` bytes of `src` (from `src_off`) to offset `offset` of regular file `ino`,
-    /// allocating its blocks now (see the module notes for when this may be used), and raises
-    /// the file size to the end of the copy.
-    pub(crate) fn write_from_file(&self, ino: u32, src: &File, src_off: u64, offset: u64, len: u64) -> Result<()> {
+    /// allocating its blocks now and copying inside the kernel where the device allows, and
+    /// raises the file size to the end of the copy. For filling a new file (nothing else may
+    /// have it open, and the range must not be mapped yet): a partial last block is written
+    /// whole, zero-padded.
+    pub fn write_from_file(&self, ino: u32, src: &File, src_off: u64, offset: u64, len: u64) -> Result<()> {
+        self.write_from_file_with(ino, src, src_off, offset, len, true)
+    }
+
+    /// [`Fs::write_from_file`]; `whole_blocks: false` copies just the bytes, leaving the rest
+    /// of partial first and last blocks as the device holds them (image building: the device
+    /// is freshly zeroed).
+    pub(crate) fn write_from_file_with(&self, ino: u32, src: &File, src_off: u64, offset: u64, len: u64, whole_blocks: bool) -> Result<()> {
         let core = &self.core;
         let w = core.writer("write")?;
         if w.open_mappings.lock().contains_key(&ino) {
             return Err(Error::InvalidArgument(format!("inode {ino}: direct copy into a file with cached pages")));
         }
         let bs = u64::from(core.block_size);
-        let dev = core.cache.device();
         let end = offset + len;
         let mut pos = offset;
-        while pos < end {
-            let lblk = pos / bs;
-            let want = (end - 1) / bs - lblk + 1;
-            let e = core.w_map_create(ino, lblk, want, MapFlags::CREATE)?;
-            let n = ((e.lblk + e.len) * bs).min(end) - pos;
-            let dst = (e.pblk + (lblk - e.lblk)) * bs + pos % bs;
-            dev.copy_from_file(src, src_off + (pos - offset), dst, n).map_err(|err| Error::io(err, Some(dst / bs)).with_inode(ino))?;
+        if whole_blocks && pos % bs != 0 {
+            let n = end.min((pos / bs + 1) * bs) - pos;
+            self.write_partial_block(ino, src, src_off, pos, n)?;
             pos += n;
+        }
+        let body_end = if whole_blocks { (end / bs * bs).max(pos) } else { end };
+        let dev = core.cache.device();
+        while pos < body_end {
+            let lblk = pos / bs;
+            let want = (body_end - 1) / bs - lblk + 1;
+            let e = core.w_map_create(ino, lblk, want, MapFlags::CREATE)?;
+            let run_end = ((e.lblk + e.len) * bs).min(body_end);
+            let dst = (e.pblk + (lblk - e.lblk)) * bs + pos % bs;
+            dev.copy_from_file(src, src_off + (pos - offset), dst, run_end - pos)
+                .map_err(|err| Error::io(err, Some(dst / bs)).with_inode(ino))?;
+            pos = run_end;
+        }
+        if pos < end {
+            self.write_partial_block(ino, src, src_off + (pos - offset), pos, end - pos)?;
         }
         let mut meta = w.meta.lock();
         let inode = meta.inode(core, ino)?;
@@ -46,4 +66,39 @@ impl Fs {
         }
         Ok(())
     }
+
+    /// Writes `n` bytes of `src` (at `src_off`) at file offset `pos`, all inside one block,
+    /// by writing that whole block: zeros around the bytes if it was a hole, its old bytes if not.
+    fn write_partial_block(&self, ino: u32, src: &File, src_off: u64, pos: u64, n: u64) -> Result<()> {
+        let core = &self.core;
+        let bs = u64::from(core.block_size);
+        let lblk = pos / bs;
+        let inode = core.read_inode(ino)?;
+        let was_hole = core.map_inode(ino, &inode, lblk, 1)?.kind == ext4kit_pagecache::ExtentKind::Hole;
+        let e = core.w_map_create(ino, lblk, 1, MapFlags::CREATE)?;
+        let pblk = e.pblk + (lblk - e.lblk);
+        let dev = core.cache.device();
+        let dev_block = pblk * bs / u64::from(dev.geometry().block_size);
+        let io = |err| Error::io(err, Some(pblk)).with_inode(ino);
+        let mut block = vec![0u8; bs as usize];
+        if !was_hole {
+            ext4kit_blockdev::BlockDeviceExt::read_blocks(&**dev, dev_block, &mut block).map_err(io)?;
+        }
+        let at = (pos % bs) as usize;
+        read_exact_at(src, &mut block[at..at + n as usize], src_off).map_err(io)?;
+        ext4kit_blockdev::BlockDeviceExt::write_blocks(&**dev, dev_block, &block).map_err(io)
+    }
+}
+
+fn read_exact_at(src: &File, buf: &mut [u8], off: u64) -> std::result::Result<(), ext4kit_blockdev::IoError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::pread(src, &mut buf[got..], off + got as u64) {
+            Ok(0) => return Err(ext4kit_blockdev::IoError::Os { op: ext4kit_blockdev::BioOp::Read, block: 0, errno: 5 }),
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(ext4kit_blockdev::IoError::Os { op: ext4kit_blockdev::BioOp::Read, block: 0, errno: e.raw_os_error() }),
+        }
+    }
+    Ok(())
 }

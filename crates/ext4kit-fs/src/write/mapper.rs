@@ -74,8 +74,9 @@ impl Core {
             Some(p) if u64::from(p.logical_block) + u64::from(p.len) == lblk && p.unwritten == unwritten => cap.saturating_sub(u64::from(p.len)),
             _ => 0,
         };
-        // The blocks before `lblk` hint at how far the file streams on.
-        let (pblk, got) = meta.alloc_stream(self, goal, want, lblk, room)?;
+        // How far the file streams on: what is asked for, or as much as it holds already.
+        let stream = lblk.max(len);
+        let (pblk, got) = meta.alloc_stream(self, goal, want, stream, room)?;
         meta.add_blocks(self, ino, got as i64)?;
         let ext = TreeExtent { logical_block: lblk32, len: got as u32, physical_block: pblk, unwritten };
         if let Err(e) = with_tree(self, meta, ino, pblk, |t| t.insert(ext)) {

@@ -165,9 +165,7 @@ impl Fs {
             return Err(e);
         }
         if let NewKind::Symlink(target) = kind {
-            if let Err(e) = write_symlink(&mut meta, core, ino, target) {
-                return Err(e);
-            }
+            write_symlink(&mut meta, core, ino, target)?;
         }
         Ok(ino)
     }

@@ -23,6 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ext4kit_format::bitmap;
+use ext4kit_format::extent::MAX_INIT_LEN;
 use ext4kit_format::group_desc::{GroupDesc, GroupFlags};
 use ext4kit_format::inode::Inode;
 use ext4kit_format::superblock::SUPERBLOCK_OFFSET;
@@ -258,17 +259,22 @@ impl MetaState {
     /// this request (its size so far, as mballoc's request normalisation guesses), whose extent
     /// ending at `goal` can take `room` more blocks. At the goal, blocks that fit that extent
     /// are always taken; a new extent starts at the goal only if the free run there (counted
-    /// across group ends) is long — `want`, or the stream up to 8 MiB. Otherwise
+    /// across group ends) is long — `want` or the stream, up to 8 MiB. Otherwise
     /// the search wants a run that long too, and takes the first `want` blocks of it, so short
     /// runs are left to small files, as mballoc does.
     pub(crate) fn alloc_stream(&mut self, core: &Core, goal: u64, want: u64, stream: u64, room: u64) -> Result<(u64, u64)> {
         let want = want.max(1);
         let min_stream_run = MIN_STREAM_RUN_BYTES / u64::from(self.sb.block_size());
-        let long = want.max(stream).min(min_stream_run.max(want));
+        // A stream of a whole extent or more passes over runs that would make short extents.
+        let long = if stream >= u64::from(MAX_INIT_LEN) {
+            min_stream_run.max(u64::from(MAX_INIT_LEN) * 3 / 8)
+        } else {
+            want.max(stream).min(min_stream_run)
+        };
         let ngroups = self.groups.len() as u32;
         let goal = goal.clamp(self.first_data_block(), self.sb.blocks_count().saturating_sub(1));
         let start_group = self.group_of(goal).min(ngroups.saturating_sub(1));
-        let (run, total) = self.free_run_at(core, goal, long)?;
+        let (run, total) = self.free_run_at(core, goal, want.max(long))?;
         let take = if total >= long { run.min(want) } else { run.min(want).min(room) };
         if take > 0 {
             let g = start_group;
@@ -300,7 +306,11 @@ impl MetaState {
                     if pass == 0 {
                         let hit = bitmap::find_zero_run(&bits, from, len, need)
                             .or_else(|| if from > 0 { bitmap::find_zero_run(&bits, 0, from, need) } else { None })
-                            .map(|s| (s, need.min(want as usize)));
+                            .map(|s| {
+                                // The whole run from there, up to `want`.
+                                let stop = (s + want as usize).min(len);
+                                (s, bitmap::find_first_set(&bits, s, stop).unwrap_or(stop) - s)
+                            });
                         if hit.is_none() && bitmap::test(&bits, len - 1) == Some(false) {
                             // A shorter run at the group's end may go on into the next group.
                             let mut t = len - 1;
@@ -324,7 +334,7 @@ impl MetaState {
                 };
                 let found = match (found, tail) {
                     (None, Some(t)) => {
-                        let (run, total) = self.free_run_at(core, first + t as u64, long)?;
+                        let (run, total) = self.free_run_at(core, first + t as u64, want.max(long))?;
                         (total >= long).then_some((t, run.min(want) as usize))
                     }
                     (found, _) => found,
