@@ -18,7 +18,14 @@ use crate::write::stores::with_tree;
 impl Core {
     /// Reserves `count` blocks for delayed allocation by `ino`.
     pub(crate) fn w_reserve(&self, ino: u32, count: u64) -> Result<()> {
-        self.writer("reserve")?.meta.lock().reserve(ino, count)
+        let w = self.writer("reserve")?;
+        let r = w.meta.lock().reserve(ino, count);
+        // Out of space: deleted files whose page cache was let go (or is being let go) are freed
+        // first.
+        if matches!(r, Err(Error::NoSpace(_))) && crate::write::orphan::reclaim_for_space(self)? > 0 {
+            return w.meta.lock().reserve(ino, count);
+        }
+        r
     }
 
     /// Gives back reserved blocks.

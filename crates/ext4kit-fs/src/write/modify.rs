@@ -253,7 +253,7 @@ pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result
 /// extent trees of changed inodes that e2fsck would find wider or deeper than needed (after
 /// punches, truncates, deletes and mid-leaf splits), as its pass 1E would rebuild them.
 pub(crate) fn prepare_sync(fs: &Fs) -> Result<()> {
-    crate::write::orphan::release_unused(fs, None)?;
+    crate::write::orphan::release_at_sync(&fs.core)?;
     let core = &fs.core;
     let w = core.writer("sync")?;
     let mut meta = w.meta.lock();
@@ -470,7 +470,7 @@ impl Fs {
         let ino = u32::try_from(mapping.ino()).map_err(|_| Error::InvalidArgument(format!("inode number {} too large", mapping.ino())))?;
         drop(mapping);
         if self.core.write.is_some() {
-            crate::write::orphan::release_unused(self, Some(ino))?;
+            crate::write::orphan::release_unused(&self.core, Some(ino))?;
         }
         Ok(())
     }

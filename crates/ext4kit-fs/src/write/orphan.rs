@@ -98,6 +98,9 @@ pub(crate) fn forget(meta: &mut MetaState, core: &Core, ino: u32) -> Result<()> 
 }
 
 /// Frees orphan `ino` unless its page cache is in use; then remembers who holds it.
+///
+/// Writeback in flight (the background flusher, io_ends) holds the page cache for a moment:
+/// that is waited for, a few times, before the inode is left on the orphan list.
 pub(crate) fn release_if_unused(fs: &Fs, ino: u32) -> Result<()> {
     let core = &fs.core;
     let w = core.writer("free an inode")?;
@@ -107,9 +110,16 @@ pub(crate) fn release_if_unused(fs: &Fs, ino: u32) -> Result<()> {
     let m = kept.unwrap_or_else(|| fs.pages.mapping(u64::from(ino), 0, 0));
     let weak = m.downgrade();
     drop(m);
-    if weak.upgrade().is_some() {
-        core.orphans.lock().holders.insert(ino, weak);
-        return Ok(());
+    for attempt in 0..4u64 {
+        let Some(live) = weak.upgrade() else { break };
+        if attempt == 3 {
+            drop(live);
+            core.orphans.lock().holders.insert(ino, weak);
+            return Ok(());
+        }
+        live.wait_writeback();
+        drop(live);
+        std::thread::sleep(std::time::Duration::from_micros(100 << attempt));
     }
     let mut meta = w.meta.lock();
     let still_orphan = core.orphans.lock().list.contains(&ino);
@@ -120,8 +130,8 @@ pub(crate) fn release_if_unused(fs: &Fs, ino: u32) -> Result<()> {
 }
 
 /// Frees the orphans whose page cache nobody holds any more (all of them, or only `only`).
-pub(crate) fn release_unused(fs: &Fs, only: Option<u32>) -> Result<()> {
-    let core = &fs.core;
+/// Returns how many were freed.
+pub(crate) fn release_unused(core: &Core, only: Option<u32>) -> Result<usize> {
     let w = core.writer("free orphans")?;
     let candidates: Vec<u32> = {
         let o = core.orphans.lock();
@@ -133,9 +143,10 @@ pub(crate) fn release_unused(fs: &Fs, only: Option<u32>) -> Result<()> {
             .collect()
     };
     if candidates.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let mut meta = w.meta.lock();
+    let mut freed = 0;
     for ino in candidates {
         // Re-check under the metadata lock: a handle may have come back.
         let free = {
@@ -144,9 +155,66 @@ pub(crate) fn release_unused(fs: &Fs, only: Option<u32>) -> Result<()> {
         };
         if free && meta.inode(core, ino)?.links_count() == 0 {
             evict_inode(&mut meta, core, ino)?;
+            freed += 1;
         }
     }
-    Ok(())
+    Ok(freed)
+}
+
+/// At sync: writes back what is dirty in the page caches that keep orphans alive (sync writes
+/// everything back, deleted-but-open files included), which also waits out a background
+/// writeback pass on one, then frees the orphans nobody holds any more. An orphan still held
+/// after that is held by the library's user and stays on the orphan list.
+pub(crate) fn release_at_sync(core: &Core) -> Result<usize> {
+    let holders: Vec<WeakMapping> = core.orphans.lock().holders.values().cloned().collect();
+    let mut alive = false;
+    for h in holders {
+        if let Some(m) = h.upgrade() {
+            alive = true;
+            // Errors are recorded on the file and reach its handles' fsync.
+            let _ = m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all());
+            m.wait_writeback();
+        }
+    }
+    let mut freed = release_unused(core, None)?;
+    if alive {
+        // A flusher pass that just finished drops its reference a moment later.
+        for attempt in 0..3u64 {
+            let still = core.orphans.lock().holders.values().any(|h| h.upgrade().is_some());
+            if !still {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100 << attempt));
+            freed += release_unused(core, None)?;
+        }
+    }
+    Ok(freed)
+}
+
+/// Out of space: frees the orphans nobody holds, waiting a little (at most about 0.2 s) for
+/// writeback in flight on deleted files — the background flusher may still be writing one — to
+/// let go of their page caches, as the kernel retries an allocation after a journal commit
+/// (`ext4_should_retry_alloc`). Returns how many were freed.
+pub(crate) fn reclaim_for_space(core: &Core) -> Result<usize> {
+    for _round in 0..40 {
+        let n = release_unused(core, None)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        let holders: Vec<WeakMapping> = core.orphans.lock().holders.values().cloned().collect();
+        let mut alive = false;
+        for h in holders {
+            if let Some(m) = h.upgrade() {
+                alive = true;
+                m.wait_writeback();
+            }
+        }
+        if !alive {
+            continue;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(0)
 }
 
 /// Whether inode `ino` is marked in use in its group's inode bitmap.
