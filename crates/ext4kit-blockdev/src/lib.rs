@@ -71,6 +71,24 @@ pub enum BioBuf {
     Shared(Arc<dyn AsRef<[u8]> + Send + Sync>),
     /// Memory the bio owns: a read fills it, a write takes its bytes from it.
     Owned(Box<[u8]>),
+    /// Memory lent to a read bio for the device to fill in place (page memory: the box
+    /// usually holds the page's write guard, released when the bio is dropped).
+    Lent(Box<dyn LentBuf>),
+}
+
+/// Writable memory a bio can borrow (see [`BioBuf::Lent`]).
+pub trait LentBuf: AsRef<[u8]> + AsMut<[u8]> + Send {}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]> + Send> LentBuf for T {}
+
+impl BioBuf {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            BioBuf::Shared(b) => (**b).as_ref(),
+            BioBuf::Owned(b) => b,
+            BioBuf::Lent(b) => (**b).as_ref(),
+        }
+    }
 }
 
 impl fmt::Debug for BioBuf {
@@ -78,6 +96,7 @@ impl fmt::Debug for BioBuf {
         match self {
             BioBuf::Shared(b) => write!(f, "Shared({} bytes)", (**b).as_ref().len()),
             BioBuf::Owned(b) => write!(f, "Owned({} bytes)", b.len()),
+            BioBuf::Lent(b) => write!(f, "Lent({} bytes)", (**b).as_ref().len()),
         }
     }
 }
@@ -96,10 +115,7 @@ impl BioVec {
     /// # Panics
     /// If the range lies outside the buffer (a programming error, not a data error).
     pub fn new(buf: BioBuf, offset: usize, len: usize) -> BioVec {
-        let total = match &buf {
-            BioBuf::Shared(b) => (**b).as_ref().len(),
-            BioBuf::Owned(b) => b.len(),
-        };
+        let total = buf.as_slice().len();
         assert!(
             offset.checked_add(len).is_some_and(|end| end <= total),
             "bio segment out of its buffer"
@@ -146,10 +162,7 @@ impl BioVec {
     /// # Panics
     /// If the segment would run past its buffer.
     pub fn extend(&mut self, more: usize) {
-        let total = match &self.buf {
-            BioBuf::Shared(b) => (**b).as_ref().len(),
-            BioBuf::Owned(b) => b.len(),
-        };
+        let total = self.buf.as_slice().len();
         let new_len = self.len + more;
         assert!(
             self.offset + new_len <= total,
@@ -160,11 +173,7 @@ impl BioVec {
 
     /// The bytes of the segment.
     pub fn bytes(&self) -> &[u8] {
-        let all: &[u8] = match &self.buf {
-            BioBuf::Shared(b) => (**b).as_ref(),
-            BioBuf::Owned(b) => b,
-        };
-        &all[self.offset..self.offset + self.len]
+        &self.buf.as_slice()[self.offset..self.offset + self.len]
     }
 
     /// The bytes of the segment for a read to fill; `None` for shared memory, which is read-only.
@@ -172,6 +181,7 @@ impl BioVec {
         match &mut self.buf {
             BioBuf::Shared(_) => None,
             BioBuf::Owned(b) => Some(&mut b[self.offset..self.offset + self.len]),
+            BioBuf::Lent(b) => Some(&mut (**b).as_mut()[self.offset..self.offset + self.len]),
         }
     }
 
@@ -180,11 +190,12 @@ impl BioVec {
         &self.buf
     }
 
-    /// Takes the owned buffer out of the segment (after a read), `None` for shared memory.
+    /// Takes the owned buffer out of the segment (after a read), `None` for shared or lent
+    /// memory.
     pub fn into_owned(self) -> Option<Box<[u8]>> {
         match self.buf {
             BioBuf::Owned(b) => Some(b),
-            BioBuf::Shared(_) => None,
+            BioBuf::Shared(_) | BioBuf::Lent(_) => None,
         }
     }
 }

@@ -345,12 +345,11 @@ impl Fs {
         let core = Arc::new(core);
         let mapper: Arc<dyn ext4kit_pagecache::BlockMapper> = Arc::clone(&core) as _;
         let mut cfg = Config::new(page_size, bs);
-        if opts.writable {
-            if opts.background_writeback {
-                cfg.dirty_limit_bytes = Some(16 << 20);
-            }
-            cfg.cache_limit_bytes = Some(256 << 20);
+        if opts.writable && opts.background_writeback {
+            cfg.dirty_limit_bytes = Some(16 << 20);
         }
+        // Clean pages beyond this are evicted (their buffers recycled), read-only or not.
+        cfg.cache_limit_bytes = Some(256 << 20);
         let pages = PageCache::new(cfg, data_dev, mapper).map_err(|e| {
             Error::Cache {
                 message: e.to_string(),

@@ -21,7 +21,7 @@ use parking_lot::{Condvar, Mutex, RawRwLock};
 
 use crate::errseq::ErrSeq;
 use crate::mapper::{ExtentKind, MapFlags};
-use crate::page::{INVALID_PBLK, Page, PageBytes, PageSnapshot};
+use crate::page::{INVALID_PBLK, Page, PageBytes, PageDataMut, PageSnapshot};
 use crate::state::{BlockState, PageFlags};
 use crate::tree::{PageTree, TagSet};
 use crate::writeback::{SyncMode, WritebackControl};
@@ -503,27 +503,65 @@ impl MappingInner {
                 _ => runs.push((i, 1)),
             }
         }
+        // The device reads into the pages themselves: each page's bytes are lent (write guard)
+        // to the first bio that needs them; a page needed again by a later segment (its blocks
+        // split between runs) gets a bounce segment, copied in after the lending bio is done.
         let mut waits = Vec::with_capacity(runs.len());
+        let mut lent = vec![false; pages.len()];
         for &(start, n) in &runs {
             let mut bio = Bio::new(BioOp::Read, to_read[start].2 * self.cache.dev_per_block);
-            bio.push(BioVec::zeroed(n * bs));
+            // (first index in to_read, blocks) of each bounce segment, in segment order.
+            let mut bounced: Vec<(usize, usize)> = Vec::new();
+            let mut prev: Option<(usize, usize, bool)> = None; // (page, last block, lent)
+            for (i, &(pi, b, _)) in to_read[start..start + n].iter().enumerate() {
+                match prev {
+                    Some((ppi, pb, true)) if ppi == pi && pb + 1 == b => {
+                        if let Some(v) = bio.last_vec_mut() {
+                            v.extend(bs);
+                        }
+                        prev = Some((pi, b, true));
+                    }
+                    _ => {
+                        if lent[pi] {
+                            bio.push(BioVec::zeroed(bs));
+                            bounced.push((start + i, 1));
+                            prev = Some((pi, b, false));
+                        } else {
+                            lent[pi] = true;
+                            let guard = PageDataMut(pages[pi].data.write_arc());
+                            bio.push(BioVec::new(ext4kit_blockdev::BioBuf::Lent(Box::new(guard)), b * bs, bs));
+                            prev = Some((pi, b, true));
+                        }
+                    }
+                }
+            }
             let done = ext4kit_blockdev::Completion::new();
             done.attach(&mut bio);
             self.cache.dev.submit(bio);
-            waits.push((start, n, done));
+            waits.push((start, n, bounced, done));
         }
         let mut first_err = None;
-        for (start, n, done) in waits {
+        let mut bounce_data: Vec<(usize, usize, Box<[u8]>)> = Vec::new();
+        for (start, n, bounced, done) in waits {
             let (mut bio, status) = done.wait();
+            let vecs = bio.take_vecs();
             if let Err(e) = status {
                 first_err.get_or_insert(Error::Io(e));
                 continue;
             }
-            let Some(buf) = bio.take_vecs().pop().and_then(BioVec::into_owned) else { continue };
-            for (k, &(pi, b, _)) in to_read[start..start + n].iter().enumerate() {
-                let page = &pages[pi];
-                page.data.write()[b * bs..(b + 1) * bs].copy_from_slice(&buf[k * bs..(k + 1) * bs]);
-                page.state.lock().blocks[b].insert(BlockState::UPTODATE);
+            // Owned segments are the bounced ones, in order.
+            let owned = vecs.into_iter().filter_map(BioVec::into_owned);
+            for ((first, count), buf) in bounced.into_iter().zip(owned) {
+                bounce_data.push((first, count, buf));
+            }
+            for &(pi, b, _) in &to_read[start..start + n] {
+                pages[pi].state.lock().blocks[b].insert(BlockState::UPTODATE);
+            }
+        }
+        // Every lending bio is dropped: the bounced blocks can be copied in.
+        for (first, count, buf) in bounce_data {
+            for (k, &(pi, b, _)) in to_read[first..first + count].iter().enumerate() {
+                pages[pi].data.write()[b * bs..(b + 1) * bs].copy_from_slice(&buf[k * bs..(k + 1) * bs]);
             }
         }
         if let Some(e) = first_err {

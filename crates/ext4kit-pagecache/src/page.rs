@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::lock_api::ArcRwLockReadGuard;
+use parking_lot::lock_api::{ArcRwLockReadGuard, ArcRwLockWriteGuard};
 use parking_lot::{Condvar, Mutex, MutexGuard, RawRwLock, RwLock};
 
 use crate::state::{BlockState, PageFlags};
@@ -104,6 +104,21 @@ pub(crate) struct PageDataRef(pub(crate) ArcRwLockReadGuard<RawRwLock, PageBytes
 impl AsRef<[u8]> for PageDataRef {
     fn as_ref(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// A write guard on a page's bytes lent to a read bio, which fills them in place.
+pub(crate) struct PageDataMut(pub(crate) ArcRwLockWriteGuard<RawRwLock, PageBytes>);
+
+impl AsRef<[u8]> for PageDataMut {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsMut<[u8]> for PageDataMut {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
     }
 }
 
