@@ -92,6 +92,8 @@ fn apply_changes(t: &Twin, bs: u32) {
         t.unlink("special/fifo");
         t.unlink("special/char-1-3");
     }
+    // 12. The (indexed) big directory moves under another parent: `..` in its dx root.
+    t.rename("bigdir", "names/bigdir-moved");
 }
 
 #[test]
@@ -117,7 +119,7 @@ fn kernel_written_images_take_deletes_moves_overwrites_and_links() {
         assert_kernel_view(&img, &host, &format!("{bs}: after the changes"));
         // The kernel goes on from our state: deletes the big directory, writes more.
         let m = LoopMount::new(&img, false).unwrap();
-        std::fs::remove_dir_all(m.path().join("bigdir")).unwrap();
+        std::fs::remove_dir_all(m.path().join("names/bigdir-moved")).unwrap();
         std::fs::remove_dir_all(m.path().join("names/moved-deep")).unwrap();
         std::fs::write(m.path().join("made/by/kernel-after"), pattern(1, 100_000)).unwrap();
         m.unmount().unwrap();
@@ -495,9 +497,11 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
     r.unwrap();
     let writes = fault.log().iter().filter(|r| r.op == BioOp::Write).count() as u64;
     assert!(writes > 40, "{writes} writes");
+    eprintln!("a sync of the changes makes {writes} write requests; failing 16 of them one at a time");
     assert_e2fsck_clean(&dry);
     let mut picks: Vec<u64> = vec![0, 1, writes / 3, writes / 2];
     picks.extend((1..=12).map(|k| writes - k * 2));
+    let mut repaired = 0;
     for n in picks {
         let img = dir.path().join(format!("f{n}.img"));
         std::fs::copy(&base, &img).unwrap();
@@ -507,6 +511,7 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
         assert!(e.errno() == 5 || e.to_string().contains("I/O") || e.to_string().contains("njected"), "write {n}: {e}");
         let (code, text) = run("e2fsck", &[std::ffi::OsStr::new("-fy"), img.as_os_str()]);
         assert!(code <= 2, "write {n}: e2fsck -fy could not repair (exit {code}):\n{text}");
+        repaired += usize::from(code != 0);
         assert_e2fsck_clean(&img);
         let m = LoopMount::new(&img, true).unwrap();
         let got = unrelated(m.path());
@@ -515,6 +520,9 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
         assert!(d.is_empty(), "write {n}: unrelated files lost or changed:\n{}", d.join("\n"));
         std::fs::remove_file(&img).unwrap();
     }
+    // Failed metadata writes leave something for e2fsck to repair (failed data writes do not).
+    assert!(repaired >= 5, "only {repaired} of 16 failed syncs needed a repair");
+    eprintln!("{repaired} of 16 failed syncs needed e2fsck -fy to repair");
 }
 
 /// Opens `img` through a fault device, deletes half of /bigdir, adds 200 files with data,
