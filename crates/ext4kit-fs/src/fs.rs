@@ -46,7 +46,8 @@ pub enum JournalMode {
 /// How to open an image.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
-    /// Open for writing. Not implemented yet: `true` is refused with [`Error::ReadOnly`].
+    /// Open for writing (refused, with the reason, for images that need recovery or use features
+    /// the write side does not handle).
     pub writable: bool,
     /// What to do with a journal that needs recovery.
     pub journal: JournalMode,

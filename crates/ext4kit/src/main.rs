@@ -232,6 +232,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`ext4kit ls ... | head`), as other command-line tools do,
+    // instead of panicking in `println!`.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let mut images = Images::default();
     images.no_replay = cli.no_replay;

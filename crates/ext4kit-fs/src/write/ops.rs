@@ -222,6 +222,10 @@ impl Fs {
             return Err(Error::IsDir { path: PathBytes(name.to_vec()) });
         }
         let ft = target.file_type().map_or(0, FileType::dirent_code);
+        if target.links_count() == 0 {
+            // Unlinked (an orphan, or freed): linkat(2) on such a file gives ENOENT.
+            return Err(Error::NotFound { path: PathBytes(format!("inode {ino}").into_bytes()) });
+        }
         if target.links_count() >= LINK_MAX {
             return Err(Error::TooManyLinks { path: PathBytes(name.to_vec()) });
         }
