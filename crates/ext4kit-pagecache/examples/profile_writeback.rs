@@ -19,7 +19,8 @@ fn main() {
     let (dev, _) = open_file_device(path, true, 512).expect("dev");
     let mapper = Arc::new(SimpleMapper::new(0, size / bs as u64));
     let mut cfg = Config::new(ps, bs);
-    cfg.dirty_limit_bytes = Some(64 << 20);
+    cfg.dirty_limit_bytes = Some(std::env::var("DIRTY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64usize) << 20);
+    cfg.cache_limit_bytes = std::env::var("CACHE_MB").ok().and_then(|v| v.parse().ok()).map(|m: usize| m << 20);
     let cache = PageCache::new(cfg, dev, mapper).expect("cache");
     let m = cache.mapping(1, 0, 0);
     let h = m.open();

@@ -274,6 +274,8 @@ pub(crate) struct Shared {
     pub(crate) bio_write_page_calls: AtomicU64,
     /// Pages cached over all files.
     pub(crate) cached_pages: AtomicUsize,
+    /// No eviction pass below this many cached pages (set after a pass that fell short).
+    shrink_floor: AtomicUsize,
 }
 
 impl fmt::Debug for Shared {
@@ -301,7 +303,11 @@ impl Shared {
     pub(crate) fn shrink_if_needed(&self, current: u64) {
         let Some(limit) = self.cfg.cache_limit_bytes else { return };
         let ps = self.cfg.page_size;
-        if self.cached_pages.load(Ordering::Relaxed) * ps <= limit {
+        let now = self.cached_pages.load(Ordering::Relaxed);
+        // After a pass that could not get under the limit (everything dirty or under IO),
+        // the next one waits until a sixteenth of the limit more is cached: scanning the same
+        // unevictable pages at every write would cost more than the memory.
+        if now * ps <= limit || now < self.shrink_floor.load(Ordering::Relaxed) {
             return;
         }
         // Evict an eighth: small batches keep the freed buffers within the page buffer pool.
@@ -316,6 +322,9 @@ impl Shared {
             }
             m.evict_clean(cached - target, false);
         }
+        let after = self.cached_pages.load(Ordering::Relaxed);
+        let floor = if after * ps > limit { after + (limit / 16 / ps).max(1) } else { 0 };
+        self.shrink_floor.store(floor, Ordering::Relaxed);
     }
 
     /// Hands a completed io_end with unwritten ranges to the conversion worker (or converts it
@@ -392,6 +401,7 @@ impl PageCache {
             fail_submit_at: Mutex::new(None),
             bio_write_page_calls: AtomicU64::new(0),
             cached_pages: AtomicUsize::new(0),
+            shrink_floor: AtomicUsize::new(0),
         });
         // The conversion worker ("ext4-rsv-conversion"): converts io_ends whose last bio
         // completed on a device thread, in the order they arrive.
