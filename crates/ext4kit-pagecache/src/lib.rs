@@ -300,14 +300,15 @@ impl Shared {
     }
 
     /// Evicts clean pages when the cache is over its limit: other files first, `current` last.
-    pub(crate) fn shrink_if_needed(&self, current: u64) {
+    /// `after_sync`: pages were just cleaned, so try even below the floor.
+    pub(crate) fn shrink_if_needed(&self, current: u64, after_sync: bool) {
         let Some(limit) = self.cfg.cache_limit_bytes else { return };
         let ps = self.cfg.page_size;
         let now = self.cached_pages.load(Ordering::Relaxed);
         // After a pass that could not get under the limit (everything dirty or under IO),
         // the next one waits until a sixteenth of the limit more is cached: scanning the same
         // unevictable pages at every write would cost more than the memory.
-        if now * ps <= limit || now < self.shrink_floor.load(Ordering::Relaxed) {
+        if now * ps <= limit || (!after_sync && now < self.shrink_floor.load(Ordering::Relaxed)) {
             return;
         }
         // Evict an eighth: small batches keep the freed buffers within the page buffer pool.

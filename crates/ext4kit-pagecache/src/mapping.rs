@@ -838,7 +838,7 @@ impl Mapping {
         if let Some(limit) = self.inner.cache.cfg.dirty_limit_bytes {
             self.balance_dirty_pages(limit);
         }
-        self.inner.cache.shrink_if_needed(self.inner.ino);
+        self.inner.cache.shrink_if_needed(self.inner.ino, false);
         Ok(done)
     }
 
@@ -950,7 +950,7 @@ impl Mapping {
             buf[at..at + n].copy_from_slice(&data[from..from + n]);
             pos += n as u64;
         }
-        self.inner.cache.shrink_if_needed(self.inner.ino);
+        self.inner.cache.shrink_if_needed(self.inner.ino, false);
         Ok((end - offset) as usize)
     }
 
@@ -1261,7 +1261,7 @@ impl FileHandle {
             m.inner.set_error(e.errno());
         }
         let err = m.inner.wb_err.check_and_advance(&mut self.cursor.lock());
-        m.inner.cache.shrink_if_needed(m.inner.ino);
+        m.inner.cache.shrink_if_needed(m.inner.ino, true);
         submitted?;
         match err {
             Some(errno) => Err(Error::Writeback { errno }),
