@@ -12,7 +12,8 @@ fn main() {
     let mode = args.get(1).map(String::as_str).unwrap_or("seq");
     let bs: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(4096);
     let ps: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(4096);
-    let path = std::path::Path::new("/dev/shm/ext4kit-profile.img");
+    let path_s = std::env::var("PROFILE_IMG").unwrap_or_else(|_| "/dev/shm/ext4kit-profile.img".into());
+    let path = std::path::Path::new(&path_s);
     let size: u64 = 1100 << 20;
     let f = std::fs::File::create(path).expect("create");
     f.set_len(size).expect("size");
