@@ -255,6 +255,12 @@ impl Fs {
 
     /// The page cache of regular file `ino` (kept alive until the next sync).
     pub fn data_mapping(&self, ino: u32) -> Result<Mapping> {
+        // Written since the last sync: the cache is already open (no inode read, no clone).
+        if let Some(w) = &self.core.write {
+            if let Some(m) = w.open_mappings.lock().get(&ino) {
+                return Ok(m.clone());
+            }
+        }
         let inode = self.core.read_inode(ino)?;
         let m = self.pages.mapping(u64::from(ino), inode.size(), inode.size());
         if let Some(w) = &self.core.write {
