@@ -1039,15 +1039,9 @@ impl Mapping {
         Ok(())
     }
 
-    /// Zeroes the page holding byte `eof` from `eof` up to the next multiple of `upto` (the
-    /// page end when truncating down, the block end when growing), reading the page first if
-    /// it is not cached, and dirties the EOF block if it is on disk so the zeros reach it. When
-    /// `discard` is set, blocks wholly past `eof` are discarded (unmapped, clean). Returns the
-    /// delayed blocks discarded.
-    fn zero_eof_block(&self, eof: u64, upto: usize, discard: bool) -> Result<u64, Error> {
-        let ps = self.inner.page_size();
-        let bs = self.inner.cache.cfg.block_size;
-        let page = self.inner.grab_page(eof / ps);
+    /// Page `index`, locked, out of writeback, and up to date (read in if it was not).
+    fn lock_page_uptodate(&self, index: u64) -> Result<Arc<Page>, Error> {
+        let page = self.inner.grab_page(index);
         let uptodate = {
             let mut st = page.lock();
             page.wait_writeback_locked(&mut st);
@@ -1059,6 +1053,18 @@ impl Mapping {
                 return Err(e);
             }
         }
+        Ok(page)
+    }
+
+    /// Zeroes the page holding byte `eof` from `eof` up to the next multiple of `upto` (the
+    /// page end when truncating down, the block end when growing), reading the page first if
+    /// it is not cached, and dirties the EOF block if it is on disk so the zeros reach it. When
+    /// `discard` is set, blocks wholly past `eof` are discarded (unmapped, clean). Returns the
+    /// delayed blocks discarded.
+    fn zero_eof_block(&self, eof: u64, upto: usize, discard: bool) -> Result<u64, Error> {
+        let ps = self.inner.page_size();
+        let bs = self.inner.cache.cfg.block_size;
+        let page = self.lock_page_uptodate(eof / ps)?;
         let from = (eof % ps) as usize;
         let to = from.div_ceil(upto) * upto;
         page.data.write()[from..to].fill(0);
@@ -1164,18 +1170,7 @@ impl Mapping {
     fn zero_partial_block(&self, pos: u64, len: u64) -> Result<(), Error> {
         let ps = self.inner.page_size();
         let bs = self.inner.cache.cfg.block_size as u64;
-        let page = self.inner.grab_page(pos / ps);
-        let uptodate = {
-            let mut st = page.lock();
-            page.wait_writeback_locked(&mut st);
-            st.flags.contains(PageFlags::UPTODATE)
-        };
-        if !uptodate {
-            if let Err(e) = self.inner.read_page(&page) {
-                page.unlock();
-                return Err(e);
-            }
-        }
+        let page = self.lock_page_uptodate(pos / ps)?;
         let from = pos % ps;
         page.data.write()[from as usize..(from + len) as usize].fill(0);
         let block = (from / bs) as usize;
