@@ -155,11 +155,19 @@ impl MappingInner {
     }
 
     fn grab_page(&self, index: u64) -> Arc<Page> {
+        self.grab_page_with(index, true)
+    }
+
+    /// [`MappingInner::grab_page`]; `zero: false` lets a new page keep a recycled buffer's
+    /// old bytes, for a caller that overwrites the whole page before unlocking it. (Nothing
+    /// can see them even if it does not: a block's bytes are only read once it is UPTODATE,
+    /// and reading a page fills or zeroes every block that is not.)
+    fn grab_page_with(&self, index: u64, zero: bool) -> Arc<Page> {
         let mut tree = self.tree.lock();
         let cfg = &self.cache.cfg;
         let bpp = self.cache.bpp;
         let before = tree.pages.len();
-        let page = Arc::clone(tree.pages.get_or_insert_with(index, || Page::new(index, cfg.page_size, bpp)));
+        let page = Arc::clone(tree.pages.get_or_insert_with(index, || Page::new(index, cfg.page_size, bpp, zero)));
         if tree.pages.len() != before {
             self.cache.cached_pages.fetch_add(1, Ordering::Relaxed);
         }
@@ -692,6 +700,11 @@ impl Mapping {
     /// written blocks that are neither are read first, and around NEW blocks the bytes outside
     /// the range are zeroed. The caller must hold no other page of this file locked.
     pub fn write_begin(&self, pos: u64, len: usize) -> Result<WriteGuard, Error> {
+        self.write_begin_with(pos, len, true)
+    }
+
+    /// [`Mapping::write_begin`]; `zero: false` when the caller fills the whole page.
+    fn write_begin_with(&self, pos: u64, len: usize, zero: bool) -> Result<WriteGuard, Error> {
         let ps = self.inner.page_size();
         if pos.checked_add(len as u64).is_none_or(|e| e > MAX_OFFSET) {
             return Err(Error::TooLarge(pos));
@@ -700,7 +713,7 @@ impl Mapping {
         let from = (pos % ps) as usize;
         let to = from + len;
         assert!(to as u64 <= ps, "write_begin range crosses a page");
-        let page = self.inner.grab_page(index);
+        let page = self.inner.grab_page_with(index, zero || len as u64 != ps);
         {
             let mut st = page.lock();
             // Stable pages: the device may still be reading this page.
@@ -829,7 +842,8 @@ impl Mapping {
         while done < data.len() {
             let pos = offset + done as u64;
             let n = ((ps - pos % ps) as usize).min(data.len() - done);
-            let mut g = self.write_begin(pos, n)?;
+            // A whole page written needs no zeroed buffer first.
+            let mut g = self.write_begin_with(pos, n, false)?;
             g.data_mut().copy_from_slice(&data[done..done + n]);
             self.write_end(g, n)?;
             done += n;

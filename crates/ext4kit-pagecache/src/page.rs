@@ -56,8 +56,9 @@ static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 pub struct PageBytes(Box<[u8]>);
 
 impl PageBytes {
-    /// A zeroed buffer of `size` bytes, recycled when one of that size is pooled.
-    pub(crate) fn zeroed(size: usize) -> PageBytes {
+    /// A buffer of `size` bytes, recycled when one of that size is pooled: zeroed, unless
+    /// `zero` is false and it was recycled (then it holds an earlier page's bytes).
+    pub(crate) fn new(size: usize, zero: bool) -> PageBytes {
         let reused = {
             let mut pool = POOL.lock();
             match pool.last() {
@@ -67,7 +68,9 @@ impl PageBytes {
         };
         match reused {
             Some(mut b) => {
-                b.fill(0);
+                if zero {
+                    b.fill(0);
+                }
                 PageBytes(b)
             }
             None => PageBytes(vec![0u8; size].into_boxed_slice()),
@@ -123,7 +126,8 @@ impl AsMut<[u8]> for PageDataMut {
 }
 
 impl Page {
-    pub(crate) fn new(index: u64, page_size: usize, blocks_per_page: usize) -> Page {
+    /// A new page; its bytes are zero unless `zero` is false and a recycled buffer was used.
+    pub(crate) fn new(index: u64, page_size: usize, blocks_per_page: usize, zero: bool) -> Page {
         Page {
             index,
             state: Mutex::new(PageState {
@@ -134,7 +138,7 @@ impl Page {
                 wb_ended: 0,
             }),
             wait: Condvar::new(),
-            data: Arc::new(RwLock::new(PageBytes::zeroed(page_size))),
+            data: Arc::new(RwLock::new(PageBytes::new(page_size, zero))),
         }
     }
 

@@ -216,7 +216,7 @@ mod tests {
     fn page_tree_finds_inserts_and_removes() {
         let mut t = PageTree::default();
         for i in [0u64, 63, 64, 1000, 1 << 30] {
-            t.get_or_insert_with(i, || Page::new(i, 4096, 4));
+            t.get_or_insert_with(i, || Page::new(i, 4096, 4, true));
         }
         assert_eq!(t.len(), 5);
         assert_eq!(t.get(64).map(|p| p.index()), Some(64));
