@@ -120,16 +120,38 @@ pub fn count_zero(bitmap: &[u8], start: usize, end: usize) -> usize {
 /// Sets `len` bits from `start` (clamped to the buffer).
 pub fn set_range(bitmap: &mut [u8], start: usize, len: usize) {
     let (s, e) = clamp(bitmap, start, start.saturating_add(len));
-    for i in s..e {
-        bitmap[i / 8] |= 1 << (i % 8);
-    }
+    fill_range(bitmap, s, e, true);
 }
 
 /// Clears `len` bits from `start` (clamped to the buffer).
 pub fn clear_range(bitmap: &mut [u8], start: usize, len: usize) {
     let (s, e) = clamp(bitmap, start, start.saturating_add(len));
-    for i in s..e {
-        bitmap[i / 8] &= !(1 << (i % 8));
+    fill_range(bitmap, s, e, false);
+}
+
+/// Sets or clears bits `s..e` (already clamped): bit by bit up to a byte boundary, whole bytes
+/// in between.
+fn fill_range(bitmap: &mut [u8], s: usize, e: usize, value: bool) {
+    let mut i = s;
+    let mut one = |bitmap: &mut [u8], i: usize| {
+        if value {
+            bitmap[i / 8] |= 1 << (i % 8);
+        } else {
+            bitmap[i / 8] &= !(1 << (i % 8));
+        }
+    };
+    while i < e && i % 8 != 0 {
+        one(bitmap, i);
+        i += 1;
+    }
+    let whole_end = i + (e - i) / 8 * 8;
+    if whole_end > i {
+        bitmap[i / 8..whole_end / 8].fill(if value { 0xFF } else { 0 });
+        i = whole_end;
+    }
+    while i < e {
+        one(bitmap, i);
+        i += 1;
     }
 }
 
@@ -186,6 +208,28 @@ mod tests {
                     count_set(&b, s, e),
                     (s..e).filter(|&i| test(&b, i).unwrap()).count()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_match_bit_by_bit() {
+        for start in 0..40 {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 200, 1000] {
+                for fill in [0x00u8, 0xFF, 0xA5] {
+                    let (mut a, mut want) = (vec![fill; 24], vec![fill; 24]);
+                    set_range(&mut a, start, len);
+                    for i in start..(start + len).min(192) {
+                        set(&mut want, i);
+                    }
+                    assert_eq!(a, want, "set {start}+{len} over {fill:#x}");
+                    let (mut a, mut want) = (vec![fill; 24], vec![fill; 24]);
+                    clear_range(&mut a, start, len);
+                    for i in start..(start + len).min(192) {
+                        clear(&mut want, i);
+                    }
+                    assert_eq!(a, want, "clear {start}+{len} over {fill:#x}");
+                }
             }
         }
     }

@@ -4,12 +4,14 @@
 //!    200 MB in thousands of files (goal: at least 2x faster);
 //! 2. copying a 1 GiB file into an image: `ext4kit cp` vs the kernel (loop mount, `cp`, `sync`;
 //!    mounting and unmounting not timed) (goal: at least 1.0x);
-//! 3. copying 10,000 files of 4 KiB into an image: `ext4kit cp -r` vs the kernel (`cp -r`, `sync`).
+//! 3. copying 10,000 files of 4 KiB into an image: `ext4kit cp -r` vs the kernel (`cp -r`, `sync`);
+//! 4. making a 1 TiB filesystem in a sparse file: `ext4kit mkfs` vs `mkfs.ext4` (same geometry:
+//!    4 KiB blocks, lazy inode-table init, no resize_inode for either).
 //!
 //! Everything lives in /dev/shm, so the device is memory and the comparison is about the write
 //! path. Fresh images come from mkfs.ext4 (4 KiB blocks) before each timed run and are not
 //! timed. Medians of `EXT4KIT_BENCH_RUNS` (default 5) runs; a ratio above 1 means ext4kit is
-//! faster. `EXT4KIT_BENCH_ONLY=build|copy|files` runs one part. Needs root for the kernel parts.
+//! faster. `EXT4KIT_BENCH_ONLY=build|copy|files|mkfs` runs one part. Needs root for the kernel parts.
 //!
 //! Run: `cargo bench -p ext4kit --bench write`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -179,6 +181,7 @@ fn main() {
     let mut build = Part::new("build ~200 MB tree", "mke2fs -d");
     let mut copy = Part::new("cp 1 GiB file", "kernel cp+sync");
     let mut files = Part::new("cp -r 10,000 x 4 KiB", "kernel cp+sync");
+    let mut mkfs_part = Part::new("mkfs 1 TiB", "mkfs.ext4");
     if want("build") {
         println!("  tree: 6000 files, {} MB", tree_bytes / 1_000_000);
     }
@@ -217,9 +220,24 @@ fn main() {
             }
             files.push(r, a, b);
         }
+        if want("mkfs") {
+            let _ = fs::remove_file(&ours_img);
+            let a = timed(Command::new(BIN).args(["mkfs", "-b", "4096"]).arg(&ours_img).arg("1T"));
+            let _ = fs::remove_file(&their_img);
+            let b = timed(
+                Command::new("mkfs.ext4")
+                    .args(["-q", "-F", "-b", "4096", "-O", "^resize_inode", "-E", "lazy_itable_init=1,nodiscard"])
+                    .arg(&their_img)
+                    .arg("1T"),
+            );
+            if r == 0 {
+                run(Command::new("e2fsck").args(["-fn"]).arg(&ours_img));
+            }
+            mkfs_part.push(r, a, b);
+        }
     }
     println!("medians (ratio = anchor time / ext4kit time; above 1 is faster):");
-    for p in [&build, &copy, &files] {
+    for p in [&build, &copy, &files, &mkfs_part] {
         if let Some(s) = p.summary() {
             println!("  {s}");
         }
