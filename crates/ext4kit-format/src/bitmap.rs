@@ -133,7 +133,7 @@ pub fn clear_range(bitmap: &mut [u8], start: usize, len: usize) {
 /// in between.
 fn fill_range(bitmap: &mut [u8], s: usize, e: usize, value: bool) {
     let mut i = s;
-    let mut one = |bitmap: &mut [u8], i: usize| {
+    let one = |bitmap: &mut [u8], i: usize| {
         if value {
             bitmap[i / 8] |= 1 << (i % 8);
         } else {

@@ -6,6 +6,7 @@
 //! journal replayed in memory (the image is never written); a line on stderr says so.
 
 mod cp;
+mod meter;
 mod modify_cmds;
 mod show;
 mod spec;

@@ -376,6 +376,7 @@ pub struct CpInOptions {
 
 struct CopyIn<'a> {
     fs: &'a Fs,
+    meter: crate::meter::Meter,
     opts: CpInOptions,
     links: HashMap<(u64, u64), u32>,
     buf: Vec<u8>,
@@ -436,6 +437,7 @@ impl CopyIn<'_> {
     /// Copies `src` to `name` in image directory `dir` (replacing a regular file of that name).
     fn copy(&mut self, src: &Path, dir: u32, name: &[u8]) -> Result<()> {
         let md = fs::symlink_metadata(src).with_context(|| src.display().to_string())?;
+        self.meter.file();
         let ft = md.file_type();
         let attrs = self.attrs(&md);
         let existing = self.fs.lookup(dir, name)?;
@@ -539,10 +541,15 @@ impl CopyIn<'_> {
                 .min(len);
             let mut at = data;
             if fresh && hole > at {
-                self.fs
-                    .write_from_file(ino, &f, at, at, hole - at)
-                    .with_context(|| src.display().to_string())?;
-                at = hole;
+                // In pieces, so the meter moves during a large file.
+                while at < hole {
+                    let n = (hole - at).min(256 << 20);
+                    self.fs
+                        .write_from_file(ino, &f, at, at, n)
+                        .with_context(|| src.display().to_string())?;
+                    at += n;
+                    self.meter.bytes(n);
+                }
             }
             while at < hole {
                 let n = ((hole - at) as usize).min(self.buf.len());
@@ -553,6 +560,7 @@ impl CopyIn<'_> {
                 }
                 self.fs.write_at(ino, at, &self.buf[..got])?;
                 at += got as u64;
+                self.meter.bytes(got as u64);
             }
             end = at;
             pos = hole.max(at);
@@ -576,6 +584,7 @@ pub fn cmd_cp_in(
     let (uid, gid) = euid_egid();
     let mut c = CopyIn {
         fs: &fs,
+        meter: crate::meter::Meter::new("copying", false),
         opts,
         links: HashMap::new(),
         buf: Vec::new(),
@@ -628,8 +637,10 @@ pub fn cmd_cp_in(
             }
         }
     }
+    c.meter.phase("writing back");
+    let r = images.sync_all();
     drop(c);
-    images.sync_all()
+    r
 }
 
 /// Whether `arg` names a path inside an existing image (`IMG:PATH` with IMG a file).
