@@ -62,9 +62,12 @@ impl Dir {
     }
 }
 
-/// Flushes everything the host has dirty, so a measurement starts on a quiet disk.
+/// Flushes everything the host has dirty and lets the disk settle (`EXT4KIT_BENCH_SETTLE_MS`,
+/// default 1000), so a measurement starts on a quiet disk: on a VM the virtual disk keeps
+/// working for a while after a flush returns, and whichever variant ran next paid for it.
 fn quiesce() {
     rustix::fs::sync();
+    std::thread::sleep(std::time::Duration::from_millis(env_u64("EXT4KIT_BENCH_SETTLE_MS", 1000)));
 }
 
 /// Raw: 1 MiB pwrites of `total` bytes, then fdatasync. Returns seconds.

@@ -71,8 +71,12 @@ fn main() {
                 m.write(i << 20, &buf).expect("write");
             }
             let w = t.elapsed().as_secs_f64();
+            m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all()).expect("writepages");
+            let sub = t.elapsed().as_secs_f64();
+            m.wait_writeback();
+            let io = t.elapsed().as_secs_f64();
             h.fsync().expect("fsync");
-            println!("seq: {:.3}s (writes {w:.3}s)", t.elapsed().as_secs_f64());
+            println!("seq: {:.3}s (writes {w:.3}s, submitted {sub:.3}s, IO done {io:.3}s)", t.elapsed().as_secs_f64());
             cache.shutdown();
         }
         return;
