@@ -30,6 +30,8 @@ struct FileInner {
     file: File,
     geo: Geometry,
     writable: bool,
+    /// Start the host's writeback of each write at once (see `UringDevice`): regular files only.
+    write_behind: bool,
 }
 
 impl FileDevice {
@@ -55,10 +57,12 @@ impl FileDevice {
             block_size,
             nr_blocks: len / u64::from(block_size),
         };
+        let write_behind = writable && file.metadata().is_ok_and(|m| m.is_file());
         let inner = Arc::new(FileInner {
             file,
             geo,
             writable,
+            write_behind,
         });
         let (tx, rx) = unbounded::<Bio>();
         let mut handles = Vec::new();
@@ -157,7 +161,12 @@ impl FileInner {
                     return Err(IoError::ReadOnly);
                 }
                 let slices: Vec<&[u8]> = bio.vecs().iter().map(|v| v.bytes()).collect();
-                pwritev_all(&self.file, &slices, offset).map_err(os)
+                pwritev_all(&self.file, &slices, offset).map_err(os)?;
+                if self.write_behind {
+                    let len = slices.iter().map(|s| s.len() as u64).sum();
+                    crate::sys::start_writeback(&self.file, offset, len);
+                }
+                Ok(())
             }
             BioOp::Read => {
                 let mut slices: Vec<&mut [u8]> = bio

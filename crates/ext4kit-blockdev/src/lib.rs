@@ -29,6 +29,7 @@ mod deferred;
 mod fault;
 mod file;
 mod mem;
+mod sys;
 mod uring;
 
 use std::fmt;
