@@ -541,7 +541,7 @@ impl RingThread {
                 if let Ok(len) = u32::try_from(f.total) {
                     let e = opcode::SyncFileRange::new(types::Fd(self.file.as_raw_fd()), len)
                         .offset(off)
-                        .flags(libc::SYNC_FILE_RANGE_WRITE as u32)
+                        .flags(libc::SYNC_FILE_RANGE_WRITE)
                         .build()
                         .user_data(WRITE_BEHIND);
                     self.push(e);
