@@ -54,6 +54,10 @@ pub(crate) struct MappingInner {
     /// The last hole the filesystem reported (a one-entry extent status cache), so writing a
     /// new file does not look its blocks up page by page.
     hole_hint: Mutex<HoleHint>,
+    /// Sequential-read state (the kernel's file_ra_state, reduced): where the last read ended
+    /// (bytes) and the first page not yet queued for asynchronous readahead.
+    ra_prev_end: AtomicU64,
+    ra_queued_end: AtomicU64,
 }
 
 /// A run of logical blocks known to be a hole, valid while `generation` has not moved.
@@ -89,6 +93,8 @@ impl MappingInner {
             wb_cond: Condvar::new(),
             reserved: AtomicU64::new(0),
             hole_hint: Mutex::new(HoleHint::default()),
+            ra_prev_end: AtomicU64::new(0),
+            ra_queued_end: AtomicU64::new(0),
         }
     }
 
@@ -443,7 +449,118 @@ impl MappingInner {
         result
     }
 
-    fn readahead_locked(&self, pages: &[Arc<Page>], bpp: usize, bs: usize, eof_block: u64) -> Result<(), Error> {
+    /// Starts reading every page of `first..=last` that is not uptodate and not locked, and
+    /// returns without waiting (`page_cache_async_ra`): each bio's completion marks its pages'
+    /// blocks uptodate and unlocks them, so a reader waits on the page lock. Falls back to
+    /// reading synchronously when a page's blocks would be split between bios. Errors are not
+    /// reported here: a page left not uptodate is read again, synchronously, by whoever needs it.
+    fn readahead_async(&self, first: u64, last: u64) {
+        let bpp = self.cache.bpp;
+        let bs = self.cache.cfg.block_size;
+        let size = self.i_size.load(Ordering::Acquire);
+        let eof_block = size.div_ceil(bs as u64);
+        let mut pages: Vec<Arc<Page>> = Vec::new();
+        for index in first..=last {
+            let page = self.grab_page(index);
+            if page.state.lock().flags.contains(PageFlags::UPTODATE) || !page.try_lock() {
+                continue;
+            }
+            if page.state.lock().flags.contains(PageFlags::UPTODATE) {
+                page.unlock();
+                continue;
+            }
+            pages.push(page);
+        }
+        if pages.is_empty() {
+            return;
+        }
+        let to_read = match self.map_for_read(&pages, bpp, bs, eof_block) {
+            Ok(t) => t,
+            Err(_) => {
+                for p in &pages {
+                    p.unlock();
+                }
+                return;
+            }
+        };
+        let runs = self.read_runs(&to_read, bs);
+        // Each page in one segment of one bio, or the synchronous path.
+        let mut owner: Vec<Option<usize>> = vec![None; pages.len()];
+        let mut split = false;
+        for (ri, &(start, n)) in runs.iter().enumerate() {
+            let mut prev: Option<(usize, usize)> = None;
+            for &(pi, b, _) in &to_read[start..start + n] {
+                let continues = matches!(prev, Some((ppi, pb)) if ppi == pi && pb + 1 == b);
+                if !continues && owner[pi].is_some() {
+                    split = true;
+                }
+                owner[pi].get_or_insert(ri);
+                prev = Some((pi, b));
+            }
+        }
+        if split {
+            let _ = self.read_locked_runs(&pages, &to_read, &runs, bs);
+            for p in &pages {
+                p.unlock();
+            }
+            return;
+        }
+        // Pages with nothing to read are done now.
+        for (pi, page) in pages.iter().enumerate() {
+            if owner[pi].is_none() {
+                let mut st = page.state.lock();
+                if st.blocks.iter().all(|b| b.contains(BlockState::UPTODATE)) {
+                    st.flags.insert(PageFlags::UPTODATE);
+                }
+                drop(st);
+                page.unlock();
+            }
+        }
+        for &(start, n) in &runs {
+            let mut bio = Bio::new(BioOp::Read, to_read[start].2 * self.cache.dev_per_block);
+            let mut mine: Vec<(Arc<Page>, Vec<usize>)> = Vec::new();
+            for &(pi, b, _) in &to_read[start..start + n] {
+                match mine.last_mut() {
+                    Some((p, blocks)) if Arc::ptr_eq(p, &pages[pi]) => {
+                        blocks.push(b);
+                        if let Some(v) = bio.last_vec_mut() {
+                            v.extend(bs);
+                        }
+                    }
+                    _ => {
+                        let guard = PageDataMut(pages[pi].data.write_arc());
+                        bio.push(BioVec::new(ext4kit_blockdev::BioBuf::Lent(Box::new(guard)), b * bs, bs));
+                        mine.push((Arc::clone(&pages[pi]), vec![b]));
+                    }
+                }
+            }
+            bio.set_end_io(Box::new(move |mut bio, status| {
+                // Release the lent page memory before anyone can be woken to read it.
+                drop(bio.take_vecs());
+                drop(bio);
+                for (page, blocks) in mine {
+                    {
+                        let mut st = page.state.lock();
+                        if status.is_ok() {
+                            for b in blocks {
+                                st.blocks[b].insert(BlockState::UPTODATE);
+                            }
+                            if st.blocks.iter().all(|b| b.contains(BlockState::UPTODATE)) {
+                                st.flags.insert(PageFlags::UPTODATE);
+                            }
+                        }
+                    }
+                    page.unlock();
+                }
+            }));
+            self.cache.dev.submit(bio);
+        }
+    }
+
+    /// Step 1 of a read: looks the blocks of locked `pages` up (one lookup per extent), zeroes
+    /// holes, unwritten and delayed blocks and those past EOF (marking them uptodate), and
+    /// returns (page number in `pages`, block, pblk) of every block to read from the device.
+    fn map_for_read(&self, pages: &[Arc<Page>], bpp: usize, bs: usize, eof_block: u64) -> Result<Vec<(usize, usize, u64)>, Error> {
         // 1. Mapping, one lookup per extent. No page lock is held while the filesystem maps
         //    (it may do IO whose completion needs other pages' state locks).
         let mut ext: Option<crate::Extent> = None;
@@ -502,21 +619,37 @@ impl MappingInner {
                 }
             }
         }
-        // 2. Runs of physically contiguous blocks, each at most one bio.
+        Ok(to_read)
+    }
+
+    /// Runs of physically contiguous blocks of `to_read`, each at most one bio:
+    /// (start in `to_read`, count).
+    fn read_runs(&self, to_read: &[(usize, usize, u64)], bs: usize) -> Vec<(usize, usize)> {
         let max_blocks = (self.cache.cfg.max_bio_bytes / bs).max(1);
-        let mut runs: Vec<(usize, usize)> = Vec::new(); // (start in to_read, count)
+        let mut runs: Vec<(usize, usize)> = Vec::new();
         for i in 0..to_read.len() {
             match runs.last_mut() {
                 Some((start, n)) if *n < max_blocks && to_read[*start + *n - 1].2 + 1 == to_read[i].2 => *n += 1,
                 _ => runs.push((i, 1)),
             }
         }
+        runs
+    }
+
+    fn readahead_locked(&self, pages: &[Arc<Page>], bpp: usize, bs: usize, eof_block: u64) -> Result<(), Error> {
+        let to_read = self.map_for_read(pages, bpp, bs, eof_block)?;
+        let runs = self.read_runs(&to_read, bs);
+        self.read_locked_runs(pages, &to_read, &runs, bs)
+    }
+
+    /// Reads `runs` of `to_read` into locked `pages` and waits; marks what was read uptodate.
+    fn read_locked_runs(&self, pages: &[Arc<Page>], to_read: &[(usize, usize, u64)], runs: &[(usize, usize)], bs: usize) -> Result<(), Error> {
         // The device reads into the pages themselves: each page's bytes are lent (write guard)
         // to the first bio that needs them; a page needed again by a later segment (its blocks
         // split between runs) gets a bounce segment, copied in after the lending bio is done.
         let mut waits = Vec::with_capacity(runs.len());
         let mut lent = vec![false; pages.len()];
-        for &(start, n) in &runs {
+        for &(start, n) in runs {
             let mut bio = Bio::new(BioOp::Read, to_read[start].2 * self.cache.dev_per_block);
             // (first index in to_read, blocks) of each bounce segment, in segment order.
             let mut bounced: Vec<(usize, usize)> = Vec::new();
@@ -939,6 +1072,8 @@ impl Mapping {
         let last_page = (end - 1) / ps;
         let mut ra_next = offset / ps;
         let mut pos = offset;
+        // A read that starts where the last one ended (or at 0) is part of a sequential stream.
+        let sequential = offset == self.inner.ra_prev_end.load(Ordering::Relaxed);
         while pos < end {
             if pos / ps >= ra_next {
                 let to = (ra_next + window - 1).min(last_page);
@@ -963,9 +1098,35 @@ impl Mapping {
             let at = (pos - offset) as usize;
             buf[at..at + n].copy_from_slice(&data[from..from + n]);
             pos += n as u64;
+            // Sequential reading: keep a window being read ahead while we copy.
+            if pos == end {
+                self.async_readahead_after(pos / ps, window, sequential);
+            }
         }
+        self.inner.ra_prev_end.store(end, Ordering::Relaxed);
         self.inner.cache.shrink_if_needed(self.inner.ino, false);
         Ok((end - offset) as usize)
+    }
+
+    /// For a sequential reader now at page `at`: when fewer than half a `window` of pages ahead
+    /// are queued, queues the next window for asynchronous readahead (up to EOF).
+    fn async_readahead_after(&self, at: u64, window: u64, sequential: bool) {
+        if !sequential {
+            return;
+        }
+        let ps = self.inner.page_size();
+        let size = self.size();
+        if size == 0 {
+            return;
+        }
+        let eof_page = (size - 1) / ps;
+        let queued = self.inner.ra_queued_end.load(Ordering::Relaxed).max(at);
+        if queued > eof_page || queued >= at + window / 2 {
+            return;
+        }
+        let to = (queued + window - 1).min(eof_page);
+        self.inner.ra_queued_end.store(to + 1, Ordering::Relaxed);
+        self.inner.readahead_async(queued, to);
     }
 
     /// Writes back dirty pages in the range of `wbc` (see [`WritebackControl`]).
