@@ -30,18 +30,24 @@ use crate::spec::{Images, Spec};
     name = "ext4kit",
     version,
     about = "Read and write ext2/ext3/ext4 images without mounting them and without root",
-    long_about = "Read ext2/ext3/ext4 images without mounting them and without root.\n\n\
+    long_about = "Read and write ext2/ext3/ext4 images without mounting them and without root.\n\n\
         Files inside an image are written IMG:PATH, e.g. disk.img:/etc/hostname \
-        (IMG alone means its root directory).\n\
-        An image whose journal needs recovery is read as if the journal had been replayed; \
-        the replay happens in memory only and the image is never modified.",
+        (IMG alone means its root directory); several IMG:PATH arguments may name one image.\n\
+        Reading: an image whose journal needs recovery is read as if the journal had been \
+        replayed; the replay happens in memory only and the image is never modified.\n\
+        Writing (mkfs, build, cp into an image, mkdir, rm, mv, ln): images that are mounted, \
+        need journal recovery, or use features ext4kit cannot write are refused with the reason; \
+        every change reaches the image when the command ends, and the result passes e2fsck.",
     after_help = "Examples:\n  \
         ext4kit info disk.img\n  \
         ext4kit ls -l disk.img:/etc\n  \
         ext4kit cat disk.img:/etc/hostname\n  \
         ext4kit stat --json disk.img:/bin/sh\n  \
-        ext4kit cp -r -p disk.img:/ rootfs/\n  \
-        ext4kit cp disk.img:/etc/passwd disk.img:/etc/group ./out/"
+        ext4kit cp -r -p disk.img:/ rootfs/            # copy out\n  \
+        ext4kit mkfs -b 4096 -L data new.img 1G\n  \
+        ext4kit build -b 4096 rootfs/ root.img          # like mke2fs -d\n  \
+        ext4kit cp -r -p ./etc new.img:/               # copy in\n  \
+        ext4kit mkdir -p new.img:/var/log ; ext4kit mv new.img:/etc new.img:/etc.orig"
 )]
 struct Cli {
     /// Read the image as it is on disk, without replaying a journal that needs recovery.
@@ -210,11 +216,15 @@ enum Command {
         about = "Copy files or trees out of images (IMG:PATH... DEST), or into one (SRC... IMG:PATH)"
     )]
     #[command(
-        after_help = "IMG:/ copies the root's contents into DEST (like cp -r SRC/. DEST).\n\
-        With one source, DEST may be a new name; with several it must be a directory.\n\
+        after_help = "Out of an image: IMG:/ copies the root's contents into DEST (like cp -r SRC/. DEST). \
         Symlinks stay symlinks, hard links stay linked, sparse files stay sparse; \
         nothing is ever written outside DEST, whatever names the image holds.\n\
-        Examples:\n  ext4kit cp -r -p disk.img:/ rootfs/\n  ext4kit cp disk.img:/etc/hostname ./hostname"
+        Into an image: SRC/. copies a directory's contents; an existing regular file of the same \
+        name is overwritten; without -p new files belong to you, keep the source's rwx bits and get \
+        the current time.\n\
+        With one source, DEST may be a new name; with several it must be a directory.\n\
+        Examples:\n  ext4kit cp -r -p disk.img:/ rootfs/\n  ext4kit cp disk.img:/etc/hostname ./hostname\n  \
+        ext4kit cp -r -p ./rootfs/. disk.img:/\n  ext4kit cp app.conf disk.img:/etc/app.conf"
     )]
     Cp {
         /// Copy directories recursively (symlinks are never followed then).
