@@ -5,6 +5,11 @@
 //! would leave: the durable image plus, optionally, a random subset of the unflushed writes
 //! (chosen per device block, applied in completion order), because a disk may have written any
 //! of them.
+//!
+//! [`CrashDevice::cut_power_after`] freezes that picture after a chosen number of further write
+//! and flush requests: later requests still reach the live image (the workload runs on), but
+//! neither the durable image nor the set of unflushed writes a crash draws from, so a test can
+//! crash "after the Nth bio" of a workload that runs to its end.
 
 use std::sync::Arc;
 
@@ -21,6 +26,10 @@ struct CrashState {
     /// Unflushed writes in completion order: (byte offset, data).
     unflushed: Vec<(usize, Vec<u8>)>,
     flushes: u64,
+    /// Write and flush requests seen.
+    requests: u64,
+    /// Requests after this count no longer change what a crash leaves.
+    frozen_after: Option<u64>,
 }
 
 /// A device that can simulate a power cut.
@@ -56,6 +65,8 @@ impl CrashDevice {
                 live: image,
                 unflushed: Vec::new(),
                 flushes: 0,
+                requests: 0,
+                frozen_after: None,
             })),
         }
     }
@@ -78,6 +89,19 @@ impl CrashDevice {
     /// Number of flushes seen.
     pub fn nr_flushes(&self) -> u64 {
         self.state.lock().flushes
+    }
+
+    /// Number of write and flush requests seen.
+    pub fn nr_requests(&self) -> u64 {
+        self.state.lock().requests
+    }
+
+    /// Cuts the power after `n` more write or flush requests: from then on requests still
+    /// change the live image, but [`CrashDevice::durable`] and [`CrashDevice::crash`] stay as
+    /// they were after the `n`th (the writes in flight at the cut stay candidates of `crash`).
+    pub fn cut_power_after(&self, n: u64) {
+        let mut st = self.state.lock();
+        st.frozen_after = Some(st.requests + n);
     }
 
     /// The image after a power cut now: durable contents plus each unflushed device block with
@@ -107,7 +131,13 @@ impl BlockDevice for CrashDevice {
     fn submit(&self, mut bio: Bio) {
         let status = bio.check_bounds(self.geo).map(|()| {
             let mut st = self.state.lock();
+            if bio.op() != BioOp::Read {
+                st.requests += 1;
+            }
+            let frozen = st.frozen_after.is_some_and(|n| st.requests > n);
             match bio.op() {
+                BioOp::Write if frozen => write_to_image(&mut st.live, self.geo.block_size, &bio),
+                BioOp::Flush if frozen => {}
                 BioOp::Write => {
                     write_to_image(&mut st.live, self.geo.block_size, &bio);
                     let off = bio.start_block() as usize * self.geo.block_size as usize;
@@ -161,5 +191,22 @@ mod tests {
             torn,
             "a crash must be able to keep part of an unflushed multi-block write"
         );
+    }
+
+    #[test]
+    fn power_cut_after_n_requests_freezes_what_a_crash_leaves() {
+        let dev = CrashDevice::new(512, 8);
+        dev.write_blocks(0, &[1u8; 512]).unwrap();
+        dev.cut_power_after(2);
+        dev.write_blocks(1, &[2u8; 512]).unwrap();
+        dev.flush().unwrap();
+        // Past the cut: the live image changes, what survives does not.
+        dev.write_blocks(2, &[3u8; 512]).unwrap();
+        dev.flush().unwrap();
+        assert_eq!(dev.nr_requests(), 5);
+        assert_eq!((dev.live()[512], dev.live()[1024]), (2, 3));
+        let img = dev.crash(7, 1.0);
+        assert_eq!((img[0], img[512], img[1024]), (1, 2, 0));
+        assert_eq!(dev.durable()[1024], 0);
     }
 }

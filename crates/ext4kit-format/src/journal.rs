@@ -519,6 +519,13 @@ impl JournalSuperblock {
         if self.is_64bit() { sz } else { sz - 4 }
     }
 
+    /// Tags one descriptor block holds (what [`DescriptorBuilder`] accepts): the header, the
+    /// UUID after the first tag and the tail (v2/v3) leave room for this many.
+    pub fn tags_per_descriptor(&self) -> usize {
+        let limit = (self.block_size() as usize).saturating_sub(self.block_tail_size());
+        limit.saturating_sub(HEADER_SIZE + 16) / self.tag_size()
+    }
+
     /// Bytes reserved at the end of descriptor and revoke blocks (4 with v2/v3).
     pub fn block_tail_size(&self) -> usize {
         if self.has_csum_v2_or_v3() {
@@ -1195,6 +1202,7 @@ mod tests {
             {
                 n += 1;
             }
+            assert_eq!(n as usize, j.tags_per_descriptor(), "incompat {inc:#x}");
             let bytes = b.finish(&j);
             let d = DescriptorBlock::parse(&bytes, &j).unwrap();
             d.verify_checksum(&j).unwrap();

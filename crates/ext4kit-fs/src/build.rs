@@ -394,7 +394,7 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
         ..MkfsOptions::default()
     };
     let made = mkfs(&*dev, &mk).map_err(|e| Error::InvalidArgument(format!("{}: {e}", img.display())))?;
-    let fs = Fs::open(dev, &OpenOptions { writable: true, background_writeback: false, ..OpenOptions::default() })?;
+    let fs = Fs::open(dev, &OpenOptions { writable: true, background_writeback: false, use_journal: false, ..OpenOptions::default() })?;
     let mut report = BuildReport {
         image_size: size,
         block_size: made.block_size,

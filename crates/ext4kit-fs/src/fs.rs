@@ -7,7 +7,9 @@
 //! 3. loads every group descriptor, verifying its checksum (crc16 or crc32c) and its locations;
 //! 4. if the journal needs recovery, replays it **in memory** ([`crate::journal`]) and starts
 //!    again from 1 on an overlay device that serves the replayed blocks; the image is never
-//!    written;
+//!    written. A writable open replays it **onto the image** instead, when asked to
+//!    ([`OpenOptions::recover_journal`]; [`crate::write::journal_write::recover`]), and refuses
+//!    otherwise;
 //! 5. reads the root inode (it must be a directory) and starts the page cache, with [`Core`] as
 //!    its [`ext4kit_pagecache::BlockMapper`].
 //!
@@ -46,9 +48,19 @@ pub enum JournalMode {
 /// How to open an image.
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
-    /// Open for writing (refused, with the reason, for images that need recovery or use features
-    /// the write side does not handle).
+    /// Open for writing (refused, with the reason, for images that use features the write side
+    /// does not handle, and for images whose journal needs recovery unless `recover_journal`).
     pub writable: bool,
+    /// When writing an image whose journal needs recovery: replay it onto the image first (the
+    /// blocks written home, the journal emptied, `needs_recovery` cleared), as a kernel mount
+    /// does, and say so in [`Fs::notices`]. Off (the default), such an image is refused.
+    pub recover_journal: bool,
+    /// When writing an image with an internal journal: commit every sync through it as a jbd2
+    /// transaction (crash-safe; see [`crate::write::journal_write`]). Off, metadata is written
+    /// in place (image building turns it off: a crash in the middle of building leaves a
+    /// half-built image anyway). Images without a journal or with an external one are always
+    /// written in place.
+    pub use_journal: bool,
     /// What to do with a journal that needs recovery.
     pub journal: JournalMode,
     /// Most metadata blocks kept in memory.
@@ -66,6 +78,8 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             writable: false,
+            recover_journal: false,
+            use_journal: true,
             journal: JournalMode::Replay,
             metadata_cache_blocks: 8192,
             page_size: 4096,
@@ -296,17 +310,26 @@ impl Fs {
     /// Opens the filesystem on `dev` (see the module docs for what is checked).
     pub fn open(dev: Arc<dyn BlockDevice>, opts: &OpenOptions) -> Result<Fs> {
         let mut notices = Vec::new();
-        let sb = Core::read_superblock(&dev)?;
+        let mut sb = Core::read_superblock(&dev)?;
         Core::check_features(&sb, opts.writable)?;
         if opts.writable {
-            if sb.has_incompat(IncompatFeatures::RECOVER) {
-                return Err(Error::ReadOnly(
-                    "the journal needs recovery; replay it first (mount and unmount the image, or \
-                     run `e2fsck -E journal_only`), then write"
-                        .into(),
-                ));
-            }
             crate::write::ops::check_writable(&sb)?;
+            if sb.has_incompat(IncompatFeatures::RECOVER) {
+                if !opts.recover_journal {
+                    return Err(Error::ReadOnly(
+                        "the journal needs recovery; replay it first (OpenOptions::recover_journal, which \
+                         the ext4kit CLI sets, a kernel mount, or `e2fsck -E journal_only`), then write"
+                            .into(),
+                    ));
+                }
+                let as_on_disk = Core::load(Arc::clone(&dev), sb, &OpenOptions { writable: false, ..opts.clone() })?;
+                let report = crate::write::journal_write::recover(&as_on_disk)?;
+                drop(as_on_disk);
+                notices.push(report.to_string());
+                sb = Core::read_superblock(&dev)?;
+                Core::check_features(&sb, opts.writable)?;
+                crate::write::ops::check_writable(&sb)?;
+            }
         }
         let mut core = Core::load(Arc::clone(&dev), sb, opts)?;
         let mut replay = None;
@@ -331,6 +354,14 @@ impl Fs {
                     "journal needs recovery; not replayed (reading the image as it is on disk)"
                         .into(),
                 ),
+            }
+        }
+        if opts.writable && opts.use_journal {
+            if let Some(jw) = crate::write::journal_write::JournalWriter::open(&core)? {
+                if let Some(w) = core.write.as_mut() {
+                    w.journal = Some(Mutex::new(jw));
+                    w.meta.get_mut().deferred_frees = Some(Vec::new());
+                }
             }
         }
         let root = core.read_inode(ROOT_INO)?;

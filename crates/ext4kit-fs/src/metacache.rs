@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use ext4kit_blockdev::{BlockDevice, BlockDeviceExt};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -36,6 +36,8 @@ pub struct MetaBlock {
     data: RwLock<Box<[u8]>>,
     dirty: AtomicBool,
     referenced: AtomicBool,
+    /// The cache's count of dirty blocks (kept by `mark_dirty` / `clear_dirty`).
+    dirty_count: Arc<AtomicUsize>,
 }
 
 impl MetaBlock {
@@ -61,12 +63,17 @@ impl MetaBlock {
 
     /// Marks the block as changed in memory (it will not be evicted until cleaned).
     pub fn mark_dirty(&self) {
-        self.dirty.store(true, Ordering::Release);
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.dirty_count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Marks the block as written back.
     pub fn clear_dirty(&self) {
-        self.dirty.store(false, Ordering::Release);
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            // Saturating: a recount may already have left this block out.
+            let _ = self.dirty_count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+        }
     }
 
     /// Whether the block has changes not yet written back.
@@ -89,6 +96,7 @@ pub struct MetaCache {
     dev_per_block: u64,
     capacity: usize,
     map: Mutex<Index>,
+    dirty_count: Arc<AtomicUsize>,
 }
 
 impl MetaCache {
@@ -102,6 +110,7 @@ impl MetaCache {
             dev_per_block: (block_size / dev_bs).max(1) as u64,
             capacity: capacity.max(16),
             map: Mutex::new(Index::default()),
+            dirty_count: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -138,6 +147,7 @@ impl MetaCache {
             data: RwLock::new(buf),
             dirty: AtomicBool::new(false),
             referenced: AtomicBool::new(false),
+            dirty_count: Arc::clone(&self.dirty_count),
         });
         let mut idx = self.map.lock();
         if let Some(b) = idx.blocks.get(&block) {
@@ -158,10 +168,13 @@ impl MetaCache {
             data: RwLock::new(vec![0u8; self.block_size].into_boxed_slice()),
             dirty: AtomicBool::new(false),
             referenced: AtomicBool::new(false),
+            dirty_count: Arc::clone(&self.dirty_count),
         });
         let mut idx = self.map.lock();
-        if idx.blocks.insert(block, Arc::clone(&fresh)).is_none() {
-            idx.order.push_back(block);
+        match idx.blocks.insert(block, Arc::clone(&fresh)) {
+            None => idx.order.push_back(block),
+            // The replaced copy will never be written back.
+            Some(old) => old.clear_dirty(),
         }
         self.evict(&mut idx);
         fresh
@@ -170,7 +183,22 @@ impl MetaCache {
     /// Forgets block `block` (freed: its cached copy, dirty or not, must never be written back
     /// over whatever reuses the block).
     pub fn forget(&self, block: u64) {
-        self.map.lock().blocks.remove(&block);
+        if let Some(old) = self.map.lock().blocks.remove(&block) {
+            old.clear_dirty();
+        }
+    }
+
+    /// Number of dirty blocks (what the next write-back would write; a block marked dirty after
+    /// it was forgotten may count until [`MetaCache::recount_dirty`]).
+    pub fn nr_dirty(&self) -> usize {
+        self.dirty_count.load(Ordering::Relaxed)
+    }
+
+    /// Sets the dirty count from the blocks themselves.
+    pub fn recount_dirty(&self) {
+        let idx = self.map.lock();
+        let n = idx.blocks.values().filter(|b| b.is_dirty()).count();
+        self.dirty_count.store(n, Ordering::Relaxed);
     }
 
     /// Writes every dirty block back (physically contiguous blocks in one bio), waits for
@@ -279,6 +307,14 @@ mod tests {
         }
         assert!(c.len() <= 17, "{}", c.len());
         assert_eq!(c.dirty_blocks().len(), 1, "a dirty block is never evicted");
+        assert_eq!(c.nr_dirty(), 1);
+        c.get(5).unwrap().mark_dirty();
+        assert_eq!(c.nr_dirty(), 1, "counted once");
+        c.get_new(7).mark_dirty();
+        c.get_new(7);
+        assert_eq!(c.nr_dirty(), 1, "a replaced dirty copy no longer counts");
+        c.forget(5);
+        assert_eq!(c.nr_dirty(), 0);
         assert!(c.get(10_000).is_err(), "reads past the device fail");
     }
 }

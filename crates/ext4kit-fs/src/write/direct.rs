@@ -23,7 +23,8 @@ impl Fs {
     /// have it open, and the range must not be mapped yet): a partial last block is written
     /// whole, zero-padded.
     pub fn write_from_file(&self, ino: u32, src: &File, src_off: u64, offset: u64, len: u64) -> Result<()> {
-        self.write_from_file_with(ino, src, src_off, offset, len, true)
+        self.write_from_file_with(ino, src, src_off, offset, len, true)?;
+        self.commit_if_full()
     }
 
     /// [`Fs::write_from_file`]; `whole_blocks: false` copies just the bytes, leaving the rest

@@ -19,7 +19,14 @@ impl Core {
     /// Reserves `count` blocks for delayed allocation by `ino`.
     pub(crate) fn w_reserve(&self, ino: u32, count: u64) -> Result<()> {
         let w = self.writer("reserve")?;
-        let r = w.meta.lock().reserve(ino, count);
+        let r = {
+            let mut meta = w.meta.lock();
+            match meta.reserve(ino, count) {
+                // Blocks freed since the last sync come back first.
+                Err(Error::NoSpace(_)) if meta.release_deferred_frees(self)? > 0 => meta.reserve(ino, count),
+                r => r,
+            }
+        };
         // Out of space: deleted files whose page cache was let go (or is being let go) are freed
         // first.
         if matches!(r, Err(Error::NoSpace(_))) && crate::write::orphan::reclaim_for_space(self)? > 0 {

@@ -8,10 +8,12 @@
 //! | [`dir_write`] | adding and removing directory entries, linear and htree; bulk-built directories |
 //! | [`modify`] | unlink, rmdir, rename, symlink, fallocate, punch hole; freeing inodes |
 //! | [`orphan`] | unlinked-but-open inodes, and orphans left in an image (cleaned at open) |
+//! | [`journal_write`] | crash-safe sync: each sync's metadata as one jbd2 transaction; journal recovery at a writable open |
 
 pub mod dir_write;
 pub mod direct;
 pub mod extent_tree;
+pub mod journal_write;
 pub mod mapper;
 pub mod modify;
 pub mod ops;

@@ -306,7 +306,8 @@ impl Fs {
             touch(&mut meta, core, dir, t)?;
             drop_link(&mut meta, core, ino, t)?
         };
-        self.finish_unlinked(last)
+        self.finish_unlinked(last)?;
+        self.commit_if_full()
     }
 
     /// Removes the empty directory `name` from directory `dir` and frees it.
@@ -332,7 +333,9 @@ impl Fs {
         touch(&mut meta, core, dir, t)?;
         dec_dir_links(&mut meta, core, dir)?;
         // Directories have no open handles in this library: freed now.
-        evict_inode(&mut meta, core, ino)
+        evict_inode(&mut meta, core, ino)?;
+        drop(meta);
+        self.commit_if_full()
     }
 
     /// Renames `src_dir/src_name` to `dst_dir/dst_name`, as rename(2): an existing target is
@@ -436,7 +439,8 @@ impl Fs {
                 None => Unlinked::Done,
             }
         };
-        self.finish_unlinked(last)
+        self.finish_unlinked(last)?;
+        self.commit_if_full()
     }
 
     /// Creates a symbolic link `name` → `target` in `dir` (a fast symlink in the inode when the
@@ -452,7 +456,8 @@ impl Fs {
         self.core.writer("fallocate")?;
         self.check_regular_for_write(ino)?;
         let m = self.data_mapping(ino)?;
-        m.fallocate(offset, len, keep_size).map_err(|e| self.cache_error(ino, e))
+        m.fallocate(offset, len, keep_size).map_err(|e| self.cache_error(ino, e))?;
+        self.commit_if_full()
     }
 
     /// Punches a hole in `offset..offset+len` of regular file `ino` (the size stays): partial
@@ -461,7 +466,8 @@ impl Fs {
         self.core.writer("punch a hole")?;
         self.check_regular_for_write(ino)?;
         let m = self.data_mapping(ino)?;
-        m.punch_hole(offset, len).map_err(|e| self.cache_error(ino, e))
+        m.punch_hole(offset, len).map_err(|e| self.cache_error(ino, e))?;
+        self.commit_if_full()
     }
 
     /// Lets go of a file's page cache: if the file was unlinked while `mapping` (or another

@@ -5,7 +5,9 @@
 //! Each operation takes the metadata lock for its metadata changes only; file data goes through
 //! the page cache (delayed allocation) without it. Nothing reaches the disk before
 //! [`Fs::sync`], which writes back file data (allocating it), then inodes, group descriptors and
-//! bitmaps, the superblock, and flushes the device.
+//! bitmaps, the superblock — through the journal when the image has one (see
+//! [`crate::write::journal_write`]) — and flushes the device. Operations that change metadata
+//! end with `commit_if_full`, which syncs early when a transaction would grow too large.
 
 use ext4kit_format::extent::ExtentNode;
 use ext4kit_format::extent::NodeLocation;
@@ -133,6 +135,8 @@ impl Fs {
             kind.file_type().dirent_code(),
         )?;
         touch_dir(&mut meta, core, dir, attrs.ctime, is_dir)?;
+        drop(meta);
+        self.commit_if_full()?;
         Ok(ino)
     }
 
@@ -238,7 +242,8 @@ impl Fs {
         let inode = meta.inode(core, ino)?;
         inode.set_links_count(inode.links_count() + 1);
         meta.dirty_inode(ino);
-        Ok(())
+        drop(meta);
+        self.commit_if_full()
     }
 
     /// Counts `n` more hard links to `ino` (the builder adds entries for them in bulk).
@@ -275,7 +280,7 @@ impl Fs {
         self.core.writer("write")?;
         let m = self.data_mapping(ino)?;
         m.write(offset, data).map_err(|e| self.cache_error(ino, e))?;
-        Ok(())
+        self.commit_if_full()
     }
 
     /// Sets the size of regular file `ino` (truncating or extending with a hole).
@@ -283,7 +288,7 @@ impl Fs {
         self.core.writer("truncate")?;
         let m = self.data_mapping(ino)?;
         m.truncate(size).map_err(|e| self.cache_error(ino, e))?;
-        Ok(())
+        self.commit_if_full()
     }
 
     /// Sets the owner and permission bits of `ino` (its file type stays).
@@ -297,7 +302,8 @@ impl Fs {
         let mode = (inode.mode() & !0o7777) | (perm & 0o7777);
         inode.set_mode(mode);
         meta.dirty_inode(ino);
-        Ok(())
+        drop(meta);
+        self.commit_if_full()
     }
 
     /// Sets the timestamps of `ino` (`None` keeps one).
@@ -316,7 +322,8 @@ impl Fs {
             inode.set_change_time(t);
         }
         meta.dirty_inode(ino);
-        Ok(())
+        drop(meta);
+        self.commit_if_full()
     }
 
     /// Writes back the data of every file written since the last sync (allocating its
@@ -349,10 +356,15 @@ impl Fs {
     }
 
     /// Writes everything back: file data (allocating delayed blocks), inodes, group descriptors
-    /// and bitmaps, the superblock; then flushes the device.
+    /// and bitmaps, the superblock; then flushes the device. With an internal journal (and
+    /// `OpenOptions::use_journal`) the metadata is committed as one jbd2 transaction first, so
+    /// that a crash at any point leaves the state before or after the sync.
     pub fn sync(&self) -> Result<()> {
         let core = &self.core;
         let w = core.writer("sync")?;
+        if let Some(j) = &w.journal {
+            return crate::write::journal_write::sync(self, w, j);
+        }
         self.flush_data()?;
         // Orphans nobody holds are freed, loose extent trees packed, before metadata goes out.
         crate::write::modify::prepare_sync(self)?;

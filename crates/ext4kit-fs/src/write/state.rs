@@ -18,6 +18,13 @@
 //! allocated in it: its own and other groups' metadata inside it are marked used (flex_bg puts
 //! many groups' bitmaps and inode tables in one group), the padding past the end of the
 //! filesystem too; then the flag is cleared.
+//!
+//! # Frees wait for the commit
+//! When syncs go through the journal, blocks freed since the last sync stay marked in use
+//! (`deferred_frees`) until `write_back` puts the frees into the next transaction, so nothing
+//! reuses — and overwrites — a block that the last committed state still owns (the kernel's
+//! `ext4_free_blocks` hands freed extents to the allocator only at commit). Out of space, they
+//! are released at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -48,6 +55,8 @@ pub struct WriteState {
     pub(crate) meta: Mutex<MetaState>,
     /// Page caches of files written since the last sync (kept alive until it).
     pub(crate) open_mappings: Mutex<HashMap<u32, ext4kit_pagecache::Mapping>>,
+    /// The journal writer, when syncs commit through the journal (lock order: journal, meta).
+    pub(crate) journal: Option<Mutex<crate::write::journal_write::JournalWriter>>,
 }
 
 /// Metadata being changed (guarded by [`WriteState::meta`]).
@@ -66,6 +75,9 @@ pub struct MetaState {
     pub(crate) next_dir_group: u32,
     /// Generation numbers handed out (deterministic).
     pub(crate) next_generation: u32,
+    /// Blocks freed since the last sync, not allocatable before it commits (`Some` when syncs
+    /// go through the journal; see the module docs).
+    pub(crate) deferred_frees: Option<Vec<(u64, u64)>>,
 }
 
 impl WriteState {
@@ -81,8 +93,10 @@ impl WriteState {
                 reserved_by: HashMap::new(),
                 next_dir_group: 0,
                 next_generation: 1,
+                deferred_frees: None,
             }),
             open_mappings: Mutex::new(HashMap::new()),
+            journal: None,
         }
     }
 }
@@ -263,6 +277,13 @@ impl MetaState {
     /// the search wants a run that long too, and takes the first `want` blocks of it, so short
     /// runs are left to small files, as mballoc does.
     pub(crate) fn alloc_stream(&mut self, core: &Core, goal: u64, want: u64, stream: u64, room: u64) -> Result<(u64, u64)> {
+        match self.alloc_stream_once(core, goal, want, stream, room) {
+            Err(Error::NoSpace(_)) if self.release_deferred_frees(core)? > 0 => self.alloc_stream_once(core, goal, want, stream, room),
+            r => r,
+        }
+    }
+
+    fn alloc_stream_once(&mut self, core: &Core, goal: u64, want: u64, stream: u64, room: u64) -> Result<(u64, u64)> {
         let want = want.max(1);
         let min_stream_run = MIN_STREAM_RUN_BYTES / u64::from(self.sb.block_size());
         // A stream of a whole extent or more passes over runs that would make short extents.
@@ -387,6 +408,13 @@ impl MetaState {
     /// filesystem, so nodes stay out of the way of data streams, which grow forward from their
     /// goals (mballoc keeps small requests apart from streams, too).
     pub(crate) fn alloc_meta_block(&mut self, core: &Core) -> Result<u64> {
+        match self.alloc_meta_block_once(core) {
+            Err(Error::NoSpace(_)) if self.release_deferred_frees(core)? > 0 => self.alloc_meta_block_once(core),
+            r => r,
+        }
+    }
+
+    fn alloc_meta_block_once(&mut self, core: &Core) -> Result<u64> {
         for g in (0..self.groups.len() as u32).rev() {
             if self.groups[g as usize].free_blocks_count() == 0 {
                 continue;
@@ -410,8 +438,41 @@ impl MetaState {
         Err(no_space("no free blocks"))
     }
 
-    /// Returns blocks `start..start+len` to the free pool.
+    /// Returns blocks `start..start+len` to the free pool (at the next sync when frees wait for
+    /// the commit).
     pub(crate) fn free_blocks_range(&mut self, core: &Core, start: u64, len: u64) -> Result<()> {
+        if self.deferred_frees.is_some() {
+            let end = start.checked_add(len).filter(|e| *e <= self.sb.blocks_count());
+            if start < self.first_data_block() || end.is_none() {
+                return Err(Error::corrupt(Structure::BlockBitmap, Corruption::BlockOutOfRange { block: start }));
+            }
+            // A freed metadata block must not be written back over whatever reuses it.
+            for k in start..start + len {
+                core.cache.forget(k);
+            }
+            if let Some(d) = self.deferred_frees.as_mut() {
+                d.push((start, len));
+            }
+            return Ok(());
+        }
+        self.apply_free(core, start, len)
+    }
+
+    /// Hands the deferred frees to the allocator now (bitmaps, counters). Returns the number of
+    /// blocks freed.
+    pub(crate) fn release_deferred_frees(&mut self, core: &Core) -> Result<u64> {
+        let Some(d) = self.deferred_frees.as_mut() else { return Ok(0) };
+        let ranges = std::mem::take(d);
+        let mut n = 0;
+        for (start, len) in ranges {
+            self.apply_free(core, start, len)?;
+            n += len;
+        }
+        Ok(n)
+    }
+
+    /// Clears blocks `start..start+len` in the bitmaps and counts them free.
+    fn apply_free(&mut self, core: &Core, start: u64, len: u64) -> Result<()> {
         let mut b = start;
         let end = start + len;
         while b < end {
@@ -562,6 +623,7 @@ impl MetaState {
     /// Writes changed inodes, group descriptors (with bitmap checksums) and the superblock into
     /// their blocks in the metadata cache (marking them dirty).
     pub(crate) fn write_back(&mut self, core: &Core) -> Result<()> {
+        self.release_deferred_frees(core)?;
         let seed = self.sb.has_metadata_csum().then(|| self.sb.csum_seed());
         let isz = u64::from(self.sb.inode_size());
         let bs = u64::from(self.sb.block_size());

@@ -111,7 +111,9 @@ impl Fs {
         let core = &self.core;
         let w = core.writer("set attributes")?;
         let mut meta = w.meta.lock();
-        write_all(core, &mut meta, ino, attrs)
+        write_all(core, &mut meta, ino, attrs)?;
+        drop(meta);
+        self.commit_if_full()
     }
 
     /// Sets one extended attribute of `ino` (adding or replacing it).
@@ -124,7 +126,9 @@ impl Fs {
             Some(slot) => slot.1 = value.to_vec(),
             None => all.push((name.to_vec(), value.to_vec())),
         }
-        write_all(core, &mut meta, ino, &all)
+        write_all(core, &mut meta, ino, &all)?;
+        drop(meta);
+        self.commit_if_full()
     }
 
     /// Removes one extended attribute of `ino`.
@@ -138,6 +142,8 @@ impl Fs {
         if all.len() == before {
             return Err(Error::NoXattr { ino, name: PathBytes(name.to_vec()) });
         }
-        write_all(core, &mut meta, ino, &all)
+        write_all(core, &mut meta, ino, &all)?;
+        drop(meta);
+        self.commit_if_full()
     }
 }
