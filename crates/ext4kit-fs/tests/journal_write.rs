@@ -133,6 +133,11 @@ fn dumpe2fs(img: &Path) -> String {
     run_ok("dumpe2fs", &["-h", img.to_str().unwrap()])
 }
 
+/// The value of a `dumpe2fs -h` line.
+fn dumpe2fs_field(dump: &str, name: &str) -> String {
+    dump.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
 /// Target of the slow symlink whose block starts with the jbd2 magic (logged escaped).
 fn magic_target() -> Vec<u8> {
     let mut t = vec![0xC0, 0x3B, 0x39, 0x98];
@@ -276,17 +281,42 @@ fn check_logdump(dir: &Path, img: &[u8], what: &str) {
     assert_eq!(flags.iter().filter(|f| *f & 8 != 0).count(), descriptors, "{what}: one LAST_TAG per descriptor:\n{out}");
 }
 
+/// A 32 MiB image made by mke2fs and populated (and synced) by us.
+fn base_image(dir: &Path, bs: u32, extra: &[&str]) -> Vec<u8> {
+    let crash = CrashDevice::from_image(bs, mkfs_bytes(dir, bs, 32 << 20, extra));
+    let dev: Arc<dyn BlockDevice> = Arc::new(crash.clone());
+    let fs = Fs::open(dev, &rw()).unwrap();
+    populate(&fs);
+    drop(fs);
+    crash.durable()
+}
+
+/// The requests (writes and flushes) of the workload's sync, counted from 1: (all of them,
+/// the positions of the flushes, the number of writes before each flush).
+fn sync_requests(base: &[u8], dev_bs: u32) -> (u64, Vec<u64>, Vec<u64>) {
+    let fault = FaultDevice::new(Arc::new(CrashDevice::from_image(dev_bs, base.to_vec())));
+    let fs = Fs::open(Arc::new(fault.clone()), &rw()).unwrap();
+    workload(&fs);
+    fault.clear_log();
+    fs.sync().unwrap();
+    let log: Vec<_> = fault.log().into_iter().filter(|r| r.op != BioOp::Read).collect();
+    let mut flushes = Vec::new();
+    let mut writes_before = Vec::new();
+    let mut writes = 0;
+    for (i, r) in log.iter().enumerate() {
+        if r.op == BioOp::Flush {
+            flushes.push(i as u64 + 1);
+            writes_before.push(writes);
+        } else {
+            writes += 1;
+        }
+    }
+    (log.len() as u64, flushes, writes_before)
+}
+
 fn crash_matrix(bs: u32, dev_bs: u32, extra: &[&str], every: bool, label: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut base = mkfs_bytes(dir.path(), bs, 32 << 20, extra);
-    {
-        let crash = CrashDevice::from_image(dev_bs, base);
-        let dev: Arc<dyn BlockDevice> = Arc::new(crash.clone());
-        let fs = Fs::open(dev, &rw()).unwrap();
-        populate(&fs);
-        drop(fs);
-        base = crash.durable();
-    }
+    let base = base_image(dir.path(), bs, extra);
     let base_img = dir.path().join("base.img");
     std::fs::write(&base_img, &base).unwrap();
     e2fsck_clean(&base_img).unwrap();
@@ -305,17 +335,8 @@ fn crash_matrix(bs: u32, dev_bs: u32, extra: &[&str], every: bool, label: &str) 
     let kernel_after = kernel_view(&after_img);
     assert!(diff_trees(&kernel_after, &ours_after, CMP).is_empty(), "{label}: our view after the sync differs from the kernel's");
     assert!(!diff_trees(&ours_before, &ours_after, CMP).is_empty());
-    let flushes = {
-        let fault = FaultDevice::new(Arc::new(CrashDevice::from_image(dev_bs, base.clone())));
-        let fs = Fs::open(Arc::new(fault.clone()), &rw()).unwrap();
-        workload(&fs);
-        fault.clear_log();
-        fs.sync().unwrap();
-        let log: Vec<_> = fault.log().into_iter().filter(|r| r.op != BioOp::Read).collect();
-        assert_eq!(log.len() as u64, total);
-        let f: Vec<u64> = log.iter().enumerate().filter(|(_, r)| r.op == BioOp::Flush).map(|(i, _)| i as u64 + 1).collect();
-        f
-    };
+    let (n, flushes, _) = sync_requests(&base, dev_bs);
+    assert_eq!(n, total);
     assert_eq!(flushes.len(), 4, "{label}: the sync flushes after the log, the commit, the home writes and the cleanup: {flushes:?}");
     // Crash points: every request of the sync when `every`, else the start, the middle of the
     // data and home-write phases, and just before and after every flush; keeping none, all,
@@ -383,4 +404,207 @@ fn crashes_during_sync_recover_to_before_or_after_4k_no_csum() {
         return;
     }
     crash_matrix(4096, 4096, &["-O", "^metadata_csum"], false, "4k no metadata_csum");
+}
+
+#[test]
+fn ordinary_syncs_leave_an_empty_journal_a_clean_image_and_the_kernel_agrees() {
+    if !require_kernel("ordinary_syncs_leave_an_empty_journal_a_clean_image_and_the_kernel_agrees") {
+        return;
+    }
+    for (bs, extra, csum, bit64) in [
+        (1024u32, &[][..], true, true),
+        (4096, &["-O", "^metadata_csum"][..], false, true),
+        (4096, &["-O", "^metadata_csum,^64bit"][..], false, false),
+    ] {
+        let label = format!("bs {bs} {extra:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("j.img");
+        std::fs::write(&img, mkfs_bytes(dir.path(), bs, 64 << 20, extra)).unwrap();
+        let fs = Fs::open_path(&img, &rw()).unwrap();
+        populate(&fs);
+        workload(&fs);
+        fs.sync().unwrap();
+        // Nothing changed: no transaction.
+        fs.sync().unwrap();
+        let stats = fs.journal_stats().unwrap();
+        // mke2fs leaves s_sequence 1: transactions 2 and 4, as a kernel mount would number them.
+        assert_eq!((stats.transactions, stats.last_sequence, stats.split_syncs, stats.early_commits), (2, 4, 0, 0), "{label}: {stats:?}");
+        assert!(stats.logged_blocks > 50, "{label}: {stats:?}");
+        let ours = fs_tree(&fs);
+        drop(fs);
+        e2fsck_clean(&img).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let dump = dumpe2fs(&img);
+        assert_eq!(dumpe2fs_field(&dump, "Journal start"), "0", "{label}:\n{dump}");
+        assert_eq!(dumpe2fs_field(&dump, "Journal sequence"), "0x00000005", "{label}:\n{dump}");
+        assert!(!dumpe2fs_field(&dump, "Filesystem features").contains("needs_recovery"), "{label}:\n{dump}");
+        let jf = dumpe2fs_field(&dump, "Journal features");
+        assert_eq!(jf.contains("journal_checksum_v3"), csum, "{label}: {jf}");
+        assert_eq!(jf.contains("journal_64bit"), bit64, "{label}: {jf}");
+        let logdump = run_ok("debugfs", &["-R", "logdump", img.to_str().unwrap()]);
+        assert!(logdump.contains("Journal starts at block 0") && !logdump.contains("Found expected sequence"), "{label}: {logdump}");
+        // The kernel sees what we see, and writes through the journal we left.
+        let m = LoopMount::new(&img, false).unwrap();
+        let d = diff_trees(&ours, &snapshot(m.path()), CMP);
+        assert!(d.is_empty(), "{label}: kernel view differs: {d:?}");
+        std::fs::write(m.path().join("by-kernel"), b"written by the kernel").unwrap();
+        m.unmount().unwrap();
+        e2fsck_clean(&img).unwrap_or_else(|e| panic!("{label}: after the kernel: {e}"));
+        // And we write after the kernel.
+        let fs = Fs::open_path(&img, &rw()).unwrap();
+        let f = lookup(&fs, "/by-kernel");
+        fs.unlink(ROOT_INO, b"by-kernel").unwrap();
+        fs.create(ROOT_INO, b"after-kernel", &NewKind::Regular, &attrs(0o644, 1_720_000_000)).unwrap();
+        fs.sync().unwrap();
+        assert!(f > 0);
+        drop(fs);
+        e2fsck_clean(&img).unwrap_or_else(|e| panic!("{label}: after writing after the kernel: {e}"));
+    }
+}
+
+#[test]
+fn a_writable_open_replays_a_committed_transaction_onto_the_image() {
+    if !require_kernel("a_writable_open_replays_a_committed_transaction_onto_the_image") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_image(dir.path(), 4096, &[]);
+    let (_, flushes, _) = sync_requests(&base, 4096);
+    // Power lost right after the commit: everything logged, nothing home.
+    let (crashed, _) = run_workload(&base, 4096, Some(flushes[1]));
+    let img_bytes = crashed.crash(1, 0.0);
+    let (after, _) = run_workload(&base, 4096, None);
+    let want = our_view(&after.durable(), 4096);
+    let img = dir.path().join("r.img");
+    std::fs::write(&img, &img_bytes).unwrap();
+    assert!(dumpe2fs_field(&dumpe2fs(&img), "Filesystem features").contains("needs_recovery"));
+    // Refused without being asked to recover.
+    let e = Fs::open_path(&img, &rw()).unwrap_err();
+    assert!(e.to_string().contains("journal needs recovery") && e.errno() == 30, "{e}");
+    // Replayed onto the image when asked.
+    let fs = Fs::open_path(&img, &OpenOptions { recover_journal: true, ..rw() }).unwrap();
+    assert_eq!(fs.notices().len(), 1, "{:?}", fs.notices());
+    assert!(fs.notices()[0].starts_with("journal needed recovery: replayed 1 transaction(s),") && fs.notices()[0].ends_with("onto the image"), "{:?}", fs.notices());
+    assert!(diff_trees(&want, &fs_tree(&fs), CMP).is_empty());
+    drop(fs);
+    // The image itself is recovered: clean for a strict check without -y, journal empty.
+    e2fsck_clean(&img).unwrap();
+    let dump = dumpe2fs(&img);
+    assert!(!dumpe2fs_field(&dump, "Filesystem features").contains("needs_recovery"), "{dump}");
+    assert_eq!(dumpe2fs_field(&dump, "Journal start"), "0");
+    // s_sequence past the replayed transaction (4): 5 + 1.
+    assert_eq!(dumpe2fs_field(&dump, "Journal sequence"), "0x00000006");
+    assert!(diff_trees(&want, &our_view(&std::fs::read(&img).unwrap(), 4096), CMP).is_empty());
+    // It takes more syncs.
+    let fs = Fs::open_path(&img, &rw()).unwrap();
+    fs.create(ROOT_INO, b"later", &NewKind::Directory, &attrs(0o755, 1_720_000_000)).unwrap();
+    fs.sync().unwrap();
+    assert_eq!(fs.journal_stats().unwrap().last_sequence, 7);
+    drop(fs);
+    e2fsck_clean(&img).unwrap();
+    let mut want = want;
+    want.insert(b"later".to_vec(), Entry { kind: Kind::Dir, mode: 0o755, uid: 1000, gid: 100, mtime: (1_720_000_000, 123_456_789), xattrs: BTreeMap::new(), link_group: None });
+    assert!(diff_trees(&want, &kernel_view(&img), CMP).is_empty());
+}
+
+#[test]
+fn a_failed_write_aborts_the_journal_and_recovery_finishes_or_undoes_the_sync() {
+    if !require_kernel("a_failed_write_aborts_the_journal_and_recovery_finishes_or_undoes_the_sync") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_image(dir.path(), 1024, &[]);
+    let (_, _, writes_before) = sync_requests(&base, 1024);
+    let before = our_view(&base, 1024);
+    let after = our_view(&run_workload(&base, 1024, None).0.durable(), 1024);
+    // The first log write, the commit block, the first home write, the final superblocks.
+    for (fail, want) in [(writes_before[0] - 2, &before), (writes_before[0], &before), (writes_before[1], &after), (writes_before[2], &after)] {
+        let crash = CrashDevice::from_image(1024, base.clone());
+        let fault = FaultDevice::new(Arc::new(crash.clone()));
+        let fs = Fs::open(Arc::new(fault.clone()), &rw()).unwrap();
+        workload(&fs);
+        fault.add_rule(FaultRule::Nth { op: Some(BioOp::Write), n: fail });
+        let e = fs.sync().unwrap_err();
+        assert_eq!(e.errno(), 5, "write {fail}: {e}");
+        let e = fs.sync().unwrap_err();
+        assert!(e.to_string().contains("journal was aborted") && e.errno() == 30, "write {fail}: {e}");
+        drop(fs);
+        // What the device holds, recovered by a writable open.
+        let img = dir.path().join(format!("w{fail}.img"));
+        std::fs::write(&img, crash.live()).unwrap();
+        let fs = Fs::open_path(&img, &OpenOptions { recover_journal: true, ..rw() }).unwrap();
+        let got = fs_tree(&fs);
+        drop(fs);
+        let d = diff_trees(want, &got, CMP);
+        assert!(d.is_empty(), "write {fail}: {d:?}");
+        e2fsck_clean(&img).unwrap_or_else(|e| panic!("write {fail}: {e}"));
+    }
+}
+
+#[test]
+fn a_busy_journal_without_needs_recovery_is_dropped_at_a_writable_open() {
+    if !require_kernel("a_busy_journal_without_needs_recovery_is_dropped_at_a_writable_open") {
+        return;
+    }
+    // Power lost after the home writes, with the superblock (needs_recovery cleared) written
+    // and the journal superblock not: the kernel drops such a journal at mount; so do we.
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_image(dir.path(), 1024, &[]);
+    let (_, flushes, _) = sync_requests(&base, 1024);
+    let (dev, _) = run_workload(&base, 1024, Some(flushes[2]));
+    let mut img_bytes = dev.crash(0, 0.0);
+    let sb = ext4kit_fs::format::Superblock::parse(&img_bytes[1024..2048]).unwrap();
+    let mut sb = sb;
+    let mut f = sb.feature_incompat();
+    f.remove(ext4kit_fs::format::IncompatFeatures::RECOVER);
+    sb.set_feature_incompat(f);
+    sb.update_checksum();
+    img_bytes[1024..2048].copy_from_slice(sb.as_bytes());
+    let img = dir.path().join("busy.img");
+    std::fs::write(&img, &img_bytes).unwrap();
+    let (_, text) = run("e2fsck", &[OsStr::new("-fn"), img.as_os_str()]);
+    assert!(text.contains("needs_recovery flag is clear, but journal has data"), "{text}");
+    let fs = Fs::open_path(&img, &rw()).unwrap();
+    drop(fs);
+    e2fsck_clean(&img).unwrap();
+    let after = our_view(&run_workload(&base, 1024, None).0.durable(), 1024);
+    assert!(diff_trees(&after, &our_view(&std::fs::read(&img).unwrap(), 1024), CMP).is_empty());
+    // The sequence went past the dropped transaction (4): 5 + 1.
+    assert_eq!(dumpe2fs_field(&dumpe2fs(&img), "Journal sequence"), "0x00000006");
+}
+
+#[test]
+fn large_changes_commit_early_and_a_sync_too_large_for_the_journal_is_split() {
+    if !require_kernel("large_changes_commit_early_and_a_sync_too_large_for_the_journal_is_split") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("small-journal.img");
+    // A 1024-block journal: at most about 1000 blocks per transaction.
+    std::fs::write(&img, mkfs_bytes(dir.path(), 1024, 64 << 20, &["-J", "size=1", "-N", "16384"])).unwrap();
+    let fs = Fs::open_path(&img, &rw()).unwrap();
+    let d = fs.create(ROOT_INO, b"many", &NewKind::Directory, &attrs(0o755, 1_700_000_000)).unwrap();
+    for i in 0..6000u32 {
+        fs.create(d, format!("file-{i:05}").as_bytes(), &NewKind::Regular, &attrs(0o644, 1_700_000_000)).unwrap();
+    }
+    fs.sync().unwrap();
+    let stats = fs.journal_stats().unwrap();
+    assert!(stats.early_commits >= 2 && stats.split_syncs == 0, "{stats:?}");
+    // Bulk creation (the builder's calls) does not commit early: one sync, split.
+    let parent = fs.create_detached(ROOT_INO, &NewKind::Directory, &attrs(0o755, 1_700_000_000)).unwrap();
+    let mut entries = Vec::new();
+    for i in 0..5000u32 {
+        let ino = fs.create_detached(parent, &NewKind::Regular, &attrs(0o600, 1_700_000_000)).unwrap();
+        entries.push((format!("bulk-{i:05}").into_bytes(), ino, 1u8));
+    }
+    fs.create_dir_with(ROOT_INO, b"bulk", parent, &entries, &attrs(0o755, 1_700_000_000)).unwrap();
+    fs.sync().unwrap();
+    let stats2 = fs.journal_stats().unwrap();
+    assert_eq!(stats2.split_syncs, 1, "{stats2:?}");
+    assert!(stats2.transactions >= stats.transactions + 2, "{stats2:?}");
+    drop(fs);
+    e2fsck_clean(&img).unwrap();
+    let m = LoopMount::new(&img, true).unwrap();
+    assert_eq!(std::fs::read_dir(m.path().join("many")).unwrap().count(), 6000);
+    assert_eq!(std::fs::read_dir(m.path().join("bulk")).unwrap().count(), 5000);
+    m.unmount().unwrap();
 }

@@ -35,9 +35,11 @@ use crate::spec::{Images, Spec};
         (IMG alone means its root directory); several IMG:PATH arguments may name one image.\n\
         Reading: an image whose journal needs recovery is read as if the journal had been \
         replayed; the replay happens in memory only and the image is never modified.\n\
-        Writing (mkfs, build, cp into an image, mkdir, rm, mv, ln): images that are mounted, \
-        need journal recovery, or use features ext4kit cannot write are refused with the reason; \
-        every change reaches the image when the command ends, and the result passes e2fsck.",
+        Writing (mkfs, build, cp into an image, mkdir, rm, mv, ln): images that are mounted \
+        or use features ext4kit cannot write are refused with the reason; a journal that needs \
+        recovery is replayed onto the image first (a line on stderr says so); every change \
+        reaches the image when the command ends, through the journal when the image has one \
+        (a crash leaves it as before or after), and the result passes e2fsck.",
     after_help = "Examples:\n  \
         ext4kit info disk.img\n  \
         ext4kit ls -l disk.img:/etc\n  \
@@ -50,7 +52,8 @@ use crate::spec::{Images, Spec};
         ext4kit mkdir -p new.img:/var/log ; ext4kit mv new.img:/etc new.img:/etc.orig"
 )]
 struct Cli {
-    /// Read the image as it is on disk, without replaying a journal that needs recovery.
+    /// Read the image as it is on disk, without replaying a journal that needs recovery
+    /// (reading commands; writing commands replay it onto the image first).
     #[arg(long, global = true)]
     no_replay: bool,
 

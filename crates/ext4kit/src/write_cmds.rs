@@ -1,9 +1,11 @@
 //! The commands that create or change images: `mkfs`, `build`, `mkdir`, and `cp` into an image.
 //!
 //! Every image named by the arguments is opened for writing once, changed, and synced at the
-//! end (file data, inodes, bitmaps, group descriptors, superblock, device flush). An image that
-//! is mounted, whose journal needs recovery, or that uses features the writer does not handle is
-//! refused with a message saying which and what to do.
+//! end (file data, then the metadata as one journal transaction when the image has a journal,
+//! then home; device flushes in between). An image whose journal needs recovery has it replayed
+//! onto the image first, as a mount would, with a one-line notice. An image that is mounted or
+//! that uses features the writer does not handle is refused with a message saying which and
+//! what to do.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -127,6 +129,9 @@ impl WritableImages {
             image,
             &OpenOptions {
                 writable: true,
+                // Like a mount: a journal that needs recovery is replayed onto the image (the
+                // notice below says so).
+                recover_journal: true,
                 ..OpenOptions::default()
             },
         )

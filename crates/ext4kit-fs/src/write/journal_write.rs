@@ -219,7 +219,7 @@ pub struct JournalWriter {
 impl JournalWriter {
     /// The writer for `core`'s filesystem, when it has an internal journal (`None` without a
     /// journal or with an external one). A journal left busy without `needs_recovery` is
-    /// dropped as the kernel drops it (`jbd2_journal_wipe`): the next transaction gets a
+    /// dropped as the kernel drops it (`jbd2_journal_wipe`): marked empty on disk now, with a
     /// sequence past everything in the log.
     pub(crate) fn open(core: &Core) -> Result<Option<JournalWriter>> {
         let sb = &core.sb;
@@ -246,12 +246,19 @@ impl JournalWriter {
                 jsb.errno()
             )));
         }
+        let dev = Arc::clone(core.cache.device());
+        let dev_per_block = (u64::from(core.block_size) / u64::from(dev.geometry().block_size.max(1))).max(1);
         if jsb.start() != 0 {
-            // Busy but needs_recovery is clear: skip it, as jbd2_journal_skip_recovery does.
+            // Busy but needs_recovery is clear: skip it, as jbd2_journal_skip_recovery does,
+            // and say so on disk.
             let (_, report) = crate::journal::replay(core)?;
             let end = report.first_sequence.wrapping_add(report.transactions);
             jsb.set_start(0);
             jsb.set_sequence(end.wrapping_add(1));
+            jsb.update_checksum();
+            jsb_block[..jsb.as_bytes().len()].copy_from_slice(jsb.as_bytes());
+            write_blocks(&dev, dev_per_block, vec![(p0, Arc::new(jsb_block.clone()))])?;
+            flush(&dev)?;
         }
         if jsb.is_v2() {
             let mut incompat = jsb.feature_incompat_raw() & !(jf::INCOMPAT_CSUM_V2 | jf::INCOMPAT_CSUM_V3 | jf::INCOMPAT_ASYNC_COMMIT);
@@ -273,8 +280,6 @@ impl JournalWriter {
         jsb.update_checksum();
         let (sb_block, sb_off) = superblock_position(core.block_size);
         let home_sb_block = core.cache.get(sb_block)?.to_vec();
-        let dev = Arc::clone(core.cache.device());
-        let dev_per_block = (u64::from(core.block_size) / u64::from(dev.geometry().block_size.max(1))).max(1);
         let log = (jsb.log_end() - jsb.first()) as usize;
         let per = jsb.tags_per_descriptor().max(1);
         // log = data + descriptors (one per `per` data blocks) + the commit block.
