@@ -114,7 +114,7 @@ const REFUSED_INCOMPAT: IncompatFeatures = IncompatFeatures(
 
 impl Core {
     /// Reads the superblock from `dev`.
-    fn read_superblock(dev: &Arc<dyn BlockDevice>) -> Result<Superblock> {
+    pub(crate) fn read_superblock(dev: &Arc<dyn BlockDevice>) -> Result<Superblock> {
         let dev_bs = dev.geometry().block_size as usize;
         if dev_bs == 0 || dev_bs > 65536 || !dev_bs.is_power_of_two() {
             return Err(Error::InvalidArgument(format!(
@@ -152,7 +152,7 @@ impl Core {
     }
 
     /// Loads the group descriptors and builds the core over `dev`.
-    fn load(dev: Arc<dyn BlockDevice>, sb: Superblock, opts: &OpenOptions) -> Result<Core> {
+    pub(crate) fn load(dev: Arc<dyn BlockDevice>, sb: Superblock, opts: &OpenOptions) -> Result<Core> {
         let block_size = sb.block_size();
         let dev_bs = dev.geometry().block_size;
         if block_size % dev_bs != 0 {

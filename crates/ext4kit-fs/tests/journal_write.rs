@@ -504,6 +504,35 @@ fn a_writable_open_replays_a_committed_transaction_onto_the_image() {
     let mut want = want;
     want.insert(b"later".to_vec(), Entry { kind: Kind::Dir, mode: 0o755, uid: 1000, gid: 100, mtime: (1_720_000_000, 123_456_789), xattrs: BTreeMap::new(), link_group: None });
     assert!(diff_trees(&want, &kernel_view(&img), CMP).is_empty());
+
+    // A journal the kernel wrote (transactions committed by fsync, not checkpointed, copied
+    // while mounted), replayed onto the image by a writable open that then writes nothing.
+    let kimg = dir.path().join("kernel.img");
+    std::fs::write(&kimg, mkfs_bytes(dir.path(), 1024, 32 << 20, &[])).unwrap();
+    let m = LoopMount::new(&kimg, false).unwrap();
+    std::fs::create_dir(m.path().join("d")).unwrap();
+    std::fs::write(m.path().join("d/old"), b"old").unwrap();
+    run_ok("sync", &[]);
+    for i in 0..50u64 {
+        let p = m.path().join(format!("d/f{i}"));
+        std::fs::write(&p, pattern(i, (i as usize * 131) % 5000)).unwrap();
+        std::fs::File::open(&p).unwrap().sync_all().unwrap();
+    }
+    std::fs::remove_file(m.path().join("d/old")).unwrap();
+    std::fs::File::open(m.path().join("d")).unwrap().sync_all().unwrap();
+    let want = snapshot(m.path());
+    let copy = dir.path().join("kernel-copy.img");
+    std::fs::copy(&kimg, &copy).unwrap();
+    m.unmount().unwrap();
+    assert!(dumpe2fs_field(&dumpe2fs(&copy), "Filesystem features").contains("needs_recovery"));
+    let fs = Fs::open_path(&copy, &OpenOptions { recover_journal: true, ..rw() }).unwrap();
+    assert!(fs.notices().iter().any(|n| n.contains("onto the image")), "{:?}", fs.notices());
+    let d = diff_trees(&want, &fs_tree(&fs), CMP);
+    assert!(d.is_empty(), "{d:?}");
+    drop(fs);
+    e2fsck_clean(&copy).unwrap();
+    let d = diff_trees(&want, &kernel_view(&copy), CMP);
+    assert!(d.is_empty(), "{d:?}");
 }
 
 #[test]

@@ -495,23 +495,39 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
     std::fs::copy(&base, &dry).unwrap();
     let (r, fault) = change_under_faults(&dry, None);
     r.unwrap();
-    let writes = fault.log().iter().filter(|r| r.op == BioOp::Write).count() as u64;
-    assert!(writes > 40, "{writes} writes");
-    eprintln!("a sync of the changes makes {writes} write requests; failing 16 of them one at a time");
+    let log = fault.log();
+    let writes = log.iter().filter(|r| r.op == BioOp::Write).count() as u64;
+    // The sync writes file data first, then (after reading what it must merge) the metadata;
+    // how many metadata requests it makes varies a little from run to run (inode table blocks
+    // merge differently), the data requests do not.
+    let data_writes = log.iter().take_while(|r| r.op == BioOp::Write).count() as u64;
+    assert!(data_writes >= 100 && writes > data_writes + 8, "{data_writes} data writes of {writes}");
+    eprintln!("a sync of the changes makes {writes} write requests ({data_writes} of data); failing 16 of them one at a time");
     assert_e2fsck_clean(&dry);
-    let mut picks: Vec<u64> = vec![0, 1, writes / 3, writes / 2];
-    picks.extend((1..=12).map(|k| writes - k * 2));
-    let mut repaired = 0;
+    let mut picks: Vec<u64> = vec![0, 1, data_writes / 3, data_writes - 1];
+    picks.extend((0..12).map(|k| data_writes + k));
+    let (mut repaired, mut metadata_failures) = (0, 0);
     for n in picks {
         let img = dir.path().join(format!("f{n}.img"));
         std::fs::copy(&base, &img).unwrap();
         let (r, fault) = change_under_faults(&img, Some(n));
+        if fault.nr_failed() == 0 {
+            // This run made fewer metadata requests than the pick: nothing failed.
+            assert!(n > data_writes && r.is_ok(), "write {n} of {writes}: {r:?}");
+            continue;
+        }
         assert_eq!(fault.nr_failed(), 1, "write {n} of {writes}");
         let e = r.expect_err("sync succeeded although a write failed");
         assert!(e.errno() == 5 || e.to_string().contains("I/O") || e.to_string().contains("njected"), "write {n}: {e}");
         let (code, text) = run("e2fsck", &[std::ffi::OsStr::new("-fy"), img.as_os_str()]);
         assert!(code <= 2, "write {n}: e2fsck -fy could not repair (exit {code}):\n{text}");
-        repaired += usize::from(code != 0);
+        if n < data_writes {
+            // A failed data write stops the sync before any metadata: nothing to repair.
+            assert_eq!(code, 0, "write {n} (data) left damage:\n{text}");
+        } else {
+            metadata_failures += 1;
+            repaired += usize::from(code != 0);
+        }
         assert_e2fsck_clean(&img);
         let m = LoopMount::new(&img, true).unwrap();
         let got = unrelated(m.path());
@@ -520,9 +536,11 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
         assert!(d.is_empty(), "write {n}: unrelated files lost or changed:\n{}", d.join("\n"));
         std::fs::remove_file(&img).unwrap();
     }
-    // Failed metadata writes leave something for e2fsck to repair (failed data writes do not).
-    assert!(repaired >= 5, "only {repaired} of 16 failed syncs needed a repair");
-    eprintln!("{repaired} of 16 failed syncs needed e2fsck -fy to repair");
+    // Failed metadata writes leave something for e2fsck to repair (some blocks, such as an
+    // inode table block holding only freed inodes, matter to nobody when lost).
+    assert!(metadata_failures >= 8, "only {metadata_failures} metadata writes failed");
+    assert!(repaired * 2 >= metadata_failures, "only {repaired} of {metadata_failures} failed metadata writes needed a repair");
+    eprintln!("{repaired} of {metadata_failures} failed metadata writes needed e2fsck -fy to repair");
 }
 
 /// Opens `img` through a fault device, deletes half of /bigdir, adds 200 files with data,

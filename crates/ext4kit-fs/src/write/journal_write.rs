@@ -197,7 +197,6 @@ fn now() -> (u64, u32) {
 
 /// Writes the metadata of each sync through the filesystem's internal journal (see the
 /// module docs).
-#[derive(Debug)]
 pub struct JournalWriter {
     map: JournalMap,
     /// The journal superblock as this writer last wrote it (or found it), features set.
@@ -214,6 +213,18 @@ pub struct JournalWriter {
     /// Why the journal was aborted, if it was.
     aborted: Option<String>,
     stats: JournalStats,
+}
+
+impl std::fmt::Debug for JournalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalWriter")
+            .field("ino", &self.map.ino)
+            .field("jsb", &self.jsb)
+            .field("max_blocks", &self.max_blocks)
+            .field("aborted", &self.aborted)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JournalWriter {
@@ -529,11 +540,22 @@ pub(crate) fn recover(core: &Core) -> Result<RecoveryReport> {
         jsb_block[..jsb.as_bytes().len()].copy_from_slice(jsb.as_bytes());
         write_blocks(&dev, dev_per_block, vec![(p0, Arc::new(jsb_block))])?;
     }
-    // The superblock as replayed, without needs_recovery.
+    // The superblock as replayed, without needs_recovery and with the free counts of the
+    // replayed group descriptors (the kernel does not log its counters; a mount and e2fsck
+    // both take them from the groups).
     let (sb_block, sb_off) = superblock_position(core.block_size);
+    let replayed = Core::load(Arc::clone(&dev), Core::read_superblock(&dev)?, &crate::fs::OpenOptions { metadata_cache_blocks: 64, ..crate::fs::OpenOptions::default() })?;
+    let mut sb = replayed.sb.clone();
+    sb.set_free_blocks_count(replayed.groups.iter().map(|g| u64::from(g.free_blocks_count())).sum());
+    sb.set_free_inodes_count(replayed.groups.iter().map(|g| g.free_inodes_count()).fold(0u32, u32::saturating_add));
+    let mut f = sb.feature_incompat();
+    f.remove(IncompatFeatures::RECOVER);
+    sb.set_feature_incompat(f);
+    sb.update_checksum();
     let mut home = vec![0u8; core.block_size as usize];
     core.cache.read_uncached(sb_block, &mut home)?;
-    let home = with_recover_flag(&home, sb_off, false)?;
+    home[sb_off..sb_off + SUPERBLOCK_SIZE].copy_from_slice(sb.as_bytes());
+    drop(replayed);
     write_blocks(&dev, dev_per_block, vec![(sb_block, Arc::new(home))])?;
     flush(&dev)?;
     Ok(RecoveryReport {
