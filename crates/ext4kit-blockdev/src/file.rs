@@ -136,7 +136,12 @@ impl FileInner {
         if dst_off + len > self.geo.size_bytes() {
             return Err(IoError::OutOfRange { block, count: len.div_ceil(u64::from(self.geo.block_size)), nr_blocks: self.geo.nr_blocks });
         }
-        copy_file_to_file(src, src_off, &self.file, dst_off, len).map_err(|e| IoError::Os { op: BioOp::Write, block, errno: e.raw_os_error().unwrap_or(5) })
+        copy_file_to_file(src, src_off, &self.file, dst_off, len).map_err(|e| IoError::Os { op: BioOp::Write, block, errno: e.raw_os_error().unwrap_or(5) })?;
+        if self.write_behind {
+            // As for bio writes: the disk starts on the copy now, not at the flush.
+            crate::sys::start_writeback(&self.file, dst_off, len);
+        }
+        Ok(())
     }
 
     fn run(&self, mut bio: Bio) {

@@ -7,14 +7,16 @@
 //! 3. `mkfs` writes a fresh filesystem (UUID, hash seed and time as given).
 //! 4. The tree is written depth first: a directory's inode is allocated before its children (so
 //!    they land in its group), its blocks are built once all children exist — an indexed
-//!    directory from the start when the entries do not fit one block. File data goes through
-//!    the page cache; delayed allocation gives each file one extent where the free space allows.
+//!    directory from the start when the entries do not fit one block. A file's blocks are
+//!    allocated by the building thread as whole extents (one where the free space allows) and
+//!    filled from the source by copy threads inside the kernel (`copy_file_range`) while the
+//!    walk goes on; files with holes are copied region by region, holes kept.
 //!    Hard links are found by (device, inode) and linked, not copied.
 //! 5. Times are kept to the nanosecond and clamped to `SOURCE_DATE_EPOCH` when it is set.
 //!
 //! With the UUID, hash seed and `SOURCE_DATE_EPOCH` fixed, two builds of the same tree are
-//! byte-identical: inode numbers follow the sorted walk, and data is written back from the
-//! building thread at fixed points (no background flusher), so allocation follows it too.
+//! byte-identical: inode numbers follow the sorted walk, and every allocation is made by the
+//! building thread in walk order (the copy threads only fill blocks already chosen).
 
 use std::collections::HashMap;
 use std::fs;
@@ -30,6 +32,7 @@ use ext4kit_format::inode::{FileType, Timestamp};
 use crate::error::{Error, PathBytes, Result};
 use crate::fs::{Fs, OpenOptions, ROOT_INO};
 use crate::mkfs::{MkfsOptions, mkfs};
+use crate::write::direct::CopyRun;
 use crate::write::ops::{NewInode, NewKind};
 use crate::write::xattr_write::XattrPair;
 
@@ -227,6 +230,93 @@ struct Builder<'a> {
     progress: Progress,
     on_progress: &'a mut dyn FnMut(Progress),
     since_flush: u64,
+    copier: Copier,
+}
+
+/// A copy of one source file's bytes to blocks already allocated for them.
+struct CopyJob {
+    path: PathBuf,
+    runs: Vec<CopyRun>,
+}
+
+/// Worker threads that fill allocated file blocks from the source files while the building
+/// thread goes on with the metadata (opening a source and the kernel's copy are most of a
+/// build's time). Allocation stays on the building thread, so the image does not depend on
+/// which worker copies what. The first error wins; later jobs are dropped.
+struct Copier {
+    tx: Option<std::sync::mpsc::SyncSender<CopyJob>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    error: Arc<parking_lot::Mutex<Option<Error>>>,
+}
+
+impl Copier {
+    fn new(dev: Arc<dyn BlockDevice>) -> Result<Copier> {
+        let n = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<CopyJob>(4096);
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        let error: Arc<parking_lot::Mutex<Option<Error>>> = Arc::default();
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let (rx, error, failed, dev) = (Arc::clone(&rx), Arc::clone(&error), Arc::clone(&failed), Arc::clone(&dev));
+            let work = move || {
+                loop {
+                    let job = rx.lock().recv();
+                    let Ok(job) = job else { break };
+                    if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                        continue;
+                    }
+                    if let Err(e) = Copier::copy(&*dev, &job) {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        error.lock().get_or_insert(e);
+                    }
+                }
+            };
+            let w = std::thread::Builder::new()
+                .name(format!("ext4kit-copy-{i}"))
+                .spawn(work)
+                .map_err(|e| Error::InvalidArgument(format!("cannot start a copy thread: {e}")))?;
+            workers.push(w);
+        }
+        Ok(Copier { tx: Some(tx), workers, error })
+    }
+
+    fn copy(dev: &dyn BlockDevice, job: &CopyJob) -> Result<()> {
+        let f = fs::File::open(&job.path).map_err(|e| io_err(&job.path, e))?;
+        for run in &job.runs {
+            dev.copy_from_file(&f, run.file_off, run.dev_off, run.len)
+                .map_err(|e| io_err(&job.path, std::io::Error::other(e.to_string())))?;
+        }
+        Ok(())
+    }
+
+    /// Queues `job`; an earlier job's error stops the build here.
+    fn push(&self, job: CopyJob) -> Result<()> {
+        if let Some(e) = self.error.lock().take() {
+            return Err(e);
+        }
+        match &self.tx {
+            Some(tx) if tx.send(job).is_ok() => Ok(()),
+            _ => Err(Error::InvalidArgument("the copy threads stopped".into())),
+        }
+    }
+
+    /// Waits for every queued copy; the first error if any failed.
+    fn finish(&mut self) -> Result<()> {
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            if w.join().is_err() {
+                return Err(Error::InvalidArgument("a copy thread panicked".into()));
+            }
+        }
+        self.error.lock().take().map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Copier {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 /// Data written between deterministic write-backs (bounds the page cache's dirty memory).
@@ -270,7 +360,7 @@ impl Builder<'_> {
                         }
                     }
                     let f = self.fs.create_detached(ino, &NewKind::Regular, &attrs)?;
-                    self.copy_file(f, &n.path, n.md.len())?;
+                    self.copy_file(f, &n.path, &n.md)?;
                     if n.md.nlink() > 1 {
                         self.links.insert(key, f);
                     }
@@ -310,15 +400,25 @@ impl Builder<'_> {
 
     /// Copies a source file's data regions (holes stay holes) straight to blocks allocated for
     /// them (the bulk path of `write::direct`; the image is fresh, so block tails are zeros).
-    fn copy_file(&mut self, ino: u32, path: &Path, len: u64) -> Result<()> {
+    fn copy_file(&mut self, ino: u32, path: &Path, md: &fs::Metadata) -> Result<()> {
+        let len = md.len();
         if len == 0 {
             return Ok(());
         }
-        let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
-        let end = self.copy_regions(ino, path, &f, len)?;
-        // A trailing hole: the size says it.
-        if end < len {
-            self.fs.set_size(ino, len)?;
+        if md.blocks() * 512 >= len {
+            // No holes to keep (the host stores every byte): blocks now, bytes by a copy thread.
+            let runs = self.fs.allocate_for_copy(ino, 0, len)?;
+            self.copier.push(CopyJob { path: path.to_path_buf(), runs })?;
+            self.progress.bytes_done += len;
+            self.report.bytes += len;
+            self.since_flush += len;
+        } else {
+            let f = fs::File::open(path).map_err(|e| io_err(path, e))?;
+            let end = self.copy_regions(ino, path, &f, len)?;
+            // A trailing hole: the size says it.
+            if end < len {
+                self.fs.set_size(ino, len)?;
+            }
         }
         if self.since_flush >= FLUSH_EVERY {
             self.fs.flush_data()?;
@@ -407,7 +507,8 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
     };
     let progress = Progress { entries_total: totals.entries, bytes_total: totals.bytes, ..Progress::default() };
     let clamp = opts.source_date_epoch;
-    let mut b = Builder { fs: &fs, clamp, links: HashMap::new(), report: report.clone(), progress, on_progress, since_flush: 0 };
+    let copier = Copier::new(Arc::clone(fs.core.cache.device()))?;
+    let mut b = Builder { fs: &fs, clamp, links: HashMap::new(), report: report.clone(), progress, on_progress, since_flush: 0, copier };
     let ScanKind::Dir(kids) = &root.kind else { return Err(Error::NotDir { path: PathBytes(Vec::new()) }) };
     // The new filesystem has its own lost+found: a source one at the top is not copied.
     let kids: Vec<&Node> = kids.iter().filter(|n| !(n.name == b"lost+found" && matches!(n.kind, ScanKind::Dir(_)))).collect();
@@ -419,10 +520,49 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
     }
     fs.set_owner_mode(ROOT_INO, root_attrs.uid, root_attrs.gid, root_attrs.perm)?;
     fs.set_times(ROOT_INO, Some(root_attrs.atime), Some(root_attrs.mtime), Some(root_attrs.ctime))?;
+    b.copier.finish()?;
     fs.sync()?;
     b.progress.entries_done = b.progress.entries_total;
     (b.on_progress)(b.progress);
     report = b.report;
     let _ = started;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ext4kit_blockdev::{BlockDeviceExt, MemDevice};
+
+    #[test]
+    fn copy_threads_fill_the_runs_and_report_the_first_failure_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let bytes: Vec<u8> = (0..40_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(&src, &bytes).unwrap();
+        let mem = Arc::new(MemDevice::new(1024, 256));
+        let dev: Arc<dyn BlockDevice> = mem.clone();
+        // Two runs, out of order on the device, the second starting mid-block.
+        let runs = vec![CopyRun { file_off: 0, dev_off: 100 << 10, len: 20_000 }, CopyRun { file_off: 20_000, dev_off: 10_000, len: 20_000 }];
+        let mut c = Copier::new(Arc::clone(&dev)).unwrap();
+        c.push(CopyJob { path: src.clone(), runs }).unwrap();
+        c.finish().unwrap();
+        let mut got = vec![0u8; 256 << 10];
+        mem.read_blocks(0, &mut got).unwrap();
+        assert_eq!(&got[100 << 10..(100 << 10) + 20_000], &bytes[..20_000]);
+        assert_eq!(&got[10_000..30_000], &bytes[20_000..]);
+        assert!(got[..10_000].iter().all(|&b| b == 0) && got[30_000..100 << 10].iter().all(|&b| b == 0));
+
+        // A source that vanished: the build's error names it; later jobs are not needed.
+        let gone = dir.path().join("gone");
+        let mut c = Copier::new(dev).unwrap();
+        c.push(CopyJob { path: gone.clone(), runs: vec![CopyRun { file_off: 0, dev_off: 0, len: 10 }] }).unwrap();
+        let e = c.finish().unwrap_err().to_string();
+        assert!(e.contains(&gone.display().to_string()), "{e}");
+        // Shorter than scanned: named too.
+        let mut c = Copier::new(Arc::clone(&(mem as Arc<dyn BlockDevice>))).unwrap();
+        c.push(CopyJob { path: src.clone(), runs: vec![CopyRun { file_off: 0, dev_off: 0, len: 50_000 }] }).unwrap();
+        let e = c.finish().unwrap_err().to_string();
+        assert!(e.contains(&src.display().to_string()), "{e}");
+    }
 }

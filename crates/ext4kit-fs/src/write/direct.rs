@@ -46,19 +46,52 @@ impl Fs {
         }
         let body_end = if whole_blocks { (end / bs * bs).max(pos) } else { end };
         let dev = core.cache.device();
-        while pos < body_end {
-            let lblk = pos / bs;
-            let want = (body_end - 1) / bs - lblk + 1;
-            let e = core.w_map_create(ino, lblk, want, MapFlags::CREATE)?;
-            let run_end = ((e.lblk + e.len) * bs).min(body_end);
-            let dst = (e.pblk + (lblk - e.lblk)) * bs + pos % bs;
-            dev.copy_from_file(src, src_off + (pos - offset), dst, run_end - pos)
-                .map_err(|err| Error::io(err, Some(dst / bs)).with_inode(ino))?;
-            pos = run_end;
+        for run in self.map_body(ino, pos, body_end)? {
+            dev.copy_from_file(src, src_off + (run.file_off - offset), run.dev_off, run.len)
+                .map_err(|err| Error::io(err, Some(run.dev_off / bs)).with_inode(ino))?;
         }
+        pos = pos.max(body_end);
         if pos < end {
             self.write_partial_block(ino, src, src_off + (pos - offset), pos, end - pos)?;
         }
+        self.raise_size(ino, end)
+    }
+
+    /// Allocates the blocks under bytes `offset..offset + len` of new regular file `ino` (image
+    /// building: the device is freshly zeroed, so partial blocks need no padding) and raises
+    /// its size to the end; returns where the bytes go, for a copy made later, by any thread,
+    /// with [`BlockDevice::copy_from_file`]. Nothing reads the file before that copy is done.
+    pub(crate) fn allocate_for_copy(&self, ino: u32, offset: u64, len: u64) -> Result<Vec<CopyRun>> {
+        let w = self.core.writer("write")?;
+        if w.open_mappings.lock().contains_key(&ino) {
+            return Err(Error::InvalidArgument(format!("inode {ino}: direct copy into a file with cached pages")));
+        }
+        let runs = self.map_body(ino, offset, offset + len)?;
+        self.raise_size(ino, offset + len)?;
+        Ok(runs)
+    }
+
+    /// Maps (allocating) file bytes `pos..end` of `ino`: one run per extent found or made.
+    fn map_body(&self, ino: u32, mut pos: u64, end: u64) -> Result<Vec<CopyRun>> {
+        let core = &self.core;
+        let bs = u64::from(core.block_size);
+        let mut runs = Vec::new();
+        while pos < end {
+            let lblk = pos / bs;
+            let want = (end - 1) / bs - lblk + 1;
+            let e = core.w_map_create(ino, lblk, want, MapFlags::CREATE)?;
+            let run_end = ((e.lblk + e.len) * bs).min(end);
+            let dev_off = (e.pblk + (lblk - e.lblk)) * bs + pos % bs;
+            runs.push(CopyRun { file_off: pos, dev_off, len: run_end - pos });
+            pos = run_end;
+        }
+        Ok(runs)
+    }
+
+    /// Raises the size of `ino` to `end` if it is smaller.
+    fn raise_size(&self, ino: u32, end: u64) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("write")?;
         let mut meta = w.meta.lock();
         let inode = meta.inode(core, ino)?;
         if end > inode.size() {
@@ -89,6 +122,17 @@ impl Fs {
         read_exact_at(src, &mut block[at..at + n as usize], src_off).map_err(io)?;
         ext4kit_blockdev::BlockDeviceExt::write_blocks(&**dev, dev_block, &block).map_err(io)
     }
+}
+
+/// Where a piece of a file goes on the device (see [`Fs::allocate_for_copy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CopyRun {
+    /// Offset in the file.
+    pub file_off: u64,
+    /// Byte offset on the device.
+    pub dev_off: u64,
+    /// Length in bytes.
+    pub len: u64,
 }
 
 fn read_exact_at(src: &File, buf: &mut [u8], off: u64) -> std::result::Result<(), ext4kit_blockdev::IoError> {
