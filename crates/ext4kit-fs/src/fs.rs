@@ -317,8 +317,8 @@ impl Fs {
             if sb.has_incompat(IncompatFeatures::RECOVER) {
                 if !opts.recover_journal {
                     return Err(Error::ReadOnly(
-                        "the journal needs recovery; replay it first (OpenOptions::recover_journal, which \
-                         the ext4kit CLI sets, a kernel mount, or `e2fsck -E journal_only`), then write"
+                        "the journal needs recovery; replay it first (OpenOptions::recover_journal, \
+                         `ext4kit --replay-journal`, a kernel mount, or `e2fsck -E journal_only`), then write"
                             .into(),
                     ));
                 }

@@ -35,9 +35,10 @@ use crate::spec::{Images, Spec};
         (IMG alone means its root directory); several IMG:PATH arguments may name one image.\n\
         Reading: an image whose journal needs recovery is read as if the journal had been \
         replayed; the replay happens in memory only and the image is never modified.\n\
-        Writing (mkfs, build, cp into an image, mkdir, rm, mv, ln): images that are mounted \
-        or use features ext4kit cannot write are refused with the reason; a journal that needs \
-        recovery is replayed onto the image first (a line on stderr says so); every change \
+        Writing (mkfs, build, cp into an image, mkdir, rm, mv, ln): images that are mounted, \
+        use features ext4kit cannot write, or whose journal needs recovery are refused with \
+        the reason and what to do (--replay-journal replays such a journal onto the image \
+        first, as a mount would; a line on stderr says so); every change \
         reaches the image when the command ends, through the journal when the image has one \
         (a crash leaves it as before or after), and the result passes e2fsck.",
     after_help = "Examples:\n  \
@@ -53,9 +54,15 @@ use crate::spec::{Images, Spec};
 )]
 struct Cli {
     /// Read the image as it is on disk, without replaying a journal that needs recovery
-    /// (reading commands; writing commands replay it onto the image first).
+    /// (reading commands).
     #[arg(long, global = true)]
     no_replay: bool,
+
+    /// Writing commands: replay a journal that needs recovery onto the image before
+    /// changing it, as a kernel mount or `e2fsck` would (without this, such images are
+    /// refused).
+    #[arg(long, global = true)]
+    replay_journal: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -255,6 +262,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut images = Images::default();
     images.no_replay = cli.no_replay;
+    images.replay_journal = cli.replay_journal;
     match run(cli.command, &mut images) {
         Ok(code) => code,
         Err(e) => {
@@ -336,11 +344,11 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
         }
         Command::Rm { recursive, specs } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
-            let mut w = write_cmds::WritableImages::default();
+            let mut w = write_cmds::WritableImages::new(images.replay_journal);
             modify_cmds::cmd_rm(&mut w, &specs, recursive)?;
         }
         Command::Mv { args } => {
-            let mut w = write_cmds::WritableImages::default();
+            let mut w = write_cmds::WritableImages::new(images.replay_journal);
             modify_cmds::cmd_mv(&mut w, &args)?;
         }
         Command::Ln {
@@ -349,12 +357,12 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             link,
         } => {
             let link = Spec::parse(&link);
-            let mut w = write_cmds::WritableImages::default();
+            let mut w = write_cmds::WritableImages::new(images.replay_journal);
             modify_cmds::cmd_ln(&mut w, &target, &link, symbolic)?;
         }
         Command::Mkdir { parents, specs } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
-            let mut w = write_cmds::WritableImages::default();
+            let mut w = write_cmds::WritableImages::new(images.replay_journal);
             write_cmds::cmd_mkdir(&mut w, &specs, parents)?;
         }
         Command::Cp {
@@ -369,7 +377,7 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
         {
             let dest = Spec::parse(&args[args.len() - 1]);
             let sources: Vec<PathBuf> = args[..args.len() - 1].iter().map(PathBuf::from).collect();
-            let mut w = write_cmds::WritableImages::default();
+            let mut w = write_cmds::WritableImages::new(images.replay_journal);
             write_cmds::cmd_cp_in(
                 &mut w,
                 &sources,

@@ -72,6 +72,8 @@ pub struct Images {
     open: HashMap<PathBuf, Fs>,
     /// Read the image as it is on disk, without replaying a journal.
     pub no_replay: bool,
+    /// Writing: replay a journal that needs recovery onto the image (else refuse).
+    pub replay_journal: bool,
 }
 
 impl Images {

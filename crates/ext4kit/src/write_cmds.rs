@@ -2,10 +2,10 @@
 //!
 //! Every image named by the arguments is opened for writing once, changed, and synced at the
 //! end (file data, then the metadata as one journal transaction when the image has a journal,
-//! then home; device flushes in between). An image whose journal needs recovery has it replayed
-//! onto the image first, as a mount would, with a one-line notice. An image that is mounted or
-//! that uses features the writer does not handle is refused with a message saying which and
-//! what to do.
+//! then home; device flushes in between). An image that is mounted, that uses features the
+//! writer does not handle, or whose journal needs recovery is refused with a message saying
+//! which and what to do; with `--replay-journal` such a journal is replayed onto the image
+//! first, as a mount would, with a one-line notice.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -114,9 +114,16 @@ fn check_not_mounted(img: &Path) -> Result<()> {
 #[derive(Default)]
 pub struct WritableImages {
     open: HashMap<PathBuf, Fs>,
+    replay_journal: bool,
 }
 
 impl WritableImages {
+    /// No image open yet; `replay_journal`: replay a journal that needs recovery onto the
+    /// image at open (else such an image is refused).
+    pub fn new(replay_journal: bool) -> WritableImages {
+        WritableImages { open: HashMap::new(), replay_journal }
+    }
+
     /// The filesystem in `image`, opened for writing.
     pub fn get(&mut self, image: &Path) -> Result<Fs> {
         // One key per file, however it is spelled (a.img, ./a.img): never two writers on it.
@@ -129,13 +136,21 @@ impl WritableImages {
             image,
             &OpenOptions {
                 writable: true,
-                // Like a mount: a journal that needs recovery is replayed onto the image (the
-                // notice below says so).
-                recover_journal: true,
+                // Asked for: like a mount, a journal that needs recovery is replayed onto the
+                // image (the notice below says so).
+                recover_journal: self.replay_journal,
                 ..OpenOptions::default()
             },
         )
-        .with_context(|| image.display().to_string())?;
+        .map_err(|e| match e {
+            ext4kit_fs::Error::ReadOnly(ref why) if !self.replay_journal && why.contains("journal needs recovery") => anyhow::anyhow!(
+                "{}: the journal needs recovery (the filesystem was not cleanly unmounted); replay it with \
+                 `e2fsck -fy {}` or a mount, or pass --replay-journal to let ext4kit replay it onto the image",
+                image.display(),
+                image.display()
+            ),
+            e => anyhow::Error::from(e).context(image.display().to_string()),
+        })?;
         for n in fs.notices() {
             eprintln!("ext4kit: {}: {n}", image.display());
         }

@@ -473,6 +473,37 @@ fn journal_needing_recovery_is_replayed_in_memory() {
         info["journal_replayed_in_memory"].as_u64().unwrap() >= 1,
         "{info}"
     );
+
+    // Writing refuses such an image with what to do, and leaves it alone...
+    let new_dir = format!("{}:/made-after-replay", copy.display());
+    let new_dir = os(&new_dir);
+    let o = ext4kit(&[os("mkdir"), new_dir]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "writing an image that needs recovery was not refused");
+    assert!(
+        stderr.lines().count() == 1
+            && stderr.contains("journal needs recovery")
+            && stderr.contains("--replay-journal")
+            && stderr.contains("e2fsck -fy"),
+        "{stderr}"
+    );
+    assert!(fs::read(&copy).unwrap() == before, "a refused write modified the image");
+    // ...until asked to replay it: then the journal goes home, the change follows, e2fsck is
+    // content and the kernel sees the mount's tree plus the new directory.
+    let o = ext4kit(&[os("--replay-journal"), os("mkdir"), new_dir]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.lines().count() == 1 && stderr.contains("onto the image"), "{stderr}");
+    ext4kit_testkit::assert_e2fsck_clean(&copy);
+    let hdr = run_ok("dumpe2fs", &["-h", copy.to_str().unwrap()]);
+    assert!(!hdr.contains("needs_recovery"), "{hdr}");
+    let m = LoopMount::new(&copy, true).unwrap();
+    let mut got = snapshot(m.path());
+    m.unmount().unwrap();
+    let made = got.remove(b"made-after-replay".as_slice()).expect("the new directory");
+    assert_eq!(made.kind, ext4kit_testkit::Kind::Dir);
+    let d = diff_trees(&want, &got, Compare::default());
+    assert!(d.is_empty(), "after the replay the kernel sees:\n{}", d.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------
