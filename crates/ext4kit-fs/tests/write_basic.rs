@@ -169,3 +169,47 @@ fn write_from_file_zeroes_around_partial_blocks_on_a_dirty_image() {
         assert!(block[tail_from..].iter().all(|&b| b == 0), "{bs}: old bytes past EOF");
     }
 }
+
+#[test]
+fn data_writes_refuse_directories_other_types_and_deleted_inodes_but_reach_open_unlinked_files() {
+    use ext4kit_fs::Error;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("r.img");
+    mkfs(&img, 1024, 16 << 20, &[]);
+    let fs = Fs::open_path(&img, &writable()).unwrap();
+    let attrs = NewInode::with_time(0o644, t(1_700_000_000, 5));
+    let d = fs.create(ROOT_INO, b"d", &NewKind::Directory, &attrs).unwrap();
+    let l = fs.create(ROOT_INO, b"l", &NewKind::Symlink(b"target".to_vec()), &attrs).unwrap();
+    let f = fs.create(ROOT_INO, b"f", &NewKind::Regular, &attrs).unwrap();
+    let g = fs.create(ROOT_INO, b"g", &NewKind::Regular, &attrs).unwrap();
+    fs.write_at(f, 0, b"hello").unwrap();
+    fs.write_at(g, 0, b"abc").unwrap();
+    fs.sync().unwrap();
+    // Data into a directory or a symlink would corrupt it.
+    assert!(matches!(fs.write_at(d, 0, b"x"), Err(Error::IsDir { .. })), "{:?}", fs.write_at(d, 0, b"x"));
+    assert!(matches!(fs.set_size(d, 10), Err(Error::IsDir { .. })));
+    assert!(matches!(fs.write_at(l, 0, b"x"), Err(Error::InvalidArgument(_))));
+    // Unlinked while its page cache is held: still written through, across a sync.
+    let held = fs.data_mapping(g).unwrap();
+    fs.unlink(ROOT_INO, b"g").unwrap();
+    fs.sync().unwrap();
+    fs.write_at(g, 3, b"def").unwrap();
+    let mut buf = [0u8; 6];
+    assert_eq!(held.read(0, &mut buf).unwrap(), 6);
+    assert_eq!(&buf, b"abcdef");
+    fs.close_file(held).unwrap();
+    // Deleted (never open, or let go of): ENOENT, and the freed inode stays free.
+    fs.unlink(ROOT_INO, b"f").unwrap();
+    for ino in [f, g] {
+        let e = fs.write_at(ino, 0, b"x").unwrap_err();
+        assert!(e.errno() == 2, "inode {ino}: {e:?}");
+        assert!(fs.set_size(ino, 1).is_err());
+    }
+    fs.sync().unwrap();
+    for ino in [f, g] {
+        assert!(fs.write_at(ino, 0, b"x").is_err(), "inode {ino} after its free");
+    }
+    fs.sync().unwrap();
+    drop(fs);
+    assert_e2fsck_clean(&img);
+}

@@ -52,6 +52,11 @@ impl Orphans {
     pub fn inodes(&self) -> &[u32] {
         &self.list
     }
+
+    /// The page cache keeping orphan `ino` alive, if something still holds it.
+    pub(crate) fn held(&self, ino: u32) -> Option<ext4kit_pagecache::Mapping> {
+        self.holders.get(&ino).and_then(WeakMapping::upgrade)
+    }
 }
 
 /// Rewrites the on-disk list: `s_last_orphan` and each orphan's `i_dtime`.
