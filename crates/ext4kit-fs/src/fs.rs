@@ -380,8 +380,11 @@ impl Fs {
         if opts.writable && opts.background_writeback {
             cfg.dirty_limit_bytes = Some(16 << 20);
         }
-        // Clean pages beyond this are evicted (their buffers recycled), read-only or not.
-        cfg.cache_limit_bytes = Some(256 << 20);
+        // Clean pages beyond this are evicted (their buffers recycled). Reading only, the limit
+        // stays under the page buffer pool (64 MiB), so a long read recycles every buffer
+        // instead of faulting in fresh memory (`cat` of 1 GiB: 0.30 s -> 0.17 s); nothing in
+        // one read-only pass gains from keeping more.
+        cfg.cache_limit_bytes = Some(if opts.writable { 256 << 20 } else { 32 << 20 });
         let pages = PageCache::new(cfg, data_dev, mapper).map_err(|e| {
             Error::Cache {
                 message: e.to_string(),

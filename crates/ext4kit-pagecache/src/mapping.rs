@@ -429,7 +429,8 @@ impl MappingInner {
         let eof_block = size.div_ceil(bs as u64);
         let mut pages: Vec<Arc<Page>> = Vec::new();
         for index in first..=last {
-            let page = self.grab_page(index);
+            // New pages need no zeroing: map_for_read zeroes or reads every block not uptodate.
+            let page = self.grab_page_with(index, false);
             if page.state.lock().flags.contains(PageFlags::UPTODATE) || !page.try_lock() {
                 continue;
             }
@@ -461,7 +462,8 @@ impl MappingInner {
         let eof_block = size.div_ceil(bs as u64);
         let mut pages: Vec<Arc<Page>> = Vec::new();
         for index in first..=last {
-            let page = self.grab_page(index);
+            // New pages need no zeroing: map_for_read zeroes or reads every block not uptodate.
+            let page = self.grab_page_with(index, false);
             if page.state.lock().flags.contains(PageFlags::UPTODATE) || !page.try_lock() {
                 continue;
             }
