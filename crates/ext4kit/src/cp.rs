@@ -54,6 +54,8 @@ struct Copier<'a> {
     is_root: bool,
     errors: usize,
     buf: Vec<u8>,
+    /// Files, MiB and rate on stderr while copying, when it is a terminal.
+    meter: crate::meter::Meter,
 }
 
 fn valid_name(name: &[u8]) -> bool {
@@ -78,6 +80,7 @@ fn errno(e: Errno, what: &str) -> anyhow::Error {
 impl Copier<'_> {
     fn report(&mut self, what: &str, e: &anyhow::Error) {
         self.errors += 1;
+        self.meter.finish();
         eprintln!("ext4kit: cp: {what}: {e:#}");
     }
 
@@ -246,9 +249,11 @@ impl Copier<'_> {
                     done += w;
                 }
                 pos += n as u64;
+                self.meter.bytes(n as u64);
             }
         }
         rustix::fs::ftruncate(&fd, st.size).map_err(|e| errno(e, "truncate"))?;
+        self.meter.file();
         Ok(())
     }
 
@@ -381,6 +386,7 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
         is_root: rustix::process::geteuid().is_root(),
         errors: 0,
         buf: Vec::new(),
+        meter: crate::meter::Meter::new("copying", false),
     };
     let mut image_index: HashMap<std::path::PathBuf, usize> = HashMap::new();
     let mut seen_roots: HashSet<(usize, u32)> = HashSet::new();

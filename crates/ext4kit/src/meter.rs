@@ -1,11 +1,13 @@
 //! A one-line progress meter on stderr for long copies: files and bytes done and the rate,
-//! redrawn at most ten times a second, only when stderr is a terminal.
+//! redrawn at most ten times a second, only when stderr is a terminal. (`EXT4KIT_PROGRESS_MS`
+//! changes the interval; the tests set 0 to see every redraw.)
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 pub struct Meter {
     label: &'static str,
+    interval: Duration,
     on: bool,
     started: Instant,
     last: Instant,
@@ -18,7 +20,17 @@ impl Meter {
     /// A meter for `label` ("copying"); silent unless stderr is a terminal and `quiet` is false.
     pub fn new(label: &'static str, quiet: bool) -> Meter {
         let now = Instant::now();
-        Meter { label, on: !quiet && std::io::stderr().is_terminal(), started: now, last: now, files: 0, bytes: 0, drawn: false }
+        let ms = std::env::var("EXT4KIT_PROGRESS_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+        Meter {
+            label,
+            interval: Duration::from_millis(ms),
+            on: !quiet && std::io::stderr().is_terminal(),
+            started: now,
+            last: now,
+            files: 0,
+            bytes: 0,
+            drawn: false,
+        }
     }
 
     pub fn file(&mut self) {
@@ -32,7 +44,7 @@ impl Meter {
     }
 
     fn tick(&mut self) {
-        if !self.on || self.last.elapsed() < Duration::from_millis(100) {
+        if !self.on || self.last.elapsed() < self.interval {
             return;
         }
         self.last = Instant::now();

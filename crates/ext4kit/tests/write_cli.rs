@@ -162,3 +162,43 @@ fn build_through_the_cli_is_reproducible_and_complete() {
         m.unmount().unwrap();
     }
 }
+
+/// Runs `ext4kit ARGS` under a pseudo-terminal (`script`), every meter tick drawn; returns
+/// what the terminal showed.
+fn on_a_terminal(args: &[&str]) -> String {
+    let cmd = std::iter::once(env!("CARGO_BIN_EXE_ext4kit").to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).env("EXT4KIT_PROGRESS_MS", "0").output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn copies_in_and_out_show_progress_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..40u64 {
+        std::fs::write(src.join(format!("f{i}")), ext4kit_testkit::pattern(i, 70_000)).unwrap();
+    }
+    let img = dir.path().join("p.img");
+    ok(&["mkfs", "-b", "4096", s(&img), "32M"]);
+    let dest = format!("{}:/in", img.display());
+    ok(&["mkdir", &dest]);
+    // The last redraw before the line is cleared counts every file.
+    let shown = on_a_terminal(&["cp", "-r", &format!("{}/.", src.display()), &dest]);
+    assert!(shown.contains("copying: 40 files, 2.7 MiB"), "{shown:?}");
+    assert!(shown.ends_with("\r\x1b[K") || shown.trim_end_matches(['\r', '\n']).ends_with("\x1b[K"), "line not cleared: {shown:?}");
+    let out = dir.path().join("out");
+    let shown = on_a_terminal(&["cp", "-r", &dest, s(&out)]);
+    assert!(shown.contains("copying: 40 files, 2.7 MiB"), "{shown:?}");
+    for i in 0..40u64 {
+        assert_eq!(std::fs::read(out.join(format!("f{i}"))).unwrap(), ext4kit_testkit::pattern(i, 70_000));
+    }
+    // Not a terminal: nothing on stderr.
+    let out2 = dir.path().join("out2");
+    let (code, _, err) = ext4kit(&[std::ffi::OsStr::new("cp"), std::ffi::OsStr::new("-r"), std::ffi::OsStr::new(&dest), out2.as_os_str()]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
