@@ -6,7 +6,9 @@
 //!    mounting and unmounting not timed) (goal: at least 1.0x);
 //! 3. copying 10,000 files of 4 KiB into an image: `ext4kit cp -r` vs the kernel (`cp -r`, `sync`);
 //! 4. making a 1 TiB filesystem in a sparse file: `ext4kit mkfs` vs `mkfs.ext4` (same geometry:
-//!    4 KiB blocks, lazy inode-table init, no resize_inode for either).
+//!    4 KiB blocks, lazy inode-table init, no resize_inode for either);
+//! 5. when `fuse2fs` is installed: 2 and 3 against it too (mount, `cp`, unmount and the daemon's
+//!    exit all timed: that is when its image is complete), with our times from the same run.
 //!
 //! Everything lives in /dev/shm, so the device is memory and the comparison is about the write
 //! path. Fresh images come from mkfs.ext4 (4 KiB blocks) before each timed run and are not
@@ -92,6 +94,22 @@ fn make_tree(root: &Path, files: usize, total: u64) -> u64 {
         written += *size;
     }
     written
+}
+
+/// Time of: `fuse2fs -f -o fakeroot IMG MNT` started, `script` run once the mount is up,
+/// unmounted, and the daemon gone (so everything reached the image).
+fn with_fuse2fs(img: &Path, mnt: &Path, script: &str) -> Duration {
+    let t = Instant::now();
+    let mut daemon = Command::new("fuse2fs").args(["-f", "-o", "fakeroot"]).arg(img).arg(mnt).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let want = format!(" {} fuse", mnt.display());
+    while !fs::read_to_string("/proc/mounts").unwrap().contains(&want) {
+        assert!(daemon.try_wait().unwrap().is_none(), "fuse2fs exited before mounting");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    run(&mut sh(script));
+    run(Command::new("umount").arg(mnt));
+    assert!(daemon.wait().unwrap().success(), "fuse2fs failed");
+    t.elapsed()
 }
 
 struct Part {
@@ -182,6 +200,12 @@ fn main() {
     let mut copy = Part::new("cp 1 GiB file", "kernel cp+sync");
     let mut files = Part::new("cp -r 10,000 x 4 KiB", "kernel cp+sync");
     let mut mkfs_part = Part::new("mkfs 1 TiB", "mkfs.ext4");
+    let mut copy_fuse = Part::new("cp 1 GiB file", "fuse2fs cp+umount");
+    let mut files_fuse = Part::new("cp -r 10,000 x 4 KiB", "fuse2fs cp+umount");
+    let fuse2fs = root && Command::new("fuse2fs").arg("-V").output().is_ok_and(|o| o.status.success() || !o.stderr.is_empty());
+    if !fuse2fs && (want("copy") || want("files")) {
+        eprintln!("note: fuse2fs (Debian package fuse2fs) not found or not root: its parts are skipped");
+    }
     if want("build") {
         println!("  tree: 6000 files, {} MB", tree_bytes / 1_000_000);
     }
@@ -220,6 +244,20 @@ fn main() {
             }
             files.push(r, a, b);
         }
+        if fuse2fs && want("copy") {
+            // Ours was timed above; fuse2fs: mount, copy, unmount, the daemon's exit.
+            mkfs(&their_img, "3G");
+            let b = with_fuse2fs(&their_img, &mnt, &format!("cp '{}' '{}/big'", big.display(), mnt.display()));
+            copy_fuse.push(r, copy.ours[r], b);
+        }
+        if fuse2fs && want("files") {
+            mkfs(&their_img, "1G");
+            let b = with_fuse2fs(&their_img, &mnt, &format!("cp -r '{}' '{}/'", small.display(), mnt.display()));
+            if r == 0 {
+                run(Command::new("e2fsck").args(["-fn"]).arg(&their_img));
+            }
+            files_fuse.push(r, files.ours[r], b);
+        }
         if want("mkfs") {
             let _ = fs::remove_file(&ours_img);
             let a = timed(Command::new(BIN).args(["mkfs", "-b", "4096"]).arg(&ours_img).arg("1T"));
@@ -237,7 +275,7 @@ fn main() {
         }
     }
     println!("medians (ratio = anchor time / ext4kit time; above 1 is faster):");
-    for p in [&build, &copy, &files, &mkfs_part] {
+    for p in [&build, &copy, &files, &mkfs_part, &copy_fuse, &files_fuse] {
         if let Some(s) = p.summary() {
             println!("  {s}");
         }
