@@ -123,6 +123,11 @@ pub enum Corruption {
         /// What is wrong.
         reason: String,
     },
+    /// A block bitmap marks one of its group's own metadata blocks (bitmaps, inode table) free.
+    MetadataMarkedFree {
+        /// The first such block.
+        block: u64,
+    },
     /// The image is shorter than the filesystem it holds.
     Truncated {
         /// Bytes the filesystem needs.
@@ -171,6 +176,10 @@ impl fmt::Display for Corruption {
             C::Acl { offset } => write!(f, "malformed POSIX ACL at byte {offset}"),
             C::OrphanList { ino } => write!(f, "orphan list names inode {ino}, which cannot be an orphan"),
             C::OrphanFile { block, reason } => write!(f, "orphan file block {block}: {reason}"),
+            C::MetadataMarkedFree { block } => write!(
+                f,
+                "metadata block {block} (a bitmap or the inode table) is marked free; run e2fsck"
+            ),
             C::Truncated { needed, device } => write!(
                 f,
                 "image truncated: the filesystem needs {needed} bytes, the device has {device}"

@@ -139,3 +139,33 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
     // The damage must matter sometimes, or this proves nothing.
     assert!(failed > cases / 20, "only {failed} of {cases} damaged images gave an error");
 }
+
+#[test]
+fn a_block_bitmap_calling_the_inode_table_free_is_refused_naming_group_and_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("b.img");
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "1024", "-O", "^metadata_csum", img.to_str().unwrap()]);
+    let dump = run_ok("dumpe2fs", &[img.to_str().unwrap()]);
+    let num_after = |key: &str| -> u64 {
+        let rest = &dump[dump.find(key).unwrap() + key.len()..];
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let (bitmap_at, table_at) = (num_after("Block bitmap at"), num_after("Inode table at"));
+    // Group 0 starts at block 1 with 1 KiB blocks: bit (table - 1) says whether the table's
+    // first block is in use.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let bit = (table_at - 1) as usize;
+    bytes[(bitmap_at * 1024) as usize + bit / 8] &= !(1 << (bit % 8));
+    std::fs::write(&img, &bytes).unwrap();
+    let fs = Fs::open_path(&img, &OpenOptions { writable: true, ..OpenOptions::default() }).unwrap();
+    let a = NewInode::with_time(0o644, Timestamp { seconds: 1_700_000_000, nanoseconds: 0 });
+    let f = fs.create(ROOT_INO, b"f", &NewKind::Regular, &a).and_then(|f| fs.write_at(f, 0, &pattern(1, 100_000)).map(|()| f));
+    let e = f.and_then(|_| fs.sync()).unwrap_err().to_string();
+    assert!(e.contains("group 0") && e.contains(&format!("metadata block {table_at} ")) && e.contains("run e2fsck"), "{e}");
+    drop(fs);
+    // Nothing was allocated over the table: e2fsck finds only the bit we cleared.
+    let (_, text) = ext4kit_testkit::run("e2fsck", &[std::ffi::OsStr::new("-fn"), img.as_os_str()]);
+    assert!(text.contains(&format!("+{table_at}")) || text.contains(&format!("+({table_at}--")), "{text}");
+    assert!(!text.contains("multiply-claimed") && !text.contains("Multiply-claimed"), "{text}");
+}

@@ -187,7 +187,9 @@ impl MetaState {
         let gd = &self.groups[g as usize];
         let loc = gd.block_bitmap();
         if !gd.flags().contains(GroupFlags::BLOCK_UNINIT) {
-            return core.cache.get(loc).ctx_group(g);
+            let blk = core.cache.get(loc).ctx_group(g)?;
+            self.check_block_bitmap(g, &blk.read())?;
+            return Ok(blk);
         }
         // Build it: metadata of any group that lies in g, plus padding.
         let first = self.group_first(g);
@@ -236,6 +238,28 @@ impl MetaState {
         }
         self.mark_group(g);
         Ok(blk)
+    }
+
+    /// Refuses a block bitmap that calls the group's own bitmaps or inode table free (where
+    /// they lie in the group), as the kernel's `ext4_valid_block_bitmap` does: allocating from
+    /// it would hand out metadata blocks.
+    fn check_block_bitmap(&self, g: u32, bits: &[u8]) -> Result<()> {
+        let (first, len) = (self.group_first(g), self.group_len(g));
+        let gd = &self.groups[g as usize];
+        let itb = u64::from(self.sb.inode_table_blocks());
+        for (start, n) in [(gd.block_bitmap(), 1), (gd.inode_bitmap(), 1), (gd.inode_table(), itb)] {
+            if start < first || start + n > first + len {
+                continue;
+            }
+            let (s, e) = ((start - first) as usize, (start - first + n) as usize);
+            if bitmap::count_set(bits, s, e) != e - s {
+                let free = (s..e).find(|&b| bitmap::test(bits, b) == Some(false)).map_or(start, |b| first + b as u64);
+                return Err(Error::corrupt(Structure::BlockBitmap, Corruption::MetadataMarkedFree { block: free })
+                    .with_group(g)
+                    .with_block(gd.block_bitmap()));
+            }
+        }
+        Ok(())
     }
 
     /// The inode bitmap of group `g`, built first if the group was never initialised.
