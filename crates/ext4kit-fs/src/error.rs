@@ -128,6 +128,13 @@ pub enum Corruption {
         /// The first such block.
         block: u64,
     },
+    /// An inode bitmap marks an inode free that is in use (file type, links, no dtime).
+    LiveInodeMarkedFree {
+        /// The inode.
+        ino: u32,
+        /// Its link count.
+        links: u16,
+    },
     /// The image is shorter than the filesystem it holds.
     Truncated {
         /// Bytes the filesystem needs.
@@ -179,6 +186,10 @@ impl fmt::Display for Corruption {
             C::MetadataMarkedFree { block } => write!(
                 f,
                 "metadata block {block} (a bitmap or the inode table) is marked free; run e2fsck"
+            ),
+            C::LiveInodeMarkedFree { ino, links } => write!(
+                f,
+                "inode {ino} is marked free but in use ({links} links); run e2fsck"
             ),
             C::Truncated { needed, device } => write!(
                 f,

@@ -169,3 +169,31 @@ fn a_block_bitmap_calling_the_inode_table_free_is_refused_naming_group_and_block
     assert!(text.contains(&format!("+{table_at}")) || text.contains(&format!("+({table_at}--")), "{text}");
     assert!(!text.contains("multiply-claimed") && !text.contains("Multiply-claimed"), "{text}");
 }
+
+#[test]
+fn an_inode_bitmap_calling_a_live_inode_free_is_refused_naming_the_inode() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("precious"), b"keep me").unwrap();
+    let img = dir.path().join("i.img");
+    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", "-O", "^metadata_csum", "-d", src.to_str().unwrap(), img.to_str().unwrap()]);
+    let stat = run_ok("debugfs", &["-R", "stat /precious", img.to_str().unwrap()]);
+    let ino: u32 = stat["Inode: ".len()..].split_whitespace().next().unwrap().parse().unwrap();
+    let dump = run_ok("dumpe2fs", &[img.to_str().unwrap()]);
+    let rest = &dump[dump.find("Inode bitmap at").unwrap() + "Inode bitmap at".len()..];
+    let ibm: u64 = rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+    let mut bytes = std::fs::read(&img).unwrap();
+    let bit = (ino - 1) as usize;
+    bytes[(ibm * 4096) as usize + bit / 8] &= !(1 << (bit % 8));
+    std::fs::write(&img, &bytes).unwrap();
+    let fs = Fs::open_path(&img, &OpenOptions { writable: true, ..OpenOptions::default() }).unwrap();
+    let a = NewInode::with_time(0o644, Timestamp { seconds: 1_700_000_000, nanoseconds: 0 });
+    let e = fs.create(ROOT_INO, b"new", &NewKind::Regular, &a).unwrap_err().to_string();
+    assert!(e.contains(&format!("inode {ino} is marked free but in use (1 links)")) && e.contains("group 0"), "{e}");
+    drop(fs);
+    // The file is untouched.
+    let out = run_ok("debugfs", &["-R", "cat /precious", img.to_str().unwrap()]);
+    assert!(out.starts_with("keep me"), "{out}");
+}

@@ -580,6 +580,7 @@ impl MetaState {
             let first_allowed = if g == 0 { self.sb.first_ino().saturating_sub(1) as usize } else { 0 };
             let bit = bitmap::find_first_zero(&bm.read(), first_allowed, ipg as usize);
             let Some(bit) = bit else { continue };
+            self.check_free_slot(core, g, bit as u32)?;
             bitmap::set(&mut bm.write(), bit);
             bm.mark_dirty();
             let ino = g * ipg + bit as u32 + 1;
@@ -593,6 +594,35 @@ impl MetaState {
             return Ok(ino);
         }
         Err(no_space("no free inodes"))
+    }
+
+    /// Refuses to hand out slot `bit` of group `g` when the inode bitmap calls it free but the
+    /// inode there is plainly in use (a file type, links, no deletion time): a damaged bitmap,
+    /// and a second file on that inode would destroy the first. Slots in a table's never-used
+    /// tail (`itable_unused`) are not looked at.
+    fn check_free_slot(&self, core: &Core, g: u32, bit: u32) -> Result<()> {
+        let ipg = self.ipg();
+        let ino = g * ipg + bit + 1;
+        let (mode, links, dtime) = if let Some(i) = self.inodes.get(&ino) {
+            (i.mode(), i.links_count(), i.dtime())
+        } else {
+            let gd = &self.groups[g as usize];
+            if self.sb.has_group_desc_csum() && (gd.flags().contains(GroupFlags::INODE_UNINIT) || bit >= ipg - gd.itable_unused().min(ipg)) {
+                return Ok(());
+            }
+            let (isz, bs) = (u64::from(self.sb.inode_size()), u64::from(self.sb.block_size()));
+            let off = u64::from(bit) * isz;
+            let blk = core.cache.get(gd.inode_table() + off / bs).ctx_group(g)?;
+            let raw = blk.read();
+            let o = (off % bs) as usize;
+            let le16 = |at: usize| u16::from_le_bytes([raw[o + at], raw[o + at + 1]]);
+            let dtime = u32::from_le_bytes([raw[o + 20], raw[o + 21], raw[o + 22], raw[o + 23]]);
+            (le16(0), le16(26), dtime)
+        };
+        if mode & 0o170000 != 0 && links != 0 && dtime == 0 {
+            return Err(Error::corrupt(Structure::InodeBitmap, Corruption::LiveInodeMarkedFree { ino, links }).with_group(g));
+        }
+        Ok(())
     }
 
     /// Lowers `itable_unused` so that slot `bit` of group `g` is inside the used part, zeroing
