@@ -231,8 +231,27 @@ impl Twin {
 
     /// Sets an extended attribute.
     pub fn set_xattr(&self, p: &str, name: &str, value: &[u8]) {
-        rustix::fs::lsetxattr(self.h(p), name, value, rustix::fs::XattrFlags::empty()).unwrap();
-        self.fs.set_xattr(self.ino(p), name.as_bytes(), value).unwrap();
+        match self.fs.set_xattr(self.ino(p), name.as_bytes(), value) {
+            Ok(()) => rustix::fs::lsetxattr(self.h(p), name, value, rustix::fs::XattrFlags::empty()).unwrap(),
+            // The image's blocks may be smaller than the host's: a set that fits no block
+            // there is ENOSPC, as the kernel says. Only then, and the host stays as it was.
+            Err(e) if e.errno() == 28 => {
+                let mut need = 32 + xattr_entry_size(name, value);
+                let mut names = vec![0u8; 65536];
+                let n = rustix::fs::llistxattr(self.h(p), &mut names).unwrap();
+                for other in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                    let other = std::str::from_utf8(other).unwrap();
+                    if other != name {
+                        let mut v = vec![0u8; 65536];
+                        let len = rustix::fs::lgetxattr(self.h(p), other, &mut v).unwrap();
+                        need += xattr_entry_size(other, &v[..len]);
+                    }
+                }
+                let bs = self.fs.block_size() as usize;
+                assert!(need > bs, "{p}: ENOSPC for {name} although the set needs {need} of a {bs}-byte block: {e}");
+            }
+            Err(e) => panic!("{p}: set_xattr {name}: {e}"),
+        }
     }
 
     /// Removes an extended attribute.
@@ -255,4 +274,11 @@ pub fn remove_tree(fs: &Fs, dir: u32, name: &[u8]) {
         }
     }
     fs.rmdir(dir, name).unwrap();
+}
+
+/// Bytes an attribute takes in an xattr block: its entry (16 + name without the namespace
+/// prefix, rounded to 4) and its value (rounded to 4).
+fn xattr_entry_size(name: &str, value: &[u8]) -> usize {
+    let short = ["user.", "trusted.", "security.", "system."].iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
+    (16 + short.len()).div_ceil(4) * 4 + value.len().div_ceil(4) * 4
 }
