@@ -214,8 +214,10 @@ pub fn cmd_mkfs(
         .with_context(|| image.display().to_string())?;
     f.set_len(bytes)
         .with_context(|| format!("{}: setting the size to {bytes} bytes", image.display()))?;
+    // One IO thread: mkfs writes a few MiB of metadata into the page cache, and more threads
+    // only contend on the image's inode lock (1 TiB: 23 -> 20 ms).
     let dev: Arc<dyn ext4kit_blockdev::BlockDevice> = Arc::new(
-        ext4kit_blockdev::FileDevice::from_file(f, true, 512, 4)
+        ext4kit_blockdev::FileDevice::from_file(f, true, 512, 1)
             .with_context(|| image.display().to_string())?,
     );
     let opts = MkfsOptions {
