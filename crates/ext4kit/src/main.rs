@@ -269,10 +269,31 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("ext4kit: {e:#}");
+            eprintln!("ext4kit: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error's chain on one line, `a: b: c`, without saying a path twice: a context that the
+/// next message starts with is dropped (`/d`, `/d: no such file`), and a message that starts
+/// with what the line already ends with loses that start (`img:/x`, `/x: no such file`).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let mut msg = cause.to_string();
+        if let Some(prev) = parts.last() {
+            if msg == *prev || msg.starts_with(&format!("{prev}: ")) {
+                parts.pop();
+            } else if let Some((head, rest)) = msg.split_once(": ") {
+                if !head.is_empty() && parts.join(": ").ends_with(head) {
+                    msg = rest.to_string();
+                }
+            }
+        }
+        parts.push(msg);
+    }
+    parts.join(": ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -202,3 +202,25 @@ fn copies_in_and_out_show_progress_on_a_terminal_only() {
     let (code, _, err) = ext4kit(&[std::ffi::OsStr::new("cp"), std::ffi::OsStr::new("-r"), std::ffi::OsStr::new(&dest), out2.as_os_str()]);
     assert_eq!((code, err.as_str()), (0, ""));
 }
+
+#[test]
+fn errors_name_each_path_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("e.img");
+    ok(&["mkfs", "-b", "1024", s(&img), "16M"]);
+    let i = s(&img);
+    ok(&["mkdir", &format!("{i}:/d")]);
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"x").unwrap();
+    ok(&["cp", s(&file), &format!("{i}:/d/f")]);
+    let cases = [
+        (vec!["cat".to_string(), format!("{i}:/nope")], format!("ext4kit: {i}:/nope: no such file or directory")),
+        (vec!["ls".to_string(), format!("{i}:/d/nope/deeper")], format!("ext4kit: {i}:/d/nope/deeper: /d/nope: no such file or directory")),
+        (vec!["cat".to_string(), format!("{i}:/d/f/x")], format!("ext4kit: {i}:/d/f/x: /d/f: not a directory")),
+        (vec!["cp".to_string(), s(&file).to_string(), format!("{i}:/nodir/x")], format!("ext4kit: {i}:/nodir/x: /nodir: no such file or directory")),
+    ];
+    for (args, want) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_eq!(fails(&a).trim_end(), want, "ext4kit {args:?}");
+    }
+}
