@@ -418,15 +418,9 @@ impl MappingInner {
         Ok(())
     }
 
-    /// Reads every page of `first..=last` that is not uptodate, with as few and as large bios as
-    /// the physical layout allows (`mpage_readahead`): one mapping lookup per extent, blocks
-    /// merged across pages while physically contiguous, all bios in flight at once. Pages
-    /// locked by someone else are left for the caller.
-    fn readahead(&self, first: u64, last: u64) -> Result<(), Error> {
-        let bpp = self.cache.bpp;
-        let bs = self.cache.cfg.block_size;
-        let size = self.i_size.load(Ordering::Acquire);
-        let eof_block = size.div_ceil(bs as u64);
+    /// The pages of `first..=last` that are not uptodate, created where missing, each locked
+    /// here (pages someone else has locked are left out).
+    fn lock_pages_to_read(&self, first: u64, last: u64) -> Vec<Arc<Page>> {
         let mut pages: Vec<Arc<Page>> = Vec::new();
         for index in first..=last {
             // New pages need no zeroing: map_for_read zeroes or reads every block not uptodate.
@@ -440,6 +434,19 @@ impl MappingInner {
             }
             pages.push(page);
         }
+        pages
+    }
+
+    /// Reads every page of `first..=last` that is not uptodate, with as few and as large bios as
+    /// the physical layout allows (`mpage_readahead`): one mapping lookup per extent, blocks
+    /// merged across pages while physically contiguous, all bios in flight at once. Pages
+    /// locked by someone else are left for the caller.
+    fn readahead(&self, first: u64, last: u64) -> Result<(), Error> {
+        let bpp = self.cache.bpp;
+        let bs = self.cache.cfg.block_size;
+        let size = self.i_size.load(Ordering::Acquire);
+        let eof_block = size.div_ceil(bs as u64);
+        let pages = self.lock_pages_to_read(first, last);
         if pages.is_empty() {
             return Ok(());
         }
@@ -460,19 +467,7 @@ impl MappingInner {
         let bs = self.cache.cfg.block_size;
         let size = self.i_size.load(Ordering::Acquire);
         let eof_block = size.div_ceil(bs as u64);
-        let mut pages: Vec<Arc<Page>> = Vec::new();
-        for index in first..=last {
-            // New pages need no zeroing: map_for_read zeroes or reads every block not uptodate.
-            let page = self.grab_page_with(index, false);
-            if page.state.lock().flags.contains(PageFlags::UPTODATE) || !page.try_lock() {
-                continue;
-            }
-            if page.state.lock().flags.contains(PageFlags::UPTODATE) {
-                page.unlock();
-                continue;
-            }
-            pages.push(page);
-        }
+        let pages = self.lock_pages_to_read(first, last);
         if pages.is_empty() {
             return;
         }
