@@ -14,6 +14,12 @@ use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, Result, ROOT_INO};
 use ext4kit_testkit::{TreeOptions, generate_tree, pattern, run_ok};
 
+/// The number following the first `key` in `text` (dumpe2fs output).
+fn number_after(text: &str, key: &str) -> u64 {
+    let rest = &text[text.find(key).unwrap() + key.len()..];
+    rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
 /// Removes `name` in `dir` and everything under it.
 fn remove_all(fs: &Fs, dir: u32, name: &[u8], depth: usize) -> Result<()> {
     let Some(e) = fs.lookup(dir, name)? else { return Ok(()) };
@@ -87,17 +93,13 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
     let base = std::fs::read(&img).unwrap();
     // Where the metadata is (1 KiB blocks): group descriptors, group 0's bitmaps and the used
     // part of its inode table, and the blocks of some directories.
-    let field = |text: &str, key: &str| -> u64 {
-        let rest = &text[text.find(key).unwrap() + key.len()..];
-        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
-    };
     let dump = run_ok("dumpe2fs", &[img.to_str().unwrap()]);
-    let inodes_used = field(&dump, "Inode count:") - field(&dump, "Free inodes:");
+    let inodes_used = number_after(&dump, "Inode count:") - number_after(&dump, "Free inodes:");
     let mut regions: Vec<(u64, u64)> = vec![
         (2048, 1024),
-        (field(&dump, "Block bitmap at") * 1024, 1024),
-        (field(&dump, "Inode bitmap at") * 1024, 1024),
-        (field(&dump, "Inode table at") * 1024, inodes_used * 256),
+        (number_after(&dump, "Block bitmap at") * 1024, 1024),
+        (number_after(&dump, "Inode bitmap at") * 1024, 1024),
+        (number_after(&dump, "Inode table at") * 1024, inodes_used * 256),
     ];
     for d in ["/", "/bigdir", "/deep", "/deep/level00"] {
         let out = run_ok("debugfs", &["-R", &format!("blocks {d}"), img.to_str().unwrap()]);
@@ -147,11 +149,7 @@ fn a_block_bitmap_calling_the_inode_table_free_is_refused_naming_group_and_block
     std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
     run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "1024", "-O", "^metadata_csum", img.to_str().unwrap()]);
     let dump = run_ok("dumpe2fs", &[img.to_str().unwrap()]);
-    let num_after = |key: &str| -> u64 {
-        let rest = &dump[dump.find(key).unwrap() + key.len()..];
-        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
-    };
-    let (bitmap_at, table_at) = (num_after("Block bitmap at"), num_after("Inode table at"));
+    let (bitmap_at, table_at) = (number_after(&dump, "Block bitmap at"), number_after(&dump, "Inode table at"));
     // Group 0 starts at block 1 with 1 KiB blocks: bit (table - 1) says whether the table's
     // first block is in use.
     let mut bytes = std::fs::read(&img).unwrap();
@@ -182,8 +180,7 @@ fn an_inode_bitmap_calling_a_live_inode_free_is_refused_naming_the_inode() {
     let stat = run_ok("debugfs", &["-R", "stat /precious", img.to_str().unwrap()]);
     let ino: u32 = stat["Inode: ".len()..].split_whitespace().next().unwrap().parse().unwrap();
     let dump = run_ok("dumpe2fs", &[img.to_str().unwrap()]);
-    let rest = &dump[dump.find("Inode bitmap at").unwrap() + "Inode bitmap at".len()..];
-    let ibm: u64 = rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+    let ibm = number_after(&dump, "Inode bitmap at");
     let mut bytes = std::fs::read(&img).unwrap();
     let bit = (ino - 1) as usize;
     bytes[(ibm * 4096) as usize + bit / 8] &= !(1 << (bit % 8));
