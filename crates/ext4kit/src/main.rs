@@ -186,11 +186,14 @@ enum Command {
         only loses the name given. Symlinks are removed, never followed. Directories need -r,\n\
         which removes everything below them first. The root directory cannot be removed.\n\
         Several IMG:PATH arguments on one image open it once and write it back once.\n\
-        Examples:\n  ext4kit rm disk.img:/etc/motd disk.img:/var/log/old.log\n  ext4kit rm -r disk.img:/usr/share/doc")]
+        Examples:\n  ext4kit rm disk.img:/etc/motd disk.img:/var/log/old.log\n  ext4kit rm -r disk.img:/usr/share/doc\n  ext4kit rm -rf disk.img:/tmp/cache   # fine if it is not there")]
     Rm {
         /// Remove directories and their contents.
         #[arg(short = 'r', short_alias = 'R', long = "recursive")]
         recursive: bool,
+        /// Ignore paths that do not exist (the image itself must).
+        #[arg(short = 'f', long = "force")]
+        force: bool,
         /// IMG:PATH...
         #[arg(required = true)]
         specs: Vec<OsString>,
@@ -363,10 +366,10 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             };
             write_cmds::cmd_build(&dir, &image, opts, json)?;
         }
-        Command::Rm { recursive, specs } => {
+        Command::Rm { recursive, force, specs } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            modify_cmds::cmd_rm(&mut w, &specs, recursive)?;
+            modify_cmds::cmd_rm(&mut w, &specs, recursive, force)?;
         }
         Command::Mv { args } => {
             let mut w = write_cmds::WritableImages::new(images.replay_journal);

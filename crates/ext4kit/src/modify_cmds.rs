@@ -1,4 +1,4 @@
-//! The commands that change what an image already holds: `rm [-r]`, `mv`, `ln [-s]`.
+//! The commands that change what an image already holds: `rm [-r] [-f]`, `mv`, `ln [-s]`.
 //!
 //! They share the rules of the other writing commands ([`crate::write_cmds`]): every image
 //! named by the arguments is opened for writing once (however its name is spelled), a mounted
@@ -28,19 +28,25 @@ fn is_root(path: &[u8]) -> bool {
     path.split(|b| *b == b'/').all(|c| c.is_empty() || c == b".")
 }
 
-/// `ext4kit rm [-r] IMG:PATH...`.
-pub fn cmd_rm(images: &mut WritableImages, specs: &[Spec], recursive: bool) -> Result<()> {
+/// `ext4kit rm [-r] [-f] IMG:PATH...`; `force`: a path that does not exist (it or a directory
+/// on the way) is skipped, as `rm -f` does.
+pub fn cmd_rm(images: &mut WritableImages, specs: &[Spec], recursive: bool, force: bool) -> Result<()> {
     for s in specs {
         let path = image_path(s)?;
         if is_root(path) {
             bail!("{}: refusing to remove the root directory", s.display());
         }
         let fs = images.get(&s.image)?;
-        let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
-        let e = fs
-            .lookup(dir, &name)
-            .with_context(|| s.display())?
-            .ok_or_else(|| anyhow!("{}: no such file or directory", s.display()))?;
+        let (dir, name) = match parent_and_name(&fs, path) {
+            Err(e) if force && is_not_found(&e) => continue,
+            r => r.with_context(|| s.display())?,
+        };
+        let Some(e) = fs.lookup(dir, &name).with_context(|| s.display())? else {
+            if force {
+                continue;
+            }
+            bail!("{}: no such file or directory", s.display());
+        };
         if fs.inode(e.ino).with_context(|| s.display())?.is_dir() {
             if !recursive {
                 bail!("{}: is a directory (use -r to remove it and its contents)", s.display());
@@ -52,6 +58,11 @@ pub fn cmd_rm(images: &mut WritableImages, specs: &[Spec], recursive: bool) -> R
         }
     }
     images.sync_all()
+}
+
+/// Whether `e` is "no such file or directory" from the image.
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref::<ext4kit_fs::Error>(), Some(ext4kit_fs::Error::NotFound { .. })))
 }
 
 /// A directory being emptied: inode, its name in its parent, entries (name, inode) left.

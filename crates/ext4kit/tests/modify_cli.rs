@@ -76,6 +76,9 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
         host(&h, "rm", &["-r", "sparse", "deep/level00/level01", "bigdir"]);
         ok(&["rm", &spec("/links/fast"), &spec("/hardlinks/two")]);
         host(&h, "rm", &["links/fast", "hardlinks/two"]);
+        // -f: missing paths (or missing directories on the way) are skipped, the rest removed.
+        ok(&["rm", "-rf", &spec("/nope"), &spec("/no/such/dir"), &spec("/files/size-4097"), &spec("/xattrs")]);
+        host(&h, "rm", &["-rf", "nope", "no/such/dir", "files/size-4097", "xattrs"]);
         ok(&["mv", &spec("/files/size-1023"), &spec("/names/")]);
         host(&h, "mv", &["files/size-1023", "names/"]);
         ok(&["mv", &spec("/hardlinks"), &spec("/hl-renamed")]);
@@ -124,6 +127,10 @@ fn refusals_are_one_line_errors_and_leave_the_image_clean() {
     let spec = |p: &str| format!("{i}:{p}");
     assert!(fails(&["rm", &spec("/deep")]).contains("-r"));
     assert!(fails(&["rm", &spec("/nope")]).contains("no such file"));
+    // -f skips what is missing, not what is wrong: a directory still needs -r, a file is not
+    // a directory on the way.
+    assert!(fails(&["rm", "-f", &spec("/deep")]).contains("-r"));
+    assert!(fails(&["rm", "-f", &spec("/files/size-1/x")]).contains("not a directory"));
     assert!(fails(&["rm", "-r", &spec("/")]).contains("root"));
     assert!(fails(&["rm", i]).contains("IMG:PATH"));
     assert!(fails(&["mv", &spec("/deep"), &spec("/deep/level00/")]).contains("subtree"));
