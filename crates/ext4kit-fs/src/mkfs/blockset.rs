@@ -7,13 +7,14 @@
 //! that the tables, directories and journal land where `mke2fs` puts them.
 //! Each jumps over whole used intervals instead of testing block by block.
 
-use std::collections::BTreeMap;
-
 /// Used blocks of a filesystem of `total` blocks whose first block is `first`.
 #[derive(Debug, Clone)]
 pub(crate) struct BlockSet {
-    /// start → end (exclusive); intervals never overlap nor touch.
-    runs: BTreeMap<u64, u64>,
+    /// (start, end exclusive), sorted; intervals never overlap nor touch. A sorted vector, not
+    /// a tree: mkfs inserts mostly in ascending order and probes a lot, and binary search over
+    /// a few thousand pairs beats a B-tree's node walk (mkfs of 1 TiB spent a quarter of its
+    /// time in `BTreeMap` range lookups).
+    runs: Vec<(u64, u64)>,
     first: u64,
     total: u64,
 }
@@ -22,10 +23,15 @@ impl BlockSet {
     /// An empty set for blocks `first..total`.
     pub fn new(first: u64, total: u64) -> BlockSet {
         BlockSet {
-            runs: BTreeMap::new(),
+            runs: Vec::new(),
             first,
             total,
         }
+    }
+
+    /// Index of the first run starting at or after `x`.
+    fn at_or_after(&self, x: u64) -> usize {
+        self.runs.partition_point(|r| r.0 < x)
     }
 
     /// Marks `start..start + len` used. Returns `false` (and changes nothing)
@@ -42,18 +48,18 @@ impl BlockSet {
         {
             return false;
         }
-        let mut new_start = start;
-        let mut new_end = end;
-        if let Some((&s, &e)) = self.runs.range(..start).next_back() {
-            if e == start {
-                new_start = s;
-                self.runs.remove(&s);
+        let i = self.at_or_after(start);
+        let joins_prev = i > 0 && self.runs[i - 1].1 == start;
+        let joins_next = i < self.runs.len() && self.runs[i].0 == end;
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                self.runs[i - 1].1 = self.runs[i].1;
+                self.runs.remove(i);
             }
+            (true, false) => self.runs[i - 1].1 = end,
+            (false, true) => self.runs[i].0 = start,
+            (false, false) => self.runs.insert(i, (start, end)),
         }
-        if let Some(e) = self.runs.remove(&end) {
-            new_end = e;
-        }
-        self.runs.insert(new_start, new_end);
         true
     }
 
@@ -62,27 +68,16 @@ impl BlockSet {
         if start >= end {
             return None;
         }
-        if let Some((&s, &e)) = self.runs.range(..=start).next_back() {
-            if e > start {
-                return Some((s, e));
-            }
+        let i = self.runs.partition_point(|r| r.0 <= start);
+        if i > 0 && self.runs[i - 1].1 > start {
+            return Some(self.runs[i - 1]);
         }
-        self.runs.range(start..end).next().map(|(&s, &e)| (s, e))
+        self.runs.get(i).copied().filter(|r| r.0 < end)
     }
 
     /// Used blocks in `start..end`.
     pub fn count_used(&self, start: u64, end: u64) -> u64 {
-        if start >= end {
-            return 0;
-        }
-        let mut n = 0;
-        if let Some((_, &e)) = self.runs.range(..start).next_back() {
-            n += e.min(end).saturating_sub(start);
-        }
-        for (&s, &e) in self.runs.range(start..end) {
-            n += e.min(end) - s;
-        }
-        n
+        self.used_runs(start, end).iter().map(|(s, e)| e - s).sum()
     }
 
     /// All used blocks.
@@ -96,14 +91,11 @@ impl BlockSet {
         if start >= end {
             return v;
         }
-        if let Some((_, &e)) = self.runs.range(..start).next_back() {
-            if e > start {
-                v.push((start, e.min(end)));
-            }
+        let i = self.at_or_after(start);
+        if i > 0 && self.runs[i - 1].1 > start {
+            v.push((start, self.runs[i - 1].1.min(end)));
         }
-        for (&s, &e) in self.runs.range(start..end) {
-            v.push((s, e.min(end)));
-        }
+        v.extend(self.runs[i..].iter().take_while(|r| r.0 < end).map(|&(s, e)| (s, e.min(end))));
         v
     }
 
