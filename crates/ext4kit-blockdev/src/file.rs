@@ -97,34 +97,57 @@ impl Drop for FileDevice {
 }
 
 /// Copies `len` bytes from `src` at `src_off` into `dst` at `dst_off` inside the kernel
-/// (`copy_file_range`), falling back to `pread`/`pwrite` when the kernel cannot (across
-/// filesystems on some kernels, or old kernels). A source that ends early is an error.
+/// (`copy_file_range`, Linux), falling back to `pread`/`pwrite` when the kernel cannot (across
+/// filesystems on some kernels, old kernels, other systems). A source that ends early is an
+/// error.
 pub(crate) fn copy_file_to_file(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> io::Result<()> {
-    let (mut so, mut d_o, mut left) = (src_off, dst_off, len);
-    while left > 0 {
-        let want = left.min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(src, Some(&mut so), dst, Some(&mut d_o), want) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early")),
-            Ok(n) => left -= n as u64,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::XDEV | rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
-                let mut buf = vec![0u8; (left.min(1 << 20)) as usize];
-                while left > 0 {
-                    let k = (left as usize).min(buf.len());
-                    let got = rustix::io::pread(src, &mut buf[..k], so)?;
-                    if got == 0 {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early"));
-                    }
-                    pwritev_all(dst, &[&buf[..got]], d_o)?;
-                    so += got as u64;
-                    d_o += got as u64;
-                    left -= got as u64;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let (mut so, mut d_o, mut left) = (src_off, dst_off, len);
+        while left > 0 {
+            let want = left.min(1 << 30) as usize;
+            match rustix::fs::copy_file_range(src, Some(&mut so), dst, Some(&mut d_o), want) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early")),
+                Ok(n) => left -= n as u64,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::XDEV | rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                    return copy_through_memory(src, so, dst, d_o, left);
                 }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
+        Ok(())
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    copy_through_memory(src, src_off, dst, dst_off, len)
+}
+
+/// [`copy_file_to_file`] by `pread` and `pwrite` through a buffer.
+fn copy_through_memory(src: &File, mut so: u64, dst: &File, mut d_o: u64, mut left: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; (left.min(1 << 20)) as usize];
+    while left > 0 {
+        let k = (left as usize).min(buf.len());
+        let got = rustix::io::pread(src, &mut buf[..k], so)?;
+        if got == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early"));
+        }
+        pwritev_all(dst, &[&buf[..got]], d_o)?;
+        so += got as u64;
+        d_o += got as u64;
+        left -= got as u64;
     }
     Ok(())
+}
+
+/// Makes what was written to `file` durable: `fdatasync` where it exists, `F_FULLFSYNC` on
+/// Apple systems (their `fsync` leaves data in the drive's cache), else `fsync`.
+pub(crate) fn sync_data(file: &File) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    return rustix::fs::fdatasync(file).map_err(Into::into);
+    #[cfg(any(target_os = "macos", target_os = "ios"))]
+    return rustix::fs::fcntl_fullfsync(file).or_else(|_| rustix::fs::fsync(file)).map_err(Into::into);
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "macos", target_os = "ios")))]
+    return rustix::fs::fsync(file).map_err(Into::into);
 }
 
 impl FileInner {
@@ -185,7 +208,7 @@ impl FileInner {
                 if !self.writable {
                     return Ok(());
                 }
-                rustix::fs::fdatasync(&self.file).map_err(|e| os(e.into()))
+                sync_data(&self.file).map_err(os)
             }
         }
     }

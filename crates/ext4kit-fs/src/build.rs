@@ -113,6 +113,14 @@ struct Totals {
     xattr_blocks: u64,
 }
 
+/// Major and minor of a host device number (`st_rdev`), decoded as the host encodes them.
+#[allow(clippy::unnecessary_cast, clippy::cast_sign_loss, clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+pub fn device_numbers(rdev: u64) -> (u32, u32) {
+    // `Dev` is u64 on Linux and i32 on Apple systems.
+    let dev = rdev as rustix::fs::Dev;
+    (rustix::fs::major(dev) as u32, rustix::fs::minor(dev) as u32)
+}
+
 fn io_err(path: &Path, e: std::io::Error) -> Error {
     Error::Open { path: path.display().to_string(), message: e.to_string(), errno: e.raw_os_error().unwrap_or(5) }
 }
@@ -374,11 +382,11 @@ impl Builder<'_> {
                 }
                 ScanKind::Special => {
                     let ft = n.md.file_type();
-                    let dev = n.md.rdev();
+                    let (major, minor) = device_numbers(n.md.rdev());
                     let (kind, t) = if ft.is_char_device() {
-                        (NewKind::CharDevice(rustix::fs::major(dev), rustix::fs::minor(dev)), FileType::CharDevice)
+                        (NewKind::CharDevice(major, minor), FileType::CharDevice)
                     } else if ft.is_block_device() {
-                        (NewKind::BlockDevice(rustix::fs::major(dev), rustix::fs::minor(dev)), FileType::BlockDevice)
+                        (NewKind::BlockDevice(major, minor), FileType::BlockDevice)
                     } else if ft.is_fifo() {
                         (NewKind::Fifo, FileType::Fifo)
                     } else {

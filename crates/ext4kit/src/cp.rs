@@ -58,6 +58,31 @@ struct Copier<'a> {
     meter: crate::meter::Meter,
 }
 
+/// `Mode` from permission bits (its raw type is u32 on Linux, u16 on Apple systems).
+#[allow(clippy::unnecessary_cast, clippy::cast_possible_truncation)]
+fn raw_mode(bits: u32) -> Mode {
+    Mode::from_raw_mode(bits as rustix::fs::RawMode)
+}
+
+/// The bits of `m` (see [`raw_mode`]).
+#[allow(clippy::unnecessary_cast)]
+fn mode_bits(m: Mode) -> u32 {
+    m.bits() as u32
+}
+
+/// Creates device node, FIFO or socket `name` in `dir` (mode 0600 until `finish`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn make_node(dir: &OwnedFd, name: &[u8], ft: rustix::fs::FileType, major: u32, minor: u32) -> Result<()> {
+    rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), rustix::fs::makedev(major, minor)).map_err(|e| errno(e, "mknod"))
+}
+
+/// Creates device node, FIFO or socket `name` in `dir`: not done on this system (the entry is
+/// reported, the rest is copied).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn make_node(_dir: &OwnedFd, _name: &[u8], ft: rustix::fs::FileType, _major: u32, _minor: u32) -> Result<()> {
+    bail!("{ft:?}: special files are not created on this system")
+}
+
 fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
@@ -124,14 +149,7 @@ impl Copier<'_> {
                     FileType::Fifo => rustix::fs::FileType::Fifo,
                     _ => rustix::fs::FileType::Socket,
                 };
-                rustix::fs::mknodat(
-                    dir,
-                    name,
-                    ft,
-                    Mode::from_raw_mode(0o600),
-                    rustix::fs::makedev(ma, mi),
-                )
-                .map_err(|e| errno(e, "mknod"))?;
+                make_node(dir, name, ft, ma, mi)?;
             }
         }
         if st.nlink > 1 {
@@ -271,7 +289,7 @@ impl Copier<'_> {
         if !self.opts.preserve {
             if !is_link {
                 let mode = perm & 0o777 & !self.umask;
-                rustix::fs::chmodat(dir, name, Mode::from_raw_mode(mode), AtFlags::empty())
+                rustix::fs::chmodat(dir, name, raw_mode(mode), AtFlags::empty())
                     .map_err(|e| errno(e, "chmod"))?;
             }
             return Ok(());
@@ -284,7 +302,7 @@ impl Copier<'_> {
             Err(e) => return Err(errno(e, "chown")),
         }
         if !is_link {
-            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(perm), AtFlags::empty())
+            rustix::fs::chmodat(dir, name, raw_mode(perm), AtFlags::empty())
                 .map_err(|e| errno(e, "chmod"))?;
         }
         let xattrs = fs.list_xattrs(st.ino)?;
@@ -382,7 +400,7 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
         opts,
         links: HashMap::new(),
         anchor: &anchor,
-        umask: umask.bits(),
+        umask: mode_bits(umask),
         is_root: rustix::process::geteuid().is_root(),
         errors: 0,
         buf: Vec::new(),

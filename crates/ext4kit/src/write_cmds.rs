@@ -524,9 +524,15 @@ impl CopyIn<'_> {
             let kind = if ft.is_symlink() {
                 NewKind::Symlink(fs::read_link(src)?.as_os_str().as_bytes().to_vec())
             } else if ft.is_char_device() {
-                NewKind::CharDevice(rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))
+                {
+                    let (major, minor) = ext4kit_fs::build::device_numbers(md.rdev());
+                    NewKind::CharDevice(major, minor)
+                }
             } else if ft.is_block_device() {
-                NewKind::BlockDevice(rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))
+                {
+                    let (major, minor) = ext4kit_fs::build::device_numbers(md.rdev());
+                    NewKind::BlockDevice(major, minor)
+                }
             } else if ft.is_fifo() {
                 NewKind::Fifo
             } else {
