@@ -8,7 +8,7 @@
 //! 4. if the journal needs recovery, replays it **in memory** ([`crate::journal`]) and starts
 //!    again from 1 on an overlay device that serves the replayed blocks; the image is never
 //!    written. A writable open replays it **onto the image** instead, when asked to
-//!    ([`OpenOptions::recover_journal`]; [`crate::write::journal_write::recover`]), and refuses
+//!    ([`OpenOptions::recover_journal`]; `journal_write::recover`), and refuses
 //!    otherwise;
 //! 5. reads the root inode (it must be a directory) and starts the page cache, with [`Core`] as
 //!    its [`ext4kit_pagecache::BlockMapper`].

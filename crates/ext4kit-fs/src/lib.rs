@@ -11,7 +11,7 @@
 //! | [`path`] | path resolution (symlinks, `..`), the public directory API |
 //! | [`stat`] | [`Stat`], `readlink` |
 //! | [`xattr`] | extended attributes (in-inode, block, EA inodes) |
-//! | [`file`] | [`FileReader`] (data through the page cache), data runs and holes |
+//! | [`mod@file`] | [`FileReader`] (data through the page cache), data runs and holes |
 //! | [`error`] | [`Error`], its details, the errno table |
 //!
 //! ```no_run

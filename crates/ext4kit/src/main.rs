@@ -85,7 +85,7 @@ enum Command {
         Example: ext4kit ls -l disk.img:/etc"
     )]
     Ls {
-        /// IMG[:PATH] (PATH defaults to /).
+        /// IMG or IMG:PATH (PATH defaults to /).
         spec: OsString,
         /// Long listing: mode, links, owner, group, size, mtime (UTC), name [-> target].
         #[arg(short = 'l')]

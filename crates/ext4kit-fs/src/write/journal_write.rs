@@ -5,7 +5,7 @@
 //! # One sync
 //! 1. File data is written back and waited for ([`Fs::flush_data`]); orphans and loose
 //!    extent trees are dealt with (`prepare_sync`).
-//! 2. Under the metadata lock, [`MetaState::write_back`] fills the metadata cache and every
+//! 2. Under the metadata lock, `MetaState::write_back` fills the metadata cache and every
 //!    dirty block (exactly the set `MetaCache::write_back` would write) is copied and marked
 //!    clean: that copy is the transaction. The lock is held until the commit is durable, so no
 //!    block this transaction frees is reused before then (frees are deferred until the commit:
@@ -43,7 +43,7 @@
 //! # Size
 //! A transaction holds at most [`JournalWriter::max_transaction_blocks`] blocks (the log minus
 //! descriptors and the commit block). Operations commit early — a whole sync — once the
-//! metadata they dirtied reaches half of that ([`Fs::commit_if_full`]), as jbd2 closes a
+//! metadata they dirtied reaches half of that (`Fs::commit_if_full`), as jbd2 closes a
 //! transaction at its size limit. A sync that still does not fit is split into several
 //! transactions, each atomic but not the whole sync; [`JournalStats::split_syncs`] counts them.
 //!

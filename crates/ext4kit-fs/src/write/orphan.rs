@@ -17,7 +17,7 @@
 //!   past its size. Orphans of our own always go on the `s_last_orphan` list, which the kernel
 //!   and e2fsck process on orphan_file filesystems too.
 //!
-//! Lock order: [`crate::write::state::WriteState::meta`], then [`Core::orphans`]; the orphan
+//! Lock order: `WriteState::meta`, then `Core::orphans`; the orphan
 //! lock alone never waits for the metadata lock.
 
 use std::collections::{BTreeSet, HashMap};

@@ -3,7 +3,7 @@
 //! inodes, delalloc reservations, and writing it all back.
 //!
 //! # Locking
-//! One mutex ([`WriteState::meta`]) guards every metadata change (the kernel spreads this over
+//! One mutex (`WriteState::meta`) guards every metadata change (the kernel spreads this over
 //! `i_data_sem`, group locks and journal handles; one lock is enough for a userspace engine
 //! whose data path — the page cache — runs outside it). Rules:
 //! - never call into the page cache while holding it (the page cache calls the mapper, which
@@ -59,7 +59,7 @@ pub struct WriteState {
     pub(crate) journal: Option<Mutex<crate::write::journal_write::JournalWriter>>,
 }
 
-/// Metadata being changed (guarded by [`WriteState::meta`]).
+/// Metadata being changed (guarded by `WriteState::meta`).
 #[derive(Debug)]
 pub struct MetaState {
     pub(crate) sb: Superblock,

@@ -3,7 +3,7 @@
 //! allocator, `i_blocks` and `i_size` kept in the inode.
 //!
 //! Both stores borrow the locked [`MetaState`]; the extent tree works on a copy of the inode's
-//! root, written back into the inode when the operation ends ([`with_tree`]).
+//! root, written back into the inode when the operation ends (`with_tree`).
 
 use ext4kit_format::dir::DirBlock;
 use ext4kit_format::extent::{Extent, ExtentNode, NodeLocation};
