@@ -237,24 +237,30 @@ pub(crate) fn pwritev_all(file: &File, slices: &[&[u8]], mut offset: u64) -> io:
             Err(e) => return Err(e.into()),
         };
         offset += n as u64;
-        let mut left = n;
-        while left > 0 && idx < slices.len() {
-            let avail = slices[idx].len() - skip;
-            if left >= avail {
-                left -= avail;
-                idx += 1;
-                skip = 0;
-            } else {
-                skip += left;
-                left = 0;
-            }
-        }
-        while idx < slices.len() && slices[idx].len() == skip {
-            idx += 1;
-            skip = 0;
-        }
+        (idx, skip) = advance(|i| slices[i].len(), slices.len(), idx, skip, n);
     }
     Ok(())
+}
+
+/// Position (slice `idx`, byte `skip` in it) `n` bytes after (`idx`, `skip`) in `count` slices
+/// of lengths `len(i)`, past every slice it finishes (empty ones included).
+fn advance(len: impl Fn(usize) -> usize, count: usize, mut idx: usize, mut skip: usize, mut n: usize) -> (usize, usize) {
+    while n > 0 && idx < count {
+        let avail = len(idx) - skip;
+        if n >= avail {
+            n -= avail;
+            idx += 1;
+            skip = 0;
+        } else {
+            skip += n;
+            n = 0;
+        }
+    }
+    while idx < count && len(idx) == skip {
+        idx += 1;
+        skip = 0;
+    }
+    (idx, skip)
 }
 
 /// Fills every byte of `slices` from `offset`, continuing short reads; bytes past the end of the
@@ -288,22 +294,7 @@ pub(crate) fn preadv_all(file: &File, slices: &mut [&mut [u8]], mut offset: u64)
             return Ok(());
         }
         offset += n as u64;
-        let mut left = n;
-        while left > 0 && idx < slices.len() {
-            let avail = slices[idx].len() - skip;
-            if left >= avail {
-                left -= avail;
-                idx += 1;
-                skip = 0;
-            } else {
-                skip += left;
-                left = 0;
-            }
-        }
-        while idx < slices.len() && slices[idx].len() == skip {
-            idx += 1;
-            skip = 0;
-        }
+        (idx, skip) = advance(|i| slices[i].len(), slices.len(), idx, skip, n);
     }
     Ok(())
 }
@@ -330,5 +321,23 @@ impl BlockDevice for FileDevice {
 
     fn kind(&self) -> &'static str {
         "file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advance;
+
+    #[test]
+    fn advance_steps_over_finished_and_empty_slices() {
+        let lens = [3usize, 0, 5, 2];
+        let len = |i: usize| lens[i];
+        assert_eq!(advance(len, 4, 0, 0, 4), (2, 1));
+        assert_eq!(advance(len, 4, 0, 0, 7), (2, 4));
+        assert_eq!(advance(len, 4, 0, 0, 8), (3, 0));
+        assert_eq!(advance(len, 4, 0, 0, 10), (4, 0));
+        assert_eq!(advance(len, 4, 2, 4, 1), (3, 0));
+        // Nothing transferred: a finished slice and the empty one after it are passed.
+        assert_eq!(advance(len, 4, 0, 3, 0), (2, 0));
     }
 }
