@@ -158,14 +158,37 @@ impl Core {
         leaf: &DirBlock,
         out: &mut Vec<DirEntry>,
     ) -> Result<()> {
+        self.push_entries_with(d, leaf, out, None, None)
+    }
+
+    /// [`Core::push_entries`]; with `bad`, an entry whose name no path can hold (empty, `/`,
+    /// NUL) is recorded there and skipped instead of failing the block.
+    fn push_entries_with(
+        &self,
+        d: &DirInode<'_>,
+        leaf: &DirBlock,
+        out: &mut Vec<DirEntry>,
+        mut bad: Option<&mut Vec<Error>>,
+        block: Option<u64>,
+    ) -> Result<()> {
         let filetype = self.sb.has_incompat(IncompatFeatures::FILETYPE);
         for e in leaf.live_entries().ctx_inode(d.ino)? {
             if e.name.is_empty() || e.name.contains(&b'/') || e.name.contains(&0) {
-                return Err(Error::corrupt(
+                let mut err = Error::corrupt(
                     Structure::DirectoryBlock,
-                    Corruption::BadName { offset: e.offset },
+                    Corruption::BadName { offset: e.offset, name: e.name.to_vec() },
                 )
-                .with_inode(d.ino));
+                .with_inode(d.ino);
+                if let Some(b) = block {
+                    err = err.with_block(b);
+                }
+                match bad.as_deref_mut() {
+                    Some(b) => {
+                        b.push(err);
+                        continue;
+                    }
+                    None => return Err(err),
+                }
             }
             out.push(DirEntry {
                 name: e.name.to_vec(),
@@ -179,6 +202,12 @@ impl Core {
     /// Every entry of a directory, `.` and `..` included, in on-disk order (for indexed
     /// directories: `.`, `..`, then leaf blocks in block order).
     pub(crate) fn read_dir_entries(&self, d: &DirInode<'_>) -> Result<Vec<DirEntry>> {
+        self.read_dir_entries_with(d, None)
+    }
+
+    /// [`Core::read_dir_entries`]; with `bad`, entries with impossible names are skipped and
+    /// recorded there (everything else wrong still fails).
+    pub(crate) fn read_dir_entries_with(&self, d: &DirInode<'_>, mut bad: Option<&mut Vec<Error>>) -> Result<Vec<DirEntry>> {
         self.check_dir_flags(d)?;
         let mut out = Vec::new();
         if d.inode.flags().contains(InodeFlags::INLINE_DATA) {
@@ -193,9 +222,9 @@ impl Core {
                 ino: dir.parent,
                 file_type: Some(FileType::Directory),
             });
-            self.push_entries(d, &dir.head, &mut out)?;
+            self.push_entries_with(d, &dir.head, &mut out, bad.as_deref_mut(), None)?;
             if let Some(t) = &dir.tail {
-                self.push_entries(d, t, &mut out)?;
+                self.push_entries_with(d, t, &mut out, bad.as_deref_mut(), None)?;
             }
             return Ok(out);
         }
@@ -227,7 +256,7 @@ impl Core {
                 continue;
             }
             let leaf = self.parse_leaf(d, &mb)?;
-            self.push_entries(d, &leaf, &mut out)?;
+            self.push_entries_with(d, &leaf, &mut out, bad.as_deref_mut(), Some(pblk))?;
         }
         if out.len() < 2 || out[0].name != b"." || out[1].name != b".." {
             return Err(

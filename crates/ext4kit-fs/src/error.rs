@@ -86,6 +86,8 @@ pub enum Corruption {
     BadName {
         /// Offset of the entry in its block.
         offset: usize,
+        /// The name as stored.
+        name: Vec<u8>,
     },
     /// A slow symlink whose size does not fit one block, or is zero.
     SymlinkSize {
@@ -174,7 +176,9 @@ impl fmt::Display for Corruption {
             }
             C::DirectoryHole { lblk } => write!(f, "hole at directory block {lblk}"),
             C::DirectoryDots => f.write_str("directory does not start with '.' and '..'"),
-            C::BadName { offset } => write!(f, "directory entry at {offset}: invalid name"),
+            C::BadName { offset, name } => {
+                write!(f, "directory entry at {offset}: invalid name {:?}", String::from_utf8_lossy(name))
+            }
             C::SymlinkSize { size } => write!(f, "invalid symlink size {size}"),
             C::InlineData => f.write_str("inline data where it cannot be"),
             C::FileTooLarge { size } => write!(f, "size {size} beyond the largest file"),

@@ -38,6 +38,21 @@ impl Fs {
         self.core.read_dir_entries(&DirInode { ino, inode: &inode })
     }
 
+    /// [`Fs::read_dir`] for salvaging: entries whose names no path can hold (empty, containing
+    /// `/` or NUL — a damaged block) are left out and returned as errors beside the others,
+    /// instead of failing the whole directory. Any other damage still fails it.
+    pub fn read_dir_salvage(&self, ino: u32) -> Result<(Vec<DirEntry>, Vec<Error>)> {
+        let inode = self.core.read_inode(ino)?;
+        if !inode.is_dir() {
+            return Err(Error::NotDir {
+                path: PathBytes(format!("<inode {ino}>").into_bytes()),
+            });
+        }
+        let mut bad = Vec::new();
+        let entries = self.core.read_dir_entries_with(&DirInode { ino, inode: &inode }, Some(&mut bad))?;
+        Ok((entries, bad))
+    }
+
     /// Looks `name` up in directory `dir` (through the htree index in indexed directories).
     pub fn lookup(&self, dir: u32, name: &[u8]) -> Result<Option<DirEntry>> {
         let inode = self.core.read_inode(dir)?;

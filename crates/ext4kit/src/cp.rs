@@ -203,8 +203,15 @@ impl Copier<'_> {
         rel: &[u8],
         ancestors: &mut Vec<u32>,
     ) {
-        let entries = match fs.read_dir(ino) {
-            Ok(e) => e,
+        // Entries with names no path can hold (a damaged block) are reported one by one and
+        // the rest of the directory is copied.
+        let entries = match fs.read_dir_salvage(ino) {
+            Ok((entries, damaged)) => {
+                for e in damaged {
+                    self.report(&show(rel), &e.into());
+                }
+                entries
+            }
             Err(e) => {
                 self.report(&show(rel), &e.into());
                 return;

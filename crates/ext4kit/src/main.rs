@@ -623,9 +623,12 @@ fn long_line(fs: &Fs, name: &[u8], st: &Stat) -> Vec<u8> {
 fn ls(fs: &Fs, spec: &Spec, long: bool, all: bool, as_json: bool) -> Result<()> {
     let path = spec.path_or_root();
     let (ino, inode) = fs.resolve_inode(path, true)?;
+    // A damaged entry (a name no path can hold) is reported after the listing, not instead of it.
+    let mut damaged = Vec::new();
     let mut entries: Vec<(Vec<u8>, u32)> = if inode.is_dir() {
-        fs.read_dir(ino)?
-            .into_iter()
+        let (list, bad) = fs.read_dir_salvage(ino)?;
+        damaged = bad;
+        list.into_iter()
             .filter(|e| all || !e.is_dot_or_dotdot())
             .map(|e| (e.name, e.ino))
             .collect()
@@ -655,6 +658,13 @@ fn ls(fs: &Fs, spec: &Spec, long: bool, all: bool, as_json: bool) -> Result<()> 
     }
     if let Some(f) = failed {
         bail!(f);
+    }
+    if let Some(e) = damaged.first() {
+        out.flush()?;
+        for e in &damaged[1..] {
+            eprintln!("ext4kit: {}: {e}", spec.display());
+        }
+        bail!("{}: {e}", spec.display());
     }
     Ok(())
 }

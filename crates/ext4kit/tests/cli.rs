@@ -887,6 +887,7 @@ fn cp_never_writes_outside_dest() {
     fs::write(tree.join("zz"), b"dotdot").unwrap();
     fs::create_dir(tree.join("sub")).unwrap();
     fs::write(tree.join("sub/q0q"), b"slash").unwrap();
+    fs::write(tree.join("sub/kept"), b"beside the bad name").unwrap();
     let img = dir.join("evil.img");
     mke2fs_d(
         &tree,
@@ -925,9 +926,18 @@ fn cp_never_writes_outside_dest() {
     // The duplicate `s1` (a directory after the symlink) is refused, the `/` name is reported
     // as corruption, the fake `..` is skipped like the real one.
     assert!(
-        err.contains("out/s1: open directory") && err.contains("invalid name"),
+        err.contains("out/s1: open directory") && err.contains("invalid name \"q/q\""),
         "{err}"
     );
+    // The entry with `/` is reported; the rest of its directory is copied.
+    assert_eq!(fs::read(out.join("sub/kept")).unwrap(), b"beside the bad name");
+    assert_eq!(fs::read_dir(out.join("sub")).unwrap().count(), 1);
+    // `ls` lists what it can and names the damaged entry, exit status 1.
+    let o = ext4kit(&[os("ls"), os(&format!("{spec}sub"))]);
+    assert!(!o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "kept\n");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.lines().count() == 1 && e.contains("invalid name \"q/q\"") && e.contains("block"), "{e}");
     assert_eq!(
         fs::read_dir(&victim).unwrap().count(),
         0,
