@@ -26,6 +26,14 @@ pub struct FileReader {
 }
 
 impl FileReader {
+    /// Starts reading the first `len` bytes into the cache without waiting (for a file about
+    /// to be read whole: its IO overlaps whatever the caller does meanwhile).
+    pub fn prefetch(&self, len: u64) {
+        if let Source::Paged(m) = &self.source {
+            m.prefetch(0, len);
+        }
+    }
+
     /// The inode number.
     pub fn ino(&self) -> u32 {
         self.ino

@@ -1055,6 +1055,19 @@ impl Mapping {
         WeakMapping(Arc::downgrade(&self.inner))
     }
 
+    /// Starts reading `offset..offset + len` (clipped to EOF) into the cache and returns
+    /// without waiting (`page_cache_async_ra` for a file about to be read): a later
+    /// [`Mapping::read`] finds the pages uptodate or waits for their bios. Errors are left for
+    /// that read to meet.
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        let end = self.size().min(offset.saturating_add(len));
+        if offset >= end {
+            return;
+        }
+        let ps = self.inner.page_size();
+        self.inner.readahead_async(offset / ps, (end - 1) / ps);
+    }
+
     /// Reads up to `buf.len()` bytes at `offset`, stopping at EOF; returns the bytes read. Holes
     /// and unwritten blocks read as zeros.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {

@@ -6,6 +6,9 @@
 //! and IO path; the loop mount's page cache is dropped (`echo 3 > /proc/sys/vm/drop_caches`)
 //! before each kernel read. Needs root and e2fsprogs; `EXT4KIT_BENCH_MB` changes the size.
 //!
+//! Then a tree: `ext4kit cp -r IMG:/ OUT` vs `debugfs -R "rdump / OUT"` vs `cp -a` out of the
+//! loop mount, on 6000 files of mixed sizes (`EXT4KIT_BENCH_ONLY=file` skips it).
+//!
 //! Run: `cargo bench -p ext4kit --bench read`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -162,4 +165,75 @@ fn main() {
         );
         Command::new("umount").arg(&mnt).status().unwrap();
     }
+    if std::env::var("EXT4KIT_BENCH_ONLY").is_ok_and(|v| v == "file") {
+        return;
+    }
+    tree_part(dir.path(), runs, root);
+}
+
+/// Copying a whole tree out: `ext4kit cp -r IMG:/ OUT` vs `debugfs -R "rdump / OUT"` vs the
+/// kernel (`cp -a` out of a loop mount, caches dropped first), on an image `mke2fs -d` made from
+/// 6000 files of mixed sizes (~200 MB).
+fn tree_part(dir: &Path, runs: usize, root: bool) {
+    let tree = dir.join("mix");
+    let bytes = ext4kit_testkit::size_mix_tree(&tree, 6000, 200 << 20);
+    let img = dir.join("tree.img");
+    ext4kit_testkit::mke2fs_d(&tree, &img, "ext4", 4096, 512 << 20, &[]);
+    let mnt = dir.join("mnt");
+    let mounted = root
+        && Command::new("mount")
+            .args(["-o", "loop,ro"])
+            .arg(&img)
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+    let out = dir.join("out");
+    let fresh = |p: &Path| {
+        let _ = fs::remove_dir_all(p);
+        fs::create_dir(p).unwrap();
+    };
+    // Correctness once: the copy is the tree.
+    fresh(&out);
+    let st = Command::new(BIN).args(["cp", "-r"]).arg(format!("{}:/", img.display())).arg(&out).status().unwrap();
+    assert!(st.success());
+    let _ = fs::remove_dir(out.join("lost+found"));
+    assert!(Command::new("diff").args(["-r", "-q"]).arg(&tree).arg(&out).status().unwrap().success(), "ext4kit cp -r copied something else");
+    println!("copying a tree out: 6000 files, {} MB, {runs} interleaved runs", bytes / 1_000_000);
+    let (mut ours, mut dbg, mut kern) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        fresh(&out);
+        let a = timed(Command::new(BIN).args(["cp", "-r"]).arg(format!("{}:/", img.display())).arg(&out));
+        fresh(&out);
+        let b = timed(Command::new("debugfs").arg("-R").arg(format!("rdump / {}", out.display())).arg(&img));
+        let c = if mounted {
+            fresh(&out);
+            drop_caches();
+            Some(timed(Command::new("cp").arg("-a").arg(mnt.join(".")).arg(&out)))
+        } else {
+            None
+        };
+        println!(
+            "  run {run}: ext4kit {:.3} s, debugfs rdump {:.3} s ({:.2}x){}",
+            a.as_secs_f64(),
+            b.as_secs_f64(),
+            b.as_secs_f64() / a.as_secs_f64(),
+            c.map_or(String::new(), |c| format!(", kernel cp -a {:.3} s ({:.2}x)", c.as_secs_f64(), c.as_secs_f64() / a.as_secs_f64()))
+        );
+        ours.push(a);
+        dbg.push(b);
+        kern.extend(c);
+    }
+    let (a, b) = (median(&mut ours), median(&mut dbg));
+    let mut line = format!(
+        "median tree: ext4kit cp -r {:.3} s, debugfs rdump {:.3} s, ratio {:.2}x",
+        a.as_secs_f64(),
+        b.as_secs_f64(),
+        b.as_secs_f64() / a.as_secs_f64()
+    );
+    if !kern.is_empty() {
+        let c = median(&mut kern);
+        line += &format!("; kernel cp -a (caches dropped) {:.3} s, ratio {:.2}x", c.as_secs_f64(), c.as_secs_f64() / a.as_secs_f64());
+        Command::new("umount").arg(&mnt).status().unwrap();
+    }
+    println!("{line}");
 }

@@ -54,47 +54,6 @@ fn mkfs(img: &Path, size: &str) {
     run(Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096"]).arg(img).arg(size));
 }
 
-/// A tree of about `total` bytes: `files` files in nested directories, sizes from a few bytes to
-/// a few MiB (most small, as in a root filesystem), pseudo-random content.
-fn make_tree(root: &Path, files: usize, total: u64) -> u64 {
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    // Sizes: 80% up to 16 KiB, 18% up to 256 KiB, 2% up to 8 MiB; scaled to `total`.
-    let mut sizes: Vec<u64> = (0..files)
-        .map(|_| match next() % 100 {
-            0..80 => next() % (16 << 10),
-            80..98 => next() % (256 << 10),
-            _ => next() % (8 << 20),
-        })
-        .collect();
-    let sum: u64 = sizes.iter().sum();
-    for s in &mut sizes {
-        *s = *s * total / sum.max(1);
-    }
-    let block = ext4kit_testkit::pattern(7, 8 << 20);
-    let mut written = 0;
-    for (i, size) in sizes.iter().enumerate() {
-        let dir = root.join(format!("d{}/s{}", i % 40, i % 7));
-        fs::create_dir_all(&dir).unwrap();
-        let mut f = fs::File::create(dir.join(format!("file-{i}.dat"))).unwrap();
-        let off = (i * 4099) % (block.len() / 2);
-        let n = *size as usize;
-        f.write_all(&block[off..off + n.min(block.len() - off)]).unwrap();
-        let mut left = n.saturating_sub(block.len() - off);
-        while left > 0 {
-            let k = left.min(block.len());
-            f.write_all(&block[..k]).unwrap();
-            left -= k;
-        }
-        written += *size;
-    }
-    written
-}
 
 /// Time of: `fuse2fs -f -o fakeroot IMG MNT` started, `script` run once the mount is up,
 /// unmounted, and the daemon gone (so everything reached the image).
@@ -169,7 +128,7 @@ fn main() {
 
     // Inputs.
     let tree = d.join("tree");
-    let tree_bytes = if want("build") { make_tree(&tree, 6000, 200 << 20) } else { 0 };
+    let tree_bytes = if want("build") { ext4kit_testkit::size_mix_tree(&tree, 6000, 200 << 20) } else { 0 };
     let big = d.join("big");
     if want("copy") {
         let mut f = fs::File::create(&big).unwrap();

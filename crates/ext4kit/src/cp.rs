@@ -44,6 +44,9 @@ pub struct CpOptions {
 const MAX_DEPTH: usize = 4096;
 /// Size of one read / write.
 const CHUNK: usize = 1 << 20;
+/// Files of a directory whose reading starts ahead of their copy, and how much of each.
+const PREFETCH_FILES: usize = 32;
+const PREFETCH_BYTES: u64 = 256 << 10;
 
 struct Copier<'a> {
     opts: CpOptions,
@@ -56,6 +59,8 @@ struct Copier<'a> {
     buf: Vec<u8>,
     /// Files, MiB and rate on stderr while copying, when it is a terminal.
     meter: crate::meter::Meter,
+    /// Readers of files coming next in the directory being copied, their first bytes being read.
+    prefetched: HashMap<u32, ext4kit_fs::FileReader>,
 }
 
 /// `Mode` from permission bits (its raw type is u32 on Linux, u16 on Apple systems).
@@ -218,7 +223,21 @@ impl Copier<'_> {
             }
         };
         ancestors.push(ino);
-        for e in entries.iter().filter(|e| !e.is_dot_or_dotdot()) {
+        let entries: Vec<_> = entries.into_iter().filter(|e| !e.is_dot_or_dotdot()).collect();
+        let mut ahead = 0;
+        for (i, e) in entries.iter().enumerate() {
+            // Keep the next files' first bytes being read while this one is copied: many small
+            // files would otherwise wait for the device one at a time.
+            while ahead < entries.len() && ahead < i + PREFETCH_FILES {
+                let next = &entries[ahead];
+                ahead += 1;
+                if next.file_type == Some(FileType::Regular) && !self.prefetched.contains_key(&next.ino) {
+                    if let Ok(r) = fs.open_file(next.ino) {
+                        r.prefetch(PREFETCH_BYTES);
+                        self.prefetched.insert(next.ino, r);
+                    }
+                }
+            }
             let mut child_rel = rel.to_vec();
             if !child_rel.is_empty() {
                 child_rel.push(b'/');
@@ -229,10 +248,15 @@ impl Copier<'_> {
             }
         }
         ancestors.pop();
+        // Prefetched but not copied (hard links to files copied already, or errors).
+        self.prefetched.retain(|ino, _| entries.iter().all(|e| e.ino != *ino));
     }
 
     fn copy_file(&mut self, fs: &Fs, st: &Stat, dir: &OwnedFd, name: &[u8]) -> Result<()> {
-        let reader = fs.open_file(st.ino)?;
+        let reader = match self.prefetched.remove(&st.ino) {
+            Some(r) => r,
+            None => fs.open_file(st.ino)?,
+        };
         let fd = rustix::fs::openat(
             dir,
             name,
@@ -412,6 +436,7 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
         errors: 0,
         buf: Vec::new(),
         meter: crate::meter::Meter::new("copying", false),
+        prefetched: HashMap::new(),
     };
     let mut image_index: HashMap<std::path::PathBuf, usize> = HashMap::new();
     let mut seen_roots: HashSet<(usize, u32)> = HashSet::new();
