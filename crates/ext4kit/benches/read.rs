@@ -7,7 +7,7 @@
 //! before each kernel read. Needs root and e2fsprogs; `EXT4KIT_BENCH_MB` changes the size.
 //!
 //! Then a tree: `ext4kit cp -r IMG:/ OUT` vs `debugfs -R "rdump / OUT"` vs `cp -a` out of the
-//! loop mount, on 6000 files of mixed sizes (`EXT4KIT_BENCH_ONLY=file` skips it).
+//! loop mount, on 6000 files of mixed sizes (`EXT4KIT_BENCH_ONLY=file` or `=tree` runs one part).
 //!
 //! Run: `cargo bench -p ext4kit --bench read`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -64,6 +64,11 @@ fn main() {
         .prefix("ext4kit-bench-")
         .tempdir_in(base)
         .unwrap();
+    if std::env::var("EXT4KIT_BENCH_ONLY").is_ok_and(|v| v == "tree") {
+        fs::create_dir(dir.path().join("mnt")).unwrap();
+        tree_part(dir.path(), runs, root);
+        return;
+    }
     let tree = dir.path().join("tree");
     fs::create_dir(&tree).unwrap();
     // The file: pseudo-random data, written in 4 MiB chunks.

@@ -138,9 +138,10 @@ impl Copier<'_> {
                 return Ok(());
             }
         }
+        let mut mode_done = false;
         match st.file_type {
             FileType::Directory => return self.copy_dir(fs, img, &st, dir, name, rel, ancestors),
-            FileType::Regular => self.copy_file(fs, &st, dir, name)?,
+            FileType::Regular => mode_done = self.copy_file(fs, &st, dir, name)?,
             FileType::Symlink => {
                 let target = fs.read_link(ino)?;
                 rustix::fs::symlinkat(target.as_slice(), dir, name)
@@ -160,7 +161,7 @@ impl Copier<'_> {
         if st.nlink > 1 {
             self.links.insert((img, ino), rel.to_vec());
         }
-        self.finish(fs, &st, dir, name, None)
+        self.finish(fs, &st, dir, name, None, mode_done)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -195,7 +196,7 @@ impl Copier<'_> {
         )
         .map_err(|e| errno(e, "open directory"))?;
         self.copy_children(fs, img, st.ino, &sub, rel, ancestors);
-        self.finish(fs, st, dir, name, Some(&sub))
+        self.finish(fs, st, dir, name, Some(&sub), false)
     }
 
     /// Copies the entries of directory `ino` into `sub` (errors reported per entry).
@@ -252,18 +253,28 @@ impl Copier<'_> {
         self.prefetched.retain(|ino, _| entries.iter().all(|e| e.ino != *ino));
     }
 
-    fn copy_file(&mut self, fs: &Fs, st: &Stat, dir: &OwnedFd, name: &[u8]) -> Result<()> {
+    /// Copies a regular file's bytes; returns whether the new file already has its final mode
+    /// (created with it, so `finish` need not chmod).
+    fn copy_file(&mut self, fs: &Fs, st: &Stat, dir: &OwnedFd, name: &[u8]) -> Result<bool> {
         let reader = match self.prefetched.remove(&st.ino) {
             Some(r) => r,
             None => fs.open_file(st.ino)?,
         };
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| errno(e, "create"))?;
+        // Without -p the final mode is the image's permission bits under our umask; a new file
+        // can be created with it when it lets us write (else 0600 now, chmod after).
+        let final_mode = (u32::from(st.mode) & 0o777) & !self.umask;
+        let direct = !self.opts.preserve && final_mode & 0o600 == 0o600;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let (fd, mode_done) = match rustix::fs::openat(dir, name, flags | OFlags::EXCL, raw_mode(if direct { final_mode } else { 0o600 })) {
+            Ok(fd) => (fd, direct),
+            // Overwriting a file DEST already holds: its mode is set afterwards.
+            Err(Errno::EXIST) => (
+                rustix::fs::openat(dir, name, flags | OFlags::TRUNC, raw_mode(0o600)).map_err(|e| errno(e, "create"))?,
+                false,
+            ),
+            Err(e) => return Err(errno(e, "create")),
+        };
+        let mut written_end = 0;
         let bs = u64::from(fs.block_size());
         let runs = fs.file_runs(st.ino)?;
         let ranges: Vec<(u64, u64)> = if let Some(stored) = reader.inline_len() {
@@ -298,12 +309,16 @@ impl Copier<'_> {
                     done += w;
                 }
                 pos += n as u64;
+                written_end = written_end.max(pos);
                 self.meter.bytes(n as u64);
             }
         }
-        rustix::fs::ftruncate(&fd, st.size).map_err(|e| errno(e, "truncate"))?;
+        // A trailing hole (or a file that shrank under us): the size says it.
+        if written_end != st.size {
+            rustix::fs::ftruncate(&fd, st.size).map_err(|e| errno(e, "truncate"))?;
+        }
         self.meter.file();
-        Ok(())
+        Ok(mode_done)
     }
 
     /// Owner, mode, xattrs and times of a created entry (`fd`: the open directory, if one).
@@ -314,11 +329,12 @@ impl Copier<'_> {
         dir: &OwnedFd,
         name: &[u8],
         fd: Option<&OwnedFd>,
+        mode_done: bool,
     ) -> Result<()> {
         let is_link = st.file_type == FileType::Symlink;
         let perm = u32::from(st.mode & 0o7777);
         if !self.opts.preserve {
-            if !is_link {
+            if !is_link && !mode_done {
                 let mode = perm & 0o777 & !self.umask;
                 rustix::fs::chmodat(dir, name, raw_mode(mode), AtFlags::empty())
                     .map_err(|e| errno(e, "chmod"))?;

@@ -865,6 +865,25 @@ fn cp_single_files_and_into_directories() {
         ],
         "not a directory",
     );
+    // Without -p: modes as coreutils cp gives them (source bits under the umask, set-id bits
+    // dropped), for new files and again when overwriting them.
+    let host = out.join("host-modes");
+    let st = Command::new("cp").arg("-r").arg(tree.join("modes")).arg(&host).status().unwrap();
+    assert!(st.success());
+    ext4kit_ok(&[os("cp"), os("-r"), os(&i("/modes")), out.join("modes-np").as_os_str()]);
+    for round in 0..2 {
+        for name in ["m600", "m755", "m4755", "m2711", "m000"] {
+            let dest = out.join("modes-np").join(name);
+            if round == 1 {
+                // Over the file the first round made (opened, truncated, chmod after).
+                ext4kit_ok(&[os("cp"), os(&i(&format!("/modes/{name}"))), dest.as_os_str()]);
+            }
+            let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+            let (ours, theirs) = (mode(&dest), mode(&host.join(name)));
+            assert_eq!(ours, theirs, "round {round}: {name}: ext4kit {ours:o}, cp {theirs:o}");
+            assert_eq!(fs::read(&dest).unwrap(), name.as_bytes());
+        }
+    }
     let k = Kind::Dir;
     assert_eq!(k, Kind::Dir);
 }
