@@ -116,7 +116,9 @@ impl FileReader {
 }
 
 impl Core {
-    fn check_regular(&self, ino: u32, inode: &Inode) -> Result<()> {
+    /// Refuses anything but a regular file whose data we can handle (directories, other
+    /// types, encrypted files), for reading and for writing alike.
+    pub(crate) fn check_regular(&self, ino: u32, inode: &Inode) -> Result<()> {
         if inode.is_dir() {
             return Err(Error::IsDir {
                 path: PathBytes(format!("<inode {ino}>").into_bytes()),

@@ -37,6 +37,16 @@ fn timed(cmd: &mut Command) -> Duration {
     d
 }
 
+/// Loop-mounts `img` read-only at `mnt`; whether it worked.
+fn mount_ro(img: &Path, mnt: &Path) -> bool {
+    Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(img)
+        .arg(mnt)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn drop_caches() {
     Command::new("sync").status().unwrap();
     fs::write("/proc/sys/vm/drop_caches", b"3\n").unwrap();
@@ -100,12 +110,7 @@ fn main() {
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     let mounted = root
-        && Command::new("mount")
-            .args(["-o", "loop,ro"])
-            .arg(&img)
-            .arg(&mnt)
-            .status()
-            .is_ok_and(|s| s.success());
+        && mount_ro(&img, &mnt);
     if !mounted {
         eprintln!("note: not root or mount failed; the kernel column is skipped");
     }
@@ -186,12 +191,7 @@ fn tree_part(dir: &Path, runs: usize, root: bool) {
     ext4kit_testkit::mke2fs_d(&tree, &img, "ext4", 4096, 512 << 20, &[]);
     let mnt = dir.join("mnt");
     let mounted = root
-        && Command::new("mount")
-            .args(["-o", "loop,ro"])
-            .arg(&img)
-            .arg(&mnt)
-            .status()
-            .is_ok_and(|s| s.success());
+        && mount_ro(&img, &mnt);
     let out = dir.join("out");
     let fresh = |p: &Path| {
         let _ = fs::remove_dir_all(p);

@@ -483,12 +483,7 @@ impl Fs {
 
     fn check_regular_for_write(&self, ino: u32) -> Result<()> {
         let inode = self.core.read_inode(ino)?;
-        if inode.is_dir() {
-            return Err(Error::IsDir { path: PathBytes(format!("inode {ino}").into_bytes()) });
-        }
-        if !inode.is_regular() {
-            return Err(Error::InvalidArgument(format!("inode {ino} is not a regular file")));
-        }
+        self.core.check_regular(ino, &inode)?;
         if inode.links_count() == 0 {
             return Err(Error::NotFound { path: PathBytes(format!("inode {ino} (deleted)").into_bytes()) });
         }

@@ -267,12 +267,7 @@ impl Fs {
             }
         }
         let inode = self.core.read_inode(ino)?;
-        if inode.is_dir() {
-            return Err(Error::IsDir { path: PathBytes(format!("inode {ino}").into_bytes()) });
-        }
-        if !inode.is_regular() {
-            return Err(Error::InvalidArgument(format!("inode {ino} is not a regular file")));
-        }
+        self.core.check_regular(ino, &inode)?;
         if inode.links_count() == 0 {
             // Unlinked: still open somewhere (an orphan whose page cache is held), or gone.
             return self.core.orphans.lock().held(ino).ok_or_else(|| Error::NotFound { path: PathBytes(format!("inode {ino} (deleted)").into_bytes()) });
