@@ -110,13 +110,6 @@ fn check_not_mounted(img: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `e` with `path` in front, unless its message already starts with it (or with a path
-/// under it, which says more).
-fn naming(e: anyhow::Error, path: &Path) -> anyhow::Error {
-    let p = path.display().to_string();
-    if e.to_string().starts_with(&p) { e } else { e.context(p) }
-}
-
 /// Images opened for writing, once each, synced at the end.
 #[derive(Default)]
 pub struct WritableImages {
@@ -655,7 +648,7 @@ pub fn cmd_cp_in(
                 let name = src
                     .file_name()
                     .ok_or_else(|| anyhow!("{}: no file name", src.display()))?;
-                c.copy(src, d, name.as_bytes()).map_err(|e| naming(e, src))?;
+                c.copy(src, d, name.as_bytes()).with_context(|| src.display().to_string())?;
             }
             None => {
                 if sources.len() > 1 {
@@ -666,7 +659,7 @@ pub fn cmd_cp_in(
                 }
                 let (dir, name) =
                     parent_and_name(&fs, &dest_path).with_context(|| dest.display())?;
-                c.copy(src, dir, &name).map_err(|e| naming(e, src))?;
+                c.copy(src, dir, &name).with_context(|| src.display().to_string())?;
             }
         }
     }
