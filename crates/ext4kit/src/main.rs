@@ -243,7 +243,7 @@ enum Command {
         /// Copy directories recursively (symlinks are never followed then).
         #[arg(short = 'r', short_alias = 'R', long = "recursive")]
         recursive: bool,
-        /// Preserve mode, owner, timestamps (ns) and user.* xattrs.
+        /// Preserve mode (with POSIX ACLs), owner, timestamps (ns) and user.* xattrs.
         #[arg(short = 'p', long = "preserve")]
         preserve: bool,
         /// With -p, copy xattrs of every namespace (trusted.*, security.*), not only user.*.

@@ -3,8 +3,10 @@
 //! with `h_refcount` 1).
 //!
 //! [`Fs::set_xattrs`] replaces an inode's whole set; [`Fs::set_xattr`] / [`Fs::remove_xattr`]
-//! change one attribute of the current set.
+//! change one attribute of the current set. Values are as setxattr(2) takes them: POSIX ACLs
+//! in the getxattr(2) form are stored in ext4's own (version 1) form.
 
+use ext4kit_format::acl;
 use ext4kit_format::xattr::{XattrBlock, XattrSpec, build_block, build_ibody, parse_ibody, value_of};
 
 use crate::error::{Error, PathBytes, Result, ResultExt};
@@ -46,16 +48,42 @@ fn xattr_block_refcount(core: &Core, ino: u32, blk: u64) -> Result<u32> {
     Ok(x.refcount())
 }
 
-/// Replaces every attribute of `ino` with `attrs` (under the metadata lock).
+/// POSIX ACLs in ext4's disk form: values in the getxattr(2) form are converted (and checked as
+/// the kernel checks them), values read back from the image kept; an ACL without entries is
+/// dropped (the kernel removes it); a default ACL is refused on a non-directory, as the kernel
+/// does. Other attributes pass unchanged.
+fn acls_to_disk(attrs: &[XattrPair], is_dir: bool) -> Result<Vec<XattrPair>> {
+    let mut out = Vec::with_capacity(attrs.len());
+    for (name, value) in attrs {
+        if !acl::is_acl_name(name) {
+            out.push((name.clone(), value.clone()));
+            continue;
+        }
+        let shown = String::from_utf8_lossy(name);
+        if name == acl::DEFAULT_NAME && !is_dir && !value.is_empty() {
+            return Err(Error::InvalidArgument(format!("{shown}: a default ACL is only for directories")));
+        }
+        match acl::to_stored(value) {
+            Ok(Some(v)) => out.push((name.clone(), v)),
+            Ok(None) => {}
+            Err(e) => return Err(Error::InvalidArgument(format!("{shown}: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces every attribute of `ino` with `attrs` (under the metadata lock). POSIX ACLs may
+/// come in the getxattr(2) form and are stored in ext4's ([`acls_to_disk`]).
 pub(crate) fn write_all(core: &Core, meta: &mut MetaState, ino: u32, attrs: &[XattrPair]) -> Result<()> {
     let bs = core.block_size as usize;
-    let (area_len, old_block) = {
+    let (area_len, old_block, is_dir) = {
         let inode = meta.inode(core, ino)?;
-        (inode.xattr_area().len(), inode.file_acl())
+        (inode.xattr_area().len(), inode.file_acl(), inode.is_dir())
     };
+    let attrs = acls_to_disk(attrs, is_dir)?;
     let mut body: Vec<XattrSpec> = Vec::new();
     let mut block: Vec<XattrSpec> = Vec::new();
-    for (name, value) in attrs {
+    for (name, value) in &attrs {
         if name.len() > 255 || value.len() > bs {
             return Err(Error::InvalidArgument(format!("attribute {} is too large", String::from_utf8_lossy(name))));
         }
