@@ -1,0 +1,194 @@
+//! POSIX ACLs and every xattr namespace through the binary, judged by the kernel: `getfacl` on a
+//! loop mount, access by a non-owner the ACL names (`setpriv`), inheritance of default ACLs by
+//! files the kernel creates, strict e2fsck, and the raw bytes `mke2fs -d` writes for the same
+//! tree (debugfs `ea_list`).
+#![allow(clippy::unwrap_used)]
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use ext4kit_testkit::{
+    Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, run, run_ok, snapshot,
+};
+
+/// The named user and group of the ACLs, and a user they do not name.
+const NAMED_UID: &str = "1234";
+const OTHER_UID: &str = "999";
+
+fn ext4kit(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ok(args: &[&str]) -> String {
+    let (code, out, err) = ext4kit(args);
+    assert_eq!(code, 0, "ext4kit {args:?} failed: {err}");
+    assert!(err.is_empty(), "ext4kit {args:?} wrote to stderr: {err}");
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `getfacl -p` of `paths` (relative to `root`), run in `root` so that outputs of different
+/// trees compare equal; `omit_header` drops the `# file:` lines.
+fn getfacl(root: &Path, paths: &[&str], omit_header: bool) -> String {
+    let mut c = Command::new("getfacl");
+    c.current_dir(root).arg("-p");
+    if omit_header {
+        c.arg("-c");
+    }
+    let out = c.args(paths).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "getfacl {paths:?} in {}: {}{text}", root.display(), String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Runs `cmd args` as user `uid` (group the same, no supplementary groups).
+fn as_user(uid: &str, cmd: &str, args: &[&OsStr]) -> (i32, String) {
+    let mut a: Vec<&OsStr> = ["--reuid", uid, "--regid", uid, "--clear-groups", cmd].into_iter().map(OsStr::new).collect();
+    a.extend_from_slice(args);
+    run("setpriv", &a)
+}
+
+/// The ACLs the issue names: on `d` (mode 0700, so that only the ACL lets the named user in) an
+/// access and a default ACL, on `f` an access ACL; `d/inner` and `d/sub` are created after the
+/// default ACL, so the host kernel gave them inherited ACLs.
+fn acl_tree(root: &Path) {
+    std::fs::create_dir(root).unwrap();
+    chmod(root, 0o755);
+    let d = root.join("d");
+    std::fs::create_dir(&d).unwrap();
+    chmod(&d, 0o700);
+    run_ok("setfacl", &["-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
+    run_ok("setfacl", &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
+    std::fs::write(d.join("inner"), b"inner file").unwrap();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::write(root.join("f"), b"plain file").unwrap();
+    run_ok("setfacl", &["-m", "u:1234:rw-,g:4321:r--,m::rw-", s(&root.join("f"))]);
+}
+
+const ACL_PATHS: [&str; 4] = ["d", "d/inner", "d/sub", "f"];
+
+/// Checks a kernel view of an ACL tree against the host tree it came from: the same getfacl,
+/// the named user can list `d` and a user the ACL does not name cannot, and what the kernel
+/// creates in `d` inherits the default ACL as `d/inner` and `d/sub` did on the host.
+fn check_acl_view(what: &str, host: &Path, got: &Path, create: bool) {
+    assert_eq!(getfacl(got, &ACL_PATHS, false), getfacl(host, &ACL_PATHS, false), "{what}: getfacl differs");
+    let d = got.join("d");
+    let (code, out) = as_user(NAMED_UID, "ls", &[d.as_os_str()]);
+    assert_eq!(code, 0, "{what}: uid {NAMED_UID} cannot list d: {out}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["inner", "sub"], "{what}");
+    let (code, out) = as_user(OTHER_UID, "ls", &[d.as_os_str()]);
+    assert_ne!(code, 0, "{what}: uid {OTHER_UID} listed d: {out}");
+    assert!(out.contains("Permission denied"), "{what}: {out}");
+    if create {
+        std::fs::write(d.join("new"), b"made by the kernel").unwrap();
+        std::fs::create_dir(d.join("newdir")).unwrap();
+        assert_eq!(getfacl(&d, &["new"], true), getfacl(&host.join("d"), &["inner"], true), "{what}: new file");
+        assert_eq!(getfacl(&d, &["newdir"], true), getfacl(&host.join("d"), &["sub"], true), "{what}: new dir");
+    }
+}
+
+/// `debugfs ea_list` of a path, the attribute lines sorted.
+fn ea_list(img: &Path, path: &str) -> Vec<String> {
+    let out = run_ok("debugfs", &["-R", &format!("ea_list {path}"), s(img)]);
+    let mut lines: Vec<String> = out.lines().filter(|l| l.starts_with("  ")).map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn acls_from_a_host_tree_reach_the_kernel_through_build_and_cp_in() {
+    if !require_kernel("acls_from_a_host_tree_reach_the_kernel_through_build_and_cp_in") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    let tree = dir.path().join("tree");
+    acl_tree(&tree);
+    let tree_dot = format!("{}/.", s(&tree));
+    for bs in ["1024", "4096"] {
+        let built = dir.path().join(format!("build-{bs}.img"));
+        ok(&["build", "-b", bs, s(&tree), s(&built)]);
+        let copied = dir.path().join(format!("cp-{bs}.img"));
+        ok(&["mkfs", "-b", bs, s(&copied), "16M"]);
+        ok(&["cp", "-r", "-p", &tree_dot, &format!("{}:/", s(&copied))]);
+        // The bytes mke2fs -d stores for the same tree (ext4's version-1 form).
+        let reference = dir.path().join(format!("mke2fs-{bs}.img"));
+        mke2fs_d(&tree, &reference, "ext4", bs.parse().unwrap(), 16 << 20, &[]);
+        for p in ACL_PATHS {
+            let want = ea_list(&reference, p);
+            assert!(want.iter().any(|l| l.contains("system.posix_acl_access")), "{p}: {want:?}");
+            assert_eq!(ea_list(&built, p), want, "build {bs}: {p}");
+            assert_eq!(ea_list(&copied, p), want, "cp -p in {bs}: {p}");
+        }
+        for img in [&built, &copied] {
+            let what = format!("{} ", img.file_name().unwrap().to_string_lossy());
+            assert_e2fsck_clean(img);
+            let stat = ok(&["stat", &format!("{}:/d", s(img))]);
+            assert!(stat.contains("system.posix_acl_access") && stat.contains("system.posix_acl_default"), "{what}{stat}");
+            let m = LoopMount::new(img, false).unwrap();
+            check_acl_view(&what, &tree, m.path(), true);
+            m.unmount().unwrap();
+            assert_e2fsck_clean(img);
+            // Out again: the same ACLs on the host, also for what the kernel created.
+            let out = dir.path().join(format!("out-{bs}"));
+            let _ = std::fs::remove_dir_all(&out);
+            ok(&["cp", "-r", "-p", &format!("{}:/", s(img)), s(&out)]);
+            chmod(&out, 0o755);
+            std::fs::remove_file(out.join("d/new")).unwrap();
+            std::fs::remove_dir(out.join("d/newdir")).unwrap();
+            check_acl_view(&format!("{what}copied out"), &tree, &out, false);
+        }
+    }
+}
+
+#[test]
+fn acls_set_by_the_kernel_come_out_with_cp_p() {
+    if !require_kernel("acls_set_by_the_kernel_come_out_with_cp_p") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    chmod(dir.path(), 0o755);
+    for bs in ["1024", "4096"] {
+        let img = dir.path().join(format!("k-{bs}.img"));
+        std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", bs, s(&img)]);
+        let m = LoopMount::new(&img, false).unwrap();
+        let root = m.path();
+        let d = root.join("d");
+        std::fs::create_dir(&d).unwrap();
+        chmod(&d, 0o700);
+        run_ok("setfacl", &["-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
+        run_ok("setfacl", &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
+        std::fs::write(d.join("inner"), b"inner file").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(root.join("f"), b"plain file").unwrap();
+        run_ok("setfacl", &["-m", "u:1234:rw-,g:4321:r--,m::rw-", s(&root.join("f"))]);
+        // A copy of the kernel's view on the host, as the reference.
+        let host = dir.path().join(format!("host-{bs}"));
+        run_ok("cp", &["-a", &format!("{}/.", s(root)), s(&host)]);
+        std::fs::remove_dir(host.join("lost+found")).unwrap();
+        chmod(&host, 0o755);
+        check_acl_view("kernel mount", &host, root, false);
+        m.unmount().unwrap();
+        assert_e2fsck_clean(&img);
+        let stat = ok(&["stat", &format!("{}:/d", s(&img))]);
+        assert!(stat.contains("system.posix_acl_access") && stat.contains("system.posix_acl_default"), "{stat}");
+        let out = dir.path().join(format!("out-{bs}"));
+        ok(&["cp", "-r", "-p", &format!("{}:/", s(&img)), s(&out)]);
+        chmod(&out, 0o755);
+        check_acl_view(&format!("cp -r -p out {bs}"), &host, &out, true);
+        // The getxattr form our reader gives is the kernel's, byte for byte.
+        let diffs = diff_trees(&snapshot(&host), &snapshot(&out), Compare { dir_mtime: false, ..Compare::default() });
+        assert!(diffs.iter().all(|l| l.starts_with("unexpected: d/new")), "{diffs:?}");
+    }
+}
