@@ -192,3 +192,104 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
         assert!(diffs.iter().all(|l| l.starts_with("unexpected: d/new")), "{diffs:?}");
     }
 }
+
+fn setx(p: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty()).unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
+}
+
+/// `security.capability` as the kernel stores it: VFS_CAP_REVISION_2 with the effective bit,
+/// cap_net_raw (13) and cap_net_bind_service (10) permitted.
+fn capability() -> Vec<u8> {
+    let mut v = (0x0200_0000u32 | 1).to_le_bytes().to_vec();
+    for w in [(1u32 << 13) | (1 << 10), 0, 0, 0] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+/// Entries with attributes of every namespace: a file (in-inode and, with a large value, in a
+/// block too), a directory with ACLs of both kinds, a symlink and a fifo (no user.* there: the
+/// kernel refuses user.* on them).
+fn every_namespace(root: &Path, tag: &str) {
+    let f = root.join(format!("file-{tag}"));
+    std::fs::write(&f, b"content").unwrap();
+    setx(&f, "user.one", b"1");
+    setx(&f, "user.big", &[b'x'; 600]);
+    setx(&f, "trusted.two", &[0, 1, 2, 255]);
+    setx(&f, "security.three", b"3");
+    setx(&f, "security.capability", &capability());
+    run_ok("setfacl", &["-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&f)]);
+    let d = root.join(format!("dir-{tag}"));
+    std::fs::create_dir(&d).unwrap();
+    setx(&d, "user.d", b"dir value");
+    setx(&d, "trusted.d", b"");
+    run_ok("setfacl", &["-m", "u:1234:r-x,g:4321:r-x,m::r-x", s(&d)]);
+    run_ok("setfacl", &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
+    let l = root.join(format!("link-{tag}"));
+    std::os::unix::fs::symlink("file-target", &l).unwrap();
+    setx(&l, "trusted.l", b"on a symlink");
+    setx(&l, "security.l", b"sec");
+    let p = root.join(format!("fifo-{tag}"));
+    run_ok("mkfifo", &[s(&p)]);
+    setx(&p, "trusted.p", b"on a fifo");
+}
+
+/// Every namespace in the tree, so that the comparison cannot pass on trees without them.
+fn assert_has_every_namespace(t: &ext4kit_testkit::Tree, tag: &str) {
+    let names = |p: &str| -> Vec<String> { t[p.as_bytes()].xattrs.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect() };
+    let f = names(&format!("file-{tag}"));
+    for n in ["user.one", "user.big", "trusted.two", "security.three", "security.capability", "system.posix_acl_access"] {
+        assert!(f.iter().any(|x| x == n), "{tag}: {n} missing in {f:?}");
+    }
+    assert!(names(&format!("dir-{tag}")).iter().any(|x| x == "system.posix_acl_default"), "{tag}");
+    assert!(names(&format!("link-{tag}")).iter().any(|x| x == "trusted.l"), "{tag}");
+}
+
+#[test]
+fn every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel() {
+    if !require_kernel("every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    every_namespace(&tree, "host");
+    let want = snapshot(&tree);
+    assert_has_every_namespace(&want, "host");
+    let cmp = Compare { dir_mtime: false, ..Compare::default() };
+    let same = |what: &str, want: &ext4kit_testkit::Tree, got: &Path| {
+        let d = diff_trees(want, &snapshot(got), cmp);
+        assert!(d.is_empty(), "{what}: {d:#?}");
+    };
+    let tree_dot = format!("{}/.", s(&tree));
+    for bs in ["1024", "4096"] {
+        let built = dir.path().join(format!("build-{bs}.img"));
+        ok(&["build", "-b", bs, s(&tree), s(&built)]);
+        let copied = dir.path().join(format!("cp-{bs}.img"));
+        ok(&["mkfs", "-b", bs, s(&copied), "16M"]);
+        ok(&["cp", "-r", "-p", &tree_dot, &format!("{}:/", s(&copied))]);
+        for img in [&built, &copied] {
+            let what = format!("{}", img.file_name().unwrap().to_string_lossy());
+            assert_e2fsck_clean(img);
+            let m = LoopMount::new(img, false).unwrap();
+            same(&format!("{what} in the kernel"), &want, m.path());
+            // The kernel adds its own, read back by cp out below.
+            every_namespace(m.path(), "kernel");
+            let kernel_view = snapshot(m.path());
+            assert_has_every_namespace(&kernel_view, "kernel");
+            m.unmount().unwrap();
+            assert_e2fsck_clean(img);
+            let out = dir.path().join(format!("out-{what}"));
+            ok(&["cp", "-r", "-p", "--all-xattrs", &format!("{}:/", s(img)), s(&out)]);
+            same(&format!("{what} copied out"), &kernel_view, &out);
+            // And in again, to a fresh image, for the kernel once more.
+            let again = dir.path().join(format!("again-{what}"));
+            ok(&["mkfs", "-b", bs, s(&again), "16M"]);
+            ok(&["cp", "-r", "-p", &format!("{}/.", s(&out)), &format!("{}:/", s(&again))]);
+            assert_e2fsck_clean(&again);
+            let m = LoopMount::new(&again, true).unwrap();
+            same(&format!("{what} copied out and in again"), &kernel_view, m.path());
+            m.unmount().unwrap();
+        }
+    }
+}
