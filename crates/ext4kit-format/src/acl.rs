@@ -342,6 +342,53 @@ pub fn to_stored(v: &[u8]) -> Result<Option<Vec<u8>>, AclError> {
     xattr_to_disk(v)
 }
 
+/// Parses a stored value in either form (the disk form, or the xattr form older ext4kit
+/// stored).
+pub fn parse_stored(v: &[u8]) -> Result<Vec<AclEntry>, AclError> {
+    if version(v)? == XATTR_VERSION { parse_xattr(v) } else { parse_disk(v) }
+}
+
+/// What a new inode inherits from its directory's default ACL (the kernel's
+/// `posix_acl_create_masq`): `entries` (a copy of the default ACL) are masked by the
+/// requested permission bits `mode` and the mode by them. Returns the new rwx bits (the other
+/// bits of `mode` are kept) and whether the ACL says more than the mode (named entries or a
+/// mask: only then is it stored as the access ACL).
+pub fn create_masq(entries: &mut [AclEntry], mode: u16) -> Result<(u16, bool), AclError> {
+    const RWXU: u16 = 0o700;
+    const RWXG: u16 = 0o070;
+    const RWXO: u16 = 0o007;
+    let mut m = mode & 0o777;
+    let mut not_equiv = false;
+    let mut group_obj = None;
+    let mut mask = None;
+    for (i, e) in entries.iter_mut().enumerate() {
+        match e.tag {
+            TAG_USER_OBJ => {
+                e.perm &= (m >> 6) | !RWXO;
+                m &= (e.perm << 6) | !RWXU;
+            }
+            TAG_USER | TAG_GROUP => not_equiv = true,
+            TAG_GROUP_OBJ => group_obj = Some(i),
+            TAG_OTHER => {
+                e.perm &= m | !RWXO;
+                m &= e.perm | !RWXO;
+            }
+            TAG_MASK => {
+                mask = Some(i);
+                not_equiv = true;
+            }
+            t => return err(HEADER + i * XATTR_ENTRY, AclProblem::Tag(t)),
+        }
+    }
+    let Some(g) = mask.or(group_obj) else {
+        return err(HEADER + entries.len() * XATTR_ENTRY, AclProblem::Order);
+    };
+    let e = &mut entries[g];
+    e.perm &= (m >> 3) | !RWXO;
+    m &= (e.perm << 3) | !RWXG;
+    Ok(((mode & !0o777) | m, not_equiv))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +442,30 @@ mod tests {
         assert_eq!(parse_disk(&md).unwrap().len(), 3);
         let back = disk_to_xattr(&md).unwrap().unwrap();
         assert_eq!(parse_xattr(&back).unwrap()[0].id, UNDEFINED_ID);
+    }
+
+    #[test]
+    fn inheritance_masks_both_ways() {
+        // default: user::rwx user:1234:rwx group::r-x group:4321:r-x mask::rwx other::r-x
+        let mut e = parse_xattr(&xattr(&[
+            xe(TAG_USER_OBJ, 7, 0),
+            xe(TAG_USER, 7, 1234),
+            xe(TAG_GROUP_OBJ, 5, 0),
+            xe(TAG_GROUP, 5, 4321),
+            xe(TAG_MASK, 7, 0),
+            xe(TAG_OTHER, 5, 0),
+        ]))
+        .unwrap();
+        // A file created with 0644 (setgid kept): user rw-, mask r--, other r--.
+        let (mode, not_equiv) = create_masq(&mut e, 0o2644).unwrap();
+        assert_eq!((mode, not_equiv), (0o2644, true));
+        let perms: Vec<u16> = e.iter().map(|x| x.perm).collect();
+        assert_eq!(perms, [6, 7, 5, 5, 4, 4]);
+        // Without named entries or mask the ACL is the mode: not stored.
+        let mut m = parse_xattr(&xattr(&[xe(1, 7, 0), xe(4, 0, 0), xe(0x20, 5, 0)])).unwrap();
+        assert_eq!(create_masq(&mut m, 0o777).unwrap(), (0o705, false));
+        let mut none = parse_xattr(&xattr(&[xe(1, 7, 0), xe(0x20, 5, 0)])).unwrap();
+        assert!(create_masq(&mut none, 0o777).is_err());
     }
 
     #[test]

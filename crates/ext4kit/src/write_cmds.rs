@@ -345,6 +345,18 @@ pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
     Ok((d, name.to_vec()))
 }
 
+/// The attributes of a directory `mkdir` makes in `dir`: under a default POSIX ACL, mode 0777
+/// for the ACL to mask (as mkdir(1) asks the kernel; the ACL takes the umask's place).
+fn mkdir_attrs(fs: &Fs, dir: u32, attrs: &NewInode) -> NewInode {
+    let inherits = fs
+        .list_xattrs(dir)
+        .is_ok_and(|x| x.iter().any(|x| x.name == b"system.posix_acl_default"));
+    NewInode {
+        perm: if inherits { 0o777 } else { attrs.perm },
+        ..*attrs
+    }
+}
+
 /// `ext4kit mkdir [-p] IMG:PATH...`.
 pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> Result<()> {
     let (uid, gid) = euid_egid();
@@ -374,13 +386,13 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
                         String::from_utf8_lossy(comp)
                     ),
                     None => fs
-                        .create(cur, comp, &NewKind::Directory, &attrs)
+                        .create(cur, comp, &NewKind::Directory, &mkdir_attrs(&fs, cur, &attrs))
                         .with_context(|| s.display())?,
                 };
             }
         } else {
             let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
-            fs.create(dir, &name, &NewKind::Directory, &attrs)
+            fs.create(dir, &name, &NewKind::Directory, &mkdir_attrs(&fs, dir, &attrs))
                 .with_context(|| s.display())?;
         }
     }
@@ -538,10 +550,10 @@ impl CopyIn<'_> {
 
     fn finish(&mut self, ino: u32, src: &Path, md: &fs::Metadata, attrs: &NewInode) -> Result<()> {
         if self.opts.preserve {
+            // The source's set exactly, also when it has none: what the image gave the
+            // inode (ACLs inherited from a default ACL, an old file's attributes) goes.
             let x = xattrs_of(src);
-            if !x.is_empty() {
-                self.fs.set_xattrs(ino, &x)?;
-            }
+            self.fs.set_xattrs(ino, &x)?;
             self.fs
                 .set_owner_mode(ino, md.uid(), md.gid(), attrs.perm)?;
             self.fs

@@ -293,3 +293,104 @@ fn every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel()
         }
     }
 }
+
+/// Mode and ACL of `name` in `dir`, as `stat` and `getfacl` (without the name) show them.
+fn mode_and_acl(dir: &Path, name: &str) -> String {
+    let mode = run_ok("stat", &["-c", "%a", s(&dir.join(name))]);
+    format!("{mode}{}", getfacl(dir, &[name], true))
+}
+
+#[test]
+fn what_ext4kit_creates_under_a_default_acl_inherits_as_from_the_kernel() {
+    if !require_kernel("what_ext4kit_creates_under_a_default_acl_inherits_as_from_the_kernel") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    acl_tree(&tree);
+    let src = dir.path().join("src644");
+    std::fs::write(&src, b"data").unwrap();
+    chmod(&src, 0o644);
+    let src_exec = dir.path().join("src750");
+    std::fs::write(&src_exec, b"#!/bin/sh\n").unwrap();
+    chmod(&src_exec, 0o750);
+    for bs in ["1024", "4096"] {
+        let img = dir.path().join(format!("i-{bs}.img"));
+        ok(&["build", "-b", bs, s(&tree), s(&img)]);
+        let at = |p: &str| format!("{}:/d/{p}", s(&img));
+        ok(&["cp", s(&src), &at("cp")]);
+        ok(&["cp", s(&src_exec), &at("cp-exec")]);
+        ok(&["cp", "-p", s(&src), &at("cp-p")]);
+        ok(&["mkdir", &at("mkdir")]);
+        ok(&["mkdir", "-p", &at("mkdir-p/sub")]);
+        assert_e2fsck_clean(&img);
+        let m = LoopMount::new(&img, false).unwrap();
+        let d = m.path().join("d");
+        // The same operations through the kernel, by coreutils.
+        let k = |p: &str| s(&d.join(format!("k-{p}"))).to_string();
+        run_ok("cp", &[s(&src), &k("cp")]);
+        run_ok("cp", &[s(&src_exec), &k("cp-exec")]);
+        run_ok("cp", &["-p", s(&src), &k("cp-p")]);
+        run_ok("mkdir", &[&k("mkdir")]);
+        run_ok("mkdir", &["-p", &format!("{}/sub", k("mkdir-p"))]);
+        for p in ["cp", "cp-exec", "cp-p", "mkdir", "mkdir-p", "mkdir-p/sub"] {
+            let kp = if p == "mkdir-p/sub" { "k-mkdir-p/sub".to_string() } else { format!("k-{p}") };
+            assert_eq!(mode_and_acl(&d, p), mode_and_acl(&d, &kp), "{bs}: {p}");
+        }
+        assert!(getfacl(&d, &["cp"], true).contains("user:1234:rwx"), "{bs}: nothing inherited");
+        m.unmount().unwrap();
+        assert_e2fsck_clean(&img);
+    }
+}
+
+/// Images where older ext4kit stored ACLs in the getxattr form (version 2): ext4kit still reads
+/// them, and rewriting the inode's attributes stores ext4's form, which the kernel reads.
+#[test]
+fn acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form() {
+    if !require_kernel("acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    acl_tree(&tree);
+    let mut v2 = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(&tree.join("f"), "system.posix_acl_access", &mut v2).unwrap();
+    v2.truncate(n);
+    let v2_file = dir.path().join("v2");
+    std::fs::write(&v2_file, &v2).unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("f"), b"plain file").unwrap();
+    for bs in [1024u32, 4096] {
+        let img = dir.path().join(format!("old-{bs}.img"));
+        mke2fs_d(&plain, &img, "ext4", bs, 16 << 20, &[]);
+        run_ok("debugfs", &["-w", "-R", &format!("ea_set -r -f {} /f system.posix_acl_access", s(&v2_file)), s(&img)]);
+        assert_eq!(ea_list(&img, "/f"), [format!("  system.posix_acl_access ({})", v2.len())], "the old form is stored");
+        let stat = ok(&["stat", &format!("{}:/f", s(&img))]);
+        assert!(stat.contains("system.posix_acl_access (52)"), "{stat}");
+        let out = dir.path().join(format!("out-{bs}"));
+        ok(&["cp", "-r", "-p", &format!("{}:/", s(&img)), s(&out)]);
+        assert_eq!(getfacl(&out, &["f"], true), getfacl(&tree, &["f"], true));
+        // Setting another attribute rewrites the inode's set: the ACL in ext4's form, as
+        // mke2fs -d writes it.
+        let reference = dir.path().join(format!("ref-{bs}.img"));
+        mke2fs_d(&tree, &reference, "ext4", bs, 16 << 20, &[]);
+        let want = ea_list(&reference, "/f");
+        {
+            let fs = ext4kit_fs::Fs::open_path(&img, &ext4kit_fs::OpenOptions { writable: true, ..Default::default() }).unwrap();
+            let f = fs.resolve(b"/f", true).unwrap();
+            fs.set_xattr(f, b"user.x", b"1").unwrap();
+            fs.sync().unwrap();
+        }
+        let mut got = ea_list(&img, "/f");
+        got.retain(|l| !l.contains("user.x"));
+        assert_eq!(got, want);
+        // Copying onto the file with -p gives the source's set.
+        ok(&["cp", "-p", s(&tree.join("f")), &format!("{}:/f", s(&img))]);
+        assert_eq!(ea_list(&img, "/f"), want);
+        assert_e2fsck_clean(&img);
+        let m = LoopMount::new(&img, true).unwrap();
+        assert_eq!(getfacl(m.path(), &["f"], true), getfacl(&tree, &["f"], true));
+        m.unmount().unwrap();
+    }
+}

@@ -100,7 +100,9 @@ impl Fs {
         self.core.write.is_some()
     }
 
-    /// Creates `name` in directory `dir`. Returns the new inode number.
+    /// Creates `name` in directory `dir`. Returns the new inode number. When `dir` has a default
+    /// POSIX ACL the new inode inherits ACLs and its mode is masked as the kernel does it
+    /// (`posix_acl_create`).
     pub fn create(&self, dir: u32, name: &[u8], kind: &NewKind, attrs: &NewInode) -> Result<u32> {
         name_check(name)?;
         let core = &self.core;
@@ -122,8 +124,12 @@ impl Fs {
             }
         }
         let ino = meta.alloc_inode(core, dir, is_dir)?;
-        let result = init_inode(&mut meta, core, ino, dir, kind, attrs);
+        let result = init_inode(&mut meta, core, ino, dir, kind, attrs)
+            .and_then(|()| crate::write::xattr_write::inherit_acls(core, &mut meta, dir, ino));
         if let Err(e) = result {
+            if let Some(blk) = meta.inodes.get(&ino).map(Inode::file_acl).filter(|b| *b != 0) {
+                let _ = crate::write::modify::release_xattr_block(&mut meta, core, ino, blk);
+            }
             let _ = meta.free_inode(core, ino, is_dir);
             meta.inodes.remove(&ino);
             return Err(e);
