@@ -281,7 +281,7 @@ fn main() -> ExitCode {
 /// The error's chain on one line, `a: b: c`, without saying a path twice: a context that the
 /// next message starts with is dropped (`/d`, `/d: no such file`), and a message that starts
 /// with what the line already ends with loses that start (`img:/x`, `/x: no such file`).
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let mut msg = cause.to_string();
@@ -369,11 +369,16 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
         Command::Rm { recursive, force, specs } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            modify_cmds::cmd_rm(&mut w, &specs, recursive, force)?;
+            if modify_cmds::cmd_rm(&mut w, &specs, recursive, force)? > 0 {
+                // Each failed operand was reported on its own line (as rm(1) does).
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Mv { args } => {
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            modify_cmds::cmd_mv(&mut w, &args)?;
+            if modify_cmds::cmd_mv(&mut w, &args)? > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Ln {
             symbolic,
@@ -387,7 +392,9 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
         Command::Mkdir { parents, specs } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            write_cmds::cmd_mkdir(&mut w, &specs, parents)?;
+            if write_cmds::cmd_mkdir(&mut w, &specs, parents)? > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Cp {
             recursive,
@@ -402,7 +409,7 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             let dest = Spec::parse(&args[args.len() - 1]);
             let sources: Vec<PathBuf> = args[..args.len() - 1].iter().map(PathBuf::from).collect();
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            write_cmds::cmd_cp_in(
+            let errors = write_cmds::cmd_cp_in(
                 &mut w,
                 &sources,
                 &dest,
@@ -411,6 +418,9 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
                     preserve,
                 },
             )?;
+            if errors > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Cp {
             recursive,

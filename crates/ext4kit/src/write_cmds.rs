@@ -21,7 +21,7 @@ use ext4kit_fs::build::{BuildOptions, build_image};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::mkfs::{MkfsOptions, mkfs};
 use ext4kit_fs::write::ops::{NewInode, NewKind};
-use ext4kit_fs::{FileType, Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
 
 use crate::spec::Spec;
 
@@ -345,8 +345,9 @@ pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
     Ok((d, name.to_vec()))
 }
 
-/// `ext4kit mkdir [-p] IMG:PATH...`.
-pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> Result<()> {
+/// `ext4kit mkdir [-p] IMG:PATH...`. As mkdir(1), an operand that fails is reported on its own
+/// line and the others are still made; returns the number of errors.
+pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> Result<usize> {
     let (uid, gid) = euid_egid();
     let t = now();
     let attrs = NewInode {
@@ -355,36 +356,46 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
         gid,
         ..NewInode::with_time(0o755, t)
     };
+    let mut errors = 0;
     for s in specs {
-        let Some(path) = &s.path else {
-            bail!("{}: expected IMG:PATH", s.image.display())
-        };
-        let fs = images.get(&s.image)?;
-        if parents {
-            let mut cur = ROOT_INO;
-            for comp in path
-                .split(|b| *b == b'/')
-                .filter(|c| !c.is_empty() && *c != b".")
-            {
-                cur = match fs.lookup(cur, comp)? {
-                    Some(e) if e.file_type == Some(FileType::Directory) => e.ino,
-                    Some(_) => bail!(
-                        "{}: {} exists and is not a directory",
-                        s.display(),
-                        String::from_utf8_lossy(comp)
-                    ),
-                    None => fs
-                        .create(cur, comp, &NewKind::Directory, &attrs)
-                        .with_context(|| s.display())?,
-                };
+        let r = (|| -> Result<()> {
+            let Some(path) = &s.path else {
+                bail!("{}: expected IMG:PATH", s.image.display())
+            };
+            let fs = images.get(&s.image)?;
+            if parents {
+                // Each prefix as the kernel resolves it: symlinks to directories are followed.
+                let mut cur = ROOT_INO;
+                let mut prefix: Vec<u8> = Vec::new();
+                for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+                    prefix.push(b'/');
+                    prefix.extend_from_slice(comp);
+                    let shown = || format!("{}:{}", s.image.display(), String::from_utf8_lossy(&prefix));
+                    cur = match fs.resolve_inode(&prefix, true) {
+                        Ok((ino, inode)) if inode.is_dir() => ino,
+                        Ok(_) => bail!("{}: file exists and is not a directory", shown()),
+                        Err(ext4kit_fs::Error::NotFound { .. }) if fs.lookup(cur, comp)?.is_none() => {
+                            fs.create(cur, comp, &NewKind::Directory, &attrs).with_context(shown)?
+                        }
+                        // Only the last component can be missing: a dangling symlink.
+                        Err(ext4kit_fs::Error::NotFound { .. }) => bail!("{}: file exists", shown()),
+                        Err(e) => return Err(anyhow::Error::from(e).context(shown())),
+                    };
+                }
+            } else {
+                let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
+                fs.create(dir, &name, &NewKind::Directory, &attrs)
+                    .with_context(|| s.display())?;
             }
-        } else {
-            let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
-            fs.create(dir, &name, &NewKind::Directory, &attrs)
-                .with_context(|| s.display())?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            errors += 1;
+            eprintln!("ext4kit: {}", crate::one_line(&e));
         }
     }
-    images.sync_all()
+    images.sync_all()?;
+    Ok(errors)
 }
 
 /// How `cp` copies into an image.
@@ -398,6 +409,10 @@ pub struct CpInOptions {
 
 struct CopyIn<'a> {
     fs: &'a Fs,
+    /// The image, for messages.
+    image: &'a Path,
+    /// Errors reported (each on its own line); the copy goes on with the next entry.
+    errors: usize,
     meter: crate::meter::Meter,
     opts: CpInOptions,
     links: HashMap<(u64, u64), u32>,
@@ -456,53 +471,112 @@ impl CopyIn<'_> {
         }
     }
 
-    /// Copies `src` to `name` in image directory `dir` (replacing a regular file of that name).
-    fn copy(&mut self, src: &Path, dir: u32, name: &[u8]) -> Result<()> {
+    /// `IMG:PATH` of `dpath` (a path inside the image), for messages.
+    fn shown(&self, dpath: &[u8]) -> String {
+        format!("{}:{}", self.image.display(), String::from_utf8_lossy(dpath))
+    }
+
+    /// Reports an error on its own line and counts it (the copy goes on, as cp's does).
+    fn report(&mut self, e: &anyhow::Error) {
+        self.errors += 1;
+        self.meter.finish();
+        eprintln!("ext4kit: {}", crate::one_line(e));
+    }
+
+    /// Copies `src` to `name` in image directory `dir` (`dpath`: its path in the image), as
+    /// `cp -a` does onto an existing tree: a regular file replaces the contents of an existing
+    /// one (written through a symlink to one; a dangling symlink is refused), a symlink or
+    /// special file replaces an existing non-directory, directories merge; a directory never
+    /// replaces a non-directory nor the other way round. Errors below a directory are reported
+    /// and counted, the rest of it is copied; the error of this entry is returned.
+    fn copy(&mut self, src: &Path, dir: u32, name: &[u8], dpath: &[u8]) -> Result<()> {
         let md = fs::symlink_metadata(src).with_context(|| src.display().to_string())?;
         self.meter.file();
         let ft = md.file_type();
         let attrs = self.attrs(&md);
         let existing = self.fs.lookup(dir, name)?;
+        let existing_is_dir = match &existing {
+            Some(e) => self.fs.inode(e.ino)?.is_dir(),
+            None => false,
+        };
         if ft.is_dir() {
             if !self.opts.recursive {
-                bail!("{}: is a directory (use -r)", src.display());
+                bail!("{}: -r not specified; omitting directory", src.display());
             }
             let d = match existing {
-                Some(e) if e.file_type == Some(FileType::Directory) => e.ino,
-                Some(_) => bail!(
-                    "{}: exists in the image and is not a directory",
-                    String::from_utf8_lossy(name)
-                ),
+                Some(e) if existing_is_dir => e.ino,
+                Some(_) => bail!("{}: cannot overwrite non-directory with directory {}", self.shown(dpath), src.display()),
                 None => self.fs.create(dir, name, &NewKind::Directory, &attrs)?,
             };
             let mut kids: Vec<_> = fs::read_dir(src)
                 .with_context(|| src.display().to_string())?
-                .collect::<std::io::Result<Vec<_>>>()?;
+                .collect::<std::io::Result<Vec<_>>>()
+                .with_context(|| src.display().to_string())?;
             kids.sort_by_key(|k| k.file_name());
             for k in kids {
-                self.copy(&k.path(), d, k.file_name().as_bytes())?;
+                let kname = k.file_name();
+                let mut kpath = dpath.to_vec();
+                if !kpath.ends_with(b"/") {
+                    kpath.push(b'/');
+                }
+                kpath.extend_from_slice(kname.as_bytes());
+                if let Err(e) = self.copy(&k.path(), d, kname.as_bytes(), &kpath) {
+                    if is_no_space(&e) {
+                        return Err(e);
+                    }
+                    self.report(&e);
+                }
             }
             self.finish(d, src, &md, &attrs)?;
             return Ok(());
         }
+        if existing_is_dir {
+            bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display());
+        }
         let ino = if ft.is_file() {
             if md.nlink() > 1 {
                 if let Some(&ino) = self.links.get(&(md.dev(), md.ino())) {
-                    if existing.is_none() {
-                        self.fs.link(ino, dir, name)?;
+                    match existing {
+                        Some(e) if e.ino == ino => {}
+                        Some(_) => {
+                            self.fs.unlink(dir, name)?;
+                            self.fs.link(ino, dir, name)?;
+                        }
+                        None => self.fs.link(ino, dir, name)?,
                     }
                     return Ok(());
                 }
             }
             let (ino, fresh) = match existing {
-                Some(e) if e.file_type == Some(FileType::Regular) => {
-                    self.fs.set_size(e.ino, 0)?;
-                    (e.ino, false)
+                Some(e) => {
+                    let inode = self.fs.inode(e.ino)?;
+                    let target = if inode.is_symlink() {
+                        // cp writes through a symlink it finds at the destination.
+                        match self.fs.resolve_inode_at(dir, name, true) {
+                            Ok(t) => Some(t),
+                            Err(ext4kit_fs::Error::NotFound { .. }) => {
+                                bail!("{}: not writing through dangling symlink", self.shown(dpath))
+                            }
+                            Err(e) => return Err(anyhow::Error::from(e).context(self.shown(dpath))),
+                        }
+                    } else if inode.is_regular() {
+                        Some((e.ino, inode))
+                    } else {
+                        None
+                    };
+                    match target {
+                        Some((t, ti)) if ti.is_regular() => {
+                            self.fs.set_size(t, 0)?;
+                            (t, false)
+                        }
+                        Some(_) => bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display()),
+                        None => {
+                            // A device node, FIFO or socket: replaced by the file.
+                            self.fs.unlink(dir, name)?;
+                            (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true)
+                        }
+                    }
                 }
-                Some(_) => bail!(
-                    "{}: exists in the image and is not a regular file",
-                    String::from_utf8_lossy(name)
-                ),
                 None => (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true),
             };
             self.copy_data(src, ino, md.len(), fresh)?;
@@ -511,11 +585,8 @@ impl CopyIn<'_> {
             }
             ino
         } else {
-            if existing.is_some() {
-                bail!("{}: exists in the image", String::from_utf8_lossy(name));
-            }
             let kind = if ft.is_symlink() {
-                NewKind::Symlink(fs::read_link(src)?.as_os_str().as_bytes().to_vec())
+                NewKind::Symlink(fs::read_link(src).with_context(|| src.display().to_string())?.as_os_str().as_bytes().to_vec())
             } else if ft.is_char_device() {
                 {
                     let (major, minor) = ext4kit_fs::build::device_numbers(md.rdev());
@@ -531,7 +602,11 @@ impl CopyIn<'_> {
             } else {
                 NewKind::Socket
             };
-            self.fs.create(dir, name, &kind, &attrs)?
+            if existing.is_some() {
+                // cp -a replaces an existing non-directory by a symlink or special file.
+                self.fs.unlink(dir, name)?;
+            }
+            self.fs.create(dir, name, &kind, &attrs).with_context(|| self.shown(dpath))?
         };
         self.finish(ino, src, &md, &attrs)
     }
@@ -600,18 +675,31 @@ impl CopyIn<'_> {
     }
 }
 
-/// `ext4kit cp SRC... IMG:PATH` (copy into an image).
+/// Whether `e` is "no space left on device" (the copy stops there).
+fn is_no_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref::<ext4kit_fs::Error>(), Some(ext4kit_fs::Error::NoSpace(_))))
+}
+
+/// Whether `path` must name a directory (`name/`, as the kernel reads a trailing slash).
+pub(crate) fn wants_dir(path: &[u8]) -> bool {
+    path.ends_with(b"/") && path.iter().any(|&b| b != b'/')
+}
+
+/// `ext4kit cp SRC... IMG:PATH` (copy into an image). Each source that fails is reported on
+/// its own line and the others are copied (as cp does); returns the number of errors.
 pub fn cmd_cp_in(
     images: &mut WritableImages,
     sources: &[PathBuf],
     dest: &Spec,
     opts: CpInOptions,
-) -> Result<()> {
+) -> Result<usize> {
     let fs = images.get(&dest.image)?;
     let dest_path = dest.path_or_root().to_vec();
     let (uid, gid) = euid_egid();
     let mut c = CopyIn {
         fs: &fs,
+        image: &dest.image,
+        errors: 0,
         meter: crate::meter::Meter::new("copying", false),
         opts,
         links: HashMap::new(),
@@ -620,53 +708,86 @@ pub fn cmd_cp_in(
         gid,
         now: now(),
     };
-    let dest_dir = match fs.resolve(&dest_path, true) {
-        Ok(ino) => fs.inode(ino).ok().filter(|i| i.is_dir()).map(|_| ino),
-        Err(_) => None,
+    let dest_dir = match fs.resolve_inode(&dest_path, true) {
+        Ok((ino, inode)) if inode.is_dir() => Some(ino),
+        Ok(_) => None,
+        // A new name: `new/` can only be a directory (cp -r DIR IMG:/new/).
+        Err(ext4kit_fs::Error::NotFound { .. })
+            if !wants_dir(&dest_path)
+                || (opts.recursive && sources.len() == 1 && sources[0].is_dir()) =>
+        {
+            None
+        }
+        Err(ext4kit_fs::Error::NotFound { .. }) => bail!("{}: cannot create regular file: not a directory", dest.display()),
+        Err(e) => return Err(anyhow::Error::from(e).context(dest.display())),
     };
+    if dest_dir.is_none() && sources.len() > 1 {
+        bail!("{}: not a directory (several sources need one)", dest.display());
+    }
     for src in sources {
-        let contents_of = src.as_os_str().as_bytes().ends_with(b"/.");
-        match dest_dir {
-            Some(d) if contents_of => {
-                // SRC/. : the contents of SRC into DEST. (Path::parent would skip the `.`.)
-                let b = src.as_os_str().as_bytes();
-                let dir = Path::new(OsStr::from_bytes(&b[..b.len() - 2]));
-                let dir = if dir.as_os_str().is_empty() { Path::new("/") } else { dir };
-                if !c.opts.recursive {
-                    bail!("{}: is a directory (use -r)", src.display());
+        let r = (|| -> Result<()> {
+            let contents_of = src.as_os_str().as_bytes().ends_with(b"/.");
+            match dest_dir {
+                Some(d) if contents_of => {
+                    // SRC/. : the contents of SRC into DEST. (Path::parent would skip the `.`.)
+                    let b = src.as_os_str().as_bytes();
+                    let dir = Path::new(OsStr::from_bytes(&b[..b.len() - 2]));
+                    let dir = if dir.as_os_str().is_empty() { Path::new("/") } else { dir };
+                    if !c.opts.recursive {
+                        bail!("{}: -r not specified; omitting directory", src.display());
+                    }
+                    let mut kids: Vec<_> = fs::read_dir(dir)
+                        .with_context(|| dir.display().to_string())?
+                        .collect::<std::io::Result<Vec<_>>>()
+                        .with_context(|| dir.display().to_string())?;
+                    kids.sort_by_key(|k| k.file_name());
+                    for k in kids {
+                        let mut kpath = dest_path.clone();
+                        if !kpath.ends_with(b"/") {
+                            kpath.push(b'/');
+                        }
+                        kpath.extend_from_slice(k.file_name().as_bytes());
+                        if let Err(e) = c.copy(&k.path(), d, k.file_name().as_bytes(), &kpath) {
+                            if is_no_space(&e) {
+                                return Err(e);
+                            }
+                            c.report(&e);
+                        }
+                    }
+                    Ok(())
                 }
-                let mut kids: Vec<_> = fs::read_dir(dir)
-                    .with_context(|| dir.display().to_string())?
-                    .collect::<std::io::Result<Vec<_>>>()?;
-                kids.sort_by_key(|k| k.file_name());
-                for k in kids {
-                    c.copy(&k.path(), d, k.file_name().as_bytes())
-                        .with_context(|| k.path().display().to_string())?;
+                Some(d) => {
+                    let name = src
+                        .file_name()
+                        .ok_or_else(|| anyhow!("{}: no file name", src.display()))?;
+                    let mut kpath = dest_path.clone();
+                    if !kpath.ends_with(b"/") {
+                        kpath.push(b'/');
+                    }
+                    kpath.extend_from_slice(name.as_bytes());
+                    c.copy(src, d, name.as_bytes(), &kpath)
+                }
+                None => {
+                    let (dir, name) =
+                        parent_and_name(&fs, &dest_path).with_context(|| dest.display())?;
+                    c.copy(src, dir, &name, &dest_path)
                 }
             }
-            Some(d) => {
-                let name = src
-                    .file_name()
-                    .ok_or_else(|| anyhow!("{}: no file name", src.display()))?;
-                c.copy(src, d, name.as_bytes()).with_context(|| src.display().to_string())?;
+        })();
+        if let Err(e) = r {
+            if is_no_space(&e) {
+                // Another helper owns the ENOSPC rule: the copy stops here.
+                c.meter.finish();
+                return Err(e);
             }
-            None => {
-                if sources.len() > 1 {
-                    bail!(
-                        "{}: not a directory in the image (several sources need one)",
-                        dest.display()
-                    );
-                }
-                let (dir, name) =
-                    parent_and_name(&fs, &dest_path).with_context(|| dest.display())?;
-                c.copy(src, dir, &name).with_context(|| src.display().to_string())?;
-            }
+            c.report(&e);
         }
     }
     c.meter.phase("writing back");
-    let r = images.sync_all();
+    let errors = c.errors;
     drop(c);
-    r
+    images.sync_all()?;
+    Ok(errors)
 }
 
 /// Whether `arg` names a path inside an existing image (`IMG:PATH` with IMG a file).
