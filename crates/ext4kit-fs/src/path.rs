@@ -123,12 +123,15 @@ impl Fs {
                 }
                 continue;
             }
-            let here = join(&shown, &comp);
             if comp.len() > NAME_MAX {
+                // The name itself can be 4 KiB long (from a symlink): show its start only.
+                let mut start: Vec<u8> = comp[..32].to_vec();
+                start.extend_from_slice(format!("... ({} bytes)", comp.len()).as_bytes());
                 return Err(Error::NameTooLong {
-                    path: PathBytes(here),
+                    path: PathBytes(join(&shown, &start)),
                 });
             }
+            let here = join(&shown, &comp);
             if !cur_inode.is_dir() {
                 return Err(Error::NotDir {
                     path: PathBytes(shown),

@@ -53,6 +53,8 @@ struct Copier<'a> {
     /// (image index, inode) → path of the first copy, relative to `anchor`.
     links: HashMap<(usize, u32), Vec<u8>>,
     anchor: &'a OwnedFd,
+    /// The anchor's path, for messages.
+    anchor_shown: String,
     umask: u32,
     is_root: bool,
     errors: usize,
@@ -111,7 +113,16 @@ impl Copier<'_> {
     fn report(&mut self, what: &str, e: &anyhow::Error) {
         self.errors += 1;
         self.meter.finish();
-        eprintln!("ext4kit: cp: {what}: {e:#}");
+        eprintln!("ext4kit: {}", crate::one_line(&anyhow!("{}", crate::one_line(e)).context(what.to_string())));
+    }
+
+    /// Where entry `rel` (relative to the anchor) is in DEST, for messages.
+    fn at(&self, rel: &[u8]) -> String {
+        if self.anchor_shown == "." {
+            show(rel)
+        } else {
+            format!("{}/{}", self.anchor_shown.trim_end_matches('/'), show(rel))
+        }
     }
 
     /// Copies inode `ino` of image `img` as `name` inside `dir` (`rel`: its path from the
@@ -214,12 +225,12 @@ impl Copier<'_> {
         let entries = match fs.read_dir_salvage(ino) {
             Ok((entries, damaged)) => {
                 for e in damaged {
-                    self.report(&show(rel), &e.into());
+                    self.report(&self.at(rel), &e.into());
                 }
                 entries
             }
             Err(e) => {
-                self.report(&show(rel), &e.into());
+                self.report(&self.at(rel), &e.into());
                 return;
             }
         };
@@ -245,7 +256,7 @@ impl Copier<'_> {
             }
             child_rel.extend_from_slice(&e.name);
             if let Err(err) = self.copy(fs, img, e.ino, sub, &e.name, &child_rel, ancestors) {
-                self.report(&show(&child_rel), &err);
+                self.report(&self.at(&child_rel), &err);
             }
         }
         ancestors.pop();
@@ -447,6 +458,7 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
         opts,
         links: HashMap::new(),
         anchor: &anchor,
+        anchor_shown: anchor_path.display().to_string(),
         umask: mode_bits(umask),
         is_root: rustix::process::geteuid().is_root(),
         errors: 0,
@@ -521,6 +533,7 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
                     .ok_or_else(|| anyhow!("cannot name the copy of {}", src.display()))?,
             };
             c.copy(&fs, img, ino, &anchor, &name, &name, &mut ancestors)
+                .with_context(|| format!("{} -> {}", src.display(), c.at(&name)))
         })();
         if let Err(e) = result {
             c.report(&src.display(), &e);
