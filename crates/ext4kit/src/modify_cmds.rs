@@ -52,7 +52,7 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
     // `name/` names a directory (a symlink to one is followed), as lstat("name/") does.
     let through = if wants_dir(path) {
         match fs.resolve_inode(path, true) {
-            Err(ext4kit_fs::Error::NotFound { .. }) if force => return Ok(()),
+            Err(ext4kit_fs::Error::NotFound { .. } | ext4kit_fs::Error::NotDir { .. }) if force => return Ok(()),
             Err(e) => return Err(anyhow::Error::from(e).context(s.display())),
             Ok((ino, _)) => {
                 if !recursive {
@@ -92,9 +92,15 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
     Ok(())
 }
 
-/// Whether `e` is "no such file or directory" from the image.
+/// Whether `e` is an error `rm -f` ignores: "no such file or directory", or "not a directory"
+/// on the way (coreutils treats ENOTDIR as a missing file too).
 fn is_not_found(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| matches!(c.downcast_ref::<ext4kit_fs::Error>(), Some(ext4kit_fs::Error::NotFound { .. })))
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ext4kit_fs::Error>(),
+            Some(ext4kit_fs::Error::NotFound { .. } | ext4kit_fs::Error::NotDir { .. })
+        )
+    })
 }
 
 /// A directory being emptied: inode, its name in its parent, entries (name, inode) left.

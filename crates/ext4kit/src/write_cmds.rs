@@ -339,9 +339,12 @@ pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
             String::from_utf8_lossy(path)
         );
     }
-    let d = fs
-        .resolve(dir, true)
+    let (d, inode) = fs
+        .resolve_inode(dir, true)
         .with_context(|| String::from_utf8_lossy(dir).into_owned())?;
+    if !inode.is_dir() {
+        return Err(ext4kit_fs::Error::NotDir { path: ext4kit_fs::error::PathBytes(dir.to_vec()) }.into());
+    }
     Ok((d, name.to_vec()))
 }
 
