@@ -128,6 +128,23 @@ const CASES: &[Case] = &[
     both(&["cp", "-a", "%tree2", "@d"], &["cp", "-r", "-p", "%tree2", "@d"]),
     both(&["cp", "-a", "%tree2", "@d"], &["cp", "-r", "-p", "%tree2", "@d"]),
     both(&["cp", "-a", "@tlink", "@d/"], &["cp", "-r", "-p", "@tlink", "@d/"]),
+    // Copying out of the tree into an area of the host (`^`: one area per side).
+    c(&["cp", "@f", "^of/"]),
+    c(&["cp", "@f", "^onew/"]),
+    c(&["cp", "@f", "^od/"]),
+    c(&["cp", "@f", "^od/."]),
+    c(&["cp", "@f", "^odang"]),
+    c(&["cp", "@f", "^old/f-via-link"]),
+    c(&["cp", "@f", "^of"]),
+    c(&["cp", "@f", "@d/x", "^of"]),
+    c(&["cp", "@f", "@nope", "@d/x", "^od/"]),
+    c(&["cp", "@d", "^od/"]),
+    c(&["cp", "-r", "@d", "^od2/"]),
+    c(&["cp", "-r", "@d", "^od"]),
+    c(&["cp", "-r", "@d", "^od"]),
+    c(&["cp", "-r", "@d/.", "^od3"]),
+    c(&["cp", "-r", "@d", "^of"]),
+    c(&["cp", "-r", "@f/", "^of2"]),
     // Last: rm -r through `link/` empties the directory, then fails (as rm does).
     c(&["rm", "-r", "@ld/"]),
 ];
@@ -182,6 +199,9 @@ fn map(arg: &str, host_root: &Path, src: &Path, img: &Path, ours: bool) -> Strin
         } else {
             format!("{}/{p}", host_root.display())
         }
+    } else if let Some(p) = arg.strip_prefix('^') {
+        let area = if ours { "out-ours" } else { "out-host" };
+        format!("{}/{area}/{p}", src.parent().unwrap().display())
     } else if let Some(p) = arg.strip_prefix('%') {
         format!("{}/{p}", src.display())
     } else {
@@ -228,6 +248,15 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
         let scratch = dir.path().join("out");
         make_tree(&host);
         make_sources(&src);
+        // The areas copies out go to: a file, a directory, symlinks to both, a dangling one.
+        for area in ["out-host", "out-ours"] {
+            let a = dir.path().join(area);
+            std::fs::create_dir_all(a.join("od")).unwrap();
+            std::fs::write(a.join("of"), b"host file\n").unwrap();
+            symlink("of", a.join("olf")).unwrap();
+            symlink("od", a.join("old")).unwrap();
+            symlink("nowhere", a.join("odang")).unwrap();
+        }
         let img = dir.path().join("t.img");
         mke2fs_d(&host, &img, "ext4", bs, 8 << 20, &[]);
         let mut problems: Vec<String> = Vec::new();
@@ -263,6 +292,9 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
                 }
             }
             known = now;
+        }
+        for d in diff_trees(&snapshot(&dir.path().join("out-host")), &snapshot(&dir.path().join("out-ours")), CMP) {
+            problems.push(format!("copied out: {d}"));
         }
         assert_e2fsck_clean(&img);
         let m = LoopMount::new(&img, true).unwrap();

@@ -113,6 +113,14 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
     assert!(fails_in(&cwd, &["cp", "-r", &format!("{i1}:/apt"), "missing.img:/"]).contains("missing.img: no such file"));
     assert!(fails_in(&cwd, &["cp", "-r", "missing.img:/apt", "out"]).contains("missing.img: no such file"));
     assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "cp created something on the host");
+    // Copying out twice onto the same host tree: symlinks, hard links and special files of
+    // the first copy are replaced, as cp does.
+    let again = dir.path().join("again");
+    for _ in 0..2 {
+        ok_in(&cwd, &["cp", "-r", "-p", "--all-xattrs", &format!("{i1}:/"), s(&again)]);
+    }
+    let d = diff_trees(&kernel_tree(&one), &snapshot(&again), full);
+    assert!(d.is_empty(), "second copy out differs:\n{}", d.join("\n"));
     assert_e2fsck_clean(&one);
     assert_e2fsck_clean(&two);
     let got = kernel_tree(&two);
