@@ -5,6 +5,10 @@
 //! met as an intermediate component is followed (absolute targets restart at the root); the
 //! last component is followed only when asked. At most [`MAX_SYMLINKS`] symlinks are followed
 //! per resolution (`ELOOP` after that, as Linux does).
+//!
+//! As in the kernel, a path (or a symlink target) ending in `/` names a directory: its last
+//! component is followed when it is a symlink and must be a directory (`ENOTDIR` otherwise), and
+//! `.` after a non-directory is `ENOTDIR` too (`file/.`).
 
 use std::collections::VecDeque;
 
@@ -19,7 +23,7 @@ pub const MAX_SYMLINKS: usize = 40;
 
 fn join(base: &[u8], name: &[u8]) -> Vec<u8> {
     let mut p = base.to_vec();
-    if !p.ends_with(b"/") {
+    if !p.is_empty() && !p.ends_with(b"/") {
         p.push(b'/');
     }
     p.extend_from_slice(name);
@@ -91,25 +95,43 @@ impl Fs {
 
     /// Like [`Fs::resolve`], also returning the inode.
     pub fn resolve_inode(&self, path: &[u8], follow_last: bool) -> Result<(u32, Inode)> {
+        self.resolve_inode_at(ROOT_INO, path, follow_last)
+    }
+
+    /// Like [`Fs::resolve_inode`], a relative `path` starting at directory `start` (an
+    /// absolute one, or an absolute symlink target, restarts at the root), as `openat` does.
+    pub fn resolve_inode_at(&self, start: u32, path: &[u8], follow_last: bool) -> Result<(u32, Inode)> {
         let mut queue: VecDeque<Vec<u8>> = path
             .split(|&b| b == b'/')
             .filter(|c| !c.is_empty())
             .map(<[u8]>::to_vec)
             .collect();
-        let mut cur = ROOT_INO;
+        // `name/` is `name/.`: followed if a symlink, and it must be a directory.
+        if path.ends_with(b"/") && !queue.is_empty() {
+            queue.push_back(b".".to_vec());
+        }
+        let mut cur = if path.starts_with(b"/") { ROOT_INO } else { start };
         let mut cur_inode = self.core.read_inode(cur)?;
-        let mut shown: Vec<u8> = b"/".to_vec();
+        let mut shown: Vec<u8> = if cur == ROOT_INO { b"/".to_vec() } else { Vec::new() };
         let mut followed = 0usize;
         while let Some(comp) = queue.pop_front() {
             if comp == b"." {
+                if !cur_inode.is_dir() {
+                    return Err(Error::NotDir {
+                        path: PathBytes(shown),
+                    });
+                }
                 continue;
             }
-            let here = join(&shown, &comp);
             if comp.len() > NAME_MAX {
+                // The name itself can be 4 KiB long (from a symlink): show its start only.
+                let mut start: Vec<u8> = comp[..32].to_vec();
+                start.extend_from_slice(format!("... ({} bytes)", comp.len()).as_bytes());
                 return Err(Error::NameTooLong {
-                    path: PathBytes(here),
+                    path: PathBytes(join(&shown, &start)),
                 });
             }
+            let here = join(&shown, &comp);
             if !cur_inode.is_dir() {
                 return Err(Error::NotDir {
                     path: PathBytes(shown),
@@ -148,6 +170,9 @@ impl Fs {
                     cur = ROOT_INO;
                     cur_inode = self.core.read_inode(cur)?;
                     shown = b"/".to_vec();
+                }
+                if target.ends_with(b"/") && target.iter().any(|&b| b != b'/') {
+                    queue.push_front(b".".to_vec());
                 }
                 for c in target.split(|&b| b == b'/').filter(|c| !c.is_empty()).rev() {
                     queue.push_front(c.to_vec());

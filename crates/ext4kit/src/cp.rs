@@ -53,6 +53,8 @@ struct Copier<'a> {
     /// (image index, inode) → path of the first copy, relative to `anchor`.
     links: HashMap<(usize, u32), Vec<u8>>,
     anchor: &'a OwnedFd,
+    /// The anchor's path, for messages.
+    anchor_shown: String,
     umask: u32,
     is_root: bool,
     errors: usize,
@@ -88,6 +90,16 @@ fn make_node(_dir: &OwnedFd, _name: &[u8], ft: rustix::fs::FileType, _major: u32
     bail!("{ft:?}: special files are not created on this system")
 }
 
+/// Removes the non-directory `name` in `dir` that a copy replaces (a directory is refused, as
+/// cp refuses to overwrite a directory with a non-directory).
+fn replace_non_dir(dir: &OwnedFd, name: &[u8]) -> Result<()> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| errno(e, "stat"))?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+        bail!("cannot overwrite directory with non-directory");
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| errno(e, "unlink"))
+}
+
 fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
@@ -111,7 +123,16 @@ impl Copier<'_> {
     fn report(&mut self, what: &str, e: &anyhow::Error) {
         self.errors += 1;
         self.meter.finish();
-        eprintln!("ext4kit: cp: {what}: {e:#}");
+        eprintln!("ext4kit: {}", crate::one_line(&anyhow!("{}", crate::one_line(e)).context(what.to_string())));
+    }
+
+    /// Where entry `rel` (relative to the anchor) is in DEST, for messages.
+    fn at(&self, rel: &[u8]) -> String {
+        if self.anchor_shown == "." {
+            show(rel)
+        } else {
+            format!("{}/{}", self.anchor_shown.trim_end_matches('/'), show(rel))
+        }
     }
 
     /// Copies inode `ino` of image `img` as `name` inside `dir` (`rel`: its path from the
@@ -133,8 +154,14 @@ impl Copier<'_> {
         let st = fs.stat(ino)?;
         if st.file_type != FileType::Directory && st.nlink > 1 {
             if let Some(first) = self.links.get(&(img, ino)) {
-                rustix::fs::linkat(self.anchor, first.as_slice(), dir, name, AtFlags::empty())
-                    .map_err(|e| errno(e, "link"))?;
+                match rustix::fs::linkat(self.anchor, first.as_slice(), dir, name, AtFlags::empty()) {
+                    Err(Errno::EXIST) => {
+                        replace_non_dir(dir, name)?;
+                        rustix::fs::linkat(self.anchor, first.as_slice(), dir, name, AtFlags::empty())
+                            .map_err(|e| errno(e, "link"))?;
+                    }
+                    r => r.map_err(|e| errno(e, "link"))?,
+                }
                 return Ok(());
             }
         }
@@ -144,8 +171,14 @@ impl Copier<'_> {
             FileType::Regular => mode_done = self.copy_file(fs, &st, dir, name)?,
             FileType::Symlink => {
                 let target = fs.read_link(ino)?;
-                rustix::fs::symlinkat(target.as_slice(), dir, name)
-                    .map_err(|e| errno(e, "symlink"))?;
+                match rustix::fs::symlinkat(target.as_slice(), dir, name) {
+                    Err(Errno::EXIST) => {
+                        // Copying onto an earlier copy: as cp, replace a non-directory.
+                        replace_non_dir(dir, name)?;
+                        rustix::fs::symlinkat(target.as_slice(), dir, name).map_err(|e| errno(e, "symlink"))?;
+                    }
+                    r => r.map_err(|e| errno(e, "symlink"))?,
+                }
             }
             FileType::CharDevice | FileType::BlockDevice | FileType::Fifo | FileType::Socket => {
                 let (ma, mi) = st.rdev.unwrap_or((0, 0));
@@ -155,6 +188,9 @@ impl Copier<'_> {
                     FileType::Fifo => rustix::fs::FileType::Fifo,
                     _ => rustix::fs::FileType::Socket,
                 };
+                if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                    replace_non_dir(dir, name)?;
+                }
                 make_node(dir, name, ft, ma, mi)?;
             }
         }
@@ -214,12 +250,12 @@ impl Copier<'_> {
         let entries = match fs.read_dir_salvage(ino) {
             Ok((entries, damaged)) => {
                 for e in damaged {
-                    self.report(&show(rel), &e.into());
+                    self.report(&self.at(rel), &e.into());
                 }
                 entries
             }
             Err(e) => {
-                self.report(&show(rel), &e.into());
+                self.report(&self.at(rel), &e.into());
                 return;
             }
         };
@@ -245,7 +281,7 @@ impl Copier<'_> {
             }
             child_rel.extend_from_slice(&e.name);
             if let Err(err) = self.copy(fs, img, e.ino, sub, &e.name, &child_rel, ancestors) {
-                self.report(&show(&child_rel), &err);
+                self.report(&self.at(&child_rel), &err);
             }
         }
         ancestors.pop();
@@ -428,6 +464,12 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
     if sources.len() > 1 && !dest_is_dir {
         bail!("target {} is not a directory", dest.display());
     }
+    // `DEST/` names a directory: an existing non-directory is refused, and a new one can only
+    // be made by copying a directory (as cp does).
+    let dest_slash = dest.as_os_str().as_bytes().ends_with(b"/");
+    if dest_slash && !dest_is_dir && dest.symlink_metadata().is_ok() {
+        bail!("{}: not a directory", dest.display());
+    }
     let umask = rustix::process::umask(Mode::from_raw_mode(0o022));
     rustix::process::umask(umask);
     // Where entries are created: DEST itself, or DEST's parent when DEST is the new name.
@@ -449,6 +491,7 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
         opts,
         links: HashMap::new(),
         anchor: &anchor,
+        anchor_shown: anchor_path.display().to_string(),
         umask: mode_bits(umask),
         is_root: rustix::process::geteuid().is_root(),
         errors: 0,
@@ -522,7 +565,11 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
                     .map(<[u8]>::to_vec)
                     .ok_or_else(|| anyhow!("cannot name the copy of {}", src.display()))?,
             };
+            if dest_slash && new_name.is_some() && fs.stat(ino)?.file_type != FileType::Directory {
+                bail!("{}: cannot create regular file: not a directory", dest.display());
+            }
             c.copy(&fs, img, ino, &anchor, &name, &name, &mut ancestors)
+                .with_context(|| format!("{} -> {}", src.display(), c.at(&name)))
         })();
         if let Err(e) = result {
             c.report(&src.display(), &e);

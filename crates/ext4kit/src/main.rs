@@ -6,6 +6,7 @@
 //! journal replayed in memory (the image is never written); a line on stderr says so.
 
 mod cp;
+mod cp_src;
 mod meter;
 mod modify_cmds;
 mod show;
@@ -24,6 +25,22 @@ use ext4kit_fs::{ExtentKind, FileType, Fs, Stat};
 use serde_json::{Value, json};
 
 use crate::spec::{Images, Spec};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_says_a_path_once_and_drops_os_error_numbers() {
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(2)).context("/x/y").context("img:/x/y");
+        assert_eq!(one_line(&e), "img:/x/y: no such file or directory");
+        let e = anyhow::anyhow!("/hostname: not a directory").context("a.img:/hostname/");
+        assert_eq!(one_line(&e), "a.img:/hostname/: not a directory");
+        let e = anyhow::anyhow!("/d/x: not a directory").context("a.img:/d/x/y");
+        assert_eq!(one_line(&e), "a.img:/d/x/y: /d/x: not a directory");
+        assert_eq!(strip_os_error("open: Permission denied (os error 13)"), "open: permission denied");
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -280,16 +297,21 @@ fn main() -> ExitCode {
 
 /// The error's chain on one line, `a: b: c`, without saying a path twice: a context that the
 /// next message starts with is dropped (`/d`, `/d: no such file`), and a message that starts
-/// with what the line already ends with loses that start (`img:/x`, `/x: no such file`).
-fn one_line(e: &anyhow::Error) -> String {
+/// with what the line already ends with loses that start (`img:/x`, `/x: no such file`; also
+/// `img:/x/`, `/x: not a directory`). OS errors read as strerror does, without "(os error N)".
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
-        let mut msg = cause.to_string();
+        let mut msg = strip_os_error(&cause.to_string());
         if let Some(prev) = parts.last() {
             if msg == *prev || msg.starts_with(&format!("{prev}: ")) {
                 parts.pop();
+            } else if !msg.contains(": ") && names_same(&parts.join(": "), &msg) {
+                // A context naming the path the line already names (`img:/x`, then `/x`).
+                continue;
             } else if let Some((head, rest)) = msg.split_once(": ") {
-                if !head.is_empty() && parts.join(": ").ends_with(head) {
+                let line = parts.join(": ");
+                if !head.is_empty() && (line.ends_with(head) || names_same(&line, head)) {
                     msg = rest.to_string();
                 }
             }
@@ -297,6 +319,46 @@ fn one_line(e: &anyhow::Error) -> String {
         parts.push(msg);
     }
     parts.join(": ")
+}
+
+/// Whether `line` ends with path `head` up to trailing `/` and `/.` (`img:/x/.` and `/x`).
+fn names_same(line: &str, head: &str) -> bool {
+    fn trim(mut p: &str) -> &str {
+        loop {
+            let t = p.strip_suffix("/.").or_else(|| p.strip_suffix('/')).unwrap_or(p);
+            if t.len() == p.len() || t.is_empty() {
+                return p;
+            }
+            p = t;
+        }
+    }
+    let (l, h) = (trim(line), trim(head));
+    h.starts_with('/') && h.len() > 1 && l.ends_with(h) && l[..l.len() - h.len()].ends_with(':')
+}
+
+/// `No such file or directory (os error 2)` -> `no such file or directory`.
+fn strip_os_error(msg: &str) -> String {
+    let Some(at) = msg.find(" (os error ") else {
+        return msg.to_string();
+    };
+    let rest = &msg[at + " (os error ".len()..];
+    let Some(close) = rest.find(')') else {
+        return msg.to_string();
+    };
+    if !rest[..close].bytes().all(|b| b.is_ascii_digit()) {
+        return msg.to_string();
+    }
+    // The OS text (strerror's "No such file or directory") reads lower-case inside a line.
+    let head = &msg[..at];
+    let start = head.rfind(": ").map_or(0, |i| i + 2);
+    let mut out = head[..start].to_string();
+    let mut chars = head[start..].chars();
+    if let Some(c) = chars.next() {
+        out.extend(c.to_lowercase());
+        out.push_str(chars.as_str());
+    }
+    out.push_str(&rest[close + 1..]);
+    out
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -369,11 +431,16 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
         Command::Rm { recursive, force, specs } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            modify_cmds::cmd_rm(&mut w, &specs, recursive, force)?;
+            if modify_cmds::cmd_rm(&mut w, &specs, recursive, force)? > 0 {
+                // Each failed operand was reported on its own line (as rm(1) does).
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Mv { args } => {
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            modify_cmds::cmd_mv(&mut w, &args)?;
+            if modify_cmds::cmd_mv(&mut w, &args)? > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Ln {
             symbolic,
@@ -387,53 +454,75 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
         Command::Mkdir { parents, specs } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            write_cmds::cmd_mkdir(&mut w, &specs, parents)?;
-        }
-        Command::Cp {
-            recursive,
-            preserve,
-            all_xattrs: _,
-            args,
-        } if args.last().is_some_and(|a| write_cmds::is_image_spec(a))
-            && args[..args.len() - 1]
-                .iter()
-                .all(|a| !write_cmds::is_image_spec(a)) =>
-        {
-            let dest = Spec::parse(&args[args.len() - 1]);
-            let sources: Vec<PathBuf> = args[..args.len() - 1].iter().map(PathBuf::from).collect();
-            let mut w = write_cmds::WritableImages::new(images.replay_journal);
-            write_cmds::cmd_cp_in(
-                &mut w,
-                &sources,
-                &dest,
-                write_cmds::CpInOptions {
-                    recursive,
-                    preserve,
-                },
-            )?;
+            if write_cmds::cmd_mkdir(&mut w, &specs, parents)? > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Cp {
             recursive,
             preserve,
             all_xattrs,
-            mut args,
+            args,
         } => {
-            let dest = PathBuf::from(args.pop().unwrap_or_default());
-            let sources: Vec<Spec> = args.iter().map(|a| Spec::parse(a)).collect();
-            for s in &sources {
-                if s.path.is_none() {
-                    bail!(
-                        "{}: a source must be IMG:PATH (use IMG:/ for the whole image)",
-                        s.image.display()
-                    );
+            let classes = args.iter().map(|a| spec::classify(a)).collect::<Result<Vec<_>>>()?;
+            let Some((dest, sources)) = classes.split_last() else {
+                bail!("cp needs a source and a destination");
+            };
+            if let spec::Arg::Image(dest) = dest {
+                let sources: Vec<write_cmds::CpSource> = sources
+                    .iter()
+                    .map(|a| match a {
+                        spec::Arg::Dash => write_cmds::CpSource::Stdin,
+                        spec::Arg::Host(p) => write_cmds::CpSource::Host(p.clone()),
+                        spec::Arg::Image(s) => write_cmds::CpSource::Image(s.clone()),
+                    })
+                    .collect();
+                if sources.iter().filter(|s| matches!(s, write_cmds::CpSource::Stdin)).count() > 0 && sources.len() > 1 {
+                    bail!("-: standard input can only be copied alone");
+                }
+                let mut w = write_cmds::WritableImages::new(images.replay_journal);
+                let errors = write_cmds::cmd_cp_in(
+                    &mut w,
+                    images,
+                    &sources,
+                    dest,
+                    write_cmds::CpInOptions {
+                        recursive,
+                        preserve,
+                    },
+                )?;
+                if errors > 0 {
+                    return Ok(ExitCode::FAILURE);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut specs: Vec<Spec> = Vec::new();
+            for a in sources {
+                match a {
+                    spec::Arg::Image(s) => specs.push(s.clone()),
+                    spec::Arg::Dash => bail!("-: standard input can only be copied into an image (cp - IMG:PATH)"),
+                    spec::Arg::Host(p) => bail!(
+                        "{}: not IMG:PATH: cp copies out of images (IMG:PATH... DEST, IMG:/ for a whole image) or into one (SRC... IMG:PATH)",
+                        p.display()
+                    ),
                 }
             }
+            if *dest == spec::Arg::Dash {
+                // `cp IMG:PATH -`: the file to standard output (as e2cp does).
+                let [one] = specs.as_slice() else {
+                    bail!("-: only one file can be copied to standard output");
+                };
+                let fs = images.get(&one.image)?;
+                cat(&fs, one).with_context(|| one.display())?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let spec::Arg::Host(dest) = dest else { bail!("cp: no destination") };
             let opts = cp::CpOptions {
                 recursive,
                 preserve,
                 all_xattrs,
             };
-            let errors = cp::run(images, &sources, &dest, opts)?;
+            let errors = cp::run(images, &specs, dest, opts)?;
             if errors > 0 {
                 // Each error was reported on its own line.
                 return Ok(ExitCode::FAILURE);
@@ -549,7 +638,7 @@ fn info(fs: &Fs, as_json: bool) -> Result<()> {
                 Value::Null => "no".into(),
                 other => other.to_string(),
             };
-            writeln!(out, "{:<26}{v}", format!("{k}:"))?;
+            writeln!(out, "{:<26}{v}", format!("{k}: "))?;
         }
     }
     Ok(())

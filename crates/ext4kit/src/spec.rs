@@ -66,6 +66,43 @@ impl Spec {
     }
 }
 
+/// A `cp` operand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    /// `-`: standard input or output.
+    Dash,
+    /// `IMG:PATH` with IMG an existing file.
+    Image(Spec),
+    /// A path on the host.
+    Host(PathBuf),
+}
+
+/// Classifies a `cp` operand: `-`; a host path that exists; `IMG:PATH` whose IMG is an
+/// existing file; any other argument with a `:` is refused (its image does not exist), so that
+/// a mistyped image name never becomes a host file or directory named `IMG:...`; anything else
+/// is a new host path.
+pub fn classify(arg: &OsStr) -> Result<Arg> {
+    if arg.as_bytes() == b"-" {
+        return Ok(Arg::Dash);
+    }
+    if Path::new(arg).symlink_metadata().is_ok() {
+        return Ok(Arg::Host(PathBuf::from(arg)));
+    }
+    let spec = Spec::parse(arg);
+    match spec.path {
+        None => Ok(Arg::Host(PathBuf::from(arg))),
+        Some(_) if spec.image.is_file() => Ok(Arg::Image(spec)),
+        Some(_) if spec.image.is_dir() => anyhow::bail!(
+            "{}: is a directory, not an image (IMG:PATH names a file inside an image file)",
+            spec.image.display()
+        ),
+        Some(_) => anyhow::bail!(
+            "{}: no such file or directory (IMG:PATH names a file inside an existing image)",
+            spec.image.display()
+        ),
+    }
+}
+
 /// Opens images once each, printing their notices (journal replay) to stderr.
 #[derive(Default)]
 pub struct Images {

@@ -7,12 +7,11 @@
 //! which and what to do; with `--replay-journal` such a journal is replayed onto the image
 //! first, as a mount would, with a one-line notice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,8 +20,9 @@ use ext4kit_fs::build::{BuildOptions, build_image};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::mkfs::{MkfsOptions, mkfs};
 use ext4kit_fs::write::ops::{NewInode, NewKind};
-use ext4kit_fs::{FileType, Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
 
+use crate::cp_src::{Kind, Meta, Src};
 use crate::spec::Spec;
 
 /// Parses a size with an optional K/M/G/T suffix (powers of 1024): `256M`, `4G`, `1048576`.
@@ -339,9 +339,12 @@ pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
             String::from_utf8_lossy(path)
         );
     }
-    let d = fs
-        .resolve(dir, true)
+    let (d, inode) = fs
+        .resolve_inode(dir, true)
         .with_context(|| String::from_utf8_lossy(dir).into_owned())?;
+    if !inode.is_dir() {
+        return Err(ext4kit_fs::Error::NotDir { path: ext4kit_fs::error::PathBytes(dir.to_vec()) }.into());
+    }
     Ok((d, name.to_vec()))
 }
 
@@ -357,8 +360,9 @@ fn mkdir_attrs(fs: &Fs, dir: u32, attrs: &NewInode) -> NewInode {
     }
 }
 
-/// `ext4kit mkdir [-p] IMG:PATH...`.
-pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> Result<()> {
+/// `ext4kit mkdir [-p] IMG:PATH...`. As mkdir(1), an operand that fails is reported on its own
+/// line and the others are still made; returns the number of errors.
+pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> Result<usize> {
     let (uid, gid) = euid_egid();
     let t = now();
     let attrs = NewInode {
@@ -367,36 +371,46 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
         gid,
         ..NewInode::with_time(0o755, t)
     };
+    let mut errors = 0;
     for s in specs {
-        let Some(path) = &s.path else {
-            bail!("{}: expected IMG:PATH", s.image.display())
-        };
-        let fs = images.get(&s.image)?;
-        if parents {
-            let mut cur = ROOT_INO;
-            for comp in path
-                .split(|b| *b == b'/')
-                .filter(|c| !c.is_empty() && *c != b".")
-            {
-                cur = match fs.lookup(cur, comp)? {
-                    Some(e) if e.file_type == Some(FileType::Directory) => e.ino,
-                    Some(_) => bail!(
-                        "{}: {} exists and is not a directory",
-                        s.display(),
-                        String::from_utf8_lossy(comp)
-                    ),
-                    None => fs
-                        .create(cur, comp, &NewKind::Directory, &mkdir_attrs(&fs, cur, &attrs))
-                        .with_context(|| s.display())?,
-                };
+        let r = (|| -> Result<()> {
+            let Some(path) = &s.path else {
+                bail!("{}: expected IMG:PATH", s.image.display())
+            };
+            let fs = images.get(&s.image)?;
+            if parents {
+                // Each prefix as the kernel resolves it: symlinks to directories are followed.
+                let mut cur = ROOT_INO;
+                let mut prefix: Vec<u8> = Vec::new();
+                for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+                    prefix.push(b'/');
+                    prefix.extend_from_slice(comp);
+                    let shown = || format!("{}:{}", s.image.display(), String::from_utf8_lossy(&prefix));
+                    cur = match fs.resolve_inode(&prefix, true) {
+                        Ok((ino, inode)) if inode.is_dir() => ino,
+                        Ok(_) => bail!("{}: file exists and is not a directory", shown()),
+                        Err(ext4kit_fs::Error::NotFound { .. }) if fs.lookup(cur, comp)?.is_none() => {
+                            fs.create(cur, comp, &NewKind::Directory, &mkdir_attrs(&fs, cur, &attrs)).with_context(shown)?
+                        }
+                        // Only the last component can be missing: a dangling symlink.
+                        Err(ext4kit_fs::Error::NotFound { .. }) => bail!("{}: file exists", shown()),
+                        Err(e) => return Err(anyhow::Error::from(e).context(shown())),
+                    };
+                }
+            } else {
+                let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
+                fs.create(dir, &name, &NewKind::Directory, &mkdir_attrs(&fs, dir, &attrs))
+                    .with_context(|| s.display())?;
             }
-        } else {
-            let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
-            fs.create(dir, &name, &NewKind::Directory, &mkdir_attrs(&fs, dir, &attrs))
-                .with_context(|| s.display())?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            errors += 1;
+            eprintln!("ext4kit: {}", crate::one_line(&e));
         }
     }
-    images.sync_all()
+    images.sync_all()?;
+    Ok(errors)
 }
 
 /// How `cp` copies into an image.
@@ -410,6 +424,12 @@ pub struct CpInOptions {
 
 struct CopyIn<'a> {
     fs: &'a Fs,
+    /// The image, for messages.
+    image: &'a Path,
+    /// Errors reported (each on its own line); the copy goes on with the next entry.
+    errors: usize,
+    /// Directories this copy created (a copy within one image never walks into them).
+    created_dirs: HashSet<u32>,
     meter: crate::meter::Meter,
     opts: CpInOptions,
     links: HashMap<(u64, u64), u32>,
@@ -419,7 +439,7 @@ struct CopyIn<'a> {
     now: Timestamp,
 }
 
-fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut names = vec![0u8; 1024];
     let n = loop {
         match rustix::fs::llistxattr(path, &mut names) {
@@ -443,24 +463,20 @@ fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 impl CopyIn<'_> {
-    fn attrs(&self, md: &fs::Metadata) -> NewInode {
+    fn attrs(&self, md: &Meta) -> NewInode {
         if self.opts.preserve {
-            let t = |s: i64, n: i64| Timestamp {
-                seconds: s,
-                nanoseconds: n.clamp(0, 999_999_999) as u32,
-            };
             NewInode {
-                perm: (md.mode() & 0o7777) as u16,
-                uid: md.uid(),
-                gid: md.gid(),
-                atime: t(md.atime(), md.atime_nsec()),
-                mtime: t(md.mtime(), md.mtime_nsec()),
+                perm: md.perm,
+                uid: md.uid,
+                gid: md.gid,
+                atime: md.atime,
+                mtime: md.mtime,
                 ctime: self.now,
                 crtime: self.now,
             }
         } else {
             NewInode {
-                perm: (md.mode() & 0o777) as u16,
+                perm: md.perm & 0o777,
                 uid: self.uid,
                 gid: self.gid,
                 ..NewInode::with_time(0, self.now)
@@ -468,97 +484,189 @@ impl CopyIn<'_> {
         }
     }
 
-    /// Copies `src` to `name` in image directory `dir` (replacing a regular file of that name).
-    fn copy(&mut self, src: &Path, dir: u32, name: &[u8]) -> Result<()> {
-        let md = fs::symlink_metadata(src).with_context(|| src.display().to_string())?;
+    /// `IMG:PATH` of `dpath` (a path inside the image), for messages.
+    fn shown(&self, dpath: &[u8]) -> String {
+        format!("{}:{}", self.image.display(), String::from_utf8_lossy(dpath))
+    }
+
+    /// Reports an error on its own line and counts it (the copy goes on, as cp's does).
+    fn report(&mut self, e: &anyhow::Error) {
+        self.errors += 1;
+        self.meter.finish();
+        eprintln!("ext4kit: {}", crate::one_line(e));
+    }
+
+    /// Copies `src` to `name` in image directory `dir` (`dpath`: its path in the image), as
+    /// `cp -a` does onto an existing tree: a regular file replaces the contents of an existing
+    /// one (written through a symlink to one; a dangling symlink is refused), a symlink or
+    /// special file replaces an existing non-directory, directories merge; a directory never
+    /// replaces a non-directory nor the other way round. Errors below a directory are reported
+    /// and counted, the rest of it is copied; the error of this entry is returned.
+    fn copy(&mut self, src: &Src<'_>, dir: u32, name: &[u8], dpath: &[u8]) -> Result<()> {
+        let md = src.meta()?;
         self.meter.file();
-        let ft = md.file_type();
         let attrs = self.attrs(&md);
         let existing = self.fs.lookup(dir, name)?;
-        if ft.is_dir() {
+        if let (Src::Image { img: SAME_IMAGE, ino, .. }, Some(e)) = (src, &existing) {
+            if e.ino == *ino {
+                bail!("{} and {} are the same file", src.display(), self.shown(dpath));
+            }
+        }
+        let existing_is_dir = match &existing {
+            Some(e) => self.fs.inode(e.ino)?.is_dir(),
+            None => false,
+        };
+        if md.kind == Kind::Dir {
             if !self.opts.recursive {
-                bail!("{}: is a directory (use -r)", src.display());
+                bail!("{}: -r not specified; omitting directory", src.display());
+            }
+            if let Src::Image { img: SAME_IMAGE, ino, .. } = src {
+                if self.created_dirs.contains(ino) || existing.as_ref().is_some_and(|e| e.ino == *ino) {
+                    bail!("{}: cannot copy a directory into itself ({})", src.display(), self.shown(dpath));
+                }
             }
             let d = match existing {
-                Some(e) if e.file_type == Some(FileType::Directory) => e.ino,
-                Some(_) => bail!(
-                    "{}: exists in the image and is not a directory",
-                    String::from_utf8_lossy(name)
-                ),
-                None => self.fs.create(dir, name, &NewKind::Directory, &attrs)?,
+                Some(e) if existing_is_dir => e.ino,
+                Some(_) => bail!("{}: cannot overwrite non-directory with directory {}", self.shown(dpath), src.display()),
+                None => {
+                    let d = self.fs.create(dir, name, &NewKind::Directory, &attrs)?;
+                    self.created_dirs.insert(d);
+                    d
+                }
             };
-            let mut kids: Vec<_> = fs::read_dir(src)
-                .with_context(|| src.display().to_string())?
-                .collect::<std::io::Result<Vec<_>>>()?;
-            kids.sort_by_key(|k| k.file_name());
-            for k in kids {
-                self.copy(&k.path(), d, k.file_name().as_bytes())?;
+            for (kname, k) in src.children()? {
+                let mut kpath = dpath.to_vec();
+                if !kpath.ends_with(b"/") {
+                    kpath.push(b'/');
+                }
+                kpath.extend_from_slice(&kname);
+                if let Err(e) = self.copy(&k, d, &kname, &kpath) {
+                    if is_no_space(&e) {
+                        return Err(e);
+                    }
+                    self.report(&e);
+                }
             }
             self.finish(d, src, &md, &attrs)?;
             return Ok(());
         }
-        let ino = if ft.is_file() {
-            if md.nlink() > 1 {
-                if let Some(&ino) = self.links.get(&(md.dev(), md.ino())) {
-                    if existing.is_none() {
-                        self.fs.link(ino, dir, name)?;
+        if existing_is_dir {
+            bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display());
+        }
+        let ino = if md.kind == Kind::File {
+            if md.nlink > 1 {
+                if let Some(&ino) = self.links.get(&md.key) {
+                    match existing {
+                        Some(e) if e.ino == ino => {}
+                        Some(_) => {
+                            self.fs.unlink(dir, name)?;
+                            self.fs.link(ino, dir, name)?;
+                        }
+                        None => self.fs.link(ino, dir, name)?,
                     }
                     return Ok(());
                 }
             }
             let (ino, fresh) = match existing {
-                Some(e) if e.file_type == Some(FileType::Regular) => {
-                    self.fs.set_size(e.ino, 0)?;
-                    (e.ino, false)
+                Some(e) => {
+                    let inode = self.fs.inode(e.ino)?;
+                    let target = if inode.is_symlink() {
+                        // cp writes through a symlink it finds at the destination.
+                        match self.fs.resolve_inode_at(dir, name, true) {
+                            Ok(t) => Some(t),
+                            Err(ext4kit_fs::Error::NotFound { .. }) => {
+                                bail!("{}: not writing through dangling symlink", self.shown(dpath))
+                            }
+                            Err(e) => return Err(anyhow::Error::from(e).context(self.shown(dpath))),
+                        }
+                    } else if inode.is_regular() {
+                        Some((e.ino, inode))
+                    } else {
+                        None
+                    };
+                    if let (Src::Image { img: SAME_IMAGE, ino: sino, .. }, Some((t, _))) = (src, &target) {
+                        if t == sino {
+                            bail!("{} and {} are the same file", src.display(), self.shown(dpath));
+                        }
+                    }
+                    match target {
+                        Some((t, ti)) if ti.is_regular() => {
+                            self.fs.set_size(t, 0)?;
+                            (t, false)
+                        }
+                        Some(_) => bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display()),
+                        None => {
+                            // A device node, FIFO or socket: replaced by the file.
+                            self.fs.unlink(dir, name)?;
+                            (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true)
+                        }
+                    }
                 }
-                Some(_) => bail!(
-                    "{}: exists in the image and is not a regular file",
-                    String::from_utf8_lossy(name)
-                ),
                 None => (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true),
             };
-            self.copy_data(src, ino, md.len(), fresh)?;
-            if md.nlink() > 1 {
-                self.links.insert((md.dev(), md.ino()), ino);
+            match src {
+                Src::Host(p) => self.copy_data(p, ino, md.size, fresh)?,
+                Src::Image { fs, ino: sino, shown, .. } => self.copy_image_data(fs, *sino, md.size, ino).with_context(|| shown.clone())?,
+                Src::Stdin => {
+                    let data = crate::cp_src::read_stdin()?;
+                    self.fs.write_at(ino, 0, &data)?;
+                    self.fs.set_size(ino, data.len() as u64)?;
+                }
+            }
+            if md.nlink > 1 {
+                self.links.insert(md.key, ino);
             }
             ino
         } else {
-            if existing.is_some() {
-                bail!("{}: exists in the image", String::from_utf8_lossy(name));
-            }
-            let kind = if ft.is_symlink() {
-                NewKind::Symlink(fs::read_link(src)?.as_os_str().as_bytes().to_vec())
-            } else if ft.is_char_device() {
-                {
-                    let (major, minor) = ext4kit_fs::build::device_numbers(md.rdev());
-                    NewKind::CharDevice(major, minor)
-                }
-            } else if ft.is_block_device() {
-                {
-                    let (major, minor) = ext4kit_fs::build::device_numbers(md.rdev());
-                    NewKind::BlockDevice(major, minor)
-                }
-            } else if ft.is_fifo() {
-                NewKind::Fifo
-            } else {
-                NewKind::Socket
+            let kind = match md.kind {
+                Kind::Symlink => NewKind::Symlink(src.link_target()?),
+                Kind::Char(major, minor) => NewKind::CharDevice(major, minor),
+                Kind::Block(major, minor) => NewKind::BlockDevice(major, minor),
+                Kind::Fifo => NewKind::Fifo,
+                _ => NewKind::Socket,
             };
-            self.fs.create(dir, name, &kind, &attrs)?
+            if existing.is_some() {
+                // cp -a replaces an existing non-directory by a symlink or special file.
+                self.fs.unlink(dir, name)?;
+            }
+            self.fs.create(dir, name, &kind, &attrs).with_context(|| self.shown(dpath))?
         };
         self.finish(ino, src, &md, &attrs)
     }
 
-    fn finish(&mut self, ino: u32, src: &Path, md: &fs::Metadata, attrs: &NewInode) -> Result<()> {
+    fn finish(&mut self, ino: u32, src: &Src<'_>, md: &Meta, attrs: &NewInode) -> Result<()> {
         if self.opts.preserve {
             // The source's set exactly, also when it has none: what the image gave the
             // inode (ACLs inherited from a default ACL, an old file's attributes) goes.
-            let x = xattrs_of(src);
+            let x = src.xattrs()?;
             self.fs.set_xattrs(ino, &x)?;
             self.fs
-                .set_owner_mode(ino, md.uid(), md.gid(), attrs.perm)?;
+                .set_owner_mode(ino, md.uid, md.gid, attrs.perm)?;
             self.fs
                 .set_times(ino, Some(attrs.atime), Some(attrs.mtime), None)?;
         }
+        Ok(())
+    }
+
+    /// Copies regular file `sino` of image `sfs` (`size` bytes) into `ino`: only its written
+    /// extents, so holes and unwritten extents stay holes.
+    fn copy_image_data(&mut self, sfs: &Fs, sino: u32, size: u64, ino: u32) -> Result<()> {
+        let reader = sfs.open_file(sino)?;
+        self.buf.resize(1 << 20, 0);
+        for (start, end) in Src::image_ranges(sfs, sino, size)? {
+            let mut pos = start;
+            while pos < end {
+                let want = ((end - pos) as usize).min(self.buf.len());
+                let n = reader.read_at(pos, &mut self.buf[..want])?;
+                if n == 0 {
+                    break;
+                }
+                self.fs.write_at(ino, pos, &self.buf[..n])?;
+                pos += n as u64;
+                self.meter.bytes(n as u64);
+            }
+        }
+        self.fs.set_size(ino, size)?;
         Ok(())
     }
 
@@ -612,18 +720,57 @@ impl CopyIn<'_> {
     }
 }
 
-/// `ext4kit cp SRC... IMG:PATH` (copy into an image).
+/// Whether `e` is "no space left on device" (the copy stops there).
+fn is_no_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| matches!(c.downcast_ref::<ext4kit_fs::Error>(), Some(ext4kit_fs::Error::NoSpace(_))))
+}
+
+/// Whether `path` must name a directory (`name/`, as the kernel reads a trailing slash).
+pub(crate) fn wants_dir(path: &[u8]) -> bool {
+    path.ends_with(b"/") && path.iter().any(|&b| b != b'/')
+}
+
+/// A source of `cp` into an image.
+pub enum CpSource {
+    /// A host path.
+    Host(PathBuf),
+    /// `-`: standard input.
+    Stdin,
+    /// `IMG:PATH` in an image (the destination's image or another one).
+    Image(Spec),
+}
+
+/// `img` of sources in the destination's own image (see [`CopyIn::copy`]).
+const SAME_IMAGE: u64 = u64::MAX >> 1;
+
+/// Whether `a` and `b` are the same file (device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
+}
+
+/// `ext4kit cp SRC... IMG:PATH` (copy into an image, from the host, standard input or images;
+/// `readers` opens source images other than the destination's). Each source that fails is
+/// reported on its own line and the others are copied (as cp does); returns the number of
+/// errors.
 pub fn cmd_cp_in(
     images: &mut WritableImages,
-    sources: &[PathBuf],
+    readers: &mut crate::spec::Images,
+    sources: &[CpSource],
     dest: &Spec,
     opts: CpInOptions,
-) -> Result<()> {
+) -> Result<usize> {
     let fs = images.get(&dest.image)?;
     let dest_path = dest.path_or_root().to_vec();
     let (uid, gid) = euid_egid();
     let mut c = CopyIn {
         fs: &fs,
+        image: &dest.image,
+        errors: 0,
+        created_dirs: HashSet::new(),
         meter: crate::meter::Meter::new("copying", false),
         opts,
         links: HashMap::new(),
@@ -632,57 +779,108 @@ pub fn cmd_cp_in(
         gid,
         now: now(),
     };
-    let dest_dir = match fs.resolve(&dest_path, true) {
-        Ok(ino) => fs.inode(ino).ok().filter(|i| i.is_dir()).map(|_| ino),
-        Err(_) => None,
+    let src_is_dir = |s: &CpSource| match s {
+        CpSource::Host(p) => p.is_dir(),
+        CpSource::Stdin => false,
+        // Decided when it is copied; a new `name/` destination is allowed for it.
+        CpSource::Image(_) => true,
     };
-    for src in sources {
-        let contents_of = src.as_os_str().as_bytes().ends_with(b"/.");
-        match dest_dir {
-            Some(d) if contents_of => {
-                // SRC/. : the contents of SRC into DEST. (Path::parent would skip the `.`.)
-                let b = src.as_os_str().as_bytes();
-                let dir = Path::new(OsStr::from_bytes(&b[..b.len() - 2]));
-                let dir = if dir.as_os_str().is_empty() { Path::new("/") } else { dir };
-                if !c.opts.recursive {
-                    bail!("{}: is a directory (use -r)", src.display());
+    let dest_dir = match fs.resolve_inode(&dest_path, true) {
+        Ok((ino, inode)) if inode.is_dir() => Some(ino),
+        Ok(_) => None,
+        // A new name: `new/` can only be a directory (cp -r DIR IMG:/new/).
+        Err(ext4kit_fs::Error::NotFound { .. })
+            if !wants_dir(&dest_path) || (opts.recursive && sources.len() == 1 && src_is_dir(&sources[0])) =>
+        {
+            None
+        }
+        Err(ext4kit_fs::Error::NotFound { .. }) => bail!("{}: cannot create regular file: not a directory", dest.display()),
+        Err(e) => return Err(anyhow::Error::from(e).context(dest.display())),
+    };
+    if dest_dir.is_none() && sources.len() > 1 {
+        bail!("{}: not a directory (several sources need one)", dest.display());
+    }
+    for (i, arg) in sources.iter().enumerate() {
+        let r = (|| -> Result<()> {
+            let holder: Fs;
+            let (src, contents_of, name): (Src<'_>, bool, Option<Vec<u8>>) = match arg {
+                CpSource::Host(p) => {
+                    let b = p.as_os_str().as_bytes();
+                    if b.ends_with(b"/.") {
+                        // SRC/. : the contents of SRC into DEST. (Path::parent would skip the `.`.)
+                        let dir = Path::new(OsStr::from_bytes(&b[..b.len() - 2]));
+                        let dir = if dir.as_os_str().is_empty() { Path::new("/") } else { dir };
+                        (Src::Host(dir.to_path_buf()), true, None)
+                    } else {
+                        (Src::Host(p.clone()), false, p.file_name().map(|n| n.as_bytes().to_vec()))
+                    }
                 }
-                let mut kids: Vec<_> = fs::read_dir(dir)
-                    .with_context(|| dir.display().to_string())?
-                    .collect::<std::io::Result<Vec<_>>>()?;
-                kids.sort_by_key(|k| k.file_name());
-                for k in kids {
-                    c.copy(&k.path(), d, k.file_name().as_bytes())
-                        .with_context(|| k.path().display().to_string())?;
+                CpSource::Stdin => (Src::Stdin, false, None),
+                CpSource::Image(spec) => {
+                    let same = same_file(&spec.image, &dest.image);
+                    holder = if same { fs.clone() } else { readers.get(&spec.image)? };
+                    let path = spec.path_or_root();
+                    let ino = holder.resolve(path, !opts.recursive || wants_dir(path)).with_context(|| spec.display())?;
+                    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+                    // IMG:/ and IMG:DIR/. copy a directory's contents (as copying out does).
+                    let contents = comps.iter().all(|c| *c == b".") || comps.last() == Some(&&b"."[..]);
+                    let name = comps.iter().rev().find(|c| **c != b"." && **c != b"..").map(|c| c.to_vec());
+                    let img = if same { SAME_IMAGE } else { i as u64 };
+                    (Src::Image { fs: &holder, img, ino, shown: spec.display() }, contents, name)
+                }
+            };
+            match dest_dir {
+                Some(d) if contents_of => {
+                    let md = src.meta()?;
+                    if md.kind != Kind::Dir {
+                        bail!("{}: not a directory", src.display());
+                    }
+                    if !c.opts.recursive {
+                        bail!("{}: -r not specified; omitting directory", src.display());
+                    }
+                    for (kname, k) in src.children()? {
+                        let mut kpath = dest_path.clone();
+                        if !kpath.ends_with(b"/") {
+                            kpath.push(b'/');
+                        }
+                        kpath.extend_from_slice(&kname);
+                        if let Err(e) = c.copy(&k, d, &kname, &kpath) {
+                            if is_no_space(&e) {
+                                return Err(e);
+                            }
+                            c.report(&e);
+                        }
+                    }
+                    Ok(())
+                }
+                Some(d) => {
+                    let name = name.ok_or_else(|| anyhow!("{}: no file name to copy it under into {}", src.display(), dest.display()))?;
+                    let mut kpath = dest_path.clone();
+                    if !kpath.ends_with(b"/") {
+                        kpath.push(b'/');
+                    }
+                    kpath.extend_from_slice(&name);
+                    c.copy(&src, d, &name, &kpath)
+                }
+                None => {
+                    let (dir, name) =
+                        parent_and_name(&fs, &dest_path).with_context(|| dest.display())?;
+                    c.copy(&src, dir, &name, &dest_path)
                 }
             }
-            Some(d) => {
-                let name = src
-                    .file_name()
-                    .ok_or_else(|| anyhow!("{}: no file name", src.display()))?;
-                c.copy(src, d, name.as_bytes()).with_context(|| src.display().to_string())?;
+        })();
+        if let Err(e) = r {
+            if is_no_space(&e) {
+                // Another helper owns the ENOSPC rule: the copy stops here.
+                c.meter.finish();
+                return Err(e);
             }
-            None => {
-                if sources.len() > 1 {
-                    bail!(
-                        "{}: not a directory in the image (several sources need one)",
-                        dest.display()
-                    );
-                }
-                let (dir, name) =
-                    parent_and_name(&fs, &dest_path).with_context(|| dest.display())?;
-                c.copy(src, dir, &name).with_context(|| src.display().to_string())?;
-            }
+            c.report(&e);
         }
     }
     c.meter.phase("writing back");
-    let r = images.sync_all();
+    let errors = c.errors;
     drop(c);
-    r
-}
-
-/// Whether `arg` names a path inside an existing image (`IMG:PATH` with IMG a file).
-pub fn is_image_spec(arg: &OsStr) -> bool {
-    let s = Spec::parse(arg);
-    s.path.is_some() && s.image.is_file()
+    images.sync_all()?;
+    Ok(errors)
 }

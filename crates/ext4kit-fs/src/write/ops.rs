@@ -488,7 +488,10 @@ fn fill_dir(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, parent: u32,
 fn write_symlink(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, target: &[u8]) -> Result<()> {
     let bs = core.block_size as usize;
     if target.is_empty() || target.len() >= bs || target.contains(&0) {
-        return Err(Error::NameTooLong { path: PathBytes(target.to_vec()) });
+        // The link's path is the caller's to add; the target itself can be 4 KiB long.
+        return Err(Error::NameTooLong {
+            path: PathBytes(format!("symlink target of {} bytes (at most {} fit)", target.len(), bs - 1).into_bytes()),
+        });
     }
     if target.len() < 60 {
         let inode = meta.inode(core, ino)?;
