@@ -485,6 +485,9 @@ impl CopyIn<'_> {
             self.finish(d, src, &md, &attrs)?;
             return Ok(());
         }
+        // Created, filled and given its metadata in one transaction: after a crash the file is
+        // absent (or as before) or complete, never empty, short or with other times.
+        let hold = self.fs.hold_commits(if ft.is_file() { md.len() } else { 0 })?;
         let ino = if ft.is_file() {
             if md.nlink() > 1 {
                 if let Some(&ino) = self.links.get(&(md.dev(), md.ino())) {
@@ -533,11 +536,13 @@ impl CopyIn<'_> {
             };
             self.fs.create(dir, name, &kind, &attrs)?
         };
-        self.finish(ino, src, &md, &attrs)
+        self.finish(ino, src, &md, &attrs)?;
+        Ok(hold.end()?)
     }
 
     fn finish(&mut self, ino: u32, src: &Path, md: &fs::Metadata, attrs: &NewInode) -> Result<()> {
         if self.opts.preserve {
+            let _hold = self.fs.hold_commits(0)?;
             let x = xattrs_of(src);
             if !x.is_empty() {
                 self.fs.set_xattrs(ino, &x)?;

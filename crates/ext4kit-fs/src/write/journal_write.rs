@@ -583,6 +583,9 @@ impl Fs {
     pub(crate) fn commit_if_full(&self) -> Result<()> {
         let Some(w) = &self.core.write else { return Ok(()) };
         let Some(jw) = &w.journal else { return Ok(()) };
+        if w.meta.lock().holds > 0 {
+            return Ok(());
+        }
         let limit = match jw.try_lock() {
             Some(j) => j.max_blocks / 2,
             None => return Ok(()),
@@ -598,9 +601,68 @@ impl Fs {
         self.sync()
     }
 
+    /// Opens a [`CommitHold`]: until it ends, operations do not commit early, so everything
+    /// done under it — creating a file, filling it, setting its size, owner, mode, xattrs and
+    /// times; or truncating a file and writing its new contents — reaches the disk in one
+    /// transaction with the next sync: after a crash, all of it or none (the kernel cannot
+    /// close a transaction while a handle is open either). Under a hold, blocks freed since
+    /// the last commit are never reused (an overwritten file's old blocks keep its old
+    /// contents until the commit that switches it), so running out of space fails instead.
+    /// `expect_bytes`: about how much data will be written under it; when that does not fit
+    /// beside the blocks awaiting a commit, the pending changes are committed first (a whole
+    /// [`Fs::sync`]) so that those blocks are free again. Holds nest.
+    pub fn hold_commits(&self, expect_bytes: u64) -> Result<CommitHold<'_>> {
+        let Some(w) = &self.core.write else { return Ok(CommitHold { fs: self, open: false }) };
+        let tight = {
+            let m = w.meta.lock();
+            let deferred: u64 = m.deferred_frees.as_ref().map_or(0, |d| d.iter().map(|(_, n)| *n).sum());
+            let need = expect_bytes.div_ceil(u64::from(self.core.block_size)) + 256;
+            m.holds == 0 && deferred > 0 && m.free_blocks().saturating_sub(m.reserved) < need
+        };
+        if tight && w.journal.is_some() {
+            self.sync()?;
+        }
+        w.meta.lock().holds += 1;
+        Ok(CommitHold { fs: self, open: true })
+    }
+
     /// What the journal writer has done, when syncs go through the journal.
     pub fn journal_stats(&self) -> Option<JournalStats> {
         let w = self.core.write.as_ref()?;
         Some(w.journal.as_ref()?.lock().stats())
+    }
+}
+
+/// Keeps the operations done while it lives in one transaction (see [`Fs::hold_commits`]).
+/// End it with [`CommitHold::end`], which commits if the journal is nearly full; dropped
+/// without it (an error path), it only lets commits happen again.
+#[must_use = "a hold ends when dropped"]
+#[derive(Debug)]
+pub struct CommitHold<'a> {
+    fs: &'a Fs,
+    open: bool,
+}
+
+impl CommitHold<'_> {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.open) {
+            if let Some(w) = &self.fs.core.write {
+                let mut m = w.meta.lock();
+                m.holds = m.holds.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Ends the hold, committing (a whole sync) when the metadata changed since the last
+    /// commit nears what one transaction holds.
+    pub fn end(mut self) -> Result<()> {
+        self.release();
+        self.fs.commit_if_full()
+    }
+}
+
+impl Drop for CommitHold<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
