@@ -553,6 +553,9 @@ impl CopyIn<'_> {
         if existing_is_dir {
             bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display());
         }
+        // Created, filled and given its metadata in one transaction: after a crash the file is
+        // absent (or as before) or complete, never empty, short or with other times.
+        let hold = self.fs.hold_commits(if md.kind == Kind::File { md.size } else { 0 })?;
         let ino = if md.kind == Kind::File {
             if md.nlink > 1 {
                 if let Some(&ino) = self.links.get(&md.key) {
@@ -631,11 +634,13 @@ impl CopyIn<'_> {
             }
             self.fs.create(dir, name, &kind, &attrs).with_context(|| self.shown(dpath))?
         };
-        self.finish(ino, src, &md, &attrs)
+        self.finish(ino, src, &md, &attrs)?;
+        Ok(hold.end()?)
     }
 
     fn finish(&mut self, ino: u32, src: &Src<'_>, md: &Meta, attrs: &NewInode) -> Result<()> {
         if self.opts.preserve {
+            let _hold = self.fs.hold_commits(0)?;
             // The source's set exactly, also when it has none: what the image gave the
             // inode (ACLs inherited from a default ACL, an old file's attributes) goes.
             let x = src.xattrs()?;
