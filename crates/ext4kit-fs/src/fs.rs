@@ -426,6 +426,15 @@ impl Fs {
             match opts.journal {
                 JournalMode::Replay => {
                     let (blocks, report) = journal::replay(&core)?;
+                    if report.fast_commits_pending {
+                        // Replaying only the full transactions would show a tree older than
+                        // the one the kernel left.
+                        return Err(Error::unsupported(Unsupported::Other(
+                            "journal holds fast-commit blocks ext4kit cannot replay yet: run `e2fsck -fy` on the image or mount it once \
+                             (--no-replay reads the image as it is on disk, without them)"
+                                .into(),
+                        )));
+                    }
                     let overlay: Arc<dyn BlockDevice> = Arc::new(OverlayDevice::new(
                         Arc::clone(&data_dev),
                         u64::from(core.block_size),
