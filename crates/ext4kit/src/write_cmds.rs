@@ -149,6 +149,11 @@ impl WritableImages {
                 image.display(),
                 image.display()
             ),
+            e if e.is_corruption() => anyhow::anyhow!(
+                "{}: {e}: the image is damaged, so it is not written (`e2fsck -fy {}` repairs it; reading commands still read it)",
+                image.display(),
+                image.display()
+            ),
             e => anyhow::Error::from(e).context(image.display().to_string()),
         })?;
         for n in fs.notices() {

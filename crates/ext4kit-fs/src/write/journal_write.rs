@@ -534,6 +534,13 @@ pub(crate) fn recover(core: &Core) -> Result<RecoveryReport> {
         )));
     }
     let (blocks, report) = crate::journal::replay(core)?;
+    if let Some(&(j, b)) = report.bad_checksum.first() {
+        // e2fsck replays the rest and then checks the whole filesystem; the kernel refuses
+        // the mount. Nothing is written here.
+        return Err(Error::ReadOnly(format!(
+            "journal block {j} (a logged copy of block {b}) fails its checksum: replay the journal with `e2fsck -fy`, which then checks the filesystem, before writing"
+        )));
+    }
     let dev = Arc::clone(core.cache.device());
     let dev_per_block = (u64::from(core.block_size) / u64::from(dev.geometry().block_size.max(1))).max(1);
     let items: Vec<(u64, Bytes)> = blocks.iter().map(|(b, d)| (*b, Arc::new(d.to_vec()))).collect();
