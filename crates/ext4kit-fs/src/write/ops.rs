@@ -188,6 +188,9 @@ impl Fs {
         let root = crate::fs::ROOT_INO;
         // Existing entries (lost+found) stay.
         let mut all: Vec<(Vec<u8>, u32, u8)> = Vec::new();
+        // Loaded first: `DirStore::nblocks` counts only an inode in the inode cache, which a
+        // write-back may have emptied (lost+found was then dropped from the root).
+        meta.inode(core, root)?;
         {
             let mut io = DirIo { core, meta: &mut meta, ino: root, parent: root };
             for lblk in 0..dir_write::DirStore::nblocks(&io) {
@@ -212,11 +215,12 @@ impl Fs {
         f.remove(InodeFlags::INDEX);
         inode.set_flags(f);
         meta.dirty_inode(root);
-        let subdirs = entries.iter().filter(|e| e.2 == FileType::Directory.dirent_code()).count() as u16;
+        // Counted in usize: more than 65535 subdirectories must not wrap.
+        let subdirs = entries.iter().filter(|e| e.2 == FileType::Directory.dirent_code()).count();
         dir_write::build_dir(&mut DirIo { core, meta: &mut meta, ino: root, parent: root }, &all)?;
         let inode = meta.inode(core, root)?;
-        let links = inode.links_count().saturating_add(subdirs);
-        inode.set_links_count(if links >= LINK_MAX { 1 } else { links });
+        let links = usize::from(inode.links_count()).saturating_add(subdirs);
+        inode.set_links_count(if links >= usize::from(LINK_MAX) || inode.links_count() == 1 { 1 } else { links as u16 });
         meta.dirty_inode(root);
         Ok(())
     }
@@ -364,6 +368,22 @@ impl Fs {
         let w = core.writer("fill directory")?;
         let mut meta = w.meta.lock();
         fill_dir(&mut meta, core, ino, parent, entries)
+    }
+
+    /// Writes changed metadata (inodes, descriptors, bitmaps, cached blocks) to the device
+    /// without flushing it or touching file data, so that the caches can drop it: `build` calls
+    /// this as it goes to keep its memory bounded. Not a commit point (no journal, no flush).
+    pub fn write_back_metadata(&self) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("write back")?;
+        {
+            let mut meta = w.meta.lock();
+            meta.write_back(core)?;
+            // Every cached inode is clean now (written to its table block): read again on use.
+            meta.inodes.clear();
+        }
+        core.cache.write_back()?;
+        Ok(())
     }
 
     /// Writes everything back: file data (allocating delayed blocks), inodes, group descriptors
