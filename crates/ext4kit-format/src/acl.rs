@@ -78,7 +78,10 @@ fn has_id(tag: u16) -> bool {
 }
 
 fn known_tag(tag: u16) -> bool {
-    matches!(tag, TAG_USER_OBJ | TAG_USER | TAG_GROUP_OBJ | TAG_GROUP | TAG_MASK | TAG_OTHER)
+    matches!(
+        tag,
+        TAG_USER_OBJ | TAG_USER | TAG_GROUP_OBJ | TAG_GROUP | TAG_MASK | TAG_OTHER
+    )
 }
 
 /// Why an ACL value was refused.
@@ -121,7 +124,10 @@ impl fmt::Display for AclError {
             AclProblem::Perm(p) => write!(f, "POSIX ACL permissions {p:#o} at byte {o}"),
             AclProblem::Id => write!(f, "POSIX ACL named entry with id -1 at byte {o}"),
             AclProblem::Order => {
-                write!(f, "POSIX ACL entries out of order or incomplete at byte {o}")
+                write!(
+                    f,
+                    "POSIX ACL entries out of order or incomplete at byte {o}"
+                )
             }
         }
     }
@@ -217,7 +223,11 @@ pub fn validate(entries: &[AclEntry]) -> Result<(), (usize, AclProblem)> {
             _ => return order,
         }
     }
-    if state == S::Done { Ok(()) } else { Err((entries.len(), AclProblem::Order)) }
+    if state == S::Done {
+        Ok(())
+    } else {
+        Err((entries.len(), AclProblem::Order))
+    }
 }
 
 /// Lays entries out in ext4's disk form (version 1).
@@ -345,7 +355,11 @@ pub fn to_stored(v: &[u8]) -> Result<Option<Vec<u8>>, AclError> {
 /// Parses a stored value in either form (the disk form, or the xattr form older ext4kit
 /// stored).
 pub fn parse_stored(v: &[u8]) -> Result<Vec<AclEntry>, AclError> {
-    if version(v)? == XATTR_VERSION { parse_xattr(v) } else { parse_disk(v) }
+    if version(v)? == XATTR_VERSION {
+        parse_xattr(v)
+    } else {
+        parse_disk(v)
+    }
 }
 
 /// What a new inode inherits from its directory's default ACL (the kernel's
@@ -484,10 +498,19 @@ mod tests {
         assert!(xattr_to_disk(&v[..v.len() - 1]).is_err());
         let mut bad = v.clone();
         bad[0] = 3;
-        assert_eq!(xattr_to_disk(&bad).unwrap_err().problem, AclProblem::Version(3));
+        assert_eq!(
+            xattr_to_disk(&bad).unwrap_err().problem,
+            AclProblem::Version(3)
+        );
         // Unknown tag.
         let t = xattr(&[xe(1, 7, 0), xe(0x40, 5, 0), xe(0x20, 0, 0)]);
-        assert_eq!(xattr_to_disk(&t).unwrap_err(), AclError { offset: 12, problem: AclProblem::Tag(0x40) });
+        assert_eq!(
+            xattr_to_disk(&t).unwrap_err(),
+            AclError {
+                offset: 12,
+                problem: AclProblem::Tag(0x40)
+            }
+        );
         // Permission bits beyond rwx.
         let p = xattr(&[xe(1, 8, 0), xe(4, 5, 0), xe(0x20, 0, 0)]);
         assert_eq!(xattr_to_disk(&p).unwrap_err().problem, AclProblem::Perm(8));
@@ -499,9 +522,19 @@ mod tests {
             vec![xe(1, 7, 0), xe(1, 7, 0), xe(4, 5, 0), xe(0x20, 0, 0)],
             vec![xe(1, 7, 0), xe(4, 5, 0), xe(0x20, 0, 0), xe(0x20, 0, 0)],
         ] {
-            assert_eq!(xattr_to_disk(&xattr(&entries)).unwrap_err().problem, AclProblem::Order, "{entries:?}");
+            assert_eq!(
+                xattr_to_disk(&xattr(&entries)).unwrap_err().problem,
+                AclProblem::Order,
+                "{entries:?}"
+            );
         }
-        let id = xattr(&[xe(1, 7, 0), xe(2, 7, UNDEFINED_ID), xe(4, 5, 0), xe(0x10, 7, 0), xe(0x20, 0, 0)]);
+        let id = xattr(&[
+            xe(1, 7, 0),
+            xe(2, 7, UNDEFINED_ID),
+            xe(4, 5, 0),
+            xe(0x10, 7, 0),
+            xe(0x20, 0, 0),
+        ]);
         assert_eq!(xattr_to_disk(&id).unwrap_err().problem, AclProblem::Id);
     }
 
@@ -526,7 +559,9 @@ mod tests {
         // Never panics on arbitrary bytes.
         for seed in 0u32..2000 {
             let len = (seed % 60) as usize;
-            let bytes: Vec<u8> = (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u32 * 7) % 5) as u8).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u32 * 7) % 5) as u8)
+                .collect();
             let _ = disk_to_xattr(&bytes);
             let _ = xattr_to_disk(&bytes);
             let _ = to_stored(&bytes);

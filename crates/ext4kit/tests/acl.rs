@@ -354,7 +354,7 @@ fn acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form() {
     let tree = dir.path().join("tree");
     acl_tree(&tree);
     let mut v2 = vec![0u8; 256];
-    let n = rustix::fs::lgetxattr(&tree.join("f"), "system.posix_acl_access", &mut v2).unwrap();
+    let n = rustix::fs::lgetxattr(tree.join("f"), "system.posix_acl_access", &mut v2).unwrap();
     v2.truncate(n);
     let v2_file = dir.path().join("v2");
     std::fs::write(&v2_file, &v2).unwrap();
