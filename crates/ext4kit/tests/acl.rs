@@ -394,3 +394,37 @@ fn acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form() {
         m.unmount().unwrap();
     }
 }
+
+/// `cp -r -p IMG:PATH DEST` into a DEST with a default ACL gives what coreutils' `cp -r -p`
+/// gives from the same tree on the host: the image's ACLs (none where the image has none),
+/// not ones inherited from DEST.
+#[test]
+fn cp_p_out_under_a_default_acl_keeps_the_images_acls_as_coreutils_does() {
+    if !require_kernel("cp_p_out_under_a_default_acl_keeps_the_images_acls_as_coreutils_does") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    acl_tree(&tree);
+    // Entries without ACLs in a directory with a default ACL (made before it was set).
+    let plain = tree.join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("file"), b"no acl").unwrap();
+    chmod(&plain.join("file"), 0o640);
+    std::fs::create_dir(plain.join("dir")).unwrap();
+    run_ok("setfacl", &["-d", "-m", "u:1234:rwx", s(&plain)]);
+    let img = dir.path().join("p.img");
+    ok(&["build", "-b", "4096", s(&tree), s(&img)]);
+    let dest = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::create_dir(&p).unwrap();
+        run_ok("setfacl", &["-d", "-m", "u:4242:rwx,g:4343:rwx", s(&p)]);
+        p
+    };
+    let (ours, theirs) = (dest("ours"), dest("theirs"));
+    ok(&["cp", "-r", "-p", &format!("{}:/plain", s(&img)), &format!("{}:/d", s(&img)), &format!("{}:/f", s(&img)), s(&ours)]);
+    run_ok("cp", &["-r", "-p", s(&plain), s(&tree.join("d")), s(&tree.join("f")), s(&theirs)]);
+    let paths = ["plain", "plain/file", "plain/dir", "d", "d/inner", "d/sub", "f"];
+    assert_eq!(getfacl(&ours, &paths, false), getfacl(&theirs, &paths, false));
+    assert!(!getfacl(&ours, &["plain/file"], true).contains("4242"));
+}
