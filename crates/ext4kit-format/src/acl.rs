@@ -352,6 +352,35 @@ pub fn to_stored(v: &[u8]) -> Result<Option<Vec<u8>>, AclError> {
     xattr_to_disk(v)
 }
 
+/// The entries as text, getfacl's lines joined by commas:
+/// `user::rw-,user:1234:rwx,group::r--,mask::rwx,other::r--`.
+pub fn to_text(entries: &[AclEntry]) -> String {
+    let mut out = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let (kind, id) = match e.tag {
+            TAG_USER_OBJ => ("user", None),
+            TAG_USER => ("user", Some(e.id)),
+            TAG_GROUP_OBJ => ("group", None),
+            TAG_GROUP => ("group", Some(e.id)),
+            TAG_MASK => ("mask", None),
+            _ => ("other", None),
+        };
+        out.push_str(kind);
+        out.push(':');
+        if let Some(id) = id {
+            out.push_str(&id.to_string());
+        }
+        out.push(':');
+        for (bit, c) in [(4, 'r'), (2, 'w'), (1, 'x')] {
+            out.push(if e.perm & bit != 0 { c } else { '-' });
+        }
+    }
+    out
+}
+
 /// Parses a stored value in either form (the disk form, or the xattr form older ext4kit
 /// stored).
 pub fn parse_stored(v: &[u8]) -> Result<Vec<AclEntry>, AclError> {
@@ -480,6 +509,15 @@ mod tests {
         assert_eq!(create_masq(&mut m, 0o777).unwrap(), (0o705, false));
         let mut none = parse_xattr(&xattr(&[xe(1, 7, 0), xe(0x20, 5, 0)])).unwrap();
         assert!(create_masq(&mut none, 0o777).is_err());
+    }
+
+    #[test]
+    fn text() {
+        let e = parse_xattr(&full()).unwrap();
+        assert_eq!(
+            to_text(&e),
+            "user::rw-,user:1234:rwx,group::r--,group:4321:r-x,mask::rwx,other::r--"
+        );
     }
 
     #[test]

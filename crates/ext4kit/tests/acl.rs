@@ -97,6 +97,28 @@ fn check_acl_view(what: &str, host: &Path, got: &Path, create: bool) {
     }
 }
 
+/// The lines `ext4kit stat` shows for the ACLs of `path` in `host`: getfacl's entries joined
+/// by commas, the access ACL first.
+fn stat_acl_lines(host: &Path, path: &str) -> Vec<String> {
+    let out = run_ok("getfacl", &["-c", "-E", "-p", s(&host.join(path))]);
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    let access: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("default:")).collect();
+    let default: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("default:")).collect();
+    // The getxattr form: a 4-byte header and 8 bytes per entry.
+    let mut v = vec![format!("  system.posix_acl_access ({}) = {}", 4 + 8 * access.len(), access.join(","))];
+    if !default.is_empty() {
+        v.push(format!("  system.posix_acl_default ({}) = {}", 4 + 8 * default.len(), default.join(",")));
+    }
+    v
+}
+
+/// `ext4kit stat IMG:PATH` shows the ACLs as `getfacl` on `host` does.
+fn assert_stat_shows_acls(img: &Path, host: &Path, path: &str) {
+    let stat = ok(&["stat", &format!("{}:/{path}", s(img))]);
+    let got: Vec<String> = stat.lines().filter(|l| l.contains("system.posix_acl_")).map(str::to_string).collect();
+    assert_eq!(got, stat_acl_lines(host, path), "{path}: {stat}");
+}
+
 /// `debugfs ea_list` of a path, the attribute lines sorted.
 fn ea_list(img: &Path, path: &str) -> Vec<String> {
     let out = run_ok("debugfs", &["-R", &format!("ea_list {path}"), s(img)]);
@@ -133,8 +155,8 @@ fn acls_from_a_host_tree_reach_the_kernel_through_build_and_cp_in() {
         for img in [&built, &copied] {
             let what = format!("{} ", img.file_name().unwrap().to_string_lossy());
             assert_e2fsck_clean(img);
-            let stat = ok(&["stat", &format!("{}:/d", s(img))]);
-            assert!(stat.contains("system.posix_acl_access") && stat.contains("system.posix_acl_default"), "{what}{stat}");
+            assert_stat_shows_acls(img, &tree, "d");
+            assert_stat_shows_acls(img, &tree, "f");
             let m = LoopMount::new(img, false).unwrap();
             check_acl_view(&what, &tree, m.path(), true);
             m.unmount().unwrap();
@@ -181,8 +203,8 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
         check_acl_view("kernel mount", &host, root, false);
         m.unmount().unwrap();
         assert_e2fsck_clean(&img);
-        let stat = ok(&["stat", &format!("{}:/d", s(&img))]);
-        assert!(stat.contains("system.posix_acl_access") && stat.contains("system.posix_acl_default"), "{stat}");
+        assert_stat_shows_acls(&img, &host, "d");
+        assert_stat_shows_acls(&img, &host, "d/inner");
         let out = dir.path().join(format!("out-{bs}"));
         ok(&["cp", "-r", "-p", &format!("{}:/", s(&img)), s(&out)]);
         chmod(&out, 0o755);
