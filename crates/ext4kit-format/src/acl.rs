@@ -352,6 +352,28 @@ pub fn to_stored(v: &[u8]) -> Result<Option<Vec<u8>>, AclError> {
     xattr_to_disk(v)
 }
 
+/// The access ACL after a mode change (the kernel's `posix_acl_chmod_masq`): the owner, the
+/// mask (the owning group when there is no mask) and other take the new rwx bits of `mode`;
+/// named entries keep theirs.
+pub fn chmod(entries: &mut [AclEntry], mode: u16) -> Result<(), AclError> {
+    let mut group = None;
+    let mut mask = None;
+    for (i, e) in entries.iter_mut().enumerate() {
+        match e.tag {
+            TAG_USER_OBJ => e.perm = (mode >> 6) & PERM_ALL,
+            TAG_OTHER => e.perm = mode & PERM_ALL,
+            TAG_GROUP_OBJ => group = Some(i),
+            TAG_MASK => mask = Some(i),
+            _ => {}
+        }
+    }
+    let Some(g) = mask.or(group) else {
+        return err(HEADER + entries.len() * XATTR_ENTRY, AclProblem::Order);
+    };
+    entries[g].perm = (mode >> 3) & PERM_ALL;
+    Ok(())
+}
+
 /// The entries as text, getfacl's lines joined by commas:
 /// `user::rw-,user:1234:rwx,group::r--,mask::rwx,other::r--`.
 pub fn to_text(entries: &[AclEntry]) -> String {
@@ -509,6 +531,17 @@ mod tests {
         assert_eq!(create_masq(&mut m, 0o777).unwrap(), (0o705, false));
         let mut none = parse_xattr(&xattr(&[xe(1, 7, 0), xe(0x20, 5, 0)])).unwrap();
         assert!(create_masq(&mut none, 0o777).is_err());
+    }
+
+    #[test]
+    fn chmod_sets_owner_mask_and_other() {
+        let mut e = parse_xattr(&full()).unwrap();
+        chmod(&mut e, 0o751).unwrap();
+        let perms: Vec<u16> = e.iter().map(|x| x.perm).collect();
+        assert_eq!(perms, [7, 7, 4, 5, 5, 1]);
+        let mut m = parse_xattr(&xattr(&[xe(1, 7, 0), xe(4, 0, 0), xe(0x20, 5, 0)])).unwrap();
+        chmod(&mut m, 0o640).unwrap();
+        assert_eq!(m.iter().map(|x| x.perm).collect::<Vec<_>>(), [6, 4, 0]);
     }
 
     #[test]

@@ -450,3 +450,50 @@ fn cp_p_out_under_a_default_acl_keeps_the_images_acls_as_coreutils_does() {
     assert_eq!(getfacl(&ours, &paths, false), getfacl(&theirs, &paths, false));
     assert!(!getfacl(&ours, &["plain/file"], true).contains("4242"));
 }
+
+/// The library's attribute and mode calls treat ACLs as the kernel's syscalls do: chmod moves
+/// the access ACL's owner, mask and other entries; setxattr of an ACL the kernel would refuse
+/// is refused (and changes nothing); an empty ACL value removes the ACL.
+#[test]
+fn library_chmod_and_setxattr_treat_acls_as_the_kernel_does() {
+    if !require_kernel("library_chmod_and_setxattr_treat_acls_as_the_kernel_does") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    acl_tree(&tree);
+    let img = dir.path().join("l.img");
+    ok(&["build", "-b", "4096", s(&tree), s(&img)]);
+    let mut bad_order = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(tree.join("f"), "system.posix_acl_access", &mut bad_order).unwrap();
+    bad_order.truncate(n);
+    bad_order.swap(4, 12); // USER_OBJ and USER change places: EINVAL for the kernel
+    let before = ea_list(&img, "/d");
+    {
+        let fs = ext4kit_fs::Fs::open_path(&img, &ext4kit_fs::OpenOptions { writable: true, ..Default::default() }).unwrap();
+        let f = fs.resolve(b"/f", true).unwrap();
+        let d = fs.resolve(b"/d", true).unwrap();
+        let inner = fs.resolve(b"/d/inner", true).unwrap();
+        fs.set_owner_mode(f, 0, 0, 0o751).unwrap();
+        let e = fs.set_xattr(f, b"system.posix_acl_default", &bad_order).unwrap_err();
+        assert!(e.to_string().contains("only for directories"), "{e}");
+        let e = fs.set_xattr(d, b"system.posix_acl_access", &bad_order).unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+        let e = fs.set_xattr(d, b"system.posix_acl_access", &bad_order[..bad_order.len() - 3]).unwrap_err();
+        assert!(e.to_string().contains("POSIX ACL"), "{e}");
+        fs.set_xattr(inner, b"system.posix_acl_access", b"").unwrap();
+        fs.sync().unwrap();
+    }
+    assert_eq!(ea_list(&img, "/d"), before, "refused calls changed d");
+    assert_e2fsck_clean(&img);
+    // The same through the kernel on a host copy.
+    let host = dir.path().join("host");
+    run_ok("cp", &["-a", s(&tree), s(&host)]);
+    run_ok("chmod", &["751", s(&host.join("f"))]);
+    setx(&host.join("d/inner"), "system.posix_acl_access", b"");
+    let m = LoopMount::new(&img, true).unwrap();
+    for p in ["f", "d", "d/inner"] {
+        assert_eq!(mode_and_acl(m.path(), p), mode_and_acl(&host, p), "{p}");
+    }
+    m.unmount().unwrap();
+}
