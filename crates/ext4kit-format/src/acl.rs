@@ -133,7 +133,7 @@ impl fmt::Display for AclError {
     }
 }
 
-impl std::error::Error for AclError {}
+impl core::error::Error for AclError {}
 
 fn err<T>(offset: usize, problem: AclProblem) -> Result<T, AclError> {
     Err(AclError { offset, problem })
