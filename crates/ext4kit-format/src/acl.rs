@@ -78,7 +78,10 @@ fn has_id(tag: u16) -> bool {
 }
 
 fn known_tag(tag: u16) -> bool {
-    matches!(tag, TAG_USER_OBJ | TAG_USER | TAG_GROUP_OBJ | TAG_GROUP | TAG_MASK | TAG_OTHER)
+    matches!(
+        tag,
+        TAG_USER_OBJ | TAG_USER | TAG_GROUP_OBJ | TAG_GROUP | TAG_MASK | TAG_OTHER
+    )
 }
 
 /// Why an ACL value was refused.
@@ -121,13 +124,16 @@ impl fmt::Display for AclError {
             AclProblem::Perm(p) => write!(f, "POSIX ACL permissions {p:#o} at byte {o}"),
             AclProblem::Id => write!(f, "POSIX ACL named entry with id -1 at byte {o}"),
             AclProblem::Order => {
-                write!(f, "POSIX ACL entries out of order or incomplete at byte {o}")
+                write!(
+                    f,
+                    "POSIX ACL entries out of order or incomplete at byte {o}"
+                )
             }
         }
     }
 }
 
-impl std::error::Error for AclError {}
+impl core::error::Error for AclError {}
 
 fn err<T>(offset: usize, problem: AclProblem) -> Result<T, AclError> {
     Err(AclError { offset, problem })
@@ -217,7 +223,11 @@ pub fn validate(entries: &[AclEntry]) -> Result<(), (usize, AclProblem)> {
             _ => return order,
         }
     }
-    if state == S::Done { Ok(()) } else { Err((entries.len(), AclProblem::Order)) }
+    if state == S::Done {
+        Ok(())
+    } else {
+        Err((entries.len(), AclProblem::Order))
+    }
 }
 
 /// Lays entries out in ext4's disk form (version 1).
@@ -342,10 +352,65 @@ pub fn to_stored(v: &[u8]) -> Result<Option<Vec<u8>>, AclError> {
     xattr_to_disk(v)
 }
 
+/// The access ACL after a mode change (the kernel's `posix_acl_chmod_masq`): the owner, the
+/// mask (the owning group when there is no mask) and other take the new rwx bits of `mode`;
+/// named entries keep theirs.
+pub fn chmod(entries: &mut [AclEntry], mode: u16) -> Result<(), AclError> {
+    let mut group = None;
+    let mut mask = None;
+    for (i, e) in entries.iter_mut().enumerate() {
+        match e.tag {
+            TAG_USER_OBJ => e.perm = (mode >> 6) & PERM_ALL,
+            TAG_OTHER => e.perm = mode & PERM_ALL,
+            TAG_GROUP_OBJ => group = Some(i),
+            TAG_MASK => mask = Some(i),
+            _ => {}
+        }
+    }
+    let Some(g) = mask.or(group) else {
+        return err(HEADER + entries.len() * XATTR_ENTRY, AclProblem::Order);
+    };
+    entries[g].perm = (mode >> 3) & PERM_ALL;
+    Ok(())
+}
+
+/// The entries as text, getfacl's lines joined by commas:
+/// `user::rw-,user:1234:rwx,group::r--,mask::rwx,other::r--`.
+pub fn to_text(entries: &[AclEntry]) -> String {
+    let mut out = String::new();
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let (kind, id) = match e.tag {
+            TAG_USER_OBJ => ("user", None),
+            TAG_USER => ("user", Some(e.id)),
+            TAG_GROUP_OBJ => ("group", None),
+            TAG_GROUP => ("group", Some(e.id)),
+            TAG_MASK => ("mask", None),
+            _ => ("other", None),
+        };
+        out.push_str(kind);
+        out.push(':');
+        if let Some(id) = id {
+            out.push_str(&id.to_string());
+        }
+        out.push(':');
+        for (bit, c) in [(4, 'r'), (2, 'w'), (1, 'x')] {
+            out.push(if e.perm & bit != 0 { c } else { '-' });
+        }
+    }
+    out
+}
+
 /// Parses a stored value in either form (the disk form, or the xattr form older ext4kit
 /// stored).
 pub fn parse_stored(v: &[u8]) -> Result<Vec<AclEntry>, AclError> {
-    if version(v)? == XATTR_VERSION { parse_xattr(v) } else { parse_disk(v) }
+    if version(v)? == XATTR_VERSION {
+        parse_xattr(v)
+    } else {
+        parse_disk(v)
+    }
 }
 
 /// What a new inode inherits from its directory's default ACL (the kernel's
@@ -469,6 +534,26 @@ mod tests {
     }
 
     #[test]
+    fn chmod_sets_owner_mask_and_other() {
+        let mut e = parse_xattr(&full()).unwrap();
+        chmod(&mut e, 0o751).unwrap();
+        let perms: Vec<u16> = e.iter().map(|x| x.perm).collect();
+        assert_eq!(perms, [7, 7, 4, 5, 5, 1]);
+        let mut m = parse_xattr(&xattr(&[xe(1, 7, 0), xe(4, 0, 0), xe(0x20, 5, 0)])).unwrap();
+        chmod(&mut m, 0o640).unwrap();
+        assert_eq!(m.iter().map(|x| x.perm).collect::<Vec<_>>(), [6, 4, 0]);
+    }
+
+    #[test]
+    fn text() {
+        let e = parse_xattr(&full()).unwrap();
+        assert_eq!(
+            to_text(&e),
+            "user::rw-,user:1234:rwx,group::r--,group:4321:r-x,mask::rwx,other::r--"
+        );
+    }
+
+    #[test]
     fn empty_means_none() {
         assert_eq!(xattr_to_disk(&[]).unwrap(), None);
         assert_eq!(xattr_to_disk(&2u32.to_le_bytes()).unwrap(), None);
@@ -484,10 +569,19 @@ mod tests {
         assert!(xattr_to_disk(&v[..v.len() - 1]).is_err());
         let mut bad = v.clone();
         bad[0] = 3;
-        assert_eq!(xattr_to_disk(&bad).unwrap_err().problem, AclProblem::Version(3));
+        assert_eq!(
+            xattr_to_disk(&bad).unwrap_err().problem,
+            AclProblem::Version(3)
+        );
         // Unknown tag.
         let t = xattr(&[xe(1, 7, 0), xe(0x40, 5, 0), xe(0x20, 0, 0)]);
-        assert_eq!(xattr_to_disk(&t).unwrap_err(), AclError { offset: 12, problem: AclProblem::Tag(0x40) });
+        assert_eq!(
+            xattr_to_disk(&t).unwrap_err(),
+            AclError {
+                offset: 12,
+                problem: AclProblem::Tag(0x40)
+            }
+        );
         // Permission bits beyond rwx.
         let p = xattr(&[xe(1, 8, 0), xe(4, 5, 0), xe(0x20, 0, 0)]);
         assert_eq!(xattr_to_disk(&p).unwrap_err().problem, AclProblem::Perm(8));
@@ -499,9 +593,19 @@ mod tests {
             vec![xe(1, 7, 0), xe(1, 7, 0), xe(4, 5, 0), xe(0x20, 0, 0)],
             vec![xe(1, 7, 0), xe(4, 5, 0), xe(0x20, 0, 0), xe(0x20, 0, 0)],
         ] {
-            assert_eq!(xattr_to_disk(&xattr(&entries)).unwrap_err().problem, AclProblem::Order, "{entries:?}");
+            assert_eq!(
+                xattr_to_disk(&xattr(&entries)).unwrap_err().problem,
+                AclProblem::Order,
+                "{entries:?}"
+            );
         }
-        let id = xattr(&[xe(1, 7, 0), xe(2, 7, UNDEFINED_ID), xe(4, 5, 0), xe(0x10, 7, 0), xe(0x20, 0, 0)]);
+        let id = xattr(&[
+            xe(1, 7, 0),
+            xe(2, 7, UNDEFINED_ID),
+            xe(4, 5, 0),
+            xe(0x10, 7, 0),
+            xe(0x20, 0, 0),
+        ]);
         assert_eq!(xattr_to_disk(&id).unwrap_err().problem, AclProblem::Id);
     }
 
@@ -526,7 +630,9 @@ mod tests {
         // Never panics on arbitrary bytes.
         for seed in 0u32..2000 {
             let len = (seed % 60) as usize;
-            let bytes: Vec<u8> = (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u32 * 7) % 5) as u8).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u32 * 7) % 5) as u8)
+                .collect();
             let _ = disk_to_xattr(&bytes);
             let _ = xattr_to_disk(&bytes);
             let _ = to_stored(&bytes);

@@ -23,6 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use ext4kit_fs::format::acl;
 use ext4kit_fs::{ExtentKind, FileType, Fs, ROOT_INO, Stat, Timestamp};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
@@ -389,10 +390,15 @@ impl Copier<'_> {
                 .map_err(|e| errno(e, "chmod"))?;
         }
         let xattrs = fs.list_xattrs(st.ino)?;
+        let has = |n: &[u8]| xattrs.iter().any(|x| x.name == n);
+        let drop_acls: Vec<&[u8]> = [acl::ACCESS_NAME, acl::DEFAULT_NAME]
+            .into_iter()
+            .filter(|n| !is_link && !has(n) && (*n == acl::ACCESS_NAME || st.file_type == FileType::Directory))
+            .collect();
         for x in xattrs {
             let user = x.name.starts_with(b"user.");
             // POSIX ACLs are part of the mode: -p keeps them, as coreutils' cp -p does.
-            let acl = ext4kit_fs::format::acl::is_acl_name(&x.name);
+            let acl = acl::is_acl_name(&x.name);
             if !(user || acl || self.opts.all_xattrs) || (is_link && user) {
                 continue;
             }
@@ -438,6 +444,16 @@ impl Copier<'_> {
                 }
             };
             r.map_err(|e| errno(e, &format!("set xattr {}", show(&x.name))))?;
+        }
+        // The image's ACLs exactly, as coreutils' cp -p gives: ACLs DEST inherited from a
+        // default ACL there (or an overwritten file had) go.
+        for n in drop_acls {
+            let mut p = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd())).into_bytes();
+            p.extend_from_slice(name);
+            match rustix::fs::lremovexattr(p.as_slice(), n) {
+                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) => {}
+                Err(e) => return Err(errno(e, &format!("remove xattr {}", show(n)))),
+            }
         }
         let times = rustix::fs::Timestamps {
             last_access: ts(st.atime),

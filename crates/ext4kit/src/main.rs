@@ -813,6 +813,9 @@ fn stat(fs: &Fs, spec: &Spec, as_json: bool) -> Result<()> {
                 show::put_bytes(&mut m, "name", &x.name);
                 show::put_bytes(&mut m, "value", &x.value);
                 m.insert("value_hex".into(), json!(show::hex(&x.value)));
+                if ext4kit_fs::format::acl::is_acl_name(&x.name) {
+                    m.insert("acl".into(), json!(show::xattr_value(&x.name, &x.value)));
+                }
                 Value::Object(m)
             })
             .collect();
@@ -868,7 +871,7 @@ fn stat(fs: &Fs, spec: &Spec, as_json: bool) -> Result<()> {
         for x in &xattrs {
             out.write_all(b"  ")?;
             out.write_all(&x.name)?;
-            writeln!(out, " ({}) = {}", x.value.len(), show::value(&x.value))?;
+            writeln!(out, " ({}) = {}", x.value.len(), show::xattr_value(&x.name, &x.value))?;
         }
     }
     if let Some(t) = &target {

@@ -102,6 +102,16 @@ pub fn value(v: &[u8]) -> String {
     }
 }
 
+/// An xattr value for people: POSIX ACLs as getfacl's entries (`user::rwx,user:1234:r-x,...`),
+/// other values as [`value`] shows them.
+pub fn xattr_value(name: &[u8], v: &[u8]) -> String {
+    use ext4kit_fs::format::acl;
+    match acl::is_acl_name(name).then(|| acl::parse_xattr(v)) {
+        Some(Ok(entries)) => acl::to_text(&entries),
+        _ => value(v),
+    }
+}
+
 /// Puts a byte string into a JSON object as `key` (lossy UTF-8), plus `key_hex` when the bytes
 /// are not valid UTF-8, so scripts can recover every name exactly.
 pub fn put_bytes(obj: &mut serde_json::Map<String, Value>, key: &str, b: &[u8]) {

@@ -97,6 +97,28 @@ fn check_acl_view(what: &str, host: &Path, got: &Path, create: bool) {
     }
 }
 
+/// The lines `ext4kit stat` shows for the ACLs of `path` in `host`: getfacl's entries joined
+/// by commas, the access ACL first.
+fn stat_acl_lines(host: &Path, path: &str) -> Vec<String> {
+    let out = run_ok("getfacl", &["-c", "-E", "-p", s(&host.join(path))]);
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    let access: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("default:")).collect();
+    let default: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("default:")).collect();
+    // The getxattr form: a 4-byte header and 8 bytes per entry.
+    let mut v = vec![format!("  system.posix_acl_access ({}) = {}", 4 + 8 * access.len(), access.join(","))];
+    if !default.is_empty() {
+        v.push(format!("  system.posix_acl_default ({}) = {}", 4 + 8 * default.len(), default.join(",")));
+    }
+    v
+}
+
+/// `ext4kit stat IMG:PATH` shows the ACLs as `getfacl` on `host` does.
+fn assert_stat_shows_acls(img: &Path, host: &Path, path: &str) {
+    let stat = ok(&["stat", &format!("{}:/{path}", s(img))]);
+    let got: Vec<String> = stat.lines().filter(|l| l.contains("system.posix_acl_")).map(str::to_string).collect();
+    assert_eq!(got, stat_acl_lines(host, path), "{path}: {stat}");
+}
+
 /// `debugfs ea_list` of a path, the attribute lines sorted.
 fn ea_list(img: &Path, path: &str) -> Vec<String> {
     let out = run_ok("debugfs", &["-R", &format!("ea_list {path}"), s(img)]);
@@ -133,8 +155,8 @@ fn acls_from_a_host_tree_reach_the_kernel_through_build_and_cp_in() {
         for img in [&built, &copied] {
             let what = format!("{} ", img.file_name().unwrap().to_string_lossy());
             assert_e2fsck_clean(img);
-            let stat = ok(&["stat", &format!("{}:/d", s(img))]);
-            assert!(stat.contains("system.posix_acl_access") && stat.contains("system.posix_acl_default"), "{what}{stat}");
+            assert_stat_shows_acls(img, &tree, "d");
+            assert_stat_shows_acls(img, &tree, "f");
             let m = LoopMount::new(img, false).unwrap();
             check_acl_view(&what, &tree, m.path(), true);
             m.unmount().unwrap();
@@ -181,8 +203,8 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
         check_acl_view("kernel mount", &host, root, false);
         m.unmount().unwrap();
         assert_e2fsck_clean(&img);
-        let stat = ok(&["stat", &format!("{}:/d", s(&img))]);
-        assert!(stat.contains("system.posix_acl_access") && stat.contains("system.posix_acl_default"), "{stat}");
+        assert_stat_shows_acls(&img, &host, "d");
+        assert_stat_shows_acls(&img, &host, "d/inner");
         let out = dir.path().join(format!("out-{bs}"));
         ok(&["cp", "-r", "-p", &format!("{}:/", s(&img)), s(&out)]);
         chmod(&out, 0o755);
@@ -354,7 +376,7 @@ fn acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form() {
     let tree = dir.path().join("tree");
     acl_tree(&tree);
     let mut v2 = vec![0u8; 256];
-    let n = rustix::fs::lgetxattr(&tree.join("f"), "system.posix_acl_access", &mut v2).unwrap();
+    let n = rustix::fs::lgetxattr(tree.join("f"), "system.posix_acl_access", &mut v2).unwrap();
     v2.truncate(n);
     let v2_file = dir.path().join("v2");
     std::fs::write(&v2_file, &v2).unwrap();
@@ -393,4 +415,85 @@ fn acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form() {
         assert_eq!(getfacl(m.path(), &["f"], true), getfacl(&tree, &["f"], true));
         m.unmount().unwrap();
     }
+}
+
+/// `cp -r -p IMG:PATH DEST` into a DEST with a default ACL gives what coreutils' `cp -r -p`
+/// gives from the same tree on the host: the image's ACLs (none where the image has none),
+/// not ones inherited from DEST.
+#[test]
+fn cp_p_out_under_a_default_acl_keeps_the_images_acls_as_coreutils_does() {
+    if !require_kernel("cp_p_out_under_a_default_acl_keeps_the_images_acls_as_coreutils_does") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    acl_tree(&tree);
+    // Entries without ACLs in a directory with a default ACL (made before it was set).
+    let plain = tree.join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("file"), b"no acl").unwrap();
+    chmod(&plain.join("file"), 0o640);
+    std::fs::create_dir(plain.join("dir")).unwrap();
+    run_ok("setfacl", &["-d", "-m", "u:1234:rwx", s(&plain)]);
+    let img = dir.path().join("p.img");
+    ok(&["build", "-b", "4096", s(&tree), s(&img)]);
+    let dest = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::create_dir(&p).unwrap();
+        run_ok("setfacl", &["-d", "-m", "u:4242:rwx,g:4343:rwx", s(&p)]);
+        p
+    };
+    let (ours, theirs) = (dest("ours"), dest("theirs"));
+    ok(&["cp", "-r", "-p", &format!("{}:/plain", s(&img)), &format!("{}:/d", s(&img)), &format!("{}:/f", s(&img)), s(&ours)]);
+    run_ok("cp", &["-r", "-p", s(&plain), s(&tree.join("d")), s(&tree.join("f")), s(&theirs)]);
+    let paths = ["plain", "plain/file", "plain/dir", "d", "d/inner", "d/sub", "f"];
+    assert_eq!(getfacl(&ours, &paths, false), getfacl(&theirs, &paths, false));
+    assert!(!getfacl(&ours, &["plain/file"], true).contains("4242"));
+}
+
+/// The library's attribute and mode calls treat ACLs as the kernel's syscalls do: chmod moves
+/// the access ACL's owner, mask and other entries; setxattr of an ACL the kernel would refuse
+/// is refused (and changes nothing); an empty ACL value removes the ACL.
+#[test]
+fn library_chmod_and_setxattr_treat_acls_as_the_kernel_does() {
+    if !require_kernel("library_chmod_and_setxattr_treat_acls_as_the_kernel_does") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    acl_tree(&tree);
+    let img = dir.path().join("l.img");
+    ok(&["build", "-b", "4096", s(&tree), s(&img)]);
+    let mut bad_order = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(tree.join("f"), "system.posix_acl_access", &mut bad_order).unwrap();
+    bad_order.truncate(n);
+    bad_order.swap(4, 12); // USER_OBJ and USER change places: EINVAL for the kernel
+    let before = ea_list(&img, "/d");
+    {
+        let fs = ext4kit_fs::Fs::open_path(&img, &ext4kit_fs::OpenOptions { writable: true, ..Default::default() }).unwrap();
+        let f = fs.resolve(b"/f", true).unwrap();
+        let d = fs.resolve(b"/d", true).unwrap();
+        let inner = fs.resolve(b"/d/inner", true).unwrap();
+        fs.set_owner_mode(f, 0, 0, 0o751).unwrap();
+        let e = fs.set_xattr(f, b"system.posix_acl_default", &bad_order).unwrap_err();
+        assert!(e.to_string().contains("only for directories"), "{e}");
+        let e = fs.set_xattr(d, b"system.posix_acl_access", &bad_order).unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
+        let e = fs.set_xattr(d, b"system.posix_acl_access", &bad_order[..bad_order.len() - 3]).unwrap_err();
+        assert!(e.to_string().contains("POSIX ACL"), "{e}");
+        fs.set_xattr(inner, b"system.posix_acl_access", b"").unwrap();
+        fs.sync().unwrap();
+    }
+    assert_eq!(ea_list(&img, "/d"), before, "refused calls changed d");
+    assert_e2fsck_clean(&img);
+    // The same through the kernel on a host copy.
+    let host = dir.path().join("host");
+    run_ok("cp", &["-a", s(&tree), s(&host)]);
+    run_ok("chmod", &["751", s(&host.join("f"))]);
+    setx(&host.join("d/inner"), "system.posix_acl_access", b"");
+    let m = LoopMount::new(&img, true).unwrap();
+    for p in ["f", "d", "d/inner"] {
+        assert_eq!(mode_and_acl(m.path(), p), mode_and_acl(&host, p), "{p}");
+    }
+    m.unmount().unwrap();
 }

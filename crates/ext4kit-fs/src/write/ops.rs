@@ -306,11 +306,14 @@ impl Fs {
         self.commit_if_full()
     }
 
-    /// Sets the owner and permission bits of `ino` (its file type stays).
+    /// Sets the owner and permission bits of `ino` (its file type stays; an access ACL takes the
+    /// new owner, group-or-mask and other bits, as chmod(2) does).
     pub fn set_owner_mode(&self, ino: u32, uid: u32, gid: u32, perm: u16) -> Result<()> {
         let core = &self.core;
         let w = core.writer("set owner")?;
         let mut meta = w.meta.lock();
+        // The access ACL follows the mode, as the kernel's chmod has it.
+        crate::write::xattr_write::chmod_acl(core, &mut meta, ino, perm)?;
         let inode = meta.inode(core, ino)?;
         inode.set_uid(uid);
         inode.set_gid(gid);

@@ -172,6 +172,32 @@ pub(crate) fn inherit_acls(core: &Core, meta: &mut MetaState, dir: u32, ino: u32
     write_all(core, meta, ino, &attrs)
 }
 
+/// Keeps the access ACL of `ino` in step with its new permission bits `perm`, as the kernel's
+/// chmod does (`posix_acl_chmod`): owner, mask (or owning group) and other take the new bits.
+pub(crate) fn chmod_acl(core: &Core, meta: &mut MetaState, ino: u32, perm: u16) -> Result<()> {
+    let inode = meta.inode(core, ino)?.clone();
+    if inode.file_acl() == 0 && !inode.xattr_area().starts_with(&XATTR_MAGIC.to_le_bytes()) {
+        return Ok(());
+    }
+    let Some(access) = core.xattrs_of(ino, &inode)?.into_iter().find(|x| x.name == acl::ACCESS_NAME) else {
+        return Ok(());
+    };
+    let bad = |e: acl::AclError| Error::corrupt(Structure::XattrInode, Corruption::Acl { offset: e.offset }).with_inode(ino);
+    let mut entries = acl::parse_xattr(&access.value).map_err(bad)?;
+    let before = entries.clone();
+    acl::chmod(&mut entries, perm).map_err(bad)?;
+    if entries == before {
+        return Ok(());
+    }
+    let mut all = read_all(core, meta, ino)?;
+    for (name, value) in &mut all {
+        if name == acl::ACCESS_NAME {
+            *value = acl::encode_disk(&entries);
+        }
+    }
+    write_all(core, meta, ino, &all)
+}
+
 impl Fs {
     /// Replaces all extended attributes of `ino`.
     pub fn set_xattrs(&self, ino: u32, attrs: &[XattrPair]) -> Result<()> {
