@@ -72,6 +72,9 @@ pub struct OpenOptions {
     /// thread — allocation then depends on nothing but the order of operations (reproducible
     /// images).
     pub background_writeback: bool,
+    /// [`Fs::open_path`]: when another process holds the image's lock (see
+    /// [`crate::image_lock`]), wait for it instead of refusing.
+    pub wait_for_lock: bool,
 }
 
 impl Default for OpenOptions {
@@ -84,6 +87,7 @@ impl Default for OpenOptions {
             metadata_cache_blocks: 8192,
             page_size: 4096,
             background_writeback: true,
+            wait_for_lock: false,
         }
     }
 }
@@ -304,6 +308,8 @@ pub struct Fs {
     pub(crate) pages: PageCache,
     replay: Option<Arc<ReplayReport>>,
     notices: Vec<String>,
+    /// The image file's lock ([`Fs::open_path`]), held as long as any clone lives.
+    _lock: Option<Arc<crate::image_lock::ImageLock>>,
 }
 
 impl Fs {
@@ -396,6 +402,7 @@ impl Fs {
             pages,
             replay,
             notices,
+            _lock: None,
         };
         if opts.writable {
             // What a previous writer left on the orphan list is freed (or truncated) now.
@@ -408,14 +415,22 @@ impl Fs {
     }
 
     /// Opens the image file (or block device) at `path`.
+    ///
+    /// The file is locked for the life of the `Fs` (exclusive when writing, shared when
+    /// reading; refused or waited for, see [`OpenOptions::wait_for_lock`]), and a writing open
+    /// refuses a file a kernel uses (loop-attached, or a mounted block device): see
+    /// [`crate::image_lock`].
     pub fn open_path(path: &Path, opts: &OpenOptions) -> Result<Fs> {
-        let (dev, _why_not_uring) = ext4kit_blockdev::open_file_device(path, opts.writable, 1024)
+        let (file, lock) = crate::image_lock::open_locked(path, opts.writable, opts.wait_for_lock)?;
+        let (dev, _why_not_uring) = ext4kit_blockdev::open_file_device_from(file, opts.writable, 1024)
             .map_err(|e| Error::Open {
             path: path.display().to_string(),
             message: e.to_string(),
             errno: e.raw_os_error().unwrap_or(5),
         })?;
-        Fs::open(dev, opts)
+        let mut fs = Fs::open(dev, opts)?;
+        fs._lock = Some(lock);
+        Ok(fs)
     }
 
     /// The superblock (after journal replay, if any).

@@ -64,6 +64,11 @@ struct Cli {
     #[arg(long, global = true)]
     replay_journal: bool,
 
+    /// When another ext4kit command is using the image (it holds the image's lock: exclusive
+    /// while writing, shared while reading), wait for it to finish instead of refusing.
+    #[arg(long, global = true)]
+    wait: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -266,6 +271,7 @@ fn main() -> ExitCode {
     let mut images = Images::default();
     images.no_replay = cli.no_replay;
     images.replay_journal = cli.replay_journal;
+    write_cmds::set_wait_for_lock(cli.wait);
     match run(cli.command, &mut images) {
         Ok(code) => code,
         Err(e) => {

@@ -94,10 +94,15 @@ impl Images {
             // Reading only: 64 KiB pages (large folios) cut the per-page work of big reads by
             // 16 (`cat` of 1 GiB: 0.48 s -> 0.30 s) and cost nothing measurable on small files.
             page_size: READ_PAGE_SIZE,
+            wait_for_lock: crate::write_cmds::wait_for_lock(),
             ..OpenOptions::default()
         };
         let fs = Fs::open_path(image, &opts)
             .map_err(|e| {
+                if let ext4kit_fs::Error::Open { message, .. } = &e {
+                    // Said with the path once, by the context below.
+                    return anyhow::anyhow!("{message}");
+                }
                 let journal = matches!(
                     e.structure(),
                     Some(
