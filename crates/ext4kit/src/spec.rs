@@ -99,9 +99,9 @@ impl Images {
         };
         let fs = Fs::open_path(image, &opts)
             .map_err(|e| {
-                if let ext4kit_fs::Error::Open { message, .. } = &e {
+                if let ext4kit_fs::Error::Open { message, errno, .. } = &e {
                     // Said with the path once, by the context below.
-                    return anyhow::anyhow!("{message}");
+                    return anyhow::anyhow!("{}", crate::write_cmds::open_error_reason(message, *errno));
                 }
                 let journal = matches!(
                     e.structure(),

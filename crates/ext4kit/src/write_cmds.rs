@@ -88,6 +88,16 @@ pub fn wait_for_lock() -> bool {
     WAIT_FOR_LOCK.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// The one-line reason of an [`ext4kit_fs::Error::Open`] (the caller puts the path first): the
+/// lock and in-use refusals say what happened; OS errors get "cannot open: ".
+pub(crate) fn open_error_reason(message: &str, errno: i32) -> String {
+    if errno == libc::EWOULDBLOCK || errno == libc::EBUSY {
+        message.to_string()
+    } else {
+        format!("cannot open: {message}")
+    }
+}
+
 /// Refuses images a kernel uses: a loop device backed by the same file (compared by device
 /// and inode number, so hard links and other spellings count), or a mounted block device.
 fn check_not_mounted(img: &Path) -> Result<()> {
@@ -140,7 +150,7 @@ impl WritableImages {
                 image.display(),
                 image.display()
             ),
-            ext4kit_fs::Error::Open { path, message, .. } => anyhow!("{path}: {message}"),
+            ext4kit_fs::Error::Open { path, message, errno } => anyhow!("{path}: {}", open_error_reason(&message, errno)),
             e => anyhow::Error::from(e).context(image.display().to_string()),
         })?;
         for n in fs.notices() {
