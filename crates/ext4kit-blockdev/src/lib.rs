@@ -30,6 +30,8 @@ mod fault;
 mod file;
 mod mem;
 mod sys;
+#[cfg(target_os = "linux")]
+pub use sys::loop_backing_file;
 mod uring;
 
 use std::fmt;
@@ -42,7 +44,7 @@ pub use deferred::{DeferredDevice, PendingBio};
 pub use fault::{FaultDevice, FaultRule, RequestRecord};
 pub use file::FileDevice;
 pub use mem::MemDevice;
-pub use uring::{OpenError, UringDevice, UringUnavailable, open_file_device};
+pub use uring::{OpenError, UringDevice, UringUnavailable, open_file_device, open_file_device_from};
 
 /// What a bio asks the device to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

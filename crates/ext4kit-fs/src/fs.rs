@@ -83,6 +83,9 @@ pub struct OpenOptions {
     /// trying 1 KiB to 64 KiB), as `e2fsck -b`; its group descriptors are the backup copy that
     /// follows it. Reading only.
     pub superblock: Option<u64>,
+    /// [`Fs::open_path`]: when another process holds the image's lock (see
+    /// [`crate::image_lock`]), wait for it instead of refusing.
+    pub wait_for_lock: bool,
 }
 
 impl Default for OpenOptions {
@@ -97,6 +100,7 @@ impl Default for OpenOptions {
             background_writeback: true,
             salvage: false,
             superblock: None,
+            wait_for_lock: false,
         }
     }
 }
@@ -375,6 +379,8 @@ pub struct Fs {
     pub(crate) pages: PageCache,
     replay: Option<Arc<ReplayReport>>,
     notices: Vec<String>,
+    /// The image file's lock ([`Fs::open_path`]), held as long as any clone lives.
+    _lock: Option<Arc<crate::image_lock::ImageLock>>,
 }
 
 impl Fs {
@@ -508,6 +514,7 @@ impl Fs {
             pages,
             replay,
             notices,
+            _lock: None,
         };
         if opts.writable {
             // What a previous writer left on the orphan list is freed (or truncated) now.
@@ -520,14 +527,22 @@ impl Fs {
     }
 
     /// Opens the image file (or block device) at `path`.
+    ///
+    /// The file is locked for the life of the `Fs` (exclusive when writing, shared when
+    /// reading; refused or waited for, see [`OpenOptions::wait_for_lock`]), and a writing open
+    /// refuses a file a kernel uses (loop-attached, or a mounted block device): see
+    /// [`crate::image_lock`].
     pub fn open_path(path: &Path, opts: &OpenOptions) -> Result<Fs> {
-        let (dev, _why_not_uring) = ext4kit_blockdev::open_file_device(path, opts.writable, 1024)
+        let (file, lock) = crate::image_lock::open_locked(path, opts.writable, opts.wait_for_lock)?;
+        let (dev, _why_not_uring) = ext4kit_blockdev::open_file_device_from(file, opts.writable, 1024)
             .map_err(|e| Error::Open {
             path: path.display().to_string(),
             message: e.to_string(),
             errno: e.raw_os_error().unwrap_or(5),
         })?;
-        Fs::open(dev, opts)
+        let mut fs = Fs::open(dev, opts)?;
+        fs._lock = Some(lock);
+        Ok(fs)
     }
 
     /// The superblock (after journal replay, if any).

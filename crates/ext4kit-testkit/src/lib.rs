@@ -116,17 +116,25 @@ pub struct LoopMount {
 impl LoopMount {
     /// Mounts `img` (read-only if `ro`).
     pub fn new(img: &Path, ro: bool) -> Result<LoopMount, String> {
+        LoopMount::mount(img, if ro { "loop,ro" } else { "loop" })
+    }
+
+    /// Mounts the block device `dev` (e.g. a [`LoopDevice`]) itself, without `-o loop`.
+    pub fn device(dev: &Path, ro: bool) -> Result<LoopMount, String> {
+        LoopMount::mount(dev, if ro { "ro" } else { "rw" })
+    }
+
+    fn mount(src: &Path, opts: &str) -> Result<LoopMount, String> {
         let dir = tempfile::Builder::new().prefix("ext4kit-mnt-").tempdir().map_err(|e| e.to_string())?;
-        let opts = if ro { "loop,ro" } else { "loop" };
-        let (code, text) = run(
-            "mount",
-            &[OsStr::new("-t"), OsStr::new("ext4"), OsStr::new("-o"), OsStr::new(opts), img.as_os_str(), dir.path().as_os_str()],
-        );
-        if code != 0 {
+        let args = [OsStr::new("-t"), OsStr::new("ext4"), OsStr::new("-o"), OsStr::new(opts), src.as_os_str(), dir.path().as_os_str()];
+        // A busy machine can answer EBUSY for a moment (a loop device still being torn down
+        // by an earlier test, udev probing it): retry, bounded, with backoff.
+        let text = retry_busy(|| run("mount", &args)).map_err(|text| {
             let (_, dmesg) = run("dmesg", &[]);
             let tail: Vec<&str> = dmesg.lines().rev().take(8).collect();
-            return Err(format!("mount {} failed: {text}\nkernel log: {tail:?}", img.display()));
-        }
+            format!("mount {} failed: {text}\nkernel log: {tail:?}", src.display())
+        })?;
+        let _ = text;
         Ok(LoopMount { dir, mounted: true })
     }
 
@@ -145,8 +153,16 @@ impl LoopMount {
             return Ok(());
         }
         self.mounted = false;
-        let (code, text) = run("umount", &[self.dir.path().as_os_str()]);
-        if code == 0 { Ok(()) } else { Err(format!("umount failed: {text}")) }
+        let dir = self.dir.path();
+        match retry_busy(|| run("umount", &[dir.as_os_str()])) {
+            Ok(_) => Ok(()),
+            Err(text) => {
+                // Say what held it; then detach it lazily so the temp dir can go.
+                let holders = mount_holders(dir);
+                let _ = run("umount", &[OsStr::new("-l"), dir.as_os_str()]);
+                Err(format!("umount {} failed: {} (held by: {holders})", dir.display(), text.trim()))
+            }
+        }
     }
 }
 
@@ -616,5 +632,70 @@ mod summary_tests {
         assert!(!is_summary_line("Free blocks count wrong (123, counted=456)."));
         assert!(!is_summary_line("Fix? no"));
         assert!(!is_summary_line("x: 1/2 files (0.0% non-contiguous), 3/4 blocks, extra"));
+    }
+}
+
+/// Runs `cmd` (a mount, umount or losetup) until it succeeds or fails for a reason other than
+/// "busy": the kernel's EBUSY on a loaded machine is transient (writeback of the last dirty
+/// pages, udev or blkid probing a new device). Bounded: about 10 s in all, backing off from
+/// 10 ms. Returns the last output.
+pub fn retry_busy(mut cmd: impl FnMut() -> (i32, String)) -> Result<String, String> {
+    let mut delay = std::time::Duration::from_millis(10);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (code, text) = cmd();
+        if code == 0 {
+            return Ok(text);
+        }
+        let busy = text.contains("busy") || text.contains("EBUSY");
+        if !busy || std::time::Instant::now() >= deadline {
+            return Err(text);
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(std::time::Duration::from_millis(500));
+    }
+}
+
+/// What holds the mount at `dir` open (`fuser -vm`, else `lsof`), for a failure message.
+pub fn mount_holders(dir: &Path) -> String {
+    for (tool, args) in [("fuser", vec![OsStr::new("-vm"), dir.as_os_str()]), ("lsof", vec![OsStr::new("+f"), OsStr::new("--"), dir.as_os_str()])] {
+        if let Some(exe) = which(tool) {
+            let (_, text) = run(&exe.to_string_lossy(), &args);
+            let t = text.trim();
+            if !t.is_empty() {
+                return t.replace('\n', "; ");
+            }
+        }
+    }
+    "nothing found by fuser/lsof (a kernel user: loop device, writeback)".into()
+}
+
+/// A loop device attached to an image (`losetup -f --show`), detached on drop.
+pub struct LoopDevice {
+    dev: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches `img` to a free loop device (read-only if `ro`).
+    pub fn attach(img: &Path, ro: bool) -> Result<LoopDevice, String> {
+        let mut args = vec![OsStr::new("-f"), OsStr::new("--show")];
+        if ro {
+            args.push(OsStr::new("-r"));
+        }
+        args.push(img.as_os_str());
+        let out = retry_busy(|| run("losetup", &args)).map_err(|t| format!("losetup {} failed: {t}", img.display()))?;
+        let dev = out.lines().map(str::trim).find(|l| l.starts_with("/dev/")).ok_or_else(|| format!("losetup printed no device: {out:?}"))?;
+        Ok(LoopDevice { dev: PathBuf::from(dev) })
+    }
+
+    /// The device node, e.g. `/dev/loop3`.
+    pub fn path(&self) -> &Path {
+        &self.dev
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = retry_busy(|| run("losetup", &[OsStr::new("-d"), self.dev.as_os_str()]));
     }
 }

@@ -88,6 +88,11 @@ struct Cli {
     #[arg(short = 'b', long = "superblock", value_name = "BLOCK")]
     superblock: Option<u64>,
 
+    /// When another ext4kit command is using the image (it holds the image's lock: exclusive
+    /// while writing, shared while reading), wait for it to finish instead of refusing.
+    #[arg(long, global = true)]
+    wait: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -290,6 +295,7 @@ fn main() -> ExitCode {
     let mut images = Images::default();
     images.no_replay = cli.no_replay;
     images.replay_journal = cli.replay_journal;
+    write_cmds::set_wait_for_lock(cli.wait);
     images.superblock = cli.superblock;
     let result = run(cli.command, &mut images);
     images.print_warnings();

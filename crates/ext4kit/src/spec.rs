@@ -139,10 +139,15 @@ impl Images {
             // (writing stays refused on them).
             salvage: true,
             superblock: self.superblock,
+            wait_for_lock: crate::write_cmds::wait_for_lock(),
             ..OpenOptions::default()
         };
         let fs = Fs::open_path(image, &opts)
             .map_err(|e| {
+                if let ext4kit_fs::Error::Open { message, errno, .. } = &e {
+                    // Said with the path once, by the context below.
+                    return anyhow::anyhow!("{}", crate::write_cmds::open_error_reason(message, *errno));
+                }
                 let journal = matches!(
                     e.structure(),
                     Some(

@@ -75,39 +75,36 @@ fn source_date_epoch() -> Result<Option<i64>> {
     }
 }
 
-/// Refuses images a kernel has mounted (a loop device backed by the file).
+/// `--wait`: wait for an image's lock instead of refusing (set once by `main`).
+static WAIT_FOR_LOCK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets `--wait` for every image this process opens.
+pub fn set_wait_for_lock(wait: bool) {
+    WAIT_FOR_LOCK.store(wait, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether `--wait` was given.
+pub fn wait_for_lock() -> bool {
+    WAIT_FOR_LOCK.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The one-line reason of an [`ext4kit_fs::Error::Open`] (the caller puts the path first): the
+/// lock and in-use refusals say what happened; OS errors get "cannot open: ".
+pub(crate) fn open_error_reason(message: &str, errno: i32) -> String {
+    if errno == libc::EWOULDBLOCK || errno == libc::EBUSY {
+        message.to_string()
+    } else {
+        format!("cannot open: {message}")
+    }
+}
+
+/// Refuses images a kernel uses: a loop device backed by the same file (compared by device
+/// and inode number, so hard links and other spellings count), or a mounted block device.
 fn check_not_mounted(img: &Path) -> Result<()> {
-    let Ok(canon) = fs::canonicalize(img) else {
-        return Ok(());
-    };
-    let Ok(entries) = fs::read_dir("/sys/block") else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let backing = e.path().join("loop/backing_file");
-        if let Ok(b) = fs::read_to_string(&backing) {
-            if Path::new(b.trim()) == canon {
-                bail!(
-                    "{}: the image is attached to /dev/{} (mounted?); unmount it and detach the loop device before writing",
-                    img.display(),
-                    e.file_name().to_string_lossy()
-                );
-            }
-        }
-    }
-    if let Ok(mounts) = fs::read_to_string("/proc/mounts") {
-        let canon_s = canon.to_string_lossy();
-        if mounts
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(&canon_s))
-        {
-            bail!(
-                "{}: the device is mounted; unmount it before writing",
-                img.display()
-            );
-        }
-    }
-    Ok(())
+    ext4kit_fs::image_lock::check_not_in_use(img).map_err(|e| match e {
+        ext4kit_fs::Error::Open { path, message, .. } => anyhow!("{path}: {message}"),
+        e => anyhow!("{}: {e}", img.display()),
+    })
 }
 
 /// Images opened for writing, once each, synced at the end.
@@ -126,16 +123,20 @@ impl WritableImages {
 
     /// The filesystem in `image`, opened for writing.
     pub fn get(&mut self, image: &Path) -> Result<Fs> {
-        // One key per file, however it is spelled (a.img, ./a.img): never two writers on it.
-        let key = fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
+        // One key per file, however it is spelled (a.img, ./a.img, a hard link): never two
+        // writers on it.
+        let key = match fs::metadata(image) {
+            Ok(m) => PathBuf::from(format!("\0{}:{}", m.dev(), m.ino())),
+            Err(_) => image.to_path_buf(),
+        };
         if let Some(fs) = self.open.get(&key) {
             return Ok(fs.clone());
         }
-        check_not_mounted(image)?;
         let fs = Fs::open_path(
             image,
             &OpenOptions {
                 writable: true,
+                wait_for_lock: wait_for_lock(),
                 // Asked for: like a mount, a journal that needs recovery is replayed onto the
                 // image (the notice below says so).
                 recover_journal: self.replay_journal,
@@ -149,6 +150,7 @@ impl WritableImages {
                 image.display(),
                 image.display()
             ),
+            ext4kit_fs::Error::Open { path, message, errno } => anyhow!("{path}: {}", open_error_reason(&message, errno)),
             e if e.is_corruption() => anyhow::anyhow!(
                 "{}: {e}: the image is damaged, so it is not written (`e2fsck -fy {}` repairs it; reading commands still read it)",
                 image.display(),

@@ -8,7 +8,9 @@ use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
 use io_uring::{IoUring, Probe, opcode, types};
@@ -33,6 +35,9 @@ pub struct UringDevice {
     tx: Option<Sender<Bio>>,
     wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
+    /// Test hook: a non-zero errno makes the ring thread's `io_uring_enter` fail with it, after
+    /// the given number of calls that still work.
+    inject: Arc<(AtomicI32, AtomicU32)>,
 }
 
 impl fmt::Debug for UringDevice {
@@ -80,11 +85,14 @@ impl UringDevice {
         let copy_fd = if writable { Some(file.try_clone().map_err(OpenError::Io)?) } else { None };
         let (tx, rx) = unbounded::<Bio>();
         let ring_wake = Arc::clone(&wake);
+        let inject = Arc::new((AtomicI32::new(0), AtomicU32::new(0)));
+        let ring_inject = Arc::clone(&inject);
         let thread = thread::Builder::new()
             .name("uring-io".into())
             .spawn(move || {
                 let mut t = RingThread::new(ring, file, rx, ring_wake, geo, writable);
                 t.write_behind = write_behind;
+                t.inject = ring_inject;
                 t.run()
             })
             .map_err(OpenError::Io)?;
@@ -94,7 +102,19 @@ impl UringDevice {
             tx: Some(tx),
             wake,
             thread: Some(thread),
+            inject,
         })
+    }
+
+    /// Test hook: after `after` more calls of `io_uring_enter` that work, the ring fails as if
+    /// the next had answered `errno` (a fatal ring error). Every bio queued or in flight then
+    /// completes with that error, exactly once, and every later one too; the device stays
+    /// failed.
+    #[doc(hidden)]
+    pub fn fail_ring_for_test(&self, errno: i32, after: u32) {
+        self.inject.1.store(after, Ordering::SeqCst);
+        self.inject.0.store(errno, Ordering::SeqCst);
+        self.kick();
     }
 
     fn kick(&self) {
@@ -204,7 +224,13 @@ struct RingThread {
     /// so the final flush finds little left to do: set for regular files when the kernel
     /// supports the operation.
     write_behind: bool,
+    /// See [`UringDevice::fail_ring_for_test`].
+    inject: Arc<(AtomicI32, AtomicU32)>,
 }
+
+/// How long a failed ring waits for the kernel to finish the entries it had already taken
+/// before their bios are completed with the error anyway.
+const FAILED_RING_DRAIN: Duration = Duration::from_secs(5);
 
 impl RingThread {
     fn new(
@@ -229,6 +255,7 @@ impl RingThread {
             poll_armed: false,
             closed: false,
             write_behind: false,
+            inject: Arc::new((AtomicI32::new(0), AtomicU32::new(0))),
         }
     }
 
@@ -260,7 +287,20 @@ impl RingThread {
             if self.closed && self.inflight == 0 && self.backlog.is_empty() {
                 return;
             }
-            match self.ring.submit_and_wait(1) {
+            let mut injected = self.inject.0.load(Ordering::SeqCst);
+            if injected != 0 {
+                let left = self.inject.1.load(Ordering::SeqCst);
+                if left > 0 {
+                    self.inject.1.store(left - 1, Ordering::SeqCst);
+                    injected = 0;
+                }
+            }
+            let entered = if injected != 0 {
+                Err(std::io::Error::from_raw_os_error(injected))
+            } else {
+                self.ring.submit_and_wait(1)
+            };
+            match entered {
                 Ok(_) => {}
                 Err(e)
                     if matches!(
@@ -278,19 +318,63 @@ impl RingThread {
         }
     }
 
+    /// The ring failed: completes every bio we hold — in flight, waiting for a slot, or still
+    /// in the channel — with `errno`, exactly once, then keeps failing new ones until the device
+    /// is dropped (so none is ever dropped uncompleted and no page stays under writeback).
     fn fail_all(&mut self, errno: i32) {
-        // Entries the kernel may still reference must stay alive: we leak them rather than free
-        // memory the kernel might write to.
-        for slot in self.slots.drain(..).flatten() {
-            std::mem::forget(slot);
+        let err = |bio: &Bio| IoError::Os { op: bio.op(), block: bio.start_block(), errno };
+        // Entries still in the submission queue were never seen by the kernel; the ones it took
+        // may still be using their buffers, so wait (bounded) for their completions, which we
+        // read from the completion queue (shared memory) after polling the ring's fd — no
+        // `io_uring_enter`, which is what failed.
+        let deadline = Instant::now() + FAILED_RING_DRAIN;
+        loop {
+            let done: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
+            for ud in done {
+                let slot = ud as usize;
+                if ud == WAKE || ud == WRITE_BEHIND || slot >= self.slots.len() {
+                    continue;
+                }
+                // A result may be a success, but a short transfer cannot be continued and the
+                // caller must learn the ring is gone: every bio of a failed ring fails.
+                if let Some(f) = self.slots[slot].take() {
+                    self.inflight -= 1;
+                    let e = err(&f.bio);
+                    f.bio.complete(Err(e));
+                }
+            }
+            let unsubmitted = self.ring.submission().len();
+            if self.inflight <= unsubmitted {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let timeout = (deadline - now).as_millis().min(100) as i32;
+            let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: `pfd` is one valid pollfd that lives across the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, timeout) };
+            if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
         }
+        // What is left: entries the kernel never saw, or (after the wait above) ones it never
+        // completed. Their buffers are released with the bios; see docs/architecture.md.
+        for f in self.slots.drain(..).flatten() {
+            let e = err(&f.bio);
+            f.bio.complete(Err(e));
+        }
+        self.free.clear();
+        self.inflight = 0;
         for bio in self.backlog.drain(..) {
-            let (op, block) = (bio.op(), bio.start_block());
-            bio.complete(Err(IoError::Os { op, block, errno }));
+            let e = err(&bio);
+            bio.complete(Err(e));
         }
-        for bio in self.rx.try_iter() {
-            let (op, block) = (bio.op(), bio.start_block());
-            bio.complete(Err(IoError::Os { op, block, errno }));
+        // Until every sender is gone (the device dropped), fail whatever arrives.
+        while let Ok(bio) = self.rx.recv() {
+            let e = err(&bio);
+            bio.complete(Err(e));
         }
     }
 

@@ -86,6 +86,24 @@ pub fn open_file_device(
     }
 }
 
+/// [`open_file_device`] on a file already open (read-write if `writable`): the caller chose
+/// how to open and lock it.
+pub fn open_file_device_from(
+    file: std::fs::File,
+    writable: bool,
+    block_size: u32,
+) -> io::Result<(Arc<dyn BlockDevice>, Option<UringUnavailable>)> {
+    let spare = file.try_clone()?;
+    match UringDevice::from_file(file, writable, block_size) {
+        Ok(dev) => Ok((Arc::new(dev), None)),
+        Err(OpenError::Io(e)) => Err(e),
+        Err(OpenError::Uring(why)) => Ok((
+            Arc::new(FileDevice::from_file(spare, writable, block_size, FileDevice::DEFAULT_THREADS)?),
+            Some(why),
+        )),
+    }
+}
+
 /// Failure to open a [`UringDevice`].
 #[derive(Debug)]
 pub enum OpenError {
