@@ -548,9 +548,8 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
     // and inodes at about the same point, as on an image mke2fs made).
     let isz = u64::from(opts.inode_size.unwrap_or(256));
     let needed = (totals.entries + 64) * 5 / 4;
-    let size = match opts.size {
-        Some(s) => s,
-        None => {
+    let fit = {
+        {
             let s0 = fitted_size(&totals, guess_bs).max(8 << 20);
             // Room for the inode tables of one inode per `ratio` bytes of the whole image.
             let ratio_for = |s: u64| match opts.inode_ratio {
@@ -568,6 +567,7 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
             s
         }
     };
+    let size = opts.size.unwrap_or(fit);
     let inode_count = match opts.inode_count {
         Some(n) if u64::from(n) < totals.entries + 16 => {
             return Err(Error::InvalidArgument(format!(
@@ -635,16 +635,29 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
     let ScanKind::Dir(kids) = &root.kind else { return Err(Error::NotDir { path: PathBytes(Vec::new()) }) };
     // The new filesystem has its own lost+found: a source one at the top is not copied.
     let kids: Vec<&Node> = kids.iter().filter(|n| !(&*n.name == b"lost+found" && matches!(n.kind, ScanKind::Dir(_)))).collect();
-    let entries = b.children_of(ROOT_INO, &kids, src)?;
-    fs.fill_root(&entries)?;
-    let root_attrs = attrs_of(&root.md, clamp);
-    if !root.xattrs.is_empty() {
-        fs.set_xattrs(ROOT_INO, &root.xattrs)?;
+    let written = (|| -> Result<()> {
+        let entries = b.children_of(ROOT_INO, &kids, src)?;
+        fs.fill_root(&entries)?;
+        let root_attrs = attrs_of(&root.md, clamp);
+        if !root.xattrs.is_empty() {
+            fs.set_xattrs(ROOT_INO, &root.xattrs)?;
+        }
+        fs.set_owner_mode(ROOT_INO, root_attrs.uid, root_attrs.gid, root_attrs.perm)?;
+        fs.set_times(ROOT_INO, Some(root_attrs.atime), Some(root_attrs.mtime), Some(root_attrs.ctime))?;
+        b.copier.finish()?;
+        fs.sync()?;
+        Ok(())
+    })();
+    if let Err(Error::NoSpace(what)) = written {
+        // Out of space at a given --size: say what the tree needs (the fitted size).
+        return Err(Error::NoSpace(format!(
+            "{what}: the tree needs an image of about {} MiB, --size gave {} MiB ({} MiB free after mkfs)",
+            fit.div_ceil(1 << 20).max(size.div_ceil(1 << 20) + 1),
+            size >> 20,
+            (made.free_blocks * u64::from(made.block_size)) >> 20
+        )));
     }
-    fs.set_owner_mode(ROOT_INO, root_attrs.uid, root_attrs.gid, root_attrs.perm)?;
-    fs.set_times(ROOT_INO, Some(root_attrs.atime), Some(root_attrs.mtime), Some(root_attrs.ctime))?;
-    b.copier.finish()?;
-    fs.sync()?;
+    written?;
     b.progress.entries_done = b.progress.entries_total;
     (b.on_progress)(b.progress);
     report = b.report;
