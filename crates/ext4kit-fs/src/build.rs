@@ -52,6 +52,14 @@ pub struct BuildOptions {
     /// Clamp every timestamp to this (seconds since the epoch), and use it as the creation time
     /// (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
+    /// Inode count (`mke2fs -N`); refused when below what the tree needs.
+    pub inode_count: Option<u32>,
+    /// Bytes per inode (`mke2fs -i`); `None`: the `mke2fs.conf` ratio for the size.
+    pub inode_ratio: Option<u64>,
+    /// Inode size (`mke2fs -I`).
+    pub inode_size: Option<u16>,
+    /// Blocks reserved for root, in percent (`mke2fs -m`); `None`: 5.
+    pub reserved_percent: Option<u8>,
 }
 
 /// Progress of a build, reported as it goes.
@@ -535,9 +543,58 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
     let guess_bs = u64::from(opts.block_size.unwrap_or(4096));
     let mut totals = Totals { entries: 0, bytes: 0, data_blocks: 0, dir_bytes: 0, xattr_blocks: 0 };
     let root = scan(src, Box::default(), 0, &mut totals, guess_bs)?;
-    let size = match opts.size {
-        Some(s) => s,
-        None => fitted_size(&totals, guess_bs).max(8 << 20),
+    // Inodes: what the tree needs plus room to grow, and never fewer than mke2fs's
+    // inode_ratio gives for the size (a kernel writing into the image later runs out of blocks
+    // and inodes at about the same point, as on an image mke2fs made).
+    let isz = u64::from(opts.inode_size.unwrap_or(256));
+    let needed = (totals.entries + 64) * 5 / 4;
+    let fit = {
+        {
+            let s0 = fitted_size(&totals, guess_bs).max(8 << 20);
+            // Room for the inode tables of one inode per `ratio` bytes of the whole image.
+            let ratio_for = |s: u64| match opts.inode_ratio {
+                Some(r) => r.max(1024),
+                None => {
+                    let st = crate::mkfs::SizeType::for_size(s);
+                    st.inode_ratio().max(u64::from(opts.block_size.unwrap_or(st.block_size())))
+                }
+            };
+            let mut s = s0;
+            for _ in 0..3 {
+                let r = ratio_for(s);
+                s = (s0 + s / r * isz).div_ceil(1 << 20) * (1 << 20);
+            }
+            s
+        }
+    };
+    let size = opts.size.unwrap_or(fit);
+    let inode_count = match opts.inode_count {
+        Some(n) if u64::from(n) < totals.entries + 16 => {
+            return Err(Error::InvalidArgument(format!(
+                "{}: -N {n} inodes are too few: the tree has {} entries (and the filesystem reserves 11 inodes)",
+                img.display(),
+                totals.entries
+            )));
+        }
+        Some(n) => Some(n),
+        None => {
+            let st = crate::mkfs::SizeType::for_size(size);
+            let bs = u64::from(opts.block_size.unwrap_or(st.block_size()));
+            let ratio = opts.inode_ratio.unwrap_or_else(|| st.inode_ratio().max(bs)).max(1024);
+            let by_ratio = size / ratio;
+            let want = if opts.size.is_none() || opts.inode_ratio.is_none() { needed } else { totals.entries + 16 };
+            if by_ratio >= want {
+                None
+            } else if opts.inode_ratio.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: -i {ratio} gives {by_ratio} inodes, too few for the tree's {} entries",
+                    img.display(),
+                    totals.entries
+                )));
+            } else {
+                Some(want.min(u64::from(u32::MAX)) as u32)
+            }
+        }
     };
     let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(img).map_err(|e| io_err(img, e))?;
     f.set_len(size).map_err(|e| io_err(img, e))?;
@@ -549,7 +606,10 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
         uuid: opts.uuid,
         hash_seed: opts.hash_seed,
         time: opts.source_date_epoch,
-        inode_count: Some(((totals.entries + 64) * 5 / 4).min(u64::from(u32::MAX)) as u32).filter(|_| opts.size.is_none()),
+        inode_count,
+        inode_ratio: opts.inode_ratio,
+        inode_size: opts.inode_size,
+        reserved_percent: opts.reserved_percent.unwrap_or(5),
         assume_zeroed: true,
         lazy_itable_init: false,
         ..MkfsOptions::default()
@@ -575,16 +635,29 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
     let ScanKind::Dir(kids) = &root.kind else { return Err(Error::NotDir { path: PathBytes(Vec::new()) }) };
     // The new filesystem has its own lost+found: a source one at the top is not copied.
     let kids: Vec<&Node> = kids.iter().filter(|n| !(&*n.name == b"lost+found" && matches!(n.kind, ScanKind::Dir(_)))).collect();
-    let entries = b.children_of(ROOT_INO, &kids, src)?;
-    fs.fill_root(&entries)?;
-    let root_attrs = attrs_of(&root.md, clamp);
-    if !root.xattrs.is_empty() {
-        fs.set_xattrs(ROOT_INO, &root.xattrs)?;
+    let written = (|| -> Result<()> {
+        let entries = b.children_of(ROOT_INO, &kids, src)?;
+        fs.fill_root(&entries)?;
+        let root_attrs = attrs_of(&root.md, clamp);
+        if !root.xattrs.is_empty() {
+            fs.set_xattrs(ROOT_INO, &root.xattrs)?;
+        }
+        fs.set_owner_mode(ROOT_INO, root_attrs.uid, root_attrs.gid, root_attrs.perm)?;
+        fs.set_times(ROOT_INO, Some(root_attrs.atime), Some(root_attrs.mtime), Some(root_attrs.ctime))?;
+        b.copier.finish()?;
+        fs.sync()?;
+        Ok(())
+    })();
+    if let Err(Error::NoSpace(what)) = written {
+        // Out of space at a given --size: say what the tree needs (the fitted size).
+        return Err(Error::NoSpace(format!(
+            "{what}: the tree needs an image of about {} MiB, --size gave {} MiB ({} MiB free after mkfs)",
+            fit.div_ceil(1 << 20).max(size.div_ceil(1 << 20) + 1),
+            size >> 20,
+            (made.free_blocks * u64::from(made.block_size)) >> 20
+        )));
     }
-    fs.set_owner_mode(ROOT_INO, root_attrs.uid, root_attrs.gid, root_attrs.perm)?;
-    fs.set_times(ROOT_INO, Some(root_attrs.atime), Some(root_attrs.mtime), Some(root_attrs.ctime))?;
-    b.copier.finish()?;
-    fs.sync()?;
+    written?;
     b.progress.entries_done = b.progress.entries_total;
     (b.on_progress)(b.progress);
     report = b.report;

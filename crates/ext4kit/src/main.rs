@@ -8,9 +8,11 @@
 mod cp;
 mod cp_src;
 mod meter;
+mod mkopts;
 mod modify_cmds;
 mod show;
 mod spec;
+mod target;
 mod write_cmds;
 
 use std::ffi::OsString;
@@ -159,10 +161,12 @@ enum Command {
         /// Filesystem UUID (default: random).
         #[arg(short = 'U')]
         uuid: Option<String>,
+        #[command(flatten)]
+        mke: mkopts::MkeArgs,
         /// Print a JSON object.
         #[arg(long)]
         json: bool,
-        /// The image file (created or truncated).
+        /// The image file (replaced only once the new filesystem is complete), or a block device.
         image: PathBuf,
         /// Size, e.g. 256M.
         size: String,
@@ -189,15 +193,17 @@ enum Command {
         /// Directory hash seed, a UUID (default: random).
         #[arg(long = "hash-seed")]
         hash_seed: Option<String>,
-        /// Volume label.
+        /// Volume label (up to 16 bytes).
         #[arg(short = 'L')]
         label: Option<String>,
+        #[command(flatten)]
+        mke: mkopts::MkeArgs,
         /// Print a JSON summary.
         #[arg(long)]
         json: bool,
         /// The source directory.
         dir: PathBuf,
-        /// The image file (created or truncated).
+        /// The image file (replaced only once the build succeeded).
         image: PathBuf,
     },
     /// Create directories inside images.
@@ -414,12 +420,14 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             block_size,
             label,
             uuid,
+            mke,
             json,
             image,
             size,
         } => {
             let bs = block_size.map(|b| b.parse()).transpose()?;
-            write_cmds::cmd_mkfs(&image, &size, bs, label, uuid.as_deref(), json)?;
+            let mke = mke.check().map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
+            write_cmds::cmd_mkfs(&image, &size, bs, label, uuid.as_deref(), &mke, json)?;
         }
         Command::Build {
             block_size,
@@ -427,10 +435,12 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             uuid,
             hash_seed,
             label,
+            mke,
             json,
             dir,
             image,
         } => {
+            let mke = mke.check().map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
             let opts = ext4kit_fs::build::BuildOptions {
                 block_size: block_size.map(|b| b.parse()).transpose()?,
                 size: size.as_deref().map(write_cmds::parse_size).transpose()?,
@@ -438,9 +448,14 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
                 hash_seed: hash_seed
                     .as_deref()
                     .map(write_cmds::parse_uuid)
-                    .transpose()?,
+                    .transpose()?
+                    .or(mke.hash_seed),
                 label,
                 source_date_epoch: None,
+                inode_count: mke.inode_count,
+                inode_ratio: mke.inode_ratio,
+                inode_size: mke.inode_size,
+                reserved_percent: mke.reserved_percent,
             };
             write_cmds::cmd_build(&dir, &image, opts, json)?;
         }

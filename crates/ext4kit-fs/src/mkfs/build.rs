@@ -29,7 +29,7 @@ use ext4kit_format::superblock::{
 
 use super::blockset::BlockSet;
 use super::geometry::{
-    DESC_SIZE, FIRST_INO, GROUPS_PER_FLEX, Geometry, INODE_SIZE, LOG_GROUPS_PER_FLEX, super_groups,
+    DESC_SIZE, FIRST_INO, GROUPS_PER_FLEX, Geometry, LOG_GROUPS_PER_FLEX, super_groups,
 };
 use super::tables::{GroupTables, allocate_tables};
 use super::writer::WritePlan;
@@ -224,8 +224,8 @@ fn extents_of(runs: &[(u64, u64)]) -> Result<Vec<Extent>, MkfsError> {
 }
 
 /// A new inode with `mode`, `links`, times all `t`, i_extra_isize 32.
-fn new_inode(mode: u16, links: u16, size: u64, t: Timestamp) -> Result<Inode, MkfsError> {
-    let mut i = Inode::new(usize::from(INODE_SIZE), EXTRA_ISIZE)?;
+fn new_inode(isz: u16, mode: u16, links: u16, size: u64, t: Timestamp) -> Result<Inode, MkfsError> {
+    let mut i = Inode::new(usize::from(isz), EXTRA_ISIZE)?;
     i.set_mode(mode);
     i.set_links_count(links);
     i.set_size(size);
@@ -337,7 +337,7 @@ fn new_superblock(geo: &Geometry, p: &Resolved) -> Superblock {
     sb.set_errors_behaviour(errors_behaviour::CONTINUE);
     sb.set_creator_os(creator_os::LINUX);
     sb.set_first_ino(FIRST_INO);
-    sb.set_inode_size(INODE_SIZE);
+    sb.set_inode_size(geo.inode_size);
     sb.set_uuid(p.uuid);
     sb.set_volume_name(p.label);
     sb.set_journal_inum(JOURNAL_INO);
@@ -384,9 +384,10 @@ fn special_inodes(
 ) -> Result<SpecialInodes, MkfsError> {
     let bs64 = u64::from(geo.block_size);
     let lpf_blocks: u64 = lay.lpf.iter().map(|r| r.1).sum();
-    let mut root = new_inode(FileType::Directory.mode_bits() | 0o755, 3, bs64, t)?;
+    let mut root = new_inode(geo.inode_size, FileType::Directory.mode_bits() | 0o755, 3, bs64, t)?;
     set_extents(&mut root, &lay.root, None, geo, seed, ROOT_INO)?;
     let mut lpf = new_inode(
+        geo.inode_size,
         FileType::Directory.mode_bits() | 0o700,
         2,
         lpf_blocks * bs64,
@@ -394,7 +395,7 @@ fn special_inodes(
     )?;
     set_extents(&mut lpf, &lay.lpf, None, geo, seed, LPF_INO)?;
     let journal_bytes = u64::from(geo.journal_blocks) * bs64;
-    let mut journal = new_inode(FileType::Regular.mode_bits() | 0o600, 1, journal_bytes, t)?;
+    let mut journal = new_inode(geo.inode_size, FileType::Regular.mode_bits() | 0o600, 1, journal_bytes, t)?;
     let journal_leaf = set_extents(
         &mut journal,
         &lay.journal,
@@ -410,7 +411,7 @@ fn special_inodes(
     jnl_blocks[15] = (journal_bytes >> 32) as u32;
     jnl_blocks[16] = journal_bytes as u32;
 
-    let isz = u64::from(INODE_SIZE);
+    let isz = u64::from(geo.inode_size);
     let ipg = geo.inodes_per_group;
     let mut table_blocks = BTreeMap::new();
     for ino in 1..=FIRST_INO {
@@ -421,7 +422,7 @@ fn special_inodes(
             _ => {
                 // Reserved inodes are zero but for a valid checksum; the bad
                 // blocks inode (1) has its times, as ext2fs_update_bb_inode writes them.
-                let mut i = Inode::new(usize::from(INODE_SIZE), 0)?;
+                let mut i = Inode::new(usize::from(geo.inode_size), 0)?;
                 if ino == special::BAD {
                     i.set_access_time(t);
                     i.set_change_time(t);
@@ -440,7 +441,7 @@ fn special_inodes(
             .entry(tables.inode_table + at / bs64)
             .or_insert_with(|| vec![0u8; geo.block_size as usize]);
         let off = (at % bs64) as usize;
-        buf[off..off + usize::from(INODE_SIZE)].copy_from_slice(inode.as_bytes());
+        buf[off..off + usize::from(geo.inode_size)].copy_from_slice(inode.as_bytes());
     }
     Ok(SpecialInodes {
         table_blocks,
@@ -620,7 +621,7 @@ fn write_groups(
         // Zero the used part of the inode table (mke2fs's lazy init), or all of it.
         if !p.assume_zeroed {
             let blocks = if p.lazy_itable_init {
-                (u64::from(inodes_used) * u64::from(INODE_SIZE)).div_ceil(bs64)
+                (u64::from(inodes_used) * u64::from(geo.inode_size)).div_ceil(bs64)
             } else {
                 u64::from(geo.inode_table_blocks)
             };
@@ -705,7 +706,7 @@ pub(crate) fn build(geo: &Geometry, lay: &Layout, p: &Resolved) -> Result<Image,
         backup_groups: sgroups.iter().copied().filter(|&g| g != 0).collect(),
         inodes_count: geo.inodes_count,
         inodes_per_group: geo.inodes_per_group,
-        inode_size: INODE_SIZE,
+        inode_size: geo.inode_size,
         inode_table_blocks: geo.inode_table_blocks,
         free_inodes: groups.free_inodes,
         overhead_blocks: overhead,

@@ -71,7 +71,7 @@ impl SizeType {
     }
 
     /// Block size the profile asks for.
-    fn block_size(self) -> u32 {
+    pub fn block_size(self) -> u32 {
         match self {
             SizeType::Floppy | SizeType::Small => 1024,
             _ => 4096,
@@ -79,7 +79,7 @@ impl SizeType {
     }
 
     /// Bytes per inode the profile asks for.
-    fn inode_ratio(self) -> u64 {
+    pub fn inode_ratio(self) -> u64 {
         match self {
             SizeType::Floppy => 8192,
             SizeType::Small => 4096,
@@ -109,6 +109,8 @@ pub(crate) struct Geometry {
     pub inodes_count: u32,
     pub size_type: SizeType,
     pub journal_blocks: u32,
+    /// Inode record size.
+    pub inode_size: u16,
 }
 
 impl Geometry {
@@ -264,6 +266,15 @@ pub(crate) fn plan(
     }
     let size_type = SizeType::for_size(blocks * bs);
 
+    // Inode size: 256 (mke2fs.conf) or a larger power of two up to the block size. 128-byte
+    // inodes have no room for nanosecond timestamps and crtime, which ext4kit always writes.
+    let isz = opts.inode_size.unwrap_or(INODE_SIZE);
+    if !isz.is_power_of_two() || isz < INODE_SIZE || u32::from(isz) > block_size {
+        return Err(invalid(
+            "inode_size",
+            format!("{isz} is not a power of two from 256 to the block size {block_size} (ext4kit does not make 128-byte inodes)"),
+        ));
+    }
     // Inode count: given, or one per `inode_ratio` bytes.
     let inodes_wanted: u64 = match (opts.inode_count, opts.inode_ratio) {
         (Some(n), _) => u64::from(n),
@@ -284,7 +295,7 @@ pub(crate) fn plan(
             u64::try_from(n).unwrap_or(u64::MAX).min(MAX_INODES)
         }
     };
-    if u128::from(inodes_wanted) * u128::from(INODE_SIZE) >= u128::from(blocks) * u128::from(bs) {
+    if u128::from(inodes_wanted) * u128::from(isz) >= u128::from(blocks) * u128::from(bs) {
         return Err(MkfsError::TooManyInodes {
             inodes: inodes_wanted,
             reason: "the inode tables would not fit in the filesystem".into(),
@@ -306,7 +317,7 @@ pub(crate) fn plan(
     let max_bpg_bits = block_size * 8;
     let mut bpg: u32 = max_bpg_bits;
     let mut reserved = param_reserved;
-    let inodes_per_block = block_size / u32::from(INODE_SIZE);
+    let inodes_per_block = block_size / u32::from(isz);
     let geo = 'retry: loop {
         let group_count = (blocks - u64::from(first_data_block)).div_ceil(u64::from(bpg));
         let group_count = match u32::try_from(group_count) {
@@ -341,10 +352,10 @@ pub(crate) fn plan(
         // Round up to fill the inode table blocks, keep a multiple of 8, and
         // keep the total within 32 bits and above the reserved inodes.
         let (ipg, itb) = loop {
-            let itb = (ipg_start * u64::from(INODE_SIZE)).div_ceil(bs);
-            let mut ipg = itb * bs / u64::from(INODE_SIZE);
+            let itb = (ipg_start * u64::from(isz)).div_ceil(bs);
+            let mut ipg = itb * bs / u64::from(isz);
             ipg = ipg.max(8) & !7;
-            let itb = (ipg * u64::from(INODE_SIZE)).div_ceil(bs);
+            let itb = (ipg * u64::from(isz)).div_ceil(bs);
             let total = ipg * u64::from(group_count);
             if total > MAX_INODES {
                 ipg_start = ipg_start.saturating_sub(1);
@@ -413,6 +424,7 @@ pub(crate) fn plan(
             inodes_count: ipg.saturating_mul(group_count),
             size_type,
             journal_blocks: 0,
+            inode_size: isz,
         };
     };
     let mut geo = geo;

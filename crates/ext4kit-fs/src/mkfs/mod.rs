@@ -90,6 +90,9 @@ pub struct MkfsOptions {
     pub inode_ratio: Option<u64>,
     /// Total inodes (rounded up to fill inode table blocks); overrides `inode_ratio`.
     pub inode_count: Option<u32>,
+    /// Inode record size (`mke2fs -I`): 256, 512, 1024, ... up to the block size;
+    /// `None` = 256.
+    pub inode_size: Option<u16>,
     /// Journal size in blocks (1024..=10240000, at most half the free
     /// blocks); `None` = `ext2fs_default_journal_size`.
     pub journal_blocks: Option<u32>,
@@ -115,6 +118,7 @@ impl Default for MkfsOptions {
             time: None,
             inode_ratio: None,
             inode_count: None,
+            inode_size: None,
             journal_blocks: None,
             reserved_percent: 5,
             assume_zeroed: false,
@@ -328,6 +332,19 @@ fn resolve(opts: &MkfsOptions) -> Result<Resolved, MkfsError> {
         assume_zeroed: opts.assume_zeroed,
         lazy_itable_init: opts.lazy_itable_init,
     })
+}
+
+/// Checks `opts` for a device of `device_bytes` bytes (512-byte sectors) without writing
+/// anything: the errors [`mkfs`] would give for the sizes and options. Callers check first so
+/// that a bad option never touches an existing image.
+///
+/// # Errors
+/// As [`mkfs`], but never [`MkfsError::Io`].
+pub fn check(opts: &MkfsOptions, device_bytes: u64) -> Result<(), MkfsError> {
+    let geo = geometry::plan(opts, device_bytes, 512)?;
+    resolve(opts)?;
+    build::lay_out(&geo)?;
+    Ok(())
 }
 
 /// Creates an ext4 filesystem on `dev` as `opts` describe, overwriting its
