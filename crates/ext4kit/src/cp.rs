@@ -567,7 +567,7 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
                 bail!("{}: cannot create regular file: not a directory", dest.display());
             }
             c.copy(&fs, img, ino, &anchor, &name, &name, &mut ancestors)
-                .with_context(|| format!("{} -> {}", src.display(), c.at(&name)))
+                .with_context(|| c.at(&name))
         })();
         if let Err(e) = result {
             c.report(&src.display(), &e);

@@ -159,6 +159,8 @@ fn error_lines_name_the_path_once_in_one_line() {
     assert!(e.len() < 200 && e.contains(&format!("{i}:/ll")), "{e}");
     let e = fails_in(cwd, &["cat", &format!("{i}:/hostname/")]);
     assert_eq!(e, format!("ext4kit: {i}:/hostname/: not a directory\n"));
+    let e = fails_in(cwd, &["ls", "missing.img:/"]);
+    assert_eq!(e, "ext4kit: missing.img: cannot open: no such file or directory\n");
     let e = fails_in(cwd, &["rm", &format!("{i}:/nope")]);
     assert_eq!(e, format!("ext4kit: {i}:/nope: no such file or directory\n"));
     // Copying out: the error names the DEST path that failed, with strerror's words.
