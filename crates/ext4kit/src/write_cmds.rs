@@ -567,6 +567,11 @@ impl CopyIn<'_> {
                             }
                             Err(e) => return Err(anyhow::Error::from(e).context(self.shown(dpath))),
                         }
+                    } else if inode.is_regular() && self.opts.preserve && inode.links_count() > 1 {
+                        // As cp -a: a file hard-linked elsewhere is replaced, not rewritten
+                        // (its other names keep their content).
+                        self.fs.unlink(dir, name)?;
+                        None
                     } else if inode.is_regular() {
                         Some((e.ino, inode))
                     } else {
@@ -584,8 +589,11 @@ impl CopyIn<'_> {
                         }
                         Some(_) => bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display()),
                         None => {
-                            // A device node, FIFO or socket: replaced by the file.
-                            self.fs.unlink(dir, name)?;
+                            // A device node, FIFO or socket (or a hard-linked file, unlinked
+                            // above): replaced by the file.
+                            if self.fs.lookup(dir, name)?.is_some() {
+                                self.fs.unlink(dir, name)?;
+                            }
                             (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true)
                         }
                     }

@@ -151,7 +151,8 @@ const CASES: &[Case] = &[
     both(&["cp", "-a", "%tree2", "@d"], &["cp", "-r", "-p", "%tree2", "@d"]),
     both(&["cp", "-a", "%tree2", "@d"], &["cp", "-r", "-p", "%tree2", "@d"]),
     both(&["cp", "-a", "@tlink", "@d/"], &["cp", "-r", "-p", "@tlink", "@d/"]),
-    // Copying out of the tree into an area of the host (`^`: one area per side).
+    // Copying out of the tree into an area of the host (`^`: one area per side). ext4kit keeps
+    // hard links linked whenever it copies a tree (cp -r --preserve=links).
     c(&["cp", "@f", "^of/"]),
     c(&["cp", "@f", "^onew/"]),
     c(&["cp", "@f", "^od/"]),
@@ -162,11 +163,11 @@ const CASES: &[Case] = &[
     c(&["cp", "@f", "@d/x", "^of"]),
     c(&["cp", "@f", "@nope", "@d/x", "^od/"]),
     c(&["cp", "@d", "^od/"]),
-    c(&["cp", "-r", "@d", "^od2/"]),
-    c(&["cp", "-r", "@d", "^od"]),
-    c(&["cp", "-r", "@d", "^od"]),
-    c(&["cp", "-r", "@d/.", "^od3"]),
-    c(&["cp", "-r", "@d", "^of"]),
+    both(&["cp", "-r", "--preserve=links", "@d", "^od2/"], &["cp", "-r", "@d", "^od2/"]),
+    both(&["cp", "-r", "--preserve=links", "@d", "^od"], &["cp", "-r", "@d", "^od"]),
+    both(&["cp", "-r", "--preserve=links", "@d", "^od"], &["cp", "-r", "@d", "^od"]),
+    both(&["cp", "-r", "--preserve=links", "@d/.", "^od3"], &["cp", "-r", "@d/.", "^od3"]),
+    both(&["cp", "-r", "--preserve=links", "@d", "^of"], &["cp", "-r", "@d", "^of"]),
     c(&["cp", "-r", "@f/", "^of2"]),
     // Last: rm -r through `link/` empties the directory, then fails (as rm does).
     c(&["rm", "-r", "@ld/"]),
@@ -202,6 +203,8 @@ fn make_sources(src: &Path) {
     symlink("hostname", t.join("etc/was-link")).unwrap();
     std::fs::create_dir(t.join("etc/type-clash")).unwrap();
     std::fs::write(t.join("etc/file-clash"), b"a file\n").unwrap();
+    std::fs::write(t.join("etc/hl1"), b"linked\n").unwrap();
+    std::fs::hard_link(t.join("etc/hl1"), t.join("etc/hl2")).unwrap();
     std::fs::set_permissions(t.join("etc/conf.d/a"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     let t2 = src.join("tree2");
     std::fs::create_dir_all(t2.join("etc/conf.d")).unwrap();
@@ -213,6 +216,8 @@ fn make_sources(src: &Path) {
     std::fs::write(t2.join("etc/was-link"), b"now a file\n").unwrap();
     std::fs::write(t2.join("etc/type-clash"), b"a file where a dir is\n").unwrap();
     std::fs::write(t2.join("new-top"), b"new\n").unwrap();
+    std::fs::write(t2.join("etc/hl2"), b"linked, and to was-link's name too\n").unwrap();
+    std::fs::hard_link(t2.join("etc/hl2"), t2.join("etc/hl3")).unwrap();
 }
 
 fn map(arg: &str, host_root: &Path, src: &Path, img: &Path, ours: bool) -> String {
