@@ -168,6 +168,15 @@ impl WritableImages {
     }
 }
 
+/// The process's umask (permission bits new files and directories do not get).
+pub(crate) fn umask() -> u16 {
+    let m = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    rustix::process::umask(m);
+    #[allow(clippy::unnecessary_cast)]
+    let bits = m.bits() as u32;
+    (bits & 0o777) as u16
+}
+
 pub(crate) fn now() -> Timestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -354,7 +363,8 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
     let (uid, gid) = euid_egid();
     let t = now();
     let attrs = NewInode {
-        perm: 0o755,
+        // As mkdir(1): 0777 under the umask.
+        perm: 0o777 & !umask(),
         uid,
         gid,
         ..NewInode::with_time(0o755, t)
@@ -464,7 +474,8 @@ impl CopyIn<'_> {
             }
         } else {
             NewInode {
-                perm: md.perm & 0o777,
+                // As cp: the source's permission bits under the umask (symlinks: 0777).
+                perm: if md.kind == Kind::Symlink { 0o777 } else { md.perm & 0o777 & !umask() },
                 uid: self.uid,
                 gid: self.gid,
                 ..NewInode::with_time(0, self.now)

@@ -53,6 +53,9 @@ const CASES: &[Case] = &[
     both(&["ls", "@f/"], &["ls", "@f/"]),
     both(&["ls", "@ld/"], &["ls", "@ld/"]),
     // cp of a host file into the tree.
+    c(&["cp", "%exe", "@exe"]),
+    c(&["cp", "%exe", "@f"]),
+    c(&["cp", "-p", "%exe", "@exe2"]),
     c(&["cp", "%f2", "@f/"]),
     c(&["cp", "%f2", "@new/"]),
     c(&["cp", "%f2", "@d/"]),
@@ -191,6 +194,8 @@ fn make_sources(src: &Path) {
     std::fs::create_dir_all(src.join("dir/inner")).unwrap();
     std::fs::write(src.join("f2"), b"source f2\n").unwrap();
     std::fs::write(src.join("f3"), b"source f3 longer\n").unwrap();
+    std::fs::write(src.join("exe"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("exe"), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     std::fs::write(src.join("dir/a"), b"dir/a\n").unwrap();
     std::fs::write(src.join("dir/inner/b"), b"dir/inner/b\n").unwrap();
     let t = src.join("tree");
@@ -200,7 +205,9 @@ fn make_sources(src: &Path) {
     symlink("hostname", t.join("etc/link")).unwrap();
     symlink("conf.d", t.join("etc/dirlink")).unwrap();
     std::fs::write(t.join("etc/was-file"), b"file\n").unwrap();
-    symlink("hostname", t.join("etc/was-link")).unwrap();
+    // (Not to a file tree2 has: coreutils copies in readdir order, ext4kit in name order, and
+    // writing through this link must not race with copying its target.)
+    symlink("conf.d/a", t.join("etc/was-link")).unwrap();
     std::fs::create_dir(t.join("etc/type-clash")).unwrap();
     std::fs::write(t.join("etc/file-clash"), b"a file\n").unwrap();
     std::fs::write(t.join("etc/hl1"), b"linked\n").unwrap();
@@ -267,8 +274,8 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
     if !require_kernel("every_verb_gives_what_coreutils_gives_on_a_host_copy") {
         return;
     }
-    // Both sides create with the same umask.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    // Both sides create with the same umask (not the usual 022, so that it is seen).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o027));
     for bs in [1024u32, 4096] {
         let dir = tempfile::tempdir().unwrap();
         let host = dir.path().join("host");
