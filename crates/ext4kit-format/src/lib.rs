@@ -21,6 +21,7 @@
 //! | [`htree`] | dx_root / dx_node blocks, dx tail checksum, leaf split |
 //! | [`hash`] | legacy / half-MD4 / TEA directory hashes |
 //! | [`xattr`] | in-inode and block extended attributes, hashes, builders |
+//! | [`acl`] | POSIX ACL values: ext4's disk form ↔ the getxattr(2) form |
 //! | [`inline_data`] | inline data and symlink storage helpers |
 //! | [`journal`] | jbd2 superblock, descriptor / commit / revoke blocks |
 //! | [`bitmap`] | bit operations over block / inode bitmaps |
@@ -66,6 +67,7 @@
 
 mod macros;
 
+pub mod acl;
 pub mod bitmap;
 pub mod bytes;
 pub mod checksum;

@@ -208,6 +208,88 @@ impl Core {
     /// [`Core::read_dir_entries`]; with `bad`, entries with impossible names are skipped and
     /// recorded there (everything else wrong still fails).
     pub(crate) fn read_dir_entries_with(&self, d: &DirInode<'_>, mut bad: Option<&mut Vec<Error>>) -> Result<Vec<DirEntry>> {
+        match self.read_dir_entries_checked(d, bad.as_deref_mut()) {
+            Err(e) if self.salvage_dir(d, &e) => self.read_dir_linear_salvage(d, bad, &e),
+            r => r,
+        }
+    }
+
+    /// Whether a failed read of directory `d` is read again block by block: salvaging, the
+    /// directory is block-mapped, and the failure is damage in it.
+    fn salvage_dir(&self, d: &DirInode<'_>, e: &Error) -> bool {
+        self.salvage
+            && e.is_corruption()
+            && d.inode.is_dir()
+            && !d.inode.flags().contains(InodeFlags::INLINE_DATA)
+            && !d.inode.flags().contains(InodeFlags::ENCRYPT)
+    }
+
+    /// Records, once per directory, that it is read as a linear directory because of `e`.
+    fn warn_linear(&self, d: &DirInode<'_>, e: &Error) {
+        let what = if self.is_dx(d.inode) { "htree index" } else { "directory" };
+        self.warn_once(
+            format!("dir {}", d.ino),
+            format!(
+                "directory inode {}: bad {what}: {e} (reading its blocks in order as a linear directory)",
+                d.ino
+            ),
+        );
+    }
+
+    /// A directory leaf block as salvage reads it: checked as usual, or else (the checksum
+    /// failing, or an htree block read as a leaf) its entry chain alone.
+    fn parse_leaf_salvage(&self, d: &DirInode<'_>, mb: &MetaBlock) -> Result<DirBlock> {
+        self.parse_leaf(d, mb).or_else(|e| {
+            let opts = DirBlockOptions { has_tail: false, ..self.leaf_options() };
+            DirBlock::parse(&mb.read(), opts).map_err(|_| e)
+        })
+    }
+
+    /// Every entry of `d` read from its blocks in logical order, ignoring any htree index (the
+    /// kernel's readdir does this for a bad index without metadata_csum; debugfs `ls` and
+    /// `rdump` always do). A block whose entry chain is broken is left out, with a warning.
+    fn read_dir_linear_salvage(
+        &self,
+        d: &DirInode<'_>,
+        mut bad: Option<&mut Vec<Error>>,
+        why: &Error,
+    ) -> Result<Vec<DirEntry>> {
+        self.warn_linear(d, why);
+        let mut out = Vec::new();
+        for (lblk, pblk) in self.mapped_dir_blocks(d)? {
+            let leaf = self
+                .cache
+                .get(pblk)
+                .ctx_inode(d.ino)
+                .and_then(|mb| self.parse_leaf_salvage(d, &mb));
+            let leaf = match leaf {
+                Ok(l) => l,
+                Err(e) => {
+                    self.warn_once(
+                        format!("dir {} block {lblk}", d.ino),
+                        format!("directory inode {}, block {lblk}: {e} (its entries are left out)", d.ino),
+                    );
+                    continue;
+                }
+            };
+            if let Err(e) = self.push_entries_with(d, &leaf, &mut out, bad.as_deref_mut(), Some(pblk)) {
+                self.warn_once(
+                    format!("dir {} block {lblk}", d.ino),
+                    format!("directory inode {}, block {lblk}: {e} (its entries are left out)", d.ino),
+                );
+            }
+        }
+        if out.len() < 2 || out[0].name != b"." || out[1].name != b".." {
+            self.warn_once(
+                format!("dir {} dots", d.ino),
+                format!("directory inode {}: no . and .. at its start (reading the rest)", d.ino),
+            );
+        }
+        Ok(out)
+    }
+
+    /// [`Core::read_dir_entries_with`] without salvage.
+    fn read_dir_entries_checked(&self, d: &DirInode<'_>, mut bad: Option<&mut Vec<Error>>) -> Result<Vec<DirEntry>> {
         self.check_dir_flags(d)?;
         let mut out = Vec::new();
         if d.inode.flags().contains(InodeFlags::INLINE_DATA) {
@@ -322,10 +404,22 @@ impl Core {
                 )
                 .with_inode(d.ino)
             })?;
-            let parent = if self.is_dx(d.inode) {
-                self.parse_dx(d, &mb, DxKind::Root)?.parent_inode()
+            let dx_root = if self.is_dx(d.inode) {
+                match self.parse_dx(d, &mb, DxKind::Root) {
+                    Ok(r) => Some(r),
+                    Err(e) if self.salvage_dir(d, &e) => {
+                        self.warn_linear(d, &e);
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
             } else {
-                let leaf = self.parse_leaf(d, &mb)?;
+                None
+            };
+            let parent = if let Some(root) = dx_root {
+                root.parent_inode()
+            } else {
+                let leaf = if self.salvage { self.parse_leaf_salvage(d, &mb)? } else { self.parse_leaf(d, &mb)? };
                 let entries = leaf.entries().ctx_inode(d.ino)?;
                 match entries.get(1) {
                     Some(e) if e.name == b".." => e.inode,
@@ -346,7 +440,19 @@ impl Core {
             }));
         }
         if self.is_dx(d.inode) {
-            return self.dx_lookup(d, name);
+            return match self.dx_lookup(d, name) {
+                Err(e) if self.salvage_dir(d, &e) => Ok(self
+                    .read_dir_linear_salvage(d, None, &e)?
+                    .into_iter()
+                    .find(|x| x.name == name)),
+                r => r,
+            };
+        }
+        if self.salvage {
+            return match self.read_dir_entries_with(d, None) {
+                Ok(v) => Ok(v.into_iter().skip(2).find(|x| x.name == name)),
+                Err(e) => Err(e),
+            };
         }
         for (_, pblk) in self.mapped_dir_blocks(d)? {
             let mb = self.cache.get(pblk).ctx_inode(d.ino)?;

@@ -72,6 +72,17 @@ pub struct OpenOptions {
     /// thread — allocation then depends on nothing but the order of operations (reproducible
     /// images).
     pub background_writeback: bool,
+    /// Reading a damaged image (read-only opens only): damage that does not stop reading — a
+    /// group descriptor checksum mismatch, free/reserved counts beyond the totals, an
+    /// unusable primary superblock (a backup in group 1 is used, as e2fsck does), a bad htree
+    /// index (the directory's blocks are read in order), an unreadable directory block (left
+    /// out) — is reported once per structure in [`Fs::warnings`] instead of failing. Off (the
+    /// default), such damage is an error.
+    pub salvage: bool,
+    /// Read the superblock at this block (in filesystem blocks, the block size found by
+    /// trying 1 KiB to 64 KiB), as `e2fsck -b`; its group descriptors are the backup copy that
+    /// follows it. Reading only.
+    pub superblock: Option<u64>,
 }
 
 impl Default for OpenOptions {
@@ -84,6 +95,8 @@ impl Default for OpenOptions {
             metadata_cache_blocks: 8192,
             page_size: 4096,
             background_writeback: true,
+            salvage: false,
+            superblock: None,
         }
     }
 }
@@ -105,6 +118,12 @@ pub struct Core {
     pub(crate) write: Option<crate::write::state::WriteState>,
     /// Unlinked inodes still in use (see [`crate::write::orphan`]).
     pub(crate) orphans: Mutex<crate::write::orphan::Orphans>,
+    /// Damage tolerated while reading (see [`OpenOptions::salvage`]).
+    pub(crate) salvage: bool,
+    /// What was found damaged and read anyway, one line per structure.
+    pub(crate) warnings: Mutex<Vec<(String, String)>>,
+    /// The superblock used, when it is a backup (its group descriptors follow it).
+    pub(crate) backup_sb: Option<u64>,
 }
 
 /// Incompat features this reader refuses even though they are known.
@@ -113,8 +132,8 @@ const REFUSED_INCOMPAT: IncompatFeatures = IncompatFeatures(
 );
 
 impl Core {
-    /// Reads the superblock from `dev`.
-    pub(crate) fn read_superblock(dev: &Arc<dyn BlockDevice>) -> Result<Superblock> {
+    /// The primary superblock's bytes.
+    pub(crate) fn superblock_bytes(dev: &Arc<dyn BlockDevice>) -> Result<Vec<u8>> {
         let dev_bs = dev.geometry().block_size as usize;
         if dev_bs == 0 || dev_bs > 65536 || !dev_bs.is_power_of_two() {
             return Err(Error::InvalidArgument(format!(
@@ -136,8 +155,12 @@ impl Core {
         let mut buf = vec![0u8; len];
         dev.read_blocks(0, &mut buf)
             .map_err(|e| Error::io(e, None))?;
-        let sb = Superblock::parse(&buf[SUPERBLOCK_OFFSET as usize..end])?;
-        Ok(sb)
+        Ok(buf[SUPERBLOCK_OFFSET as usize..end].to_vec())
+    }
+
+    /// Reads the superblock from `dev`.
+    pub(crate) fn read_superblock(dev: &Arc<dyn BlockDevice>) -> Result<Superblock> {
+        Ok(Superblock::parse(&Core::superblock_bytes(dev)?)?)
     }
 
     /// Checks the features of `sb` (unknown and refused incompat bits; unknown ro_compat bits
@@ -153,6 +176,20 @@ impl Core {
 
     /// Loads the group descriptors and builds the core over `dev`.
     pub(crate) fn load(dev: Arc<dyn BlockDevice>, sb: Superblock, opts: &OpenOptions) -> Result<Core> {
+        Core::load_from(dev, sb, opts, None)
+    }
+
+    /// [`Core::load`], reading the group descriptors that follow the backup superblock at
+    /// block `backup` when given (e2fsck's `ext2fs_descriptor_block_loc2` for a backup:
+    /// the copy after that superblock, or group 1's copy of each meta_bg block).
+    pub(crate) fn load_from(
+        dev: Arc<dyn BlockDevice>,
+        sb: Superblock,
+        opts: &OpenOptions,
+        backup: Option<u64>,
+    ) -> Result<Core> {
+        let salvage = opts.salvage && !opts.writable;
+        let mut warnings = Vec::new();
         let block_size = sb.block_size();
         let dev_bs = dev.geometry().block_size;
         if block_size % dev_bs != 0 {
@@ -178,7 +215,10 @@ impl Core {
         let mut groups = Vec::with_capacity(count as usize);
         for g in 0..count {
             let (index, off) = sb.group_desc_position(g);
-            let block = sb.group_desc_block_location(index);
+            let block = match backup {
+                Some(at) => backup_desc_block(&sb, at, index),
+                None => sb.group_desc_block_location(index),
+            };
             let ctx = |e: Error| e.with_group(g).with_block(block);
             if block >= sb.blocks_count() {
                 return Err(ctx(Error::corrupt(
@@ -197,7 +237,27 @@ impl Core {
                     ))
                 })
                 .and_then(|b| GroupDesc::parse(b, desc_size).map_err(|e| ctx(e.into())))?;
-            desc.verify_checksum(&sb, g).map_err(|e| ctx(e.into()))?;
+            let mut desc = desc;
+            if backup.is_some() {
+                // A backup copy is as old as the last resize or mkfs: its uninit flags and
+                // unused-inode counts may hide inodes in use since, so (as e2fsck does when
+                // opening through a backup) they are cleared, and its checksums are not held
+                // against it.
+                let mut f = desc.flags();
+                f.remove(GroupFlags::INODE_UNINIT);
+                f.remove(GroupFlags::BLOCK_UNINIT);
+                desc.set_flags(f);
+                let _ = desc.set_itable_unused(0);
+            } else if let Err(e) = desc.verify_checksum(&sb, g) {
+                if !salvage {
+                    return Err(ctx(e.into()));
+                }
+                let computed = desc.compute_checksum(&sb, g).unwrap_or(0);
+                warnings.push(format!(
+                    "group {g} descriptor: checksum mismatch: stored {:#06x}, computed {computed:#06x} (reading anyway)",
+                    desc.checksum()
+                ));
+            }
             desc.validate(&sb, g).map_err(|e| ctx(e.into()))?;
             groups.push(desc);
         }
@@ -212,7 +272,18 @@ impl Core {
             sb,
             map_errors: Mutex::new(Vec::new()),
             orphans: Mutex::new(crate::write::orphan::Orphans::default()),
+            salvage,
+            warnings: Mutex::new(warnings.into_iter().map(|l| (String::new(), l)).collect()),
+            backup_sb: backup,
         })
+    }
+
+    /// Records a warning about damage read past, once per `key` (one damaged structure).
+    pub(crate) fn warn_once(&self, key: String, line: String) {
+        let mut w = self.warnings.lock();
+        if !w.iter().any(|(k, _)| *k == key) {
+            w.push((key, line));
+        }
     }
 
     /// The superblock.
@@ -310,7 +381,24 @@ impl Fs {
     /// Opens the filesystem on `dev` (see the module docs for what is checked).
     pub fn open(dev: Arc<dyn BlockDevice>, opts: &OpenOptions) -> Result<Fs> {
         let mut notices = Vec::new();
-        let mut sb = Core::read_superblock(&dev)?;
+        let salvage = opts.salvage && !opts.writable;
+        if opts.writable && opts.superblock.is_some() {
+            return Err(Error::InvalidArgument(
+                "a backup superblock (-b/--superblock) is for reading only; repair the image with `e2fsck -b N -fy` before writing".into(),
+            ));
+        }
+        let chosen = match opts.superblock {
+            Some(b) => crate::salvage::at_block(&dev, b, salvage)?,
+            None if salvage => crate::salvage::choose(&dev, true)?,
+            None => crate::salvage::Chosen {
+                sb: Core::read_superblock(&dev)?,
+                backup_at: None,
+                warnings: Vec::new(),
+            },
+        };
+        let mut sb = chosen.sb;
+        let backup = chosen.backup_at;
+        let mut early_warnings = chosen.warnings;
         Core::check_features(&sb, opts.writable)?;
         if opts.writable {
             crate::write::ops::check_writable(&sb)?;
@@ -331,19 +419,34 @@ impl Fs {
                 crate::write::ops::check_writable(&sb)?;
             }
         }
-        let mut core = Core::load(Arc::clone(&dev), sb, opts)?;
+        let mut core = Core::load_from(Arc::clone(&dev), sb, opts, backup)?;
         let mut replay = None;
         let mut data_dev = dev;
         if core.sb.has_incompat(IncompatFeatures::RECOVER) {
             match opts.journal {
                 JournalMode::Replay => {
                     let (blocks, report) = journal::replay(&core)?;
+                    if report.fast_commits_pending {
+                        // Replaying only the full transactions would show a tree older than
+                        // the one the kernel left.
+                        return Err(Error::unsupported(Unsupported::Other(
+                            "journal holds fast-commit blocks ext4kit cannot replay yet: run `e2fsck -fy` on the image or mount it once \
+                             (--no-replay reads the image as it is on disk, without them)"
+                                .into(),
+                        )));
+                    }
                     let overlay: Arc<dyn BlockDevice> = Arc::new(OverlayDevice::new(
                         Arc::clone(&data_dev),
                         u64::from(core.block_size),
                         blocks,
                     ));
-                    let sb = Core::read_superblock(&overlay)?;
+                    let sb = if salvage {
+                        let (sb, w) = crate::salvage::parse(&Core::superblock_bytes(&overlay)?, true)?;
+                        early_warnings.extend(w);
+                        sb
+                    } else {
+                        Core::read_superblock(&overlay)?
+                    };
                     Core::check_features(&sb, opts.writable)?;
                     core = Core::load(Arc::clone(&overlay), sb, opts)?;
                     data_dev = overlay;
@@ -361,6 +464,15 @@ impl Fs {
                 if let Some(w) = core.write.as_mut() {
                     w.journal = Some(Mutex::new(jw));
                     w.meta.get_mut().deferred_frees = Some(Vec::new());
+                }
+            }
+        }
+        {
+            let mut w = core.warnings.lock();
+            for (i, line) in early_warnings.into_iter().enumerate() {
+                if !w.iter().any(|(_, l)| *l == line) {
+                    let at = i.min(w.len());
+                    w.insert(at, (String::new(), line));
                 }
             }
         }
@@ -444,6 +556,18 @@ impl Fs {
         &self.notices
     }
 
+    /// Damage found and read past so far (with [`OpenOptions::salvage`]), one line per
+    /// damaged structure, in the order found. Grows as reading meets more (a directory whose
+    /// index is bad is named when it is first read).
+    pub fn warnings(&self) -> Vec<String> {
+        self.core.warnings.lock().iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// The block of the backup superblock this image was opened through, if not the primary.
+    pub fn backup_superblock(&self) -> Option<u64> {
+        self.core.backup_sb
+    }
+
     /// The shared core (the page cache's block mapper).
     pub fn core(&self) -> &Arc<Core> {
         &self.core
@@ -465,4 +589,18 @@ impl Fs {
         self.core.check_range(Structure::Superblock, block, 1)?;
         Ok(self.core.cache.get(block)?.to_vec())
     }
+}
+
+/// Where descriptor block `index` is when the superblock used is the backup at block `at`.
+fn backup_desc_block(sb: &Superblock, at: u64, index: u32) -> u64 {
+    if !sb.has_incompat(IncompatFeatures::META_BG) || index < sb.first_meta_bg() {
+        return at + 1 + u64::from(index);
+    }
+    // meta_bg: each descriptor block is kept in the first, second and last group of its meta
+    // group; a backup superblock reads the second group's copy.
+    let group = index.saturating_mul(sb.desc_per_block()).saturating_add(1);
+    if group >= sb.group_count() {
+        return sb.group_desc_block_location(index);
+    }
+    sb.group_first_block(group) + u64::from(sb.group_has_superblock(group))
 }

@@ -7,18 +7,21 @@
 //!    revoke blocks, and a commit block with the same sequence number. The scan ends at the
 //!    first block that is not a journal block of the expected sequence (the normal end), or at
 //!    the first **invalid** transaction: a descriptor, revoke or commit block that does not
-//!    parse or whose checksum (v2/v3) fails, a logged block whose tag checksum fails, or a
-//!    commit whose crc32 (checksum v1) does not match. Only the complete, valid transactions
-//!    before that point are replayed. (The kernel skips single bad data blocks inside a
-//!    transaction; we stop before the whole transaction, which never replays a block the kernel
-//!    would not.)
+//!    parse or whose checksum (v2/v3) fails, or a commit whose crc32 (checksum v1) does not
+//!    match. Only the complete, valid transactions before that point are replayed. A logged
+//!    block whose tag checksum (v2/v3) fails does not end the scan: as jbd2's `do_one_pass`
+//!    (and e2fsck's copy of it) in its replay pass, that one block is not replayed and
+//!    everything else is ([`ReplayReport::bad_checksum`] names it; the kernel then fails the
+//!    mount and e2fsck marks the filesystem as having errors).
 //! 2. **revoke**: a block revoked in transaction R is not replayed from transactions ≤ R.
 //! 3. **replay** in log order into a map `filesystem block → contents` (later copies win;
 //!    escaped blocks get their magic back).
 //!
 //! [`OverlayDevice`] serves those blocks over the unchanged device; the filesystem is then
-//! opened again on it. Fast-commit blocks are not replayed (the report says so if the journal
-//! has a fast-commit area).
+//! opened again on it. Fast commits are not replayed: a journal whose fast-commit area holds
+//! commits that follow the last full transaction (what the kernel's `ext4_fc_replay` would
+//! apply) is refused by [`crate::Fs::open`] instead of showing an older tree
+//! ([`ReplayReport::fast_commits_pending`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -55,6 +58,12 @@ pub struct ReplayReport {
     pub stopped_at: Option<(u32, Error)>,
     /// The journal has a fast-commit area, which is not replayed.
     pub fast_commit_ignored: bool,
+    /// The fast-commit area starts with a fast commit of the transaction after the last one
+    /// replayed: the kernel would apply it, so the tree without it is out of date.
+    pub fast_commits_pending: bool,
+    /// Logged blocks not replayed because their tag checksum failed: (journal block,
+    /// filesystem block).
+    pub bad_checksum: Vec<(u32, u64)>,
 }
 
 impl fmt::Display for ReplayReport {
@@ -67,8 +76,16 @@ impl fmt::Display for ReplayReport {
         if let Some((b, e)) = &self.stopped_at {
             write!(f, "; stopped at journal block {b}: {e}")?;
         }
+        if !self.bad_checksum.is_empty() {
+            let (j, b) = self.bad_checksum[0];
+            write!(
+                f,
+                "; {} logged block(s) failed their checksum and were skipped, as e2fsck and the kernel do (first: journal block {j}, for block {b}); the filesystem may be inconsistent (e2fsck -fy checks it)",
+                self.bad_checksum.len()
+            )?;
+        }
         if self.fast_commit_ignored {
-            f.write_str("; fast-commit blocks not replayed")?;
+            f.write_str("; fast-commit area empty")?;
         }
         Ok(())
     }
@@ -170,6 +187,8 @@ pub fn replay(core: &Core) -> Result<(ReplayedBlocks, ReplayReport)> {
         revoked: 0,
         stopped_at: None,
         fast_commit_ignored: jsb.has_fast_commit(),
+        fast_commits_pending: false,
+        bad_checksum: Vec::new(),
     };
     if jsb.start() == 0 {
         return Ok((HashMap::new(), report));
@@ -194,6 +213,7 @@ pub fn replay(core: &Core) -> Result<(ReplayedBlocks, ReplayReport)> {
         blocks: Vec::new(),
     };
     let mut cur_revokes: Vec<u64> = Vec::new();
+    let mut cur_bad: Vec<(u32, u64)> = Vec::new();
     let mut crc: u32 = !0;
     let v1 = jsb.has_csum_v1();
     let stop = |at: u32, e: Error, report: &mut ReplayReport| {
@@ -227,16 +247,19 @@ pub fn replay(core: &Core) -> Result<(ReplayedBlocks, ReplayReport)> {
                     crc = crc32_be(crc, &block);
                 }
                 next = wrap(at + 1);
-                let mut bad = None;
                 for tag in d.tags() {
                     if budget == 0 {
                         break;
                     }
                     budget -= 1;
-                    let (dp, mut data) = jf.read(next)?;
-                    if let Err(e) = verify_data_block(&jsb, seq, tag, &data) {
-                        bad = Some((next, Error::from(e).with_block(dp)));
-                        break;
+                    let (_, mut data) = jf.read(next)?;
+                    if verify_data_block(&jsb, seq, tag, &data).is_err() {
+                        // Skipped, not the end of the log (jbd2 checks data block checksums
+                        // only when replaying, and goes on). Kept out of the v1 crc: v1 and
+                        // v2/v3 checksums are exclusive.
+                        cur_bad.push((next, tag.block));
+                        next = wrap(next + 1);
+                        continue;
                     }
                     if v1 {
                         crc = crc32_be(crc, &data);
@@ -249,10 +272,6 @@ pub fn replay(core: &Core) -> Result<(ReplayedBlocks, ReplayReport)> {
                         data,
                     });
                     next = wrap(next + 1);
-                }
-                if let Some((b, e)) = bad {
-                    stop(b, e, &mut report);
-                    break;
                 }
             }
             Some(JournalBlockType::Revoke) => {
@@ -300,6 +319,7 @@ pub fn replay(core: &Core) -> Result<(ReplayedBlocks, ReplayReport)> {
                         *e = seq;
                     }
                 }
+                report.bad_checksum.append(&mut cur_bad);
                 seq = seq.wrapping_add(1);
                 txns.push(std::mem::replace(
                     &mut cur,
@@ -314,6 +334,7 @@ pub fn replay(core: &Core) -> Result<(ReplayedBlocks, ReplayReport)> {
             _ => break,
         }
     }
+    report.fast_commits_pending = fast_commit_follows(&jf, &jsb, seq)?;
     // ---- passes 2 and 3: revoke, replay ----
     let mut out: HashMap<u64, Arc<[u8]>> = HashMap::new();
     for t in txns {
@@ -451,4 +472,25 @@ impl BlockDevice for OverlayDevice {
     fn kind(&self) -> &'static str {
         "journal overlay"
     }
+}
+
+/// Fast-commit tag of the first record of a fast commit (`EXT4_FC_TAG_HEAD`).
+const FC_TAG_HEAD: u16 = 9;
+
+/// Whether the journal's fast-commit area begins with a fast commit of transaction `tid` (the
+/// one after the last full commit): its first record is a head tag whose tid is `tid`, as
+/// `ext4_fc_replay_scan` requires before it applies anything. The area starts one block after
+/// the regular log's end (jbd2's `j_fc_first = j_last + 1`).
+fn fast_commit_follows(jf: &JournalFile<'_>, jsb: &JournalSuperblock, tid: u32) -> Result<bool> {
+    if !jsb.has_fast_commit() {
+        return Ok(false);
+    }
+    let first = jsb.log_end().saturating_add(1);
+    if first >= jf.len.min(jsb.maxlen()) {
+        return Ok(false);
+    }
+    let (_, b) = jf.read(first)?;
+    let le16 = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let le32 = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    Ok(b.len() >= 12 && le16(0) == FC_TAG_HEAD && le16(2) >= 8 && le32(8) == tid)
 }

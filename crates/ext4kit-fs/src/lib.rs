@@ -43,6 +43,7 @@ pub mod map;
 pub mod metacache;
 pub mod mkfs;
 pub mod path;
+pub(crate) mod salvage;
 pub mod stat;
 pub mod write;
 pub mod xattr;

@@ -8,6 +8,7 @@
 //! the one getxattr(2) returns ([`acl_from_disk`]).
 
 use ext4kit_format::Structure;
+use ext4kit_format::acl;
 use ext4kit_format::inline_data::SYSTEM_DATA_NAME;
 use ext4kit_format::inode::{Inode, InodeFlags};
 use ext4kit_format::xattr::{INDEX_SYSTEM, XattrBlock, XattrEntry, parse_ibody, value_of};
@@ -24,52 +25,13 @@ pub struct Xattr {
     pub value: Vec<u8>,
 }
 
-/// `EXT4_ACL_VERSION`: the version of ACLs stored on disk.
-const EXT4_ACL_VERSION: u32 = 1;
-/// `POSIX_ACL_XATTR_VERSION`: the version of the getxattr(2) form.
-const POSIX_ACL_XATTR_VERSION: u32 = 2;
-/// `ACL_UNDEFINED_ID`.
-const ACL_UNDEFINED_ID: u32 = u32::MAX;
-/// Name indexes of `system.posix_acl_access` / `system.posix_acl_default`.
-const INDEX_ACL_ACCESS: u8 = 2;
-const INDEX_ACL_DEFAULT: u8 = 3;
-
-/// Converts a POSIX ACL from ext4's on-disk form (version 1; 4-byte entries for USER_OBJ,
-/// GROUP_OBJ, MASK, OTHER and 8-byte entries with an id for USER, GROUP) into the form
-/// getxattr(2) returns (version 2; 8-byte entries, id -1 where there is none), like the
-/// kernel's `ext4_acl_from_disk` + `posix_acl_to_xattr`.
-pub fn acl_from_disk(v: &[u8]) -> std::result::Result<Vec<u8>, Corruption> {
-    let bad = |offset| Corruption::Acl { offset };
-    let word =
-        |o: usize| -> Option<u32> { Some(u32::from_le_bytes(v.get(o..o + 4)?.try_into().ok()?)) };
-    let half =
-        |o: usize| -> Option<u16> { Some(u16::from_le_bytes(v.get(o..o + 2)?.try_into().ok()?)) };
-    if word(0) != Some(EXT4_ACL_VERSION) {
-        return Err(bad(0));
-    }
-    let mut out = POSIX_ACL_XATTR_VERSION.to_le_bytes().to_vec();
-    let mut o = 4;
-    while o < v.len() {
-        let (Some(tag), Some(perm)) = (half(o), half(o + 2)) else {
-            return Err(bad(o));
-        };
-        let id = match tag {
-            0x01 | 0x04 | 0x10 | 0x20 => {
-                o += 4;
-                ACL_UNDEFINED_ID
-            }
-            0x02 | 0x08 => {
-                let id = word(o + 4).ok_or_else(|| bad(o))?;
-                o += 8;
-                id
-            }
-            _ => return Err(bad(o)),
-        };
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    Ok(out)
+/// Converts a stored POSIX ACL value into the form getxattr(2) returns (version 2; 8-byte
+/// entries, id -1 where there is none), like the kernel's `ext4_acl_from_disk` +
+/// `posix_acl_to_xattr`: ext4's disk form (version 1; 4-byte entries for USER_OBJ, GROUP_OBJ,
+/// MASK, OTHER and 8-byte entries with an id for USER, GROUP), and also the version-2 form
+/// that older ext4kit stored by mistake. `None`: an ACL without entries (no ACL).
+pub fn acl_from_disk(v: &[u8]) -> std::result::Result<Option<Vec<u8>>, Corruption> {
+    acl::disk_to_xattr(v).map_err(|e| Corruption::Acl { offset: e.offset })
 }
 
 impl Core {
@@ -121,17 +83,22 @@ impl Core {
     /// Every attribute of an inode: in-inode first, then the xattr block.
     pub(crate) fn xattrs_of(&self, ino: u32, inode: &Inode) -> Result<Vec<Xattr>> {
         let mut out = Vec::new();
-        let mut push = |this: &Core, buf: &[u8], entries: &[XattrEntry]| -> Result<()> {
+        let mut push = |this: &Core, buf: &[u8], entries: &[XattrEntry], at: Structure| -> Result<()> {
             for e in entries {
                 if e.name_index == INDEX_SYSTEM && e.name == SYSTEM_DATA_NAME {
                     continue;
                 }
                 let Some(name) = e.full_name() else { continue };
                 let mut value = this.xattr_value(ino, buf, e)?;
-                if e.name_index == INDEX_ACL_ACCESS || e.name_index == INDEX_ACL_DEFAULT {
-                    value = acl_from_disk(&value).map_err(|what| {
-                        Error::corrupt(Structure::XattrInode, what).with_inode(ino)
-                    })?;
+                if acl::is_acl_index(e.name_index) {
+                    match acl_from_disk(&value) {
+                        Ok(Some(v)) => value = v,
+                        // No entries: the kernel reports no ACL.
+                        Ok(None) => continue,
+                        Err(what) => {
+                            return Err(Error::corrupt(at, what).with_inode(ino));
+                        }
+                    }
                 }
                 out.push(Xattr { name, value });
             }
@@ -139,7 +106,7 @@ impl Core {
         };
         let area = inode.xattr_area();
         let entries = parse_ibody(area, self.ea_inode).ctx_inode(ino)?;
-        push(self, area, &entries)?;
+        push(self, area, &entries, Structure::XattrInode)?;
         let block = inode.file_acl();
         if block != 0 {
             self.check_range(Structure::XattrBlock, block, 1)
@@ -154,7 +121,7 @@ impl Core {
                     .ctx_inode(ino)
                     .ctx_block(block)?;
             }
-            push(self, xb.as_bytes(), xb.entries())?;
+            push(self, xb.as_bytes(), xb.entries(), Structure::XattrBlock)?;
         }
         Ok(out)
     }

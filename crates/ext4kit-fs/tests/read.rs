@@ -351,7 +351,7 @@ fn posix_acls_read_as_getxattr_returns_them() {
     .concat();
     assert_eq!(
         ext4kit_fs::xattr::acl_from_disk(&disk).unwrap(),
-        acl_xattr()
+        Some(acl_xattr())
     );
     assert!(ext4kit_fs::xattr::acl_from_disk(&disk[..disk.len() - 2]).is_err());
     assert!(ext4kit_fs::xattr::acl_from_disk(&[2, 0, 0, 0]).is_err());

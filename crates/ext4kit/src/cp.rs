@@ -391,7 +391,9 @@ impl Copier<'_> {
         let xattrs = fs.list_xattrs(st.ino)?;
         for x in xattrs {
             let user = x.name.starts_with(b"user.");
-            if !(user || self.opts.all_xattrs) || (is_link && user) {
+            // POSIX ACLs are part of the mode: -p keeps them, as coreutils' cp -p does.
+            let acl = ext4kit_fs::format::acl::is_acl_name(&x.name);
+            if !(user || acl || self.opts.all_xattrs) || (is_link && user) {
                 continue;
             }
             if x.name.starts_with(b"system.") && !x.name.starts_with(b"system.posix_acl_") {

@@ -81,6 +81,13 @@ struct Cli {
     #[arg(long, global = true)]
     replay_journal: bool,
 
+    /// Reading commands: use the superblock at this block (in filesystem blocks; the block
+    /// size is found by trying 1K to 64K), as `e2fsck -b`, e.g. `ext4kit -b 32768 ls IMG`
+    /// (before the command: `-b` after it is a block size). Without it, a damaged primary
+    /// superblock makes reading commands use group 1's backup, with a warning.
+    #[arg(short = 'b', long = "superblock", value_name = "BLOCK")]
+    superblock: Option<u64>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -270,7 +277,7 @@ enum Command {
         /// Copy directories recursively (symlinks are never followed then).
         #[arg(short = 'r', short_alias = 'R', long = "recursive")]
         recursive: bool,
-        /// Preserve mode, owner, timestamps (ns) and user.* xattrs.
+        /// Preserve mode (with POSIX ACLs), owner, timestamps (ns) and user.* xattrs.
         #[arg(short = 'p', long = "preserve")]
         preserve: bool,
         /// With -p, copy xattrs of every namespace (trusted.*, security.*), not only user.*.
@@ -293,7 +300,10 @@ fn main() -> ExitCode {
     let mut images = Images::default();
     images.no_replay = cli.no_replay;
     images.replay_journal = cli.replay_journal;
-    match run(cli.command, &mut images) {
+    images.superblock = cli.superblock;
+    let result = run(cli.command, &mut images);
+    images.print_warnings();
+    match result {
         Ok(code) => code,
         Err(e) => {
             if is_broken_pipe(&e) {

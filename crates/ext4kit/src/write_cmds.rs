@@ -149,6 +149,11 @@ impl WritableImages {
                 image.display(),
                 image.display()
             ),
+            e if e.is_corruption() => anyhow::anyhow!(
+                "{}: {e}: the image is damaged, so it is not written (`e2fsck -fy {}` repairs it; reading commands still read it)",
+                image.display(),
+                image.display()
+            ),
             e => anyhow::Error::from(e).context(image.display().to_string()),
         })?;
         for n in fs.notices() {
@@ -357,6 +362,18 @@ pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
     Ok((d, name.to_vec()))
 }
 
+/// The attributes of a directory `mkdir` makes in `dir`: under a default POSIX ACL, mode 0777
+/// for the ACL to mask (as mkdir(1) asks the kernel; the ACL takes the umask's place).
+fn mkdir_attrs(fs: &Fs, dir: u32, attrs: &NewInode) -> NewInode {
+    let inherits = fs
+        .list_xattrs(dir)
+        .is_ok_and(|x| x.iter().any(|x| x.name == b"system.posix_acl_default"));
+    NewInode {
+        perm: if inherits { 0o777 } else { attrs.perm },
+        ..*attrs
+    }
+}
+
 /// `ext4kit mkdir [-p] IMG:PATH...`. As mkdir(1), an operand that fails is reported on its own
 /// line and the others are still made; returns the number of errors.
 pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> Result<usize> {
@@ -388,7 +405,7 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
                         Ok((ino, inode)) if inode.is_dir() => ino,
                         Ok(_) => bail!("{}: file exists and is not a directory", shown()),
                         Err(ext4kit_fs::Error::NotFound { .. }) if fs.lookup(cur, comp)?.is_none() => {
-                            fs.create(cur, comp, &NewKind::Directory, &attrs).with_context(shown)?
+                            fs.create(cur, comp, &NewKind::Directory, &mkdir_attrs(&fs, cur, &attrs)).with_context(shown)?
                         }
                         // Only the last component can be missing: a dangling symlink.
                         Err(ext4kit_fs::Error::NotFound { .. }) => bail!("{}: file exists", shown()),
@@ -397,7 +414,7 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
                 }
             } else {
                 let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
-                fs.create(dir, &name, &NewKind::Directory, &attrs)
+                fs.create(dir, &name, &NewKind::Directory, &mkdir_attrs(&fs, dir, &attrs))
                     .with_context(|| s.display())?;
             }
             Ok(())
@@ -552,6 +569,9 @@ impl CopyIn<'_> {
         if existing_is_dir {
             bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display());
         }
+        // Created, filled and given its metadata in one transaction: after a crash the file is
+        // absent (or as before) or complete, never empty, short or with other times.
+        let hold = self.fs.hold_commits(if md.kind == Kind::File { md.size } else { 0 })?;
         let ino = if md.kind == Kind::File {
             if md.nlink > 1 {
                 if let Some(&ino) = self.links.get(&md.key) {
@@ -638,15 +658,17 @@ impl CopyIn<'_> {
             }
             self.fs.create(dir, name, &kind, &attrs).with_context(|| self.shown(dpath))?
         };
-        self.finish(ino, src, &md, &attrs)
+        self.finish(ino, src, &md, &attrs)?;
+        Ok(hold.end()?)
     }
 
     fn finish(&mut self, ino: u32, src: &Src<'_>, md: &Meta, attrs: &NewInode) -> Result<()> {
         if self.opts.preserve {
+            let _hold = self.fs.hold_commits(0)?;
+            // The source's set exactly, also when it has none: what the image gave the
+            // inode (ACLs inherited from a default ACL, an old file's attributes) goes.
             let x = src.xattrs()?;
-            if !x.is_empty() {
-                self.fs.set_xattrs(ino, &x)?;
-            }
+            self.fs.set_xattrs(ino, &x)?;
             self.fs
                 .set_owner_mode(ino, md.uid, md.gid, attrs.perm)?;
             self.fs

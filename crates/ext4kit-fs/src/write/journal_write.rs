@@ -10,22 +10,23 @@
 //!    clean: that copy is the transaction. The lock is held until the commit is durable, so no
 //!    block this transaction frees is reused before then (frees are deferred until the commit:
 //!    see `state.rs`).
-//! 3. One batch, then a flush: the superblock at home with `needs_recovery` set (its last
-//!    durable contents otherwise), the journal superblock with `s_start = s_first`,
-//!    `s_sequence = tid`, the descriptor blocks and the logged copies. The flush also makes the
-//!    data of step 1 durable.
+//! 3. The superblock at home with `needs_recovery` set (its last durable contents otherwise),
+//!    then a flush; then one batch, then a flush: the journal superblock with
+//!    `s_start = s_first`, `s_sequence = tid`, the descriptor blocks and the logged copies.
+//!    The first flush also makes the data of step 1 durable.
 //! 4. The commit block, then a flush: from here a crash leaves the transaction to replay.
 //! 5. The blocks home, then a flush.
-//! 6. The journal superblock with `s_start = 0`, `s_sequence = tid + 1`, and the superblock
-//!    without `needs_recovery`, then a flush.
+//! 6. The journal superblock with `s_start = 0`, `s_sequence = tid + 1`, then a flush; then
+//!    the superblock without `needs_recovery`, then a flush.
 //!
 //! A crash before step 4's flush leaves the state before the sync (`needs_recovery` may be
 //! set and the journal start set with nothing valid to replay: the scan stops at the first
 //! block that is not of sequence `tid`, since every older log block has an older sequence);
-//! after it, the state after the sync, once replayed. In step 6 the two superblock writes may
-//! land in either order: a journal still marked busy without `needs_recovery` is what the
-//! kernel drops at mount (`jbd2_journal_wipe`) and what `e2fsck -fy` replays again, both
-//! harmless since everything is home.
+//! after it, the state after the sync, once replayed. The flag is set, durably, before the
+//! journal superblock says the log holds anything, and cleared only after the journal
+//! superblock that says it is empty is durable (jbd2's order): a crash never leaves
+//! `needs_recovery` clear over a busy journal, which `e2fsck -fn` reports ("needs_recovery
+//! flag is clear, but journal has data"). A clear flag means the image is clean as it is.
 //!
 //! # Format
 //! At the first transaction the journal's features are set as a kernel mount sets them
@@ -346,10 +347,13 @@ impl JournalWriter {
                 txn.push((*b, Arc::clone(data)));
             }
         }
-        // ---- step 3: needs_recovery, journal superblock, descriptors and logged copies ----
+        // ---- step 3a: needs_recovery, durable before the journal says it holds anything ----
+        let flagged = Arc::new(with_recover_flag(&self.home_sb_block, self.sb_off, true)?);
+        self.io(write_blocks(&self.dev, self.dev_per_block, vec![(self.sb_block, flagged)]))?;
+        self.io(flush(&self.dev))?;
+        // ---- step 3b: journal superblock, descriptors and logged copies ----
         let first = self.jsb.first();
-        let mut writes: Vec<(u64, Bytes)> = Vec::with_capacity(txn.len() + txn.len() / per + 3);
-        writes.push((self.sb_block, Arc::new(with_recover_flag(&self.home_sb_block, self.sb_off, true)?)));
+        let mut writes: Vec<(u64, Bytes)> = Vec::with_capacity(txn.len() + txn.len() / per + 2);
         self.jsb.set_start(first);
         self.jsb.set_sequence(tid);
         let jsb_bytes = self.jsb_bytes();
@@ -397,15 +401,18 @@ impl JournalWriter {
         // ---- step 5: home ----
         self.io(write_blocks(&self.dev, self.dev_per_block, txn))?;
         self.io(flush(&self.dev))?;
-        // ---- step 6: the journal is empty, nothing needs recovery ----
+        // ---- step 6a: the journal is empty (durable before the flag is cleared) ----
         if let Some(sb) = new_home_sb {
             self.home_sb_block = sb;
         }
         self.jsb.set_start(0);
         self.jsb.set_sequence(tid.wrapping_add(1));
         let jsb_bytes = self.jsb_bytes();
+        self.io(write_blocks(&self.dev, self.dev_per_block, vec![(self.map.physical(0)?, jsb_bytes)]))?;
+        self.io(flush(&self.dev))?;
+        // ---- step 6b: nothing needs recovery ----
         let home_sb = Arc::new(self.home_sb_block.clone());
-        self.io(write_blocks(&self.dev, self.dev_per_block, vec![(self.map.physical(0)?, jsb_bytes), (self.sb_block, home_sb)]))?;
+        self.io(write_blocks(&self.dev, self.dev_per_block, vec![(self.sb_block, home_sb)]))?;
         self.io(flush(&self.dev))?;
         Ok(())
     }
@@ -527,6 +534,13 @@ pub(crate) fn recover(core: &Core) -> Result<RecoveryReport> {
         )));
     }
     let (blocks, report) = crate::journal::replay(core)?;
+    if let Some(&(j, b)) = report.bad_checksum.first() {
+        // e2fsck replays the rest and then checks the whole filesystem; the kernel refuses
+        // the mount. Nothing is written here.
+        return Err(Error::ReadOnly(format!(
+            "journal block {j} (a logged copy of block {b}) fails its checksum: replay the journal with `e2fsck -fy`, which then checks the filesystem, before writing"
+        )));
+    }
     let dev = Arc::clone(core.cache.device());
     let dev_per_block = (u64::from(core.block_size) / u64::from(dev.geometry().block_size.max(1))).max(1);
     let items: Vec<(u64, Bytes)> = blocks.iter().map(|(b, d)| (*b, Arc::new(d.to_vec()))).collect();
@@ -539,6 +553,9 @@ pub(crate) fn recover(core: &Core) -> Result<RecoveryReport> {
         jsb.update_checksum();
         jsb_block[..jsb.as_bytes().len()].copy_from_slice(jsb.as_bytes());
         write_blocks(&dev, dev_per_block, vec![(p0, Arc::new(jsb_block))])?;
+        // The empty journal is durable before needs_recovery is cleared (jbd2's order): a
+        // crash in between leaves the flag set over an empty journal, never the reverse.
+        flush(&dev)?;
     }
     // The superblock as replayed, without needs_recovery and with the free counts of the
     // replayed group descriptors (the kernel does not log its counters; a mount and e2fsck
@@ -573,6 +590,9 @@ impl Fs {
     pub(crate) fn commit_if_full(&self) -> Result<()> {
         let Some(w) = &self.core.write else { return Ok(()) };
         let Some(jw) = &w.journal else { return Ok(()) };
+        if w.meta.lock().holds > 0 {
+            return Ok(());
+        }
         let limit = match jw.try_lock() {
             Some(j) => j.max_blocks / 2,
             None => return Ok(()),
@@ -588,9 +608,68 @@ impl Fs {
         self.sync()
     }
 
+    /// Opens a [`CommitHold`]: until it ends, operations do not commit early, so everything
+    /// done under it — creating a file, filling it, setting its size, owner, mode, xattrs and
+    /// times; or truncating a file and writing its new contents — reaches the disk in one
+    /// transaction with the next sync: after a crash, all of it or none (the kernel cannot
+    /// close a transaction while a handle is open either). Under a hold, blocks freed since
+    /// the last commit are never reused (an overwritten file's old blocks keep its old
+    /// contents until the commit that switches it), so running out of space fails instead.
+    /// `expect_bytes`: about how much data will be written under it; when that does not fit
+    /// beside the blocks awaiting a commit, the pending changes are committed first (a whole
+    /// [`Fs::sync`]) so that those blocks are free again. Holds nest.
+    pub fn hold_commits(&self, expect_bytes: u64) -> Result<CommitHold<'_>> {
+        let Some(w) = &self.core.write else { return Ok(CommitHold { fs: self, open: false }) };
+        let tight = {
+            let m = w.meta.lock();
+            let deferred: u64 = m.deferred_frees.as_ref().map_or(0, |d| d.iter().map(|(_, n)| *n).sum());
+            let need = expect_bytes.div_ceil(u64::from(self.core.block_size)) + 256;
+            m.holds == 0 && deferred > 0 && m.free_blocks().saturating_sub(m.reserved) < need
+        };
+        if tight && w.journal.is_some() {
+            self.sync()?;
+        }
+        w.meta.lock().holds += 1;
+        Ok(CommitHold { fs: self, open: true })
+    }
+
     /// What the journal writer has done, when syncs go through the journal.
     pub fn journal_stats(&self) -> Option<JournalStats> {
         let w = self.core.write.as_ref()?;
         Some(w.journal.as_ref()?.lock().stats())
+    }
+}
+
+/// Keeps the operations done while it lives in one transaction (see [`Fs::hold_commits`]).
+/// End it with [`CommitHold::end`], which commits if the journal is nearly full; dropped
+/// without it (an error path), it only lets commits happen again.
+#[must_use = "a hold ends when dropped"]
+#[derive(Debug)]
+pub struct CommitHold<'a> {
+    fs: &'a Fs,
+    open: bool,
+}
+
+impl CommitHold<'_> {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.open) {
+            if let Some(w) = &self.fs.core.write {
+                let mut m = w.meta.lock();
+                m.holds = m.holds.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Ends the hold, committing (a whole sync) when the metadata changed since the last
+    /// commit nears what one transaction holds.
+    pub fn end(mut self) -> Result<()> {
+        self.release();
+        self.fs.commit_if_full()
+    }
+}
+
+impl Drop for CommitHold<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }

@@ -23,7 +23,7 @@ impl Core {
             let mut meta = w.meta.lock();
             match meta.reserve(ino, count) {
                 // Blocks freed since the last sync come back first.
-                Err(Error::NoSpace(_)) if meta.release_deferred_frees(self)? > 0 => meta.reserve(ino, count),
+                Err(Error::NoSpace(_)) if meta.release_for_space(self)? > 0 => meta.reserve(ino, count),
                 r => r,
             }
         };

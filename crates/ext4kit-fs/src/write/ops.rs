@@ -100,7 +100,9 @@ impl Fs {
         self.core.write.is_some()
     }
 
-    /// Creates `name` in directory `dir`. Returns the new inode number.
+    /// Creates `name` in directory `dir`. Returns the new inode number. When `dir` has a default
+    /// POSIX ACL the new inode inherits ACLs and its mode is masked as the kernel does it
+    /// (`posix_acl_create`).
     pub fn create(&self, dir: u32, name: &[u8], kind: &NewKind, attrs: &NewInode) -> Result<u32> {
         name_check(name)?;
         let core = &self.core;
@@ -122,8 +124,12 @@ impl Fs {
             }
         }
         let ino = meta.alloc_inode(core, dir, is_dir)?;
-        let result = init_inode(&mut meta, core, ino, dir, kind, attrs);
+        let result = init_inode(&mut meta, core, ino, dir, kind, attrs)
+            .and_then(|()| crate::write::xattr_write::inherit_acls(core, &mut meta, dir, ino));
         if let Err(e) = result {
+            if let Some(blk) = meta.inodes.get(&ino).map(Inode::file_acl).filter(|b| *b != 0) {
+                let _ = crate::write::modify::release_xattr_block(&mut meta, core, ino, blk);
+            }
             let _ = meta.free_inode(core, ino, is_dir);
             meta.inodes.remove(&ino);
             return Err(e);
@@ -182,6 +188,9 @@ impl Fs {
         let root = crate::fs::ROOT_INO;
         // Existing entries (lost+found) stay.
         let mut all: Vec<(Vec<u8>, u32, u8)> = Vec::new();
+        // Loaded first: `DirStore::nblocks` counts only an inode in the inode cache, which a
+        // write-back may have emptied (lost+found was then dropped from the root).
+        meta.inode(core, root)?;
         {
             let mut io = DirIo { core, meta: &mut meta, ino: root, parent: root };
             for lblk in 0..dir_write::DirStore::nblocks(&io) {
@@ -206,11 +215,12 @@ impl Fs {
         f.remove(InodeFlags::INDEX);
         inode.set_flags(f);
         meta.dirty_inode(root);
-        let subdirs = entries.iter().filter(|e| e.2 == FileType::Directory.dirent_code()).count() as u16;
+        // Counted in usize: more than 65535 subdirectories must not wrap.
+        let subdirs = entries.iter().filter(|e| e.2 == FileType::Directory.dirent_code()).count();
         dir_write::build_dir(&mut DirIo { core, meta: &mut meta, ino: root, parent: root }, &all)?;
         let inode = meta.inode(core, root)?;
-        let links = inode.links_count().saturating_add(subdirs);
-        inode.set_links_count(if links >= LINK_MAX { 1 } else { links });
+        let links = usize::from(inode.links_count()).saturating_add(subdirs);
+        inode.set_links_count(if links >= usize::from(LINK_MAX) || inode.links_count() == 1 { 1 } else { links as u16 });
         meta.dirty_inode(root);
         Ok(())
     }
@@ -358,6 +368,22 @@ impl Fs {
         let w = core.writer("fill directory")?;
         let mut meta = w.meta.lock();
         fill_dir(&mut meta, core, ino, parent, entries)
+    }
+
+    /// Writes changed metadata (inodes, descriptors, bitmaps, cached blocks) to the device
+    /// without flushing it or touching file data, so that the caches can drop it: `build` calls
+    /// this as it goes to keep its memory bounded. Not a commit point (no journal, no flush).
+    pub fn write_back_metadata(&self) -> Result<()> {
+        let core = &self.core;
+        let w = core.writer("write back")?;
+        {
+            let mut meta = w.meta.lock();
+            meta.write_back(core)?;
+            // Every cached inode is clean now (written to its table block): read again on use.
+            meta.inodes.clear();
+        }
+        core.cache.write_back()?;
+        Ok(())
     }
 
     /// Writes everything back: file data (allocating delayed blocks), inodes, group descriptors

@@ -78,6 +78,9 @@ pub struct MetaState {
     /// Blocks freed since the last sync, not allocatable before it commits (`Some` when syncs
     /// go through the journal; see the module docs).
     pub(crate) deferred_frees: Option<Vec<(u64, u64)>>,
+    /// Open [`crate::write::journal_write::CommitHold`]s: while any is, nothing commits early
+    /// and deferred frees are not handed out for space (see `release_for_space`).
+    pub(crate) holds: usize,
 }
 
 impl WriteState {
@@ -94,6 +97,7 @@ impl WriteState {
                 next_dir_group: 0,
                 next_generation: 1,
                 deferred_frees: None,
+                holds: 0,
             }),
             open_mappings: Mutex::new(HashMap::new()),
             journal: None,
@@ -302,7 +306,7 @@ impl MetaState {
     /// runs are left to small files, as mballoc does.
     pub(crate) fn alloc_stream(&mut self, core: &Core, goal: u64, want: u64, stream: u64, room: u64) -> Result<(u64, u64)> {
         match self.alloc_stream_once(core, goal, want, stream, room) {
-            Err(Error::NoSpace(_)) if self.release_deferred_frees(core)? > 0 => self.alloc_stream_once(core, goal, want, stream, room),
+            Err(Error::NoSpace(_)) if self.release_for_space(core)? > 0 => self.alloc_stream_once(core, goal, want, stream, room),
             r => r,
         }
     }
@@ -433,7 +437,7 @@ impl MetaState {
     /// goals (mballoc keeps small requests apart from streams, too).
     pub(crate) fn alloc_meta_block(&mut self, core: &Core) -> Result<u64> {
         match self.alloc_meta_block_once(core) {
-            Err(Error::NoSpace(_)) if self.release_deferred_frees(core)? > 0 => self.alloc_meta_block_once(core),
+            Err(Error::NoSpace(_)) if self.release_for_space(core)? > 0 => self.alloc_meta_block_once(core),
             r => r,
         }
     }
@@ -480,6 +484,17 @@ impl MetaState {
             return Ok(());
         }
         self.apply_free(core, start, len)
+    }
+
+    /// Out of space: hands the deferred frees to the allocator now, unless a commit hold is
+    /// open — then the blocks the last committed state still owns (an overwritten file's old
+    /// contents) must not receive new data before the commit, and the allocation fails.
+    /// Returns the number of blocks freed.
+    pub(crate) fn release_for_space(&mut self, core: &Core) -> Result<u64> {
+        if self.holds > 0 {
+            return Ok(0);
+        }
+        self.release_deferred_frees(core)
     }
 
     /// Hands the deferred frees to the allocator now (bitmaps, counters). Returns the number of

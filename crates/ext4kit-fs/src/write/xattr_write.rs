@@ -3,11 +3,14 @@
 //! with `h_refcount` 1).
 //!
 //! [`Fs::set_xattrs`] replaces an inode's whole set; [`Fs::set_xattr`] / [`Fs::remove_xattr`]
-//! change one attribute of the current set.
+//! change one attribute of the current set. Values are as setxattr(2) takes them: POSIX ACLs
+//! in the getxattr(2) form are stored in ext4's own (version 1) form.
 
-use ext4kit_format::xattr::{XattrBlock, XattrSpec, build_block, build_ibody, parse_ibody, value_of};
+use ext4kit_format::acl;
+use ext4kit_format::Structure;
+use ext4kit_format::xattr::{XATTR_MAGIC, XattrBlock, XattrSpec, build_block, build_ibody, parse_ibody, value_of};
 
-use crate::error::{Error, PathBytes, Result, ResultExt};
+use crate::error::{Corruption, Error, PathBytes, Result, ResultExt};
 use crate::fs::{Core, Fs};
 use crate::write::state::MetaState;
 
@@ -46,16 +49,42 @@ fn xattr_block_refcount(core: &Core, ino: u32, blk: u64) -> Result<u32> {
     Ok(x.refcount())
 }
 
-/// Replaces every attribute of `ino` with `attrs` (under the metadata lock).
+/// POSIX ACLs in ext4's disk form: values in the getxattr(2) form are converted (and checked as
+/// the kernel checks them), values read back from the image kept; an ACL without entries is
+/// dropped (the kernel removes it); a default ACL is refused on a non-directory, as the kernel
+/// does. Other attributes pass unchanged.
+fn acls_to_disk(attrs: &[XattrPair], is_dir: bool) -> Result<Vec<XattrPair>> {
+    let mut out = Vec::with_capacity(attrs.len());
+    for (name, value) in attrs {
+        if !acl::is_acl_name(name) {
+            out.push((name.clone(), value.clone()));
+            continue;
+        }
+        let shown = String::from_utf8_lossy(name);
+        if name == acl::DEFAULT_NAME && !is_dir && !value.is_empty() {
+            return Err(Error::InvalidArgument(format!("{shown}: a default ACL is only for directories")));
+        }
+        match acl::to_stored(value) {
+            Ok(Some(v)) => out.push((name.clone(), v)),
+            Ok(None) => {}
+            Err(e) => return Err(Error::InvalidArgument(format!("{shown}: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces every attribute of `ino` with `attrs` (under the metadata lock). POSIX ACLs may
+/// come in the getxattr(2) form and are stored in ext4's ([`acls_to_disk`]).
 pub(crate) fn write_all(core: &Core, meta: &mut MetaState, ino: u32, attrs: &[XattrPair]) -> Result<()> {
     let bs = core.block_size as usize;
-    let (area_len, old_block) = {
+    let (area_len, old_block, is_dir) = {
         let inode = meta.inode(core, ino)?;
-        (inode.xattr_area().len(), inode.file_acl())
+        (inode.xattr_area().len(), inode.file_acl(), inode.is_dir())
     };
+    let attrs = acls_to_disk(attrs, is_dir)?;
     let mut body: Vec<XattrSpec> = Vec::new();
     let mut block: Vec<XattrSpec> = Vec::new();
-    for (name, value) in attrs {
+    for (name, value) in &attrs {
         if name.len() > 255 || value.len() > bs {
             return Err(Error::InvalidArgument(format!("attribute {} is too large", String::from_utf8_lossy(name))));
         }
@@ -103,6 +132,44 @@ pub(crate) fn write_all(core: &Core, meta: &mut MetaState, ino: u32, attrs: &[Xa
     }
     meta.dirty_inode(ino);
     Ok(())
+}
+
+/// Gives `ino`, just created in directory `dir`, the ACLs the kernel gives a new inode
+/// (`ext4_init_acl` / `posix_acl_create`): nothing unless `dir` has a default ACL; else an
+/// access ACL made from the default one masked by the new mode, and the mode masked by it
+/// (stored only when it says more than the mode); a directory inherits the default ACL as
+/// well. Symlinks inherit nothing.
+pub(crate) fn inherit_acls(core: &Core, meta: &mut MetaState, dir: u32, ino: u32) -> Result<()> {
+    let parent = meta.inode(core, dir)?.clone();
+    if parent.file_acl() == 0 && !parent.xattr_area().starts_with(&XATTR_MAGIC.to_le_bytes()) {
+        return Ok(());
+    }
+    let Some(default) = core.xattrs_of(dir, &parent)?.into_iter().find(|x| x.name == acl::DEFAULT_NAME) else {
+        return Ok(());
+    };
+    let bad = |e: acl::AclError| Error::corrupt(Structure::XattrInode, Corruption::Acl { offset: e.offset }).with_inode(dir);
+    let entries = acl::parse_xattr(&default.value).map_err(bad)?;
+    let inode = meta.inode(core, ino)?;
+    if inode.is_symlink() {
+        return Ok(());
+    }
+    let is_dir = inode.is_dir();
+    let mut access = entries.clone();
+    let (perm, store_access) = acl::create_masq(&mut access, inode.mode() & 0o7777).map_err(bad)?;
+    let mode = (inode.mode() & !0o7777) | perm;
+    inode.set_mode(mode);
+    meta.dirty_inode(ino);
+    let mut attrs: Vec<XattrPair> = Vec::new();
+    if store_access {
+        attrs.push((acl::ACCESS_NAME.to_vec(), acl::encode_disk(&access)));
+    }
+    if is_dir {
+        attrs.push((acl::DEFAULT_NAME.to_vec(), acl::encode_disk(&entries)));
+    }
+    if attrs.is_empty() {
+        return Ok(());
+    }
+    write_all(core, meta, ino, &attrs)
 }
 
 impl Fs {

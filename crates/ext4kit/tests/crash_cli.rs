@@ -1,0 +1,359 @@
+//! A killed command leaves every file as it was before or as it is after (issue 9, item 14).
+//!
+//! The CLI runs as a child of `strace`, which sends it SIGKILL on entry to the Nth write-type
+//! syscall (`pwrite64`, `pwritev`, `write`, `fdatasync`, `fsync`, `copy_file_range`, ...) of
+//! one of its threads (strace counts per thread: N runs from 1 to the most calls any thread of
+//! an unkilled run makes). The image device is forced to the thread-pool file device
+//! (`EXT4KIT_NO_URING=1`): with io_uring the writes would be `io_uring_enter` calls of one
+//! ring thread, fewer and coarser kill points. Every killed image must
+//! - mount in the kernel as it was left (the kernel replays the journal), show every entry as
+//!   before or as after (bytes, mode, owner, mtime with nanoseconds for `-p`; directories'
+//!   mtimes aside), and pass a strict `e2fsck -fn` after that mount;
+//! - pass a strict `e2fsck -fn` after `e2fsck -fy` on a copy (which replays);
+//! - when its superblock has `needs_recovery` clear, pass a strict `e2fsck -fn` as it is.
+//!
+//! Workloads: `cp` over an existing big file (with room for both copies: both states are
+//! reached; without: nothing but "before", and the command fails), `cp -r -p` of a tree of
+//! 700 files into an image with the smallest journal (it commits early several times, so
+//! files are cut at every stage of their copy), `mkdir -p`, `rm -r`, `mv`.
+//!
+//! The kill points are a spread of 1..=N (the first ones, the last ones, evenly between);
+//! `EXT4KIT_CRASH_ALL=1` kills at every one.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ext4kit_testkit::{Entry, Kind, LoopMount, Tree, e2fsck_clean, mke2fs_d, pattern, require_kernel, run, snapshot};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
+
+/// The syscalls that write (data, metadata, the journal, the terminal).
+const TRACED: &str = "pwrite64,pwritev,pwritev2,write,writev,fdatasync,fsync,copy_file_range,sync_file_range,ftruncate,fallocate";
+
+/// Kill points per workload unless `EXT4KIT_CRASH_ALL=1`.
+const SPREAD: u64 = 18;
+
+fn require_strace(test: &str) -> bool {
+    if !require_kernel(test) {
+        return false;
+    }
+    let ok = Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
+        panic!("{test}: EXT4KIT_REQUIRE_KERNEL=1 but strace is missing");
+    }
+    if !ok {
+        eprintln!("note: {test}: strace unavailable; skipping");
+    }
+    ok
+}
+
+/// `args` with every `@` replaced by `img` and every `@:` prefix by `img:`.
+fn with_image(args: &[&str], img: &Path) -> Vec<OsString> {
+    args.iter()
+        .map(|a| match a.strip_prefix('@') {
+            Some(rest) => {
+                let mut s = img.as_os_str().to_os_string();
+                s.push(rest);
+                s
+            }
+            None => OsString::from(a),
+        })
+        .collect()
+}
+
+fn strace(log: Option<&Path>, kill_at: Option<u64>, args: &[OsString]) -> std::process::ExitStatus {
+    let mut c = Command::new("strace");
+    c.env("EXT4KIT_NO_URING", "1").arg("-f").arg("-qq");
+    match log {
+        Some(l) => c.arg("-o").arg(l),
+        None => c.arg("-o").arg("/dev/null"),
+    };
+    c.arg("-e").arg(format!("trace={TRACED}"));
+    if let Some(n) = kill_at {
+        c.arg("-e").arg(format!("inject={TRACED}:signal=SIGKILL:when={n}"));
+    }
+    c.arg(BIN).args(args);
+    c.output().unwrap().status
+}
+
+/// The most traced syscalls one thread of an unkilled run of `args` makes (on a copy of
+/// `base`), and that run's exit code.
+fn calls_per_thread(dir: &Path, base: &Path, args: &[&str]) -> (u64, Option<i32>) {
+    let img = dir.join("count.img");
+    std::fs::copy(base, &img).unwrap();
+    let log = dir.join("count.log");
+    let st = strace(Some(&log), None, &with_image(args, &img));
+    let mut per: BTreeMap<String, u64> = BTreeMap::new();
+    for l in std::fs::read_to_string(&log).unwrap().lines() {
+        if let Some((pid, rest)) = l.split_once(' ') {
+            if !rest.trim_start().starts_with("+++") && !rest.trim_start().starts_with("---") && !rest.contains("resumed>") {
+                *per.entry(pid.to_string()).or_default() += 1;
+            }
+        }
+    }
+    std::fs::remove_file(&log).unwrap();
+    std::fs::remove_file(&img).unwrap();
+    (per.values().copied().max().unwrap_or(0), st.code())
+}
+
+/// Kill points for `max` calls: all with `EXT4KIT_CRASH_ALL=1` or when few, else the first
+/// and last few and an even spread.
+fn points(max: u64) -> Vec<u64> {
+    if max <= SPREAD || std::env::var("EXT4KIT_CRASH_ALL").is_ok_and(|v| v == "1") {
+        return (1..=max).collect();
+    }
+    let mut p: BTreeSet<u64> = [1, 2, 3, max - 1, max].into_iter().collect();
+    let inner = SPREAD - 5;
+    for k in 1..=inner {
+        p.insert(1 + k * (max - 1) / (inner + 1));
+    }
+    p.into_iter().collect()
+}
+
+fn needs_recovery(img: &Path) -> bool {
+    let b = std::fs::read(img).unwrap();
+    u32::from_le_bytes(b[1024 + 0x60..1024 + 0x64].try_into().unwrap()) & 0x4 != 0
+}
+
+/// The tree the kernel shows of `img` (a copy is mounted, which replays the journal), after
+/// which the copy must pass a strict e2fsck. Also: `e2fsck -fy` then a strict `-fn` on
+/// another copy, and a strict `-fn` of the image as it is when needs_recovery is clear.
+fn judge_image(dir: &Path, img: &Path, what: &str) -> Tree {
+    if !needs_recovery(img) {
+        e2fsck_clean(img).unwrap_or_else(|e| panic!("{what}: needs_recovery is clear but the image is not clean as it is: {e}"));
+    }
+    let fimg = dir.join("fsck.img");
+    std::fs::copy(img, &fimg).unwrap();
+    let (code, text) = run("e2fsck", &[OsStr::new("-fy"), fimg.as_os_str()]);
+    assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{text}");
+    e2fsck_clean(&fimg).unwrap_or_else(|e| panic!("{what}: after e2fsck -fy ({text}): {e}"));
+    std::fs::remove_file(&fimg).unwrap();
+    let kimg = dir.join("kernel.img");
+    std::fs::copy(img, &kimg).unwrap();
+    let m = LoopMount::new(&kimg, false).unwrap_or_else(|e| panic!("{what}: the kernel does not mount the image as killed: {e}"));
+    let tree = snapshot(m.path());
+    unmount(&m, what);
+    drop(m);
+    e2fsck_clean(&kimg).unwrap_or_else(|e| panic!("{what}: after the kernel's recovery: {e}"));
+    std::fs::remove_file(&kimg).unwrap();
+    tree
+}
+
+/// Unmounts `m`, retrying while the kernel says it is busy (a child another test thread is
+/// forking can hold a descriptor of a file in it for a moment); bounded.
+fn unmount(m: &LoopMount, what: &str) {
+    let mut last = String::new();
+    for _ in 0..200 {
+        let (code, text) = run("umount", &[m.path().as_os_str()]);
+        if code == 0 {
+            return;
+        }
+        if !text.contains("busy") {
+            panic!("{what}: umount failed: {text}");
+        }
+        last = text;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{what}: umount still busy after 200 tries: {last}");
+}
+
+/// An entry as compared here: directories by kind, mode and owner only (their mtimes and
+/// sizes change with every entry added).
+fn same(a: &Entry, b: &Entry, mtime: bool) -> bool {
+    let dir = a.kind == Kind::Dir;
+    a.kind == b.kind && a.mode == b.mode && (a.uid, a.gid) == (b.uid, b.gid) && (dir || !mtime || a.mtime == b.mtime)
+}
+
+fn brief(e: Option<&Entry>) -> String {
+    match e {
+        None => "absent".into(),
+        Some(e) => match &e.kind {
+            Kind::File(c) => format!("file of {} bytes, mode {:o}, mtime {:?}", c.len(), e.mode, e.mtime),
+            k => format!("{k:?}, mode {:o}, mtime {:?}", e.mode, e.mtime),
+        },
+    }
+}
+
+/// Every path is as before or as after (absent counts): the first one that is neither.
+fn per_entry(before: &Tree, after: &Tree, got: &Tree, mtime: bool) -> Option<String> {
+    let paths: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).chain(got.keys()).collect();
+    for p in paths {
+        let g = got.get(p);
+        let ok = |w: Option<&Entry>| match (w, g) {
+            (None, None) => true,
+            (Some(w), Some(g)) => same(w, g, mtime),
+            _ => false,
+        };
+        if !ok(before.get(p)) && !ok(after.get(p)) {
+            return Some(format!(
+                "{}: {} — before: {}, after: {}",
+                String::from_utf8_lossy(p),
+                brief(g),
+                brief(before.get(p)),
+                brief(after.get(p))
+            ));
+        }
+    }
+    None
+}
+
+fn whole(want: &Tree, got: &Tree, mtime: bool) -> bool {
+    want.len() == got.len() && want.iter().all(|(p, w)| got.get(p).is_some_and(|g| same(w, g, mtime)))
+}
+
+/// What the kill points showed.
+#[derive(Debug, Default)]
+struct Seen {
+    before: usize,
+    after: usize,
+    between: usize,
+    killed: usize,
+}
+
+/// Runs `args` on a copy of `base`, killed at every chosen point, and judges each image:
+/// every entry as before or after (`atomic`: the whole tree as before or as after).
+/// `after`: the tree an unkilled run leaves (None: the command fails; the image must stay
+/// as before).
+fn crash_points(dir: &Path, label: &str, base: &Path, args: &[&str], mtime: bool, atomic: bool) -> Seen {
+    let before = judge_image(dir, base, &format!("{label}: base"));
+    let (max, code) = calls_per_thread(dir, base, args);
+    let done = dir.join("done.img");
+    std::fs::copy(base, &done).unwrap();
+    let out = Command::new(BIN).env("EXT4KIT_NO_URING", "1").args(with_image(args, &done)).output().unwrap();
+    assert_eq!(out.status.code(), code, "{label}: the traced and untraced runs disagree");
+    let after = judge_image(dir, &done, &format!("{label}: finished run"));
+    std::fs::remove_file(&done).unwrap();
+    let pts = points(max);
+    let t0 = std::time::Instant::now();
+    let mut seen = Seen::default();
+    for &n in &pts {
+        let img = dir.join("killed.img");
+        std::fs::copy(base, &img).unwrap();
+        let st = strace(None, Some(n), &with_image(args, &img));
+        let what = format!("{label}: killed at write-type syscall {n} of up to {max} per thread");
+        if st.signal() == Some(9) {
+            seen.killed += 1;
+        } else {
+            assert_eq!(st.code(), code, "{what}: not killed, but the exit status differs");
+        }
+        let got = judge_image(dir, &img, &what);
+        std::fs::remove_file(&img).unwrap();
+        if let Some(bad) = per_entry(&before, &after, &got, mtime) {
+            panic!("{what}: neither before nor after: {bad}");
+        }
+        if whole(&before, &got, mtime) {
+            seen.before += 1;
+        } else if whole(&after, &got, mtime) {
+            seen.after += 1;
+        } else {
+            assert!(!atomic, "{what}: the tree is neither the one before nor the one after (each entry is)");
+            seen.between += 1;
+        }
+    }
+    eprintln!(
+        "{label}: up to {max} calls per thread, exit {code:?} unkilled; {} kill points ({} killed) in {:.1}s: {seen:?}",
+        pts.len(),
+        seen.killed,
+        t0.elapsed().as_secs_f64()
+    );
+    // Threads make fewer calls than the busiest: the later points kill only some runs.
+    assert!(seen.killed >= 2.min(pts.len()), "{label}: runs should be killed: {seen:?}");
+    seen
+}
+
+/// A tree with `files` in `root`: name → (bytes, mtime seconds, nanoseconds).
+fn write_tree(root: &Path, files: &[(&str, Vec<u8>)], t: i64) {
+    for (k, (name, data)) in files.iter().enumerate() {
+        let p = root.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+        let ts = rustix::fs::Timespec { tv_sec: t + k as i64, tv_nsec: 1000 * k as i64 + 7 };
+        let times = rustix::fs::Timestamps { last_access: ts, last_modification: ts };
+        rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::empty()).unwrap();
+    }
+}
+
+fn image_with(dir: &Path, name: &str, files: &[(&str, Vec<u8>)], size: u64, extra: &[&str]) -> PathBuf {
+    let tree = dir.join(format!("{name}.tree"));
+    std::fs::create_dir(&tree).unwrap();
+    write_tree(&tree, files, 1_600_000_000);
+    let img = dir.join(format!("{name}.img"));
+    mke2fs_d(&tree, &img, "ext4", 4096, size, extra);
+    std::fs::remove_dir_all(&tree).unwrap();
+    img
+}
+
+#[test]
+fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
+    if !require_strace("a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let new = d.join("new.bin");
+    std::fs::write(&new, pattern(2, 9 << 20)).unwrap();
+    let new_s = new.to_str().unwrap();
+
+    // Room for both: the old file until the commit, the new one from then on.
+    let base = image_with(d, "roomy", &[("big", pattern(1, 6 << 20)), ("keep", pattern(3, 5000))], 48 << 20, &[]);
+    let seen = crash_points(d, "cp over a file, room for both", &base, &["cp", new_s, "@:/big"], false, true);
+    assert!(seen.before >= 1 && seen.after >= 1, "{seen:?}");
+
+    // Room for one: the new contents cannot go to new blocks, so the command fails and the
+    // image stays as it was (writing them into the old blocks gave a file with the old size
+    // and the new bytes after a kill).
+    let tight = image_with(d, "tight", &[("big", pattern(1, 20 << 20)), ("keep", pattern(3, 5000))], 40 << 20, &[]);
+    std::fs::write(&new, pattern(2, 20 << 20)).unwrap();
+    let seen = crash_points(d, "cp over a file, room for one", &tight, &["cp", new_s, "@:/big"], false, true);
+    let out = Command::new(BIN).arg("cp").arg(&new).arg(format!("{}:/big", tight.display())).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no space left on device"), "{err}");
+    assert_eq!((seen.after, seen.between), (0, 0), "{seen:?}");
+}
+
+#[test]
+fn a_killed_cp_r_p_leaves_each_file_absent_or_complete_with_its_times() {
+    if !require_strace("a_killed_cp_r_p_leaves_each_file_absent_or_complete_with_its_times") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 700 files: more changed inodes than half of the smallest journal (1024 blocks) holds,
+    // so the copy commits early, between files.
+    let files: Vec<(String, Vec<u8>)> = (0..700)
+        .map(|k| (format!("src/d{}/f{k:04}", k % 5), pattern(100 + k as u64, (k * 37) % 9000)))
+        .chain([("src/big".to_string(), pattern(9, 3 << 20))])
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let src_parent = d.join("host");
+    std::fs::create_dir(&src_parent).unwrap();
+    write_tree(&src_parent, &refs, 1_650_000_000);
+    std::os::unix::fs::symlink("d0/f0000", src_parent.join("src/link")).unwrap();
+    let base = image_with(d, "tree", &[("keep", pattern(3, 5000))], 64 << 20, &["-J", "size=4"]);
+    let src = src_parent.join("src");
+    let seen = crash_points(d, "cp -r -p of a tree", &base, &["cp", "-r", "-p", src.to_str().unwrap(), "@:/"], true, false);
+    assert!(seen.between >= 2, "the copy should be cut between files at several points: {seen:?}");
+}
+
+#[test]
+fn killed_mkdir_rm_and_mv_leave_each_entry_before_or_after() {
+    if !require_strace("killed_mkdir_rm_and_mv_leave_each_entry_before_or_after") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let files: Vec<(String, Vec<u8>)> = (0..300).map(|k| (format!("tree/s{}/f{k}", k % 4), pattern(k as u64, (k * 53) % 5000))).collect();
+    let mut refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    refs.push(("a/x/file", pattern(7, 70_000)));
+    refs.push(("b/other", pattern(8, 100)));
+    let base = image_with(d, "ops", &refs, 32 << 20, &["-J", "size=4"]);
+    crash_points(d, "mkdir -p", &base, &["mkdir", "-p", "@:/n/e/w", "@:/b/c"], true, false);
+    let seen = crash_points(d, "rm -r", &base, &["rm", "-r", "@:/tree"], true, false);
+    assert!(seen.before + seen.after + seen.between > 0);
+    crash_points(d, "mv", &base, &["mv", "@:/a/x", "@:/b/y"], true, true);
+}

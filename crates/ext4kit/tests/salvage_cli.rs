@@ -1,0 +1,275 @@
+//! Damaged images (issue 9, item 15): reading commands get out what can be got out, with one
+//! warning per damaged structure, and writing commands refuse the image and leave it
+//! byte-identical.
+//!
+//! Fixtures: `mke2fs -d` of a small tree at 1 KiB and 4 KiB blocks, then damaged with
+//! `debugfs -w` (`set_bg N checksum`, `set_super_value free_blocks_count/free_inodes_count`),
+//! `dd` (zeroing the primary superblock, an htree root's count) — the oracle for what is
+//! there is the source tree and `debugfs rdump`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ext4kit_testkit::{Compare, diff_trees, mke2fs_d, require_kernel, run, run_ok, snapshot};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
+
+fn ext4kit(args: &[&OsStr]) -> Output {
+    Command::new(BIN).args(args).output().expect("run ext4kit")
+}
+
+fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
+    s.as_ref()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A small tree: files, a subdirectory, a symlink; `big` entries in `big/` when asked.
+fn make_tree(root: &Path, big: usize) {
+    fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    for i in 0..40 {
+        fs::write(root.join(format!("f{i}")), format!("file {i}\n").repeat(i * 37 + 1)).unwrap();
+    }
+    fs::write(root.join("sub/deeper/data"), vec![7u8; 70_000]).unwrap();
+    std::os::unix::fs::symlink("sub/deeper/data", root.join("link")).unwrap();
+    if big > 0 {
+        fs::create_dir(root.join("big")).unwrap();
+        for i in 0..big {
+            fs::write(root.join(format!("big/entry_with_a_longish_name_{i:05}")), format!("{i}\n")).unwrap();
+        }
+    }
+}
+
+fn debugfs_w(img: &Path, req: &str) {
+    run_ok("debugfs", &["-w", "-R", req, img.to_str().unwrap()]);
+}
+
+/// Copies `IMG:/` out with `cp -r`, expecting success: (the copy's directory, stderr).
+fn copy_out(dir: &Path, img: &Path, name: &str, pre: &[&str]) -> (PathBuf, String) {
+    let out = dir.join(name);
+    let spec = format!("{}:/", img.display());
+    let mut args: Vec<&OsStr> = pre.iter().map(os).collect();
+    args.extend([os("cp"), os("-r"), os(&spec), out.as_os_str()]);
+    let o = ext4kit(&args);
+    assert!(o.status.success(), "cp -r {spec} failed: {}", stderr(&o));
+    (out, stderr(&o))
+}
+
+fn same_tree(want: &Path, got: &Path) {
+    let cmp = Compare { mtime: false, mtime_ns: false, dir_mtime: false, owner: false, xattrs: false };
+    let d = diff_trees(&snapshot(want), &snapshot(got), cmp);
+    assert!(d.is_empty(), "{} vs {}: {d:#?}", want.display(), got.display());
+}
+
+/// Number of stderr lines containing `needle`.
+fn count(err: &str, needle: &str) -> usize {
+    err.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A writing command on a damaged image fails with a line naming the damage and leaves the
+/// image byte-identical.
+fn write_refused(img: &Path, damage: &str) {
+    let before = fs::read(img).unwrap();
+    let spec = format!("{}:/newdir", img.display());
+    let o = ext4kit(&[os("mkdir"), os(&spec)]);
+    assert!(!o.status.success(), "mkdir on a damaged image succeeded");
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(damage), "the refusal names the damage ({damage}): {err}");
+    assert!(err.contains("damaged") && err.contains("e2fsck -fy"), "the refusal says what to do: {err}");
+    assert!(fs::read(img).unwrap() == before, "a refused write changed {}", img.display());
+}
+
+/// Every reading verb works on `img`, printing `warning` exactly once each time.
+fn reads_with_warning(img: &Path, warning: &str, pre: &[&str]) {
+    let i = img.to_str().unwrap();
+    let root = format!("{i}:/");
+    let file = format!("{i}:/sub/deeper/data");
+    let verbs: [Vec<&str>; 4] = [
+        vec!["ls", &root],
+        vec!["cat", &file],
+        vec!["stat", &file],
+        vec!["info", i],
+    ];
+    for v in verbs {
+        let mut args: Vec<&OsStr> = pre.iter().map(os).collect();
+        args.extend(v.iter().map(os));
+        let o = ext4kit(&args);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{v:?} on {i}: {err}");
+        assert_eq!(count(&err, warning), 1, "{v:?}: warning {warning:?} once: {err}");
+        if v[0] == "cat" {
+            assert_eq!(o.stdout, vec![7u8; 70_000]);
+        }
+    }
+}
+
+#[test]
+fn damaged_descriptor_and_counts_are_read_with_a_warning_and_never_written() {
+    if !require_kernel("damaged_descriptor_and_counts") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree, 0);
+    // 4 KiB blocks need more than one group (32768 blocks) for a group 1.
+    for (bs, size) in [(1024u32, 16u64 << 20), (4096, 160 << 20)] {
+        let base = dir.path().join(format!("base{bs}.img"));
+        mke2fs_d(&tree, &base, "ext4", bs, size, &[]);
+        let cases: [(&str, String, &str); 4] = [
+            ("gd", "set_bg 1 checksum 0x1234".into(), "group 1 descriptor: checksum mismatch"),
+            (
+                "fb",
+                format!("set_super_value free_blocks_count {}", size / u64::from(bs) + 5),
+                "free blocks count",
+            ),
+            ("fi", "set_super_value free_inodes_count 999999".into(), "free inodes count"),
+            ("gd-nocsum", "set_bg 1 checksum 0x1234".into(), "group 1 descriptor: checksum mismatch"),
+        ];
+        for (name, req, warning) in cases {
+            let img = dir.path().join(format!("{name}{bs}.img"));
+            if name == "gd-nocsum" {
+                mke2fs_d(&tree, &img, "ext4", bs, size, &["-O", "^metadata_csum,uninit_bg"]);
+            } else {
+                fs::copy(&base, &img).unwrap();
+            }
+            debugfs_w(&img, &req);
+            // The damage is what e2fsck calls damage (it still exits 0 for these).
+            let (_, fsck) = run("e2fsck", &[os("-fn"), img.as_os_str()]);
+            assert!(
+                fsck.contains("checksum") || fsck.contains("count wrong") || fsck.contains("Fix? no"),
+                "{name}: e2fsck sees no damage: {fsck}"
+            );
+            reads_with_warning(&img, warning, &[]);
+            let (out, err) = copy_out(dir.path(), &img, &format!("out-{name}{bs}"), &[]);
+            assert_eq!(count(&err, warning), 1, "{name}: {err}");
+            same_tree(&tree, &out);
+            write_refused(&img, if name.starts_with("gd") { "checksum mismatch" } else { warning });
+        }
+    }
+}
+
+#[test]
+fn unusable_primary_superblock_falls_back_to_group_1_backup_and_b_names_one() {
+    if !require_kernel("unusable_primary_superblock") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree, 0);
+    for (bs, size, backup) in [(1024u32, 16u64 << 20, 8193u64), (4096, 160 << 20, 32768)] {
+        let img = dir.path().join(format!("sb{bs}.img"));
+        mke2fs_d(&tree, &img, "ext4", bs, size, &[]);
+        // -b on an undamaged image reads through that backup (e2fsck -b), without a warning
+        // about the primary.
+        let b = backup.to_string();
+        let (out, err) = copy_out(dir.path(), &img, &format!("b{bs}"), &["-b", &b]);
+        assert!(!err.contains("primary superblock"), "{err}");
+        same_tree(&tree, &out);
+        let (out, _) = copy_out(dir.path(), &img, &format!("superblock{bs}"), &["--superblock", &b]);
+        same_tree(&tree, &out);
+        // A block that holds no superblock for any block size: a one-line error.
+        let o = ext4kit(&[os("-b"), os("12345"), os("ls"), img.as_os_str()]);
+        assert!(!o.status.success());
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        assert!(stderr(&o).contains("block 12345"), "{}", stderr(&o));
+
+        // Zero the primary superblock: e2fsck falls back to a backup, so do we.
+        let f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0u8; 1024], 1024).unwrap();
+        drop(f);
+        let (_, fsck) = run("e2fsck", &[os("-fn"), img.as_os_str()]);
+        assert!(fsck.contains("trying backup blocks"), "{fsck}");
+        let warning = format!("reading the backup superblock at block {backup}, block size {bs}");
+        reads_with_warning(&img, &warning, &[]);
+        let (out, err) = copy_out(dir.path(), &img, &format!("fallback{bs}"), &[]);
+        assert_eq!(count(&err, &warning), 1, "{err}");
+        same_tree(&tree, &out);
+        write_refused(&img, "superblock");
+        // -b on the damaged image: the backup, no warning about the primary.
+        let (out, err) = copy_out(dir.path(), &img, &format!("b-damaged{bs}"), &["-b", &b]);
+        assert!(!err.contains("primary superblock"), "{err}");
+        same_tree(&tree, &out);
+        // -b is for reading only.
+        let spec = format!("{}:/x", img.display());
+        let before = fs::read(&img).unwrap();
+        let o = ext4kit(&[os("-b"), os(&b), os("mkdir"), os(&spec)]);
+        assert!(!o.status.success());
+        assert!(fs::read(&img).unwrap() == before);
+    }
+}
+
+/// Sets the `count` of the dx root of directory `path` (the u16 at byte 34 of its block 0) to
+/// more than its limit.
+fn break_htree_root(img: &Path, path: &str) {
+    let (_, out) = run("debugfs", &[os("-R"), os(&format!("bmap {path} 0")), img.as_os_str()]);
+    let block: u64 = out
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("bmap: {out}"));
+    let (_, stat) = run("dumpe2fs", &[os("-h"), img.as_os_str()]);
+    let bs: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("Block size:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap();
+    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(&0x7fffu16.to_le_bytes(), block * bs + 34).unwrap();
+}
+
+#[test]
+fn bad_htree_index_reads_the_directory_block_by_block() {
+    if !require_kernel("bad_htree_index") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree, 2000);
+    for (bs, size, features) in [(1024u32, 16u64 << 20, "^metadata_csum"), (4096, 64 << 20, "metadata_csum")] {
+        let img = dir.path().join(format!("htree{bs}.img"));
+        mke2fs_d(&tree, &img, "ext4", bs, size, &["-O", features]);
+        // mke2fs -d writes linear directories; e2fsck -D indexes them.
+        let _ = run("e2fsck", &[os("-fyD"), img.as_os_str()]);
+        let (_, dump) = run("debugfs", &[os("-R"), os("htree_dump /big"), img.as_os_str()]);
+        assert!(dump.contains("Root node dump"), "/big is not indexed: {dump}");
+        break_htree_root(&img, "/big");
+        let (_, fsck) = run("e2fsck", &[os("-fn"), img.as_os_str()]);
+        assert!(fsck.contains("HTREE"), "e2fsck sees no htree damage: {fsck}");
+
+        let warning = "directory inode";
+        let (out, err) = copy_out(dir.path(), &img, &format!("out{bs}"), &[]);
+        assert_eq!(count(&err, warning), 1, "one warning for the directory: {err}");
+        assert!(err.contains("htree"), "{err}");
+        same_tree(&tree, &out);
+        if bs == 1024 {
+            // debugfs rdump reads the blocks in order too: the same tree.
+            let rd = dir.path().join("rdump");
+            fs::create_dir(&rd).unwrap();
+            run_ok("debugfs", &["-R", &format!("rdump /big {}", rd.display()), img.to_str().unwrap()]);
+            same_tree(&rd.join("big"), &out.join("big"));
+        }
+        // ls lists all of it, and a name is found without the index.
+        let i = img.display();
+        let o = ext4kit(&[os("ls"), os(&format!("{i}:/big"))]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2000);
+        assert_eq!(count(&stderr(&o), warning), 1, "{}", stderr(&o));
+        let o = ext4kit(&[os("cat"), os(&format!("{i}:/big/entry_with_a_longish_name_01234"))]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(o.stdout, b"1234\n");
+        let o = ext4kit(&[os("stat"), os(&format!("{i}:/big/.."))]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        // A write into the damaged directory is refused by the strict reader, image unchanged.
+        let before = fs::read(&img).unwrap();
+        let o = ext4kit(&[os("mkdir"), os(&format!("{i}:/big/new"))]);
+        assert!(!o.status.success(), "mkdir in a directory with a bad index succeeded");
+        assert!(fs::read(&img).unwrap() == before);
+    }
+}
