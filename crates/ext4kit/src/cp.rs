@@ -460,6 +460,16 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
 
 /// Runs `cp`; returns the number of errors reported (0 = success).
 pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) -> Result<usize> {
+    // A DEST the caller named that is a symlink to a file is written through, as cp does (names
+    // from the image never are: everything below DEST is created with O_NOFOLLOW).
+    let followed;
+    let dest = match (dest.symlink_metadata(), std::fs::metadata(dest)) {
+        (Ok(l), Ok(t)) if l.file_type().is_symlink() && t.is_file() => {
+            followed = std::fs::canonicalize(dest).with_context(|| dest.display().to_string())?;
+            followed.as_path()
+        }
+        _ => dest,
+    };
     let dest_is_dir = dest.is_dir();
     if sources.len() > 1 && !dest_is_dir {
         bail!("target {} is not a directory", dest.display());

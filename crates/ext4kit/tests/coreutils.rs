@@ -161,6 +161,7 @@ const CASES: &[Case] = &[
     c(&["cp", "@f", "^od/"]),
     c(&["cp", "@f", "^od/."]),
     c(&["cp", "@f", "^odang"]),
+    c(&["cp", "@d/x", "^olf"]),
     c(&["cp", "@f", "^old/f-via-link"]),
     c(&["cp", "@f", "^of"]),
     c(&["cp", "@f", "@d/x", "^of"]),
