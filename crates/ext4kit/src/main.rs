@@ -537,6 +537,14 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let spec::Arg::Host(dest) = dest else { bail!("cp: no destination") };
+            if specs.iter().any(|s| write_cmds::same_file(&s.image, dest)) {
+                // `cp IMG:/f IMG` would overwrite the image with the file it is reading.
+                bail!(
+                    "{}: is the image being copied from (to copy into it, name {}:PATH)",
+                    dest.display(),
+                    dest.display()
+                );
+            }
             let opts = cp::CpOptions {
                 recursive,
                 preserve,

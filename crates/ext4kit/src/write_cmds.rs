@@ -773,7 +773,7 @@ pub enum CpSource {
 const SAME_IMAGE: u64 = u64::MAX >> 1;
 
 /// Whether `a` and `b` are the same file (device and inode).
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (fs::metadata(a), fs::metadata(b)) {
         (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),

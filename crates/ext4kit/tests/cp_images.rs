@@ -173,6 +173,11 @@ fn error_lines_name_the_path_once_in_one_line() {
     assert!(err.contains(&format!("{}/apt", s(&out))) && !err.contains("os error"), "{err}");
     let e = fails_in(cwd, &["cp", &format!("{i}:/hostname"), "/nonexistent-dir/x"]);
     assert!(e.contains("/nonexistent-dir") && e.contains("no such file or directory"), "{e}");
+    // Copying out onto the image itself (IMG where IMG:PATH was meant) is refused, the image kept.
+    let before = std::fs::read(&img).unwrap();
+    let e = fails_in(cwd, &["cp", &format!("{i}:/hostname"), i]);
+    assert!(e.contains("image being copied from"), "{e}");
+    assert!(std::fs::read(&img).unwrap() == before, "the image was changed");
     let info = String::from_utf8_lossy(&ok_in(cwd, &["info", i]).stdout).into_owned();
     assert!(info.contains("Journal replayed in memory: no"), "{info}");
     for line in info.lines() {
