@@ -63,6 +63,8 @@ struct Copier<'a> {
     meter: crate::meter::Meter,
     /// Readers of files coming next in the directory being copied, their first bytes being read.
     prefetched: HashMap<u32, ext4kit_fs::FileReader>,
+    /// (device, inode) of the source image files.
+    source_images: HashSet<(u64, u64)>,
 }
 
 /// `Mode` from permission bits (its raw type is u32 on Linux, u16 on Apple systems).
@@ -304,10 +306,17 @@ impl Copier<'_> {
         let (fd, mode_done) = match rustix::fs::openat(dir, name, flags | OFlags::EXCL, raw_mode(if direct { final_mode } else { 0o600 })) {
             Ok(fd) => (fd, direct),
             // Overwriting a file DEST already holds: its mode is set afterwards.
-            Err(Errno::EXIST) => (
-                rustix::fs::openat(dir, name, flags | OFlags::TRUNC, raw_mode(0o600)).map_err(|e| errno(e, "create"))?,
-                false,
-            ),
+            Err(Errno::EXIST) => {
+                // Never truncate an image being read (copying out next to it, a name in the
+                // image can be the image's own).
+                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| errno(e, "stat"))?;
+                #[allow(clippy::unnecessary_cast)]
+                let key = (st.st_dev as u64, st.st_ino as u64);
+                if self.source_images.contains(&key) {
+                    bail!("is an image being copied from; not overwritten");
+                }
+                (rustix::fs::openat(dir, name, flags | OFlags::TRUNC, raw_mode(0o600)).map_err(|e| errno(e, "create"))?, false)
+            }
             Err(e) => return Err(errno(e, "create")),
         };
         let mut written_end = 0;
@@ -508,6 +517,11 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
         buf: Vec::new(),
         meter: crate::meter::Meter::new("copying", false),
         prefetched: HashMap::new(),
+        source_images: sources
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.image).ok())
+            .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+            .collect(),
     };
     let mut image_index: HashMap<std::path::PathBuf, usize> = HashMap::new();
     let mut seen_roots: HashSet<(usize, u32)> = HashSet::new();

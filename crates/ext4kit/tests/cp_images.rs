@@ -178,6 +178,12 @@ fn error_lines_name_the_path_once_in_one_line() {
     let e = fails_in(cwd, &["cp", &format!("{i}:/hostname"), i]);
     assert!(e.contains("image being copied from"), "{e}");
     assert!(std::fs::read(&img).unwrap() == before, "the image was changed");
+    // ... and so is a file in the image that has the image's own name, copied out next to it.
+    ok_in(cwd, &["cp", &format!("{i}:/hostname"), &format!("{i}:/e.img")]);
+    let o = ext4kit_in(cwd, &["cp", "-r", &format!("{i}:/"), s(dir.path())]);
+    assert!(!o.status.success(), "copying the image's own name over it should fail");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("image being copied from"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_e2fsck_clean(&img);
     let info = String::from_utf8_lossy(&ok_in(cwd, &["info", i]).stdout).into_owned();
     assert!(info.contains("Journal replayed in memory: no"), "{info}");
     for line in info.lines() {
