@@ -445,6 +445,8 @@ struct CopyIn<'a> {
     errors: usize,
     /// Directories this copy created (a copy within one image never walks into them).
     created_dirs: HashSet<u32>,
+    /// (device, inode) of the image file written: a host tree holding it does not copy it.
+    image_key: Option<(u64, u64)>,
     meter: crate::meter::Meter,
     opts: CpInOptions,
     links: HashMap<(u64, u64), u32>,
@@ -520,6 +522,9 @@ impl CopyIn<'_> {
     /// and counted, the rest of it is copied; the error of this entry is returned.
     fn copy(&mut self, src: &Src<'_>, dir: u32, name: &[u8], dpath: &[u8]) -> Result<()> {
         let md = src.meta()?;
+        if matches!(src, Src::Host(_)) && Some(md.key) == self.image_key {
+            bail!("{}: is the image being written; not copied into itself", src.display());
+        }
         self.meter.file();
         let attrs = self.attrs(&md);
         let existing = self.fs.lookup(dir, name)?;
@@ -800,6 +805,10 @@ pub fn cmd_cp_in(
         image: &dest.image,
         errors: 0,
         created_dirs: HashSet::new(),
+        image_key: fs::metadata(&dest.image).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        }),
         meter: crate::meter::Meter::new("copying", false),
         opts,
         links: HashMap::new(),

@@ -184,6 +184,17 @@ fn error_lines_name_the_path_once_in_one_line() {
     assert!(!o.status.success(), "copying the image's own name over it should fail");
     assert!(String::from_utf8_lossy(&o.stderr).contains("image being copied from"), "{}", String::from_utf8_lossy(&o.stderr));
     assert_e2fsck_clean(&img);
+    // Copying a host tree that holds the image into it: everything but the image itself.
+    let holder = dir.path().join("holder");
+    std::fs::create_dir(&holder).unwrap();
+    std::fs::write(holder.join("note"), b"next to the image\n").unwrap();
+    let held = holder.join("h.img");
+    empty_image(&held, 4096);
+    let o = ext4kit_in(cwd, &["cp", "-r", &format!("{}/.", s(&holder)), &format!("{}:/", s(&held))]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not copied into itself"));
+    assert_e2fsck_clean(&held);
+    let t = kernel_tree(&held);
+    assert!(t.contains_key(&b"note"[..]) && !t.contains_key(&b"h.img"[..]), "{:?}", t.keys().collect::<Vec<_>>());
     let info = String::from_utf8_lossy(&ok_in(cwd, &["info", i]).stdout).into_owned();
     assert!(info.contains("Journal replayed in memory: no"), "{info}");
     for line in info.lines() {
