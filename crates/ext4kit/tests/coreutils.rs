@@ -11,7 +11,9 @@ use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use ext4kit_testkit::{Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, snapshot};
+use ext4kit_testkit::{
+    Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, snapshot,
+};
 
 /// One case: the coreutils command and its operands, and the ext4kit command when it is not
 /// the same. Operands starting with `@` name a path in the tree (`@d/x` is `HOST/d/x` for
@@ -25,15 +27,27 @@ struct Case {
 }
 
 const fn c(host: &'static [&'static str]) -> Case {
-    Case { host, ours: None, stdout: false }
+    Case {
+        host,
+        ours: None,
+        stdout: false,
+    }
 }
 
 const fn both(host: &'static [&'static str], ours: &'static [&'static str]) -> Case {
-    Case { host, ours: Some(ours), stdout: false }
+    Case {
+        host,
+        ours: Some(ours),
+        stdout: false,
+    }
 }
 
 const fn out(host: &'static [&'static str]) -> Case {
-    Case { host, ours: None, stdout: true }
+    Case {
+        host,
+        ours: None,
+        stdout: true,
+    }
 }
 
 const CASES: &[Case] = &[
@@ -148,12 +162,30 @@ const CASES: &[Case] = &[
     c(&["rm", "-rf", "@nope", "@m1", "@f/x"]),
     c(&["rm", "-r", "@ld/sub"]),
     // Copying a tree in, then again after it changed: cp -a onto an existing tree.
-    both(&["cp", "-a", "%tree/.", "@"], &["cp", "-r", "-p", "%tree/.", "@"]),
-    both(&["cp", "-a", "%tree/.", "@"], &["cp", "-r", "-p", "%tree/.", "@"]),
-    both(&["cp", "-a", "%tree2/.", "@"], &["cp", "-r", "-p", "%tree2/.", "@"]),
-    both(&["cp", "-a", "%tree2", "@d"], &["cp", "-r", "-p", "%tree2", "@d"]),
-    both(&["cp", "-a", "%tree2", "@d"], &["cp", "-r", "-p", "%tree2", "@d"]),
-    both(&["cp", "-a", "@tlink", "@d/"], &["cp", "-r", "-p", "@tlink", "@d/"]),
+    both(
+        &["cp", "-a", "%tree/.", "@"],
+        &["cp", "-r", "-p", "%tree/.", "@"],
+    ),
+    both(
+        &["cp", "-a", "%tree/.", "@"],
+        &["cp", "-r", "-p", "%tree/.", "@"],
+    ),
+    both(
+        &["cp", "-a", "%tree2/.", "@"],
+        &["cp", "-r", "-p", "%tree2/.", "@"],
+    ),
+    both(
+        &["cp", "-a", "%tree2", "@d"],
+        &["cp", "-r", "-p", "%tree2", "@d"],
+    ),
+    both(
+        &["cp", "-a", "%tree2", "@d"],
+        &["cp", "-r", "-p", "%tree2", "@d"],
+    ),
+    both(
+        &["cp", "-a", "@tlink", "@d/"],
+        &["cp", "-r", "-p", "@tlink", "@d/"],
+    ),
     // Copying out of the tree into an area of the host (`^`: one area per side). ext4kit keeps
     // hard links linked whenever it copies a tree (cp -r --preserve=links).
     c(&["cp", "@f", "^of/"]),
@@ -167,11 +199,26 @@ const CASES: &[Case] = &[
     c(&["cp", "@f", "@d/x", "^of"]),
     c(&["cp", "@f", "@nope", "@d/x", "^od/"]),
     c(&["cp", "@d", "^od/"]),
-    both(&["cp", "-r", "--preserve=links", "@d", "^od2/"], &["cp", "-r", "@d", "^od2/"]),
-    both(&["cp", "-r", "--preserve=links", "@d", "^od"], &["cp", "-r", "@d", "^od"]),
-    both(&["cp", "-r", "--preserve=links", "@d", "^od"], &["cp", "-r", "@d", "^od"]),
-    both(&["cp", "-r", "--preserve=links", "@d/.", "^od3"], &["cp", "-r", "@d/.", "^od3"]),
-    both(&["cp", "-r", "--preserve=links", "@d", "^of"], &["cp", "-r", "@d", "^of"]),
+    both(
+        &["cp", "-r", "--preserve=links", "@d", "^od2/"],
+        &["cp", "-r", "@d", "^od2/"],
+    ),
+    both(
+        &["cp", "-r", "--preserve=links", "@d", "^od"],
+        &["cp", "-r", "@d", "^od"],
+    ),
+    both(
+        &["cp", "-r", "--preserve=links", "@d", "^od"],
+        &["cp", "-r", "@d", "^od"],
+    ),
+    both(
+        &["cp", "-r", "--preserve=links", "@d/.", "^od3"],
+        &["cp", "-r", "@d/.", "^od3"],
+    ),
+    both(
+        &["cp", "-r", "--preserve=links", "@d", "^of"],
+        &["cp", "-r", "@d", "^of"],
+    ),
     c(&["cp", "-r", "@f/", "^of2"]),
     // Last: rm -r through `link/` empties the directory, then fails (as rm does).
     c(&["rm", "-r", "@ld/"]),
@@ -196,7 +243,11 @@ fn make_sources(src: &Path) {
     std::fs::write(src.join("f2"), b"source f2\n").unwrap();
     std::fs::write(src.join("f3"), b"source f3 longer\n").unwrap();
     std::fs::write(src.join("exe"), b"#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(src.join("exe"), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        src.join("exe"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     std::fs::write(src.join("dir/a"), b"dir/a\n").unwrap();
     std::fs::write(src.join("dir/inner/b"), b"dir/inner/b\n").unwrap();
     let t = src.join("tree");
@@ -213,7 +264,11 @@ fn make_sources(src: &Path) {
     std::fs::write(t.join("etc/file-clash"), b"a file\n").unwrap();
     std::fs::write(t.join("etc/hl1"), b"linked\n").unwrap();
     std::fs::hard_link(t.join("etc/hl1"), t.join("etc/hl2")).unwrap();
-    std::fs::set_permissions(t.join("etc/conf.d/a"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(
+        t.join("etc/conf.d/a"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
     let t2 = src.join("tree2");
     std::fs::create_dir_all(t2.join("etc/conf.d")).unwrap();
     std::fs::create_dir_all(t2.join("etc/file-clash")).unwrap();
@@ -264,11 +319,21 @@ fn ours_now(img: &Path, scratch: &Path) -> ext4kit_testkit::Tree {
         .arg(scratch)
         .output()
         .unwrap();
-    assert!(o.status.success(), "copy out: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "copy out: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     snapshot(scratch)
 }
 
-const CMP: Compare = Compare { mtime: false, mtime_ns: false, dir_mtime: false, owner: true, xattrs: false };
+const CMP: Compare = Compare {
+    mtime: false,
+    mtime_ns: false,
+    dir_mtime: false,
+    owner: true,
+    xattrs: false,
+};
 
 #[test]
 fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
@@ -297,18 +362,38 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
         mke2fs_d(&host, &img, "ext4", bs, 8 << 20, &[]);
         let mut problems: Vec<String> = Vec::new();
         let mut known: Vec<String> = diff_trees(&snapshot(&host), &ours_now(&img, &scratch), CMP);
-        assert!(known.is_empty(), "{bs}: the image does not start as the host tree: {known:?}");
+        assert!(
+            known.is_empty(),
+            "{bs}: the image does not start as the host tree: {known:?}"
+        );
         for (n, case) in CASES.iter().enumerate() {
-            let host_args: Vec<String> = case.host[1..].iter().map(|a| map(a, &host, &src, &img, false)).collect();
+            let host_args: Vec<String> = case.host[1..]
+                .iter()
+                .map(|a| map(a, &host, &src, &img, false))
+                .collect();
             let ours_tpl = case.ours.unwrap_or(case.host);
-            let ours_args: Vec<String> = ours_tpl.iter().map(|a| map(a, &host, &src, &img, true)).collect();
-            let h = Command::new(case.host[0]).args(&host_args).current_dir(&host).output().unwrap();
+            let ours_args: Vec<String> = ours_tpl
+                .iter()
+                .map(|a| map(a, &host, &src, &img, true))
+                .collect();
+            let h = Command::new(case.host[0])
+                .args(&host_args)
+                .current_dir(&host)
+                .output()
+                .unwrap();
             let o = Command::new(bin()).args(&ours_args).output().unwrap();
             let shown = format!("#{n} {}", case.host.join(" "));
             let herr = String::from_utf8_lossy(&h.stderr).replace(&host.display().to_string(), "");
-            let oerr = String::from_utf8_lossy(&o.stderr).replace(&img.display().to_string(), "IMG");
+            let oerr =
+                String::from_utf8_lossy(&o.stderr).replace(&img.display().to_string(), "IMG");
             if (status(&h) == 0) != (status(&o) == 0) {
-                problems.push(format!("{shown}: exit {} (coreutils: {}) vs {} (ext4kit: {})", status(&h), herr.trim(), status(&o), oerr.trim()));
+                problems.push(format!(
+                    "{shown}: exit {} (coreutils: {}) vs {} (ext4kit: {})",
+                    status(&h),
+                    herr.trim(),
+                    status(&o),
+                    oerr.trim()
+                ));
             }
             if status(&o) != 0 {
                 // Every error is `ext4kit: ...` lines, one per failed operand, no os error numbers.
@@ -319,7 +404,11 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
                 }
             }
             if case.stdout && h.stdout != o.stdout {
-                problems.push(format!("{shown}: output differs: {:?} vs {:?}", String::from_utf8_lossy(&h.stdout), String::from_utf8_lossy(&o.stdout)));
+                problems.push(format!(
+                    "{shown}: output differs: {:?} vs {:?}",
+                    String::from_utf8_lossy(&h.stdout),
+                    String::from_utf8_lossy(&o.stdout)
+                ));
             }
             // Case by case at 4 KiB blocks only (the suite's time): 1 KiB blocks are checked by
             // exit status per case and by the kernel mount at the end.
@@ -334,17 +423,28 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
             }
             known = now;
         }
-        for d in diff_trees(&snapshot(&dir.path().join("out-host")), &snapshot(&dir.path().join("out-ours")), CMP) {
+        for d in diff_trees(
+            &snapshot(&dir.path().join("out-host")),
+            &snapshot(&dir.path().join("out-ours")),
+            CMP,
+        ) {
             problems.push(format!("copied out: {d}"));
         }
         assert_e2fsck_clean(&img);
         let m = LoopMount::new(&img, true).unwrap();
         let kernel = snapshot(m.path());
         m.unmount().unwrap();
-        let cmp = Compare { xattrs: true, ..CMP };
+        let cmp = Compare {
+            xattrs: true,
+            ..CMP
+        };
         for d in diff_trees(&snapshot(&host), &kernel, cmp) {
             problems.push(format!("kernel mount differs from the host tree: {d}"));
         }
-        assert!(problems.is_empty(), "{bs}: ext4kit differs from coreutils:\n{}", problems.join("\n"));
+        assert!(
+            problems.is_empty(),
+            "{bs}: ext4kit differs from coreutils:\n{}",
+            problems.join("\n")
+        );
     }
 }
