@@ -2,7 +2,6 @@
 //! copy), or standard input (`-`). [`crate::write_cmds`] copies any of them the same way.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
@@ -276,14 +275,4 @@ impl Src<'_> {
             .filter(|(a, b)| a < b)
             .collect())
     }
-}
-
-/// Reads all of standard input.
-pub fn read_stdin() -> Result<Vec<u8>> {
-    let mut v = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut v)
-        .context("-: reading standard input")?;
-    Ok(v)
 }

@@ -640,9 +640,23 @@ impl CopyIn<'_> {
                 Src::Host(p) => self.copy_data(p, ino, md.size, fresh)?,
                 Src::Image { fs, ino: sino, shown, .. } => self.copy_image_data(fs, *sino, md.size, ino).with_context(|| shown.clone())?,
                 Src::Stdin => {
-                    let data = crate::cp_src::read_stdin()?;
-                    self.fs.write_at(ino, 0, &data)?;
-                    self.fs.set_size(ino, data.len() as u64)?;
+                    // Streamed in pieces: standard input can be larger than memory.
+                    use std::io::Read;
+                    self.buf.resize(1 << 20, 0);
+                    let mut stdin = std::io::stdin().lock();
+                    let mut pos = 0u64;
+                    loop {
+                        let n = match stdin.read(&mut self.buf) {
+                            Ok(0) => break,
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(anyhow::Error::from(e).context("-: reading standard input")),
+                        };
+                        self.fs.write_at(ino, pos, &self.buf[..n])?;
+                        pos += n as u64;
+                        self.meter.bytes(n as u64);
+                    }
+                    self.fs.set_size(ino, pos)?;
                 }
             }
             if md.nlink > 1 {
