@@ -298,7 +298,7 @@ pub enum Error {
         context: ErrorContext,
     },
     /// Opening the image file failed (the OS error, with its errno).
-    #[error("cannot open {path}: {message}")]
+    #[error("{path}: cannot open: {message}")]
     Open {
         /// The image path.
         path: String,

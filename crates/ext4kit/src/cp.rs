@@ -64,6 +64,8 @@ struct Copier<'a> {
     meter: crate::meter::Meter,
     /// Readers of files coming next in the directory being copied, their first bytes being read.
     prefetched: HashMap<u32, ext4kit_fs::FileReader>,
+    /// (device, inode) of the source image files.
+    source_images: HashSet<(u64, u64)>,
 }
 
 /// `Mode` from permission bits (its raw type is u32 on Linux, u16 on Apple systems).
@@ -305,10 +307,17 @@ impl Copier<'_> {
         let (fd, mode_done) = match rustix::fs::openat(dir, name, flags | OFlags::EXCL, raw_mode(if direct { final_mode } else { 0o600 })) {
             Ok(fd) => (fd, direct),
             // Overwriting a file DEST already holds: its mode is set afterwards.
-            Err(Errno::EXIST) => (
-                rustix::fs::openat(dir, name, flags | OFlags::TRUNC, raw_mode(0o600)).map_err(|e| errno(e, "create"))?,
-                false,
-            ),
+            Err(Errno::EXIST) => {
+                // Never truncate an image being read (copying out next to it, a name in the
+                // image can be the image's own).
+                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| errno(e, "stat"))?;
+                #[allow(clippy::unnecessary_cast)]
+                let key = (st.st_dev as u64, st.st_ino as u64);
+                if self.source_images.contains(&key) {
+                    bail!("is an image being copied from; not overwritten");
+                }
+                (rustix::fs::openat(dir, name, flags | OFlags::TRUNC, raw_mode(0o600)).map_err(|e| errno(e, "create"))?, false)
+            }
             Err(e) => return Err(errno(e, "create")),
         };
         let mut written_end = 0;
@@ -476,6 +485,16 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
 
 /// Runs `cp`; returns the number of errors reported (0 = success).
 pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) -> Result<usize> {
+    // A DEST the caller named that is a symlink to a file is written through, as cp does (names
+    // from the image never are: everything below DEST is created with O_NOFOLLOW).
+    let followed;
+    let dest = match (dest.symlink_metadata(), std::fs::metadata(dest)) {
+        (Ok(l), Ok(t)) if l.file_type().is_symlink() && t.is_file() => {
+            followed = std::fs::canonicalize(dest).with_context(|| dest.display().to_string())?;
+            followed.as_path()
+        }
+        _ => dest,
+    };
     let dest_is_dir = dest.is_dir();
     if sources.len() > 1 && !dest_is_dir {
         bail!("target {} is not a directory", dest.display());
@@ -514,6 +533,11 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
         buf: Vec::new(),
         meter: crate::meter::Meter::new("copying", false),
         prefetched: HashMap::new(),
+        source_images: sources
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.image).ok())
+            .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+            .collect(),
     };
     let mut image_index: HashMap<std::path::PathBuf, usize> = HashMap::new();
     let mut seen_roots: HashSet<(usize, u32)> = HashSet::new();
@@ -585,7 +609,7 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
                 bail!("{}: cannot create regular file: not a directory", dest.display());
             }
             c.copy(&fs, img, ino, &anchor, &name, &name, &mut ancestors)
-                .with_context(|| format!("{} -> {}", src.display(), c.at(&name)))
+                .with_context(|| c.at(&name))
         })();
         if let Err(e) = result {
             c.report(&src.display(), &e);

@@ -2,7 +2,6 @@
 //! copy), or standard input (`-`). [`crate::write_cmds`] copies any of them the same way.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
@@ -72,7 +71,10 @@ pub struct Meta {
 }
 
 fn host_time(s: i64, n: i64) -> Timestamp {
-    Timestamp { seconds: s, nanoseconds: n.clamp(0, 999_999_999) as u32 }
+    Timestamp {
+        seconds: s,
+        nanoseconds: n.clamp(0, 999_999_999) as u32,
+    }
 }
 
 impl Src<'_> {
@@ -121,7 +123,12 @@ impl Src<'_> {
                     size: md.len(),
                 })
             }
-            Src::Image { fs, img, ino, shown } => {
+            Src::Image {
+                fs,
+                img,
+                ino,
+                shown,
+            } => {
                 let st = fs.stat(*ino).with_context(|| shown.clone())?;
                 let (ma, mi) = st.rdev.unwrap_or((0, 0));
                 let kind = match st.file_type {
@@ -174,9 +181,17 @@ impl Src<'_> {
                     .collect::<std::io::Result<Vec<_>>>()
                     .with_context(|| p.display().to_string())?;
                 kids.sort_by_key(|k| k.file_name());
-                Ok(kids.into_iter().map(|k| (k.file_name().as_bytes().to_vec(), Src::Host(k.path()))).collect())
+                Ok(kids
+                    .into_iter()
+                    .map(|k| (k.file_name().as_bytes().to_vec(), Src::Host(k.path())))
+                    .collect())
             }
-            Src::Image { fs, img, ino, shown } => {
+            Src::Image {
+                fs,
+                img,
+                ino,
+                shown,
+            } => {
                 let mut kids: Vec<_> = fs
                     .read_dir(*ino)
                     .with_context(|| shown.clone())?
@@ -187,8 +202,20 @@ impl Src<'_> {
                 Ok(kids
                     .into_iter()
                     .map(|e| {
-                        let shown = format!("{}/{}", shown.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
-                        (e.name, Src::Image { fs, img: *img, ino: e.ino, shown })
+                        let shown = format!(
+                            "{}/{}",
+                            shown.trim_end_matches('/'),
+                            String::from_utf8_lossy(&e.name)
+                        );
+                        (
+                            e.name,
+                            Src::Image {
+                                fs,
+                                img: *img,
+                                ino: e.ino,
+                                shown,
+                            },
+                        )
                     })
                     .collect())
             }
@@ -199,7 +226,11 @@ impl Src<'_> {
     /// A symlink's target.
     pub fn link_target(&self) -> Result<Vec<u8>> {
         match self {
-            Src::Host(p) => Ok(fs::read_link(p).with_context(|| p.display().to_string())?.as_os_str().as_bytes().to_vec()),
+            Src::Host(p) => Ok(fs::read_link(p)
+                .with_context(|| p.display().to_string())?
+                .as_os_str()
+                .as_bytes()
+                .to_vec()),
             Src::Image { fs, ino, shown, .. } => fs.read_link(*ino).with_context(|| shown.clone()),
             Src::Stdin => Ok(Vec::new()),
         }
@@ -244,11 +275,4 @@ impl Src<'_> {
             .filter(|(a, b)| a < b)
             .collect())
     }
-}
-
-/// Reads all of standard input.
-pub fn read_stdin() -> Result<Vec<u8>> {
-    let mut v = Vec::new();
-    std::io::stdin().lock().read_to_end(&mut v).context("-: reading standard input")?;
-    Ok(v)
 }

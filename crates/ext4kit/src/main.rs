@@ -220,7 +220,8 @@ enum Command {
     #[command(after_help = "Blocks, extent-tree blocks, xattr blocks and inodes are freed; a hard-linked file\n\
         only loses the name given. Symlinks are removed, never followed. Directories need -r,\n\
         which removes everything below them first. The root directory cannot be removed.\n\
-        Several IMG:PATH arguments on one image open it once and write it back once.\n\
+        Several IMG:PATH arguments on one image open it once and write it back once; as rm(1), one \
+        that fails is reported and the others are still removed (exit status 1).\n\
         Examples:\n  ext4kit rm disk.img:/etc/motd disk.img:/var/log/old.log\n  ext4kit rm -r disk.img:/usr/share/doc\n  ext4kit rm -rf disk.img:/tmp/cache   # fine if it is not there")]
     Rm {
         /// Remove directories and their contents.
@@ -261,7 +262,7 @@ enum Command {
     },
     /// Copy files or trees out of images, or into one.
     #[command(
-        about = "Copy files or trees out of images (IMG:PATH... DEST), or into one (SRC... IMG:PATH)"
+        about = "Copy files or trees out of images (IMG:PATH... DEST), into one (SRC... IMG:PATH), or between images"
     )]
     #[command(
         after_help = "Out of an image: IMG:/ copies the root's contents into DEST (like cp -r SRC/. DEST). \
@@ -270,9 +271,18 @@ enum Command {
         Into an image: SRC/. copies a directory's contents; an existing regular file of the same \
         name is overwritten; without -p new files belong to you, keep the source's rwx bits and get \
         the current time.\n\
+        Copying into an image onto what it holds already works as cp -a does: files are overwritten \
+        (through a symlink to one), symlinks and special files replaced, directories merged; a \
+        directory never replaces a non-directory nor the other way round.\n\
+        Between images: IMG1:PATH... IMG2:PATH (with -p, owners, modes, ns times and every xattr \
+        are kept). `-` is standard input (cp - IMG:PATH) or output (cp IMG:PATH -). An X:PATH \
+        argument whose X does not exist is an error, never a host path.\n\
+        As cp, a source that fails is reported on its own line, the others are copied, and the \
+        exit status is 1; DEST/ must be a directory.\n\
         With one source, DEST may be a new name; with several it must be a directory.\n\
         Examples:\n  ext4kit cp -r -p disk.img:/ rootfs/\n  ext4kit cp disk.img:/etc/hostname ./hostname\n  \
-        ext4kit cp -r -p ./rootfs/. disk.img:/\n  ext4kit cp app.conf disk.img:/etc/app.conf"
+        ext4kit cp -r -p ./rootfs/. disk.img:/\n  ext4kit cp app.conf disk.img:/etc/app.conf\n  \
+        ext4kit cp -r -p old.img:/etc new.img:/\n  echo ok | ext4kit cp - disk.img:/etc/motd"
     )]
     Cp {
         /// Copy directories recursively (symlinks are never followed then).
@@ -548,6 +558,14 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let spec::Arg::Host(dest) = dest else { bail!("cp: no destination") };
+            if specs.iter().any(|s| write_cmds::same_file(&s.image, dest)) {
+                // `cp IMG:/f IMG` would overwrite the image with the file it is reading.
+                bail!(
+                    "{}: is the image being copied from (to copy into it, name {}:PATH)",
+                    dest.display(),
+                    dest.display()
+                );
+            }
             let opts = cp::CpOptions {
                 recursive,
                 preserve,

@@ -202,6 +202,10 @@ pub fn cmd_mv(images: &mut WritableImages, args: &[OsString]) -> Result<usize> {
             let (src_dir, src_name, e) = source_entry(&fs, s, path)?;
             let is_dir = fs.inode(e.ino)?.is_dir();
             let (dst_dir, dst_name) = destination(&fs, dest, &src_name, is_dir, "not a directory")?;
+            if fs.lookup(dst_dir, &dst_name)?.is_some_and(|d| d.ino == e.ino) {
+                // As mv(1) (rename(2) would do nothing and succeed).
+                bail!("{} and {} are the same file", s.display(), dest.display());
+            }
             fs.rename(src_dir, &src_name, dst_dir, &dst_name)
                 .with_context(|| format!("{} -> {}", s.display(), dest.display()))
         })();

@@ -176,6 +176,15 @@ impl WritableImages {
     }
 }
 
+/// The process's umask (permission bits new files and directories do not get).
+pub(crate) fn umask() -> u16 {
+    let m = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    rustix::process::umask(m);
+    #[allow(clippy::unnecessary_cast)]
+    let bits = m.bits() as u32;
+    (bits & 0o777) as u16
+}
+
 pub(crate) fn now() -> Timestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -400,7 +409,8 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
     let (uid, gid) = euid_egid();
     let t = now();
     let attrs = NewInode {
-        perm: 0o755,
+        // As mkdir(1): 0777 under the umask.
+        perm: 0o777 & !umask(),
         uid,
         gid,
         ..NewInode::with_time(0o755, t)
@@ -464,6 +474,8 @@ struct CopyIn<'a> {
     errors: usize,
     /// Directories this copy created (a copy within one image never walks into them).
     created_dirs: HashSet<u32>,
+    /// (device, inode) of the image file written: a host tree holding it does not copy it.
+    image_key: Option<(u64, u64)>,
     meter: crate::meter::Meter,
     opts: CpInOptions,
     links: HashMap<(u64, u64), u32>,
@@ -510,7 +522,8 @@ impl CopyIn<'_> {
             }
         } else {
             NewInode {
-                perm: md.perm & 0o777,
+                // As cp: the source's permission bits under the umask (symlinks: 0777).
+                perm: if md.kind == Kind::Symlink { 0o777 } else { md.perm & 0o777 & !umask() },
                 uid: self.uid,
                 gid: self.gid,
                 ..NewInode::with_time(0, self.now)
@@ -538,6 +551,9 @@ impl CopyIn<'_> {
     /// and counted, the rest of it is copied; the error of this entry is returned.
     fn copy(&mut self, src: &Src<'_>, dir: u32, name: &[u8], dpath: &[u8]) -> Result<()> {
         let md = src.meta()?;
+        if matches!(src, Src::Host(_)) && Some(md.key) == self.image_key {
+            bail!("{}: is the image being written; not copied into itself", src.display());
+        }
         self.meter.file();
         let attrs = self.attrs(&md);
         let existing = self.fs.lookup(dir, name)?;
@@ -616,6 +632,11 @@ impl CopyIn<'_> {
                             }
                             Err(e) => return Err(anyhow::Error::from(e).context(self.shown(dpath))),
                         }
+                    } else if inode.is_regular() && self.opts.preserve && inode.links_count() > 1 {
+                        // As cp -a: a file hard-linked elsewhere is replaced, not rewritten
+                        // (its other names keep their content).
+                        self.fs.unlink(dir, name)?;
+                        None
                     } else if inode.is_regular() {
                         Some((e.ino, inode))
                     } else {
@@ -633,8 +654,11 @@ impl CopyIn<'_> {
                         }
                         Some(_) => bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display()),
                         None => {
-                            // A device node, FIFO or socket: replaced by the file.
-                            self.fs.unlink(dir, name)?;
+                            // A device node, FIFO or socket (or a hard-linked file, unlinked
+                            // above): replaced by the file.
+                            if self.fs.lookup(dir, name)?.is_some() {
+                                self.fs.unlink(dir, name)?;
+                            }
                             (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true)
                         }
                     }
@@ -645,9 +669,23 @@ impl CopyIn<'_> {
                 Src::Host(p) => self.copy_data(p, ino, md.size, fresh)?,
                 Src::Image { fs, ino: sino, shown, .. } => self.copy_image_data(fs, *sino, md.size, ino).with_context(|| shown.clone())?,
                 Src::Stdin => {
-                    let data = crate::cp_src::read_stdin()?;
-                    self.fs.write_at(ino, 0, &data)?;
-                    self.fs.set_size(ino, data.len() as u64)?;
+                    // Streamed in pieces: standard input can be larger than memory.
+                    use std::io::Read;
+                    self.buf.resize(1 << 20, 0);
+                    let mut stdin = std::io::stdin().lock();
+                    let mut pos = 0u64;
+                    loop {
+                        let n = match stdin.read(&mut self.buf) {
+                            Ok(0) => break,
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(anyhow::Error::from(e).context("-: reading standard input")),
+                        };
+                        self.fs.write_at(ino, pos, &self.buf[..n])?;
+                        pos += n as u64;
+                        self.meter.bytes(n as u64);
+                    }
+                    self.fs.set_size(ino, pos)?;
                 }
             }
             if md.nlink > 1 {
@@ -783,7 +821,7 @@ pub enum CpSource {
 const SAME_IMAGE: u64 = u64::MAX >> 1;
 
 /// Whether `a` and `b` are the same file (device and inode).
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (fs::metadata(a), fs::metadata(b)) {
         (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
@@ -810,6 +848,10 @@ pub fn cmd_cp_in(
         image: &dest.image,
         errors: 0,
         created_dirs: HashSet::new(),
+        image_key: fs::metadata(&dest.image).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        }),
         meter: crate::meter::Meter::new("copying", false),
         opts,
         links: HashMap::new(),
