@@ -314,6 +314,15 @@ fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no space left on device"), "{err}");
     assert_eq!((seen.after, seen.between), (0, 0), "{seen:?}");
+
+    // Two overwrites in one command, the second with room only once the first one's old
+    // blocks are free: they are committed first, so it succeeds, each file old or new.
+    let two = image_with(d, "two", &[("d/a", pattern(4, 10_000_000)), ("d/b", pattern(5, 10_000_000))], 40 << 20, &[]);
+    let (na, nb) = (d.join("a"), d.join("b"));
+    std::fs::write(&na, pattern(6, 10_000_000)).unwrap();
+    std::fs::write(&nb, pattern(7, 10_000_000)).unwrap();
+    let seen = crash_points(d, "cp over two files", &two, &["cp", na.to_str().unwrap(), nb.to_str().unwrap(), "@:/d"], false, false);
+    assert!(seen.after >= 1 && seen.between >= 1, "{seen:?}");
 }
 
 #[test]
