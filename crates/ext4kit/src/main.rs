@@ -233,7 +233,9 @@ enum Command {
         Symlinks stay symlinks, hard links stay linked, sparse files stay sparse; \
         nothing is ever written outside DEST, whatever names the image holds.\n\
         Into an image: SRC/. copies a directory's contents; an existing regular file of the same \
-        name is overwritten; without -p new files belong to you, keep the source's rwx bits and get \
+        name is overwritten in place of its old contents (same inode and links; a crash or kill leaves \
+        the old or the new file, so the image needs room for both until the change is committed); \
+        each file copied in is committed complete with its metadata, never empty or short; without -p new files belong to you, keep the source's rwx bits and get \
         the current time.\n\
         With one source, DEST may be a new name; with several it must be a directory.\n\
         Examples:\n  ext4kit cp -r -p disk.img:/ rootfs/\n  ext4kit cp disk.img:/etc/hostname ./hostname\n  \
