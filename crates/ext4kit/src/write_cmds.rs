@@ -509,6 +509,10 @@ impl CopyIn<'_> {
                 None => (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true),
             };
             self.copy_data(src, ino, md.len(), fresh)?;
+            if !fresh && !self.opts.preserve {
+                // As cp(1)'s O_TRUNC and write do to the file it overwrites.
+                self.fs.set_times(ino, None, Some(self.now), Some(self.now))?;
+            }
             if md.nlink() > 1 {
                 self.links.insert((md.dev(), md.ino()), ino);
             }

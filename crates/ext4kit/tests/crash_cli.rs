@@ -17,6 +17,9 @@
 //! 700 files into an image with the smallest journal (it commits early several times, so
 //! files are cut at every stage of their copy), `mkdir -p`, `rm -r`, `mv`.
 //!
+//! Also, without kills: an overwrite keeps the target's inode and hard links and sets its
+//! mtime to the time of the copy, as cp(1) does.
+//!
 //! The kill points are a spread of 1..=N (the first ones, the last ones, evenly between);
 //! `EXT4KIT_CRASH_ALL=1` kills at every one.
 #![allow(clippy::unwrap_used)]
@@ -365,4 +368,39 @@ fn killed_mkdir_rm_and_mv_leave_each_entry_before_or_after() {
     let seen = crash_points(d, "rm -r", &base, &["rm", "-r", "@:/tree"], true, false);
     assert!(seen.before + seen.after + seen.between > 0);
     crash_points(d, "mv", &base, &["mv", "@:/a/x", "@:/b/y"], true, true);
+}
+
+#[test]
+fn cp_over_a_file_keeps_its_inode_and_links_and_sets_its_mtime_as_cp_does() {
+    if !require_kernel("cp_over_a_file_keeps_its_inode_and_links_and_sets_its_mtime_as_cp_does") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = d.join("t");
+    std::fs::create_dir(&tree).unwrap();
+    write_tree(&tree, &[("f", pattern(1, 300_000))], 1_600_000_000);
+    std::fs::hard_link(tree.join("f"), tree.join("g")).unwrap();
+    let img = d.join("i.img");
+    mke2fs_d(&tree, &img, "ext4", 4096, 32 << 20, &[]);
+    let stat_of = |img: &Path| {
+        let m = LoopMount::new(img, true).unwrap();
+        let (f, g) = (std::fs::metadata(m.path().join("f")).unwrap(), std::fs::metadata(m.path().join("g")).unwrap());
+        let bytes = std::fs::read(m.path().join("g")).unwrap();
+        unmount(&m, "stat");
+        drop(m);
+        (f.ino(), g.ino(), f.nlink(), f.mtime(), bytes)
+    };
+    let (ino, _, _, _, _) = stat_of(&img);
+    let new = d.join("new");
+    std::fs::write(&new, pattern(2, 500_000)).unwrap();
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let out = Command::new(BIN).arg("cp").arg(&new).arg(format!("{}:/f", img.display())).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    e2fsck_clean(&img).unwrap();
+    let (fi, gi, nlink, mtime, bytes) = stat_of(&img);
+    assert_eq!((fi, gi, nlink), (ino, ino, 2), "the overwritten file keeps its inode and its hard link");
+    assert!(bytes == pattern(2, 500_000), "the hard link shows the new contents");
+    assert!(mtime >= start - 1, "mtime {mtime} is not the time of the copy ({start})");
 }
