@@ -269,7 +269,9 @@ enum Command {
         Symlinks stay symlinks, hard links stay linked, sparse files stay sparse; \
         nothing is ever written outside DEST, whatever names the image holds.\n\
         Into an image: SRC/. copies a directory's contents; an existing regular file of the same \
-        name is overwritten; without -p new files belong to you, keep the source's rwx bits and get \
+        name is overwritten in place of its old contents (same inode and links; a crash or kill leaves \
+        the old or the new file, so the image needs room for both until the change is committed); \
+        each file copied in is committed complete with its metadata, never empty or short; without -p new files belong to you, keep the source's rwx bits and get \
         the current time.\n\
         Copying into an image onto what it holds already works as cp -a does: files are overwritten \
         (through a symlink to one), symlinks and special files replaced, directories merged; a \

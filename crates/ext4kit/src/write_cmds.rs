@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::IsTerminal;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -687,6 +687,10 @@ impl CopyIn<'_> {
                     }
                     self.fs.set_size(ino, pos)?;
                 }
+            }
+            if !fresh && !self.opts.preserve {
+                // As cp(1)'s O_TRUNC and write do to the file it overwrites.
+                self.fs.set_times(ino, None, Some(self.now), Some(self.now))?;
             }
             if md.nlink > 1 {
                 self.links.insert(md.key, ino);

@@ -4,8 +4,8 @@
 //! syscall (`pwrite64`, `pwritev`, `write`, `fdatasync`, `fsync`, `copy_file_range`, ...) of
 //! one of its threads (strace counts per thread: N runs from 1 to the most calls any thread of
 //! an unkilled run makes). The image device is forced to the thread-pool file device
-//! (`EXT4KIT_NO_URING=1`): with io_uring the writes would be `io_uring_enter` calls of one
-//! ring thread, fewer and coarser kill points. Every killed image must
+//! (`EXT4KIT_NO_URING=1`), where every write is a syscall; one workload also runs on io_uring
+//! (where the kernel offers it), killed at `io_uring_enter` calls as well. Every killed image must
 //! - mount in the kernel as it was left (the kernel replays the journal), show every entry as
 //!   before or as after (bytes, mode, owner, mtime with nanoseconds for `-p`; directories'
 //!   mtimes aside), and pass a strict `e2fsck -fn` after that mount;
@@ -16,6 +16,9 @@
 //! reached; without: nothing but "before", and the command fails), `cp -r -p` of a tree of
 //! 700 files into an image with the smallest journal (it commits early several times, so
 //! files are cut at every stage of their copy), `mkdir -p`, `rm -r`, `mv`.
+//!
+//! Also, without kills: an overwrite keeps the target's inode and hard links and sets its
+//! mtime to the time of the copy, as cp(1) does.
 //!
 //! The kill points are a spread of 1..=N (the first ones, the last ones, evenly between);
 //! `EXT4KIT_CRASH_ALL=1` kills at every one.
@@ -35,7 +38,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 const TRACED: &str = "pwrite64,pwritev,pwritev2,write,writev,fdatasync,fsync,copy_file_range,sync_file_range,ftruncate,fallocate";
 
 /// Kill points per workload unless `EXT4KIT_CRASH_ALL=1`.
-const SPREAD: u64 = 18;
+const SPREAD: u64 = 14;
 
 fn require_strace(test: &str) -> bool {
     if !require_kernel(test) {
@@ -65,16 +68,41 @@ fn with_image(args: &[&str], img: &Path) -> Vec<OsString> {
         .collect()
 }
 
-fn strace(log: Option<&Path>, kill_at: Option<u64>, args: &[OsString]) -> std::process::ExitStatus {
-    let mut c = Command::new("strace");
-    c.env("EXT4KIT_NO_URING", "1").arg("-f").arg("-qq");
+/// How the image device is driven: the thread-pool file device (`EXT4KIT_NO_URING=1`), or
+/// io_uring where the kernel has it (its ring thread's `io_uring_enter` calls are kill points
+/// too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Io {
+    Threads,
+    Uring,
+}
+
+fn traced(io: Io) -> String {
+    match io {
+        Io::Threads => TRACED.to_string(),
+        Io::Uring => format!("{TRACED},io_uring_enter"),
+    }
+}
+
+fn command(io: Io, program: &str) -> Command {
+    let mut c = Command::new(program);
+    if io == Io::Threads {
+        c.env("EXT4KIT_NO_URING", "1");
+    }
+    c
+}
+
+fn strace(io: Io, log: Option<&Path>, kill_at: Option<u64>, args: &[OsString]) -> std::process::ExitStatus {
+    let mut c = command(io, "strace");
+    c.arg("-f").arg("-qq");
+    let traced = traced(io);
     match log {
         Some(l) => c.arg("-o").arg(l),
         None => c.arg("-o").arg("/dev/null"),
     };
-    c.arg("-e").arg(format!("trace={TRACED}"));
+    c.arg("-e").arg(format!("trace={traced}"));
     if let Some(n) = kill_at {
-        c.arg("-e").arg(format!("inject={TRACED}:signal=SIGKILL:when={n}"));
+        c.arg("-e").arg(format!("inject={traced}:signal=SIGKILL:when={n}"));
     }
     c.arg(BIN).args(args);
     c.output().unwrap().status
@@ -82,11 +110,11 @@ fn strace(log: Option<&Path>, kill_at: Option<u64>, args: &[OsString]) -> std::p
 
 /// The most traced syscalls one thread of an unkilled run of `args` makes (on a copy of
 /// `base`), and that run's exit code.
-fn calls_per_thread(dir: &Path, base: &Path, args: &[&str]) -> (u64, Option<i32>) {
+fn calls_per_thread(io: Io, dir: &Path, base: &Path, args: &[&str]) -> (u64, Option<i32>) {
     let img = dir.join("count.img");
     std::fs::copy(base, &img).unwrap();
     let log = dir.join("count.log");
-    let st = strace(Some(&log), None, &with_image(args, &img));
+    let st = strace(io, Some(&log), None, &with_image(args, &img));
     let mut per: BTreeMap<String, u64> = BTreeMap::new();
     for l in std::fs::read_to_string(&log).unwrap().lines() {
         if let Some((pid, rest)) = l.split_once(' ') {
@@ -218,12 +246,12 @@ struct Seen {
 /// every entry as before or after (`atomic`: the whole tree as before or as after).
 /// `after`: the tree an unkilled run leaves (None: the command fails; the image must stay
 /// as before).
-fn crash_points(dir: &Path, label: &str, base: &Path, args: &[&str], mtime: bool, atomic: bool) -> Seen {
+fn crash_points(io: Io, dir: &Path, label: &str, base: &Path, args: &[&str], mtime: bool, atomic: bool) -> Seen {
     let before = judge_image(dir, base, &format!("{label}: base"));
-    let (max, code) = calls_per_thread(dir, base, args);
+    let (max, code) = calls_per_thread(io, dir, base, args);
     let done = dir.join("done.img");
     std::fs::copy(base, &done).unwrap();
-    let out = Command::new(BIN).env("EXT4KIT_NO_URING", "1").args(with_image(args, &done)).output().unwrap();
+    let out = command(io, BIN).args(with_image(args, &done)).output().unwrap();
     assert_eq!(out.status.code(), code, "{label}: the traced and untraced runs disagree");
     let after = judge_image(dir, &done, &format!("{label}: finished run"));
     std::fs::remove_file(&done).unwrap();
@@ -233,7 +261,7 @@ fn crash_points(dir: &Path, label: &str, base: &Path, args: &[&str], mtime: bool
     for &n in &pts {
         let img = dir.join("killed.img");
         std::fs::copy(base, &img).unwrap();
-        let st = strace(None, Some(n), &with_image(args, &img));
+        let st = strace(io, None, Some(n), &with_image(args, &img));
         let what = format!("{label}: killed at write-type syscall {n} of up to {max} per thread");
         if st.signal() == Some(9) {
             seen.killed += 1;
@@ -300,7 +328,9 @@ fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
 
     // Room for both: the old file until the commit, the new one from then on.
     let base = image_with(d, "roomy", &[("big", pattern(1, 6 << 20)), ("keep", pattern(3, 5000))], 48 << 20, &[]);
-    let seen = crash_points(d, "cp over a file, room for both", &base, &["cp", new_s, "@:/big"], false, true);
+    let seen = crash_points(Io::Threads, d, "cp over a file, room for both", &base, &["cp", new_s, "@:/big"], false, true);
+    assert!(seen.before >= 1 && seen.after >= 1, "{seen:?}");
+    let seen = crash_points(Io::Uring, d, "cp over a file, room for both, io_uring", &base, &["cp", new_s, "@:/big"], false, true);
     assert!(seen.before >= 1 && seen.after >= 1, "{seen:?}");
 
     // Room for one: the new contents cannot go to new blocks, so the command fails and the
@@ -308,12 +338,21 @@ fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
     // and the new bytes after a kill).
     let tight = image_with(d, "tight", &[("big", pattern(1, 20 << 20)), ("keep", pattern(3, 5000))], 40 << 20, &[]);
     std::fs::write(&new, pattern(2, 20 << 20)).unwrap();
-    let seen = crash_points(d, "cp over a file, room for one", &tight, &["cp", new_s, "@:/big"], false, true);
+    let seen = crash_points(Io::Threads, d, "cp over a file, room for one", &tight, &["cp", new_s, "@:/big"], false, true);
     let out = Command::new(BIN).arg("cp").arg(&new).arg(format!("{}:/big", tight.display())).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no space left on device"), "{err}");
     assert_eq!((seen.after, seen.between), (0, 0), "{seen:?}");
+
+    // Two overwrites in one command, the second with room only once the first one's old
+    // blocks are free: they are committed first, so it succeeds, each file old or new.
+    let two = image_with(d, "two", &[("d/a", pattern(4, 10_000_000)), ("d/b", pattern(5, 10_000_000))], 40 << 20, &[]);
+    let (na, nb) = (d.join("a"), d.join("b"));
+    std::fs::write(&na, pattern(6, 10_000_000)).unwrap();
+    std::fs::write(&nb, pattern(7, 10_000_000)).unwrap();
+    let seen = crash_points(Io::Threads, d, "cp over two files", &two, &["cp", na.to_str().unwrap(), nb.to_str().unwrap(), "@:/d"], false, false);
+    assert!(seen.after >= 1 && seen.between >= 1, "{seen:?}");
 }
 
 #[test]
@@ -336,7 +375,7 @@ fn a_killed_cp_r_p_leaves_each_file_absent_or_complete_with_its_times() {
     std::os::unix::fs::symlink("d0/f0000", src_parent.join("src/link")).unwrap();
     let base = image_with(d, "tree", &[("keep", pattern(3, 5000))], 64 << 20, &["-J", "size=4"]);
     let src = src_parent.join("src");
-    let seen = crash_points(d, "cp -r -p of a tree", &base, &["cp", "-r", "-p", src.to_str().unwrap(), "@:/"], true, false);
+    let seen = crash_points(Io::Threads, d, "cp -r -p of a tree", &base, &["cp", "-r", "-p", src.to_str().unwrap(), "@:/"], true, false);
     assert!(seen.between >= 2, "the copy should be cut between files at several points: {seen:?}");
 }
 
@@ -352,8 +391,43 @@ fn killed_mkdir_rm_and_mv_leave_each_entry_before_or_after() {
     refs.push(("a/x/file", pattern(7, 70_000)));
     refs.push(("b/other", pattern(8, 100)));
     let base = image_with(d, "ops", &refs, 32 << 20, &["-J", "size=4"]);
-    crash_points(d, "mkdir -p", &base, &["mkdir", "-p", "@:/n/e/w", "@:/b/c"], true, false);
-    let seen = crash_points(d, "rm -r", &base, &["rm", "-r", "@:/tree"], true, false);
+    crash_points(Io::Threads, d, "mkdir -p", &base, &["mkdir", "-p", "@:/n/e/w", "@:/b/c"], true, false);
+    let seen = crash_points(Io::Threads, d, "rm -r", &base, &["rm", "-r", "@:/tree"], true, false);
     assert!(seen.before + seen.after + seen.between > 0);
-    crash_points(d, "mv", &base, &["mv", "@:/a/x", "@:/b/y"], true, true);
+    crash_points(Io::Threads, d, "mv", &base, &["mv", "@:/a/x", "@:/b/y"], true, true);
+}
+
+#[test]
+fn cp_over_a_file_keeps_its_inode_and_links_and_sets_its_mtime_as_cp_does() {
+    if !require_kernel("cp_over_a_file_keeps_its_inode_and_links_and_sets_its_mtime_as_cp_does") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = d.join("t");
+    std::fs::create_dir(&tree).unwrap();
+    write_tree(&tree, &[("f", pattern(1, 300_000))], 1_600_000_000);
+    std::fs::hard_link(tree.join("f"), tree.join("g")).unwrap();
+    let img = d.join("i.img");
+    mke2fs_d(&tree, &img, "ext4", 4096, 32 << 20, &[]);
+    let stat_of = |img: &Path| {
+        let m = LoopMount::new(img, true).unwrap();
+        let (f, g) = (std::fs::metadata(m.path().join("f")).unwrap(), std::fs::metadata(m.path().join("g")).unwrap());
+        let bytes = std::fs::read(m.path().join("g")).unwrap();
+        unmount(&m, "stat");
+        drop(m);
+        (f.ino(), g.ino(), f.nlink(), f.mtime(), bytes)
+    };
+    let (ino, _, _, _, _) = stat_of(&img);
+    let new = d.join("new");
+    std::fs::write(&new, pattern(2, 500_000)).unwrap();
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let out = Command::new(BIN).arg("cp").arg(&new).arg(format!("{}:/f", img.display())).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    e2fsck_clean(&img).unwrap();
+    let (fi, gi, nlink, mtime, bytes) = stat_of(&img);
+    assert_eq!((fi, gi, nlink), (ino, ino, 2), "the overwritten file keeps its inode and its hard link");
+    assert!(bytes == pattern(2, 500_000), "the hard link shows the new contents");
+    assert!(mtime >= start - 1, "mtime {mtime} is not the time of the copy ({start})");
 }
