@@ -273,3 +273,42 @@ fn bad_htree_index_reads_the_directory_block_by_block() {
         assert!(fs::read(&img).unwrap() == before);
     }
 }
+
+#[test]
+fn copying_the_root_to_a_new_dir_gives_it_the_roots_mode_and_owner() {
+    if !require_kernel("root to a new dir") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree, 0);
+    let img = dir.path().join("root.img");
+    mke2fs_d(&tree, &img, "ext4", 1024, 16 << 20, &[]);
+    for req in ["sif / mode 040751", "sif / uid 1234", "sif / gid 5678", "sif / mtime 20200102030405"] {
+        debugfs_w(&img, req);
+    }
+    let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    rustix::process::umask(umask);
+    let umask = umask.bits();
+    let spec = format!("{}:/", img.display());
+    for preserve in [true, false] {
+        let new = dir.path().join(format!("new-{preserve}"));
+        let mut args = vec![os("cp"), os("-r")];
+        if preserve {
+            args.push(os("-p"));
+        }
+        args.extend([os(&spec), new.as_os_str()]);
+        let o = ext4kit(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let m = fs::metadata(&new).unwrap();
+        if preserve {
+            assert_eq!(m.mode() & 0o7777, 0o751, "cp -r -p: the root's mode");
+            assert_eq!((m.uid(), m.gid()), (1234, 5678), "cp -r -p: the root's owner");
+            assert_eq!(m.mtime(), 1_577_934_245, "cp -r -p: the root's mtime");
+        } else {
+            assert_eq!(m.mode() & 0o7777, 0o751 & !umask, "cp -r: the root's mode less the umask");
+        }
+        same_tree(&tree, &new);
+    }
+}
