@@ -312,3 +312,34 @@ fn copying_the_root_to_a_new_dir_gives_it_the_roots_mode_and_owner() {
         same_tree(&tree, &new);
     }
 }
+
+#[test]
+fn the_orphan_cleanup_notice_follows_the_commit_not_a_failed_command() {
+    if !require_kernel("orphan notice") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    make_tree(&tree, 0);
+    let img = dir.path().join("orphan.img");
+    mke2fs_d(&tree, &img, "ext4", 1024, 16 << 20, &[]);
+    // An unlinked inode left on the orphan list, as a crash with a file open would leave it.
+    let data = dir.path().join("data");
+    fs::write(&data, b"still open when the writer died\n").unwrap();
+    debugfs_w(&img, &format!("write {} orphan", data.display()));
+    let (_, st) = run("debugfs", &[os("-R"), os("stat /orphan"), img.as_os_str()]);
+    let ino: u32 = st.split_whitespace().nth(1).unwrap().parse().unwrap();
+    for req in ["unlink /orphan".to_string(), format!("sif <{ino}> links_count 0"), format!("ssv last_orphan {ino}")] {
+        debugfs_w(&img, &req);
+    }
+    let notice = "cleaned up 1 orphan inode(s)";
+    let before = fs::read(&img).unwrap();
+    let o = ext4kit(&[os("mkdir"), os(&format!("{}:/f1", img.display()))]);
+    assert!(!o.status.success(), "mkdir of an existing name succeeded");
+    assert!(!stderr(&o).contains(notice), "notice printed for nothing committed: {}", stderr(&o));
+    assert!(fs::read(&img).unwrap() == before, "a failed command changed the image");
+    let o = ext4kit(&[os("mkdir"), os(&format!("{}:/newdir", img.display()))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(count(&stderr(&o), notice), 1, "{}", stderr(&o));
+    ext4kit_testkit::assert_e2fsck_clean(&img);
+}
