@@ -343,3 +343,60 @@ fn the_orphan_cleanup_notice_follows_the_commit_not_a_failed_command() {
     assert_eq!(count(&stderr(&o), notice), 1, "{}", stderr(&o));
     ext4kit_testkit::assert_e2fsck_clean(&img);
 }
+
+/// e2fsck -fn's lines beyond the pass lines, the version and the summary.
+fn fsck_problems(img: &Path) -> Vec<String> {
+    let (_, out) = run("e2fsck", &[os("-fn"), img.as_os_str()]);
+    out.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Pass ") && !l.starts_with("e2fsck ") && !l.contains(" files ("))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_block_claimed_by_the_bad_blocks_inode_is_never_allocated_though_the_bitmap_says_free() {
+    if !require_kernel("bad-blocks inode claim") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("bb.img");
+    let f = fs::File::create(&img).unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "1024", "-E", "lazy_itable_init=0", img.to_str().unwrap()]);
+    // A free block in the middle of the free space, then claimed by inode 1 only.
+    let (_, dump) = run("dumpe2fs", &[img.as_os_str()]);
+    let range = dump
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Free blocks: "))
+        .find(|r| r.contains('-'))
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .to_string();
+    let (a, b) = range.split_once('-').unwrap();
+    let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+    let claimed = (a + b) / 2;
+    for req in [format!("sif <1> block[0] {claimed}"), "sif <1> size 1024".into(), "sif <1> blocks 2".into()] {
+        debugfs_w(&img, &req);
+    }
+    let original = fsck_problems(&img);
+    assert!(original.iter().any(|l| l.contains(&format!("+{claimed}"))), "{original:?}");
+    // Fill the image: nearly all the free space in one file, no zero bytes in it.
+    let free: u64 = dump.lines().find_map(|l| l.strip_prefix("Free blocks:")).unwrap().trim().parse().unwrap();
+    let data: Vec<u8> = ext4kit_testkit::pattern(5, ((free - 250) * 1024) as usize).iter().map(|&x| x | 1).collect();
+    let src = dir.path().join("big.bin");
+    fs::write(&src, &data).unwrap();
+    let o = ext4kit(&[os("cp"), src.as_os_str(), os(&format!("{}:/big", img.display()))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut blk = vec![0u8; 1024];
+    fs::File::open(&img).unwrap().read_exact_at(&mut blk, claimed * 1024).unwrap();
+    assert!(blk.iter().all(|&x| x == 0), "block {claimed} (the bad-blocks inode's) was written");
+    let (_, owner) = run("debugfs", &[os("-R"), os(&format!("icheck {claimed}")), img.as_os_str()]);
+    assert!(!owner.contains(&format!("{claimed}\t12")), "the new file was given block {claimed}: {owner}");
+    let after = fsck_problems(&img);
+    let new: Vec<&String> = after.iter().filter(|l| !original.contains(l)).collect();
+    assert!(new.is_empty(), "new e2fsck problems {new:?} (before: {original:?})");
+    let o = ext4kit(&[os("cat"), os(&format!("{}:/big", img.display()))]);
+    assert!(o.stdout == data, "the copy reads back");
+}
