@@ -122,7 +122,7 @@ fn damaged_descriptor_and_counts_are_read_with_a_warning_and_never_written() {
     for (bs, size) in [(1024u32, 16u64 << 20), (4096, 160 << 20)] {
         let base = dir.path().join(format!("base{bs}.img"));
         mke2fs_d(&tree, &base, "ext4", bs, size, &[]);
-        let cases: [(&str, String, &str); 4] = [
+        let cases: [(&str, String, &str); 5] = [
             ("gd", "set_bg 1 checksum 0x1234".into(), "group 1 descriptor: checksum mismatch"),
             (
                 "fb",
@@ -131,6 +131,12 @@ fn damaged_descriptor_and_counts_are_read_with_a_warning_and_never_written() {
             ),
             ("fi", "set_super_value free_inodes_count 999999".into(), "free inodes count"),
             ("gd-nocsum", "set_bg 1 checksum 0x1234".into(), "group 1 descriptor: checksum mismatch"),
+            // A descriptor that cannot be used: e2fsck reads the backup descriptors instead.
+            (
+                "gd-table",
+                "set_bg 1 inode_table 99999999".into(),
+                "(reading the backup superblock and descriptors at block",
+            ),
         ];
         for (name, req, warning) in cases {
             let img = dir.path().join(format!("{name}{bs}.img"));
@@ -143,14 +149,22 @@ fn damaged_descriptor_and_counts_are_read_with_a_warning_and_never_written() {
             // The damage is what e2fsck calls damage (it still exits 0 for these).
             let (_, fsck) = run("e2fsck", &[os("-fn"), img.as_os_str()]);
             assert!(
-                fsck.contains("checksum") || fsck.contains("count wrong") || fsck.contains("Fix? no"),
+                fsck.contains("checksum")
+                    || fsck.contains("count wrong")
+                    || fsck.contains("Fix? no")
+                    || fsck.contains("trying backup blocks"),
                 "{name}: e2fsck sees no damage: {fsck}"
             );
             reads_with_warning(&img, warning, &[]);
             let (out, err) = copy_out(dir.path(), &img, &format!("out-{name}{bs}"), &[]);
             assert_eq!(count(&err, warning), 1, "{name}: {err}");
             same_tree(&tree, &out);
-            write_refused(&img, if name.starts_with("gd") { "checksum mismatch" } else { warning });
+            let damage = match name {
+                "gd-table" => "group descriptor",
+                n if n.starts_with("gd") => "checksum mismatch",
+                _ => warning,
+            };
+            write_refused(&img, damage);
         }
     }
 }
@@ -174,6 +188,9 @@ fn unusable_primary_superblock_falls_back_to_group_1_backup_and_b_names_one() {
         same_tree(&tree, &out);
         let (out, _) = copy_out(dir.path(), &img, &format!("superblock{bs}"), &["--superblock", &b]);
         same_tree(&tree, &out);
+        // --superblock is global: after the command too.
+        let o = ext4kit(&[os("ls"), os("--superblock"), os(&b), img.as_os_str()]);
+        assert!(o.status.success(), "{}", stderr(&o));
         // A block that holds no superblock for any block size: a one-line error.
         let o = ext4kit(&[os("-b"), os("12345"), os("ls"), img.as_os_str()]);
         assert!(!o.status.success());
