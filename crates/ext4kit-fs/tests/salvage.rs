@@ -26,8 +26,20 @@ fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
 /// and returns a copy taken while mounted (`copy.img` next to it).
 fn kernel_journal(dir: &Path, extra: &[&str], work: impl FnOnce(&Path)) -> PathBuf {
     let img = dir.join("live.img");
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    let mut args = vec!["-q", "-F", "-t", "ext4", "-b", "4096", "-E", "lazy_itable_init=0,lazy_journal_init=0"];
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut args = vec![
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-E",
+        "lazy_itable_init=0,lazy_journal_init=0",
+    ];
     args.extend_from_slice(extra);
     args.push(img.to_str().unwrap());
     run_ok("mke2fs", &args);
@@ -37,7 +49,10 @@ fn kernel_journal(dir: &Path, extra: &[&str], work: impl FnOnce(&Path)) -> PathB
     std::fs::copy(&img, &copy).unwrap();
     m.unmount().unwrap();
     let hdr = run_ok("dumpe2fs", &["-h", copy.to_str().unwrap()]);
-    assert!(hdr.contains("needs_recovery"), "the copy's journal needs no recovery: {hdr}");
+    assert!(
+        hdr.contains("needs_recovery"),
+        "the copy's journal needs no recovery: {hdr}"
+    );
     copy
 }
 
@@ -50,7 +65,11 @@ fn fsync(p: &Path) {
 fn workload(p: &Path) {
     std::fs::create_dir(p.join("doomed")).unwrap();
     for i in 0..300 {
-        std::fs::write(p.join(format!("doomed/a-rather-long-file-name-{i:04}")), b"d").unwrap();
+        std::fs::write(
+            p.join(format!("doomed/a-rather-long-file-name-{i:04}")),
+            b"d",
+        )
+        .unwrap();
     }
     fsync(&p.join("doomed"));
     fsync(p);
@@ -67,8 +86,14 @@ fn workload(p: &Path) {
 fn e2fsck_replayed(img: &Path) -> Vec<u8> {
     let c = img.with_extension("e2fsck.img");
     std::fs::copy(img, &c).unwrap();
-    let (code, out) = run("e2fsck", &[os("-fy"), os("-E"), os("journal_only"), c.as_os_str()]);
-    assert!(out.contains("recovering journal"), "e2fsck did not replay (exit {code}): {out}");
+    let (code, out) = run(
+        "e2fsck",
+        &[os("-fy"), os("-E"), os("journal_only"), c.as_os_str()],
+    );
+    assert!(
+        out.contains("recovering journal"),
+        "e2fsck did not replay (exit {code}): {out}"
+    );
     std::fs::read(&c).unwrap()
 }
 
@@ -76,7 +101,10 @@ fn e2fsck_replayed(img: &Path) -> Vec<u8> {
 /// differently) — plus block 0 (the superblock: state, counts, checksums).
 fn skipped_blocks(img: &Path) -> Vec<u64> {
     let (_, out) = run("debugfs", &[os("-R"), os("blocks <8>"), img.as_os_str()]);
-    let mut v: Vec<u64> = out.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let mut v: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     v.push(0);
     v.sort_unstable();
     v
@@ -119,26 +147,42 @@ fn in_memory_and_on_image_replay_match_e2fsck_with_revokes() {
     let dir = tempfile::tempdir().unwrap();
     let img = kernel_journal(dir.path(), &[], workload);
     let (_, logdump) = run("debugfs", &[os("-R"), os("logdump"), img.as_os_str()]);
-    assert!(logdump.contains("revoke"), "no revoke block in the journal: {logdump}");
+    assert!(
+        logdump.contains("revoke"),
+        "no revoke block in the journal: {logdump}"
+    );
     let want = e2fsck_replayed(&img);
     let skip = skipped_blocks(&img);
     let bytes = std::fs::read(&img).unwrap();
     let (fs, _) = open_bytes(bytes.clone(), &OpenOptions::default()).unwrap();
     let r = fs.journal_replay().expect("replayed").clone();
     assert!(r.revoked > 0 && r.bad_checksum.is_empty(), "{r:?}");
-    assert_eq!(differing(&fs, &want, &skip), Vec::<u64>::new(), "in-memory replay vs e2fsck");
+    assert_eq!(
+        differing(&fs, &want, &skip),
+        Vec::<u64>::new(),
+        "in-memory replay vs e2fsck"
+    );
     drop(fs);
     // On the image (--replay-journal): the same blocks land home.
     let (fs, dev) = open_bytes(
         bytes,
-        &OpenOptions { writable: true, recover_journal: true, background_writeback: false, ..OpenOptions::default() },
+        &OpenOptions {
+            writable: true,
+            recover_journal: true,
+            background_writeback: false,
+            ..OpenOptions::default()
+        },
     )
     .unwrap();
     fs.sync().unwrap();
     drop(fs);
     let (fs, _) = open_bytes(dev.snapshot(), &OpenOptions::default()).unwrap();
     assert!(fs.journal_replay().is_none(), "the journal was emptied");
-    assert_eq!(differing(&fs, &want, &skip), Vec::<u64>::new(), "on-image replay vs e2fsck");
+    assert_eq!(
+        differing(&fs, &want, &skip),
+        Vec::<u64>::new(),
+        "on-image replay vs e2fsck"
+    );
 }
 
 /// (fs block, journal block) of every logged block, per transaction, from `debugfs logdump -a`.
@@ -153,7 +197,9 @@ fn logged_blocks(img: &Path) -> Vec<Vec<(u64, u32)>> {
         if let Some(rest) = l.strip_prefix("FS block ") {
             let (fsb, rest) = rest.split_once(" logged at journal block ").unwrap();
             let jb = rest.split_whitespace().next().unwrap();
-            txns.last_mut().unwrap().push((fsb.parse().unwrap(), jb.parse().unwrap()));
+            txns.last_mut()
+                .unwrap()
+                .push((fsb.parse().unwrap(), jb.parse().unwrap()));
         }
     }
     txns
@@ -172,19 +218,29 @@ fn a_logged_block_failing_its_checksum_is_skipped_and_the_rest_replayed_as_e2fsc
     let mid = txns[txns.len() / 2][1];
     let last = *txns.last().unwrap().last().unwrap();
     let bmap = |jb: u32| -> u64 {
-        let (_, out) = run("debugfs", &[os("-R"), os(&format!("bmap <8> {jb}")), img.as_os_str()]);
+        let (_, out) = run(
+            "debugfs",
+            &[os("-R"), os(&format!("bmap <8> {jb}")), img.as_os_str()],
+        );
         out.lines().find_map(|l| l.trim().parse().ok()).unwrap()
     };
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     for (_, jb) in [mid, last] {
-        f.write_all_at(b"corrupted by the test", bmap(jb) * BS + 100).unwrap();
+        f.write_all_at(b"corrupted by the test", bmap(jb) * BS + 100)
+            .unwrap();
     }
     drop(f);
     // The copy of the last transaction's block in the one before (what stays replayed).
-    let before_last = txns[txns.len() - 2].iter().find(|(b, _)| *b == last.0).copied();
+    let before_last = txns[txns.len() - 2]
+        .iter()
+        .find(|(b, _)| *b == last.0)
+        .copied();
     let before_last = before_last.map(|(_, jb)| {
         let mut v = vec![0u8; BS as usize];
-        std::fs::File::open(&img).unwrap().read_exact_at(&mut v, bmap(jb) * BS).unwrap();
+        std::fs::File::open(&img)
+            .unwrap()
+            .read_exact_at(&mut v, bmap(jb) * BS)
+            .unwrap();
         v
     });
     // e2fsck replays, says a logged block failed its checksum, and then checks the whole
@@ -199,26 +255,44 @@ fn a_logged_block_failing_its_checksum_is_skipped_and_the_rest_replayed_as_e2fsc
     let mut expect = vec![(mid.1, mid.0), (last.1, last.0)];
     expect.sort_unstable();
     assert_eq!(bad, expect, "{r:?}");
-    assert_eq!(r.transactions as usize, txns.len(), "every transaction replayed: {r:?}");
+    assert_eq!(
+        r.transactions as usize,
+        txns.len(),
+        "every transaction replayed: {r:?}"
+    );
     assert!(r.to_string().contains("failed their checksum"), "{r}");
     // Everything is as e2fsck left it, except the block whose last copy was skipped (which
     // e2fsck's check then repaired): it holds the transaction before's copy, as replay left
     // it before the check.
     let diff = differing(&fs, &want, &skip);
-    assert!(diff.iter().all(|&b| b == last.0), "in-memory replay vs e2fsck: {diff:?}");
+    assert!(
+        diff.iter().all(|&b| b == last.0),
+        "in-memory replay vs e2fsck: {diff:?}"
+    );
     if let Some(v) = before_last {
-        assert!(fs.read_block(last.0).unwrap() == v, "block {} is not the previous copy", last.0);
+        assert!(
+            fs.read_block(last.0).unwrap() == v,
+            "block {} is not the previous copy",
+            last.0
+        );
     }
     drop(fs);
     // Writing refuses such a journal (e2fsck must check the result), and writes nothing.
     let dev = Arc::new(MemDevice::from_image(4096, bytes.clone()));
     let e = Fs::open(
         Arc::clone(&dev) as Arc<dyn BlockDevice>,
-        &OpenOptions { writable: true, recover_journal: true, ..OpenOptions::default() },
+        &OpenOptions {
+            writable: true,
+            recover_journal: true,
+            ..OpenOptions::default()
+        },
     )
     .unwrap_err();
     assert!(e.to_string().contains("fails its checksum"), "{e}");
-    assert!(dev.snapshot() == bytes, "a refused recovery wrote the image");
+    assert!(
+        dev.snapshot() == bytes,
+        "a refused recovery wrote the image"
+    );
 }
 
 #[test]
@@ -238,24 +312,45 @@ fn pending_fast_commits_are_refused_never_an_older_tree() {
         }
     });
     let (_, logdump) = run("debugfs", &[os("-R"), os("logdump"), img.as_os_str()]);
-    assert!(logdump.contains("Fast Commit Area") && logdump.contains("tag HEAD"), "{logdump}");
+    assert!(
+        logdump.contains("Fast Commit Area") && logdump.contains("tag HEAD"),
+        "{logdump}"
+    );
     // e2fsck replays the fast commits: the files are there.
     let fixed = img.with_extension("fixed.img");
     std::fs::write(&fixed, e2fsck_replayed(&img)).unwrap();
     let (_, ls) = run("debugfs", &[os("-R"), os("ls /"), fixed.as_os_str()]);
-    assert!(ls.contains("fast2"), "e2fsck's replay lacks the fast-committed file: {ls}");
+    assert!(
+        ls.contains("fast2"),
+        "e2fsck's replay lacks the fast-committed file: {ls}"
+    );
 
     let bytes = std::fs::read(&img).unwrap();
-    let e = open_bytes(bytes.clone(), &OpenOptions::default()).err().expect("a read-only open refuses");
-    assert!(e.to_string().contains("journal holds fast-commit blocks ext4kit cannot replay yet"), "{e}");
+    let e =
+        open_bytes(bytes.clone(), &OpenOptions::default()).expect_err("a read-only open refuses");
+    assert!(
+        e.to_string()
+            .contains("journal holds fast-commit blocks ext4kit cannot replay yet"),
+        "{e}"
+    );
     let e = open_bytes(
         bytes.clone(),
-        &OpenOptions { writable: true, recover_journal: true, ..OpenOptions::default() },
+        &OpenOptions {
+            writable: true,
+            recover_journal: true,
+            ..OpenOptions::default()
+        },
     )
-    .err()
-    .expect("a writable open refuses");
+    .expect_err("a writable open refuses");
     assert!(e.to_string().contains("fast-commit"), "{e}");
     // Asked to ignore the journal, it reads the image as it is on disk (and says so).
-    let (fs, _) = open_bytes(bytes, &OpenOptions { journal: JournalMode::Ignore, ..OpenOptions::default() }).unwrap();
+    let (fs, _) = open_bytes(
+        bytes,
+        &OpenOptions {
+            journal: JournalMode::Ignore,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     assert!(fs.notices().iter().any(|n| n.contains("not replayed")));
 }
