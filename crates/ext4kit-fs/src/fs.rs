@@ -425,7 +425,26 @@ impl Fs {
                 crate::write::ops::check_writable(&sb)?;
             }
         }
-        let mut core = Core::load_from(Arc::clone(&dev), sb, opts, backup)?;
+        let mut core = match Core::load_from(Arc::clone(&dev), sb.clone(), opts, backup) {
+            // Descriptors that cannot be read as they are: e2fsck then tries the backup
+            // superblock and the descriptors after it; so does a salvaging read.
+            Err(e) if salvage && backup.is_none() && e.structure() == Some(Structure::GroupDescriptor) => {
+                let bs = u64::from(sb.block_size());
+                let at = bs * 8 + u64::from(bs == 1024);
+                let Ok(c) = crate::salvage::at_block(&dev, at, true) else {
+                    return Err(e);
+                };
+                let Ok(core) = Core::load_from(Arc::clone(&dev), c.sb, opts, c.backup_at) else {
+                    return Err(e);
+                };
+                early_warnings.extend(c.warnings);
+                early_warnings.push(format!(
+                    "group descriptors: {e} (reading the backup superblock and descriptors at block {at})"
+                ));
+                core
+            }
+            r => r?,
+        };
         let mut replay = None;
         let mut data_dev = dev;
         if core.sb.has_incompat(IncompatFeatures::RECOVER) {

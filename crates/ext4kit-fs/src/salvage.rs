@@ -70,7 +70,10 @@ pub(crate) fn parse(bytes: &[u8], lenient: bool) -> Result<(Superblock, Vec<Stri
             let mut last = e;
             // At most the three counts can be wrong; each round clears one on the probe copy.
             for _ in 0..3 {
-                warnings.push(format!("superblock: {} (reading anyway)", strip_structure(&last.to_string())));
+                warnings.push(format!(
+                    "superblock: {} (reading anyway)",
+                    strip_structure(&last.to_string())
+                ));
                 match last.corrupt_kind() {
                     Some(CorruptKind::FreeBlocksCount(_)) => probe.set_free_blocks_count(0),
                     Some(CorruptKind::FreeInodesCount(_)) => probe.set_free_inodes_count(0),
@@ -96,13 +99,22 @@ pub(crate) fn at_block(dev: &Arc<dyn BlockDevice>, block: u64, lenient: bool) ->
     let mut why = None;
     let mut bs = MIN_BLOCK_SIZE;
     while bs <= MAX_BLOCK_SIZE {
-        if let Some(bytes) = block.checked_mul(u64::from(bs)).and_then(|off| read_at(dev, off)) {
+        if let Some(bytes) = block
+            .checked_mul(u64::from(bs))
+            .and_then(|off| read_at(dev, off))
+        {
             if let Ok(raw) = Superblock::from_bytes_unchecked(&bytes) {
-                if raw.magic() == ext4kit_format::superblock::SUPER_MAGIC && raw.block_size() == bs {
+                if raw.magic() == ext4kit_format::superblock::SUPER_MAGIC && raw.block_size() == bs
+                {
                     match parse(&bytes, lenient) {
                         Ok((sb, warnings)) => {
-                            let backup_at = (block * u64::from(bs) != SUPERBLOCK_OFFSET).then_some(block);
-                            return Ok(Chosen { sb, backup_at, warnings });
+                            let backup_at =
+                                (block * u64::from(bs) != SUPERBLOCK_OFFSET).then_some(block);
+                            return Ok(Chosen {
+                                sb,
+                                backup_at,
+                                warnings,
+                            });
                         }
                         Err(e) => why = Some(e),
                     }

@@ -586,6 +586,12 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
                     }
                 };
                 c.copy_children(&fs, img, ino, &target, &rel, &mut ancestors);
+                if let Some(name) = &new_name {
+                    // NEWDIR is the copy of the image's root: its mode (and with -p its owner,
+                    // xattrs and times), as cp -r / cp -a give a copied directory.
+                    let st = fs.stat(ino)?;
+                    return c.finish(&fs, &st, &anchor, name, Some(&target), false);
+                }
                 if opts.preserve {
                     let st = fs.stat(ino)?;
                     let times = rustix::fs::Timestamps {

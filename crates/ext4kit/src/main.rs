@@ -84,16 +84,21 @@ struct Cli {
     replay_journal: bool,
 
     /// Reading commands: use the superblock at this block (in filesystem blocks; the block
-    /// size is found by trying 1K to 64K), as `e2fsck -b`, e.g. `ext4kit -b 32768 ls IMG`
-    /// (before the command: `-b` after it is a block size). Without it, a damaged primary
-    /// superblock makes reading commands use group 1's backup, with a warning.
-    #[arg(short = 'b', long = "superblock", value_name = "BLOCK")]
+    /// size is found by trying 1K to 64K), as `e2fsck -b`, e.g. `ext4kit --superblock 32768
+    /// ls IMG`. Without it, a damaged primary superblock makes reading commands use group 1's
+    /// backup, with a warning.
+    #[arg(long = "superblock", value_name = "BLOCK", global = true)]
     superblock: Option<u64>,
 
     /// When another ext4kit command is using the image (it holds the image's lock: exclusive
     /// while writing, shared while reading), wait for it to finish instead of refusing.
     #[arg(long, global = true)]
     wait: bool,
+
+    /// The same as --superblock, written before the command (`ext4kit -b 32768 ls IMG`; after
+    /// the command, `-b` is the block size of mkfs and build).
+    #[arg(short = 'b', value_name = "BLOCK", conflicts_with = "superblock")]
+    superblock_b: Option<u64>,
 
     #[command(subcommand)]
     command: Command,
@@ -314,7 +319,7 @@ fn main() -> ExitCode {
     images.no_replay = cli.no_replay;
     images.replay_journal = cli.replay_journal;
     write_cmds::set_wait_for_lock(cli.wait);
-    images.superblock = cli.superblock;
+    images.superblock = cli.superblock.or(cli.superblock_b);
     let result = run(cli.command, &mut images);
     images.print_warnings();
     match result {

@@ -113,13 +113,16 @@ fn check_not_mounted(img: &Path) -> Result<()> {
 pub struct WritableImages {
     open: HashMap<PathBuf, Fs>,
     replay_journal: bool,
+    /// Notices about changes made at open that reach the image only with the command's
+    /// commit (orphans cleaned up): printed once that commit succeeded.
+    after_commit: Vec<(PathBuf, String)>,
 }
 
 impl WritableImages {
     /// No image open yet; `replay_journal`: replay a journal that needs recovery onto the
     /// image at open (else such an image is refused).
     pub fn new(replay_journal: bool) -> WritableImages {
-        WritableImages { open: HashMap::new(), replay_journal }
+        WritableImages { open: HashMap::new(), replay_journal, after_commit: Vec::new() }
     }
 
     /// The filesystem in `image`, opened for writing.
@@ -160,6 +163,10 @@ impl WritableImages {
             e => anyhow::Error::from(e).context(image.display().to_string()),
         })?;
         for n in fs.notices() {
+            if n.starts_with("cleaned up") {
+                self.after_commit.push((key.clone(), format!("ext4kit: {}: {n}", image.display())));
+                continue;
+            }
             eprintln!("ext4kit: {}: {n}", image.display());
         }
         self.open.insert(key, fs.clone());
@@ -171,6 +178,9 @@ impl WritableImages {
         for (path, fs) in self.open.drain() {
             fs.sync()
                 .with_context(|| format!("{}: writing back", path.display()))?;
+            for (_, line) in self.after_commit.iter().filter(|(p, _)| *p == path) {
+                eprintln!("{line}");
+            }
         }
         Ok(())
     }

@@ -81,6 +81,13 @@ pub struct MetaState {
     /// Open [`crate::write::journal_write::CommitHold`]s: while any is, nothing commits early
     /// and deferred frees are not handed out for space (see `release_for_space`).
     pub(crate) holds: usize,
+    /// Blocks no file may be given whatever the bitmaps say (see [`MetaState::system_zone`]),
+    /// built at the first allocation.
+    pub(crate) zone: Option<Vec<(u64, u64)>>,
+    /// Groups whose block bitmap was checked against the zone.
+    pub(crate) zone_checked: BTreeSet<u32>,
+    /// Blocks found free in a bitmap but claimed by the system zone (marked in use).
+    pub(crate) zone_fixed: u64,
 }
 
 impl WriteState {
@@ -98,6 +105,9 @@ impl WriteState {
                 next_generation: 1,
                 deferred_frees: None,
                 holds: 0,
+                zone: None,
+                zone_checked: BTreeSet::new(),
+                zone_fixed: 0,
             }),
             open_mappings: Mutex::new(HashMap::new()),
             journal: None,
@@ -193,6 +203,7 @@ impl MetaState {
         if !gd.flags().contains(GroupFlags::BLOCK_UNINIT) {
             let blk = core.cache.get(loc).ctx_group(g)?;
             self.check_block_bitmap(g, &blk.read())?;
+            self.protect_zone(core, g, &blk)?;
             return Ok(blk);
         }
         // Build it: metadata of any group that lies in g, plus padding.
@@ -241,7 +252,95 @@ impl MetaState {
             gd.set_free_blocks_count(free).map_err(Error::from)?;
         }
         self.mark_group(g);
+        self.protect_zone(core, g, &blk)?;
         Ok(blk)
+    }
+
+    /// The blocks the kernel never hands out whatever a bitmap says (its system zone,
+    /// `ext4_setup_system_zone`, and `ext4_inode_block_valid`): every group's superblock
+    /// and descriptor copies, reserved descriptor blocks, bitmaps and inode table; the
+    /// journal inode's blocks; and the blocks of the bad-blocks inode (inode 1). Sorted,
+    /// merged (start, len) runs.
+    fn system_zone(&mut self, core: &Core) -> Result<&[(u64, u64)]> {
+        if self.zone.is_some() {
+            return Ok(self.zone.as_deref().unwrap_or_default());
+        }
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let itb = u64::from(self.sb.inode_table_blocks());
+        for g in 0..self.groups.len() as u32 {
+            let md = self.sb.group_metadata(g);
+            runs.extend(md.superblock.map(|b| (b, 1)));
+            runs.extend(md.gdt.map(|(b, n)| (b, u64::from(n))));
+            runs.extend(md.reserved_gdt.map(|(b, n)| (b, u64::from(n))));
+            runs.extend(md.meta_bg_gdt.map(|b| (b, 1)));
+            let gd = &self.groups[g as usize];
+            runs.extend([(gd.block_bitmap(), 1), (gd.inode_bitmap(), 1), (gd.inode_table(), itb)]);
+        }
+        let bs = u64::from(self.sb.block_size());
+        let journal = if self.sb.has_compat(ext4kit_format::CompatFeatures::HAS_JOURNAL) { self.sb.journal_inum() } else { 0 };
+        for ino in [1, journal] {
+            if ino == 0 {
+                continue;
+            }
+            let inode = self.inode(core, ino)?.clone();
+            // The bad-blocks inode's size need not cover its blocks: take the larger.
+            let end = inode.size().div_ceil(bs).max(inode.blocks_raw().saturating_mul(512) / bs);
+            for e in core.runs(ino, &inode, end)? {
+                if e.kind == ext4kit_pagecache::ExtentKind::Written {
+                    runs.push((e.pblk, e.len));
+                }
+            }
+        }
+        runs.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, n) in runs {
+            match merged.last_mut() {
+                Some((ms, mn)) if s <= *ms + *mn => *mn = (*mn).max(s + n - *ms),
+                _ => merged.push((s, n)),
+            }
+        }
+        self.zone = Some(merged);
+        Ok(self.zone.as_deref().unwrap_or_default())
+    }
+
+    /// Marks in use, in group `g`'s bitmap, the system-zone blocks it calls free (a damaged
+    /// bitmap: the kernel fixes the bitmap the same way when it finds it about to allocate
+    /// such a block), once per group, before anything is allocated from it.
+    fn protect_zone(&mut self, core: &Core, g: u32, blk: &MetaBlock) -> Result<()> {
+        if self.zone_checked.contains(&g) {
+            return Ok(());
+        }
+        self.zone_checked.insert(g);
+        let (first, len) = (self.group_first(g), self.group_len(g));
+        let end = first + len;
+        let zone = self.system_zone(core)?;
+        // Only the runs that reach into this group.
+        let from = zone.partition_point(|&(s, n)| s + n <= first);
+        let upto = zone.partition_point(|&(s, _)| s < end);
+        let runs: Vec<(u64, u64)> = zone[from..upto.max(from)].to_vec();
+        let mut fixed = 0u32;
+        {
+            let mut bits = blk.write();
+            for &(s, n) in &runs {
+                let (a, b) = (s.max(first), (s + n).min(end));
+                for x in a..b {
+                    let i = (x - first) as usize;
+                    if bitmap::test(&bits, i) == Some(false) {
+                        bitmap::set(&mut bits, i);
+                        fixed += 1;
+                    }
+                }
+            }
+        }
+        if fixed > 0 {
+            blk.mark_dirty();
+            let gd = &mut self.groups[g as usize];
+            let free = gd.free_blocks_count().saturating_sub(fixed);
+            gd.set_free_blocks_count(free).map_err(Error::from)?;
+            self.mark_group(g);
+            self.zone_fixed += u64::from(fixed);
+        }
+        Ok(())
     }
 
     /// Refuses a block bitmap that calls the group's own bitmaps or inode table free (where
