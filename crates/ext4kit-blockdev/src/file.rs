@@ -100,17 +100,33 @@ impl Drop for FileDevice {
 /// (`copy_file_range`, Linux), falling back to `pread`/`pwrite` when the kernel cannot (across
 /// filesystems on some kernels, old kernels, other systems). A source that ends early is an
 /// error.
-pub(crate) fn copy_file_to_file(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> io::Result<()> {
+pub(crate) fn copy_file_to_file(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         let (mut so, mut d_o, mut left) = (src_off, dst_off, len);
         while left > 0 {
             let want = left.min(1 << 30) as usize;
             match rustix::fs::copy_file_range(src, Some(&mut so), dst, Some(&mut d_o), want) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source file ended early",
+                    ));
+                }
                 Ok(n) => left -= n as u64,
                 Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::XDEV | rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                Err(
+                    rustix::io::Errno::XDEV
+                    | rustix::io::Errno::INVAL
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::OPNOTSUPP,
+                ) => {
                     return copy_through_memory(src, so, dst, d_o, left);
                 }
                 Err(e) => return Err(e.into()),
@@ -123,13 +139,22 @@ pub(crate) fn copy_file_to_file(src: &File, src_off: u64, dst: &File, dst_off: u
 }
 
 /// [`copy_file_to_file`] by `pread` and `pwrite` through a buffer.
-fn copy_through_memory(src: &File, mut so: u64, dst: &File, mut d_o: u64, mut left: u64) -> io::Result<()> {
+fn copy_through_memory(
+    src: &File,
+    mut so: u64,
+    dst: &File,
+    mut d_o: u64,
+    mut left: u64,
+) -> io::Result<()> {
     let mut buf = vec![0u8; (left.min(1 << 20)) as usize];
     while left > 0 {
         let k = (left as usize).min(buf.len());
         let got = rustix::io::pread(src, &mut buf[..k], so)?;
         if got == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the source file ended early"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the source file ended early",
+            ));
         }
         pwritev_all(dst, &[&buf[..got]], d_o)?;
         so += got as u64;
@@ -145,21 +170,43 @@ pub(crate) fn sync_data(file: &File) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     return rustix::fs::fdatasync(file).map_err(Into::into);
     #[cfg(any(target_os = "macos", target_os = "ios"))]
-    return rustix::fs::fcntl_fullfsync(file).or_else(|_| rustix::fs::fsync(file)).map_err(Into::into);
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", target_os = "macos", target_os = "ios")))]
+    return rustix::fs::fcntl_fullfsync(file)
+        .or_else(|_| rustix::fs::fsync(file))
+        .map_err(Into::into);
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "macos",
+        target_os = "ios"
+    )))]
     return rustix::fs::fsync(file).map_err(Into::into);
 }
 
 impl FileInner {
-    fn copy_from_file(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+    fn copy_from_file(
+        &self,
+        src: &File,
+        src_off: u64,
+        dst_off: u64,
+        len: u64,
+    ) -> Result<(), IoError> {
         let block = dst_off / u64::from(self.geo.block_size);
         if !self.writable {
             return Err(IoError::ReadOnly);
         }
         if dst_off + len > self.geo.size_bytes() {
-            return Err(IoError::OutOfRange { block, count: len.div_ceil(u64::from(self.geo.block_size)), nr_blocks: self.geo.nr_blocks });
+            return Err(IoError::OutOfRange {
+                block,
+                count: len.div_ceil(u64::from(self.geo.block_size)),
+                nr_blocks: self.geo.nr_blocks,
+            });
         }
-        copy_file_to_file(src, src_off, &self.file, dst_off, len).map_err(|e| IoError::Os { op: BioOp::Write, block, errno: e.raw_os_error().unwrap_or(5) })?;
+        copy_file_to_file(src, src_off, &self.file, dst_off, len).map_err(|e| IoError::Os {
+            op: BioOp::Write,
+            block,
+            errno: e.raw_os_error().unwrap_or(5),
+        })?;
         if self.write_behind {
             // As for bio writes: the disk starts on the copy now, not at the flush.
             crate::sys::start_writeback(&self.file, dst_off, len);
@@ -244,7 +291,13 @@ pub(crate) fn pwritev_all(file: &File, slices: &[&[u8]], mut offset: u64) -> io:
 
 /// Position (slice `idx`, byte `skip` in it) `n` bytes after (`idx`, `skip`) in `count` slices
 /// of lengths `len(i)`, past every slice it finishes (empty ones included).
-fn advance(len: impl Fn(usize) -> usize, count: usize, mut idx: usize, mut skip: usize, mut n: usize) -> (usize, usize) {
+fn advance(
+    len: impl Fn(usize) -> usize,
+    count: usize,
+    mut idx: usize,
+    mut skip: usize,
+    mut n: usize,
+) -> (usize, usize) {
     while n > 0 && idx < count {
         let avail = len(idx) - skip;
         if n >= avail {
@@ -304,7 +357,13 @@ impl BlockDevice for FileDevice {
         self.inner.geo
     }
 
-    fn copy_from_file(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+    fn copy_from_file(
+        &self,
+        src: &File,
+        src_off: u64,
+        dst_off: u64,
+        len: u64,
+    ) -> Result<(), IoError> {
         self.inner.copy_from_file(src, src_off, dst_off, len)
     }
 

@@ -44,7 +44,9 @@ pub use deferred::{DeferredDevice, PendingBio};
 pub use fault::{FaultDevice, FaultRule, RequestRecord};
 pub use file::FileDevice;
 pub use mem::MemDevice;
-pub use uring::{OpenError, UringDevice, UringUnavailable, open_file_device, open_file_device_from};
+pub use uring::{
+    OpenError, UringDevice, UringUnavailable, open_file_device, open_file_device_from,
+};
 
 /// What a bio asks the device to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -456,7 +458,13 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// (`copy_file_range`); the default reads the bytes and writes them through bios,
     /// reading and rewriting the partial blocks at either end. A source that ends before
     /// `len` bytes is an error (EIO); the device then holds part of the copy.
-    fn copy_from_file(&self, src: &std::fs::File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+    fn copy_from_file(
+        &self,
+        src: &std::fs::File,
+        src_off: u64,
+        dst_off: u64,
+        len: u64,
+    ) -> Result<(), IoError> {
         copy_through_bios(self, src, src_off, dst_off, len)
     }
 }
@@ -471,13 +479,25 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     fn kind(&self) -> &'static str {
         (**self).kind()
     }
-    fn copy_from_file(&self, src: &std::fs::File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+    fn copy_from_file(
+        &self,
+        src: &std::fs::File,
+        src_off: u64,
+        dst_off: u64,
+        len: u64,
+    ) -> Result<(), IoError> {
         (**self).copy_from_file(src, src_off, dst_off, len)
     }
 }
 
 /// [`BlockDevice::copy_from_file`] through bios, in chunks of up to 1 MiB.
-pub fn copy_through_bios<D: BlockDevice + ?Sized>(dev: &D, src: &std::fs::File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+pub fn copy_through_bios<D: BlockDevice + ?Sized>(
+    dev: &D,
+    src: &std::fs::File,
+    src_off: u64,
+    dst_off: u64,
+    len: u64,
+) -> Result<(), IoError> {
     let bs = u64::from(dev.geometry().block_size);
     let mut done = 0u64;
     while done < len {
@@ -495,10 +515,22 @@ pub fn copy_through_bios<D: BlockDevice + ?Sized>(dev: &D, src: &std::fs::File, 
         let mut got = 0;
         while got < dst.len() {
             match rustix::io::pread(src, &mut dst[got..], src_off + done + got as u64) {
-                Ok(0) => return Err(IoError::Os { op: BioOp::Read, block: first, errno: 5 }),
+                Ok(0) => {
+                    return Err(IoError::Os {
+                        op: BioOp::Read,
+                        block: first,
+                        errno: 5,
+                    });
+                }
                 Ok(k) => got += k,
                 Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(IoError::Os { op: BioOp::Read, block: first, errno: e.raw_os_error() }),
+                Err(e) => {
+                    return Err(IoError::Os {
+                        op: BioOp::Read,
+                        block: first,
+                        errno: e.raw_os_error(),
+                    });
+                }
             }
         }
         dev.write_blocks(first, &buf)?;

@@ -10,10 +10,13 @@ use std::os::fd::AsRawFd;
 /// since a later flush writes whatever is left.
 #[cfg(target_os = "linux")]
 pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
-    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
     // SAFETY: sync_file_range only reads its integer arguments; the descriptor stays open for
     // the call because `file` is borrowed.
-    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
+    let _ =
+        unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// Elsewhere there is no such call: the flush writes everything.
@@ -29,7 +32,13 @@ pub fn loop_backing_file(loop_dev: &File) -> std::io::Result<(u64, u64)> {
     let mut info = [0u64; 29];
     // SAFETY: LOOP_GET_STATUS64 writes one struct loop_info64 (232 bytes) into the buffer,
     // which is 232 bytes of u64s (so aligned) and outlives the call; the descriptor is borrowed.
-    let r = unsafe { libc::ioctl(loop_dev.as_raw_fd(), LOOP_GET_STATUS64 as _, info.as_mut_ptr()) };
+    let r = unsafe {
+        libc::ioctl(
+            loop_dev.as_raw_fd(),
+            LOOP_GET_STATUS64 as _,
+            info.as_mut_ptr(),
+        )
+    };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -143,27 +143,48 @@ fn open_file_device_reports_why_it_fell_back() {
 #[test]
 fn copy_from_file_places_exactly_the_source_bytes() {
     let src = tempfile::NamedTempFile::new().unwrap();
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(src.path(), &data).unwrap();
     let src_file = std::fs::File::open(src.path()).unwrap();
     let img = image(8 << 20);
     let mut devs = devices(img.path());
-    devs.push(Arc::new(ext4kit_blockdev::MemDevice::new(512, (8 << 20) / 512)));
+    devs.push(Arc::new(ext4kit_blockdev::MemDevice::new(
+        512,
+        (8 << 20) / 512,
+    )));
     for dev in devs {
         dev.write_blocks(0, &vec![0xAA; 8 << 20]).unwrap();
         // (source offset, device offset, length)
-        let copies = [(0u64, 0u64, 512u64), (7, 1000, 5000), (100_000, 1 << 20, 2_500_000), (3, 6_000_001, 1)];
+        let copies = [
+            (0u64, 0u64, 512u64),
+            (7, 1000, 5000),
+            (100_000, 1 << 20, 2_500_000),
+            (3, 6_000_001, 1),
+        ];
         for &(so, d, n) in &copies {
-            dev.copy_from_file(&src_file, so, d, n).unwrap_or_else(|e| panic!("{}: {e}", dev.kind()));
+            dev.copy_from_file(&src_file, so, d, n)
+                .unwrap_or_else(|e| panic!("{}: {e}", dev.kind()));
         }
         let mut back = vec![0u8; 8 << 20];
         dev.read_blocks(0, &mut back).unwrap();
         let mut want = vec![0xAAu8; 8 << 20];
         for &(so, d, n) in &copies {
-            want[d as usize..(d + n) as usize].copy_from_slice(&data[so as usize..(so + n) as usize]);
+            want[d as usize..(d + n) as usize]
+                .copy_from_slice(&data[so as usize..(so + n) as usize]);
         }
         assert!(back == want, "{}: device bytes differ", dev.kind());
-        assert!(dev.copy_from_file(&src_file, 2_999_000, 0, 4096).is_err(), "{}: short source accepted", dev.kind());
-        assert!(dev.copy_from_file(&src_file, 0, (8 << 20) - 10, 20).is_err(), "{}: copy past the end accepted", dev.kind());
+        assert!(
+            dev.copy_from_file(&src_file, 2_999_000, 0, 4096).is_err(),
+            "{}: short source accepted",
+            dev.kind()
+        );
+        assert!(
+            dev.copy_from_file(&src_file, 0, (8 << 20) - 10, 20)
+                .is_err(),
+            "{}: copy past the end accepted",
+            dev.kind()
+        );
     }
 }

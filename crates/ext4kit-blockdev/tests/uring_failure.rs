@@ -32,7 +32,11 @@ fn a_failed_ring_completes_every_bio_once_with_the_error() {
     let (tx, rx) = mpsc::channel::<(usize, Result<(), IoError>)>();
     let calls = Arc::new(AtomicUsize::new(0));
     let submit = |i: usize, op: BioOp| {
-        let mut bio = if op == BioOp::Flush { Bio::flush() } else { Bio::new(op, i as u64 * 16) };
+        let mut bio = if op == BioOp::Flush {
+            Bio::flush()
+        } else {
+            Bio::new(op, i as u64 * 16)
+        };
         if op != BioOp::Flush {
             bio.push(BioVec::from_vec(vec![i as u8; 16 * 4096]));
         }
@@ -57,9 +61,9 @@ fn a_failed_ring_completes_every_bio_once_with_the_error() {
     let mut seen = vec![0u32; 601];
     let mut failed_flush = false;
     for _ in 0..601 {
-        let (i, st) = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("a bio of the failed ring never completed (the old fail_all forgot in-flight bios)");
+        let (i, st) = rx.recv_timeout(Duration::from_secs(30)).expect(
+            "a bio of the failed ring never completed (the old fail_all forgot in-flight bios)",
+        );
         seen[i] += 1;
         if i == 600 {
             match st {
@@ -74,7 +78,10 @@ fn a_failed_ring_completes_every_bio_once_with_the_error() {
         }
     }
     assert!(failed_flush);
-    assert!(seen.iter().all(|&n| n == 1), "every bio completes once: {seen:?}");
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "every bio completes once: {seen:?}"
+    );
     // Later bios fail at once too, and dropping the device returns (no stuck ring thread).
     submit(601, BioOp::Flush);
     let (i, st) = rx.recv_timeout(Duration::from_secs(60)).unwrap();

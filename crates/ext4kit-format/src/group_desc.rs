@@ -426,7 +426,8 @@ impl GroupDesc {
         };
         let sb_block = u64::from(sb.first_data_block());
         let m0 = sb.group_metadata(0);
-        let gdt_end = sb_block + u64::from(m0.gdt.map_or(0, |g| g.1) + u32::from(m0.meta_bg_gdt.is_some()));
+        let gdt_end =
+            sb_block + u64::from(m0.gdt.map_or(0, |g| g.1) + u32::from(m0.meta_bg_gdt.is_some()));
         let on_primary_meta = |b: u64| b >= sb_block && b <= gdt_end;
         let bb = self.block_bitmap();
         if bb < first || bb > last || on_primary_meta(bb) {

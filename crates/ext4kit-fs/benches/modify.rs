@@ -54,7 +54,15 @@ fn mkfs(img: &Path, bs: u32, size_mb: u64) {
     drop(f);
     run_ok(
         "mkfs.ext4",
-        &["-q", "-F", "-b", &bs.to_string(), "-E", "lazy_itable_init=0,lazy_journal_init=0", img.to_str().unwrap()],
+        &[
+            "-q",
+            "-F",
+            "-b",
+            &bs.to_string(),
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            img.to_str().unwrap(),
+        ],
     );
 }
 
@@ -95,7 +103,14 @@ fn fresh(src: &Path, dir: &Path) -> PathBuf {
 }
 
 fn ours_rand(img: &Path, offs: &[u64]) -> Duration {
-    let fs = Fs::open_path(img, &OpenOptions { writable: true, ..OpenOptions::default() }).unwrap();
+    let fs = Fs::open_path(
+        img,
+        &OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     let ino = fs.resolve(b"/file", true).unwrap();
     let buf = pattern(9, 4096);
     let t = Instant::now();
@@ -108,7 +123,10 @@ fn ours_rand(img: &Path, offs: &[u64]) -> Duration {
 
 fn kernel_rand(img: &Path, offs: &[u64]) -> Duration {
     let m = LoopMount::new(img, false).unwrap();
-    let f = fs::OpenOptions::new().write(true).open(m.path().join("file")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path().join("file"))
+        .unwrap();
     let buf = pattern(9, 4096);
     let t = Instant::now();
     for &o in offs {
@@ -122,16 +140,36 @@ fn kernel_rand(img: &Path, offs: &[u64]) -> Duration {
 }
 
 fn ours_churn(img: &Path) -> Duration {
-    let fs = Fs::open_path(img, &OpenOptions { writable: true, ..OpenOptions::default() }).unwrap();
+    let fs = Fs::open_path(
+        img,
+        &OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     let d = fs.resolve(b"/d", true).unwrap();
     let data = pattern(10, 4096);
-    let attrs = NewInode::with_time(0o644, Timestamp { seconds: 1_700_000_000, nanoseconds: 0 });
+    let attrs = NewInode::with_time(
+        0o644,
+        Timestamp {
+            seconds: 1_700_000_000,
+            nanoseconds: 0,
+        },
+    );
     let t = Instant::now();
     for i in 0..FILES {
         fs.unlink(d, format!("old-{i:05}").as_bytes()).unwrap();
     }
     for i in 0..FILES {
-        let ino = fs.create(d, format!("new-{i:05}").as_bytes(), &NewKind::Regular, &attrs).unwrap();
+        let ino = fs
+            .create(
+                d,
+                format!("new-{i:05}").as_bytes(),
+                &NewKind::Regular,
+                &attrs,
+            )
+            .unwrap();
         fs.write_at(ino, 0, &data).unwrap();
     }
     fs.sync().unwrap();
@@ -165,11 +203,23 @@ fn main() {
         eprintln!("modify bench: needs root, loop devices and e2fsprogs; skipped");
         return;
     }
-    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
-    let dir = tempfile::Builder::new().prefix("ext4kit-modify-bench-").tempdir_in(base).unwrap();
+    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ext4kit-modify-bench-")
+        .tempdir_in(base)
+        .unwrap();
     let offs = offsets();
-    println!("modify bench: {runs} runs, interleaved; images in {base}; ratio = throughput(ext4kit) / throughput(kernel)");
+    println!(
+        "modify bench: {runs} runs, interleaved; images in {base}; ratio = throughput(ext4kit) / throughput(kernel)"
+    );
     for bs in [1024u32, 4096] {
         let (rand, churn) = prepare(dir.path(), bs);
         let (mut ro, mut rk, mut co, mut ck) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

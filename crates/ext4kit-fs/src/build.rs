@@ -163,7 +163,12 @@ struct Totals {
 }
 
 /// Major and minor of a host device number (`st_rdev`), decoded as the host encodes them.
-#[allow(clippy::unnecessary_cast, clippy::cast_sign_loss, clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+#[allow(
+    clippy::unnecessary_cast,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap
+)]
 pub fn device_numbers(rdev: u64) -> (u32, u32) {
     // `Dev` is u64 on Linux and i32 on Apple systems.
     let dev = rdev as rustix::fs::Dev;
@@ -171,7 +176,11 @@ pub fn device_numbers(rdev: u64) -> (u32, u32) {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Open { path: path.display().to_string(), message: e.to_string(), errno: e.raw_os_error().unwrap_or(5) }
+    Error::Open {
+        path: path.display().to_string(),
+        message: e.to_string(),
+        errno: e.raw_os_error().unwrap_or(5),
+    }
 }
 
 fn read_xattrs(path: &Path) -> Result<Vec<XattrPair>> {
@@ -190,7 +199,9 @@ fn read_xattrs(path: &Path) -> Result<Vec<XattrPair>> {
     }
     let mut out = Vec::new();
     for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let Ok(cname) = std::ffi::CString::new(name.to_vec()) else { continue };
+        let Ok(cname) = std::ffi::CString::new(name.to_vec()) else {
+            continue;
+        };
         let mut value = vec![0u8; 65536];
         match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value) {
             Ok(vn) => out.push((name.to_vec(), value[..vn].to_vec())),
@@ -204,23 +215,36 @@ fn read_xattrs(path: &Path) -> Result<Vec<XattrPair>> {
 
 fn scan(path: &Path, name: Box<[u8]>, depth: usize, totals: &mut Totals, bs: u64) -> Result<Node> {
     if depth > 4096 {
-        return Err(Error::InvalidArgument(format!("{}: directory tree too deep", path.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{}: directory tree too deep",
+            path.display()
+        )));
     }
     let md = fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
     let ft = md.file_type();
     let xattrs = read_xattrs(path)?;
-    if xattrs.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>() > 100 {
+    if xattrs
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 32)
+        .sum::<usize>()
+        > 100
+    {
         totals.xattr_blocks += 1;
     }
     totals.entries += 1;
     let kind = if ft.is_dir() {
         let mut children = Vec::new();
-        let mut names: Vec<_> = fs::read_dir(path).map_err(|e| io_err(path, e))?.collect::<std::io::Result<Vec<_>>>().map_err(|e| io_err(path, e))?;
+        let mut names: Vec<_> = fs::read_dir(path)
+            .map_err(|e| io_err(path, e))?
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| io_err(path, e))?;
         names.sort_by_key(|a| a.file_name());
         for e in names {
             let n: Box<[u8]> = e.file_name().as_bytes().into();
             if n.len() > 255 {
-                return Err(Error::NameTooLong { path: PathBytes(e.path().as_os_str().as_bytes().to_vec()) });
+                return Err(Error::NameTooLong {
+                    path: PathBytes(e.path().as_os_str().as_bytes().to_vec()),
+                });
             }
             totals.dir_bytes += 8 + ((n.len() as u64 + 3) & !3);
             children.push(scan(&e.path(), n, depth + 1, totals, bs)?);
@@ -228,7 +252,11 @@ fn scan(path: &Path, name: Box<[u8]>, depth: usize, totals: &mut Totals, bs: u64
         totals.dir_bytes += bs;
         ScanKind::Dir(children.into_boxed_slice())
     } else if ft.is_symlink() {
-        let t: Box<[u8]> = fs::read_link(path).map_err(|e| io_err(path, e))?.as_os_str().as_bytes().into();
+        let t: Box<[u8]> = fs::read_link(path)
+            .map_err(|e| io_err(path, e))?
+            .as_os_str()
+            .as_bytes()
+            .into();
         if t.len() >= 60 {
             totals.data_blocks += 1;
         }
@@ -243,7 +271,12 @@ fn scan(path: &Path, name: Box<[u8]>, depth: usize, totals: &mut Totals, bs: u64
     } else {
         ScanKind::Special
     };
-    Ok(Node { name, md: Meta::of(&md), kind, xattrs: xattrs.into_boxed_slice() })
+    Ok(Node {
+        name,
+        md: Meta::of(&md),
+        kind,
+        xattrs: xattrs.into_boxed_slice(),
+    })
 }
 
 /// A size that fits the tree, rounded up to a MiB.
@@ -253,7 +286,13 @@ fn fitted_size(t: &Totals, bs: u64) -> u64 {
     let dir_blocks = t.dir_bytes * 2 / bs + t.entries / 8;
     let blocks = t.data_blocks + dir_blocks + t.xattr_blocks;
     let data = blocks * bs * 115 / 100;
-    let journal = if data < (128 << 20) { 4 << 20 } else if data < (1 << 30) { 16 << 20 } else { 64 << 20 };
+    let journal = if data < (128 << 20) {
+        4 << 20
+    } else if data < (1 << 30) {
+        16 << 20
+    } else {
+        64 << 20
+    };
     let total = data + inode_bytes * 2 + journal + (4 << 20);
     total.div_ceil(1 << 20) * (1 << 20)
 }
@@ -263,7 +302,10 @@ fn ts(sec: i64, nsec: i64, clamp: Option<i64>) -> Timestamp {
         Some(c) if sec > c => (c, 0),
         _ => (sec, nsec),
     };
-    Timestamp { seconds: s, nanoseconds: n.clamp(0, 999_999_999) as u32 }
+    Timestamp {
+        seconds: s,
+        nanoseconds: n.clamp(0, 999_999_999) as u32,
+    }
 }
 
 fn attrs_of(md: &Meta, clamp: Option<i64>) -> NewInode {
@@ -308,14 +350,21 @@ struct Copier {
 
 impl Copier {
     fn new(dev: Arc<dyn BlockDevice>) -> Result<Copier> {
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+        let n = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 4);
         let (tx, rx) = std::sync::mpsc::sync_channel::<CopyJob>(4096);
         let rx = Arc::new(parking_lot::Mutex::new(rx));
         let error: Arc<parking_lot::Mutex<Option<Error>>> = Arc::default();
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
-            let (rx, error, failed, dev) = (Arc::clone(&rx), Arc::clone(&error), Arc::clone(&failed), Arc::clone(&dev));
+            let (rx, error, failed, dev) = (
+                Arc::clone(&rx),
+                Arc::clone(&error),
+                Arc::clone(&failed),
+                Arc::clone(&dev),
+            );
             let work = move || {
                 loop {
                     let job = rx.lock().recv();
@@ -335,7 +384,11 @@ impl Copier {
                 .map_err(|e| Error::InvalidArgument(format!("cannot start a copy thread: {e}")))?;
             workers.push(w);
         }
-        Ok(Copier { tx: Some(tx), workers, error })
+        Ok(Copier {
+            tx: Some(tx),
+            workers,
+            error,
+        })
     }
 
     fn copy(dev: &dyn BlockDevice, job: &CopyJob) -> Result<()> {
@@ -399,13 +452,23 @@ impl Builder<'_> {
     }
 
     /// Creates the children of `dir` (inode `ino`), returning its entries.
-    fn children(&mut self, ino: u32, nodes: &[Node], dir: &Path) -> Result<Vec<(Vec<u8>, u32, u8)>> {
+    fn children(
+        &mut self,
+        ino: u32,
+        nodes: &[Node],
+        dir: &Path,
+    ) -> Result<Vec<(Vec<u8>, u32, u8)>> {
         let refs: Vec<&Node> = nodes.iter().collect();
         self.children_of(ino, &refs, dir)
     }
 
     /// Creates the entries `nodes` of the source directory `dir` (image inode `ino`).
-    fn children_of(&mut self, ino: u32, nodes: &[&Node], dir: &Path) -> Result<Vec<(Vec<u8>, u32, u8)>> {
+    fn children_of(
+        &mut self,
+        ino: u32,
+        nodes: &[&Node],
+        dir: &Path,
+    ) -> Result<Vec<(Vec<u8>, u32, u8)>> {
         let mut entries = Vec::with_capacity(nodes.len());
         for n in nodes.iter().copied() {
             let attrs = attrs_of(&n.md, self.clamp);
@@ -424,7 +487,11 @@ impl Builder<'_> {
                         if let Some(&existing) = self.links.get(&key) {
                             self.fs.add_links(existing, 1)?;
                             self.report.hard_links += 1;
-                            entries.push((n.name.to_vec(), existing, FileType::Regular.dirent_code()));
+                            entries.push((
+                                n.name.to_vec(),
+                                existing,
+                                FileType::Regular.dirent_code(),
+                            ));
                             self.tick()?;
                             continue;
                         }
@@ -438,7 +505,9 @@ impl Builder<'_> {
                     (f, FileType::Regular)
                 }
                 ScanKind::Symlink(target) => {
-                    let s = self.fs.create_detached(ino, &NewKind::Symlink(target.to_vec()), &attrs)?;
+                    let s =
+                        self.fs
+                            .create_detached(ino, &NewKind::Symlink(target.to_vec()), &attrs)?;
                     self.report.symlinks += 1;
                     (s, FileType::Symlink)
                 }
@@ -478,7 +547,10 @@ impl Builder<'_> {
         if md.blocks * 512 >= len {
             // No holes to keep (the host stores every byte): blocks now, bytes by a copy thread.
             let runs = self.fs.allocate_for_copy(ino, 0, len)?;
-            self.copier.push(CopyJob { path: path.to_path_buf(), runs })?;
+            self.copier.push(CopyJob {
+                path: path.to_path_buf(),
+                runs,
+            })?;
             self.progress.bytes_done += len;
             self.report.bytes += len;
             self.since_report += len;
@@ -509,15 +581,19 @@ impl Builder<'_> {
                 Err(rustix::io::Errno::NXIO) => break,
                 Err(_) => pos,
             };
-            let hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(data)).unwrap_or(len).min(len);
+            let hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(data))
+                .unwrap_or(len)
+                .min(len);
             let mut at = data;
             while at < hole {
                 let n = (hole - at).min(PIECE);
-                self.fs.write_from_file_with(ino, f, at, at, n, false).map_err(|e| match e {
-                    // Reading the source or writing the image: name the source.
-                    Error::Io { .. } => io_err(path, std::io::Error::other(e.to_string())),
-                    e => e,
-                })?;
+                self.fs
+                    .write_from_file_with(ino, f, at, at, n, false)
+                    .map_err(|e| match e {
+                        // Reading the source or writing the image: name the source.
+                        Error::Io { .. } => io_err(path, std::io::Error::other(e.to_string())),
+                        e => e,
+                    })?;
                 at += n;
                 end = at;
                 self.progress.bytes_done += n;
@@ -534,14 +610,27 @@ impl Builder<'_> {
 }
 
 /// Builds `img` from the tree at `src`.
-pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mut dyn FnMut(Progress)) -> Result<BuildReport> {
+pub fn build_image(
+    src: &Path,
+    img: &Path,
+    opts: &BuildOptions,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<BuildReport> {
     let started = Instant::now();
     let src_md = fs::metadata(src).map_err(|e| io_err(src, e))?;
     if !src_md.is_dir() {
-        return Err(Error::NotDir { path: PathBytes(src.as_os_str().as_bytes().to_vec()) });
+        return Err(Error::NotDir {
+            path: PathBytes(src.as_os_str().as_bytes().to_vec()),
+        });
     }
     let guess_bs = u64::from(opts.block_size.unwrap_or(4096));
-    let mut totals = Totals { entries: 0, bytes: 0, data_blocks: 0, dir_bytes: 0, xattr_blocks: 0 };
+    let mut totals = Totals {
+        entries: 0,
+        bytes: 0,
+        data_blocks: 0,
+        dir_bytes: 0,
+        xattr_blocks: 0,
+    };
     let root = scan(src, Box::default(), 0, &mut totals, guess_bs)?;
     // Inodes: what the tree needs plus room to grow, and never fewer than mke2fs's
     // inode_ratio gives for the size (a kernel writing into the image later runs out of blocks
@@ -556,7 +645,8 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
                 Some(r) => r.max(1024),
                 None => {
                     let st = crate::mkfs::SizeType::for_size(s);
-                    st.inode_ratio().max(u64::from(opts.block_size.unwrap_or(st.block_size())))
+                    st.inode_ratio()
+                        .max(u64::from(opts.block_size.unwrap_or(st.block_size())))
                 }
             };
             let mut s = s0;
@@ -580,9 +670,16 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
         None => {
             let st = crate::mkfs::SizeType::for_size(size);
             let bs = u64::from(opts.block_size.unwrap_or(st.block_size()));
-            let ratio = opts.inode_ratio.unwrap_or_else(|| st.inode_ratio().max(bs)).max(1024);
+            let ratio = opts
+                .inode_ratio
+                .unwrap_or_else(|| st.inode_ratio().max(bs))
+                .max(1024);
             let by_ratio = size / ratio;
-            let want = if opts.size.is_none() || opts.inode_ratio.is_none() { needed } else { totals.entries + 16 };
+            let want = if opts.size.is_none() || opts.inode_ratio.is_none() {
+                needed
+            } else {
+                totals.entries + 16
+            };
             if by_ratio >= want {
                 None
             } else if opts.inode_ratio.is_some() {
@@ -596,9 +693,18 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
             }
         }
     };
-    let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(img).map_err(|e| io_err(img, e))?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(img)
+        .map_err(|e| io_err(img, e))?;
     f.set_len(size).map_err(|e| io_err(img, e))?;
-    let dev: Arc<dyn BlockDevice> = Arc::new(FileDevice::from_file(f, true, 512, FileDevice::DEFAULT_THREADS).map_err(|e| io_err(img, e))?);
+    let dev: Arc<dyn BlockDevice> = Arc::new(
+        FileDevice::from_file(f, true, 512, FileDevice::DEFAULT_THREADS)
+            .map_err(|e| io_err(img, e))?,
+    );
     let mk = MkfsOptions {
         block_size: opts.block_size,
         size_bytes: size,
@@ -614,10 +720,20 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
         lazy_itable_init: false,
         ..MkfsOptions::default()
     };
-    let made = mkfs(&*dev, &mk).map_err(|e| Error::InvalidArgument(format!("{}: {e}", img.display())))?;
+    let made =
+        mkfs(&*dev, &mk).map_err(|e| Error::InvalidArgument(format!("{}: {e}", img.display())))?;
     // A small metadata cache: the walk writes each block once, and metadata is written back as it
     // goes (WRITE_BACK_DIRTY), so a larger cache would only hold memory.
-    let fs = Fs::open(dev, &OpenOptions { writable: true, background_writeback: false, use_journal: false, metadata_cache_blocks: 2 * WRITE_BACK_DIRTY, ..OpenOptions::default() })?;
+    let fs = Fs::open(
+        dev,
+        &OpenOptions {
+            writable: true,
+            background_writeback: false,
+            use_journal: false,
+            metadata_cache_blocks: 2 * WRITE_BACK_DIRTY,
+            ..OpenOptions::default()
+        },
+    )?;
     let mut report = BuildReport {
         image_size: size,
         block_size: made.block_size,
@@ -628,13 +744,33 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
         hard_links: 0,
         bytes: 0,
     };
-    let progress = Progress { entries_total: totals.entries, bytes_total: totals.bytes, ..Progress::default() };
+    let progress = Progress {
+        entries_total: totals.entries,
+        bytes_total: totals.bytes,
+        ..Progress::default()
+    };
     let clamp = opts.source_date_epoch;
     let copier = Copier::new(Arc::clone(fs.core.cache.device()))?;
-    let mut b = Builder { fs: &fs, clamp, links: HashMap::new(), report: report.clone(), progress, on_progress, since_report: 0, copier };
-    let ScanKind::Dir(kids) = &root.kind else { return Err(Error::NotDir { path: PathBytes(Vec::new()) }) };
+    let mut b = Builder {
+        fs: &fs,
+        clamp,
+        links: HashMap::new(),
+        report: report.clone(),
+        progress,
+        on_progress,
+        since_report: 0,
+        copier,
+    };
+    let ScanKind::Dir(kids) = &root.kind else {
+        return Err(Error::NotDir {
+            path: PathBytes(Vec::new()),
+        });
+    };
     // The new filesystem has its own lost+found: a source one at the top is not copied.
-    let kids: Vec<&Node> = kids.iter().filter(|n| !(&*n.name == b"lost+found" && matches!(n.kind, ScanKind::Dir(_)))).collect();
+    let kids: Vec<&Node> = kids
+        .iter()
+        .filter(|n| !(&*n.name == b"lost+found" && matches!(n.kind, ScanKind::Dir(_))))
+        .collect();
     let written = (|| -> Result<()> {
         let entries = b.children_of(ROOT_INO, &kids, src)?;
         fs.fill_root(&entries)?;
@@ -643,7 +779,12 @@ pub fn build_image(src: &Path, img: &Path, opts: &BuildOptions, on_progress: &mu
             fs.set_xattrs(ROOT_INO, &root.xattrs)?;
         }
         fs.set_owner_mode(ROOT_INO, root_attrs.uid, root_attrs.gid, root_attrs.perm)?;
-        fs.set_times(ROOT_INO, Some(root_attrs.atime), Some(root_attrs.mtime), Some(root_attrs.ctime))?;
+        fs.set_times(
+            ROOT_INO,
+            Some(root_attrs.atime),
+            Some(root_attrs.mtime),
+            Some(root_attrs.ctime),
+        )?;
         b.copier.finish()?;
         fs.sync()?;
         Ok(())
@@ -679,25 +820,58 @@ mod tests {
         let mem = Arc::new(MemDevice::new(1024, 256));
         let dev: Arc<dyn BlockDevice> = mem.clone();
         // Two runs, out of order on the device, the second starting mid-block.
-        let runs = vec![CopyRun { file_off: 0, dev_off: 100 << 10, len: 20_000 }, CopyRun { file_off: 20_000, dev_off: 10_000, len: 20_000 }];
+        let runs = vec![
+            CopyRun {
+                file_off: 0,
+                dev_off: 100 << 10,
+                len: 20_000,
+            },
+            CopyRun {
+                file_off: 20_000,
+                dev_off: 10_000,
+                len: 20_000,
+            },
+        ];
         let mut c = Copier::new(Arc::clone(&dev)).unwrap();
-        c.push(CopyJob { path: src.clone(), runs }).unwrap();
+        c.push(CopyJob {
+            path: src.clone(),
+            runs,
+        })
+        .unwrap();
         c.finish().unwrap();
         let mut got = vec![0u8; 256 << 10];
         mem.read_blocks(0, &mut got).unwrap();
         assert_eq!(&got[100 << 10..(100 << 10) + 20_000], &bytes[..20_000]);
         assert_eq!(&got[10_000..30_000], &bytes[20_000..]);
-        assert!(got[..10_000].iter().all(|&b| b == 0) && got[30_000..100 << 10].iter().all(|&b| b == 0));
+        assert!(
+            got[..10_000].iter().all(|&b| b == 0) && got[30_000..100 << 10].iter().all(|&b| b == 0)
+        );
 
         // A source that vanished: the build's error names it; later jobs are not needed.
         let gone = dir.path().join("gone");
         let mut c = Copier::new(dev).unwrap();
-        c.push(CopyJob { path: gone.clone(), runs: vec![CopyRun { file_off: 0, dev_off: 0, len: 10 }] }).unwrap();
+        c.push(CopyJob {
+            path: gone.clone(),
+            runs: vec![CopyRun {
+                file_off: 0,
+                dev_off: 0,
+                len: 10,
+            }],
+        })
+        .unwrap();
         let e = c.finish().unwrap_err().to_string();
         assert!(e.contains(&gone.display().to_string()), "{e}");
         // Shorter than scanned: named too.
         let mut c = Copier::new(Arc::clone(&(mem as Arc<dyn BlockDevice>))).unwrap();
-        c.push(CopyJob { path: src.clone(), runs: vec![CopyRun { file_off: 0, dev_off: 0, len: 50_000 }] }).unwrap();
+        c.push(CopyJob {
+            path: src.clone(),
+            runs: vec![CopyRun {
+                file_off: 0,
+                dev_off: 0,
+                len: 50_000,
+            }],
+        })
+        .unwrap();
         let e = c.finish().unwrap_err().to_string();
         assert!(e.contains(&src.display().to_string()), "{e}");
     }

@@ -176,7 +176,10 @@ impl Core {
             if e.name.is_empty() || e.name.contains(&b'/') || e.name.contains(&0) {
                 let mut err = Error::corrupt(
                     Structure::DirectoryBlock,
-                    Corruption::BadName { offset: e.offset, name: e.name.to_vec() },
+                    Corruption::BadName {
+                        offset: e.offset,
+                        name: e.name.to_vec(),
+                    },
                 )
                 .with_inode(d.ino);
                 if let Some(b) = block {
@@ -207,7 +210,11 @@ impl Core {
 
     /// [`Core::read_dir_entries`]; with `bad`, entries with impossible names are skipped and
     /// recorded there (everything else wrong still fails).
-    pub(crate) fn read_dir_entries_with(&self, d: &DirInode<'_>, mut bad: Option<&mut Vec<Error>>) -> Result<Vec<DirEntry>> {
+    pub(crate) fn read_dir_entries_with(
+        &self,
+        d: &DirInode<'_>,
+        mut bad: Option<&mut Vec<Error>>,
+    ) -> Result<Vec<DirEntry>> {
         match self.read_dir_entries_checked(d, bad.as_deref_mut()) {
             Err(e) if self.salvage_dir(d, &e) => self.read_dir_linear_salvage(d, bad, &e),
             r => r,
@@ -226,7 +233,11 @@ impl Core {
 
     /// Records, once per directory, that it is read as a linear directory because of `e`.
     fn warn_linear(&self, d: &DirInode<'_>, e: &Error) {
-        let what = if self.is_dx(d.inode) { "htree index" } else { "directory" };
+        let what = if self.is_dx(d.inode) {
+            "htree index"
+        } else {
+            "directory"
+        };
         self.warn_once(
             format!("dir {}", d.ino),
             format!(
@@ -240,7 +251,10 @@ impl Core {
     /// failing, or an htree block read as a leaf) its entry chain alone.
     fn parse_leaf_salvage(&self, d: &DirInode<'_>, mb: &MetaBlock) -> Result<DirBlock> {
         self.parse_leaf(d, mb).or_else(|e| {
-            let opts = DirBlockOptions { has_tail: false, ..self.leaf_options() };
+            let opts = DirBlockOptions {
+                has_tail: false,
+                ..self.leaf_options()
+            };
             DirBlock::parse(&mb.read(), opts).map_err(|_| e)
         })
     }
@@ -267,29 +281,44 @@ impl Core {
                 Err(e) => {
                     self.warn_once(
                         format!("dir {} block {lblk}", d.ino),
-                        format!("directory inode {}, block {lblk}: {e} (its entries are left out)", d.ino),
+                        format!(
+                            "directory inode {}, block {lblk}: {e} (its entries are left out)",
+                            d.ino
+                        ),
                     );
                     continue;
                 }
             };
-            if let Err(e) = self.push_entries_with(d, &leaf, &mut out, bad.as_deref_mut(), Some(pblk)) {
+            if let Err(e) =
+                self.push_entries_with(d, &leaf, &mut out, bad.as_deref_mut(), Some(pblk))
+            {
                 self.warn_once(
                     format!("dir {} block {lblk}", d.ino),
-                    format!("directory inode {}, block {lblk}: {e} (its entries are left out)", d.ino),
+                    format!(
+                        "directory inode {}, block {lblk}: {e} (its entries are left out)",
+                        d.ino
+                    ),
                 );
             }
         }
         if out.len() < 2 || out[0].name != b"." || out[1].name != b".." {
             self.warn_once(
                 format!("dir {} dots", d.ino),
-                format!("directory inode {}: no . and .. at its start (reading the rest)", d.ino),
+                format!(
+                    "directory inode {}: no . and .. at its start (reading the rest)",
+                    d.ino
+                ),
             );
         }
         Ok(out)
     }
 
     /// [`Core::read_dir_entries_with`] without salvage.
-    fn read_dir_entries_checked(&self, d: &DirInode<'_>, mut bad: Option<&mut Vec<Error>>) -> Result<Vec<DirEntry>> {
+    fn read_dir_entries_checked(
+        &self,
+        d: &DirInode<'_>,
+        mut bad: Option<&mut Vec<Error>>,
+    ) -> Result<Vec<DirEntry>> {
         self.check_dir_flags(d)?;
         let mut out = Vec::new();
         if d.inode.flags().contains(InodeFlags::INLINE_DATA) {
@@ -419,7 +448,11 @@ impl Core {
             let parent = if let Some(root) = dx_root {
                 root.parent_inode()
             } else {
-                let leaf = if self.salvage { self.parse_leaf_salvage(d, &mb)? } else { self.parse_leaf(d, &mb)? };
+                let leaf = if self.salvage {
+                    self.parse_leaf_salvage(d, &mb)?
+                } else {
+                    self.parse_leaf(d, &mb)?
+                };
                 let entries = leaf.entries().ctx_inode(d.ino)?;
                 match entries.get(1) {
                     Some(e) if e.name == b".." => e.inode,

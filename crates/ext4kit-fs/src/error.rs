@@ -177,7 +177,11 @@ impl fmt::Display for Corruption {
             C::DirectoryHole { lblk } => write!(f, "hole at directory block {lblk}"),
             C::DirectoryDots => f.write_str("directory does not start with '.' and '..'"),
             C::BadName { offset, name } => {
-                write!(f, "directory entry at {offset}: invalid name {:?}", String::from_utf8_lossy(name))
+                write!(
+                    f,
+                    "directory entry at {offset}: invalid name {:?}",
+                    String::from_utf8_lossy(name)
+                )
             }
             C::SymlinkSize { size } => write!(f, "invalid symlink size {size}"),
             C::InlineData => f.write_str("inline data where it cannot be"),
@@ -185,7 +189,10 @@ impl fmt::Display for Corruption {
             C::TooManyNodes => f.write_str("more tree nodes than the filesystem has blocks"),
             C::Journal(s) => f.write_str(s),
             C::Acl { offset } => write!(f, "malformed POSIX ACL at byte {offset}"),
-            C::OrphanList { ino } => write!(f, "orphan list names inode {ino}, which cannot be an orphan"),
+            C::OrphanList { ino } => write!(
+                f,
+                "orphan list names inode {ino}, which cannot be an orphan"
+            ),
             C::OrphanFile { block, reason } => write!(f, "orphan file block {block}: {reason}"),
             C::MetadataMarkedFree { block } => write!(
                 f,

@@ -179,7 +179,11 @@ impl Core {
     }
 
     /// Loads the group descriptors and builds the core over `dev`.
-    pub(crate) fn load(dev: Arc<dyn BlockDevice>, sb: Superblock, opts: &OpenOptions) -> Result<Core> {
+    pub(crate) fn load(
+        dev: Arc<dyn BlockDevice>,
+        sb: Superblock,
+        opts: &OpenOptions,
+    ) -> Result<Core> {
         Core::load_from(dev, sb, opts, None)
     }
 
@@ -265,7 +269,9 @@ impl Core {
             desc.validate(&sb, g).map_err(|e| ctx(e.into()))?;
             groups.push(desc);
         }
-        let write = opts.writable.then(|| crate::write::state::WriteState::new(&sb, &groups));
+        let write = opts
+            .writable
+            .then(|| crate::write::state::WriteState::new(&sb, &groups));
         Ok(Core {
             block_size,
             groups,
@@ -361,7 +367,9 @@ impl Core {
 
     /// The write state, or a read-only error naming `what`.
     pub(crate) fn writer(&self, what: &str) -> Result<&crate::write::state::WriteState> {
-        self.write.as_ref().ok_or_else(|| Error::ReadOnly(format!("{what}: the image is open read-only")))
+        self.write
+            .as_ref()
+            .ok_or_else(|| Error::ReadOnly(format!("{what}: the image is open read-only")))
     }
 
     /// `true` if the filesystem has the given ro_compat feature.
@@ -416,7 +424,14 @@ impl Fs {
                             .into(),
                     ));
                 }
-                let as_on_disk = Core::load(Arc::clone(&dev), sb, &OpenOptions { writable: false, ..opts.clone() })?;
+                let as_on_disk = Core::load(
+                    Arc::clone(&dev),
+                    sb,
+                    &OpenOptions {
+                        writable: false,
+                        ..opts.clone()
+                    },
+                )?;
                 let report = crate::write::journal_write::recover(&as_on_disk)?;
                 drop(as_on_disk);
                 notices.push(report.to_string());
@@ -428,7 +443,11 @@ impl Fs {
         let mut core = match Core::load_from(Arc::clone(&dev), sb.clone(), opts, backup) {
             // Descriptors that cannot be read as they are: e2fsck then tries the backup
             // superblock and the descriptors after it; so does a salvaging read.
-            Err(e) if salvage && backup.is_none() && e.structure() == Some(Structure::GroupDescriptor) => {
+            Err(e)
+                if salvage
+                    && backup.is_none()
+                    && e.structure() == Some(Structure::GroupDescriptor) =>
+            {
                 let bs = u64::from(sb.block_size());
                 let at = bs * 8 + u64::from(bs == 1024);
                 let Ok(c) = crate::salvage::at_block(&dev, at, true) else {
@@ -466,7 +485,8 @@ impl Fs {
                         blocks,
                     ));
                     let sb = if salvage {
-                        let (sb, w) = crate::salvage::parse(&Core::superblock_bytes(&overlay)?, true)?;
+                        let (sb, w) =
+                            crate::salvage::parse(&Core::superblock_bytes(&overlay)?, true)?;
                         early_warnings.extend(w);
                         sb
                     } else {
@@ -522,11 +542,9 @@ impl Fs {
         // instead of faulting in fresh memory (`cat` of 1 GiB: 0.30 s -> 0.17 s); nothing in
         // one read-only pass gains from keeping more.
         cfg.cache_limit_bytes = Some(if opts.writable { 256 << 20 } else { 32 << 20 });
-        let pages = PageCache::new(cfg, data_dev, mapper).map_err(|e| {
-            Error::Cache {
-                message: e.to_string(),
-                errno: e.errno(),
-            }
+        let pages = PageCache::new(cfg, data_dev, mapper).map_err(|e| Error::Cache {
+            message: e.to_string(),
+            errno: e.errno(),
         })?;
         let mut fs = Fs {
             core,
@@ -539,7 +557,9 @@ impl Fs {
             // What a previous writer left on the orphan list is freed (or truncated) now.
             let n = crate::write::orphan::clean_at_open(&fs)?;
             if n > 0 {
-                fs.notices.push(format!("cleaned up {n} orphan inode(s) left by a previous writer"));
+                fs.notices.push(format!(
+                    "cleaned up {n} orphan inode(s) left by a previous writer"
+                ));
             }
         }
         Ok(fs)
@@ -553,12 +573,14 @@ impl Fs {
     /// [`crate::image_lock`].
     pub fn open_path(path: &Path, opts: &OpenOptions) -> Result<Fs> {
         let (file, lock) = crate::image_lock::open_locked(path, opts.writable, opts.wait_for_lock)?;
-        let (dev, _why_not_uring) = ext4kit_blockdev::open_file_device_from(file, opts.writable, 1024)
-            .map_err(|e| Error::Open {
-            path: path.display().to_string(),
-            message: e.to_string(),
-            errno: e.raw_os_error().unwrap_or(5),
-        })?;
+        let (dev, _why_not_uring) =
+            ext4kit_blockdev::open_file_device_from(file, opts.writable, 1024).map_err(|e| {
+                Error::Open {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                    errno: e.raw_os_error().unwrap_or(5),
+                }
+            })?;
         let mut fs = Fs::open(dev, opts)?;
         fs._lock = Some(lock);
         Ok(fs)
@@ -594,7 +616,12 @@ impl Fs {
     /// damaged structure, in the order found. Grows as reading meets more (a directory whose
     /// index is bad is named when it is first read).
     pub fn warnings(&self) -> Vec<String> {
-        self.core.warnings.lock().iter().map(|(_, l)| l.clone()).collect()
+        self.core
+            .warnings
+            .lock()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     /// The block of the backup superblock this image was opened through, if not the primary.

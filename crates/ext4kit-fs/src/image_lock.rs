@@ -48,7 +48,11 @@ fn registry() -> &'static Mutex<HashMap<Key, Weak<ImageLock>>> {
 }
 
 fn open_err(path: &Path, message: String, errno: i32) -> Error {
-    Error::Open { path: path.display().to_string(), message, errno }
+    Error::Open {
+        path: path.display().to_string(),
+        message,
+        errno,
+    }
 }
 
 fn os_message(e: &io::Error) -> String {
@@ -80,11 +84,19 @@ pub fn open_locked(path: &Path, writable: bool, wait: bool) -> Result<(File, Arc
             Ok(m) if (m.dev(), m.ino()) == key => return Ok((file, lock)),
             Ok(_) => continue,
             Err(e) => {
-                return Err(open_err(path, os_message(&e), e.raw_os_error().unwrap_or(libc::EIO)));
+                return Err(open_err(
+                    path,
+                    os_message(&e),
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                ));
             }
         }
     }
-    Err(open_err(path, "the file kept being replaced while waiting for its lock".into(), libc::EAGAIN))
+    Err(open_err(
+        path,
+        "the file kept being replaced while waiting for its lock".into(),
+        libc::EAGAIN,
+    ))
 }
 
 fn open_file(path: &Path, writable: bool) -> Result<File> {
@@ -108,7 +120,13 @@ fn open_file(path: &Path, writable: bool) -> Result<File> {
     })
 }
 
-fn lock_key(path: &Path, file: &File, key: Key, exclusive: bool, wait: bool) -> Result<Arc<ImageLock>> {
+fn lock_key(
+    path: &Path,
+    file: &File,
+    key: Key,
+    exclusive: bool,
+    wait: bool,
+) -> Result<Arc<ImageLock>> {
     // The registry stays locked while we take the lock, so two opens in this process never
     // race to lock the same file twice (a blocking wait here holds up only other opens).
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
@@ -126,7 +144,10 @@ fn lock_key(path: &Path, file: &File, key: Key, exclusive: bool, wait: bool) -> 
         .try_clone()
         .map_err(|e| open_err(path, os_message(&e), e.raw_os_error().unwrap_or(libc::EIO)))?;
     flock(path, &dup, key, exclusive, wait)?;
-    let lock = Arc::new(ImageLock { file: dup, exclusive: Mutex::new(exclusive) });
+    let lock = Arc::new(ImageLock {
+        file: dup,
+        exclusive: Mutex::new(exclusive),
+    });
     reg.insert(key, Arc::downgrade(&lock));
     Ok(lock)
 }
@@ -167,14 +188,22 @@ fn flock(path: &Path, file: &File, key: Key, exclusive: bool, wait: bool) -> Res
             }
             // Filesystems without flock support: no lock to take, as if alone.
             libc::ENOLCK | libc::EOPNOTSUPP => return Ok(()),
-            _ => return Err(open_err(path, format!("taking its lock: {}", os_message(&e)), errno)),
+            _ => {
+                return Err(open_err(
+                    path,
+                    format!("taking its lock: {}", os_message(&e)),
+                    errno,
+                ));
+            }
         }
     }
 }
 
 /// Pids holding a flock/POSIX/OFD lock on the file `key` (from `/proc/locks`; ours excluded).
 pub fn lock_holders(key: Key) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string("/proc/locks") else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
     let (maj, min) = (libc::major(key.0), libc::minor(key.0));
     let want = format!("{maj:02x}:{min:02x}:{}", key.1);
     let me = std::process::id();
@@ -212,7 +241,10 @@ fn check_not_in_use_meta(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
         let want = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
         if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
             // "36 35 98:0 / /mnt rw ... - ext4 /dev/loop0 rw"
-            if let Some(l) = info.lines().find(|l| l.split_whitespace().nth(2) == Some(&want)) {
+            if let Some(l) = info
+                .lines()
+                .find(|l| l.split_whitespace().nth(2) == Some(&want))
+            {
                 let at = l.split_whitespace().nth(4).unwrap_or("?");
                 return Err(open_err(
                     path,
@@ -224,7 +256,9 @@ fn check_not_in_use_meta(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
         return Ok(());
     }
     let key = (meta.dev(), meta.ino());
-    let Ok(entries) = std::fs::read_dir("/sys/block") else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Ok(());
+    };
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();

@@ -349,7 +349,8 @@ impl BlockMapper for Core {
         if self.write.is_none() {
             return Err(read_only("reserve"));
         }
-        self.w_reserve(ino_u32(ino)?, count).map_err(|e| self.map_err(ino, e))
+        self.w_reserve(ino_u32(ino)?, count)
+            .map_err(|e| self.map_err(ino, e))
     }
 
     fn release(&self, ino: u64, count: u64) {
@@ -386,40 +387,48 @@ impl BlockMapper for Core {
         if self.write.is_none() {
             return Err(read_only("convert unwritten extents"));
         }
-        self.w_convert(ino_u32(ino)?, ranges).map_err(|e| self.map_err(ino, e))
+        self.w_convert(ino_u32(ino)?, ranges)
+            .map_err(|e| self.map_err(ino, e))
     }
 
     fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
         if self.write.is_none() {
             return Err(read_only("update the size"));
         }
-        self.w_update_disksize(ino_u32(ino)?, size).map_err(|e| self.map_err(ino, e))
+        self.w_update_disksize(ino_u32(ino)?, size)
+            .map_err(|e| self.map_err(ino, e))
     }
 
     fn truncate(&self, ino: u64, first_lblk: u64, new_size: u64) -> Result<(), MapError> {
         if self.write.is_none() {
             return Err(read_only("truncate"));
         }
-        self.w_truncate(ino_u32(ino)?, first_lblk, new_size).map_err(|e| self.map_err(ino, e))
+        self.w_truncate(ino_u32(ino)?, first_lblk, new_size)
+            .map_err(|e| self.map_err(ino, e))
     }
 
     fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
         if self.write.is_none() {
             return Err(read_only("fallocate"));
         }
-        self.w_fallocate(ino_u32(ino)?, lblk, len).map_err(|e| self.map_err(ino, e))
+        self.w_fallocate(ino_u32(ino)?, lblk, len)
+            .map_err(|e| self.map_err(ino, e))
     }
 
     fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
         if self.write.is_none() {
             return Err(read_only("punch a hole"));
         }
-        self.w_punch(ino_u32(ino)?, lblk, len).map_err(|e| self.map_err(ino, e))
+        self.w_punch(ino_u32(ino)?, lblk, len)
+            .map_err(|e| self.map_err(ino, e))
     }
 }
 
 fn ino_u32(ino: u64) -> Result<u32, MapError> {
-    u32::try_from(ino).map_err(|_| MapError::Other { errno: 22, msg: format!("inode number {ino} too large") })
+    u32::try_from(ino).map_err(|_| MapError::Other {
+        errno: 22,
+        msg: format!("inode number {ino} too large"),
+    })
 }
 
 impl Core {

@@ -72,7 +72,11 @@ impl MetaBlock {
     pub fn clear_dirty(&self) {
         if self.dirty.swap(false, Ordering::AcqRel) {
             // Saturating: a recount may already have left this block out.
-            let _ = self.dirty_count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+            let _ = self
+                .dirty_count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
         }
     }
 
@@ -213,7 +217,10 @@ impl MetaCache {
             while j < dirty.len() && dirty[j].block == dirty[j - 1].block + 1 && j - i < 256 {
                 j += 1;
             }
-            let mut bio = ext4kit_blockdev::Bio::new(ext4kit_blockdev::BioOp::Write, start * self.dev_per_block);
+            let mut bio = ext4kit_blockdev::Bio::new(
+                ext4kit_blockdev::BioOp::Write,
+                start * self.dev_per_block,
+            );
             for b in &dirty[i..j] {
                 // Cleared before the copy: a change made after this point dirties it again.
                 b.clear_dirty();

@@ -53,7 +53,9 @@ impl Fs {
             });
         }
         let mut bad = Vec::new();
-        let entries = self.core.read_dir_entries_with(&DirInode { ino, inode: &inode }, Some(&mut bad))?;
+        let entries = self
+            .core
+            .read_dir_entries_with(&DirInode { ino, inode: &inode }, Some(&mut bad))?;
         Ok((entries, bad))
     }
 
@@ -100,7 +102,12 @@ impl Fs {
 
     /// Like [`Fs::resolve_inode`], a relative `path` starting at directory `start` (an
     /// absolute one, or an absolute symlink target, restarts at the root), as `openat` does.
-    pub fn resolve_inode_at(&self, start: u32, path: &[u8], follow_last: bool) -> Result<(u32, Inode)> {
+    pub fn resolve_inode_at(
+        &self,
+        start: u32,
+        path: &[u8],
+        follow_last: bool,
+    ) -> Result<(u32, Inode)> {
         let mut queue: VecDeque<Vec<u8>> = path
             .split(|&b| b == b'/')
             .filter(|c| !c.is_empty())
@@ -110,9 +117,17 @@ impl Fs {
         if path.ends_with(b"/") && !queue.is_empty() {
             queue.push_back(b".".to_vec());
         }
-        let mut cur = if path.starts_with(b"/") { ROOT_INO } else { start };
+        let mut cur = if path.starts_with(b"/") {
+            ROOT_INO
+        } else {
+            start
+        };
         let mut cur_inode = self.core.read_inode(cur)?;
-        let mut shown: Vec<u8> = if cur == ROOT_INO { b"/".to_vec() } else { Vec::new() };
+        let mut shown: Vec<u8> = if cur == ROOT_INO {
+            b"/".to_vec()
+        } else {
+            Vec::new()
+        };
         let mut followed = 0usize;
         while let Some(comp) = queue.pop_front() {
             if comp == b"." {

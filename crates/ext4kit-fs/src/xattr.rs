@@ -83,27 +83,28 @@ impl Core {
     /// Every attribute of an inode: in-inode first, then the xattr block.
     pub(crate) fn xattrs_of(&self, ino: u32, inode: &Inode) -> Result<Vec<Xattr>> {
         let mut out = Vec::new();
-        let mut push = |this: &Core, buf: &[u8], entries: &[XattrEntry], at: Structure| -> Result<()> {
-            for e in entries {
-                if e.name_index == INDEX_SYSTEM && e.name == SYSTEM_DATA_NAME {
-                    continue;
-                }
-                let Some(name) = e.full_name() else { continue };
-                let mut value = this.xattr_value(ino, buf, e)?;
-                if acl::is_acl_index(e.name_index) {
-                    match acl_from_disk(&value) {
-                        Ok(Some(v)) => value = v,
-                        // No entries: the kernel reports no ACL.
-                        Ok(None) => continue,
-                        Err(what) => {
-                            return Err(Error::corrupt(at, what).with_inode(ino));
+        let mut push =
+            |this: &Core, buf: &[u8], entries: &[XattrEntry], at: Structure| -> Result<()> {
+                for e in entries {
+                    if e.name_index == INDEX_SYSTEM && e.name == SYSTEM_DATA_NAME {
+                        continue;
+                    }
+                    let Some(name) = e.full_name() else { continue };
+                    let mut value = this.xattr_value(ino, buf, e)?;
+                    if acl::is_acl_index(e.name_index) {
+                        match acl_from_disk(&value) {
+                            Ok(Some(v)) => value = v,
+                            // No entries: the kernel reports no ACL.
+                            Ok(None) => continue,
+                            Err(what) => {
+                                return Err(Error::corrupt(at, what).with_inode(ino));
+                            }
                         }
                     }
+                    out.push(Xattr { name, value });
                 }
-                out.push(Xattr { name, value });
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         let area = inode.xattr_area();
         let entries = parse_ibody(area, self.ea_inode).ctx_inode(ino)?;
         push(self, area, &entries, Structure::XattrInode)?;

@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use ext4kit_fs::build::{BuildOptions, build_image};
-use ext4kit_testkit::{Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, generate_tree, require_kernel, snapshot};
+use ext4kit_testkit::{
+    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, generate_tree,
+    require_kernel, snapshot,
+};
 
 #[test]
 fn built_images_match_the_tree_through_the_kernel() {
@@ -18,7 +21,10 @@ fn built_images_match_the_tree_through_the_kernel() {
     let want = snapshot(&src);
     for bs in [1024u32, 2048, 4096] {
         let img = dir.path().join(format!("b{bs}.img"));
-        let opts = BuildOptions { block_size: Some(bs), ..BuildOptions::default() };
+        let opts = BuildOptions {
+            block_size: Some(bs),
+            ..BuildOptions::default()
+        };
         let report = build_image(&src, &img, &opts, &mut |_| {}).unwrap();
         assert!(report.files > 3000, "{report:?}");
         assert_e2fsck_clean(&img);
@@ -35,7 +41,15 @@ fn builds_are_reproducible_with_fixed_uuid_seed_and_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    generate_tree(&src, 5, &TreeOptions { big_dir_entries: 500, depth: 8, ..TreeOptions::default() });
+    generate_tree(
+        &src,
+        5,
+        &TreeOptions {
+            big_dir_entries: 500,
+            depth: 8,
+            ..TreeOptions::default()
+        },
+    );
     let opts = BuildOptions {
         block_size: Some(4096),
         uuid: Some([7; 16]),
@@ -55,6 +69,19 @@ fn builds_are_reproducible_with_fixed_uuid_seed_and_epoch() {
         assert_e2fsck_clean(&a);
     }
     let c = dir.path().join("c.img");
-    build_image(&src, &c, &BuildOptions { uuid: Some([8; 16]), ..opts }, &mut |_| {}).unwrap();
-    assert_ne!(std::fs::read(&c).unwrap(), x, "another UUID must change the image");
+    build_image(
+        &src,
+        &c,
+        &BuildOptions {
+            uuid: Some([8; 16]),
+            ..opts
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_ne!(
+        std::fs::read(&c).unwrap(),
+        x,
+        "another UUID must change the image"
+    );
 }

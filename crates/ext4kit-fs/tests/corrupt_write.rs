@@ -11,18 +11,25 @@ use std::time::Duration;
 use ext4kit_blockdev::{BlockDevice, MemDevice};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
-use ext4kit_fs::{Fs, OpenOptions, Result, ROOT_INO};
+use ext4kit_fs::{Fs, OpenOptions, ROOT_INO, Result};
 use ext4kit_testkit::{TreeOptions, generate_tree, pattern, run_ok};
 
 /// The number following the first `key` in `text` (dumpe2fs output).
 fn number_after(text: &str, key: &str) -> u64 {
     let rest = &text[text.find(key).unwrap() + key.len()..];
-    rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    rest.trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Removes `name` in `dir` and everything under it.
 fn remove_all(fs: &Fs, dir: u32, name: &[u8], depth: usize) -> Result<()> {
-    let Some(e) = fs.lookup(dir, name)? else { return Ok(()) };
+    let Some(e) = fs.lookup(dir, name)? else {
+        return Ok(());
+    };
     if depth < 64 && fs.inode(e.ino)?.is_dir() {
         for c in fs.read_dir(e.ino)? {
             if !c.is_dot_or_dotdot() {
@@ -37,8 +44,21 @@ fn remove_all(fs: &Fs, dir: u32, name: &[u8], depth: usize) -> Result<()> {
 
 /// The changes made to each damaged image; stops at the first error.
 fn change(dev: Arc<dyn BlockDevice>, which: u64) -> Result<()> {
-    let fs = Fs::open(dev, &OpenOptions { writable: true, background_writeback: false, ..OpenOptions::default() })?;
-    let a = NewInode::with_time(0o644, Timestamp { seconds: 1_700_000_000, nanoseconds: 0 });
+    let fs = Fs::open(
+        dev,
+        &OpenOptions {
+            writable: true,
+            background_writeback: false,
+            ..OpenOptions::default()
+        },
+    )?;
+    let a = NewInode::with_time(
+        0o644,
+        Timestamp {
+            seconds: 1_700_000_000,
+            nanoseconds: 0,
+        },
+    );
     match which % 4 {
         0 => {
             let mut at = ROOT_INO;
@@ -86,10 +106,36 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    generate_tree(&src, 3, &TreeOptions { big_dir_entries: 300, depth: 5, ..TreeOptions::default() });
+    generate_tree(
+        &src,
+        3,
+        &TreeOptions {
+            big_dir_entries: 300,
+            depth: 5,
+            ..TreeOptions::default()
+        },
+    );
     let img = dir.path().join("base.img");
-    std::fs::File::create(&img).unwrap().set_len(24 << 20).unwrap();
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "1024", "-O", "^metadata_csum", "-d", src.to_str().unwrap(), img.to_str().unwrap()]);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(24 << 20)
+        .unwrap();
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-O",
+            "^metadata_csum",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    );
     let base = std::fs::read(&img).unwrap();
     // Where the metadata is (1 KiB blocks): group descriptors, group 0's bitmaps and the used
     // part of its inode table, and the blocks of some directories.
@@ -99,14 +145,27 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
         (2048, 1024),
         (number_after(&dump, "Block bitmap at") * 1024, 1024),
         (number_after(&dump, "Inode bitmap at") * 1024, 1024),
-        (number_after(&dump, "Inode table at") * 1024, inodes_used * 256),
+        (
+            number_after(&dump, "Inode table at") * 1024,
+            inodes_used * 256,
+        ),
     ];
     for d in ["/", "/bigdir", "/deep", "/deep/level00"] {
-        let out = run_ok("debugfs", &["-R", &format!("blocks {d}"), img.to_str().unwrap()]);
-        regions.extend(out.split_whitespace().filter_map(|b| b.parse::<u64>().ok()).map(|b| (b * 1024, 1024)));
+        let out = run_ok(
+            "debugfs",
+            &["-R", &format!("blocks {d}"), img.to_str().unwrap()],
+        );
+        regions.extend(
+            out.split_whitespace()
+                .filter_map(|b| b.parse::<u64>().ok())
+                .map(|b| (b * 1024, 1024)),
+        );
     }
     assert!(regions.len() > 6, "{regions:?}");
-    let cases: u64 = std::env::var("EXT4KIT_CORRUPT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let cases: u64 = std::env::var("EXT4KIT_CORRUPT_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -130,42 +189,100 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(true) => passed += 1,
             Ok(false) => failed += 1,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("case {case}: no answer in 60 s (endless loop?)"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("case {case}: no answer in 60 s (endless loop?)")
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                panic!("case {case}: panicked: {:?}", worker.join().err().and_then(|e| e.downcast_ref::<String>().cloned()))
+                panic!(
+                    "case {case}: panicked: {:?}",
+                    worker
+                        .join()
+                        .err()
+                        .and_then(|e| e.downcast_ref::<String>().cloned())
+                )
             }
         }
         worker.join().unwrap();
     }
-    eprintln!("{cases} damaged images: {passed} took the changes, {failed} refused them with an error");
+    eprintln!(
+        "{cases} damaged images: {passed} took the changes, {failed} refused them with an error"
+    );
     // The damage must matter sometimes, or this proves nothing.
-    assert!(failed > cases / 20, "only {failed} of {cases} damaged images gave an error");
+    assert!(
+        failed > cases / 20,
+        "only {failed} of {cases} damaged images gave an error"
+    );
 }
 
 #[test]
 fn a_block_bitmap_calling_the_inode_table_free_is_refused_naming_group_and_block() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("b.img");
-    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "1024", "-O", "^metadata_csum", img.to_str().unwrap()]);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-O",
+            "^metadata_csum",
+            img.to_str().unwrap(),
+        ],
+    );
     let dump = run_ok("dumpe2fs", &[img.to_str().unwrap()]);
-    let (bitmap_at, table_at) = (number_after(&dump, "Block bitmap at"), number_after(&dump, "Inode table at"));
+    let (bitmap_at, table_at) = (
+        number_after(&dump, "Block bitmap at"),
+        number_after(&dump, "Inode table at"),
+    );
     // Group 0 starts at block 1 with 1 KiB blocks: bit (table - 1) says whether the table's
     // first block is in use.
     let mut bytes = std::fs::read(&img).unwrap();
     let bit = (table_at - 1) as usize;
     bytes[(bitmap_at * 1024) as usize + bit / 8] &= !(1 << (bit % 8));
     std::fs::write(&img, &bytes).unwrap();
-    let fs = Fs::open_path(&img, &OpenOptions { writable: true, ..OpenOptions::default() }).unwrap();
-    let a = NewInode::with_time(0o644, Timestamp { seconds: 1_700_000_000, nanoseconds: 0 });
-    let f = fs.create(ROOT_INO, b"f", &NewKind::Regular, &a).and_then(|f| fs.write_at(f, 0, &pattern(1, 100_000)).map(|()| f));
+    let fs = Fs::open_path(
+        &img,
+        &OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let a = NewInode::with_time(
+        0o644,
+        Timestamp {
+            seconds: 1_700_000_000,
+            nanoseconds: 0,
+        },
+    );
+    let f = fs
+        .create(ROOT_INO, b"f", &NewKind::Regular, &a)
+        .and_then(|f| fs.write_at(f, 0, &pattern(1, 100_000)).map(|()| f));
     let e = f.and_then(|_| fs.sync()).unwrap_err().to_string();
-    assert!(e.contains("group 0") && e.contains(&format!("metadata block {table_at} ")) && e.contains("run e2fsck"), "{e}");
+    assert!(
+        e.contains("group 0")
+            && e.contains(&format!("metadata block {table_at} "))
+            && e.contains("run e2fsck"),
+        "{e}"
+    );
     drop(fs);
     // Nothing was allocated over the table: e2fsck finds only the bit we cleared.
     let (_, text) = ext4kit_testkit::run("e2fsck", &[std::ffi::OsStr::new("-fn"), img.as_os_str()]);
-    assert!(text.contains(&format!("+{table_at}")) || text.contains(&format!("+({table_at}--")), "{text}");
-    assert!(!text.contains("multiply-claimed") && !text.contains("Multiply-claimed"), "{text}");
+    assert!(
+        text.contains(&format!("+{table_at}")) || text.contains(&format!("+({table_at}--")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("multiply-claimed") && !text.contains("Multiply-claimed"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -175,20 +292,63 @@ fn an_inode_bitmap_calling_a_live_inode_free_is_refused_naming_the_inode() {
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("precious"), b"keep me").unwrap();
     let img = dir.path().join("i.img");
-    std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", "-O", "^metadata_csum", "-d", src.to_str().unwrap(), img.to_str().unwrap()]);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-O",
+            "^metadata_csum",
+            "-d",
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ],
+    );
     let stat = run_ok("debugfs", &["-R", "stat /precious", img.to_str().unwrap()]);
-    let ino: u32 = stat["Inode: ".len()..].split_whitespace().next().unwrap().parse().unwrap();
+    let ino: u32 = stat["Inode: ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let dump = run_ok("dumpe2fs", &[img.to_str().unwrap()]);
     let ibm = number_after(&dump, "Inode bitmap at");
     let mut bytes = std::fs::read(&img).unwrap();
     let bit = (ino - 1) as usize;
     bytes[(ibm * 4096) as usize + bit / 8] &= !(1 << (bit % 8));
     std::fs::write(&img, &bytes).unwrap();
-    let fs = Fs::open_path(&img, &OpenOptions { writable: true, ..OpenOptions::default() }).unwrap();
-    let a = NewInode::with_time(0o644, Timestamp { seconds: 1_700_000_000, nanoseconds: 0 });
-    let e = fs.create(ROOT_INO, b"new", &NewKind::Regular, &a).unwrap_err().to_string();
-    assert!(e.contains(&format!("inode {ino} is marked free but in use (1 links)")) && e.contains("group 0"), "{e}");
+    let fs = Fs::open_path(
+        &img,
+        &OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let a = NewInode::with_time(
+        0o644,
+        Timestamp {
+            seconds: 1_700_000_000,
+            nanoseconds: 0,
+        },
+    );
+    let e = fs
+        .create(ROOT_INO, b"new", &NewKind::Regular, &a)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("inode {ino} is marked free but in use (1 links)"))
+            && e.contains("group 0"),
+        "{e}"
+    );
     drop(fs);
     // The file is untouched.
     let out = run_ok("debugfs", &["-R", "cat /precious", img.to_str().unwrap()]);

@@ -18,11 +18,17 @@ use ext4kit_blockdev::{BioOp, BlockDevice, FaultDevice, FaultRule, FileDevice};
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
 use ext4kit_testkit::{
-    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, e2fsck_clean, generate_tree, pattern, require_kernel, run,
-    run_ok, snapshot,
+    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, e2fsck_clean, generate_tree,
+    pattern, require_kernel, run, run_ok, snapshot,
 };
 
-const CMP: Compare = Compare { mtime: true, mtime_ns: true, dir_mtime: false, owner: true, xattrs: true };
+const CMP: Compare = Compare {
+    mtime: true,
+    mtime_ns: true,
+    dir_mtime: false,
+    owner: true,
+    xattrs: true,
+};
 
 /// Mounts `img` read-only and compares it with `host`.
 fn assert_kernel_view(img: &Path, host: &Path, what: &str) {
@@ -31,14 +37,22 @@ fn assert_kernel_view(img: &Path, host: &Path, what: &str) {
     m.unmount().unwrap();
     let want = snapshot(host);
     let d = diff_trees(&want, &got, CMP);
-    assert!(d.is_empty(), "{what}: kernel view differs from the host tree ({} differences):\n{}", d.len(), d[..d.len().min(40)].join("\n"));
+    assert!(
+        d.is_empty(),
+        "{what}: kernel view differs from the host tree ({} differences):\n{}",
+        d.len(),
+        d[..d.len().min(40)].join("\n")
+    );
 }
 
 /// The changes of issue 5's demonstration, on a tree made by `generate_tree`.
 fn apply_changes(t: &Twin, bs: u32) {
     let t0 = 1_710_000_000i64;
     // 1. Every second file of the 3000-entry directory goes; 3000 new ones come.
-    let mut names: Vec<String> = std::fs::read_dir(t.h("bigdir")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(t.h("bigdir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names.len(), 3000);
     for n in names.iter().skip(1).step_by(2) {
@@ -46,23 +60,47 @@ fn apply_changes(t: &Twin, bs: u32) {
     }
     for i in 0..3000u32 {
         let name = format!("bigdir/new-{i:05}-{}", "m".repeat((i % 50) as usize));
-        t.write_file(&name, &pattern(u64::from(i) + 7, (i % 300) as usize), 0o644, ts(t0 + i64::from(i), i * 7));
+        t.write_file(
+            &name,
+            &pattern(u64::from(i) + 7, (i % 300) as usize),
+            0o644,
+            ts(t0 + i64::from(i), i * 7),
+        );
     }
     // 2. A deep directory moves elsewhere (37 levels below it), and one is renamed in place.
     t.rename("deep/level00/level01/level02", "names/moved-deep");
     t.rename("deep/level00", "deep/level00-renamed");
     // 3. Large files overwritten with different content and length.
-    t.write_file("files/size-1048577", &pattern(901, (5 << 19) + 3), 0o600, ts(t0 + 5000, 1));
-    t.write_at("files/size-65537", 0, &pattern(902, 40_000), ts(t0 + 5001, 2));
+    t.write_file(
+        "files/size-1048577",
+        &pattern(901, (5 << 19) + 3),
+        0o600,
+        ts(t0 + 5000, 1),
+    );
+    t.write_at(
+        "files/size-65537",
+        0,
+        &pattern(902, 40_000),
+        ts(t0 + 5001, 2),
+    );
     t.truncate("files/size-65537", 40_000, ts(t0 + 5001, 2));
-    t.write_at("files/size-4097", 3000, &pattern(903, 9000), ts(t0 + 5002, 3));
+    t.write_at(
+        "files/size-4097",
+        3000,
+        &pattern(903, 9000),
+        ts(t0 + 5002, 3),
+    );
     // 4. A directory of sparse files goes.
     t.remove_all("sparse");
     // 5. mkdir -p.
     t.mkdir_p("made/by/mkdir/dash/p");
     // 6. Symlinks (fast and slow) and hard links (a group grows and shrinks).
     t.symlink("../made/by", "links/new-fast", ts(t0 + 6000, 6));
-    t.symlink(&"s".repeat(200), "made/by/mkdir/slow-link", ts(t0 + 6001, 7));
+    t.symlink(
+        &"s".repeat(200),
+        "made/by/mkdir/slow-link",
+        ts(t0 + 6001, 7),
+    );
     t.link("hardlinks/one", "made/by/mkdir/dash/one-again");
     t.link("bigdir/new-00007-mmmmmmm", "made/linked-new");
     t.unlink("hardlinks/two");
@@ -70,7 +108,12 @@ fn apply_changes(t: &Twin, bs: u32) {
     t.rename("files/size-0", "files/size-1");
     t.mkdir("made/empty1", 0o750);
     t.mkdir("made/empty2", 0o700);
-    t.write_file("made/empty1/inside", b"moved with its directory", 0o644, ts(t0 + 7000, 8));
+    t.write_file(
+        "made/empty1/inside",
+        b"moved with its directory",
+        0o644,
+        ts(t0 + 7000, 8),
+    );
     t.rmdir("made/empty2");
     t.mkdir("made/empty2", 0o700);
     t.rename("made/empty1", "made/empty2");
@@ -85,7 +128,12 @@ fn apply_changes(t: &Twin, bs: u32) {
     t.punch("files/size-65536", 5000, 30_000, ts(t0 + 9000, 9));
     t.fallocate("files/size-8192", 0, 64 << 10, true, ts(t0 + 9001, 10));
     t.fallocate("files/size-4095", 2000, 100_000, false, ts(t0 + 9002, 11));
-    t.write_at("files/size-4095", 50_000, &pattern(905, u64::from(bs) as usize + 17), ts(t0 + 9003, 12));
+    t.write_at(
+        "files/size-4095",
+        50_000,
+        &pattern(905, u64::from(bs) as usize + 17),
+        ts(t0 + 9003, 12),
+    );
     // 11. Other kinds go too.
     t.unlink("links/to-dir");
     if t.h("special/fifo").exists() {
@@ -109,7 +157,10 @@ fn kernel_written_images_take_deletes_moves_overwrites_and_links() {
         let img = kernel_image(dir.path(), "k.img", bs, 128, Some(&host), &[]);
         assert_e2fsck_clean(&img);
         assert_kernel_view(&img, &host, "before the changes");
-        let t = Twin { host: host.clone(), fs: open_rw(&img) };
+        let t = Twin {
+            host: host.clone(),
+            fs: open_rw(&img),
+        };
         apply_changes(&t, bs);
         t.fs.sync().unwrap();
         drop(t);
@@ -136,13 +187,20 @@ fn tree_depth(fs: &Fs, ino: u32) -> u16 {
 
 /// `debugfs -R "stat"` says how many extents, roughly: count of "(" in the EXTENTS section.
 fn extent_count(img: &Path, path: &str) -> usize {
-    let out = run_ok("debugfs", &["-R", &format!("ex {path}"), img.to_str().unwrap()]);
-    out.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains('/')).count()
+    let out = run_ok(
+        "debugfs",
+        &["-R", &format!("ex {path}"), img.to_str().unwrap()],
+    );
+    out.lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains('/'))
+        .count()
 }
 
 #[test]
 fn kernel_written_deep_extent_trees_with_unwritten_extents_are_cut_split_and_freed() {
-    if !require_kernel("kernel_written_deep_extent_trees_with_unwritten_extents_are_cut_split_and_freed") {
+    if !require_kernel(
+        "kernel_written_deep_extent_trees_with_unwritten_extents_are_cut_split_and_freed",
+    ) {
         return;
     }
     for bs in [1024u32, 4096] {
@@ -192,7 +250,10 @@ fn kernel_written_deep_extent_trees_with_unwritten_extents_are_cut_split_and_fre
         let ino = fs.resolve(b"/frag", true).unwrap();
         let want_depth = if bs == 1024 { 2 } else { 1 };
         assert_eq!(tree_depth(&fs, ino), want_depth, "{bs}: kernel tree depth");
-        assert!(extent_count(&img, "/frag") >= (nblocks / 2) as usize, "{bs}: kernel extents");
+        assert!(
+            extent_count(&img, "/frag") >= (nblocks / 2) as usize,
+            "{bs}: kernel extents"
+        );
         let pino = fs.resolve(b"/pre", true).unwrap();
         // Punch across leaf boundaries, fill some holes (inserts that split leaves), truncate
         // into the middle, grow again with a hole.
@@ -236,15 +297,28 @@ fn kernel_written_deep_extent_trees_with_unwritten_extents_are_cut_split_and_fre
             panic!("{bs}: {e}");
         }
         let fs = Fs::open_path(&img, &OpenOptions::default()).unwrap();
-        assert!(fs.superblock().free_blocks_count() > free_at_open + nblocks / 2, "{bs}: blocks of the deleted files were not freed");
+        assert!(
+            fs.superblock().free_blocks_count() > free_at_open + nblocks / 2,
+            "{bs}: blocks of the deleted files were not freed"
+        );
         drop(fs);
         let m = LoopMount::new(&img, true).unwrap();
-        assert!(std::fs::read(m.path().join("frag")).unwrap() == frag, "{bs}: frag content differs");
-        assert!(std::fs::read(m.path().join("pre")).unwrap() == pre, "{bs}: pre content differs");
+        assert!(
+            std::fs::read(m.path().join("frag")).unwrap() == frag,
+            "{bs}: frag content differs"
+        );
+        assert!(
+            std::fs::read(m.path().join("pre")).unwrap() == pre,
+            "{bs}: pre content differs"
+        );
         assert!(!m.path().join("frag-copy").exists());
         let md = std::fs::metadata(m.path().join("pre")).unwrap();
         assert_eq!(md.len(), 8 << 20);
-        assert!(md.blocks() * 512 >= (9 << 20), "{bs}: preallocation past EOF kept ({} sectors)", md.blocks());
+        assert!(
+            md.blocks() * 512 >= (9 << 20),
+            "{bs}: preallocation past EOF kept ({} sectors)",
+            md.blocks()
+        );
         m.unmount().unwrap();
     }
 }
@@ -272,7 +346,11 @@ fn kernel_written_two_level_htree_takes_removals_additions_and_renames() {
     let big = fs.resolve(b"/big", true).unwrap();
     let other = fs.resolve(b"/other", true).unwrap();
     let root_block = fs.map_block(big, 0, 1).unwrap().pblk;
-    assert_eq!(fs.read_block(root_block).unwrap()[30], 1, "the kernel made a two-level htree");
+    assert_eq!(
+        fs.read_block(root_block).unwrap()[30],
+        1,
+        "the kernel made a two-level htree"
+    );
     let mut model: BTreeSet<String> = (0..n).map(long).collect();
     let mut moved: BTreeSet<String> = BTreeSet::new();
     let attrs = NewInode::with_time(0o644, ts(1_700_000_000, 0));
@@ -284,12 +362,14 @@ fn kernel_written_two_level_htree_takes_removals_additions_and_renames() {
             }
             1 if i % 9 == 1 => {
                 let to = format!("r{}", long(i));
-                fs.rename(big, long(i).as_bytes(), big, to.as_bytes()).unwrap();
+                fs.rename(big, long(i).as_bytes(), big, to.as_bytes())
+                    .unwrap();
                 model.remove(&long(i));
                 model.insert(to);
             }
             1 if i % 9 == 4 => {
-                fs.rename(big, long(i).as_bytes(), other, long(i).as_bytes()).unwrap();
+                fs.rename(big, long(i).as_bytes(), other, long(i).as_bytes())
+                    .unwrap();
                 model.remove(&long(i));
                 moved.insert(long(i));
             }
@@ -297,20 +377,35 @@ fn kernel_written_two_level_htree_takes_removals_additions_and_renames() {
         }
     }
     for i in n..n + 6000 {
-        fs.create(big, long(i).as_bytes(), &NewKind::Regular, &attrs).unwrap();
+        fs.create(big, long(i).as_bytes(), &NewKind::Regular, &attrs)
+            .unwrap();
         model.insert(long(i));
     }
     fs.sync().unwrap();
     drop(fs);
     assert_e2fsck_clean(&img);
     let m = LoopMount::new(&img, true).unwrap();
-    let got: BTreeSet<String> = std::fs::read_dir(m.path().join("big")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(got == model, "htree names differ: {} vs {}", got.len(), model.len());
-    let got: BTreeSet<String> = std::fs::read_dir(m.path().join("other")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let got: BTreeSet<String> = std::fs::read_dir(m.path().join("big"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        got == model,
+        "htree names differ: {} vs {}",
+        got.len(),
+        model.len()
+    );
+    let got: BTreeSet<String> = std::fs::read_dir(m.path().join("other"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert!(got == moved);
     // Kernel lookups through the index find every name.
     for name in model.iter().step_by(97) {
-        assert!(m.path().join("big").join(name).exists(), "kernel lookup of {name}");
+        assert!(
+            m.path().join("big").join(name).exists(),
+            "kernel lookup of {name}"
+        );
     }
     m.unmount().unwrap();
 }
@@ -319,27 +414,76 @@ fn kernel_written_two_level_htree_takes_removals_additions_and_renames() {
 fn directory_operations_refuse_what_rename2_and_rmdir2_refuse() {
     // Our own mkfs on a memory device: no outside tools needed.
     let dev: Arc<dyn BlockDevice> = Arc::new(ext4kit_blockdev::MemDevice::new(1024, 16 << 10));
-    ext4kit_fs::mkfs::mkfs(&*dev, &ext4kit_fs::mkfs::MkfsOptions { block_size: Some(1024), size_bytes: 16 << 20, ..Default::default() }).unwrap();
-    let fs = Fs::open(Arc::clone(&dev), &OpenOptions { writable: true, ..OpenOptions::default() }).unwrap();
+    ext4kit_fs::mkfs::mkfs(
+        &*dev,
+        &ext4kit_fs::mkfs::MkfsOptions {
+            block_size: Some(1024),
+            size_bytes: 16 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fs = Fs::open(
+        Arc::clone(&dev),
+        &OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     let a = NewInode::with_time(0o755, ts(1_700_000_000, 0));
     let d = fs.create(ROOT_INO, b"d", &NewKind::Directory, &a).unwrap();
     let sub = fs.create(d, b"sub", &NewKind::Directory, &a).unwrap();
     let deep = fs.create(sub, b"deeper", &NewKind::Directory, &a).unwrap();
     let f = fs.create(d, b"f", &NewKind::Regular, &a).unwrap();
     fs.link(f, ROOT_INO, b"f-link").unwrap();
-    let e = fs.create(ROOT_INO, b"empty", &NewKind::Directory, &a).unwrap();
+    let e = fs
+        .create(ROOT_INO, b"empty", &NewKind::Directory, &a)
+        .unwrap();
     let errno = |r: Result<(), Error>| r.unwrap_err().errno();
-    assert_eq!(errno(fs.rmdir(ROOT_INO, b"d")), 39, "rmdir of a non-empty directory: ENOTEMPTY");
+    assert_eq!(
+        errno(fs.rmdir(ROOT_INO, b"d")),
+        39,
+        "rmdir of a non-empty directory: ENOTEMPTY"
+    );
     assert_eq!(errno(fs.rmdir(d, b"f")), 20, "rmdir of a file: ENOTDIR");
-    assert_eq!(errno(fs.unlink(ROOT_INO, b"d")), 21, "unlink of a directory: EISDIR");
+    assert_eq!(
+        errno(fs.unlink(ROOT_INO, b"d")),
+        21,
+        "unlink of a directory: EISDIR"
+    );
     assert_eq!(errno(fs.unlink(ROOT_INO, b"missing")), 2);
     assert_eq!(errno(fs.unlink(ROOT_INO, b".")), 22);
-    assert_eq!(errno(fs.rename(ROOT_INO, b"d", sub, b"x")), 22, "into its own subtree: EINVAL");
-    assert_eq!(errno(fs.rename(ROOT_INO, b"d", deep, b"x")), 22, "into its own subtree: EINVAL");
-    assert_eq!(errno(fs.rename(ROOT_INO, b"d", d, b"x")), 22, "into itself: EINVAL");
-    assert_eq!(errno(fs.rename(d, b"f", ROOT_INO, b"empty")), 21, "file over a directory: EISDIR");
-    assert_eq!(errno(fs.rename(ROOT_INO, b"empty", d, b"f")), 20, "directory over a file: ENOTDIR");
-    assert_eq!(errno(fs.rename(ROOT_INO, b"empty", ROOT_INO, b"d")), 39, "over a non-empty directory: ENOTEMPTY");
+    assert_eq!(
+        errno(fs.rename(ROOT_INO, b"d", sub, b"x")),
+        22,
+        "into its own subtree: EINVAL"
+    );
+    assert_eq!(
+        errno(fs.rename(ROOT_INO, b"d", deep, b"x")),
+        22,
+        "into its own subtree: EINVAL"
+    );
+    assert_eq!(
+        errno(fs.rename(ROOT_INO, b"d", d, b"x")),
+        22,
+        "into itself: EINVAL"
+    );
+    assert_eq!(
+        errno(fs.rename(d, b"f", ROOT_INO, b"empty")),
+        21,
+        "file over a directory: EISDIR"
+    );
+    assert_eq!(
+        errno(fs.rename(ROOT_INO, b"empty", d, b"f")),
+        20,
+        "directory over a file: ENOTDIR"
+    );
+    assert_eq!(
+        errno(fs.rename(ROOT_INO, b"empty", ROOT_INO, b"d")),
+        39,
+        "over a non-empty directory: ENOTEMPTY"
+    );
     // Two names of one inode: nothing happens, both stay.
     fs.rename(d, b"f", ROOT_INO, b"f-link").unwrap();
     assert_eq!(fs.lookup(d, b"f").unwrap().unwrap().ino, f);
@@ -347,21 +491,33 @@ fn directory_operations_refuse_what_rename2_and_rmdir2_refuse() {
     // A directory replaces an empty one; link counts follow.
     let root_links = fs.stat(ROOT_INO).unwrap().nlink;
     fs.rename(d, b"sub", ROOT_INO, b"empty").unwrap();
-    assert_eq!(fs.stat(ROOT_INO).unwrap().nlink, root_links, "root lost the replaced dir and gained the moved one");
+    assert_eq!(
+        fs.stat(ROOT_INO).unwrap().nlink,
+        root_links,
+        "root lost the replaced dir and gained the moved one"
+    );
     assert_eq!(fs.stat(d).unwrap().nlink, 2);
     assert_eq!(fs.lookup(sub, b"..").unwrap().unwrap().ino, ROOT_INO);
-    assert!(fs.stat(e).is_err() || fs.stat(e).unwrap().nlink == 0, "the replaced directory is freed");
+    assert!(
+        fs.stat(e).is_err() || fs.stat(e).unwrap().nlink == 0,
+        "the replaced directory is freed"
+    );
     fs.sync().unwrap();
     let ro = Fs::open(dev, &OpenOptions::default()).unwrap();
     assert_eq!(ro.resolve(b"/empty/deeper", true).unwrap(), deep);
-    assert!(matches!(ro.resolve(b"/d/sub", true), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        ro.resolve(b"/d/sub", true),
+        Err(Error::NotFound { .. })
+    ));
     // Read-only images refuse.
     assert_eq!(errno(ro.unlink(ROOT_INO, b"f-link")), 30);
 }
 
 #[test]
 fn unlinked_open_files_are_orphans_until_closed_and_left_orphans_are_cleaned_at_open() {
-    if !require_kernel("unlinked_open_files_are_orphans_until_closed_and_left_orphans_are_cleaned_at_open") {
+    if !require_kernel(
+        "unlinked_open_files_are_orphans_until_closed_and_left_orphans_are_cleaned_at_open",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -371,7 +527,9 @@ fn unlinked_open_files_are_orphans_until_closed_and_left_orphans_are_cleaned_at_
     let a = NewInode::with_time(0o644, ts(1_700_000_000, 0));
     let keep = fs.create(ROOT_INO, b"keep", &NewKind::Regular, &a).unwrap();
     fs.write_at(keep, 0, &pattern(1, 100_000)).unwrap();
-    let ino = fs.create(ROOT_INO, b"open-file", &NewKind::Regular, &a).unwrap();
+    let ino = fs
+        .create(ROOT_INO, b"open-file", &NewKind::Regular, &a)
+        .unwrap();
     fs.write_at(ino, 0, &pattern(2, 3 << 20)).unwrap();
     fs.sync().unwrap();
     let held = fs.data_mapping(ino).unwrap();
@@ -400,7 +558,11 @@ fn unlinked_open_files_are_orphans_until_closed_and_left_orphans_are_cleaned_at_
     assert_e2fsck_clean(&img);
     let ro = Fs::open_path(&img, &OpenOptions::default()).unwrap();
     assert_eq!(ro.superblock().last_orphan(), 0);
-    assert_eq!(ro.superblock().free_blocks_count() + 100_000u64.div_ceil(4096), free0, "only `keep` holds blocks");
+    assert_eq!(
+        ro.superblock().free_blocks_count() + 100_000u64.div_ceil(4096),
+        free0,
+        "only `keep` holds blocks"
+    );
     drop(ro);
     // The kernel cleans our orphan list as it cleans its own ...
     let k = dir.path().join("left-kernel.img");
@@ -409,19 +571,30 @@ fn unlinked_open_files_are_orphans_until_closed_and_left_orphans_are_cleaned_at_
     assert_e2fsck_clean(&k);
     // ... and so does a writable open of ours.
     let fs = open_rw(&left);
-    assert!(fs.notices().iter().any(|n| n.contains("orphan")), "{:?}", fs.notices());
+    assert!(
+        fs.notices().iter().any(|n| n.contains("orphan")),
+        "{:?}",
+        fs.notices()
+    );
     fs.sync().unwrap();
     drop(fs);
     assert_e2fsck_clean(&left);
     let m = LoopMount::new(&left, true).unwrap();
-    assert_eq!(std::fs::read(m.path().join("keep")).unwrap(), pattern(1, 100_000));
+    assert_eq!(
+        std::fs::read(m.path().join("keep")).unwrap(),
+        pattern(1, 100_000)
+    );
     m.unmount().unwrap();
 }
 
 /// An image the kernel left with an unlinked-but-open file (frozen while the file was open),
 /// with or without the orphan file.
 fn kernel_orphan_image(dir: &Path, name: &str, orphan_file: bool) -> (std::path::PathBuf, Vec<u8>) {
-    let extra: &[&str] = if orphan_file { &["-O", "orphan_file"] } else { &["-O", "^orphan_file"] };
+    let extra: &[&str] = if orphan_file {
+        &["-O", "orphan_file"]
+    } else {
+        &["-O", "^orphan_file"]
+    };
     let img = kernel_image(dir, &format!("{name}.src"), 1024, 64, None, extra);
     let copy = dir.join(name);
     let m = LoopMount::new(&img, false).unwrap();
@@ -431,7 +604,11 @@ fn kernel_orphan_image(dir: &Path, name: &str, orphan_file: bool) -> (std::path:
         .map(|i| {
             let p = m.path().join(format!("gone-{i}"));
             std::fs::write(&p, pattern(i, 300_000)).unwrap();
-            let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap();
             std::fs::remove_file(&p).unwrap();
             f
         })
@@ -447,7 +624,9 @@ fn kernel_orphan_image(dir: &Path, name: &str, orphan_file: bool) -> (std::path:
 
 #[test]
 fn orphans_the_kernel_left_are_cleaned_at_writable_open_with_and_without_orphan_file() {
-    if !require_kernel("orphans_the_kernel_left_are_cleaned_at_writable_open_with_and_without_orphan_file") {
+    if !require_kernel(
+        "orphans_the_kernel_left_are_cleaned_at_writable_open_with_and_without_orphan_file",
+    ) {
         return;
     }
     for orphan_file in [false, true] {
@@ -457,13 +636,23 @@ fn orphans_the_kernel_left_are_cleaned_at_writable_open_with_and_without_orphan_
             let ro = Fs::open_path(&img, &OpenOptions::default()).unwrap();
             let sb = ro.superblock();
             let present = sb.has_ro_compat(ext4kit_fs::format::RoCompatFeatures::ORPHAN_PRESENT);
-            assert!(sb.last_orphan() != 0 || present, "orphan_file={orphan_file}: the frozen image has no orphans (last_orphan 0, orphan_present {present})");
-            assert!(!sb.has_incompat(ext4kit_fs::format::IncompatFeatures::RECOVER), "a frozen image needs no recovery");
+            assert!(
+                sb.last_orphan() != 0 || present,
+                "orphan_file={orphan_file}: the frozen image has no orphans (last_orphan 0, orphan_present {present})"
+            );
+            assert!(
+                !sb.has_incompat(ext4kit_fs::format::IncompatFeatures::RECOVER),
+                "a frozen image needs no recovery"
+            );
         }
         let (code, text) = run("e2fsck", &[std::ffi::OsStr::new("-fn"), img.as_os_str()]);
         eprintln!("orphan_file={orphan_file}: e2fsck -fn before cleaning exits {code}:\n{text}");
         let fs = open_rw(&img);
-        assert!(fs.notices().iter().any(|n| n.contains("3 orphan")), "orphan_file={orphan_file}: {:?}", fs.notices());
+        assert!(
+            fs.notices().iter().any(|n| n.contains("3 orphan")),
+            "orphan_file={orphan_file}: {:?}",
+            fs.notices()
+        );
         fs.sync().unwrap();
         drop(fs);
         if let Err(e) = e2fsck_clean(&img) {
@@ -471,23 +660,42 @@ fn orphans_the_kernel_left_are_cleaned_at_writable_open_with_and_without_orphan_
         }
         let m = LoopMount::new(&img, true).unwrap();
         assert_eq!(std::fs::read(m.path().join("keep")).unwrap(), keep);
-        assert_eq!(std::fs::read_dir(m.path()).unwrap().count(), 2, "keep and lost+found");
+        assert_eq!(
+            std::fs::read_dir(m.path()).unwrap().count(),
+            2,
+            "keep and lost+found"
+        );
         m.unmount().unwrap();
     }
 }
 
 #[test]
 fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unrelated_files() {
-    if !require_kernel("a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unrelated_files") {
+    if !require_kernel(
+        "a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unrelated_files",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    generate_tree(&src, 11, &TreeOptions { big_dir_entries: 400, depth: 6, ..TreeOptions::default() });
+    generate_tree(
+        &src,
+        11,
+        &TreeOptions {
+            big_dir_entries: 400,
+            depth: 6,
+            ..TreeOptions::default()
+        },
+    );
     let base = kernel_image(dir.path(), "base.img", 1024, 64, Some(&src), &[]);
     let unrelated = |root: &Path| -> BTreeMap<Vec<u8>, ext4kit_testkit::Entry> {
-        snapshot(root).into_iter().filter(|(p, _)| p.starts_with(b"files") || p.starts_with(b"hardlinks") || p.starts_with(b"xattrs")).collect()
+        snapshot(root)
+            .into_iter()
+            .filter(|(p, _)| {
+                p.starts_with(b"files") || p.starts_with(b"hardlinks") || p.starts_with(b"xattrs")
+            })
+            .collect()
     };
     let want = unrelated(&src);
     // A dry run counts the writes a sync makes (data first, then metadata).
@@ -501,8 +709,13 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
     // how many metadata requests it makes varies a little from run to run (inode table blocks
     // merge differently), the data requests do not.
     let data_writes = log.iter().take_while(|r| r.op == BioOp::Write).count() as u64;
-    assert!(data_writes >= 100 && writes > data_writes + 8, "{data_writes} data writes of {writes}");
-    eprintln!("a sync of the changes makes {writes} write requests ({data_writes} of data); failing 16 of them one at a time");
+    assert!(
+        data_writes >= 100 && writes > data_writes + 8,
+        "{data_writes} data writes of {writes}"
+    );
+    eprintln!(
+        "a sync of the changes makes {writes} write requests ({data_writes} of data); failing 16 of them one at a time"
+    );
     assert_e2fsck_clean(&dry);
     let mut picks: Vec<u64> = vec![0, 1, data_writes / 3, data_writes - 1];
     picks.extend((0..12).map(|k| data_writes + k));
@@ -518,9 +731,15 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
         }
         assert_eq!(fault.nr_failed(), 1, "write {n} of {writes}");
         let e = r.expect_err("sync succeeded although a write failed");
-        assert!(e.errno() == 5 || e.to_string().contains("I/O") || e.to_string().contains("njected"), "write {n}: {e}");
+        assert!(
+            e.errno() == 5 || e.to_string().contains("I/O") || e.to_string().contains("njected"),
+            "write {n}: {e}"
+        );
         let (code, text) = run("e2fsck", &[std::ffi::OsStr::new("-fy"), img.as_os_str()]);
-        assert!(code <= 2, "write {n}: e2fsck -fy could not repair (exit {code}):\n{text}");
+        assert!(
+            code <= 2,
+            "write {n}: e2fsck -fy could not repair (exit {code}):\n{text}"
+        );
         if n < data_writes {
             // A failed data write stops the sync before any metadata: nothing to repair.
             assert_eq!(code, 0, "write {n} (data) left damage:\n{text}");
@@ -533,14 +752,26 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
         let got = unrelated(m.path());
         m.unmount().unwrap();
         let d = diff_trees(&want, &got, CMP);
-        assert!(d.is_empty(), "write {n}: unrelated files lost or changed:\n{}", d.join("\n"));
+        assert!(
+            d.is_empty(),
+            "write {n}: unrelated files lost or changed:\n{}",
+            d.join("\n")
+        );
         std::fs::remove_file(&img).unwrap();
     }
     // Failed metadata writes leave something for e2fsck to repair (some blocks, such as an
     // inode table block holding only freed inodes, matter to nobody when lost).
-    assert!(metadata_failures >= 8, "only {metadata_failures} metadata writes failed");
-    assert!(repaired * 2 >= metadata_failures, "only {repaired} of {metadata_failures} failed metadata writes needed a repair");
-    eprintln!("{repaired} of {metadata_failures} failed metadata writes needed e2fsck -fy to repair");
+    assert!(
+        metadata_failures >= 8,
+        "only {metadata_failures} metadata writes failed"
+    );
+    assert!(
+        repaired * 2 >= metadata_failures,
+        "only {repaired} of {metadata_failures} failed metadata writes needed a repair"
+    );
+    eprintln!(
+        "{repaired} of {metadata_failures} failed metadata writes needed e2fsck -fy to repair"
+    );
 }
 
 /// Opens `img` through a fault device, deletes half of /bigdir, adds 200 files with data,
@@ -552,15 +783,32 @@ fn change_under_faults(img: &Path, fail_at: Option<u64>) -> (Result<(), Error>, 
     let dev: Arc<dyn BlockDevice> = Arc::new(fault.clone());
     // The in-place write path (images without a journal, builds): failures there are what
     // e2fsck repairs. Through the journal a failed sync needs no repair (journal_write.rs).
-    let fs = Fs::open(dev, &OpenOptions { writable: true, background_writeback: false, use_journal: false, ..OpenOptions::default() }).unwrap();
+    let fs = Fs::open(
+        dev,
+        &OpenOptions {
+            writable: true,
+            background_writeback: false,
+            use_journal: false,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
     let a = NewInode::with_time(0o644, ts(1_700_000_000, 0));
     let big = fs.resolve(b"/bigdir", true).unwrap();
-    let names: Vec<Vec<u8>> = fs.read_dir(big).unwrap().into_iter().filter(|e| !e.is_dot_or_dotdot()).map(|e| e.name).collect();
+    let names: Vec<Vec<u8>> = fs
+        .read_dir(big)
+        .unwrap()
+        .into_iter()
+        .filter(|e| !e.is_dot_or_dotdot())
+        .map(|e| e.name)
+        .collect();
     for name in names.iter().step_by(2) {
         fs.unlink(big, name).unwrap();
     }
     for i in 0..200u32 {
-        let ino = fs.create(big, format!("added-{i}").as_bytes(), &NewKind::Regular, &a).unwrap();
+        let ino = fs
+            .create(big, format!("added-{i}").as_bytes(), &NewKind::Regular, &a)
+            .unwrap();
         fs.write_at(ino, 0, &pattern(u64::from(i), 5000)).unwrap();
     }
     let deep = fs.resolve(b"/deep", true).unwrap();
@@ -568,7 +816,10 @@ fn change_under_faults(img: &Path, fail_at: Option<u64>) -> (Result<(), Error>, 
     common::remove_tree(&fs, ROOT_INO, b"sparse");
     fault.clear_log();
     if let Some(n) = fail_at {
-        fault.add_rule(FaultRule::Nth { op: Some(BioOp::Write), n });
+        fault.add_rule(FaultRule::Nth {
+            op: Some(BioOp::Write),
+            n,
+        });
     }
     let r = fs.sync();
     drop(fs);
@@ -594,12 +845,25 @@ fn xattr_blocks_the_kernel_shares_between_inodes_are_reference_counted() {
     let img = kernel_image(dir.path(), "x.img", 4096, 32, None, &[]);
     {
         let m = LoopMount::new(&img, false).unwrap();
-        run_ok("cp", &["-a", &format!("{}/.", host.display()), m.path().to_str().unwrap()]);
+        run_ok(
+            "cp",
+            &[
+                "-a",
+                &format!("{}/.", host.display()),
+                m.path().to_str().unwrap(),
+            ],
+        );
         m.unmount().unwrap();
     }
-    let t = Twin { host: host.clone(), fs: open_rw(&img) };
+    let t = Twin {
+        host: host.clone(),
+        fs: open_rw(&img),
+    };
     let acl = |n: &str| t.fs.inode(t.ino(n)).unwrap().file_acl();
-    assert!(acl("a") != 0 && acl("a") == acl("b") && acl("b") == acl("d"), "the kernel shared one block");
+    assert!(
+        acl("a") != 0 && acl("a") == acl("b") && acl("b") == acl("d"),
+        "the kernel shared one block"
+    );
     let shared = acl("a");
     t.unlink("a");
     t.set_xattr("b", "user.shared", &pattern(6, 700));
@@ -612,7 +876,10 @@ fn xattr_blocks_the_kernel_shares_between_inodes_are_reference_counted() {
     assert_e2fsck_clean(&img);
     assert_kernel_view(&img, &host, "shared xattr blocks");
     // The last user lets go: the block is freed.
-    let t = Twin { host: host.clone(), fs: open_rw(&img) };
+    let t = Twin {
+        host: host.clone(),
+        fs: open_rw(&img),
+    };
     t.unlink("d");
     t.fs.sync().unwrap();
     drop(t);

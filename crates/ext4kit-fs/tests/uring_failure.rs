@@ -8,8 +8,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use ext4kit_blockdev::{BlockDevice, UringDevice};
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::format::inode::Timestamp;
+use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
 use ext4kit_testkit::{require_kernel, run_ok};
 
@@ -20,8 +20,22 @@ fn sync_after_the_ring_fails_returns_the_error_without_hanging() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("u.img");
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", img.to_str().unwrap()]);
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            img.to_str().unwrap(),
+        ],
+    );
     let dev = match UringDevice::open(&img, true, 1024) {
         Ok(d) => Arc::new(d),
         Err(e) => {
@@ -35,11 +49,23 @@ fn sync_after_the_ring_fails_returns_the_error_without_hanging() {
     let as_dev: Arc<dyn BlockDevice> = Arc::clone(&dev) as _;
     let fs = Fs::open(
         as_dev,
-        &OpenOptions { writable: true, background_writeback: false, ..OpenOptions::default() },
+        &OpenOptions {
+            writable: true,
+            background_writeback: false,
+            ..OpenOptions::default()
+        },
     )
     .unwrap();
-    let attrs = NewInode::with_time(0o644, Timestamp { seconds: 1_700_000_000, nanoseconds: 0 });
-    let f = fs.create(ROOT_INO, b"f", &NewKind::Regular, &attrs).unwrap();
+    let attrs = NewInode::with_time(
+        0o644,
+        Timestamp {
+            seconds: 1_700_000_000,
+            nanoseconds: 0,
+        },
+    );
+    let f = fs
+        .create(ROOT_INO, b"f", &NewKind::Regular, &attrs)
+        .unwrap();
     fs.write_at(f, 0, &vec![0x5a; 16 << 20]).unwrap();
     // The ring fails while the sync's writeback is on it: one more `io_uring_enter` works, the
     // next fails with entries in the submission queue and in the kernel.
@@ -55,6 +81,9 @@ fn sync_after_the_ring_fails_returns_the_error_without_hanging() {
         .recv_timeout(Duration::from_secs(60))
         .expect("sync hung after the ring failed");
     let first = first.expect_err("sync after a ring failure must fail");
-    assert!(second.is_err(), "a second sync fails too (the device stays failed)");
+    assert!(
+        second.is_err(),
+        "a second sync fails too (the device stays failed)"
+    );
     eprintln!("sync: {first}");
 }

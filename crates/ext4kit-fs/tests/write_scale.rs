@@ -9,7 +9,9 @@ use ext4kit_fs::build::{BuildOptions, build_image};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
-use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, kernel_available, pattern, require_kernel, run_ok};
+use ext4kit_testkit::{
+    LoopMount, assert_e2fsck_clean, kernel_available, pattern, require_kernel, run_ok,
+};
 
 fn mkfs(img: &Path, bs: u32, size: u64, extra: &[&str]) {
     let f = std::fs::File::create(img).unwrap();
@@ -22,11 +24,20 @@ fn mkfs(img: &Path, bs: u32, size: u64, extra: &[&str]) {
 }
 
 fn rw() -> OpenOptions {
-    OpenOptions { writable: true, ..OpenOptions::default() }
+    OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    }
 }
 
 fn attrs() -> NewInode {
-    NewInode::with_time(0o644, Timestamp { seconds: 1_700_000_000, nanoseconds: 5 })
+    NewInode::with_time(
+        0o644,
+        Timestamp {
+            seconds: 1_700_000_000,
+            nanoseconds: 5,
+        },
+    )
 }
 
 #[test]
@@ -39,15 +50,34 @@ fn a_directory_of_100000_entries_built_and_grown() {
     let img = dir.path().join("grow.img");
     mkfs(&img, 1024, 256 << 20, &["-N", "120000"]);
     let fs = Fs::open_path(&img, &rw()).unwrap();
-    let d = fs.create(ROOT_INO, b"big", &NewKind::Directory, &NewInode { perm: 0o755, ..attrs() }).unwrap();
+    let d = fs
+        .create(
+            ROOT_INO,
+            b"big",
+            &NewKind::Directory,
+            &NewInode {
+                perm: 0o755,
+                ..attrs()
+            },
+        )
+        .unwrap();
     for i in 0..100_000u32 {
-        fs.create(d, format!("file-{i:06}").as_bytes(), &NewKind::Regular, &attrs()).unwrap();
+        fs.create(
+            d,
+            format!("file-{i:06}").as_bytes(),
+            &NewKind::Regular,
+            &attrs(),
+        )
+        .unwrap();
     }
     fs.sync().unwrap();
     drop(fs);
     assert_e2fsck_clean(&img);
     let m = LoopMount::new(&img, true).unwrap();
-    assert_eq!(std::fs::read_dir(m.path().join("big")).unwrap().count(), 100_000);
+    assert_eq!(
+        std::fs::read_dir(m.path().join("big")).unwrap().count(),
+        100_000
+    );
     assert!(m.path().join("big/file-099999").exists() && m.path().join("big/file-000000").exists());
     m.unmount().unwrap();
 
@@ -58,10 +88,22 @@ fn a_directory_of_100000_entries_built_and_grown() {
         std::fs::File::create(src.join(format!("big/entry-{i:06}"))).unwrap();
     }
     let img2 = dir.path().join("built.img");
-    build_image(&src, &img2, &BuildOptions { block_size: Some(4096), ..BuildOptions::default() }, &mut |_| {}).unwrap();
+    build_image(
+        &src,
+        &img2,
+        &BuildOptions {
+            block_size: Some(4096),
+            ..BuildOptions::default()
+        },
+        &mut |_| {},
+    )
+    .unwrap();
     assert_e2fsck_clean(&img2);
     let m = LoopMount::new(&img2, true).unwrap();
-    assert_eq!(std::fs::read_dir(m.path().join("big")).unwrap().count(), 100_000);
+    assert_eq!(
+        std::fs::read_dir(m.path().join("big")).unwrap().count(),
+        100_000
+    );
     m.unmount().unwrap();
 }
 
@@ -74,16 +116,42 @@ fn more_than_65000_subdirectories_use_dir_nlink() {
     let img = dir.path().join("nlink.img");
     mkfs(&img, 1024, 200 << 20, &["-N", "70000"]);
     let fs = Fs::open_path(&img, &rw()).unwrap();
-    let d = fs.create(ROOT_INO, b"many", &NewKind::Directory, &NewInode { perm: 0o755, ..attrs() }).unwrap();
+    let d = fs
+        .create(
+            ROOT_INO,
+            b"many",
+            &NewKind::Directory,
+            &NewInode {
+                perm: 0o755,
+                ..attrs()
+            },
+        )
+        .unwrap();
     for i in 0..65_010u32 {
-        fs.create(d, format!("d{i}").as_bytes(), &NewKind::Directory, &NewInode { perm: 0o755, ..attrs() }).unwrap();
+        fs.create(
+            d,
+            format!("d{i}").as_bytes(),
+            &NewKind::Directory,
+            &NewInode {
+                perm: 0o755,
+                ..attrs()
+            },
+        )
+        .unwrap();
     }
-    assert_eq!(fs.inode(d).unwrap().links_count(), 1, "past 65,000 links a directory counts 1");
+    assert_eq!(
+        fs.inode(d).unwrap().links_count(),
+        1,
+        "past 65,000 links a directory counts 1"
+    );
     fs.sync().unwrap();
     drop(fs);
     assert_e2fsck_clean(&img);
     let m = LoopMount::new(&img, true).unwrap();
-    assert_eq!(std::fs::read_dir(m.path().join("many")).unwrap().count(), 65_010);
+    assert_eq!(
+        std::fs::read_dir(m.path().join("many")).unwrap().count(),
+        65_010
+    );
     m.unmount().unwrap();
 }
 
@@ -96,7 +164,9 @@ fn a_4_gib_sparse_file_with_data_at_both_ends() {
     let img = dir.path().join("sparse.img");
     mkfs(&img, 4096, 64 << 20, &[]);
     let fs = Fs::open_path(&img, &rw()).unwrap();
-    let f = fs.create(ROOT_INO, b"sparse", &NewKind::Regular, &attrs()).unwrap();
+    let f = fs
+        .create(ROOT_INO, b"sparse", &NewKind::Regular, &attrs())
+        .unwrap();
     let head = pattern(1, 100_000);
     let tail = pattern(2, 5000);
     let end = 4u64 << 30;
@@ -110,7 +180,11 @@ fn a_4_gib_sparse_file_with_data_at_both_ends() {
     let file = std::fs::File::open(m.path().join("sparse")).unwrap();
     let md = file.metadata().unwrap();
     assert_eq!(md.len(), end);
-    assert!(md.blocks() * 512 < 1 << 20, "{} sectors allocated", md.blocks());
+    assert!(
+        md.blocks() * 512 < 1 << 20,
+        "{} sectors allocated",
+        md.blocks()
+    );
     let mut b = vec![0u8; head.len()];
     file.read_exact_at(&mut b, 0).unwrap();
     assert_eq!(b, head);
@@ -137,7 +211,14 @@ fn filling_the_filesystem_gives_enospc_and_leaves_it_consistent() {
         let mut written = Vec::new();
         let mut hit = None;
         'outer: for i in 0..64 {
-            let f = fs.create(ROOT_INO, format!("f{i}").as_bytes(), &NewKind::Regular, &attrs()).unwrap();
+            let f = fs
+                .create(
+                    ROOT_INO,
+                    format!("f{i}").as_bytes(),
+                    &NewKind::Regular,
+                    &attrs(),
+                )
+                .unwrap();
             let data = pattern(i, 1 << 20);
             for (k, chunk) in data.chunks(64 << 10).enumerate() {
                 match fs.write_at(f, (k * (64 << 10)) as u64, chunk) {
@@ -158,7 +239,11 @@ fn filling_the_filesystem_gives_enospc_and_leaves_it_consistent() {
         assert_e2fsck_clean(&img);
         let m = LoopMount::new(&img, true).unwrap();
         for (name, data) in &written {
-            assert_eq!(&std::fs::read(m.path().join(name)).unwrap(), data, "{bs}: {name}");
+            assert_eq!(
+                &std::fs::read(m.path().join(name)).unwrap(),
+                data,
+                "{bs}: {name}"
+            );
         }
         m.unmount().unwrap();
     }
@@ -180,7 +265,18 @@ fn images_that_must_not_be_written_are_refused_with_the_reason() {
     let img = dir.path().join("ext2.img");
     let f = std::fs::File::create(&img).unwrap();
     f.set_len(32 << 20).unwrap();
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext2", "-b", "1024", img.to_str().unwrap()]);
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext2",
+            "-b",
+            "1024",
+            img.to_str().unwrap(),
+        ],
+    );
     let e = Fs::open_path(&img, &rw()).unwrap_err();
     assert!(e.to_string().contains("extents"), "{e}");
     // A journal that needs recovery.
@@ -192,7 +288,8 @@ fn images_that_must_not_be_written_are_refused_with_the_reason() {
     let copy = dir.path().join("dirty-copy.img");
     std::fs::copy(&img, &copy).unwrap();
     m.unmount().unwrap();
-    let (_, dump) = ext4kit_testkit::run("dumpe2fs", &[std::ffi::OsStr::new("-h"), copy.as_os_str()]);
+    let (_, dump) =
+        ext4kit_testkit::run("dumpe2fs", &[std::ffi::OsStr::new("-h"), copy.as_os_str()]);
     if dump.contains("needs_recovery") {
         let e = Fs::open_path(&copy, &rw()).unwrap_err();
         assert!(e.to_string().contains("journal needs recovery"), "{e}");

@@ -26,7 +26,10 @@ use ext4kit_pagecache::{Config, PageCache, io_end_size};
 const MIB: u64 = 1 << 20;
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -44,7 +47,13 @@ fn data(len: usize, seed: u64) -> Vec<u8> {
 
 fn fresh_file(path: &Path, size: u64) -> File {
     let _ = std::fs::remove_file(path);
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).expect("create bench file");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("create bench file");
     f.set_len(size).expect("size bench file");
     f
 }
@@ -67,7 +76,10 @@ impl Dir {
 /// working for a while after a flush returns, and whichever variant ran next paid for it.
 fn quiesce() {
     rustix::fs::sync();
-    std::thread::sleep(std::time::Duration::from_millis(env_u64("EXT4KIT_BENCH_SETTLE_MS", 1000)));
+    std::thread::sleep(std::time::Duration::from_millis(env_u64(
+        "EXT4KIT_BENCH_SETTLE_MS",
+        1000,
+    )));
 }
 
 /// Raw: 1 MiB pwrites of `total` bytes, then fdatasync. Returns seconds.
@@ -94,7 +106,12 @@ struct EngineRun {
     bytes: u64,
 }
 
-fn engine_cache(path: &Path, dev_bytes: u64, ps: usize, bs: usize) -> (PageCache, Arc<SimpleMapper>) {
+fn engine_cache(
+    path: &Path,
+    dev_bytes: u64,
+    ps: usize,
+    bs: usize,
+) -> (PageCache, Arc<SimpleMapper>) {
     let _ = fresh_file(path, dev_bytes);
     let (dev, why) = open_file_device(path, true, 512).expect("open device");
     if let Some(why) = why {
@@ -104,7 +121,10 @@ fn engine_cache(path: &Path, dev_bytes: u64, ps: usize, bs: usize) -> (PageCache
     let mapper = Arc::new(SimpleMapper::new(0, nr_blocks));
     let mut cfg = Config::new(ps, bs);
     cfg.dirty_limit_bytes = Some(64 << 20);
-    (PageCache::new(cfg, dev, mapper.clone()).expect("cache"), mapper)
+    (
+        PageCache::new(cfg, dev, mapper.clone()).expect("cache"),
+        mapper,
+    )
 }
 
 /// Engine: the same writes through the page cache, then fsync.
@@ -127,7 +147,11 @@ fn engine_seq(dir: &Dir, total: u64, buf: &[u8], ps: usize, bs: usize) -> Engine
     cache.shutdown();
     drop((m, h, cache));
     let _ = std::fs::remove_file(&path);
-    EngineRun { secs, bios: st.bios_submitted, bytes: st.bytes_submitted }
+    EngineRun {
+        secs,
+        bios: st.bios_submitted,
+        bytes: st.bytes_submitted,
+    }
 }
 
 const RAND_FILE: u64 = 256 * MIB;
@@ -190,20 +214,29 @@ fn engine_rand(dir: &Dir, offs: &[u64], block: &[u8], fill: &[u8], bs: usize) ->
     cache.shutdown();
     drop((m, h, cache));
     let _ = std::fs::remove_file(&path);
-    EngineRun { secs, bios: st.bios_submitted - before.bios_submitted, bytes: st.bytes_submitted - before.bytes_submitted }
+    EngineRun {
+        secs,
+        bios: st.bios_submitted - before.bios_submitted,
+        bytes: st.bytes_submitted - before.bytes_submitted,
+    }
 }
 
 fn main() {
     // `cargo bench` passes "--bench"; ignore arguments.
     let runs = env_u64("EXT4KIT_BENCH_RUNS", 5).max(1) as usize;
     let seq_mib = env_u64("EXT4KIT_BENCH_SEQ_MIB", 1024).max(16);
-    let dir = Dir(std::env::var_os("EXT4KIT_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR"))));
+    let dir = Dir(std::env::var_os("EXT4KIT_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR"))));
     std::fs::create_dir_all(&dir.0).expect("bench dir");
     let total = seq_mib * MIB;
     let buf = data(MIB as usize, 7);
     let fill = data(MIB as usize, 9);
     let block = data(4096, 11);
-    println!("writeback bench: {runs} interleaved runs, {seq_mib} MiB sequential, {RAND_OPS} random 4 KiB writes into 256 MiB, in {}", dir.0.display());
+    println!(
+        "writeback bench: {runs} interleaved runs, {seq_mib} MiB sequential, {RAND_OPS} random 4 KiB writes into 256 MiB, in {}",
+        dir.0.display()
+    );
 
     let (mut raw, mut e4k, mut e1k, mut e64k) = (vec![], vec![], vec![], vec![]);
     let (mut rraw, mut r4k, mut r1k) = (vec![], vec![], vec![]);
@@ -222,7 +255,12 @@ fn main() {
             }
         }
         let a = secs[0];
-        let [_, b, c, d] = [seq_runs[0].take(), seq_runs[1].take(), seq_runs[2].take(), seq_runs[3].take()];
+        let [_, b, c, d] = [
+            seq_runs[0].take(),
+            seq_runs[1].take(),
+            seq_runs[2].take(),
+            seq_runs[3].take(),
+        ];
         let (b, c, d) = (b.expect("run"), c.expect("run"), d.expect("run"));
         bios += b.bios;
         bytes += b.bytes;
@@ -261,7 +299,12 @@ fn main() {
         r4k.push(rb.secs);
         r1k.push(rc.secs);
     }
-    let (mraw, m4k, m1k, m64k) = (median(&mut raw), median(&mut e4k), median(&mut e1k), median(&mut e64k));
+    let (mraw, m4k, m1k, m64k) = (
+        median(&mut raw),
+        median(&mut e4k),
+        median(&mut e1k),
+        median(&mut e64k),
+    );
     let (mrraw, mr4k, mr1k) = (median(&mut rraw), median(&mut r4k), median(&mut r1k));
     println!(
         "medians: seq raw {:.2}s, engine 4K/4K {:.2}s, 1K/4K {:.2}s, 4K/64K {:.2}s (ratio {:.2}); rand raw {:.3}s, engine 4K {:.3}s, 1K {:.3}s",
@@ -276,7 +319,11 @@ fn main() {
     );
     let bios_per_mib = bios as f64 / (bytes as f64 / MIB as f64);
     let bytes_per_block = std::mem::size_of::<u8>() + std::mem::size_of::<u64>();
-    println!("memory: io_end {} bytes (+16 per unwritten range), {} bytes of state per block", io_end_size(), bytes_per_block);
+    println!(
+        "memory: io_end {} bytes (+16 per unwritten range), {} bytes of state per block",
+        io_end_size(),
+        bytes_per_block
+    );
     println!(
         "writeback: seq_ratio={:.2} seq_1k_ratio={:.2} rand_ratio={:.2} rand_1k_ratio={:.2} bios_per_mib={:.2} ioend_bytes={}",
         mraw / m4k,

@@ -12,7 +12,8 @@ fn main() {
     let mode = args.get(1).map(String::as_str).unwrap_or("seq");
     let bs: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(4096);
     let ps: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(4096);
-    let path_s = std::env::var("PROFILE_IMG").unwrap_or_else(|_| "/dev/shm/ext4kit-profile.img".into());
+    let path_s =
+        std::env::var("PROFILE_IMG").unwrap_or_else(|_| "/dev/shm/ext4kit-profile.img".into());
     let path = std::path::Path::new(&path_s);
     let size: u64 = 1100 << 20;
     let f = std::fs::File::create(path).expect("create");
@@ -20,8 +21,17 @@ fn main() {
     let (dev, _) = open_file_device(path, true, 512).expect("dev");
     let mapper = Arc::new(SimpleMapper::new(0, size / bs as u64));
     let mut cfg = Config::new(ps, bs);
-    cfg.dirty_limit_bytes = Some(std::env::var("DIRTY_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(64usize) << 20);
-    cfg.cache_limit_bytes = std::env::var("CACHE_MB").ok().and_then(|v| v.parse().ok()).map(|m: usize| m << 20);
+    cfg.dirty_limit_bytes = Some(
+        std::env::var("DIRTY_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64usize)
+            << 20,
+    );
+    cfg.cache_limit_bytes = std::env::var("CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(|m: usize| m << 20);
     let cache = PageCache::new(cfg, dev, mapper).expect("cache");
     let m = cache.mapping(1, 0, 0);
     let h = m.open();
@@ -39,7 +49,10 @@ fn main() {
         println!("fill 256 MiB into cache: {:.3}s", t.elapsed().as_secs_f64());
         let t = Instant::now();
         m.open().fsync().expect("fsync");
-        println!("fsync 256 MiB to memory device: {:.3}s", t.elapsed().as_secs_f64());
+        println!(
+            "fsync 256 MiB to memory device: {:.3}s",
+            t.elapsed().as_secs_f64()
+        );
         let mut x = 12345u64;
         let t = Instant::now();
         for _ in 0..200_000 {
@@ -48,7 +61,10 @@ fn main() {
             x ^= x << 17;
             m.write((x % 65536) * 4096, &buf[..4096]).expect("write");
         }
-        println!("200k cached 4K overwrites: {:.3}s", t.elapsed().as_secs_f64());
+        println!(
+            "200k cached 4K overwrites: {:.3}s",
+            t.elapsed().as_secs_f64()
+        );
         return;
     }
     if mode == "seq3" {
@@ -71,12 +87,16 @@ fn main() {
                 m.write(i << 20, &buf).expect("write");
             }
             let w = t.elapsed().as_secs_f64();
-            m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all()).expect("writepages");
+            m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all())
+                .expect("writepages");
             let sub = t.elapsed().as_secs_f64();
             m.wait_writeback();
             let io = t.elapsed().as_secs_f64();
             h.fsync().expect("fsync");
-            println!("seq: {:.3}s (writes {w:.3}s, submitted {sub:.3}s, IO done {io:.3}s)", t.elapsed().as_secs_f64());
+            println!(
+                "seq: {:.3}s (writes {w:.3}s, submitted {sub:.3}s, IO done {io:.3}s)",
+                t.elapsed().as_secs_f64()
+            );
             cache.shutdown();
         }
         return;
@@ -105,7 +125,11 @@ fn main() {
         }
         let w = t.elapsed().as_secs_f64();
         h.fsync().expect("fsync");
-        println!("rand: writes {:.3}s total {:.3}s", w, t.elapsed().as_secs_f64());
+        println!(
+            "rand: writes {:.3}s total {:.3}s",
+            w,
+            t.elapsed().as_secs_f64()
+        );
     }
     let _ = std::fs::remove_file(path);
 }

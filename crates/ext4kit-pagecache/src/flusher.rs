@@ -54,7 +54,11 @@ impl Flusher {
         }
         let seen = st.passes;
         while st.passes == seen && st.running && !st.stop {
-            if self.done.wait_for(&mut st, Duration::from_millis(50)).timed_out() {
+            if self
+                .done
+                .wait_for(&mut st, Duration::from_millis(50))
+                .timed_out()
+            {
                 break;
             }
         }
@@ -76,7 +80,9 @@ impl Flusher {
 pub(crate) fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
     shared.flusher.st.lock().running = true;
     let weak = Arc::downgrade(shared);
-    thread::Builder::new().name("ext4kit-flush".into()).spawn(move || run(weak))?;
+    thread::Builder::new()
+        .name("ext4kit-flush".into())
+        .spawn(move || run(weak))?;
     Ok(())
 }
 
@@ -94,7 +100,9 @@ fn run(shared: Weak<Shared>) {
                     break m;
                 }
                 // Wake up now and then to notice that the cache went away.
-                sh.flusher.work.wait_for(&mut st, Duration::from_millis(100));
+                sh.flusher
+                    .work
+                    .wait_for(&mut st, Duration::from_millis(100));
                 if Arc::strong_count(&sh) == 1 {
                     st.running = false;
                     return;

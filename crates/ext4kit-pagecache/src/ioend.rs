@@ -99,9 +99,18 @@ impl IoEnd {
     /// written (it lies past an EOF that moved down meanwhile), so it must stay unwritten.
     pub(crate) fn remove_unwritten(&self, lblk: u64) {
         let mut l = self.lists.lock();
-        let Some(i) = l.unwritten.iter().position(|r| r.lblk <= lblk && lblk < r.lblk + r.len) else { return };
+        let Some(i) = l
+            .unwritten
+            .iter()
+            .position(|r| r.lblk <= lblk && lblk < r.lblk + r.len)
+        else {
+            return;
+        };
         let r = l.unwritten[i];
-        let tail = UnwrittenRange { lblk: lblk + 1, len: r.lblk + r.len - lblk - 1 };
+        let tail = UnwrittenRange {
+            lblk: lblk + 1,
+            len: r.lblk + r.len - lblk - 1,
+        };
         l.unwritten[i].len = lblk - r.lblk;
         if tail.len > 0 {
             l.unwritten.insert(i + 1, tail);
@@ -213,14 +222,22 @@ pub(crate) fn end_io_end(io_end: IoEnd, inline: bool) {
         if io_end.failed() {
             // Never expose the old contents of blocks whose data did not reach the disk.
             converted = false;
-            m.cache.emit(|| Event::ConversionSkipped { ino: m.ino, ranges: ranges.clone() });
+            m.cache.emit(|| Event::ConversionSkipped {
+                ino: m.ino,
+                ranges: ranges.clone(),
+            });
         } else {
             let r = m.cache.mapper.convert_unwritten(m.ino, &ranges);
             if let Err(e) = &r {
                 m.set_error(e.errno());
                 converted = false;
             }
-            m.cache.emit(|| Event::Convert { ino: m.ino, ranges: ranges.clone(), ok: r.is_ok(), inline });
+            m.cache.emit(|| Event::Convert {
+                ino: m.ino,
+                ranges: ranges.clone(),
+                ok: r.is_ok(),
+                inline,
+            });
         }
     }
     let unconverted: &[UnwrittenRange] = if converted { &[] } else { &ranges };
@@ -244,7 +261,11 @@ fn release_io_end_as(io_end: IoEnd, unconverted: &[UnwrittenRange]) {
     finish_chain(&m, lists.completed, unconverted);
 }
 
-fn finish_chain(m: &Arc<MappingInner>, mut next: Option<Box<CompletedBio>>, unconverted: &[UnwrittenRange]) {
+fn finish_chain(
+    m: &Arc<MappingInner>,
+    mut next: Option<Box<CompletedBio>>,
+    unconverted: &[UnwrittenRange],
+) {
     while let Some(mut done) = next {
         next = done.next.take();
         done.failed |= !unconverted.is_empty();
@@ -272,11 +293,17 @@ fn finish_bio(m: &Arc<MappingInner>, done: CompletedBio, unconverted: &[Unwritte
                 s.remove(BlockState::WRITE_IO_ERROR);
             }
             let lblk = page.index() * bpp + b as u64;
-            if unconverted.iter().any(|r| r.lblk <= lblk && lblk < r.lblk + r.len) {
+            if unconverted
+                .iter()
+                .any(|r| r.lblk <= lblk && lblk < r.lblk + r.len)
+            {
                 s.insert(BlockState::UNWRITTEN);
             }
         }
-        let under_io = st.blocks.iter().any(|s| s.contains(BlockState::ASYNC_WRITE));
+        let under_io = st
+            .blocks
+            .iter()
+            .any(|s| s.contains(BlockState::ASYNC_WRITE));
         if !under_io {
             end_page_writeback_locked(m, &page, st);
         }

@@ -302,7 +302,9 @@ impl Shared {
     /// Evicts clean pages when the cache is over its limit: other files first, `current` last.
     /// `after_sync`: pages were just cleaned, so try even below the floor.
     pub(crate) fn shrink_if_needed(&self, current: u64, after_sync: bool) {
-        let Some(limit) = self.cfg.cache_limit_bytes else { return };
+        let Some(limit) = self.cfg.cache_limit_bytes else {
+            return;
+        };
         let ps = self.cfg.page_size;
         let now = self.cached_pages.load(Ordering::Relaxed);
         // After a pass that could not get under the limit (everything dirty or under IO),
@@ -313,8 +315,12 @@ impl Shared {
         }
         // Evict an eighth: small batches keep the freed buffers within the page buffer pool.
         let target = (limit - limit / 8) / ps;
-        let mut maps: Vec<(u64, Arc<MappingInner>)> =
-            self.mappings.lock().iter().filter_map(|(ino, w)| w.upgrade().map(|m| (*ino, m))).collect();
+        let mut maps: Vec<(u64, Arc<MappingInner>)> = self
+            .mappings
+            .lock()
+            .iter()
+            .filter_map(|(ino, w)| w.upgrade().map(|m| (*ino, m)))
+            .collect();
         maps.sort_by_key(|(ino, _)| *ino == current);
         for (_, m) in maps {
             let cached = self.cached_pages.load(Ordering::Relaxed);
@@ -324,7 +330,11 @@ impl Shared {
             m.evict_clean(cached - target, false);
         }
         let after = self.cached_pages.load(Ordering::Relaxed);
-        let floor = if after * ps > limit { after + (limit / 16 / ps).max(1) } else { 0 };
+        let floor = if after * ps > limit {
+            after + (limit / 16 / ps).max(1)
+        } else {
+            0
+        };
         self.shrink_floor.store(floor, Ordering::Relaxed);
     }
 
@@ -417,7 +427,8 @@ impl PageCache {
         *shared.worker_id.lock() = Some(handle.thread().id());
         *shared.worker.lock() = Some(handle);
         if shared.cfg.dirty_limit_bytes.is_some() {
-            flusher::start(&shared).map_err(|e| Error::BadConfig(format!("cannot start the flusher: {e}")))?;
+            flusher::start(&shared)
+                .map_err(|e| Error::BadConfig(format!("cannot start the flusher: {e}")))?;
         }
         Ok(PageCache { shared })
     }

@@ -112,11 +112,21 @@ impl MappingInner {
         let generation = {
             let h = self.hole_hint.lock();
             if h.start <= lblk && lblk < h.end {
-                return Ok(crate::Extent { lblk, len: (h.end - lblk).min(len), pblk: 0, kind: ExtentKind::Hole });
+                return Ok(crate::Extent {
+                    lblk,
+                    len: (h.end - lblk).min(len),
+                    pblk: 0,
+                    kind: ExtentKind::Hole,
+                });
             }
             h.generation
         };
-        let ext = self.cache.mapper.map_blocks(self.ino, lblk, len.max(HOLE_LOOKUP_BLOCKS), MapFlags::LOOKUP)?;
+        let ext = self.cache.mapper.map_blocks(
+            self.ino,
+            lblk,
+            len.max(HOLE_LOOKUP_BLOCKS),
+            MapFlags::LOOKUP,
+        )?;
         if ext.kind == ExtentKind::Hole && ext.lblk <= lblk && lblk < ext.lblk + ext.len {
             let mut h = self.hole_hint.lock();
             if h.generation == generation {
@@ -173,7 +183,10 @@ impl MappingInner {
         let cfg = &self.cache.cfg;
         let bpp = self.cache.bpp;
         let before = tree.pages.len();
-        let page = Arc::clone(tree.pages.get_or_insert_with(index, || Page::new(index, cfg.page_size, bpp, zero)));
+        let page = Arc::clone(
+            tree.pages
+                .get_or_insert_with(index, || Page::new(index, cfg.page_size, bpp, zero)),
+        );
         if tree.pages.len() != before {
             self.cache.cached_pages.fetch_add(1, Ordering::Relaxed);
         }
@@ -526,7 +539,11 @@ impl MappingInner {
                     }
                     _ => {
                         let guard = PageDataMut(pages[pi].data.write_arc());
-                        bio.push(BioVec::new(ext4kit_blockdev::BioBuf::Lent(Box::new(guard)), b * bs, bs));
+                        bio.push(BioVec::new(
+                            ext4kit_blockdev::BioBuf::Lent(Box::new(guard)),
+                            b * bs,
+                            bs,
+                        ));
                         mine.push((Arc::clone(&pages[pi]), vec![b]));
                     }
                 }
@@ -557,7 +574,13 @@ impl MappingInner {
     /// Step 1 of a read: looks the blocks of locked `pages` up (one lookup per extent), zeroes
     /// holes, unwritten and delayed blocks and those past EOF (marking them uptodate), and
     /// returns (page number in `pages`, block, pblk) of every block to read from the device.
-    fn map_for_read(&self, pages: &[Arc<Page>], bpp: usize, bs: usize, eof_block: u64) -> Result<Vec<(usize, usize, u64)>, Error> {
+    fn map_for_read(
+        &self,
+        pages: &[Arc<Page>],
+        bpp: usize,
+        bs: usize,
+        eof_block: u64,
+    ) -> Result<Vec<(usize, usize, u64)>, Error> {
         // 1. Mapping, one lookup per extent. No page lock is held while the filesystem maps
         //    (it may do IO whose completion needs other pages' state locks).
         let mut ext: Option<crate::Extent> = None;
@@ -567,7 +590,10 @@ impl MappingInner {
             let base = page.index() * bpp as u64;
             let todo: Vec<(usize, BlockState, u64)> = {
                 let st = page.state.lock();
-                (0..bpp).filter(|&b| !st.blocks[b].contains(BlockState::UPTODATE)).map(|b| (b, st.blocks[b], st.pblk[b])).collect()
+                (0..bpp)
+                    .filter(|&b| !st.blocks[b].contains(BlockState::UPTODATE))
+                    .map(|b| (b, st.blocks[b], st.pblk[b]))
+                    .collect()
             };
             let mut zero: Vec<usize> = Vec::new();
             let mut mapped: Vec<(usize, u64)> = Vec::new();
@@ -583,7 +609,12 @@ impl MappingInner {
                 }
                 let covers = |e: &crate::Extent| e.lblk <= lblk && lblk < e.lblk + e.len;
                 if !ext.as_ref().is_some_and(covers) {
-                    let e = self.cache.mapper.map_blocks(self.ino, lblk, eof_block - lblk, MapFlags::LOOKUP)?;
+                    let e = self.cache.mapper.map_blocks(
+                        self.ino,
+                        lblk,
+                        eof_block - lblk,
+                        MapFlags::LOOKUP,
+                    )?;
                     if !covers(&e) {
                         return Err(Error::Map(crate::MapError::Corrupt(format!(
                             "inode {}: lookup of block {lblk} returned blocks {}..{}",
@@ -626,21 +657,37 @@ impl MappingInner {
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for i in 0..to_read.len() {
             match runs.last_mut() {
-                Some((start, n)) if *n < max_blocks && to_read[*start + *n - 1].2 + 1 == to_read[i].2 => *n += 1,
+                Some((start, n))
+                    if *n < max_blocks && to_read[*start + *n - 1].2 + 1 == to_read[i].2 =>
+                {
+                    *n += 1
+                }
                 _ => runs.push((i, 1)),
             }
         }
         runs
     }
 
-    fn readahead_locked(&self, pages: &[Arc<Page>], bpp: usize, bs: usize, eof_block: u64) -> Result<(), Error> {
+    fn readahead_locked(
+        &self,
+        pages: &[Arc<Page>],
+        bpp: usize,
+        bs: usize,
+        eof_block: u64,
+    ) -> Result<(), Error> {
         let to_read = self.map_for_read(pages, bpp, bs, eof_block)?;
         let runs = self.read_runs(&to_read, bs);
         self.read_locked_runs(pages, &to_read, &runs, bs)
     }
 
     /// Reads `runs` of `to_read` into locked `pages` and waits; marks what was read uptodate.
-    fn read_locked_runs(&self, pages: &[Arc<Page>], to_read: &[(usize, usize, u64)], runs: &[(usize, usize)], bs: usize) -> Result<(), Error> {
+    fn read_locked_runs(
+        &self,
+        pages: &[Arc<Page>],
+        to_read: &[(usize, usize, u64)],
+        runs: &[(usize, usize)],
+        bs: usize,
+    ) -> Result<(), Error> {
         // The device reads into the pages themselves: each page's bytes are lent (write guard)
         // to the first bio that needs them; a page needed again by a later segment (its blocks
         // split between runs) gets a bounce segment, copied in after the lending bio is done.
@@ -667,7 +714,11 @@ impl MappingInner {
                         } else {
                             lent[pi] = true;
                             let guard = PageDataMut(pages[pi].data.write_arc());
-                            bio.push(BioVec::new(ext4kit_blockdev::BioBuf::Lent(Box::new(guard)), b * bs, bs));
+                            bio.push(BioVec::new(
+                                ext4kit_blockdev::BioBuf::Lent(Box::new(guard)),
+                                b * bs,
+                                bs,
+                            ));
                             prev = Some((pi, b, true));
                         }
                     }
@@ -699,7 +750,8 @@ impl MappingInner {
         // Every lending bio is dropped: the bounced blocks can be copied in.
         for (first, count, buf) in bounce_data {
             for (k, &(pi, b, _)) in to_read[first..first + count].iter().enumerate() {
-                pages[pi].data.write()[b * bs..(b + 1) * bs].copy_from_slice(&buf[k * bs..(k + 1) * bs]);
+                pages[pi].data.write()[b * bs..(b + 1) * bs]
+                    .copy_from_slice(&buf[k * bs..(k + 1) * bs]);
             }
         }
         if let Some(e) = first_err {
@@ -1287,7 +1339,10 @@ impl Mapping {
     /// cached pages wholly inside, forgets the wholly covered blocks of the edge pages, and asks
     /// the filesystem to free the wholly covered blocks.
     pub fn punch_hole(&self, offset: u64, len: u64) -> Result<(), Error> {
-        let end = offset.checked_add(len).filter(|e| *e <= MAX_OFFSET).ok_or(Error::TooLarge(offset))?;
+        let end = offset
+            .checked_add(len)
+            .filter(|e| *e <= MAX_OFFSET)
+            .ok_or(Error::TooLarge(offset))?;
         if len == 0 {
             return Ok(());
         }
@@ -1346,7 +1401,10 @@ impl Mapping {
             }
             page.unlock();
         }
-        self.inner.cache.mapper.punch_hole(self.inner.ino, first, last - first)?;
+        self.inner
+            .cache
+            .mapper
+            .punch_hole(self.inner.ino, first, last - first)?;
         Ok(())
     }
 
@@ -1392,7 +1450,11 @@ impl Mapping {
         self.wait_writeback();
         let (first, last) = (offset / bs, end.div_ceil(bs));
         self.inner.forget_holes();
-        let r = self.inner.cache.mapper.fallocate(self.inner.ino, first, last - first);
+        let r = self
+            .inner
+            .cache
+            .mapper
+            .fallocate(self.inner.ino, first, last - first);
         self.inner.forget_holes();
         r?;
         if !keep_size {

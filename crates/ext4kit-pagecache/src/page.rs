@@ -95,7 +95,9 @@ impl Drop for PageBytes {
     fn drop(&mut self) {
         let b = std::mem::take(&mut self.0);
         let mut pool = POOL.lock();
-        if (pool.len() + 1) * b.len() <= POOL_BYTES && pool.last().is_none_or(|l| l.len() == b.len()) {
+        if (pool.len() + 1) * b.len() <= POOL_BYTES
+            && pool.last().is_none_or(|l| l.len() == b.len())
+        {
             pool.push(b);
         }
     }

@@ -29,7 +29,9 @@ impl Hasher for IndexHasher {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = (v ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+        self.0 = (v ^ self.0)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
     }
 }
 
@@ -44,11 +46,20 @@ pub(crate) struct PageTree {
 
 impl PageTree {
     pub(crate) fn get(&self, index: u64) -> Option<&Arc<Page>> {
-        self.chunks.get(&(index >> CHUNK_SHIFT)).and_then(|c| c[(index as usize) & (CHUNK - 1)].as_ref())
+        self.chunks
+            .get(&(index >> CHUNK_SHIFT))
+            .and_then(|c| c[(index as usize) & (CHUNK - 1)].as_ref())
     }
 
-    pub(crate) fn get_or_insert_with(&mut self, index: u64, f: impl FnOnce() -> Page) -> &Arc<Page> {
-        let chunk = self.chunks.entry(index >> CHUNK_SHIFT).or_insert_with(|| Box::new(std::array::from_fn(|_| None)));
+    pub(crate) fn get_or_insert_with(
+        &mut self,
+        index: u64,
+        f: impl FnOnce() -> Page,
+    ) -> &Arc<Page> {
+        let chunk = self
+            .chunks
+            .entry(index >> CHUNK_SHIFT)
+            .or_insert_with(|| Box::new(std::array::from_fn(|_| None)));
         let slot = &mut chunk[(index as usize) & (CHUNK - 1)];
         if slot.is_none() {
             *slot = Some(Arc::new(f()));
@@ -84,7 +95,12 @@ impl PageTree {
 
     /// The first `max` pages (or a few more: whole chunks) with index `>= first`, in index order.
     pub(crate) fn collect(&self, first: u64, max: usize) -> Vec<Arc<Page>> {
-        let mut keys: Vec<u64> = self.chunks.keys().copied().filter(|k| ((k + 1) << CHUNK_SHIFT) > first).collect();
+        let mut keys: Vec<u64> = self
+            .chunks
+            .keys()
+            .copied()
+            .filter(|k| ((k + 1) << CHUNK_SHIFT) > first)
+            .collect();
         keys.sort_unstable();
         let mut out = Vec::new();
         for k in keys {
@@ -118,7 +134,10 @@ impl TagSet {
 
     pub(crate) fn insert(&mut self, index: u64) -> bool {
         let (key, word, mask) = TagSet::split(index);
-        let c = self.chunks.entry(key).or_insert_with(|| Box::new([0u64; TAG_WORDS]));
+        let c = self
+            .chunks
+            .entry(key)
+            .or_insert_with(|| Box::new([0u64; TAG_WORDS]));
         if c[word] & mask != 0 {
             return false;
         }
@@ -129,7 +148,9 @@ impl TagSet {
 
     pub(crate) fn remove(&mut self, index: u64) -> bool {
         let (key, word, mask) = TagSet::split(index);
-        let Some(c) = self.chunks.get_mut(&key) else { return false };
+        let Some(c) = self.chunks.get_mut(&key) else {
+            return false;
+        };
         if c[word] & mask == 0 {
             return false;
         }
@@ -221,7 +242,13 @@ mod tests {
         assert_eq!(t.len(), 5);
         assert_eq!(t.get(64).map(|p| p.index()), Some(64));
         assert!(t.get(65).is_none());
-        assert_eq!(t.collect_from(64).iter().map(|p| p.index()).collect::<Vec<_>>(), vec![64, 1000, 1 << 30]);
+        assert_eq!(
+            t.collect_from(64)
+                .iter()
+                .map(|p| p.index())
+                .collect::<Vec<_>>(),
+            vec![64, 1000, 1 << 30]
+        );
         assert!(t.remove(63).is_some());
         assert!(t.remove(63).is_none());
         assert_eq!(t.len(), 4);

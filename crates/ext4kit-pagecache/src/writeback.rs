@@ -387,7 +387,10 @@ fn map_one_extent(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
         flags = flags | MapFlags::UNWRITTEN;
     }
     m.forget_holes();
-    let ext = m.cache.mapper.map_blocks(m.ino, mpd.map.lblk, mpd.map.len, flags);
+    let ext = m
+        .cache
+        .mapper
+        .map_blocks(m.ino, mpd.map.lblk, mpd.map.len, flags);
     m.forget_holes();
     let ext = ext?;
     if ext.kind == ExtentKind::Hole || ext.lblk > mpd.map.lblk || ext.lblk + ext.len <= mpd.map.lblk

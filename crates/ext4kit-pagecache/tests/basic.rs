@@ -213,7 +213,11 @@ fn sequential_reads_use_few_large_bios() {
     let mut back = vec![0u8; data.len()];
     m.read(0, &mut back).unwrap();
     assert_eq!(back, data);
-    let reads: Vec<_> = fault.log().into_iter().filter(|r| r.op == BioOp::Read).collect();
+    let reads: Vec<_> = fault
+        .log()
+        .into_iter()
+        .filter(|r| r.op == BioOp::Read)
+        .collect();
     // 4 MiB in 256 KiB bios: 16, not one per page (1024) or per block (4096).
     assert_eq!(reads.len(), 16, "{} read bios", reads.len());
 }
@@ -228,7 +232,11 @@ fn clean_pages_are_evicted_past_the_cache_limit_and_data_stays_correct() {
         m.write(0, &pattern(i as u64, 2 << 20)).unwrap();
         m.open().fsync().unwrap();
     }
-    assert!(rig.cache.stats().cached_pages * 4096 <= 1 << 20, "{} pages cached", rig.cache.stats().cached_pages);
+    assert!(
+        rig.cache.stats().cached_pages * 4096 <= 1 << 20,
+        "{} pages cached",
+        rig.cache.stats().cached_pages
+    );
     for (i, m) in files.iter().enumerate() {
         let mut back = vec![0u8; 2 << 20];
         m.read(0, &mut back).unwrap();

@@ -78,8 +78,14 @@ fn page_writeback_ends_once_after_all_bios_and_failed_io_end_is_not_converted() 
         assert!(!b.contains(BlockState::ASYNC_WRITE));
         // The io_end was not converted: every block it carried is in error (its data is
         // readable nowhere) and on an unwritten extent again, so a rewrite converts it.
-        assert!(b.contains(BlockState::WRITE_IO_ERROR | BlockState::UNWRITTEN), "block {i}: {b:?}");
-        assert!(!b.contains(BlockState::DIRTY), "a failed page is not redirtied");
+        assert!(
+            b.contains(BlockState::WRITE_IO_ERROR | BlockState::UNWRITTEN),
+            "block {i}: {b:?}"
+        );
+        assert!(
+            !b.contains(BlockState::DIRTY),
+            "a failed page is not redirtied"
+        );
     }
     assert!(!snap.flags.contains(PageFlags::DIRTY));
     assert_eq!(rig.rec.count(|e| matches!(e, Event::Convert { .. })), 0);

@@ -84,16 +84,18 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         prop::option::of(4096usize..65536),
         prop::option::of(65536usize..262_144),
     )
-        .prop_map(|(ops, fails, seed, alloc_unwritten, max_alloc, gap, dirty_limit, cache_limit)| Case {
-            ops,
-            fails,
-            seed,
-            alloc_unwritten,
-            max_alloc,
-            gap,
-            dirty_limit,
-            cache_limit,
-        })
+        .prop_map(
+            |(ops, fails, seed, alloc_unwritten, max_alloc, gap, dirty_limit, cache_limit)| Case {
+                ops,
+                fails,
+                seed,
+                alloc_unwritten,
+                max_alloc,
+                gap,
+                dirty_limit,
+                cache_limit,
+            },
+        )
 }
 
 /// Tracks writes per physical block and fails write bios according to the plan; with
@@ -378,7 +380,11 @@ struct EventLog {
 impl Default for EventLog {
     fn default() -> EventLog {
         let (tx, rx) = std::sync::mpsc::channel();
-        EventLog { tx: Mutex::new(tx), _rx: Mutex::new(rx), steps: Mutex::new(Vec::new()) }
+        EventLog {
+            tx: Mutex::new(tx),
+            _rx: Mutex::new(rx),
+            steps: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -414,43 +420,42 @@ struct Harness {
 
 fn harness(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<Harness, TestCaseError> {
     let nr_fs = FS_BYTES / bs as u64;
-    let (inner, read_dev, tmp): (Arc<dyn BlockDevice>, DeviceReader, _) =
-        match backend {
-            Backend::ShuffledMemory => {
-                let mem = MemDevice::new(512, FS_BYTES / 512);
-                let m2 = mem.clone();
-                let read: Box<dyn Fn(u64) -> Vec<u8>> = Box::new(move |pblk| {
-                    m2.with_image(|img| img[pblk as usize * bs..(pblk as usize + 1) * bs].to_vec())
-                });
-                (Arc::new(mem), read, None)
-            }
-            Backend::File | Backend::Uring => {
-                let tmp = tempfile::NamedTempFile::new().unwrap();
-                tmp.as_file().set_len(FS_BYTES).unwrap();
-                let dev: Arc<dyn BlockDevice> = if matches!(backend, Backend::File) {
-                    Arc::new(FileDevice::open(tmp.path(), true, 512).unwrap())
-                } else {
-                    match UringDevice::open(tmp.path(), true, 512) {
-                        Ok(d) => Arc::new(d),
-                        Err(e) => {
-                            if std::env::var_os("EXT4KIT_REQUIRE_URING").is_some() {
-                                panic!("io_uring required: {e}");
-                            }
-                            return Err(TestCaseError::reject(format!("no io_uring: {e}")));
+    let (inner, read_dev, tmp): (Arc<dyn BlockDevice>, DeviceReader, _) = match backend {
+        Backend::ShuffledMemory => {
+            let mem = MemDevice::new(512, FS_BYTES / 512);
+            let m2 = mem.clone();
+            let read: Box<dyn Fn(u64) -> Vec<u8>> = Box::new(move |pblk| {
+                m2.with_image(|img| img[pblk as usize * bs..(pblk as usize + 1) * bs].to_vec())
+            });
+            (Arc::new(mem), read, None)
+        }
+        Backend::File | Backend::Uring => {
+            let tmp = tempfile::NamedTempFile::new().unwrap();
+            tmp.as_file().set_len(FS_BYTES).unwrap();
+            let dev: Arc<dyn BlockDevice> = if matches!(backend, Backend::File) {
+                Arc::new(FileDevice::open(tmp.path(), true, 512).unwrap())
+            } else {
+                match UringDevice::open(tmp.path(), true, 512) {
+                    Ok(d) => Arc::new(d),
+                    Err(e) => {
+                        if std::env::var_os("EXT4KIT_REQUIRE_URING").is_some() {
+                            panic!("io_uring required: {e}");
                         }
+                        return Err(TestCaseError::reject(format!("no io_uring: {e}")));
                     }
-                };
-                let path = tmp.path().to_path_buf();
-                let read: Box<dyn Fn(u64) -> Vec<u8>> = Box::new(move |pblk| {
-                    use std::os::unix::fs::FileExt;
-                    let f = std::fs::File::open(&path).unwrap();
-                    let mut b = vec![0u8; bs];
-                    f.read_exact_at(&mut b, pblk * bs as u64).unwrap();
-                    b
-                });
-                (dev, read, Some(tmp))
-            }
-        };
+                }
+            };
+            let path = tmp.path().to_path_buf();
+            let read: Box<dyn Fn(u64) -> Vec<u8>> = Box::new(move |pblk| {
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::open(&path).unwrap();
+                let mut b = vec![0u8; bs];
+                f.read_exact_at(&mut b, pblk * bs as u64).unwrap();
+                b
+            });
+            (dev, read, Some(tmp))
+        }
+    };
     let shuffle = matches!(backend, Backend::ShuffledMemory).then_some(case.seed);
     let chaos = Chaos::new(inner, bs as u64, case.fails.clone(), shuffle);
     let mapper = Arc::new(CheckingMapper {
@@ -660,7 +665,11 @@ fn run_case(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<(), T
     for (step, op) in case.ops.iter().enumerate() {
         let ctx = format!("{ps}/{bs} {backend:?} step {step} {op:?}");
         h.chaos.step.store(step as u64, Ordering::SeqCst);
-        h.log.steps.lock().unwrap().push(format!("STEP {step} {op:?}"));
+        h.log
+            .steps
+            .lock()
+            .unwrap()
+            .push(format!("STEP {step} {op:?}"));
         match op {
             Op::Write { off, len, seed } => {
                 let data = pattern(*seed, *len);
@@ -824,4 +833,3 @@ fn model_file_device_threads() {
 fn model_uring_device() {
     run_backend(Backend::Uring, cases() / 2);
 }
-

@@ -26,7 +26,9 @@ use std::process::Command;
 /// Whether kernel-level oracles (root, loop mount, e2fsprogs) are usable here.
 pub fn kernel_available() -> bool {
     let root = rustix::process::geteuid().is_root();
-    let tools = ["mke2fs", "e2fsck", "debugfs", "mount"].iter().all(|t| which(t).is_some());
+    let tools = ["mke2fs", "e2fsck", "debugfs", "mount"]
+        .iter()
+        .all(|t| which(t).is_some());
     root && tools && Path::new("/dev/loop-control").exists()
 }
 
@@ -39,7 +41,9 @@ pub fn require_kernel(test: &str) -> bool {
     if std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
         panic!("{test}: EXT4KIT_REQUIRE_KERNEL=1 but root, loop devices or e2fsprogs are missing");
     }
-    eprintln!("note: {test}: kernel oracles unavailable (need root, /dev/loop-control, e2fsprogs); skipping that part");
+    eprintln!(
+        "note: {test}: kernel oracles unavailable (need root, /dev/loop-control, e2fsprogs); skipping that part"
+    );
     false
 }
 
@@ -53,7 +57,10 @@ fn which(tool: &str) -> Option<PathBuf> {
 
 /// Runs a command, returning (exit code, stdout+stderr).
 pub fn run(cmd: &str, args: &[&OsStr]) -> (i32, String) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
@@ -85,19 +92,28 @@ pub fn e2fsck_clean(img: &Path) -> Result<(), String> {
     if code == 0 && unexpected.is_empty() {
         Ok(())
     } else {
-        Err(format!("e2fsck -fn {name} exited {code}; unexpected lines {unexpected:?}; full output:\n{text}"))
+        Err(format!(
+            "e2fsck -fn {name} exited {code}; unexpected lines {unexpected:?}; full output:\n{text}"
+        ))
     }
 }
 
 /// e2fsck's summary: `NAME: 12/2048 files (0.0% non-contiguous), 1234/8192 blocks`, where
 /// NAME is the volume label when there is one, else the device name.
 fn is_summary_line(l: &str) -> bool {
-    let Some((_, rest)) = l.rsplit_once(": ") else { return false };
+    let Some((_, rest)) = l.rsplit_once(": ") else {
+        return false;
+    };
     let mut parts = rest.split(", ");
     let files = parts.next().unwrap_or("");
     let blocks = parts.next().unwrap_or("");
-    let ratio = |s: &str| s.split_once('/').is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
-    files.split_once(" files (").is_some_and(|(r, _)| ratio(r)) && blocks.strip_suffix(" blocks").is_some_and(ratio) && parts.next().is_none()
+    let ratio = |s: &str| {
+        s.split_once('/')
+            .is_some_and(|(a, b)| a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok())
+    };
+    files.split_once(" files (").is_some_and(|(r, _)| ratio(r))
+        && blocks.strip_suffix(" blocks").is_some_and(ratio)
+        && parts.next().is_none()
 }
 
 /// Panics with e2fsck's output unless the image is clean.
@@ -125,14 +141,27 @@ impl LoopMount {
     }
 
     fn mount(src: &Path, opts: &str) -> Result<LoopMount, String> {
-        let dir = tempfile::Builder::new().prefix("ext4kit-mnt-").tempdir().map_err(|e| e.to_string())?;
-        let args = [OsStr::new("-t"), OsStr::new("ext4"), OsStr::new("-o"), OsStr::new(opts), src.as_os_str(), dir.path().as_os_str()];
+        let dir = tempfile::Builder::new()
+            .prefix("ext4kit-mnt-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let args = [
+            OsStr::new("-t"),
+            OsStr::new("ext4"),
+            OsStr::new("-o"),
+            OsStr::new(opts),
+            src.as_os_str(),
+            dir.path().as_os_str(),
+        ];
         // A busy machine can answer EBUSY for a moment (a loop device still being torn down
         // by an earlier test, udev probing it): retry, bounded, with backoff.
         let text = retry_busy(|| run("mount", &args)).map_err(|text| {
             let (_, dmesg) = run("dmesg", &[]);
             let tail: Vec<&str> = dmesg.lines().rev().take(8).collect();
-            format!("mount {} failed: {text}\nkernel log: {tail:?}", src.display())
+            format!(
+                "mount {} failed: {text}\nkernel log: {tail:?}",
+                src.display()
+            )
         })?;
         let _ = text;
         Ok(LoopMount { dir, mounted: true })
@@ -160,7 +189,11 @@ impl LoopMount {
                 // Say what held it; then detach it lazily so the temp dir can go.
                 let holders = mount_holders(dir);
                 let _ = run("umount", &[OsStr::new("-l"), dir.as_os_str()]);
-                Err(format!("umount {} failed: {} (held by: {holders})", dir.display(), text.trim()))
+                Err(format!(
+                    "umount {} failed: {} (held by: {holders})",
+                    dir.display(),
+                    text.trim()
+                ))
             }
         }
     }
@@ -179,7 +212,16 @@ pub fn mke2fs_d(tree: &Path, img: &Path, fs_type: &str, bs: u32, size: u64, extr
     f.set_len(size).unwrap();
     drop(f);
     let bs = bs.to_string();
-    let mut args = vec!["-q", "-F", "-t", fs_type, "-b", &bs, "-E", "lazy_itable_init=0,lazy_journal_init=0"];
+    let mut args = vec![
+        "-q",
+        "-F",
+        "-t",
+        fs_type,
+        "-b",
+        &bs,
+        "-E",
+        "lazy_itable_init=0,lazy_journal_init=0",
+    ];
     args.extend_from_slice(extra);
     let tree_s = tree.to_str().unwrap();
     let img_s = img.to_str().unwrap();
@@ -205,7 +247,13 @@ pub struct TreeOptions {
 impl Default for TreeOptions {
     fn default() -> TreeOptions {
         let root = rustix::process::geteuid().is_root();
-        TreeOptions { big_dir_entries: 3000, depth: 40, special_files: root, owners: root, xattrs: true }
+        TreeOptions {
+            big_dir_entries: 3000,
+            depth: 40,
+            special_files: root,
+            owners: root,
+            xattrs: true,
+        }
     }
 }
 
@@ -225,10 +273,22 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 fn set_mtime_ns(path: &Path, sec: i64, nsec: i64) {
     let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: sec - 1000, tv_nsec: nsec },
-        last_modification: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec },
+        last_access: rustix::fs::Timespec {
+            tv_sec: sec - 1000,
+            tv_nsec: nsec,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
     };
-    rustix::fs::utimensat(rustix::fs::CWD, path, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &ts,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 fn write_file(path: &Path, data: &[u8]) {
@@ -243,7 +303,29 @@ pub fn generate_tree(root: &Path, seed: u64, opt: &TreeOptions) {
     // Files around block and page boundaries.
     let files = root.join("files");
     fs::create_dir(&files).unwrap();
-    let sizes = [0usize, 1, 59, 60, 61, 1023, 1024, 1025, 2047, 2048, 2049, 4095, 4096, 4097, 8191, 8192, 12289, 65535, 65536, 65537, (1 << 20) + 1];
+    let sizes = [
+        0usize,
+        1,
+        59,
+        60,
+        61,
+        1023,
+        1024,
+        1025,
+        2047,
+        2048,
+        2049,
+        4095,
+        4096,
+        4097,
+        8191,
+        8192,
+        12289,
+        65535,
+        65536,
+        65537,
+        (1 << 20) + 1,
+    ];
     for (i, &n) in sizes.iter().enumerate() {
         let p = files.join(format!("size-{n}"));
         write_file(&p, &pattern(seed + i as u64, n));
@@ -285,7 +367,10 @@ pub fn generate_tree(root: &Path, seed: u64, opt: &TreeOptions) {
     let big = root.join("bigdir");
     fs::create_dir(&big).unwrap();
     for i in 0..opt.big_dir_entries {
-        write_file(&big.join(format!("entry-{i:05}-{}", "n".repeat(i % 40))), &pattern(seed + i as u64, i % 50));
+        write_file(
+            &big.join(format!("entry-{i:05}-{}", "n".repeat(i % 40))),
+            &pattern(seed + i as u64, i % 50),
+        );
     }
     // Deep nesting.
     let mut d = root.join("deep");
@@ -300,12 +385,21 @@ pub fn generate_tree(root: &Path, seed: u64, opt: &TreeOptions) {
     fs::create_dir(&names).unwrap();
     write_file(&names.join("L".repeat(255)), b"long name\n");
     write_file(&names.join("ünïcødé-文件-🦀"), b"utf-8\n");
-    write_file(&names.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")), b"not utf-8\n");
+    write_file(
+        &names.join(OsStr::from_bytes(b"latin1-\xe9t\xe9")),
+        b"not utf-8\n",
+    );
     write_file(&names.join("with space and 'quotes'"), b"q\n");
     // Modes.
     let modes = root.join("modes");
     fs::create_dir(&modes).unwrap();
-    for (name, mode) in [("m600", 0o600), ("m755", 0o755), ("m4755", 0o4755), ("m2711", 0o2711), ("m000", 0o000)] {
+    for (name, mode) in [
+        ("m600", 0o600),
+        ("m755", 0o755),
+        ("m4755", 0o4755),
+        ("m2711", 0o2711),
+        ("m000", 0o000),
+    ] {
         let p = modes.join(name);
         write_file(&p, name.as_bytes());
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
@@ -316,7 +410,10 @@ pub fn generate_tree(root: &Path, seed: u64, opt: &TreeOptions) {
     if opt.owners {
         let o = root.join("owners");
         fs::create_dir(&o).unwrap();
-        for (i, (u, g)) in [(1000u32, 1000u32), (0, 100), (65534, 65534), (123_456, 7)].iter().enumerate() {
+        for (i, (u, g)) in [(1000u32, 1000u32), (0, 100), (65534, 65534), (123_456, 7)]
+            .iter()
+            .enumerate()
+        {
             let p = o.join(format!("owned-{i}"));
             write_file(&p, b"owner\n");
             std::os::unix::fs::lchown(&p, Some(*u), Some(*g)).unwrap();
@@ -329,18 +426,48 @@ pub fn generate_tree(root: &Path, seed: u64, opt: &TreeOptions) {
         fs::create_dir(&x).unwrap();
         let p = x.join("small");
         write_file(&p, b"x\n");
-        rustix::fs::setxattr(&p, "user.comment", b"hello", rustix::fs::XattrFlags::empty()).unwrap();
+        rustix::fs::setxattr(
+            &p,
+            "user.comment",
+            b"hello",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         rustix::fs::setxattr(&p, "user.empty", b"", rustix::fs::XattrFlags::empty()).unwrap();
         let p = x.join("big");
         write_file(&p, b"y\n");
         // Too large for the inode: goes to an xattr block (small enough for a 1 KiB block).
-        rustix::fs::setxattr(&p, "user.big", &pattern(seed + 300, 700), rustix::fs::XattrFlags::empty()).unwrap();
-        rustix::fs::setxattr(&p, "user.second", &pattern(seed + 301, 200), rustix::fs::XattrFlags::empty()).unwrap();
+        rustix::fs::setxattr(
+            &p,
+            "user.big",
+            &pattern(seed + 300, 700),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        rustix::fs::setxattr(
+            &p,
+            "user.second",
+            &pattern(seed + 301, 200),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         if rustix::process::geteuid().is_root() {
             let p = x.join("trusted");
             write_file(&p, b"z\n");
-            rustix::fs::setxattr(&p, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
-            rustix::fs::setxattr(&p, "security.selinux", b"system_u:object_r:etc_t:s0\0", rustix::fs::XattrFlags::empty()).unwrap();
+            rustix::fs::setxattr(
+                &p,
+                "trusted.overlay.opaque",
+                b"y",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .unwrap();
+            rustix::fs::setxattr(
+                &p,
+                "security.selinux",
+                b"system_u:object_r:etc_t:s0\0",
+                rustix::fs::XattrFlags::empty(),
+            )
+            .unwrap();
         }
         rustix::fs::setxattr(&x, "user.on-dir", b"dir", rustix::fs::XattrFlags::empty()).unwrap();
     }
@@ -348,10 +475,38 @@ pub fn generate_tree(root: &Path, seed: u64, opt: &TreeOptions) {
         let s = root.join("special");
         fs::create_dir(&s).unwrap();
         let m = rustix::fs::Mode::from_raw_mode(0o644);
-        rustix::fs::mknodat(rustix::fs::CWD, s.join("fifo"), rustix::fs::FileType::Fifo, m, 0).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, s.join("char-1-3"), rustix::fs::FileType::CharacterDevice, m, rustix::fs::makedev(1, 3)).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, s.join("block-8-1"), rustix::fs::FileType::BlockDevice, m, rustix::fs::makedev(8, 1)).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, s.join("char-big"), rustix::fs::FileType::CharacterDevice, m, rustix::fs::makedev(300, 70000)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            s.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            m,
+            0,
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            s.join("char-1-3"),
+            rustix::fs::FileType::CharacterDevice,
+            m,
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            s.join("block-8-1"),
+            rustix::fs::FileType::BlockDevice,
+            m,
+            rustix::fs::makedev(8, 1),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            s.join("char-big"),
+            rustix::fs::FileType::CharacterDevice,
+            m,
+            rustix::fs::makedev(300, 70000),
+        )
+        .unwrap();
         let sock = std::os::unix::net::UnixListener::bind(s.join("socket")).unwrap();
         drop(sock);
     }
@@ -412,11 +567,19 @@ pub fn snapshot(root: &Path) -> Tree {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Tree, inodes: &mut BTreeMap<(u64, u64), Vec<u8>>) {
-    let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     for name in names {
         let p = dir.join(&name);
-        let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        let rel = p
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
         if rel == b"lost+found" {
             continue;
         }
@@ -490,7 +653,13 @@ pub struct Compare {
 
 impl Default for Compare {
     fn default() -> Compare {
-        Compare { mtime: true, mtime_ns: true, dir_mtime: true, owner: true, xattrs: true }
+        Compare {
+            mtime: true,
+            mtime_ns: true,
+            dir_mtime: true,
+            owner: true,
+            xattrs: true,
+        }
     }
 }
 
@@ -508,26 +677,52 @@ pub fn diff_trees(want: &Tree, got: &Tree, cmp: Compare) -> Vec<String> {
                 Kind::File(c) => format!("file of {} bytes", c.len()),
                 other => format!("{other:?}"),
             };
-            d.push(format!("{}: kind/content differs: want {} got {}", show(p), brief(&w.kind), brief(&g.kind)));
+            d.push(format!(
+                "{}: kind/content differs: want {} got {}",
+                show(p),
+                brief(&w.kind),
+                brief(&g.kind)
+            ));
         }
         if w.mode != g.mode {
             d.push(format!("{}: mode {:o} != {:o}", show(p), w.mode, g.mode));
         }
         if cmp.owner && (w.uid, w.gid) != (g.uid, g.gid) {
-            d.push(format!("{}: owner {}:{} != {}:{}", show(p), w.uid, w.gid, g.uid, g.gid));
+            d.push(format!(
+                "{}: owner {}:{} != {}:{}",
+                show(p),
+                w.uid,
+                w.gid,
+                g.uid,
+                g.gid
+            ));
         }
         let is_dir = w.kind == Kind::Dir;
         if cmp.mtime && (cmp.dir_mtime || !is_dir) {
-            let (wm, gm) = if cmp.mtime_ns { (w.mtime, g.mtime) } else { ((w.mtime.0, 0), (g.mtime.0, 0)) };
+            let (wm, gm) = if cmp.mtime_ns {
+                (w.mtime, g.mtime)
+            } else {
+                ((w.mtime.0, 0), (g.mtime.0, 0))
+            };
             if wm != gm {
                 d.push(format!("{}: mtime {:?} != {:?}", show(p), w.mtime, g.mtime));
             }
         }
         if cmp.xattrs && w.xattrs != g.xattrs {
-            d.push(format!("{}: xattrs {:?} != {:?}", show(p), w.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>(), g.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>()));
+            d.push(format!(
+                "{}: xattrs {:?} != {:?}",
+                show(p),
+                w.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>(),
+                g.xattrs.keys().map(|k| show(k)).collect::<Vec<_>>()
+            ));
         }
         if w.link_group.is_some() != g.link_group.is_some() {
-            d.push(format!("{}: hard-link group {:?} != {:?}", show(p), w.link_group.as_deref().map(show), g.link_group.as_deref().map(show)));
+            d.push(format!(
+                "{}: hard-link group {:?} != {:?}",
+                show(p),
+                w.link_group.as_deref().map(show),
+                g.link_group.as_deref().map(show)
+            ));
         }
     }
     for p in got.keys() {
@@ -553,7 +748,11 @@ pub fn diff_trees(want: &Tree, got: &Tree, cmp: Compare) -> Vec<String> {
     };
     let (nw, ng) = (norm(gw), norm(gg));
     if nw != ng {
-        d.push(format!("hard-link groups differ: want {} groups, got {}", nw.len(), ng.len()));
+        d.push(format!(
+            "hard-link groups differ: want {} groups, got {}",
+            nw.len(),
+            ng.len()
+        ));
     }
     d
 }
@@ -588,7 +787,8 @@ pub fn size_mix_tree(root: &Path, files: usize, total: u64) -> u64 {
         let mut f = fs::File::create(dir.join(format!("file-{i}.dat"))).unwrap();
         let off = (i * 4099) % (block.len() / 2);
         let n = *size as usize;
-        f.write_all(&block[off..off + n.min(block.len() - off)]).unwrap();
+        f.write_all(&block[off..off + n.min(block.len() - off)])
+            .unwrap();
         let mut left = n.saturating_sub(block.len() - off);
         while left > 0 {
             let k = left.min(block.len());
@@ -607,7 +807,11 @@ mod tests {
     #[test]
     fn generated_tree_snapshots_equal_themselves_and_diff_finds_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let opt = TreeOptions { big_dir_entries: 50, depth: 5, ..TreeOptions::default() };
+        let opt = TreeOptions {
+            big_dir_entries: 50,
+            depth: 5,
+            ..TreeOptions::default()
+        };
         generate_tree(dir.path(), 1, &opt);
         let a = snapshot(dir.path());
         assert!(a.len() > 80, "{}", a.len());
@@ -617,7 +821,10 @@ mod tests {
         let d = diff_trees(&a, &b, Compare::default());
         assert!(d.iter().any(|l| l.contains("files/size-1")), "{d:?}");
         let hl = a.get(b"hardlinks/two".as_slice()).unwrap();
-        assert_eq!(hl.link_group.as_deref(), Some(b"files/three-linked".as_slice()));
+        assert_eq!(
+            hl.link_group.as_deref(),
+            Some(b"files/three-linked".as_slice())
+        );
     }
 }
 
@@ -627,11 +834,19 @@ mod summary_tests {
 
     #[test]
     fn summary_lines_with_label_or_path_are_recognised() {
-        assert!(is_summary_line("/tmp/x.img: 11/2048 files (0.0% non-contiguous), 1300/8192 blocks"));
-        assert!(is_summary_line("demo: 19/16384 files (0.0% non-contiguous), 8239/65536 blocks"));
-        assert!(!is_summary_line("Free blocks count wrong (123, counted=456)."));
+        assert!(is_summary_line(
+            "/tmp/x.img: 11/2048 files (0.0% non-contiguous), 1300/8192 blocks"
+        ));
+        assert!(is_summary_line(
+            "demo: 19/16384 files (0.0% non-contiguous), 8239/65536 blocks"
+        ));
+        assert!(!is_summary_line(
+            "Free blocks count wrong (123, counted=456)."
+        ));
         assert!(!is_summary_line("Fix? no"));
-        assert!(!is_summary_line("x: 1/2 files (0.0% non-contiguous), 3/4 blocks, extra"));
+        assert!(!is_summary_line(
+            "x: 1/2 files (0.0% non-contiguous), 3/4 blocks, extra"
+        ));
     }
 }
 
@@ -658,7 +873,13 @@ pub fn retry_busy(mut cmd: impl FnMut() -> (i32, String)) -> Result<String, Stri
 
 /// What holds the mount at `dir` open (`fuser -vm`, else `lsof`), for a failure message.
 pub fn mount_holders(dir: &Path) -> String {
-    for (tool, args) in [("fuser", vec![OsStr::new("-vm"), dir.as_os_str()]), ("lsof", vec![OsStr::new("+f"), OsStr::new("--"), dir.as_os_str()])] {
+    for (tool, args) in [
+        ("fuser", vec![OsStr::new("-vm"), dir.as_os_str()]),
+        (
+            "lsof",
+            vec![OsStr::new("+f"), OsStr::new("--"), dir.as_os_str()],
+        ),
+    ] {
         if let Some(exe) = which(tool) {
             let (_, text) = run(&exe.to_string_lossy(), &args);
             let t = text.trim();
@@ -683,9 +904,16 @@ impl LoopDevice {
             args.push(OsStr::new("-r"));
         }
         args.push(img.as_os_str());
-        let out = retry_busy(|| run("losetup", &args)).map_err(|t| format!("losetup {} failed: {t}", img.display()))?;
-        let dev = out.lines().map(str::trim).find(|l| l.starts_with("/dev/")).ok_or_else(|| format!("losetup printed no device: {out:?}"))?;
-        Ok(LoopDevice { dev: PathBuf::from(dev) })
+        let out = retry_busy(|| run("losetup", &args))
+            .map_err(|t| format!("losetup {} failed: {t}", img.display()))?;
+        let dev = out
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("/dev/"))
+            .ok_or_else(|| format!("losetup printed no device: {out:?}"))?;
+        Ok(LoopDevice {
+            dev: PathBuf::from(dev),
+        })
     }
 
     /// The device node, e.g. `/dev/loop3`.

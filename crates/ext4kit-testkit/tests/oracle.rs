@@ -12,14 +12,30 @@ fn mke2fs_d_tree_round_trips_through_a_kernel_mount() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    generate_tree(&src, 7, &TreeOptions { big_dir_entries: 3000, depth: 40, ..TreeOptions::default() });
+    generate_tree(
+        &src,
+        7,
+        &TreeOptions {
+            big_dir_entries: 3000,
+            depth: 40,
+            ..TreeOptions::default()
+        },
+    );
     let img = dir.path().join("t.img");
     mke2fs_d(&src, &img, "ext4", 4096, 64 << 20, &[]);
     assert_e2fsck_clean(&img);
     let m = LoopMount::new(&img, true).unwrap();
     let want = snapshot(&src);
     let got = snapshot(m.path());
-    let d = diff_trees(&want, &got, Compare { mtime_ns: false, dir_mtime: false, ..Compare::default() });
+    let d = diff_trees(
+        &want,
+        &got,
+        Compare {
+            mtime_ns: false,
+            dir_mtime: false,
+            ..Compare::default()
+        },
+    );
     assert!(d.is_empty(), "{d:#?}");
     m.unmount().unwrap();
 }
@@ -37,7 +53,15 @@ fn e2fsck_check_rejects_a_wrong_free_blocks_count_that_exits_zero() {
     assert_e2fsck_clean(&img);
     // Corrupt s_free_blocks_count_lo (offset 0x0C of the superblock at byte 1024) and fix
     // the superblock checksum with debugfs's help: use debugfs to set it.
-    run_ok("debugfs", &["-w", "-R", "ssv free_blocks_count 12345", img.to_str().unwrap()]);
+    run_ok(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            "ssv free_blocks_count 12345",
+            img.to_str().unwrap(),
+        ],
+    );
     let r = e2fsck_clean(&img);
     assert!(r.is_err(), "a wrong free blocks count must fail the check");
 }

@@ -109,8 +109,7 @@ fn main() {
     fs::remove_file(tree.join("big")).unwrap();
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let mounted = root
-        && mount_ro(&img, &mnt);
+    let mounted = root && mount_ro(&img, &mnt);
     if !mounted {
         eprintln!("note: not root or mount failed; the kernel column is skipped");
     }
@@ -190,8 +189,7 @@ fn tree_part(dir: &Path, runs: usize, root: bool) {
     let img = dir.join("tree.img");
     ext4kit_testkit::mke2fs_d(&tree, &img, "ext4", 4096, 512 << 20, &[]);
     let mnt = dir.join("mnt");
-    let mounted = root
-        && mount_ro(&img, &mnt);
+    let mounted = root && mount_ro(&img, &mnt);
     let out = dir.join("out");
     let fresh = |p: &Path| {
         let _ = fs::remove_dir_all(p);
@@ -199,21 +197,50 @@ fn tree_part(dir: &Path, runs: usize, root: bool) {
     };
     // Correctness once: the copy is the tree.
     fresh(&out);
-    let st = Command::new(BIN).args(["cp", "-r"]).arg(format!("{}:/", img.display())).arg(&out).status().unwrap();
+    let st = Command::new(BIN)
+        .args(["cp", "-r"])
+        .arg(format!("{}:/", img.display()))
+        .arg(&out)
+        .status()
+        .unwrap();
     assert!(st.success());
     let _ = fs::remove_dir(out.join("lost+found"));
-    assert!(Command::new("diff").args(["-r", "-q"]).arg(&tree).arg(&out).status().unwrap().success(), "ext4kit cp -r copied something else");
-    println!("copying a tree out: 6000 files, {} MB, {runs} interleaved runs", bytes / 1_000_000);
+    assert!(
+        Command::new("diff")
+            .args(["-r", "-q"])
+            .arg(&tree)
+            .arg(&out)
+            .status()
+            .unwrap()
+            .success(),
+        "ext4kit cp -r copied something else"
+    );
+    println!(
+        "copying a tree out: 6000 files, {} MB, {runs} interleaved runs",
+        bytes / 1_000_000
+    );
     let (mut ours, mut dbg, mut kern) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         fresh(&out);
-        let a = timed(Command::new(BIN).args(["cp", "-r"]).arg(format!("{}:/", img.display())).arg(&out));
+        let a = timed(
+            Command::new(BIN)
+                .args(["cp", "-r"])
+                .arg(format!("{}:/", img.display()))
+                .arg(&out),
+        );
         fresh(&out);
-        let b = timed(Command::new("debugfs").arg("-R").arg(format!("rdump / {}", out.display())).arg(&img));
+        let b = timed(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("rdump / {}", out.display()))
+                .arg(&img),
+        );
         let c = if mounted {
             fresh(&out);
             drop_caches();
-            Some(timed(Command::new("cp").arg("-a").arg(mnt.join(".")).arg(&out)))
+            Some(timed(
+                Command::new("cp").arg("-a").arg(mnt.join(".")).arg(&out),
+            ))
         } else {
             None
         };
@@ -222,7 +249,11 @@ fn tree_part(dir: &Path, runs: usize, root: bool) {
             a.as_secs_f64(),
             b.as_secs_f64(),
             b.as_secs_f64() / a.as_secs_f64(),
-            c.map_or(String::new(), |c| format!(", kernel cp -a {:.3} s ({:.2}x)", c.as_secs_f64(), c.as_secs_f64() / a.as_secs_f64()))
+            c.map_or(String::new(), |c| format!(
+                ", kernel cp -a {:.3} s ({:.2}x)",
+                c.as_secs_f64(),
+                c.as_secs_f64() / a.as_secs_f64()
+            ))
         );
         ours.push(a);
         dbg.push(b);
@@ -237,7 +268,11 @@ fn tree_part(dir: &Path, runs: usize, root: bool) {
     );
     if !kern.is_empty() {
         let c = median(&mut kern);
-        line += &format!("; kernel cp -a (caches dropped) {:.3} s, ratio {:.2}x", c.as_secs_f64(), c.as_secs_f64() / a.as_secs_f64());
+        line += &format!(
+            "; kernel cp -a (caches dropped) {:.3} s, ratio {:.2}x",
+            c.as_secs_f64(),
+            c.as_secs_f64() / a.as_secs_f64()
+        );
         Command::new("umount").arg(&mnt).status().unwrap();
     }
     println!("{line}");

@@ -35,7 +35,11 @@ fn median(v: &[Duration]) -> Duration {
 }
 
 fn run(cmd: &mut Command) {
-    let st = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).status().unwrap();
+    let st = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .unwrap();
     assert!(st.success(), "{cmd:?} failed");
 }
 
@@ -55,7 +59,10 @@ fn peak_rss(cmd: &mut Command) -> (Duration, i64) {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `pid` is our child, not waited for yet; the pointers are valid for the call.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert!(r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    assert!(
+        r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
     std::mem::forget(child);
     (t.elapsed(), ru.ru_maxrss)
 }
@@ -68,18 +75,30 @@ fn sh(script: &str) -> Command {
 
 fn mkfs(img: &Path, size: &str) {
     let _ = fs::remove_file(img);
-    run(Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096"]).arg(img).arg(size));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096"])
+        .arg(img)
+        .arg(size));
 }
-
 
 /// Time of: `fuse2fs -f -o fakeroot IMG MNT` started, `script` run once the mount is up,
 /// unmounted, and the daemon gone (so everything reached the image).
 fn with_fuse2fs(img: &Path, mnt: &Path, script: &str) -> Duration {
     let t = Instant::now();
-    let mut daemon = Command::new("fuse2fs").args(["-f", "-o", "fakeroot"]).arg(img).arg(mnt).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut daemon = Command::new("fuse2fs")
+        .args(["-f", "-o", "fakeroot"])
+        .arg(img)
+        .arg(mnt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let want = format!(" {} fuse", mnt.display());
     while !fs::read_to_string("/proc/mounts").unwrap().contains(&want) {
-        assert!(daemon.try_wait().unwrap().is_none(), "fuse2fs exited before mounting");
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "fuse2fs exited before mounting"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     run(&mut sh(script));
@@ -97,7 +116,12 @@ struct Part {
 
 impl Part {
     fn new(name: &'static str, anchor: &'static str) -> Part {
-        Part { name, anchor, ours: Vec::new(), theirs: Vec::new() }
+        Part {
+            name,
+            anchor,
+            ours: Vec::new(),
+            theirs: Vec::new(),
+        }
     }
 
     fn push(&mut self, run: usize, ours: Duration, theirs: Duration) {
@@ -133,19 +157,33 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let only = std::env::var("EXT4KIT_BENCH_ONLY").unwrap_or_default();
     let want = |p: &str| only.is_empty() || only == p;
     let root = rustix::process::geteuid().is_root();
-    let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
-    let dir = tempfile::Builder::new().prefix("ext4kit-wbench-").tempdir_in(base).unwrap();
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("ext4kit-wbench-")
+        .tempdir_in(base)
+        .unwrap();
     let d = dir.path();
     let mnt = d.join("mnt");
     fs::create_dir(&mnt).unwrap();
 
     // Inputs.
     let tree = d.join("tree");
-    let tree_bytes = if want("build") { ext4kit_testkit::size_mix_tree(&tree, 6000, 200 << 20) } else { 0 };
+    let tree_bytes = if want("build") {
+        ext4kit_testkit::size_mix_tree(&tree, 6000, 200 << 20)
+    } else {
+        0
+    };
     let big = d.join("big");
     if want("copy") {
         let mut f = fs::File::create(&big).unwrap();
@@ -163,7 +201,11 @@ fn main() {
             if i < 50 {
                 fs::create_dir_all(&sub).unwrap();
             }
-            fs::write(sub.join(format!("f{i:05}")), ext4kit_testkit::pattern(i as u64, 4096)).unwrap();
+            fs::write(
+                sub.join(format!("f{i:05}")),
+                ext4kit_testkit::pattern(i as u64, 4096),
+            )
+            .unwrap();
         }
     }
     if !root {
@@ -178,9 +220,15 @@ fn main() {
     let mut mkfs_part = Part::new("mkfs 1 TiB", "mkfs.ext4");
     let mut copy_fuse = Part::new("cp 1 GiB file", "fuse2fs cp+umount");
     let mut files_fuse = Part::new("cp -r 10,000 x 4 KiB", "fuse2fs cp+umount");
-    let fuse2fs = root && Command::new("fuse2fs").arg("-V").output().is_ok_and(|o| o.status.success() || !o.stderr.is_empty());
+    let fuse2fs = root
+        && Command::new("fuse2fs")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success() || !o.stderr.is_empty());
     if !fuse2fs && (want("copy") || want("files")) {
-        eprintln!("note: fuse2fs (Debian package fuse2fs) not found or not root: its parts are skipped");
+        eprintln!(
+            "note: fuse2fs (Debian package fuse2fs) not found or not root: its parts are skipped"
+        );
     }
     if want("build") {
         println!("  tree: 6000 files, {} MB", tree_bytes / 1_000_000);
@@ -189,9 +237,20 @@ fn main() {
         if want("build") {
             // Same geometry for both: 4 KiB blocks, 512 MiB.
             let _ = fs::remove_file(&ours_img);
-            let a = timed(Command::new(BIN).args(["build", "-b", "4096", "--size", "512M"]).arg(&tree).arg(&ours_img));
+            let a = timed(
+                Command::new(BIN)
+                    .args(["build", "-b", "4096", "--size", "512M"])
+                    .arg(&tree)
+                    .arg(&ours_img),
+            );
             let _ = fs::remove_file(&their_img);
-            let b = timed(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"]).arg(&tree).arg(&their_img).arg("512M"));
+            let b = timed(
+                Command::new("mke2fs")
+                    .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
+                    .arg(&tree)
+                    .arg(&their_img)
+                    .arg("512M"),
+            );
             if r == 0 {
                 for img in [&ours_img, &their_img] {
                     run(Command::new("e2fsck").args(["-fn"]).arg(img));
@@ -201,19 +260,43 @@ fn main() {
         }
         if root && want("copy") {
             mkfs(&ours_img, "3G");
-            let a = timed(Command::new(BIN).arg("cp").arg(&big).arg(format!("{}:/big", ours_img.display())));
+            let a = timed(
+                Command::new(BIN)
+                    .arg("cp")
+                    .arg(&big)
+                    .arg(format!("{}:/big", ours_img.display())),
+            );
             mkfs(&their_img, "3G");
-            run(Command::new("mount").args(["-o", "loop"]).arg(&their_img).arg(&mnt));
-            let b = timed(&mut sh(&format!("cp '{}' '{}/big' && sync", big.display(), mnt.display())));
+            run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&their_img)
+                .arg(&mnt));
+            let b = timed(&mut sh(&format!(
+                "cp '{}' '{}/big' && sync",
+                big.display(),
+                mnt.display()
+            )));
             run(Command::new("umount").arg(&mnt));
             copy.push(r, a, b);
         }
         if root && want("files") {
             mkfs(&ours_img, "1G");
-            let a = timed(Command::new(BIN).args(["cp", "-r"]).arg(&small).arg(format!("{}:/", ours_img.display())));
+            let a = timed(
+                Command::new(BIN)
+                    .args(["cp", "-r"])
+                    .arg(&small)
+                    .arg(format!("{}:/", ours_img.display())),
+            );
             mkfs(&their_img, "1G");
-            run(Command::new("mount").args(["-o", "loop"]).arg(&their_img).arg(&mnt));
-            let b = timed(&mut sh(&format!("cp -r '{}' '{}/' && sync", small.display(), mnt.display())));
+            run(Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&their_img)
+                .arg(&mnt));
+            let b = timed(&mut sh(&format!(
+                "cp -r '{}' '{}/' && sync",
+                small.display(),
+                mnt.display()
+            )));
             run(Command::new("umount").arg(&mnt));
             if r == 0 {
                 run(Command::new("e2fsck").args(["-fn"]).arg(&ours_img));
@@ -223,12 +306,20 @@ fn main() {
         if fuse2fs && want("copy") {
             // Ours was timed above; fuse2fs: mount, copy, unmount, the daemon's exit.
             mkfs(&their_img, "3G");
-            let b = with_fuse2fs(&their_img, &mnt, &format!("cp '{}' '{}/big'", big.display(), mnt.display()));
+            let b = with_fuse2fs(
+                &their_img,
+                &mnt,
+                &format!("cp '{}' '{}/big'", big.display(), mnt.display()),
+            );
             copy_fuse.push(r, copy.ours[r], b);
         }
         if fuse2fs && want("files") {
             mkfs(&their_img, "1G");
-            let b = with_fuse2fs(&their_img, &mnt, &format!("cp -r '{}' '{}/'", small.display(), mnt.display()));
+            let b = with_fuse2fs(
+                &their_img,
+                &mnt,
+                &format!("cp -r '{}' '{}/'", small.display(), mnt.display()),
+            );
             if r == 0 {
                 run(Command::new("e2fsck").args(["-fn"]).arg(&their_img));
             }
@@ -236,11 +327,25 @@ fn main() {
         }
         if want("mkfs") {
             let _ = fs::remove_file(&ours_img);
-            let a = timed(Command::new(BIN).args(["mkfs", "-b", "4096"]).arg(&ours_img).arg("1T"));
+            let a = timed(
+                Command::new(BIN)
+                    .args(["mkfs", "-b", "4096"])
+                    .arg(&ours_img)
+                    .arg("1T"),
+            );
             let _ = fs::remove_file(&their_img);
             let b = timed(
                 Command::new("mkfs.ext4")
-                    .args(["-q", "-F", "-b", "4096", "-O", "^resize_inode", "-E", "lazy_itable_init=1,nodiscard"])
+                    .args([
+                        "-q",
+                        "-F",
+                        "-b",
+                        "4096",
+                        "-O",
+                        "^resize_inode",
+                        "-E",
+                        "lazy_itable_init=1,nodiscard",
+                    ])
                     .arg(&their_img)
                     .arg("1T"),
             );
@@ -259,9 +364,20 @@ fn main() {
             fs::create_dir(many.join(format!("d{i:05}"))).unwrap();
         }
         let _ = fs::remove_file(&ours_img);
-        let (ta, a) = peak_rss(Command::new(BIN).args(["build", "-b", "4096", "-N", "70000", "--size", "700M"]).arg(&many).arg(&ours_img));
+        let (ta, a) = peak_rss(
+            Command::new(BIN)
+                .args(["build", "-b", "4096", "-N", "70000", "--size", "700M"])
+                .arg(&many)
+                .arg(&ours_img),
+        );
         let _ = fs::remove_file(&their_img);
-        let (tb, b) = peak_rss(Command::new("mke2fs").args(["-q", "-F", "-t", "ext4", "-b", "4096", "-N", "70000", "-d"]).arg(&many).arg(&their_img).arg("700M"));
+        let (tb, b) = peak_rss(
+            Command::new("mke2fs")
+                .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-N", "70000", "-d"])
+                .arg(&many)
+                .arg(&their_img)
+                .arg("700M"),
+        );
         run(Command::new("e2fsck").args(["-fn"]).arg(&ours_img));
         println!(
             "  build 66,000 empty dirs: peak RSS ext4kit {} MiB ({:.0} bytes/dir, {:.1}s), mke2fs -d {} MiB ({:.1}s)",

@@ -82,21 +82,41 @@ fn mode_bits(m: Mode) -> u32 {
 
 /// Creates device node, FIFO or socket `name` in `dir` (mode 0600 until `finish`).
 #[cfg(any(target_os = "linux", target_os = "android"))]
-fn make_node(dir: &OwnedFd, name: &[u8], ft: rustix::fs::FileType, major: u32, minor: u32) -> Result<()> {
-    rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), rustix::fs::makedev(major, minor)).map_err(|e| errno(e, "mknod"))
+fn make_node(
+    dir: &OwnedFd,
+    name: &[u8],
+    ft: rustix::fs::FileType,
+    major: u32,
+    minor: u32,
+) -> Result<()> {
+    rustix::fs::mknodat(
+        dir,
+        name,
+        ft,
+        Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(major, minor),
+    )
+    .map_err(|e| errno(e, "mknod"))
 }
 
 /// Creates device node, FIFO or socket `name` in `dir`: not done on this system (the entry is
 /// reported, the rest is copied).
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn make_node(_dir: &OwnedFd, _name: &[u8], ft: rustix::fs::FileType, _major: u32, _minor: u32) -> Result<()> {
+fn make_node(
+    _dir: &OwnedFd,
+    _name: &[u8],
+    ft: rustix::fs::FileType,
+    _major: u32,
+    _minor: u32,
+) -> Result<()> {
     bail!("{ft:?}: special files are not created on this system")
 }
 
 /// Removes the non-directory `name` in `dir` that a copy replaces (a directory is refused, as
 /// cp refuses to overwrite a directory with a non-directory).
 fn replace_non_dir(dir: &OwnedFd, name: &[u8]) -> Result<()> {
-    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| errno(e, "stat"))?;
+    let st =
+        rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| errno(e, "stat"))?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
         bail!("cannot overwrite directory with non-directory");
     }
@@ -126,7 +146,10 @@ impl Copier<'_> {
     fn report(&mut self, what: &str, e: &anyhow::Error) {
         self.errors += 1;
         self.meter.finish();
-        eprintln!("ext4kit: {}", crate::one_line(&anyhow!("{}", crate::one_line(e)).context(what.to_string())));
+        eprintln!(
+            "ext4kit: {}",
+            crate::one_line(&anyhow!("{}", crate::one_line(e)).context(what.to_string()))
+        );
     }
 
     /// Where entry `rel` (relative to the anchor) is in DEST, for messages.
@@ -157,11 +180,18 @@ impl Copier<'_> {
         let st = fs.stat(ino)?;
         if st.file_type != FileType::Directory && st.nlink > 1 {
             if let Some(first) = self.links.get(&(img, ino)) {
-                match rustix::fs::linkat(self.anchor, first.as_slice(), dir, name, AtFlags::empty()) {
+                match rustix::fs::linkat(self.anchor, first.as_slice(), dir, name, AtFlags::empty())
+                {
                     Err(Errno::EXIST) => {
                         replace_non_dir(dir, name)?;
-                        rustix::fs::linkat(self.anchor, first.as_slice(), dir, name, AtFlags::empty())
-                            .map_err(|e| errno(e, "link"))?;
+                        rustix::fs::linkat(
+                            self.anchor,
+                            first.as_slice(),
+                            dir,
+                            name,
+                            AtFlags::empty(),
+                        )
+                        .map_err(|e| errno(e, "link"))?;
                     }
                     r => r.map_err(|e| errno(e, "link"))?,
                 }
@@ -178,7 +208,8 @@ impl Copier<'_> {
                     Err(Errno::EXIST) => {
                         // Copying onto an earlier copy: as cp, replace a non-directory.
                         replace_non_dir(dir, name)?;
-                        rustix::fs::symlinkat(target.as_slice(), dir, name).map_err(|e| errno(e, "symlink"))?;
+                        rustix::fs::symlinkat(target.as_slice(), dir, name)
+                            .map_err(|e| errno(e, "symlink"))?;
                     }
                     r => r.map_err(|e| errno(e, "symlink"))?,
                 }
@@ -263,7 +294,10 @@ impl Copier<'_> {
             }
         };
         ancestors.push(ino);
-        let entries: Vec<_> = entries.into_iter().filter(|e| !e.is_dot_or_dotdot()).collect();
+        let entries: Vec<_> = entries
+            .into_iter()
+            .filter(|e| !e.is_dot_or_dotdot())
+            .collect();
         let mut ahead = 0;
         for (i, e) in entries.iter().enumerate() {
             // Keep the next files' first bytes being read while this one is copied: many small
@@ -271,7 +305,9 @@ impl Copier<'_> {
             while ahead < entries.len() && ahead < i + PREFETCH_FILES {
                 let next = &entries[ahead];
                 ahead += 1;
-                if next.file_type == Some(FileType::Regular) && !self.prefetched.contains_key(&next.ino) {
+                if next.file_type == Some(FileType::Regular)
+                    && !self.prefetched.contains_key(&next.ino)
+                {
                     if let Ok(r) = fs.open_file(next.ino) {
                         r.prefetch(PREFETCH_BYTES);
                         self.prefetched.insert(next.ino, r);
@@ -289,7 +325,8 @@ impl Copier<'_> {
         }
         ancestors.pop();
         // Prefetched but not copied (hard links to files copied already, or errors).
-        self.prefetched.retain(|ino, _| entries.iter().all(|e| e.ino != *ino));
+        self.prefetched
+            .retain(|ino, _| entries.iter().all(|e| e.ino != *ino));
     }
 
     /// Copies a regular file's bytes; returns whether the new file already has its final mode
@@ -304,19 +341,29 @@ impl Copier<'_> {
         let final_mode = (u32::from(st.mode) & 0o777) & !self.umask;
         let direct = !self.opts.preserve && final_mode & 0o600 == 0o600;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let (fd, mode_done) = match rustix::fs::openat(dir, name, flags | OFlags::EXCL, raw_mode(if direct { final_mode } else { 0o600 })) {
+        let (fd, mode_done) = match rustix::fs::openat(
+            dir,
+            name,
+            flags | OFlags::EXCL,
+            raw_mode(if direct { final_mode } else { 0o600 }),
+        ) {
             Ok(fd) => (fd, direct),
             // Overwriting a file DEST already holds: its mode is set afterwards.
             Err(Errno::EXIST) => {
                 // Never truncate an image being read (copying out next to it, a name in the
                 // image can be the image's own).
-                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| errno(e, "stat"))?;
+                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| errno(e, "stat"))?;
                 #[allow(clippy::unnecessary_cast)]
                 let key = (st.st_dev as u64, st.st_ino as u64);
                 if self.source_images.contains(&key) {
                     bail!("is an image being copied from; not overwritten");
                 }
-                (rustix::fs::openat(dir, name, flags | OFlags::TRUNC, raw_mode(0o600)).map_err(|e| errno(e, "create"))?, false)
+                (
+                    rustix::fs::openat(dir, name, flags | OFlags::TRUNC, raw_mode(0o600))
+                        .map_err(|e| errno(e, "create"))?,
+                    false,
+                )
             }
             Err(e) => return Err(errno(e, "create")),
         };
@@ -402,7 +449,11 @@ impl Copier<'_> {
         let has = |n: &[u8]| xattrs.iter().any(|x| x.name == n);
         let drop_acls: Vec<&[u8]> = [acl::ACCESS_NAME, acl::DEFAULT_NAME]
             .into_iter()
-            .filter(|n| !is_link && !has(n) && (*n == acl::ACCESS_NAME || st.file_type == FileType::Directory))
+            .filter(|n| {
+                !is_link
+                    && !has(n)
+                    && (*n == acl::ACCESS_NAME || st.file_type == FileType::Directory)
+            })
             .collect();
         for x in xattrs {
             let user = x.name.starts_with(b"user.");
@@ -457,7 +508,11 @@ impl Copier<'_> {
         // The image's ACLs exactly, as coreutils' cp -p gives: ACLs DEST inherited from a
         // default ACL there (or an overwritten file had) go.
         for n in drop_acls {
-            let mut p = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd())).into_bytes();
+            let mut p = format!(
+                "/proc/self/fd/{}/",
+                std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd())
+            )
+            .into_bytes();
             p.extend_from_slice(name);
             match rustix::fs::lremovexattr(p.as_slice(), n) {
                 Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) => {}
@@ -536,7 +591,12 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
         source_images: sources
             .iter()
             .filter_map(|s| std::fs::metadata(&s.image).ok())
-            .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+            .map(|m| {
+                (
+                    std::os::unix::fs::MetadataExt::dev(&m),
+                    std::os::unix::fs::MetadataExt::ino(&m),
+                )
+            })
             .collect(),
     };
     let mut image_index: HashMap<std::path::PathBuf, usize> = HashMap::new();
@@ -612,7 +672,10 @@ pub fn run(images: &mut Images, sources: &[Spec], dest: &Path, opts: CpOptions) 
                     .ok_or_else(|| anyhow!("cannot name the copy of {}", src.display()))?,
             };
             if dest_slash && new_name.is_some() && fs.stat(ino)?.file_type != FileType::Directory {
-                bail!("{}: cannot create regular file: not a directory", dest.display());
+                bail!(
+                    "{}: cannot create regular file: not a directory",
+                    dest.display()
+                );
             }
             c.copy(&fs, img, ino, &anchor, &name, &name, &mut ancestors)
                 .with_context(|| c.at(&name))

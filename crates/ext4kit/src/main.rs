@@ -34,13 +34,18 @@ mod tests {
 
     #[test]
     fn one_line_says_a_path_once_and_drops_os_error_numbers() {
-        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(2)).context("/x/y").context("img:/x/y");
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(2))
+            .context("/x/y")
+            .context("img:/x/y");
         assert_eq!(one_line(&e), "img:/x/y: no such file or directory");
         let e = anyhow::anyhow!("/hostname: not a directory").context("a.img:/hostname/");
         assert_eq!(one_line(&e), "a.img:/hostname/: not a directory");
         let e = anyhow::anyhow!("/d/x: not a directory").context("a.img:/d/x/y");
         assert_eq!(one_line(&e), "a.img:/d/x/y: /d/x: not a directory");
-        assert_eq!(strip_os_error("open: Permission denied (os error 13)"), "open: permission denied");
+        assert_eq!(
+            strip_os_error("open: Permission denied (os error 13)"),
+            "open: permission denied"
+        );
     }
 }
 
@@ -222,12 +227,14 @@ enum Command {
         specs: Vec<OsString>,
     },
     /// Remove files, symlinks and (with -r) directories inside images.
-    #[command(after_help = "Blocks, extent-tree blocks, xattr blocks and inodes are freed; a hard-linked file\n\
+    #[command(
+        after_help = "Blocks, extent-tree blocks, xattr blocks and inodes are freed; a hard-linked file\n\
         only loses the name given. Symlinks are removed, never followed. Directories need -r,\n\
         which removes everything below them first. The root directory cannot be removed.\n\
         Several IMG:PATH arguments on one image open it once and write it back once; as rm(1), one \
         that fails is reported and the others are still removed (exit status 1).\n\
-        Examples:\n  ext4kit rm disk.img:/etc/motd disk.img:/var/log/old.log\n  ext4kit rm -r disk.img:/usr/share/doc\n  ext4kit rm -rf disk.img:/tmp/cache   # fine if it is not there")]
+        Examples:\n  ext4kit rm disk.img:/etc/motd disk.img:/var/log/old.log\n  ext4kit rm -r disk.img:/usr/share/doc\n  ext4kit rm -rf disk.img:/tmp/cache   # fine if it is not there"
+    )]
     Rm {
         /// Remove directories and their contents.
         #[arg(short = 'r', short_alias = 'R', long = "recursive")]
@@ -240,22 +247,26 @@ enum Command {
         specs: Vec<OsString>,
     },
     /// Move or rename a file or directory inside an image.
-    #[command(after_help = "As mv(1): when IMG:DST is an existing directory the source moves into it under\n\
+    #[command(
+        after_help = "As mv(1): when IMG:DST is an existing directory the source moves into it under\n\
         its own name; otherwise it is renamed to DST, replacing an existing file (or an empty\n\
         directory, when the source is a directory). A directory cannot move into itself.\n\
         Source and destination must be in the same image (copy between images with cp).\n\
-        Examples:\n  ext4kit mv disk.img:/etc/app.conf disk.img:/etc/app.conf.bak\n  ext4kit mv disk.img:/opt/tool disk.img:/usr/local/")]
+        Examples:\n  ext4kit mv disk.img:/etc/app.conf disk.img:/etc/app.conf.bak\n  ext4kit mv disk.img:/opt/tool disk.img:/usr/local/"
+    )]
     Mv {
         /// IMG:SRC... IMG:DST
         #[arg(required = true, num_args = 2..)]
         args: Vec<OsString>,
     },
     /// Make a hard link (TARGET is IMG:PATH in the same image) or, with -s, a symbolic link.
-    #[command(after_help = "With -s, TARGET is the text the symlink holds (it need not exist):\n  \
+    #[command(
+        after_help = "With -s, TARGET is the text the symlink holds (it need not exist):\n  \
         ext4kit ln -s ../lib/libfoo.so.1 disk.img:/usr/lib/libfoo.so\n\
         Without -s, TARGET is an existing non-directory in the same image:\n  \
         ext4kit ln disk.img:/bin/busybox disk.img:/bin/sh\n\
-        When IMG:PATH is an existing directory, the link goes into it under TARGET's last name.")]
+        When IMG:PATH is an existing directory, the link goes into it under TARGET's last name."
+    )]
     Ln {
         /// Make a symbolic link.
         #[arg(short = 's', long = "symbolic")]
@@ -364,7 +375,10 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
 fn names_same(line: &str, head: &str) -> bool {
     fn trim(mut p: &str) -> &str {
         loop {
-            let t = p.strip_suffix("/.").or_else(|| p.strip_suffix('/')).unwrap_or(p);
+            let t = p
+                .strip_suffix("/.")
+                .or_else(|| p.strip_suffix('/'))
+                .unwrap_or(p);
             if t.len() == p.len() || t.is_empty() {
                 return p;
             }
@@ -443,7 +457,9 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             size,
         } => {
             let bs = block_size.map(|b| b.parse()).transpose()?;
-            let mke = mke.check().map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
+            let mke = mke
+                .check()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
             write_cmds::cmd_mkfs(&image, &size, bs, label, uuid.as_deref(), &mke, json)?;
         }
         Command::Build {
@@ -457,7 +473,9 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             dir,
             image,
         } => {
-            let mke = mke.check().map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
+            let mke = mke
+                .check()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", image.display()))?;
             let opts = ext4kit_fs::build::BuildOptions {
                 block_size: block_size.map(|b| b.parse()).transpose()?,
                 size: size.as_deref().map(write_cmds::parse_size).transpose()?,
@@ -476,7 +494,11 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             };
             write_cmds::cmd_build(&dir, &image, opts, json)?;
         }
-        Command::Rm { recursive, force, specs } => {
+        Command::Rm {
+            recursive,
+            force,
+            specs,
+        } => {
             let specs: Vec<Spec> = specs.iter().map(|a| Spec::parse(a)).collect();
             let mut w = write_cmds::WritableImages::new(images.replay_journal);
             if modify_cmds::cmd_rm(&mut w, &specs, recursive, force)? > 0 {
@@ -512,7 +534,10 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             all_xattrs,
             args,
         } => {
-            let classes = args.iter().map(|a| spec::classify(a)).collect::<Result<Vec<_>>>()?;
+            let classes = args
+                .iter()
+                .map(|a| spec::classify(a))
+                .collect::<Result<Vec<_>>>()?;
             let Some((dest, sources)) = classes.split_last() else {
                 bail!("cp needs a source and a destination");
             };
@@ -525,7 +550,13 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
                         spec::Arg::Image(s) => write_cmds::CpSource::Image(s.clone()),
                     })
                     .collect();
-                if sources.iter().filter(|s| matches!(s, write_cmds::CpSource::Stdin)).count() > 0 && sources.len() > 1 {
+                if sources
+                    .iter()
+                    .filter(|s| matches!(s, write_cmds::CpSource::Stdin))
+                    .count()
+                    > 0
+                    && sources.len() > 1
+                {
                     bail!("-: standard input can only be copied alone");
                 }
                 let mut w = write_cmds::WritableImages::new(images.replay_journal);
@@ -548,7 +579,9 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
             for a in sources {
                 match a {
                     spec::Arg::Image(s) => specs.push(s.clone()),
-                    spec::Arg::Dash => bail!("-: standard input can only be copied into an image (cp - IMG:PATH)"),
+                    spec::Arg::Dash => {
+                        bail!("-: standard input can only be copied into an image (cp - IMG:PATH)")
+                    }
                     spec::Arg::Host(p) => bail!(
                         "{}: not IMG:PATH: cp copies out of images (IMG:PATH... DEST, IMG:/ for a whole image) or into one (SRC... IMG:PATH)",
                         p.display()
@@ -564,7 +597,9 @@ fn run(cmd: Command, images: &mut Images) -> Result<ExitCode> {
                 cat(&fs, one).with_context(|| one.display())?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let spec::Arg::Host(dest) = dest else { bail!("cp: no destination") };
+            let spec::Arg::Host(dest) = dest else {
+                bail!("cp: no destination")
+            };
             if specs.iter().any(|s| write_cmds::same_file(&s.image, dest)) {
                 // `cp IMG:/f IMG` would overwrite the image with the file it is reading.
                 bail!(
@@ -917,7 +952,12 @@ fn stat(fs: &Fs, spec: &Spec, as_json: bool) -> Result<()> {
         for x in &xattrs {
             out.write_all(b"  ")?;
             out.write_all(&x.name)?;
-            writeln!(out, " ({}) = {}", x.value.len(), show::xattr_value(&x.name, &x.value))?;
+            writeln!(
+                out,
+                " ({}) = {}",
+                x.value.len(),
+                show::xattr_value(&x.name, &x.value)
+            )?;
         }
     }
     if let Some(t) = &target {

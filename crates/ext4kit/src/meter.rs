@@ -20,7 +20,10 @@ impl Meter {
     /// A meter for `label` ("copying"); silent unless stderr is a terminal and `quiet` is false.
     pub fn new(label: &'static str, quiet: bool) -> Meter {
         let now = Instant::now();
-        let ms = std::env::var("EXT4KIT_PROGRESS_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+        let ms = std::env::var("EXT4KIT_PROGRESS_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100);
         Meter {
             label,
             interval: Duration::from_millis(ms),
@@ -54,7 +57,12 @@ impl Meter {
     fn draw(&mut self, what: &str) {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let mib = self.bytes as f64 / f64::from(1u32 << 20);
-        let _ = write!(std::io::stderr(), "\r\x1b[K{what}: {} files, {mib:.1} MiB, {:.0} MiB/s", self.files, mib / secs);
+        let _ = write!(
+            std::io::stderr(),
+            "\r\x1b[K{what}: {} files, {mib:.1} MiB, {:.0} MiB/s",
+            self.files,
+            mib / secs
+        );
         self.drawn = true;
     }
 

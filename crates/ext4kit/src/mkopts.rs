@@ -71,7 +71,10 @@ impl MkeArgs {
             }
         }
         if let Some(m) = &self.reserved {
-            let p: f64 = m.trim().parse().map_err(|_| anyhow::anyhow!("-m {m}: not a percentage"))?;
+            let p: f64 = m
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("-m {m}: not a percentage"))?;
             if !(0.0..=50.0).contains(&p) || p.fract() != 0.0 {
                 bail!("-m {m}: the reserved percentage must be a whole number from 0 to 50");
             }
@@ -83,11 +86,19 @@ impl MkeArgs {
                     Some(n) => (true, n),
                     None => (false, f),
                 };
-                let ok = if off { name == "resize_inode" } else { MADE.contains(&name) };
+                let ok = if off {
+                    name == "resize_inode"
+                } else {
+                    MADE.contains(&name)
+                };
                 if !ok {
                     bail!(
                         "-O {f}: not supported: ext4kit makes exactly the features {} (no resize_inode)",
-                        MADE.iter().filter(|n| **n != "extents").copied().collect::<Vec<_>>().join(",")
+                        MADE.iter()
+                            .filter(|n| **n != "extents")
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(",")
                     );
                 }
             }

@@ -19,19 +19,28 @@ use crate::write_cmds::{WritableImages, euid_egid, now, parent_and_name, wants_d
 fn image_path(s: &Spec) -> Result<&[u8]> {
     match &s.path {
         Some(p) if !p.is_empty() => Ok(p),
-        _ => bail!("{}: expected IMG:PATH (a path inside the image)", s.image.display()),
+        _ => bail!(
+            "{}: expected IMG:PATH (a path inside the image)",
+            s.image.display()
+        ),
     }
 }
 
 /// Whether `path` names the root directory (`/`, `//`, `/.`, ...).
 fn is_root(path: &[u8]) -> bool {
-    path.split(|b| *b == b'/').all(|c| c.is_empty() || c == b".")
+    path.split(|b| *b == b'/')
+        .all(|c| c.is_empty() || c == b".")
 }
 
 /// `ext4kit rm [-r] [-f] IMG:PATH...`; `force`: a path that does not exist (it or a directory
 /// on the way) is skipped, as `rm -f` does. As rm(1), an operand that fails is reported on its
 /// own line and the others are still removed; returns the number of errors.
-pub fn cmd_rm(images: &mut WritableImages, specs: &[Spec], recursive: bool, force: bool) -> Result<usize> {
+pub fn cmd_rm(
+    images: &mut WritableImages,
+    specs: &[Spec],
+    recursive: bool,
+    force: bool,
+) -> Result<usize> {
     let mut errors = 0;
     for s in specs {
         if let Err(e) = rm_one(images, s, recursive, force) {
@@ -52,11 +61,16 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
     // `name/` names a directory (a symlink to one is followed), as lstat("name/") does.
     let through = if wants_dir(path) {
         match fs.resolve_inode(path, true) {
-            Err(ext4kit_fs::Error::NotFound { .. } | ext4kit_fs::Error::NotDir { .. }) if force => return Ok(()),
+            Err(ext4kit_fs::Error::NotFound { .. } | ext4kit_fs::Error::NotDir { .. }) if force => {
+                return Ok(());
+            }
             Err(e) => return Err(anyhow::Error::from(e).context(s.display())),
             Ok((ino, _)) => {
                 if !recursive {
-                    bail!("{}: is a directory (use -r to remove it and its contents)", s.display());
+                    bail!(
+                        "{}: is a directory (use -r to remove it and its contents)",
+                        s.display()
+                    );
                 }
                 Some(ino)
             }
@@ -82,7 +96,10 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
     }
     if fs.inode(e.ino).with_context(|| s.display())?.is_dir() {
         if !recursive {
-            bail!("{}: is a directory (use -r to remove it and its contents)", s.display());
+            bail!(
+                "{}: is a directory (use -r to remove it and its contents)",
+                s.display()
+            );
         }
         remove_tree(&fs, e.ino).with_context(|| s.display())?;
         fs.rmdir(dir, &name).with_context(|| s.display())?;
@@ -115,29 +132,43 @@ fn remove_tree(fs: &Fs, dir: u32) -> Result<()> {
         let Some((name, ino)) = kids.pop() else {
             // Empty now: remove it from its parent (the caller removes `dir` itself).
             if let Some((parent, _, _)) = stack.last() {
-                fs.rmdir(*parent, &dname).with_context(|| String::from_utf8_lossy(&dname).into_owned())?;
+                fs.rmdir(*parent, &dname)
+                    .with_context(|| String::from_utf8_lossy(&dname).into_owned())?;
             }
             continue;
         };
         let is_dir = fs.inode(ino)?.is_dir();
         stack.push((d, dname, kids));
         if is_dir {
-            let grandkids = children(fs, ino).with_context(|| String::from_utf8_lossy(&name).into_owned())?;
+            let grandkids =
+                children(fs, ino).with_context(|| String::from_utf8_lossy(&name).into_owned())?;
             stack.push((ino, name, grandkids));
         } else {
-            fs.unlink(d, &name).with_context(|| String::from_utf8_lossy(&name).into_owned())?;
+            fs.unlink(d, &name)
+                .with_context(|| String::from_utf8_lossy(&name).into_owned())?;
         }
     }
     Ok(())
 }
 
 fn children(fs: &Fs, dir: u32) -> Result<Vec<(Vec<u8>, u32)>> {
-    Ok(fs.read_dir(dir)?.into_iter().filter(|e| !e.is_dot_or_dotdot()).map(|e| (e.name, e.ino)).collect())
+    Ok(fs
+        .read_dir(dir)?
+        .into_iter()
+        .filter(|e| !e.is_dot_or_dotdot())
+        .map(|e| (e.name, e.ino))
+        .collect())
 }
 
 /// Where a name lands: into `dest` when it is an existing directory (keeping `src_name`), else
 /// at `dest` itself.
-fn destination(fs: &Fs, dest: &Spec, src_name: &[u8], src_is_dir: bool, missing: &str) -> Result<(u32, Vec<u8>)> {
+fn destination(
+    fs: &Fs,
+    dest: &Spec,
+    src_name: &[u8],
+    src_is_dir: bool,
+    missing: &str,
+) -> Result<(u32, Vec<u8>)> {
     let path = image_path(dest)?;
     match fs.resolve_inode(path, true) {
         Ok((ino, inode)) if inode.is_dir() => return Ok((ino, src_name.to_vec())),
@@ -173,10 +204,15 @@ fn source_entry(fs: &Fs, s: &Spec, path: &[u8]) -> Result<(u32, Vec<u8>, ext4kit
 /// `ext4kit mv IMG:SRC... IMG:DST`.
 pub fn cmd_mv(images: &mut WritableImages, args: &[OsString]) -> Result<usize> {
     let specs: Vec<Spec> = args.iter().map(|a| Spec::parse(a)).collect();
-    let Some((dest, sources)) = specs.split_last() else { bail!("mv needs IMG:SRC and IMG:DST") };
-    let dest_image = std::fs::canonicalize(&dest.image).with_context(|| dest.image.display().to_string())?;
+    let Some((dest, sources)) = specs.split_last() else {
+        bail!("mv needs IMG:SRC and IMG:DST")
+    };
+    let dest_image =
+        std::fs::canonicalize(&dest.image).with_context(|| dest.image.display().to_string())?;
     for s in sources {
-        let same = std::fs::canonicalize(&s.image).map(|c| c == dest_image).unwrap_or(false);
+        let same = std::fs::canonicalize(&s.image)
+            .map(|c| c == dest_image)
+            .unwrap_or(false);
         if !same {
             bail!(
                 "{} -> {}: mv works inside one image (copy between images with cp)",
@@ -187,9 +223,14 @@ pub fn cmd_mv(images: &mut WritableImages, args: &[OsString]) -> Result<usize> {
     }
     let fs = images.get(&dest.image)?;
     if sources.len() > 1 {
-        let d = fs.resolve(image_path(dest)?, true).with_context(|| dest.display())?;
+        let d = fs
+            .resolve(image_path(dest)?, true)
+            .with_context(|| dest.display())?;
         if !fs.inode(d)?.is_dir() {
-            bail!("{}: not a directory (several sources need one)", dest.display());
+            bail!(
+                "{}: not a directory (several sources need one)",
+                dest.display()
+            );
         }
     }
     let mut errors = 0;
@@ -202,7 +243,10 @@ pub fn cmd_mv(images: &mut WritableImages, args: &[OsString]) -> Result<usize> {
             let (src_dir, src_name, e) = source_entry(&fs, s, path)?;
             let is_dir = fs.inode(e.ino)?.is_dir();
             let (dst_dir, dst_name) = destination(&fs, dest, &src_name, is_dir, "not a directory")?;
-            if fs.lookup(dst_dir, &dst_name)?.is_some_and(|d| d.ino == e.ino) {
+            if fs
+                .lookup(dst_dir, &dst_name)?
+                .is_some_and(|d| d.ino == e.ino)
+            {
                 // As mv(1) (rename(2) would do nothing and succeed).
                 bail!("{} and {} are the same file", s.display(), dest.display());
             }
@@ -220,7 +264,12 @@ pub fn cmd_mv(images: &mut WritableImages, args: &[OsString]) -> Result<usize> {
 }
 
 /// `ext4kit ln [-s] TARGET IMG:PATH`.
-pub fn cmd_ln(images: &mut WritableImages, target: &OsString, link: &Spec, symbolic: bool) -> Result<()> {
+pub fn cmd_ln(
+    images: &mut WritableImages,
+    target: &OsString,
+    link: &Spec,
+    symbolic: bool,
+) -> Result<()> {
     let fs = images.get(&link.image)?;
     let (uid, gid) = euid_egid();
     if symbolic {
@@ -228,8 +277,13 @@ pub fn cmd_ln(images: &mut WritableImages, target: &OsString, link: &Spec, symbo
         let t = target.as_bytes();
         let last = t.rsplit(|b| *b == b'/').next().unwrap_or(t).to_vec();
         let (dir, name) = destination(&fs, link, &last, false, "no such file or directory")?;
-        let attrs = NewInode { uid, gid, ..NewInode::with_time(0o777, now()) };
-        fs.symlink(dir, &name, t, &attrs).with_context(|| link.display())?;
+        let attrs = NewInode {
+            uid,
+            gid,
+            ..NewInode::with_time(0o777, now())
+        };
+        fs.symlink(dir, &name, t, &attrs)
+            .with_context(|| link.display())?;
         return images.sync_all();
     }
     let tspec = Spec::parse(target);
@@ -239,16 +293,26 @@ pub fn cmd_ln(images: &mut WritableImages, target: &OsString, link: &Spec, symbo
             Path::new(target).display()
         );
     };
-    let same = match (std::fs::canonicalize(&tspec.image), std::fs::canonicalize(&link.image)) {
+    let same = match (
+        std::fs::canonicalize(&tspec.image),
+        std::fs::canonicalize(&link.image),
+    ) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
     if !same {
-        bail!("{} -> {}: hard links stay inside one image", tspec.display(), link.display());
+        bail!(
+            "{} -> {}: hard links stay inside one image",
+            tspec.display(),
+            link.display()
+        );
     }
     let (_, tname, e) = source_entry(&fs, &tspec, &tpath)?;
     if e.file_type == Some(FileType::Directory) || fs.inode(e.ino)?.is_dir() {
-        bail!("{}: hard links to directories are not allowed", tspec.display());
+        bail!(
+            "{}: hard links to directories are not allowed",
+            tspec.display()
+        );
     }
     let (dir, name) = destination(&fs, link, &tname, false, "no such file or directory")?;
     if dir == ROOT_INO && name.is_empty() {

@@ -146,7 +146,10 @@ impl Images {
             .map_err(|e| {
                 if let ext4kit_fs::Error::Open { message, errno, .. } = &e {
                     // Said with the path once, by the context below.
-                    return anyhow::anyhow!("{}", crate::write_cmds::open_error_reason(message, *errno));
+                    return anyhow::anyhow!(
+                        "{}",
+                        crate::write_cmds::open_error_reason(message, *errno)
+                    );
                 }
                 let journal = matches!(
                     e.structure(),

@@ -64,7 +64,12 @@ impl NewImage {
         if let Some(m) = &existing {
             use std::os::unix::fs::FileTypeExt;
             if m.file_type().is_block_device() {
-                return Ok(NewImage { target: target.to_path_buf(), path: dest.clone(), temp: None, dest });
+                return Ok(NewImage {
+                    target: target.to_path_buf(),
+                    path: dest.clone(),
+                    temp: None,
+                    dest,
+                });
             }
             if !m.is_file() {
                 anyhow::bail!("{shown}: not a regular file or block device");
@@ -74,14 +79,22 @@ impl NewImage {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = dest.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
+        let name = dest
+            .file_name()
+            .map(|n| n.as_bytes().to_vec())
+            .unwrap_or_default();
         let mut n = 0u32;
         let (temp, file) = loop {
             let mut tn = b".".to_vec();
             tn.extend_from_slice(&name);
             tn.extend_from_slice(format!(".ext4kit-new-{}-{n}", std::process::id()).as_bytes());
             let p = dir.join(std::ffi::OsStr::from_bytes(&tn));
-            match fs::OpenOptions::new().write(true).create_new(true).mode(0o666).open(&p) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o666)
+                .open(&p)
+            {
                 Ok(f) => break (p, f),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
                 Err(e) => {
@@ -93,32 +106,50 @@ impl NewImage {
                 }
             }
         };
-        let img = NewImage { target: target.to_path_buf(), path: temp.clone(), temp: Some(temp), dest };
+        let img = NewImage {
+            target: target.to_path_buf(),
+            path: temp.clone(),
+            temp: Some(temp),
+            dest,
+        };
         img.arm();
         // The new file keeps the old one's mode and owner (as an in-place write would).
         if let Some(m) = &existing {
             let _ = file.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777));
-            let _ = rustix::fs::fchown(&file, Some(rustix::fs::Uid::from_raw(m.uid())), Some(rustix::fs::Gid::from_raw(m.gid())));
+            let _ = rustix::fs::fchown(
+                &file,
+                Some(rustix::fs::Uid::from_raw(m.uid())),
+                Some(rustix::fs::Gid::from_raw(m.gid())),
+            );
         }
         Ok(img)
     }
 
     fn arm(&self) {
         let Some(t) = &self.temp else { return };
-        let Ok(c) = CString::new(t.as_os_str().as_bytes()) else { return };
-        let mut g = PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(c) = CString::new(t.as_os_str().as_bytes()) else {
+            return;
+        };
+        let mut g = PENDING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         PENDING_PTR.store(c.as_ptr().cast_mut(), std::sync::atomic::Ordering::Release);
         *g = Some(c);
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // SAFETY: installs a handler that only calls async-signal-safe functions.
             unsafe {
-                libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+                libc::signal(
+                    sig,
+                    on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                );
             }
         }
     }
 
     fn disarm() {
-        let mut g = PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = PENDING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         PENDING_PTR.store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
         *g = None;
     }
@@ -129,15 +160,24 @@ impl NewImage {
             return Ok(());
         };
         let shown = self.target.display().to_string();
-        let f = fs::OpenOptions::new().write(true).open(&temp).with_context(|| shown.clone())?;
-        f.sync_all().map_err(|e| anyhow::anyhow!("{shown}: fsync failed: {}", io_why(&e)))?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&temp)
+            .with_context(|| shown.clone())?;
+        f.sync_all()
+            .map_err(|e| anyhow::anyhow!("{shown}: fsync failed: {}", io_why(&e)))?;
         drop(f);
-        fs::rename(&temp, &self.dest)
-            .map_err(|e| anyhow::anyhow!("{shown}: cannot put the new image in place: {}", io_why(&e)))?;
+        fs::rename(&temp, &self.dest).map_err(|e| {
+            anyhow::anyhow!("{shown}: cannot put the new image in place: {}", io_why(&e))
+        })?;
         self.temp = None;
         Self::disarm();
         if let Some(dir) = self.dest.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             if let Ok(d) = fs::File::open(dir) {
                 let _ = d.sync_all();
             }

@@ -122,7 +122,11 @@ impl WritableImages {
     /// No image open yet; `replay_journal`: replay a journal that needs recovery onto the
     /// image at open (else such an image is refused).
     pub fn new(replay_journal: bool) -> WritableImages {
-        WritableImages { open: HashMap::new(), replay_journal, after_commit: Vec::new() }
+        WritableImages {
+            open: HashMap::new(),
+            replay_journal,
+            after_commit: Vec::new(),
+        }
     }
 
     /// The filesystem in `image`, opened for writing.
@@ -164,7 +168,8 @@ impl WritableImages {
         })?;
         for n in fs.notices() {
             if n.starts_with("cleaned up") {
-                self.after_commit.push((key.clone(), format!("ext4kit: {}: {n}", image.display())));
+                self.after_commit
+                    .push((key.clone(), format!("ext4kit: {}: {n}", image.display())));
                 continue;
             }
             eprintln!("ext4kit: {}: {n}", image.display());
@@ -230,7 +235,10 @@ pub fn cmd_mkfs(
         block_size,
         size_bytes: bytes,
         label,
-        uuid: uuid.map(parse_uuid).transpose().map_err(|e| anyhow!("{shown}: {e}"))?,
+        uuid: uuid
+            .map(parse_uuid)
+            .transpose()
+            .map_err(|e| anyhow!("{shown}: {e}"))?,
         hash_seed: mke.hash_seed,
         time: source_date_epoch()?,
         inode_count: mke.inode_count,
@@ -314,7 +322,9 @@ pub fn cmd_build(dir: &Path, image: &Path, opts: BuildOptions, json: bool) -> Re
     let mut on_progress = |p: ext4kit_fs::build::Progress| {
         if tty && (last.elapsed().as_millis() >= 100 || p.entries_done == p.entries_total) {
             last = std::time::Instant::now();
-            let pct = (p.bytes_done * 100).checked_div(p.bytes_total).unwrap_or(100);
+            let pct = (p.bytes_done * 100)
+                .checked_div(p.bytes_total)
+                .unwrap_or(100);
             let width = 30usize;
             let filled = (pct as usize * width / 100).min(width);
             eprint!(
@@ -332,7 +342,15 @@ pub fn cmd_build(dir: &Path, image: &Path, opts: BuildOptions, json: bool) -> Re
     // Built into a temporary file next to IMAGE, renamed over it only on success.
     let target = crate::target::NewImage::prepare(image)?;
     let r = build_image(dir, &target.path, &opts, &mut on_progress)
-        .map_err(|e| anyhow!("{}", e.to_string().replace(&target.path.display().to_string(), &image.display().to_string())))
+        .map_err(|e| {
+            anyhow!(
+                "{}",
+                e.to_string().replace(
+                    &target.path.display().to_string(),
+                    &image.display().to_string()
+                )
+            )
+        })
         .with_context(|| format!("building {} from {}", image.display(), dir.display()))?;
     target.commit()?;
     if tty {
@@ -396,7 +414,10 @@ pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
         .resolve_inode(dir, true)
         .with_context(|| String::from_utf8_lossy(dir).into_owned())?;
     if !inode.is_dir() {
-        return Err(ext4kit_fs::Error::NotDir { path: ext4kit_fs::error::PathBytes(dir.to_vec()) }.into());
+        return Err(ext4kit_fs::Error::NotDir {
+            path: ext4kit_fs::error::PathBytes(dir.to_vec()),
+        }
+        .into());
     }
     Ok((d, name.to_vec()))
 }
@@ -439,22 +460,38 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
                 for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
                     prefix.push(b'/');
                     prefix.extend_from_slice(comp);
-                    let shown = || format!("{}:{}", s.image.display(), String::from_utf8_lossy(&prefix));
+                    let shown =
+                        || format!("{}:{}", s.image.display(), String::from_utf8_lossy(&prefix));
                     cur = match fs.resolve_inode(&prefix, true) {
                         Ok((ino, inode)) if inode.is_dir() => ino,
                         Ok(_) => bail!("{}: file exists and is not a directory", shown()),
-                        Err(ext4kit_fs::Error::NotFound { .. }) if fs.lookup(cur, comp)?.is_none() => {
-                            fs.create(cur, comp, &NewKind::Directory, &mkdir_attrs(&fs, cur, &attrs)).with_context(shown)?
+                        Err(ext4kit_fs::Error::NotFound { .. })
+                            if fs.lookup(cur, comp)?.is_none() =>
+                        {
+                            fs.create(
+                                cur,
+                                comp,
+                                &NewKind::Directory,
+                                &mkdir_attrs(&fs, cur, &attrs),
+                            )
+                            .with_context(shown)?
                         }
                         // Only the last component can be missing: a dangling symlink.
-                        Err(ext4kit_fs::Error::NotFound { .. }) => bail!("{}: file exists", shown()),
+                        Err(ext4kit_fs::Error::NotFound { .. }) => {
+                            bail!("{}: file exists", shown())
+                        }
                         Err(e) => return Err(anyhow::Error::from(e).context(shown())),
                     };
                 }
             } else {
                 let (dir, name) = parent_and_name(&fs, path).with_context(|| s.display())?;
-                fs.create(dir, &name, &NewKind::Directory, &mkdir_attrs(&fs, dir, &attrs))
-                    .with_context(|| s.display())?;
+                fs.create(
+                    dir,
+                    &name,
+                    &NewKind::Directory,
+                    &mkdir_attrs(&fs, dir, &attrs),
+                )
+                .with_context(|| s.display())?;
             }
             Ok(())
         })();
@@ -533,7 +570,11 @@ impl CopyIn<'_> {
         } else {
             NewInode {
                 // As cp: the source's permission bits under the umask (symlinks: 0777).
-                perm: if md.kind == Kind::Symlink { 0o777 } else { md.perm & 0o777 & !umask() },
+                perm: if md.kind == Kind::Symlink {
+                    0o777
+                } else {
+                    md.perm & 0o777 & !umask()
+                },
                 uid: self.uid,
                 gid: self.gid,
                 ..NewInode::with_time(0, self.now)
@@ -543,7 +584,11 @@ impl CopyIn<'_> {
 
     /// `IMG:PATH` of `dpath` (a path inside the image), for messages.
     fn shown(&self, dpath: &[u8]) -> String {
-        format!("{}:{}", self.image.display(), String::from_utf8_lossy(dpath))
+        format!(
+            "{}:{}",
+            self.image.display(),
+            String::from_utf8_lossy(dpath)
+        )
     }
 
     /// Reports an error on its own line and counts it (the copy goes on, as cp's does).
@@ -562,14 +607,29 @@ impl CopyIn<'_> {
     fn copy(&mut self, src: &Src<'_>, dir: u32, name: &[u8], dpath: &[u8]) -> Result<()> {
         let md = src.meta()?;
         if matches!(src, Src::Host(_)) && Some(md.key) == self.image_key {
-            bail!("{}: is the image being written; not copied into itself", src.display());
+            bail!(
+                "{}: is the image being written; not copied into itself",
+                src.display()
+            );
         }
         self.meter.file();
         let attrs = self.attrs(&md);
         let existing = self.fs.lookup(dir, name)?;
-        if let (Src::Image { img: SAME_IMAGE, ino, .. }, Some(e)) = (src, &existing) {
+        if let (
+            Src::Image {
+                img: SAME_IMAGE,
+                ino,
+                ..
+            },
+            Some(e),
+        ) = (src, &existing)
+        {
             if e.ino == *ino {
-                bail!("{} and {} are the same file", src.display(), self.shown(dpath));
+                bail!(
+                    "{} and {} are the same file",
+                    src.display(),
+                    self.shown(dpath)
+                );
             }
         }
         let existing_is_dir = match &existing {
@@ -580,14 +640,29 @@ impl CopyIn<'_> {
             if !self.opts.recursive {
                 bail!("{}: -r not specified; omitting directory", src.display());
             }
-            if let Src::Image { img: SAME_IMAGE, ino, .. } = src {
-                if self.created_dirs.contains(ino) || existing.as_ref().is_some_and(|e| e.ino == *ino) {
-                    bail!("{}: cannot copy a directory into itself ({})", src.display(), self.shown(dpath));
+            if let Src::Image {
+                img: SAME_IMAGE,
+                ino,
+                ..
+            } = src
+            {
+                if self.created_dirs.contains(ino)
+                    || existing.as_ref().is_some_and(|e| e.ino == *ino)
+                {
+                    bail!(
+                        "{}: cannot copy a directory into itself ({})",
+                        src.display(),
+                        self.shown(dpath)
+                    );
                 }
             }
             let d = match existing {
                 Some(e) if existing_is_dir => e.ino,
-                Some(_) => bail!("{}: cannot overwrite non-directory with directory {}", self.shown(dpath), src.display()),
+                Some(_) => bail!(
+                    "{}: cannot overwrite non-directory with directory {}",
+                    self.shown(dpath),
+                    src.display()
+                ),
                 None => {
                     let d = self.fs.create(dir, name, &NewKind::Directory, &attrs)?;
                     self.created_dirs.insert(d);
@@ -611,11 +686,17 @@ impl CopyIn<'_> {
             return Ok(());
         }
         if existing_is_dir {
-            bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display());
+            bail!(
+                "{}: cannot overwrite directory with non-directory {}",
+                self.shown(dpath),
+                src.display()
+            );
         }
         // Created, filled and given its metadata in one transaction: after a crash the file is
         // absent (or as before) or complete, never empty, short or with other times.
-        let hold = self.fs.hold_commits(if md.kind == Kind::File { md.size } else { 0 })?;
+        let hold = self
+            .fs
+            .hold_commits(if md.kind == Kind::File { md.size } else { 0 })?;
         let ino = if md.kind == Kind::File {
             if md.nlink > 1 {
                 if let Some(&ino) = self.links.get(&md.key) {
@@ -638,7 +719,10 @@ impl CopyIn<'_> {
                         match self.fs.resolve_inode_at(dir, name, true) {
                             Ok(t) => Some(t),
                             Err(ext4kit_fs::Error::NotFound { .. }) => {
-                                bail!("{}: not writing through dangling symlink", self.shown(dpath))
+                                bail!(
+                                    "{}: not writing through dangling symlink",
+                                    self.shown(dpath)
+                                )
                             }
                             Err(e) => return Err(anyhow::Error::from(e).context(self.shown(dpath))),
                         }
@@ -652,9 +736,21 @@ impl CopyIn<'_> {
                     } else {
                         None
                     };
-                    if let (Src::Image { img: SAME_IMAGE, ino: sino, .. }, Some((t, _))) = (src, &target) {
+                    if let (
+                        Src::Image {
+                            img: SAME_IMAGE,
+                            ino: sino,
+                            ..
+                        },
+                        Some((t, _)),
+                    ) = (src, &target)
+                    {
                         if t == sino {
-                            bail!("{} and {} are the same file", src.display(), self.shown(dpath));
+                            bail!(
+                                "{} and {} are the same file",
+                                src.display(),
+                                self.shown(dpath)
+                            );
                         }
                     }
                     match target {
@@ -662,7 +758,11 @@ impl CopyIn<'_> {
                             self.fs.set_size(t, 0)?;
                             (t, false)
                         }
-                        Some(_) => bail!("{}: cannot overwrite directory with non-directory {}", self.shown(dpath), src.display()),
+                        Some(_) => bail!(
+                            "{}: cannot overwrite directory with non-directory {}",
+                            self.shown(dpath),
+                            src.display()
+                        ),
                         None => {
                             // A device node, FIFO or socket (or a hard-linked file, unlinked
                             // above): replaced by the file.
@@ -677,7 +777,14 @@ impl CopyIn<'_> {
             };
             match src {
                 Src::Host(p) => self.copy_data(p, ino, md.size, fresh)?,
-                Src::Image { fs, ino: sino, shown, .. } => self.copy_image_data(fs, *sino, md.size, ino).with_context(|| shown.clone())?,
+                Src::Image {
+                    fs,
+                    ino: sino,
+                    shown,
+                    ..
+                } => self
+                    .copy_image_data(fs, *sino, md.size, ino)
+                    .with_context(|| shown.clone())?,
                 Src::Stdin => {
                     // Streamed in pieces: standard input can be larger than memory.
                     use std::io::Read;
@@ -689,7 +796,11 @@ impl CopyIn<'_> {
                             Ok(0) => break,
                             Ok(n) => n,
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                            Err(e) => return Err(anyhow::Error::from(e).context("-: reading standard input")),
+                            Err(e) => {
+                                return Err(
+                                    anyhow::Error::from(e).context("-: reading standard input")
+                                );
+                            }
                         };
                         self.fs.write_at(ino, pos, &self.buf[..n])?;
                         pos += n as u64;
@@ -700,7 +811,8 @@ impl CopyIn<'_> {
             }
             if !fresh && !self.opts.preserve {
                 // As cp(1)'s O_TRUNC and write do to the file it overwrites.
-                self.fs.set_times(ino, None, Some(self.now), Some(self.now))?;
+                self.fs
+                    .set_times(ino, None, Some(self.now), Some(self.now))?;
             }
             if md.nlink > 1 {
                 self.links.insert(md.key, ino);
@@ -718,7 +830,9 @@ impl CopyIn<'_> {
                 // cp -a replaces an existing non-directory by a symlink or special file.
                 self.fs.unlink(dir, name)?;
             }
-            self.fs.create(dir, name, &kind, &attrs).with_context(|| self.shown(dpath))?
+            self.fs
+                .create(dir, name, &kind, &attrs)
+                .with_context(|| self.shown(dpath))?
         };
         self.finish(ino, src, &md, &attrs)?;
         Ok(hold.end()?)
@@ -731,8 +845,7 @@ impl CopyIn<'_> {
             // inode (ACLs inherited from a default ACL, an old file's attributes) goes.
             let x = src.xattrs()?;
             self.fs.set_xattrs(ino, &x)?;
-            self.fs
-                .set_owner_mode(ino, md.uid, md.gid, attrs.perm)?;
+            self.fs.set_owner_mode(ino, md.uid, md.gid, attrs.perm)?;
             self.fs
                 .set_times(ino, Some(attrs.atime), Some(attrs.mtime), None)?;
         }
@@ -813,7 +926,12 @@ impl CopyIn<'_> {
 
 /// Whether `e` is "no space left on device" (the copy stops there).
 fn is_no_space(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| matches!(c.downcast_ref::<ext4kit_fs::Error>(), Some(ext4kit_fs::Error::NoSpace(_))))
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ext4kit_fs::Error>(),
+            Some(ext4kit_fs::Error::NoSpace(_))
+        )
+    })
 }
 
 /// Whether `path` must name a directory (`name/`, as the kernel reads a trailing slash).
@@ -885,15 +1003,22 @@ pub fn cmd_cp_in(
         Ok(_) => None,
         // A new name: `new/` can only be a directory (cp -r DIR IMG:/new/).
         Err(ext4kit_fs::Error::NotFound { .. })
-            if !wants_dir(&dest_path) || (opts.recursive && sources.len() == 1 && src_is_dir(&sources[0])) =>
+            if !wants_dir(&dest_path)
+                || (opts.recursive && sources.len() == 1 && src_is_dir(&sources[0])) =>
         {
             None
         }
-        Err(ext4kit_fs::Error::NotFound { .. }) => bail!("{}: cannot create regular file: not a directory", dest.display()),
+        Err(ext4kit_fs::Error::NotFound { .. }) => bail!(
+            "{}: cannot create regular file: not a directory",
+            dest.display()
+        ),
         Err(e) => return Err(anyhow::Error::from(e).context(dest.display())),
     };
     if dest_dir.is_none() && sources.len() > 1 {
-        bail!("{}: not a directory (several sources need one)", dest.display());
+        bail!(
+            "{}: not a directory (several sources need one)",
+            dest.display()
+        );
     }
     for (i, arg) in sources.iter().enumerate() {
         let r = (|| -> Result<()> {
@@ -904,24 +1029,55 @@ pub fn cmd_cp_in(
                     if b.ends_with(b"/.") {
                         // SRC/. : the contents of SRC into DEST. (Path::parent would skip the `.`.)
                         let dir = Path::new(OsStr::from_bytes(&b[..b.len() - 2]));
-                        let dir = if dir.as_os_str().is_empty() { Path::new("/") } else { dir };
+                        let dir = if dir.as_os_str().is_empty() {
+                            Path::new("/")
+                        } else {
+                            dir
+                        };
                         (Src::Host(dir.to_path_buf()), true, None)
                     } else {
-                        (Src::Host(p.clone()), false, p.file_name().map(|n| n.as_bytes().to_vec()))
+                        (
+                            Src::Host(p.clone()),
+                            false,
+                            p.file_name().map(|n| n.as_bytes().to_vec()),
+                        )
                     }
                 }
                 CpSource::Stdin => (Src::Stdin, false, None),
                 CpSource::Image(spec) => {
                     let same = same_file(&spec.image, &dest.image);
-                    holder = if same { fs.clone() } else { readers.get(&spec.image)? };
+                    holder = if same {
+                        fs.clone()
+                    } else {
+                        readers.get(&spec.image)?
+                    };
                     let path = spec.path_or_root();
-                    let ino = holder.resolve(path, !opts.recursive || wants_dir(path)).with_context(|| spec.display())?;
-                    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+                    let ino = holder
+                        .resolve(path, !opts.recursive || wants_dir(path))
+                        .with_context(|| spec.display())?;
+                    let comps: Vec<&[u8]> = path
+                        .split(|&b| b == b'/')
+                        .filter(|c| !c.is_empty())
+                        .collect();
                     // IMG:/ and IMG:DIR/. copy a directory's contents (as copying out does).
-                    let contents = comps.iter().all(|c| *c == b".") || comps.last() == Some(&&b"."[..]);
-                    let name = comps.iter().rev().find(|c| **c != b"." && **c != b"..").map(|c| c.to_vec());
+                    let contents =
+                        comps.iter().all(|c| *c == b".") || comps.last() == Some(&&b"."[..]);
+                    let name = comps
+                        .iter()
+                        .rev()
+                        .find(|c| **c != b"." && **c != b"..")
+                        .map(|c| c.to_vec());
                     let img = if same { SAME_IMAGE } else { i as u64 };
-                    (Src::Image { fs: &holder, img, ino, shown: spec.display() }, contents, name)
+                    (
+                        Src::Image {
+                            fs: &holder,
+                            img,
+                            ino,
+                            shown: spec.display(),
+                        },
+                        contents,
+                        name,
+                    )
                 }
             };
             match dest_dir {
@@ -949,7 +1105,13 @@ pub fn cmd_cp_in(
                     Ok(())
                 }
                 Some(d) => {
-                    let name = name.ok_or_else(|| anyhow!("{}: no file name to copy it under into {}", src.display(), dest.display()))?;
+                    let name = name.ok_or_else(|| {
+                        anyhow!(
+                            "{}: no file name to copy it under into {}",
+                            src.display(),
+                            dest.display()
+                        )
+                    })?;
                     let mut kpath = dest_path.clone();
                     if !kpath.ends_with(b"/") {
                         kpath.push(b'/');

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use ext4kit_testkit::{
-    Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, run, run_ok, snapshot,
+    Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, run, run_ok,
+    snapshot,
 };
 
 /// The named user and group of the ACLs, and a user they do not name.
@@ -18,8 +19,15 @@ const NAMED_UID: &str = "1234";
 const OTHER_UID: &str = "999";
 
 fn ext4kit(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn ok(args: &[&str]) -> String {
@@ -47,13 +55,21 @@ fn getfacl(root: &Path, paths: &[&str], omit_header: bool) -> String {
     }
     let out = c.args(paths).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "getfacl {paths:?} in {}: {}{text}", root.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "getfacl {paths:?} in {}: {}{text}",
+        root.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
 /// Runs `cmd args` as user `uid` (group the same, no supplementary groups).
 fn as_user(uid: &str, cmd: &str, args: &[&OsStr]) -> (i32, String) {
-    let mut a: Vec<&OsStr> = ["--reuid", uid, "--regid", uid, "--clear-groups", cmd].into_iter().map(OsStr::new).collect();
+    let mut a: Vec<&OsStr> = ["--reuid", uid, "--regid", uid, "--clear-groups", cmd]
+        .into_iter()
+        .map(OsStr::new)
+        .collect();
     a.extend_from_slice(args);
     run("setpriv", &a)
 }
@@ -68,11 +84,17 @@ fn acl_tree(root: &Path) {
     std::fs::create_dir(&d).unwrap();
     chmod(&d, 0o700);
     run_ok("setfacl", &["-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
-    run_ok("setfacl", &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
+    run_ok(
+        "setfacl",
+        &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)],
+    );
     std::fs::write(d.join("inner"), b"inner file").unwrap();
     std::fs::create_dir(d.join("sub")).unwrap();
     std::fs::write(root.join("f"), b"plain file").unwrap();
-    run_ok("setfacl", &["-m", "u:1234:rw-,g:4321:r--,m::rw-", s(&root.join("f"))]);
+    run_ok(
+        "setfacl",
+        &["-m", "u:1234:rw-,g:4321:r--,m::rw-", s(&root.join("f"))],
+    );
 }
 
 const ACL_PATHS: [&str; 4] = ["d", "d/inner", "d/sub", "f"];
@@ -81,19 +103,35 @@ const ACL_PATHS: [&str; 4] = ["d", "d/inner", "d/sub", "f"];
 /// the named user can list `d` and a user the ACL does not name cannot, and what the kernel
 /// creates in `d` inherits the default ACL as `d/inner` and `d/sub` did on the host.
 fn check_acl_view(what: &str, host: &Path, got: &Path, create: bool) {
-    assert_eq!(getfacl(got, &ACL_PATHS, false), getfacl(host, &ACL_PATHS, false), "{what}: getfacl differs");
+    assert_eq!(
+        getfacl(got, &ACL_PATHS, false),
+        getfacl(host, &ACL_PATHS, false),
+        "{what}: getfacl differs"
+    );
     let d = got.join("d");
     let (code, out) = as_user(NAMED_UID, "ls", &[d.as_os_str()]);
     assert_eq!(code, 0, "{what}: uid {NAMED_UID} cannot list d: {out}");
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["inner", "sub"], "{what}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["inner", "sub"],
+        "{what}"
+    );
     let (code, out) = as_user(OTHER_UID, "ls", &[d.as_os_str()]);
     assert_ne!(code, 0, "{what}: uid {OTHER_UID} listed d: {out}");
     assert!(out.contains("Permission denied"), "{what}: {out}");
     if create {
         std::fs::write(d.join("new"), b"made by the kernel").unwrap();
         std::fs::create_dir(d.join("newdir")).unwrap();
-        assert_eq!(getfacl(&d, &["new"], true), getfacl(&host.join("d"), &["inner"], true), "{what}: new file");
-        assert_eq!(getfacl(&d, &["newdir"], true), getfacl(&host.join("d"), &["sub"], true), "{what}: new dir");
+        assert_eq!(
+            getfacl(&d, &["new"], true),
+            getfacl(&host.join("d"), &["inner"], true),
+            "{what}: new file"
+        );
+        assert_eq!(
+            getfacl(&d, &["newdir"], true),
+            getfacl(&host.join("d"), &["sub"], true),
+            "{what}: new dir"
+        );
     }
 }
 
@@ -102,12 +140,27 @@ fn check_acl_view(what: &str, host: &Path, got: &Path, create: bool) {
 fn stat_acl_lines(host: &Path, path: &str) -> Vec<String> {
     let out = run_ok("getfacl", &["-c", "-E", "-p", s(&host.join(path))]);
     let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
-    let access: Vec<&str> = lines.iter().copied().filter(|l| !l.starts_with("default:")).collect();
-    let default: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix("default:")).collect();
+    let access: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("default:"))
+        .collect();
+    let default: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("default:"))
+        .collect();
     // The getxattr form: a 4-byte header and 8 bytes per entry.
-    let mut v = vec![format!("  system.posix_acl_access ({}) = {}", 4 + 8 * access.len(), access.join(","))];
+    let mut v = vec![format!(
+        "  system.posix_acl_access ({}) = {}",
+        4 + 8 * access.len(),
+        access.join(",")
+    )];
     if !default.is_empty() {
-        v.push(format!("  system.posix_acl_default ({}) = {}", 4 + 8 * default.len(), default.join(",")));
+        v.push(format!(
+            "  system.posix_acl_default ({}) = {}",
+            4 + 8 * default.len(),
+            default.join(",")
+        ));
     }
     v
 }
@@ -115,14 +168,22 @@ fn stat_acl_lines(host: &Path, path: &str) -> Vec<String> {
 /// `ext4kit stat IMG:PATH` shows the ACLs as `getfacl` on `host` does.
 fn assert_stat_shows_acls(img: &Path, host: &Path, path: &str) {
     let stat = ok(&["stat", &format!("{}:/{path}", s(img))]);
-    let got: Vec<String> = stat.lines().filter(|l| l.contains("system.posix_acl_")).map(str::to_string).collect();
+    let got: Vec<String> = stat
+        .lines()
+        .filter(|l| l.contains("system.posix_acl_"))
+        .map(str::to_string)
+        .collect();
     assert_eq!(got, stat_acl_lines(host, path), "{path}: {stat}");
 }
 
 /// `debugfs ea_list` of a path, the attribute lines sorted.
 fn ea_list(img: &Path, path: &str) -> Vec<String> {
     let out = run_ok("debugfs", &["-R", &format!("ea_list {path}"), s(img)]);
-    let mut lines: Vec<String> = out.lines().filter(|l| l.starts_with("  ")).map(str::to_string).collect();
+    let mut lines: Vec<String> = out
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(str::to_string)
+        .collect();
     lines.sort();
     lines
 }
@@ -145,10 +206,20 @@ fn acls_from_a_host_tree_reach_the_kernel_through_build_and_cp_in() {
         ok(&["cp", "-r", "-p", &tree_dot, &format!("{}:/", s(&copied))]);
         // The bytes mke2fs -d stores for the same tree (ext4's version-1 form).
         let reference = dir.path().join(format!("mke2fs-{bs}.img"));
-        mke2fs_d(&tree, &reference, "ext4", bs.parse().unwrap(), 16 << 20, &[]);
+        mke2fs_d(
+            &tree,
+            &reference,
+            "ext4",
+            bs.parse().unwrap(),
+            16 << 20,
+            &[],
+        );
         for p in ACL_PATHS {
             let want = ea_list(&reference, p);
-            assert!(want.iter().any(|l| l.contains("system.posix_acl_access")), "{p}: {want:?}");
+            assert!(
+                want.iter().any(|l| l.contains("system.posix_acl_access")),
+                "{p}: {want:?}"
+            );
             assert_eq!(ea_list(&built, p), want, "build {bs}: {p}");
             assert_eq!(ea_list(&copied, p), want, "cp -p in {bs}: {p}");
         }
@@ -182,7 +253,10 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
     chmod(dir.path(), 0o755);
     for bs in ["1024", "4096"] {
         let img = dir.path().join(format!("k-{bs}.img"));
-        std::fs::File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
         run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", bs, s(&img)]);
         let m = LoopMount::new(&img, false).unwrap();
         let root = m.path();
@@ -190,11 +264,17 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
         std::fs::create_dir(&d).unwrap();
         chmod(&d, 0o700);
         run_ok("setfacl", &["-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
-        run_ok("setfacl", &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
+        run_ok(
+            "setfacl",
+            &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)],
+        );
         std::fs::write(d.join("inner"), b"inner file").unwrap();
         std::fs::create_dir(d.join("sub")).unwrap();
         std::fs::write(root.join("f"), b"plain file").unwrap();
-        run_ok("setfacl", &["-m", "u:1234:rw-,g:4321:r--,m::rw-", s(&root.join("f"))]);
+        run_ok(
+            "setfacl",
+            &["-m", "u:1234:rw-,g:4321:r--,m::rw-", s(&root.join("f"))],
+        );
         // A copy of the kernel's view on the host, as the reference.
         let host = dir.path().join(format!("host-{bs}"));
         run_ok("cp", &["-a", &format!("{}/.", s(root)), s(&host)]);
@@ -210,13 +290,24 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
         chmod(&out, 0o755);
         check_acl_view(&format!("cp -r -p out {bs}"), &host, &out, true);
         // The getxattr form our reader gives is the kernel's, byte for byte.
-        let diffs = diff_trees(&snapshot(&host), &snapshot(&out), Compare { dir_mtime: false, ..Compare::default() });
-        assert!(diffs.iter().all(|l| l.starts_with("unexpected: d/new")), "{diffs:?}");
+        let diffs = diff_trees(
+            &snapshot(&host),
+            &snapshot(&out),
+            Compare {
+                dir_mtime: false,
+                ..Compare::default()
+            },
+        );
+        assert!(
+            diffs.iter().all(|l| l.starts_with("unexpected: d/new")),
+            "{diffs:?}"
+        );
     }
 }
 
 fn setx(p: &Path, name: &str, value: &[u8]) {
-    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty()).unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
 }
 
 /// `security.capability` as the kernel stores it: VFS_CAP_REVISION_2 with the effective bit,
@@ -246,7 +337,10 @@ fn every_namespace(root: &Path, tag: &str) {
     setx(&d, "user.d", b"dir value");
     setx(&d, "trusted.d", b"");
     run_ok("setfacl", &["-m", "u:1234:r-x,g:4321:r-x,m::r-x", s(&d)]);
-    run_ok("setfacl", &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)]);
+    run_ok(
+        "setfacl",
+        &["-d", "-m", "u:1234:rwx,g:4321:r-x,m::rwx", s(&d)],
+    );
     let l = root.join(format!("link-{tag}"));
     std::os::unix::fs::symlink("file-target", &l).unwrap();
     setx(&l, "trusted.l", b"on a symlink");
@@ -258,18 +352,43 @@ fn every_namespace(root: &Path, tag: &str) {
 
 /// Every namespace in the tree, so that the comparison cannot pass on trees without them.
 fn assert_has_every_namespace(t: &ext4kit_testkit::Tree, tag: &str) {
-    let names = |p: &str| -> Vec<String> { t[p.as_bytes()].xattrs.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect() };
+    let names = |p: &str| -> Vec<String> {
+        t[p.as_bytes()]
+            .xattrs
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    };
     let f = names(&format!("file-{tag}"));
-    for n in ["user.one", "user.big", "trusted.two", "security.three", "security.capability", "system.posix_acl_access"] {
+    for n in [
+        "user.one",
+        "user.big",
+        "trusted.two",
+        "security.three",
+        "security.capability",
+        "system.posix_acl_access",
+    ] {
         assert!(f.iter().any(|x| x == n), "{tag}: {n} missing in {f:?}");
     }
-    assert!(names(&format!("dir-{tag}")).iter().any(|x| x == "system.posix_acl_default"), "{tag}");
-    assert!(names(&format!("link-{tag}")).iter().any(|x| x == "trusted.l"), "{tag}");
+    assert!(
+        names(&format!("dir-{tag}"))
+            .iter()
+            .any(|x| x == "system.posix_acl_default"),
+        "{tag}"
+    );
+    assert!(
+        names(&format!("link-{tag}"))
+            .iter()
+            .any(|x| x == "trusted.l"),
+        "{tag}"
+    );
 }
 
 #[test]
 fn every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel() {
-    if !require_kernel("every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel") {
+    if !require_kernel(
+        "every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +397,10 @@ fn every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel()
     every_namespace(&tree, "host");
     let want = snapshot(&tree);
     assert_has_every_namespace(&want, "host");
-    let cmp = Compare { dir_mtime: false, ..Compare::default() };
+    let cmp = Compare {
+        dir_mtime: false,
+        ..Compare::default()
+    };
     let same = |what: &str, want: &ext4kit_testkit::Tree, got: &Path| {
         let d = diff_trees(want, &snapshot(got), cmp);
         assert!(d.is_empty(), "{what}: {d:#?}");
@@ -302,15 +424,32 @@ fn every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel()
             m.unmount().unwrap();
             assert_e2fsck_clean(img);
             let out = dir.path().join(format!("out-{what}"));
-            ok(&["cp", "-r", "-p", "--all-xattrs", &format!("{}:/", s(img)), s(&out)]);
+            ok(&[
+                "cp",
+                "-r",
+                "-p",
+                "--all-xattrs",
+                &format!("{}:/", s(img)),
+                s(&out),
+            ]);
             same(&format!("{what} copied out"), &kernel_view, &out);
             // And in again, to a fresh image, for the kernel once more.
             let again = dir.path().join(format!("again-{what}"));
             ok(&["mkfs", "-b", bs, s(&again), "16M"]);
-            ok(&["cp", "-r", "-p", &format!("{}/.", s(&out)), &format!("{}:/", s(&again))]);
+            ok(&[
+                "cp",
+                "-r",
+                "-p",
+                &format!("{}/.", s(&out)),
+                &format!("{}:/", s(&again)),
+            ]);
             assert_e2fsck_clean(&again);
             let m = LoopMount::new(&again, true).unwrap();
-            same(&format!("{what} copied out and in again"), &kernel_view, m.path());
+            same(
+                &format!("{what} copied out and in again"),
+                &kernel_view,
+                m.path(),
+            );
             m.unmount().unwrap();
         }
     }
@@ -356,10 +495,17 @@ fn what_ext4kit_creates_under_a_default_acl_inherits_as_from_the_kernel() {
         run_ok("mkdir", &[&k("mkdir")]);
         run_ok("mkdir", &["-p", &format!("{}/sub", k("mkdir-p"))]);
         for p in ["cp", "cp-exec", "cp-p", "mkdir", "mkdir-p", "mkdir-p/sub"] {
-            let kp = if p == "mkdir-p/sub" { "k-mkdir-p/sub".to_string() } else { format!("k-{p}") };
+            let kp = if p == "mkdir-p/sub" {
+                "k-mkdir-p/sub".to_string()
+            } else {
+                format!("k-{p}")
+            };
             assert_eq!(mode_and_acl(&d, p), mode_and_acl(&d, &kp), "{bs}: {p}");
         }
-        assert!(getfacl(&d, &["cp"], true).contains("user:1234:rwx"), "{bs}: nothing inherited");
+        assert!(
+            getfacl(&d, &["cp"], true).contains("user:1234:rwx"),
+            "{bs}: nothing inherited"
+        );
         m.unmount().unwrap();
         assert_e2fsck_clean(&img);
     }
@@ -386,8 +532,20 @@ fn acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form() {
     for bs in [1024u32, 4096] {
         let img = dir.path().join(format!("old-{bs}.img"));
         mke2fs_d(&plain, &img, "ext4", bs, 16 << 20, &[]);
-        run_ok("debugfs", &["-w", "-R", &format!("ea_set -r -f {} /f system.posix_acl_access", s(&v2_file)), s(&img)]);
-        assert_eq!(ea_list(&img, "/f"), [format!("  system.posix_acl_access ({})", v2.len())], "the old form is stored");
+        run_ok(
+            "debugfs",
+            &[
+                "-w",
+                "-R",
+                &format!("ea_set -r -f {} /f system.posix_acl_access", s(&v2_file)),
+                s(&img),
+            ],
+        );
+        assert_eq!(
+            ea_list(&img, "/f"),
+            [format!("  system.posix_acl_access ({})", v2.len())],
+            "the old form is stored"
+        );
         let stat = ok(&["stat", &format!("{}:/f", s(&img))]);
         assert!(stat.contains("system.posix_acl_access (52)"), "{stat}");
         let out = dir.path().join(format!("out-{bs}"));
@@ -399,7 +557,14 @@ fn acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form() {
         mke2fs_d(&tree, &reference, "ext4", bs, 16 << 20, &[]);
         let want = ea_list(&reference, "/f");
         {
-            let fs = ext4kit_fs::Fs::open_path(&img, &ext4kit_fs::OpenOptions { writable: true, ..Default::default() }).unwrap();
+            let fs = ext4kit_fs::Fs::open_path(
+                &img,
+                &ext4kit_fs::OpenOptions {
+                    writable: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             let f = fs.resolve(b"/f", true).unwrap();
             fs.set_xattr(f, b"user.x", b"1").unwrap();
             fs.sync().unwrap();
@@ -412,7 +577,10 @@ fn acls_in_the_old_getxattr_form_are_read_and_rewritten_in_ext4s_form() {
         assert_eq!(ea_list(&img, "/f"), want);
         assert_e2fsck_clean(&img);
         let m = LoopMount::new(&img, true).unwrap();
-        assert_eq!(getfacl(m.path(), &["f"], true), getfacl(&tree, &["f"], true));
+        assert_eq!(
+            getfacl(m.path(), &["f"], true),
+            getfacl(&tree, &["f"], true)
+        );
         m.unmount().unwrap();
     }
 }
@@ -444,10 +612,39 @@ fn cp_p_out_under_a_default_acl_keeps_the_images_acls_as_coreutils_does() {
         p
     };
     let (ours, theirs) = (dest("ours"), dest("theirs"));
-    ok(&["cp", "-r", "-p", &format!("{}:/plain", s(&img)), &format!("{}:/d", s(&img)), &format!("{}:/f", s(&img)), s(&ours)]);
-    run_ok("cp", &["-r", "-p", s(&plain), s(&tree.join("d")), s(&tree.join("f")), s(&theirs)]);
-    let paths = ["plain", "plain/file", "plain/dir", "d", "d/inner", "d/sub", "f"];
-    assert_eq!(getfacl(&ours, &paths, false), getfacl(&theirs, &paths, false));
+    ok(&[
+        "cp",
+        "-r",
+        "-p",
+        &format!("{}:/plain", s(&img)),
+        &format!("{}:/d", s(&img)),
+        &format!("{}:/f", s(&img)),
+        s(&ours),
+    ]);
+    run_ok(
+        "cp",
+        &[
+            "-r",
+            "-p",
+            s(&plain),
+            s(&tree.join("d")),
+            s(&tree.join("f")),
+            s(&theirs),
+        ],
+    );
+    let paths = [
+        "plain",
+        "plain/file",
+        "plain/dir",
+        "d",
+        "d/inner",
+        "d/sub",
+        "f",
+    ];
+    assert_eq!(
+        getfacl(&ours, &paths, false),
+        getfacl(&theirs, &paths, false)
+    );
     assert!(!getfacl(&ours, &["plain/file"], true).contains("4242"));
 }
 
@@ -465,23 +662,42 @@ fn library_chmod_and_setxattr_treat_acls_as_the_kernel_does() {
     let img = dir.path().join("l.img");
     ok(&["build", "-b", "4096", s(&tree), s(&img)]);
     let mut bad_order = vec![0u8; 256];
-    let n = rustix::fs::lgetxattr(tree.join("f"), "system.posix_acl_access", &mut bad_order).unwrap();
+    let n =
+        rustix::fs::lgetxattr(tree.join("f"), "system.posix_acl_access", &mut bad_order).unwrap();
     bad_order.truncate(n);
     bad_order.swap(4, 12); // USER_OBJ and USER change places: EINVAL for the kernel
     let before = ea_list(&img, "/d");
     {
-        let fs = ext4kit_fs::Fs::open_path(&img, &ext4kit_fs::OpenOptions { writable: true, ..Default::default() }).unwrap();
+        let fs = ext4kit_fs::Fs::open_path(
+            &img,
+            &ext4kit_fs::OpenOptions {
+                writable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let f = fs.resolve(b"/f", true).unwrap();
         let d = fs.resolve(b"/d", true).unwrap();
         let inner = fs.resolve(b"/d/inner", true).unwrap();
         fs.set_owner_mode(f, 0, 0, 0o751).unwrap();
-        let e = fs.set_xattr(f, b"system.posix_acl_default", &bad_order).unwrap_err();
+        let e = fs
+            .set_xattr(f, b"system.posix_acl_default", &bad_order)
+            .unwrap_err();
         assert!(e.to_string().contains("only for directories"), "{e}");
-        let e = fs.set_xattr(d, b"system.posix_acl_access", &bad_order).unwrap_err();
+        let e = fs
+            .set_xattr(d, b"system.posix_acl_access", &bad_order)
+            .unwrap_err();
         assert!(e.to_string().contains("out of order"), "{e}");
-        let e = fs.set_xattr(d, b"system.posix_acl_access", &bad_order[..bad_order.len() - 3]).unwrap_err();
+        let e = fs
+            .set_xattr(
+                d,
+                b"system.posix_acl_access",
+                &bad_order[..bad_order.len() - 3],
+            )
+            .unwrap_err();
         assert!(e.to_string().contains("POSIX ACL"), "{e}");
-        fs.set_xattr(inner, b"system.posix_acl_access", b"").unwrap();
+        fs.set_xattr(inner, b"system.posix_acl_access", b"")
+            .unwrap();
         fs.sync().unwrap();
     }
     assert_eq!(ea_list(&img, "/d"), before, "refused calls changed d");

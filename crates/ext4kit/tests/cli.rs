@@ -479,7 +479,10 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     let new_dir = os(&new_dir);
     let o = ext4kit(&[os("mkdir"), new_dir]);
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "writing an image that needs recovery was not refused");
+    assert!(
+        !o.status.success(),
+        "writing an image that needs recovery was not refused"
+    );
     assert!(
         stderr.lines().count() == 1
             && stderr.contains("journal needs recovery")
@@ -487,23 +490,35 @@ fn journal_needing_recovery_is_replayed_in_memory() {
             && stderr.contains("e2fsck -fy"),
         "{stderr}"
     );
-    assert!(fs::read(&copy).unwrap() == before, "a refused write modified the image");
+    assert!(
+        fs::read(&copy).unwrap() == before,
+        "a refused write modified the image"
+    );
     // ...until asked to replay it: then the journal goes home, the change follows, e2fsck is
     // content and the kernel sees the mount's tree plus the new directory.
     let o = ext4kit(&[os("--replay-journal"), os("mkdir"), new_dir]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    assert!(stderr.lines().count() == 1 && stderr.contains("onto the image"), "{stderr}");
+    assert!(
+        stderr.lines().count() == 1 && stderr.contains("onto the image"),
+        "{stderr}"
+    );
     ext4kit_testkit::assert_e2fsck_clean(&copy);
     let hdr = run_ok("dumpe2fs", &["-h", copy.to_str().unwrap()]);
     assert!(!hdr.contains("needs_recovery"), "{hdr}");
     let m = LoopMount::new(&copy, true).unwrap();
     let mut got = snapshot(m.path());
     m.unmount().unwrap();
-    let made = got.remove(b"made-after-replay".as_slice()).expect("the new directory");
+    let made = got
+        .remove(b"made-after-replay".as_slice())
+        .expect("the new directory");
     assert_eq!(made.kind, ext4kit_testkit::Kind::Dir);
     let d = diff_trees(&want, &got, Compare::default());
-    assert!(d.is_empty(), "after the replay the kernel sees:\n{}", d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "after the replay the kernel sees:\n{}",
+        d.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -868,19 +883,36 @@ fn cp_single_files_and_into_directories() {
     // Without -p: modes as coreutils cp gives them (source bits under the umask, set-id bits
     // dropped), for new files and again when overwriting them.
     let host = out.join("host-modes");
-    let st = Command::new("cp").arg("-r").arg(tree.join("modes")).arg(&host).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(tree.join("modes"))
+        .arg(&host)
+        .status()
+        .unwrap();
     assert!(st.success());
-    ext4kit_ok(&[os("cp"), os("-r"), os(&i("/modes")), out.join("modes-np").as_os_str()]);
+    ext4kit_ok(&[
+        os("cp"),
+        os("-r"),
+        os(&i("/modes")),
+        out.join("modes-np").as_os_str(),
+    ]);
     for round in 0..2 {
         for name in ["m600", "m755", "m4755", "m2711", "m000"] {
             let dest = out.join("modes-np").join(name);
             if round == 1 {
                 // Over the file the first round made (opened, truncated, chmod after).
-                ext4kit_ok(&[os("cp"), os(&i(&format!("/modes/{name}"))), dest.as_os_str()]);
+                ext4kit_ok(&[
+                    os("cp"),
+                    os(&i(&format!("/modes/{name}"))),
+                    dest.as_os_str(),
+                ]);
             }
             let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
             let (ours, theirs) = (mode(&dest), mode(&host.join(name)));
-            assert_eq!(ours, theirs, "round {round}: {name}: ext4kit {ours:o}, cp {theirs:o}");
+            assert_eq!(
+                ours, theirs,
+                "round {round}: {name}: ext4kit {ours:o}, cp {theirs:o}"
+            );
             assert_eq!(fs::read(&dest).unwrap(), name.as_bytes());
         }
     }
@@ -949,14 +981,20 @@ fn cp_never_writes_outside_dest() {
         "{err}"
     );
     // The entry with `/` is reported; the rest of its directory is copied.
-    assert_eq!(fs::read(out.join("sub/kept")).unwrap(), b"beside the bad name");
+    assert_eq!(
+        fs::read(out.join("sub/kept")).unwrap(),
+        b"beside the bad name"
+    );
     assert_eq!(fs::read_dir(out.join("sub")).unwrap().count(), 1);
     // `ls` lists what it can and names the damaged entry, exit status 1.
     let o = ext4kit(&[os("ls"), os(&format!("{spec}sub"))]);
     assert!(!o.status.success());
     assert_eq!(String::from_utf8_lossy(&o.stdout), "kept\n");
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.lines().count() == 1 && e.contains("invalid name \"q/q\"") && e.contains("block"), "{e}");
+    assert!(
+        e.lines().count() == 1 && e.contains("invalid name \"q/q\"") && e.contains("block"),
+        "{e}"
+    );
     assert_eq!(
         fs::read_dir(&victim).unwrap().count(),
         0,

@@ -247,7 +247,11 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
     };
     assert_eq!(file("copied"), b"box\n");
     assert_eq!(file("hostname"), b"deb http://example/ stable main\n");
-    assert_eq!(file("stdin"), ext4kit_testkit::pattern(9, 3 << 20), "3 MiB from stdin");
+    assert_eq!(
+        file("stdin"),
+        ext4kit_testkit::pattern(9, 3 << 20),
+        "3 MiB from stdin"
+    );
     for top in ["apt", "apt2"] {
         assert_eq!(
             file(&format!("{top}/lists/big")),

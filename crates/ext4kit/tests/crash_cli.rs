@@ -30,7 +30,9 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ext4kit_testkit::{Entry, Kind, LoopMount, Tree, e2fsck_clean, mke2fs_d, pattern, require_kernel, run, snapshot};
+use ext4kit_testkit::{
+    Entry, Kind, LoopMount, Tree, e2fsck_clean, mke2fs_d, pattern, require_kernel, run, snapshot,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 
@@ -44,7 +46,10 @@ fn require_strace(test: &str) -> bool {
     if !require_kernel(test) {
         return false;
     }
-    let ok = Command::new("strace").arg("-V").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok && std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
         panic!("{test}: EXT4KIT_REQUIRE_KERNEL=1 but strace is missing");
     }
@@ -92,7 +97,12 @@ fn command(io: Io, program: &str) -> Command {
     c
 }
 
-fn strace(io: Io, log: Option<&Path>, kill_at: Option<u64>, args: &[OsString]) -> std::process::ExitStatus {
+fn strace(
+    io: Io,
+    log: Option<&Path>,
+    kill_at: Option<u64>,
+    args: &[OsString],
+) -> std::process::ExitStatus {
     let mut c = command(io, "strace");
     c.arg("-f").arg("-qq");
     let traced = traced(io);
@@ -102,7 +112,8 @@ fn strace(io: Io, log: Option<&Path>, kill_at: Option<u64>, args: &[OsString]) -
     };
     c.arg("-e").arg(format!("trace={traced}"));
     if let Some(n) = kill_at {
-        c.arg("-e").arg(format!("inject={traced}:signal=SIGKILL:when={n}"));
+        c.arg("-e")
+            .arg(format!("inject={traced}:signal=SIGKILL:when={n}"));
     }
     c.arg(BIN).args(args);
     c.output().unwrap().status
@@ -118,7 +129,10 @@ fn calls_per_thread(io: Io, dir: &Path, base: &Path, args: &[&str]) -> (u64, Opt
     let mut per: BTreeMap<String, u64> = BTreeMap::new();
     for l in std::fs::read_to_string(&log).unwrap().lines() {
         if let Some((pid, rest)) = l.split_once(' ') {
-            if !rest.trim_start().starts_with("+++") && !rest.trim_start().starts_with("---") && !rest.contains("resumed>") {
+            if !rest.trim_start().starts_with("+++")
+                && !rest.trim_start().starts_with("---")
+                && !rest.contains("resumed>")
+            {
                 *per.entry(pid.to_string()).or_default() += 1;
             }
         }
@@ -152,7 +166,9 @@ fn needs_recovery(img: &Path) -> bool {
 /// another copy, and a strict `-fn` of the image as it is when needs_recovery is clear.
 fn judge_image(dir: &Path, img: &Path, what: &str) -> Tree {
     if !needs_recovery(img) {
-        e2fsck_clean(img).unwrap_or_else(|e| panic!("{what}: needs_recovery is clear but the image is not clean as it is: {e}"));
+        e2fsck_clean(img).unwrap_or_else(|e| {
+            panic!("{what}: needs_recovery is clear but the image is not clean as it is: {e}")
+        });
     }
     let fimg = dir.join("fsck.img");
     std::fs::copy(img, &fimg).unwrap();
@@ -162,7 +178,8 @@ fn judge_image(dir: &Path, img: &Path, what: &str) -> Tree {
     std::fs::remove_file(&fimg).unwrap();
     let kimg = dir.join("kernel.img");
     std::fs::copy(img, &kimg).unwrap();
-    let m = LoopMount::new(&kimg, false).unwrap_or_else(|e| panic!("{what}: the kernel does not mount the image as killed: {e}"));
+    let m = LoopMount::new(&kimg, false)
+        .unwrap_or_else(|e| panic!("{what}: the kernel does not mount the image as killed: {e}"));
     let tree = snapshot(m.path());
     unmount(&m, what);
     drop(m);
@@ -193,14 +210,22 @@ fn unmount(m: &LoopMount, what: &str) {
 /// sizes change with every entry added).
 fn same(a: &Entry, b: &Entry, mtime: bool) -> bool {
     let dir = a.kind == Kind::Dir;
-    a.kind == b.kind && a.mode == b.mode && (a.uid, a.gid) == (b.uid, b.gid) && (dir || !mtime || a.mtime == b.mtime)
+    a.kind == b.kind
+        && a.mode == b.mode
+        && (a.uid, a.gid) == (b.uid, b.gid)
+        && (dir || !mtime || a.mtime == b.mtime)
 }
 
 fn brief(e: Option<&Entry>) -> String {
     match e {
         None => "absent".into(),
         Some(e) => match &e.kind {
-            Kind::File(c) => format!("file of {} bytes, mode {:o}, mtime {:?}", c.len(), e.mode, e.mtime),
+            Kind::File(c) => format!(
+                "file of {} bytes, mode {:o}, mtime {:?}",
+                c.len(),
+                e.mode,
+                e.mtime
+            ),
             k => format!("{k:?}, mode {:o}, mtime {:?}", e.mode, e.mtime),
         },
     }
@@ -208,7 +233,11 @@ fn brief(e: Option<&Entry>) -> String {
 
 /// Every path is as before or as after (absent counts): the first one that is neither.
 fn per_entry(before: &Tree, after: &Tree, got: &Tree, mtime: bool) -> Option<String> {
-    let paths: BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).chain(got.keys()).collect();
+    let paths: BTreeSet<&Vec<u8>> = before
+        .keys()
+        .chain(after.keys())
+        .chain(got.keys())
+        .collect();
     for p in paths {
         let g = got.get(p);
         let ok = |w: Option<&Entry>| match (w, g) {
@@ -230,7 +259,10 @@ fn per_entry(before: &Tree, after: &Tree, got: &Tree, mtime: bool) -> Option<Str
 }
 
 fn whole(want: &Tree, got: &Tree, mtime: bool) -> bool {
-    want.len() == got.len() && want.iter().all(|(p, w)| got.get(p).is_some_and(|g| same(w, g, mtime)))
+    want.len() == got.len()
+        && want
+            .iter()
+            .all(|(p, w)| got.get(p).is_some_and(|g| same(w, g, mtime)))
 }
 
 /// What the kill points showed.
@@ -246,13 +278,28 @@ struct Seen {
 /// every entry as before or after (`atomic`: the whole tree as before or as after).
 /// `after`: the tree an unkilled run leaves (None: the command fails; the image must stay
 /// as before).
-fn crash_points(io: Io, dir: &Path, label: &str, base: &Path, args: &[&str], mtime: bool, atomic: bool) -> Seen {
+fn crash_points(
+    io: Io,
+    dir: &Path,
+    label: &str,
+    base: &Path,
+    args: &[&str],
+    mtime: bool,
+    atomic: bool,
+) -> Seen {
     let before = judge_image(dir, base, &format!("{label}: base"));
     let (max, code) = calls_per_thread(io, dir, base, args);
     let done = dir.join("done.img");
     std::fs::copy(base, &done).unwrap();
-    let out = command(io, BIN).args(with_image(args, &done)).output().unwrap();
-    assert_eq!(out.status.code(), code, "{label}: the traced and untraced runs disagree");
+    let out = command(io, BIN)
+        .args(with_image(args, &done))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        code,
+        "{label}: the traced and untraced runs disagree"
+    );
     let after = judge_image(dir, &done, &format!("{label}: finished run"));
     std::fs::remove_file(&done).unwrap();
     let pts = points(max);
@@ -266,7 +313,11 @@ fn crash_points(io: Io, dir: &Path, label: &str, base: &Path, args: &[&str], mti
         if st.signal() == Some(9) {
             seen.killed += 1;
         } else {
-            assert_eq!(st.code(), code, "{what}: not killed, but the exit status differs");
+            assert_eq!(
+                st.code(),
+                code,
+                "{what}: not killed, but the exit status differs"
+            );
         }
         let got = judge_image(dir, &img, &what);
         std::fs::remove_file(&img).unwrap();
@@ -278,7 +329,10 @@ fn crash_points(io: Io, dir: &Path, label: &str, base: &Path, args: &[&str], mti
         } else if whole(&after, &got, mtime) {
             seen.after += 1;
         } else {
-            assert!(!atomic, "{what}: the tree is neither the one before nor the one after (each entry is)");
+            assert!(
+                !atomic,
+                "{what}: the tree is neither the one before nor the one after (each entry is)"
+            );
             seen.between += 1;
         }
     }
@@ -289,7 +343,10 @@ fn crash_points(io: Io, dir: &Path, label: &str, base: &Path, args: &[&str], mti
         t0.elapsed().as_secs_f64()
     );
     // Threads make fewer calls than the busiest: the later points kill only some runs.
-    assert!(seen.killed >= 2.min(pts.len()), "{label}: runs should be killed: {seen:?}");
+    assert!(
+        seen.killed >= 2.min(pts.len()),
+        "{label}: runs should be killed: {seen:?}"
+    );
     seen
 }
 
@@ -299,13 +356,25 @@ fn write_tree(root: &Path, files: &[(&str, Vec<u8>)], t: i64) {
         let p = root.join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, data).unwrap();
-        let ts = rustix::fs::Timespec { tv_sec: t + k as i64, tv_nsec: 1000 * k as i64 + 7 };
-        let times = rustix::fs::Timestamps { last_access: ts, last_modification: ts };
+        let ts = rustix::fs::Timespec {
+            tv_sec: t + k as i64,
+            tv_nsec: 1000 * k as i64 + 7,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        };
         rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::empty()).unwrap();
     }
 }
 
-fn image_with(dir: &Path, name: &str, files: &[(&str, Vec<u8>)], size: u64, extra: &[&str]) -> PathBuf {
+fn image_with(
+    dir: &Path,
+    name: &str,
+    files: &[(&str, Vec<u8>)],
+    size: u64,
+    extra: &[&str],
+) -> PathBuf {
     let tree = dir.join(format!("{name}.tree"));
     std::fs::create_dir(&tree).unwrap();
     write_tree(&tree, files, 1_600_000_000);
@@ -327,31 +396,94 @@ fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
     let new_s = new.to_str().unwrap();
 
     // Room for both: the old file until the commit, the new one from then on.
-    let base = image_with(d, "roomy", &[("big", pattern(1, 6 << 20)), ("keep", pattern(3, 5000))], 48 << 20, &[]);
-    let seen = crash_points(Io::Threads, d, "cp over a file, room for both", &base, &["cp", new_s, "@:/big"], false, true);
+    let base = image_with(
+        d,
+        "roomy",
+        &[("big", pattern(1, 6 << 20)), ("keep", pattern(3, 5000))],
+        48 << 20,
+        &[],
+    );
+    let seen = crash_points(
+        Io::Threads,
+        d,
+        "cp over a file, room for both",
+        &base,
+        &["cp", new_s, "@:/big"],
+        false,
+        true,
+    );
     assert!(seen.before >= 1 && seen.after >= 1, "{seen:?}");
-    let seen = crash_points(Io::Uring, d, "cp over a file, room for both, io_uring", &base, &["cp", new_s, "@:/big"], false, true);
+    let seen = crash_points(
+        Io::Uring,
+        d,
+        "cp over a file, room for both, io_uring",
+        &base,
+        &["cp", new_s, "@:/big"],
+        false,
+        true,
+    );
     assert!(seen.before >= 1 && seen.after >= 1, "{seen:?}");
 
     // Room for one: the new contents cannot go to new blocks, so the command fails and the
     // image stays as it was (writing them into the old blocks gave a file with the old size
     // and the new bytes after a kill).
-    let tight = image_with(d, "tight", &[("big", pattern(1, 20 << 20)), ("keep", pattern(3, 5000))], 40 << 20, &[]);
+    let tight = image_with(
+        d,
+        "tight",
+        &[("big", pattern(1, 20 << 20)), ("keep", pattern(3, 5000))],
+        40 << 20,
+        &[],
+    );
     std::fs::write(&new, pattern(2, 20 << 20)).unwrap();
-    let seen = crash_points(Io::Threads, d, "cp over a file, room for one", &tight, &["cp", new_s, "@:/big"], false, true);
-    let out = Command::new(BIN).arg("cp").arg(&new).arg(format!("{}:/big", tight.display())).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen = crash_points(
+        Io::Threads,
+        d,
+        "cp over a file, room for one",
+        &tight,
+        &["cp", new_s, "@:/big"],
+        false,
+        true,
+    );
+    let out = Command::new(BIN)
+        .arg("cp")
+        .arg(&new)
+        .arg(format!("{}:/big", tight.display()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no space left on device"), "{err}");
     assert_eq!((seen.after, seen.between), (0, 0), "{seen:?}");
 
     // Two overwrites in one command, the second with room only once the first one's old
     // blocks are free: they are committed first, so it succeeds, each file old or new.
-    let two = image_with(d, "two", &[("d/a", pattern(4, 10_000_000)), ("d/b", pattern(5, 10_000_000))], 40 << 20, &[]);
+    let two = image_with(
+        d,
+        "two",
+        &[
+            ("d/a", pattern(4, 10_000_000)),
+            ("d/b", pattern(5, 10_000_000)),
+        ],
+        40 << 20,
+        &[],
+    );
     let (na, nb) = (d.join("a"), d.join("b"));
     std::fs::write(&na, pattern(6, 10_000_000)).unwrap();
     std::fs::write(&nb, pattern(7, 10_000_000)).unwrap();
-    let seen = crash_points(Io::Threads, d, "cp over two files", &two, &["cp", na.to_str().unwrap(), nb.to_str().unwrap(), "@:/d"], false, false);
+    let seen = crash_points(
+        Io::Threads,
+        d,
+        "cp over two files",
+        &two,
+        &["cp", na.to_str().unwrap(), nb.to_str().unwrap(), "@:/d"],
+        false,
+        false,
+    );
     assert!(seen.after >= 1 && seen.between >= 1, "{seen:?}");
 }
 
@@ -365,7 +497,12 @@ fn a_killed_cp_r_p_leaves_each_file_absent_or_complete_with_its_times() {
     // 700 files: more changed inodes than half of the smallest journal (1024 blocks) holds,
     // so the copy commits early, between files.
     let files: Vec<(String, Vec<u8>)> = (0..700)
-        .map(|k| (format!("src/d{}/f{k:04}", k % 5), pattern(100 + k as u64, (k * 37) % 9000)))
+        .map(|k| {
+            (
+                format!("src/d{}/f{k:04}", k % 5),
+                pattern(100 + k as u64, (k * 37) % 9000),
+            )
+        })
         .chain([("src/big".to_string(), pattern(9, 3 << 20))])
         .collect();
     let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
@@ -373,10 +510,27 @@ fn a_killed_cp_r_p_leaves_each_file_absent_or_complete_with_its_times() {
     std::fs::create_dir(&src_parent).unwrap();
     write_tree(&src_parent, &refs, 1_650_000_000);
     std::os::unix::fs::symlink("d0/f0000", src_parent.join("src/link")).unwrap();
-    let base = image_with(d, "tree", &[("keep", pattern(3, 5000))], 64 << 20, &["-J", "size=4"]);
+    let base = image_with(
+        d,
+        "tree",
+        &[("keep", pattern(3, 5000))],
+        64 << 20,
+        &["-J", "size=4"],
+    );
     let src = src_parent.join("src");
-    let seen = crash_points(Io::Threads, d, "cp -r -p of a tree", &base, &["cp", "-r", "-p", src.to_str().unwrap(), "@:/"], true, false);
-    assert!(seen.between >= 2, "the copy should be cut between files at several points: {seen:?}");
+    let seen = crash_points(
+        Io::Threads,
+        d,
+        "cp -r -p of a tree",
+        &base,
+        &["cp", "-r", "-p", src.to_str().unwrap(), "@:/"],
+        true,
+        false,
+    );
+    assert!(
+        seen.between >= 2,
+        "the copy should be cut between files at several points: {seen:?}"
+    );
 }
 
 #[test]
@@ -386,15 +540,47 @@ fn killed_mkdir_rm_and_mv_leave_each_entry_before_or_after() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let files: Vec<(String, Vec<u8>)> = (0..300).map(|k| (format!("tree/s{}/f{k}", k % 4), pattern(k as u64, (k * 53) % 5000))).collect();
-    let mut refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|k| {
+            (
+                format!("tree/s{}/f{k}", k % 4),
+                pattern(k as u64, (k * 53) % 5000),
+            )
+        })
+        .collect();
+    let mut refs: Vec<(&str, Vec<u8>)> =
+        files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     refs.push(("a/x/file", pattern(7, 70_000)));
     refs.push(("b/other", pattern(8, 100)));
     let base = image_with(d, "ops", &refs, 32 << 20, &["-J", "size=4"]);
-    crash_points(Io::Threads, d, "mkdir -p", &base, &["mkdir", "-p", "@:/n/e/w", "@:/b/c"], true, false);
-    let seen = crash_points(Io::Threads, d, "rm -r", &base, &["rm", "-r", "@:/tree"], true, false);
+    crash_points(
+        Io::Threads,
+        d,
+        "mkdir -p",
+        &base,
+        &["mkdir", "-p", "@:/n/e/w", "@:/b/c"],
+        true,
+        false,
+    );
+    let seen = crash_points(
+        Io::Threads,
+        d,
+        "rm -r",
+        &base,
+        &["rm", "-r", "@:/tree"],
+        true,
+        false,
+    );
     assert!(seen.before + seen.after + seen.between > 0);
-    crash_points(Io::Threads, d, "mv", &base, &["mv", "@:/a/x", "@:/b/y"], true, true);
+    crash_points(
+        Io::Threads,
+        d,
+        "mv",
+        &base,
+        &["mv", "@:/a/x", "@:/b/y"],
+        true,
+        true,
+    );
 }
 
 #[test]
@@ -413,7 +599,10 @@ fn cp_over_a_file_keeps_its_inode_and_links_and_sets_its_mtime_as_cp_does() {
     mke2fs_d(&tree, &img, "ext4", 4096, 32 << 20, &[]);
     let stat_of = |img: &Path| {
         let m = LoopMount::new(img, true).unwrap();
-        let (f, g) = (std::fs::metadata(m.path().join("f")).unwrap(), std::fs::metadata(m.path().join("g")).unwrap());
+        let (f, g) = (
+            std::fs::metadata(m.path().join("f")).unwrap(),
+            std::fs::metadata(m.path().join("g")).unwrap(),
+        );
         let bytes = std::fs::read(m.path().join("g")).unwrap();
         unmount(&m, "stat");
         drop(m);
@@ -422,12 +611,34 @@ fn cp_over_a_file_keeps_its_inode_and_links_and_sets_its_mtime_as_cp_does() {
     let (ino, _, _, _, _) = stat_of(&img);
     let new = d.join("new");
     std::fs::write(&new, pattern(2, 500_000)).unwrap();
-    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let out = Command::new(BIN).arg("cp").arg(&new).arg(format!("{}:/f", img.display())).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let out = Command::new(BIN)
+        .arg("cp")
+        .arg(&new)
+        .arg(format!("{}:/f", img.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     e2fsck_clean(&img).unwrap();
     let (fi, gi, nlink, mtime, bytes) = stat_of(&img);
-    assert_eq!((fi, gi, nlink), (ino, ino, 2), "the overwritten file keeps its inode and its hard link");
-    assert!(bytes == pattern(2, 500_000), "the hard link shows the new contents");
-    assert!(mtime >= start - 1, "mtime {mtime} is not the time of the copy ({start})");
+    assert_eq!(
+        (fi, gi, nlink),
+        (ino, ino, 2),
+        "the overwritten file keeps its inode and its hard link"
+    );
+    assert!(
+        bytes == pattern(2, 500_000),
+        "the hard link shows the new contents"
+    );
+    assert!(
+        mtime >= start - 1,
+        "mtime {mtime} is not the time of the copy ({start})"
+    );
 }

@@ -19,12 +19,17 @@ use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, require_kernel, r
 
 /// Leaf extents of `path` in `img`, as debugfs lists them.
 fn leaf_extents(img: &Path, path: &str) -> usize {
-    let out = run_ok("debugfs", &["-R", &format!("ex {path}"), img.to_str().unwrap()]);
+    let out = run_ok(
+        "debugfs",
+        &["-R", &format!("ex {path}"), img.to_str().unwrap()],
+    );
     let mut leaves = 0;
     for line in out.lines().skip_while(|l| !l.starts_with("Level")).skip(1) {
         // " 1/ 1   3/ 10  ..." — level/depth, entry/count.
         let mut f = line.split_whitespace();
-        let (Some(level), Some(depth)) = (f.next(), f.next()) else { continue };
+        let (Some(level), Some(depth)) = (f.next(), f.next()) else {
+            continue;
+        };
         if level.trim_end_matches('/') == depth {
             leaves += 1;
         }
@@ -34,7 +39,13 @@ fn leaf_extents(img: &Path, path: &str) -> usize {
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
-    Command::new("cmp").args(["-s"]).arg(a).arg(b).status().unwrap().success()
+    Command::new("cmp")
+        .args(["-s"])
+        .arg(a)
+        .arg(b)
+        .status()
+        .unwrap()
+        .success()
 }
 
 #[test]
@@ -42,8 +53,15 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
     if !require_kernel("one_gib_copy_has_no_more_extents_than_the_kernel_gives") {
         return;
     }
-    let mb: usize = std::env::var("EXT4KIT_FRAG_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
-    let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let mb: usize = std::env::var("EXT4KIT_FRAG_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
     let dir = tempfile::tempdir_in(base).unwrap();
     let src = dir.path().join("big");
     {
@@ -56,10 +74,26 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
     for bs in ["1024", "2048", "4096"] {
         let ours = dir.path().join(format!("ours{bs}.img"));
         let kern = dir.path().join(format!("kernel{bs}.img"));
-        run_ok("mkfs.ext4", &["-q", "-F", "-b", bs, "-E", "root_owner=0:0", ours.to_str().unwrap(), &size]);
+        run_ok(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-b",
+                bs,
+                "-E",
+                "root_owner=0:0",
+                ours.to_str().unwrap(),
+                &size,
+            ],
+        );
 
         let st = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
-            .args(["cp", src.to_str().unwrap(), &format!("{}:/big", ours.display())])
+            .args([
+                "cp",
+                src.to_str().unwrap(),
+                &format!("{}:/big", ours.display()),
+            ])
             .status()
             .unwrap();
         assert!(st.success(), "ext4kit cp failed at {bs}");
@@ -68,7 +102,19 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
         // The kernel's copy into a fresh image of the same layout (mkfs.ext4 with the same
         // options; only UUID and times differ). Its count moves a little between runs.
         let kernel_copy = || {
-            run_ok("mkfs.ext4", &["-q", "-F", "-b", bs, "-E", "root_owner=0:0", kern.to_str().unwrap(), &size]);
+            run_ok(
+                "mkfs.ext4",
+                &[
+                    "-q",
+                    "-F",
+                    "-b",
+                    bs,
+                    "-E",
+                    "root_owner=0:0",
+                    kern.to_str().unwrap(),
+                    &size,
+                ],
+            );
             let m = LoopMount::new(&kern, false).unwrap();
             std::fs::copy(&src, m.path().join("big")).unwrap();
             run_ok("sync", &[]);
@@ -79,15 +125,34 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
 
         // The page cache path: a second fresh image, an empty file, then the copy over it.
         let cached = dir.path().join(format!("cached{bs}.img"));
-        run_ok("mkfs.ext4", &["-q", "-F", "-b", bs, "-E", "root_owner=0:0", cached.to_str().unwrap(), &size]);
+        run_ok(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-b",
+                bs,
+                "-E",
+                "root_owner=0:0",
+                cached.to_str().unwrap(),
+                &size,
+            ],
+        );
         let empty = dir.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
         for from in [&empty, &src] {
             let st = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
-                .args(["cp", from.to_str().unwrap(), &format!("{}:/big", cached.display())])
+                .args([
+                    "cp",
+                    from.to_str().unwrap(),
+                    &format!("{}:/big", cached.display()),
+                ])
                 .status()
                 .unwrap();
-            assert!(st.success(), "ext4kit cp (over an existing file) failed at {bs}");
+            assert!(
+                st.success(),
+                "ext4kit cp (over an existing file) failed at {bs}"
+            );
         }
         assert_e2fsck_clean(&cached);
 
@@ -99,13 +164,25 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
             kernel_counts.sort_unstable();
         }
         let n_kern = kernel_counts[kernel_counts.len() / 2];
-        eprintln!("{mb} MiB at {bs}-byte blocks: ext4kit {n_ours} extents (through the page cache {n_cached}), kernel {n_kern} (copies: {kernel_counts:?})");
-        assert!(n_ours <= n_kern, "{bs}: ext4kit made {n_ours} extents, the kernel {n_kern}");
-        assert!(n_cached <= n_kern + 1, "{bs}: ext4kit through the page cache made {n_cached} extents, the kernel {n_kern}");
+        eprintln!(
+            "{mb} MiB at {bs}-byte blocks: ext4kit {n_ours} extents (through the page cache {n_cached}), kernel {n_kern} (copies: {kernel_counts:?})"
+        );
+        assert!(
+            n_ours <= n_kern,
+            "{bs}: ext4kit made {n_ours} extents, the kernel {n_kern}"
+        );
+        assert!(
+            n_cached <= n_kern + 1,
+            "{bs}: ext4kit through the page cache made {n_cached} extents, the kernel {n_kern}"
+        );
 
         for img in [&ours, &cached] {
             let m = LoopMount::new(img, true).unwrap();
-            assert!(same_file(&src, &m.path().join("big")), "{bs}: content differs in {}", img.display());
+            assert!(
+                same_file(&src, &m.path().join("big")),
+                "{bs}: content differs in {}",
+                img.display()
+            );
             m.unmount().unwrap();
             std::fs::remove_file(img).unwrap();
         }

@@ -14,23 +14,55 @@ fn bin() -> Command {
 }
 
 fn spawn(args: &[&str]) -> Child {
-    bin().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn finish(c: Child) -> (i32, String) {
     let out = c.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn ls(img: &Path) -> Vec<String> {
-    let out = bin().args(["ls", &format!("{}:/", img.display())]).output().unwrap();
-    assert!(out.status.success(), "ls: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().last().unwrap_or("").to_string()).collect()
+    let out = bin()
+        .args(["ls", &format!("{}:/", img.display())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+        .collect()
 }
 
 fn mkfs(img: &Path) {
-    std::fs::File::create(img).unwrap().set_len(32 << 20).unwrap();
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", img.to_str().unwrap()]);
+    std::fs::File::create(img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            img.to_str().unwrap(),
+        ],
+    );
 }
 
 fn image_bytes(img: &Path) -> Vec<u8> {
@@ -54,26 +86,49 @@ fn parallel_writers_with_wait_all_land_and_without_wait_fail_cleanly() {
     mkfs(&img);
     let spec = |p: &str| format!("{}:/{p}", img.display());
     for i in 0..3 {
-        std::fs::write(dir.path().join(format!("f{i}")), vec![i as u8; 300_000 + i * 1000]).unwrap();
+        std::fs::write(
+            dir.path().join(format!("f{i}")),
+            vec![i as u8; 300_000 + i * 1000],
+        )
+        .unwrap();
     }
     // While another holder has the lock: without --wait every writer is refused, one line
     // naming the image and the holder, and the image is left exactly as it was.
     let before = image_bytes(&img);
     let held = hold_lock(&img);
-    let kids: Vec<Child> = (0..3).map(|i| spawn(&["mkdir", &spec(&format!("d{i}"))])).collect();
+    let kids: Vec<Child> = (0..3)
+        .map(|i| spawn(&["mkdir", &spec(&format!("d{i}"))]))
+        .collect();
     for k in kids {
         let (code, err) = finish(k);
         assert_eq!(code, 1, "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
-        assert!(err.contains(&format!("{}: locked by process {}", img.display(), std::process::id())), "{err}");
+        assert!(
+            err.contains(&format!(
+                "{}: locked by process {}",
+                img.display(),
+                std::process::id()
+            )),
+            "{err}"
+        );
         assert!(err.contains("--wait"), "{err}");
     }
-    assert!(image_bytes(&img) == before, "a refused writer changed the image");
+    assert!(
+        image_bytes(&img) == before,
+        "a refused writer changed the image"
+    );
     // With --wait they queue behind the holder and behind each other: all changes land.
-    let mut kids: Vec<Child> = (0..3).map(|i| spawn(&["--wait", "mkdir", &spec(&format!("d{i}"))])).collect();
+    let mut kids: Vec<Child> = (0..3)
+        .map(|i| spawn(&["--wait", "mkdir", &spec(&format!("d{i}"))]))
+        .collect();
     for i in 0..3 {
         let f = dir.path().join(format!("f{i}"));
-        kids.push(spawn(&["--wait", "cp", f.to_str().unwrap(), &spec(&format!("f{i}"))]));
+        kids.push(spawn(&[
+            "--wait",
+            "cp",
+            f.to_str().unwrap(),
+            &spec(&format!("f{i}")),
+        ]));
     }
     drop(held);
     for k in kids {
@@ -84,8 +139,14 @@ fn parallel_writers_with_wait_all_land_and_without_wait_fail_cleanly() {
     for i in 0..3 {
         assert!(names.contains(&format!("d{i}")), "d{i} lost: {names:?}");
         assert!(names.contains(&format!("f{i}")), "f{i} lost: {names:?}");
-        let out = bin().args(["cat", &spec(&format!("f{i}"))]).output().unwrap();
-        assert_eq!(out.stdout, std::fs::read(dir.path().join(format!("f{i}"))).unwrap());
+        let out = bin()
+            .args(["cat", &spec(&format!("f{i}"))])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.stdout,
+            std::fs::read(dir.path().join(format!("f{i}"))).unwrap()
+        );
     }
     assert_e2fsck_clean(&img);
     // Racing without --wait: each writer either succeeds or is refused by the lock, and
@@ -112,7 +173,10 @@ fn parallel_writers_with_wait_all_land_and_without_wait_fail_cleanly() {
         assert!(!landed.is_empty());
         let names = ls(&img);
         for n in &landed {
-            assert!(names.contains(n), "{n} exited 0 but is not in the image: {names:?}");
+            assert!(
+                names.contains(n),
+                "{n} exited 0 but is not in the image: {names:?}"
+            );
         }
     }
     assert_e2fsck_clean(&img);
@@ -136,8 +200,17 @@ fn a_loop_mounted_image_is_refused_through_a_hard_link_and_as_its_device() {
             args.extend(["mkdir".into(), format!("{}:/x", link.display())]);
             let a: Vec<&str> = args.iter().map(String::as_str).collect();
             let (code, err) = finish(spawn(&a));
-            assert_eq!(code, 1, "{args:?} wrote a loop-mounted image through a hard link: {err}");
-            assert!(err.contains(&format!("{}: the image is attached to /dev/loop", link.display())), "{err}");
+            assert_eq!(
+                code, 1,
+                "{args:?} wrote a loop-mounted image through a hard link: {err}"
+            );
+            assert!(
+                err.contains(&format!(
+                    "{}: the image is attached to /dev/loop",
+                    link.display()
+                )),
+                "{err}"
+            );
             assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
         }
         assert!(!m.path().join("x").exists());
@@ -153,7 +226,10 @@ fn a_loop_mounted_image_is_refused_through_a_hard_link_and_as_its_device() {
         let m = LoopMount::device(dev.path(), true).unwrap();
         let (code, err) = finish(spawn(&["mkdir", &format!("{}:/y", dev.path().display())]));
         assert_eq!(code, 1, "wrote a mounted device: {err}");
-        assert!(err.starts_with(&format!("ext4kit: {}: the device is", dev.path().display())), "{err}");
+        assert!(
+            err.starts_with(&format!("ext4kit: {}: the device is", dev.path().display())),
+            "{err}"
+        );
         assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
         m.unmount().unwrap();
         drop(dev);

@@ -6,11 +6,21 @@
 use std::path::Path;
 use std::process::Command;
 
-use ext4kit_testkit::{Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, generate_tree, require_kernel, run_ok, snapshot};
+use ext4kit_testkit::{
+    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, generate_tree,
+    require_kernel, run_ok, snapshot,
+};
 
 fn ext4kit(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn ok(args: &[&str]) -> String {
@@ -22,7 +32,11 @@ fn ok(args: &[&str]) -> String {
 fn fails(args: &[&str]) -> String {
     let (code, _, err) = ext4kit(args);
     assert_ne!(code, 0, "ext4kit {args:?} should fail");
-    assert_eq!(err.trim_end().lines().count(), 1, "one-line error expected, got {err:?}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one-line error expected, got {err:?}"
+    );
     err
 }
 
@@ -32,8 +46,22 @@ fn s(p: &Path) -> &str {
 
 /// An image of `size_mb` MiB (`mkfs.ext4 -b bs`) with `tree` copied in by the kernel.
 fn kernel_image(img: &Path, bs: u32, size_mb: u64, tree: &Path) {
-    std::fs::File::create(img).unwrap().set_len(size_mb << 20).unwrap();
-    run_ok("mkfs.ext4", &["-q", "-F", "-b", &bs.to_string(), "-E", "lazy_itable_init=0,lazy_journal_init=0", s(img)]);
+    std::fs::File::create(img)
+        .unwrap()
+        .set_len(size_mb << 20)
+        .unwrap();
+    run_ok(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-b",
+            &bs.to_string(),
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            s(img),
+        ],
+    );
     let m = LoopMount::new(img, false).unwrap();
     run_ok("cp", &["-a", &format!("{}/.", s(tree)), s(m.path())]);
     m.unmount().unwrap();
@@ -41,17 +69,39 @@ fn kernel_image(img: &Path, bs: u32, size_mb: u64, tree: &Path) {
 
 /// Runs a coreutils command in `dir`.
 fn host(dir: &Path, cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Gives host symlink `rel` the mtime its twin in the image got (both were made "now").
 fn copy_symlink_mtime(img: &Path, host_root: &Path, rel: &str) {
     let fs = ext4kit_fs::Fs::open_path(img, &ext4kit_fs::OpenOptions::default()).unwrap();
-    let st = fs.stat(fs.resolve(format!("/{rel}").as_bytes(), false).unwrap()).unwrap();
-    let t = rustix::fs::Timespec { tv_sec: st.mtime.seconds, tv_nsec: i64::from(st.mtime.nanoseconds) };
-    let ts = rustix::fs::Timestamps { last_access: t, last_modification: t };
-    rustix::fs::utimensat(rustix::fs::CWD, host_root.join(rel), &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    let st = fs
+        .stat(fs.resolve(format!("/{rel}").as_bytes(), false).unwrap())
+        .unwrap();
+    let t = rustix::fs::Timespec {
+        tv_sec: st.mtime.seconds,
+        tv_nsec: i64::from(st.mtime.nanoseconds),
+    };
+    let ts = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        host_root.join(rel),
+        &ts,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -63,22 +113,60 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
         let dir = tempfile::tempdir().unwrap();
         let h = dir.path().join("host");
         std::fs::create_dir(&h).unwrap();
-        generate_tree(&h, 5, &TreeOptions { big_dir_entries: 600, depth: 12, ..TreeOptions::default() });
+        generate_tree(
+            &h,
+            5,
+            &TreeOptions {
+                big_dir_entries: 600,
+                depth: 12,
+                ..TreeOptions::default()
+            },
+        );
         let img = dir.path().join("k.img");
         kernel_image(&img, bs, 64, &h);
         let i = s(&img);
         let spec = |p: &str| format!("{i}:{p}");
         // The same image spelled two ways in one call: opened once.
         let dotted = format!("{}/./k.img:/files/size-59", s(dir.path()));
-        ok(&["rm", &spec("/files/size-1"), &spec("/files/size-2047"), &dotted]);
-        host(&h, "rm", &["files/size-1", "files/size-2047", "files/size-59"]);
-        ok(&["rm", "-r", &spec("/sparse"), &spec("/deep/level00/level01"), &spec("/bigdir")]);
-        host(&h, "rm", &["-r", "sparse", "deep/level00/level01", "bigdir"]);
+        ok(&[
+            "rm",
+            &spec("/files/size-1"),
+            &spec("/files/size-2047"),
+            &dotted,
+        ]);
+        host(
+            &h,
+            "rm",
+            &["files/size-1", "files/size-2047", "files/size-59"],
+        );
+        ok(&[
+            "rm",
+            "-r",
+            &spec("/sparse"),
+            &spec("/deep/level00/level01"),
+            &spec("/bigdir"),
+        ]);
+        host(
+            &h,
+            "rm",
+            &["-r", "sparse", "deep/level00/level01", "bigdir"],
+        );
         ok(&["rm", &spec("/links/fast"), &spec("/hardlinks/two")]);
         host(&h, "rm", &["links/fast", "hardlinks/two"]);
         // -f: missing paths (or missing directories on the way) are skipped, the rest removed.
-        ok(&["rm", "-rf", &spec("/nope"), &spec("/no/such/dir"), &spec("/files/size-4097"), &spec("/xattrs")]);
-        host(&h, "rm", &["-rf", "nope", "no/such/dir", "files/size-4097", "xattrs"]);
+        ok(&[
+            "rm",
+            "-rf",
+            &spec("/nope"),
+            &spec("/no/such/dir"),
+            &spec("/files/size-4097"),
+            &spec("/xattrs"),
+        ]);
+        host(
+            &h,
+            "rm",
+            &["-rf", "nope", "no/such/dir", "files/size-4097", "xattrs"],
+        );
         ok(&["mv", &spec("/files/size-1023"), &spec("/names/")]);
         host(&h, "mv", &["files/size-1023", "names/"]);
         ok(&["mv", &spec("/hardlinks"), &spec("/hl-renamed")]);
@@ -87,7 +175,12 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
         host(&h, "mv", &["files/size-4096", "files/size-4095"]);
         ok(&["mv", &spec("/deep/level00"), &spec("/names/deep-moved")]);
         host(&h, "mv", &["deep/level00", "names/deep-moved"]);
-        ok(&["mv", &spec("/files/size-60"), &spec("/files/size-61"), &spec("/modes/")]);
+        ok(&[
+            "mv",
+            &spec("/files/size-60"),
+            &spec("/files/size-61"),
+            &spec("/modes/"),
+        ]);
         host(&h, "mv", &["files/size-60", "files/size-61", "modes/"]);
         ok(&["ln", "-s", "../files/size-0", &spec("/links/new-fast")]);
         host(&h, "ln", &["-s", "../files/size-0", "links/new-fast"]);
@@ -105,8 +198,19 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
         let m = LoopMount::new(&img, true).unwrap();
         let got = snapshot(m.path());
         m.unmount().unwrap();
-        let d = diff_trees(&snapshot(&h), &got, Compare { dir_mtime: false, ..Compare::default() });
-        assert!(d.is_empty(), "{bs}: kernel view differs from coreutils on the host:\n{}", d.join("\n"));
+        let d = diff_trees(
+            &snapshot(&h),
+            &got,
+            Compare {
+                dir_mtime: false,
+                ..Compare::default()
+            },
+        );
+        assert!(
+            d.is_empty(),
+            "{bs}: kernel view differs from coreutils on the host:\n{}",
+            d.join("\n")
+        );
     }
 }
 
@@ -118,7 +222,15 @@ fn refusals_are_one_line_errors_and_leave_the_image_clean() {
     let dir = tempfile::tempdir().unwrap();
     let h = dir.path().join("host");
     std::fs::create_dir(&h).unwrap();
-    generate_tree(&h, 6, &TreeOptions { big_dir_entries: 20, depth: 4, ..TreeOptions::default() });
+    generate_tree(
+        &h,
+        6,
+        &TreeOptions {
+            big_dir_entries: 20,
+            depth: 4,
+            ..TreeOptions::default()
+        },
+    );
     let img = dir.path().join("r.img");
     kernel_image(&img, 4096, 32, &h);
     let other = dir.path().join("other.img");
@@ -137,11 +249,15 @@ fn refusals_are_one_line_errors_and_leave_the_image_clean() {
     assert!(fails(&["mv", &spec("/deep"), &spec("/deep/level00/")]).contains("subtree"));
     ok(&["mkdir", "-p", &spec("/names/files/sub")]);
     assert!(fails(&["mv", &spec("/files"), &spec("/names")]).contains("not empty"));
-    assert!(fails(&["mv", &spec("/files/size-1"), &format!("{}:/x", s(&other))]).contains("one image"));
+    assert!(
+        fails(&["mv", &spec("/files/size-1"), &format!("{}:/x", s(&other))]).contains("one image")
+    );
     assert!(fails(&["mv", &spec("/missing"), &spec("/x")]).contains("no such file"));
     assert!(fails(&["ln", &spec("/deep"), &spec("/deep-link")]).contains("directories"));
     assert!(fails(&["ln", &spec("/files/size-1"), &spec("/files/size-59")]).contains("exists"));
-    assert!(fails(&["ln", &format!("{}:/files/size-1", s(&other)), &spec("/x")]).contains("one image"));
+    assert!(
+        fails(&["ln", &format!("{}:/files/size-1", s(&other)), &spec("/x")]).contains("one image")
+    );
     assert!(fails(&["ln", "plain-target", &spec("/x")]).contains("-s"));
     assert_e2fsck_clean(&img);
     // A mounted image is refused before anything is written.
@@ -151,8 +267,15 @@ fn refusals_are_one_line_errors_and_leave_the_image_clean() {
     m.unmount().unwrap();
     assert_e2fsck_clean(&img);
     // Help that teaches.
-    for (cmd, needle) in [("rm", "ext4kit rm -r disk.img:"), ("mv", "ext4kit mv disk.img:"), ("ln", "ext4kit ln -s")] {
+    for (cmd, needle) in [
+        ("rm", "ext4kit rm -r disk.img:"),
+        ("mv", "ext4kit mv disk.img:"),
+        ("ln", "ext4kit ln -s"),
+    ] {
         let help = ok(&[cmd, "--help"]);
-        assert!(help.contains(needle), "{cmd} --help lacks an example: {help}");
+        assert!(
+            help.contains(needle),
+            "{cmd} --help lacks an example: {help}"
+        );
     }
 }

@@ -9,8 +9,14 @@ use std::process::Command;
 use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, require_kernel, run, run_ok};
 
 fn ext4kit(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn s(p: &Path) -> &str {
@@ -30,7 +36,9 @@ fn temps(dir: &Path) -> Vec<String> {
 fn failed_mkfs_and_build_leave_the_existing_image_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().join("keep.img");
-    let old: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let old: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     std::fs::write(&keep, &old).unwrap();
     let tree = dir.path().join("tree");
     std::fs::create_dir(&tree).unwrap();
@@ -62,26 +70,50 @@ fn failed_mkfs_and_build_leave_the_existing_image_byte_identical() {
     for args in &cases {
         let (code, err) = ext4kit(args);
         assert_ne!(code, 0, "ext4kit {args:?} should fail");
-        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one-line error expected: {err:?}");
-        assert!(std::fs::read(&keep).unwrap() == old, "ext4kit {args:?} changed keep.img ({err})");
-        assert!(temps(dir.path()).is_empty(), "ext4kit {args:?} left {:?}", temps(dir.path()));
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one-line error expected: {err:?}"
+        );
+        assert!(
+            std::fs::read(&keep).unwrap() == old,
+            "ext4kit {args:?} changed keep.img ({err})"
+        );
+        assert!(
+            temps(dir.path()).is_empty(),
+            "ext4kit {args:?} left {:?}",
+            temps(dir.path())
+        );
         if args.contains(&"9M") {
             // Out of space at a given size: the size the tree needs is named.
-            assert!(err.contains("no space left on device") && err.contains("the tree needs an image of about"), "{err}");
+            assert!(
+                err.contains("no space left on device")
+                    && err.contains("the tree needs an image of about"),
+                "{err}"
+            );
         }
     }
     // The size cases against mke2fs: it refuses them too, leaving the file as it was.
     for size in ["1K", "1Q"] {
-        let (code, _) = run("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", k, size].map(std::ffi::OsStr::new));
+        let (code, _) = run(
+            "mke2fs",
+            &["-q", "-F", "-t", "ext4", "-b", "4096", k, size].map(std::ffi::OsStr::new),
+        );
         assert_ne!(code, 0);
-        assert!(std::fs::read(&keep).unwrap() == old, "mke2fs {size} changed the file");
+        assert!(
+            std::fs::read(&keep).unwrap() == old,
+            "mke2fs {size} changed the file"
+        );
     }
     // Success replaces the file in place of the old one, keeping its mode.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&keep, std::fs::Permissions::from_mode(0o640)).unwrap();
     let (code, err) = ext4kit(&["build", "-b", "4096", t, k]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::metadata(&keep).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert_eq!(
+        std::fs::metadata(&keep).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
     assert!(temps(dir.path()).is_empty());
     if require_kernel("failed_mkfs_and_build_leave_the_existing_image_byte_identical") {
         assert_e2fsck_clean(&keep);
@@ -91,7 +123,12 @@ fn failed_mkfs_and_build_leave_the_existing_image_byte_identical() {
     std::os::unix::fs::symlink(&keep, &link).unwrap();
     let (code, err) = ext4kit(&["mkfs", "-b", "4096", s(&link), "16M"]);
     assert_eq!(code, 0, "{err}");
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(std::fs::metadata(&keep).unwrap().len(), 16 << 20);
     assert!(temps(dir.path()).is_empty());
 }
@@ -99,8 +136,20 @@ fn failed_mkfs_and_build_leave_the_existing_image_byte_identical() {
 /// `dumpe2fs -h` fields that the options decide.
 fn counts(img: &Path) -> Vec<String> {
     let out = run_ok("dumpe2fs", &["-h", s(img)]);
-    let keys = ["Inode count", "Block count", "Reserved block count", "Free blocks", "Free inodes", "Inodes per group", "Inode size", "Inode blocks per group"];
-    out.lines().filter(|l| keys.iter().any(|k| l.split(':').next() == Some(k))).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+    let keys = [
+        "Inode count",
+        "Block count",
+        "Reserved block count",
+        "Free blocks",
+        "Free inodes",
+        "Inodes per group",
+        "Inode size",
+        "Inode blocks per group",
+    ];
+    out.lines()
+        .filter(|l| keys.iter().any(|k| l.split(':').next() == Some(k)))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
 }
 
 #[test]
@@ -118,7 +167,15 @@ fn mkfs_geometry_options_give_the_counts_mkfs_ext4_gives() {
         ("1024", &["-m", "1"]),
         ("4096", &["-m", "0", "-i", "65536"]),
         ("4096", &["-N", "100000"]),
-        ("4096", &["-O", "^resize_inode,metadata_csum", "-E", "lazy_itable_init=1"]),
+        (
+            "4096",
+            &[
+                "-O",
+                "^resize_inode,metadata_csum",
+                "-E",
+                "lazy_itable_init=1",
+            ],
+        ),
     ];
     for (bs, opts) in cases {
         let _ = std::fs::remove_file(&a);
@@ -133,7 +190,11 @@ fn mkfs_geometry_options_give_the_counts_mkfs_ext4_gives() {
         m.extend_from_slice(opts);
         m.extend_from_slice(&[s(&b), "64M"]);
         run_ok("mke2fs", &m);
-        assert_eq!(counts(&a), counts(&b), "options {opts:?} at {bs}-byte blocks");
+        assert_eq!(
+            counts(&a),
+            counts(&b),
+            "options {opts:?} at {bs}-byte blocks"
+        );
     }
 }
 
@@ -167,7 +228,11 @@ fn a_fitted_build_leaves_the_inode_headroom_of_mke2fs_inode_ratio() {
         let p = tree.join(format!("pkg{d}"));
         std::fs::create_dir_all(&p).unwrap();
         for f in 0..25 {
-            std::fs::write(p.join(format!("f{f}")), vec![b'a' + (f % 26) as u8; 200 + 97 * f]).unwrap();
+            std::fs::write(
+                p.join(format!("f{f}")),
+                vec![b'a' + (f % 26) as u8; 200 + 97 * f],
+            )
+            .unwrap();
         }
     }
     let img = dir.path().join("fit.img");
@@ -177,21 +242,47 @@ fn a_fitted_build_leaves_the_inode_headroom_of_mke2fs_inode_ratio() {
     let size = std::fs::metadata(&img).unwrap().len();
     // The inode count mke2fs gives an empty filesystem of that size (the tree needs fewer).
     let empty = dir.path().join("empty.img");
-    run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-O", "^resize_inode", "-b", "1024", s(&empty), &format!("{}k", size / 1024)]);
-    let ic = |p: &Path| counts(p).into_iter().find(|l| l.starts_with("Inode count")).unwrap();
+    run_ok(
+        "mke2fs",
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-O",
+            "^resize_inode",
+            "-b",
+            "1024",
+            s(&empty),
+            &format!("{}k", size / 1024),
+        ],
+    );
+    let ic = |p: &Path| {
+        counts(p)
+            .into_iter()
+            .find(|l| l.starts_with("Inode count"))
+            .unwrap()
+    };
     assert_eq!(ic(&img), ic(&empty), "fitted image of {size} bytes");
     // The kernel fills it as it fills an image mke2fs -d made of the same size.
     let theirs = dir.path().join("theirs.img");
     ext4kit_testkit::mke2fs_d(&tree, &theirs, "ext4", 1024, size, &["-O", "^resize_inode"]);
     let ours = files_that_fit(&img, 1024);
     let mke2fs = files_that_fit(&theirs, 1024);
-    assert!(ours * 10 >= mke2fs * 9, "kernel created {ours} 1 KiB files in ours, {mke2fs} in mke2fs's");
+    assert!(
+        ours * 10 >= mke2fs * 9,
+        "kernel created {ours} 1 KiB files in ours, {mke2fs} in mke2fs's"
+    );
     assert_e2fsck_clean(&img);
 }
 
 /// Runs the CLI and returns its peak RSS in KiB (from wait4's rusage).
 fn peak_rss_kib(args: &[&str]) -> i64 {
-    let child = Command::new(env!("CARGO_BIN_EXE_ext4kit")).args(args).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = i32::try_from(child.id()).unwrap();
     let mut status = 0;
     // SAFETY: rusage is plain data; zeroed is a valid value for it.
@@ -199,7 +290,10 @@ fn peak_rss_kib(args: &[&str]) -> i64 {
     // SAFETY: pid is our own child, not yet waited for; the pointers are valid for the call.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     assert_eq!(r, pid);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "ext4kit {args:?} failed: {status}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "ext4kit {args:?} failed: {status}"
+    );
     std::mem::forget(child);
     ru.ru_maxrss
 }
@@ -218,7 +312,9 @@ fn build_memory_is_under_1_kib_per_directory() {
     let base = peak_rss_kib(&["build", "-b", "4096", s(&small), s(&img)]);
     let peak = peak_rss_kib(&["build", "-b", "4096", s(&many), s(&img)]);
     let per_dir = (peak - base) as f64 * 1024.0 / f64::from(n);
-    eprintln!("build of {n} empty directories: {peak} KiB peak RSS, {base} KiB for an empty tree: {per_dir:.0} bytes per directory");
+    eprintln!(
+        "build of {n} empty directories: {peak} KiB peak RSS, {base} KiB for an empty tree: {per_dir:.0} bytes per directory"
+    );
     assert!(per_dir <= 1024.0, "{per_dir:.0} bytes per directory");
     if require_kernel("build_memory_is_under_1_kib_per_directory") {
         assert_e2fsck_clean(&img);

@@ -82,7 +82,11 @@ impl UringDevice {
         )
         .map_err(|e| OpenError::Io(e.into()))?;
         let wake = Arc::new(wake);
-        let copy_fd = if writable { Some(file.try_clone().map_err(OpenError::Io)?) } else { None };
+        let copy_fd = if writable {
+            Some(file.try_clone().map_err(OpenError::Io)?)
+        } else {
+            None
+        };
         let (tx, rx) = unbounded::<Bio>();
         let ring_wake = Arc::clone(&wake);
         let inject = Arc::new((AtomicI32::new(0), AtomicU32::new(0)));
@@ -167,13 +171,29 @@ impl BlockDevice for UringDevice {
         self.geo
     }
 
-    fn copy_from_file(&self, src: &File, src_off: u64, dst_off: u64, len: u64) -> Result<(), IoError> {
+    fn copy_from_file(
+        &self,
+        src: &File,
+        src_off: u64,
+        dst_off: u64,
+        len: u64,
+    ) -> Result<(), IoError> {
         let block = dst_off / u64::from(self.geo.block_size);
-        let Some(dst) = &self.copy_fd else { return Err(IoError::ReadOnly) };
+        let Some(dst) = &self.copy_fd else {
+            return Err(IoError::ReadOnly);
+        };
         if dst_off + len > self.geo.size_bytes() {
-            return Err(IoError::OutOfRange { block, count: len.div_ceil(u64::from(self.geo.block_size)), nr_blocks: self.geo.nr_blocks });
+            return Err(IoError::OutOfRange {
+                block,
+                count: len.div_ceil(u64::from(self.geo.block_size)),
+                nr_blocks: self.geo.nr_blocks,
+            });
         }
-        crate::file::copy_file_to_file(src, src_off, dst, dst_off, len).map_err(|e| IoError::Os { op: BioOp::Write, block, errno: e.raw_os_error().unwrap_or(5) })
+        crate::file::copy_file_to_file(src, src_off, dst, dst_off, len).map_err(|e| IoError::Os {
+            op: BioOp::Write,
+            block,
+            errno: e.raw_os_error().unwrap_or(5),
+        })
     }
 
     fn submit(&self, bio: Bio) {
@@ -322,7 +342,11 @@ impl RingThread {
     /// in the channel — with `errno`, exactly once, then keeps failing new ones until the device
     /// is dropped (so none is ever dropped uncompleted and no page stays under writeback).
     fn fail_all(&mut self, errno: i32) {
-        let err = |bio: &Bio| IoError::Os { op: bio.op(), block: bio.start_block(), errno };
+        let err = |bio: &Bio| IoError::Os {
+            op: bio.op(),
+            block: bio.start_block(),
+            errno,
+        };
         // Entries still in the submission queue were never seen by the kernel; the ones it took
         // may still be using their buffers, so wait (bounded) for their completions, which we
         // read from the completion queue (shared memory) after polling the ring's fd — no
@@ -352,7 +376,11 @@ impl RingThread {
                 break;
             }
             let timeout = (deadline - now).as_millis().min(100) as i32;
-            let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: self.ring.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: `pfd` is one valid pollfd that lives across the call.
             let r = unsafe { libc::poll(&mut pfd, 1, timeout) };
             if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {

@@ -98,7 +98,12 @@ pub fn open_file_device_from(
         Ok(dev) => Ok((Arc::new(dev), None)),
         Err(OpenError::Io(e)) => Err(e),
         Err(OpenError::Uring(why)) => Ok((
-            Arc::new(FileDevice::from_file(spare, writable, block_size, FileDevice::DEFAULT_THREADS)?),
+            Arc::new(FileDevice::from_file(
+                spare,
+                writable,
+                block_size,
+                FileDevice::DEFAULT_THREADS,
+            )?),
             Some(why),
         )),
     }
@@ -123,4 +128,3 @@ impl fmt::Display for OpenError {
 }
 
 impl std::error::Error for OpenError {}
-

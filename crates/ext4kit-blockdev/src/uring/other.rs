@@ -20,7 +20,11 @@ impl UringDevice {
     }
 
     /// Always [`UringUnavailable::NotLinux`].
-    pub fn from_file(_file: File, _writable: bool, _block_size: u32) -> Result<UringDevice, OpenError> {
+    pub fn from_file(
+        _file: File,
+        _writable: bool,
+        _block_size: u32,
+    ) -> Result<UringDevice, OpenError> {
         Err(OpenError::Uring(UringUnavailable::NotLinux))
     }
 }

@@ -7,7 +7,7 @@ use ext4kit_format::dir::{DirBlock, DirBlockOptions};
 use ext4kit_format::htree::{self, DxBlock, DxEntry, DxKind, DxOptions};
 use ext4kit_format::inline_data::{self, InlineDir, SymlinkStorage};
 use ext4kit_format::inode::InodeFlags;
-use ext4kit_format::{dirhash, CorruptKind, FormatError, IncompatFeatures};
+use ext4kit_format::{CorruptKind, FormatError, IncompatFeatures, dirhash};
 
 use crate::fixtures::{self, Image};
 
@@ -36,7 +36,11 @@ fn our_names(img: &Image, ino: u32) -> BTreeSet<Vec<u8>> {
         return names;
     }
     let csum = sb.has_metadata_csum();
-    let opts = DirBlockOptions { block_size: bs, has_tail: csum, max_inode: Some(sb.inodes_count()) };
+    let opts = DirBlockOptions {
+        block_size: bs,
+        has_tail: csum,
+        max_inode: Some(sb.inodes_count()),
+    };
     let indexed = inode.flags().contains(InodeFlags::INDEX);
     for (l, p, len, _) in img.map_file(ino).0 {
         for i in 0..u64::from(len) {
@@ -45,10 +49,12 @@ fn our_names(img: &Image, ino: u32) -> BTreeSet<Vec<u8>> {
                 let _ = l;
                 continue;
             }
-            let b = DirBlock::parse(blk, opts).unwrap_or_else(|e| panic!("dir {ino} block {}: {e}", p + i));
+            let b = DirBlock::parse(blk, opts)
+                .unwrap_or_else(|e| panic!("dir {ino} block {}: {e}", p + i));
             assert_eq!(b.as_bytes(), blk);
             if csum {
-                b.verify_checksum(sb.csum_seed(), ino, inode.generation()).unwrap();
+                b.verify_checksum(sb.csum_seed(), ino, inode.generation())
+                    .unwrap();
             }
             for e in b.live_entries().unwrap() {
                 if !e.is_dot_or_dotdot() {
@@ -71,16 +77,36 @@ fn directories_match_debugfs() {
             if img.debugfs(&format!("stat {path}")).is_empty() {
                 continue;
             }
-            let Some(first) = img.debugfs(&format!("stat {path}")).lines().next().map(str::to_string) else { continue };
+            let Some(first) = img
+                .debugfs(&format!("stat {path}"))
+                .lines()
+                .next()
+                .map(str::to_string)
+            else {
+                continue;
+            };
             if !first.starts_with("Inode:") {
                 continue;
             }
             let ino = img.ino(path);
             let (ours, theirs) = (our_names(img, ino), debugfs_names(img, path));
             if ours != theirs {
-                let only_ours: Vec<String> = ours.difference(&theirs).take(5).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
-                let only_theirs: Vec<String> = theirs.difference(&ours).take(5).map(|n| String::from_utf8_lossy(n).into_owned()).collect();
-                panic!("{} {path}: {} vs {} names; only ours {only_ours:?}; only debugfs {only_theirs:?}", img.path.display(), ours.len(), theirs.len());
+                let only_ours: Vec<String> = ours
+                    .difference(&theirs)
+                    .take(5)
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect();
+                let only_theirs: Vec<String> = theirs
+                    .difference(&ours)
+                    .take(5)
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect();
+                panic!(
+                    "{} {path}: {} vs {} names; only ours {only_ours:?}; only debugfs {only_theirs:?}",
+                    img.path.display(),
+                    ours.len(),
+                    theirs.len()
+                );
             }
         }
     }
@@ -88,7 +114,9 @@ fn directories_match_debugfs() {
 
 #[test]
 fn kernel_inline_data_and_symlinks() {
-    let Some(k) = fixtures::kernel_csum() else { return };
+    let Some(k) = fixtures::kernel_csum() else {
+        return;
+    };
     let img = &k.clean;
     let sb = img.sb();
     assert!(sb.has_incompat(IncompatFeatures::INLINE_DATA));
@@ -96,16 +124,35 @@ fn kernel_inline_data_and_symlinks() {
     assert!(idir.flags().contains(InodeFlags::INLINE_DATA));
     let d = InlineDir::parse(&idir, sb.block_size(), false).unwrap();
     assert_eq!(d.parent, 2);
-    for (path, want) in [("/tiny", b"inline tiny file".to_vec()), ("/medium", fixtures::pseudo_random(5, 100))] {
+    for (path, want) in [
+        ("/tiny", b"inline tiny file".to_vec()),
+        ("/medium", fixtures::pseudo_random(5, 100)),
+    ] {
         let inode = img.inode(img.ino(path));
         assert!(inode.flags().contains(InodeFlags::INLINE_DATA), "{path}");
-        assert_eq!(inline_data::read_inline_data(&inode, false).unwrap(), want, "{path}");
+        assert_eq!(
+            inline_data::read_inline_data(&inode, false).unwrap(),
+            want,
+            "{path}"
+        );
     }
     let medium = img.inode(img.ino("/medium"));
-    assert_eq!(inline_data::system_data(&medium, false).unwrap().unwrap().len(), 40);
+    assert_eq!(
+        inline_data::system_data(&medium, false)
+            .unwrap()
+            .unwrap()
+            .len(),
+        40
+    );
     let fast = img.inode(img.ino("/kfast"));
-    assert_eq!(inline_data::symlink_storage(&fast, &sb), SymlinkStorage::Fast);
-    assert_eq!(inline_data::fast_symlink_target(&fast).unwrap(), b"/kernel/fast");
+    assert_eq!(
+        inline_data::symlink_storage(&fast, &sb),
+        SymlinkStorage::Fast
+    );
+    assert_eq!(
+        inline_data::fast_symlink_target(&fast).unwrap(),
+        b"/kernel/fast"
+    );
     let slow = img.inode(img.ino("/kslow"));
     let storage = inline_data::symlink_storage(&slow, &sb);
     let target = match storage {
@@ -121,11 +168,20 @@ fn e2fsprogs_symlinks() {
     for img in fixtures::all_images() {
         let sb = img.sb();
         let fast = img.inode(img.ino("/fastlink"));
-        assert_eq!(inline_data::symlink_storage(&fast, &sb), SymlinkStorage::Fast);
-        assert_eq!(inline_data::fast_symlink_target(&fast).unwrap(), b"/short/target");
+        assert_eq!(
+            inline_data::symlink_storage(&fast, &sb),
+            SymlinkStorage::Fast
+        );
+        assert_eq!(
+            inline_data::fast_symlink_target(&fast).unwrap(),
+            b"/short/target"
+        );
         let ino = img.ino("/slowlink");
         let slow = img.inode(ino);
-        assert_eq!(inline_data::symlink_storage(&slow, &sb), SymlinkStorage::Blocks);
+        assert_eq!(
+            inline_data::symlink_storage(&slow, &sb),
+            SymlinkStorage::Blocks
+        );
         assert_eq!(img.read_file(ino), "x".repeat(100).as_bytes());
     }
 }
@@ -134,36 +190,91 @@ fn leaf_of(img: &Image, path: &str) -> (u32, u32, Vec<u8>, u64) {
     let ino = img.ino(path);
     let inode = img.inode(ino);
     let (map, _) = img.map_file(ino);
-    (ino, inode.generation(), img.block(map[0].1).to_vec(), map[0].1)
+    (
+        ino,
+        inode.generation(),
+        img.block(map[0].1).to_vec(),
+        map[0].1,
+    )
 }
 
 #[test]
 fn byte_flip_each_dirent_rule() {
-    let Some(img) = fixtures::csum1k() else { return };
+    let Some(img) = fixtures::csum1k() else {
+        return;
+    };
     let sb = img.sb();
     let (ino, generation, blk, _) = leaf_of(img, "/sub");
-    let opts = DirBlockOptions { block_size: sb.block_size(), has_tail: true, max_inode: Some(sb.inodes_count()) };
-    let kind = |b: &[u8]| DirBlock::parse(b, opts).unwrap_err().corrupt_kind().cloned().unwrap();
+    let opts = DirBlockOptions {
+        block_size: sb.block_size(),
+        has_tail: true,
+        max_inode: Some(sb.inodes_count()),
+    };
+    let kind = |b: &[u8]| {
+        DirBlock::parse(b, opts)
+            .unwrap_err()
+            .corrupt_kind()
+            .cloned()
+            .unwrap()
+    };
     // Entry 1 ("..") is at offset 12.
-    let set16 = |b: &mut Vec<u8>, off: usize, v: u16| b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    let set16 =
+        |b: &mut Vec<u8>, off: usize, v: u16| b[off..off + 2].copy_from_slice(&v.to_le_bytes());
     let mut b = blk.clone();
     set16(&mut b, 12 + 4, 8);
-    assert_eq!(kind(&b), CorruptKind::DirentRecLen { offset: 12, rec_len: 8 });
+    assert_eq!(
+        kind(&b),
+        CorruptKind::DirentRecLen {
+            offset: 12,
+            rec_len: 8
+        }
+    );
     let mut b = blk.clone();
     let rec = u16::from_le_bytes([blk[16], blk[17]]);
     set16(&mut b, 12 + 4, rec + 2);
-    assert_eq!(kind(&b), CorruptKind::DirentRecLen { offset: 12, rec_len: u32::from(rec) + 2 });
+    assert_eq!(
+        kind(&b),
+        CorruptKind::DirentRecLen {
+            offset: 12,
+            rec_len: u32::from(rec) + 2
+        }
+    );
     let mut b = blk.clone();
     set16(&mut b, 4, 12);
     b[6] = 20;
-    assert_eq!(kind(&b), CorruptKind::DirentNameLen { offset: 0, name_len: 20, rec_len: 12 });
-    let last = DirBlock::parse(&blk, opts).unwrap().entries().unwrap().last().map(|e| (e.offset, e.rec_len)).unwrap();
+    assert_eq!(
+        kind(&b),
+        CorruptKind::DirentNameLen {
+            offset: 0,
+            name_len: 20,
+            rec_len: 12
+        }
+    );
+    let last = DirBlock::parse(&blk, opts)
+        .unwrap()
+        .entries()
+        .unwrap()
+        .last()
+        .map(|e| (e.offset, e.rec_len))
+        .unwrap();
     let mut b = blk.clone();
     set16(&mut b, last.0 + 4, last.1 as u16 + 4);
-    assert_eq!(kind(&b), CorruptKind::DirentOverrun { offset: last.0, rec_len: last.1 + 4 });
+    assert_eq!(
+        kind(&b),
+        CorruptKind::DirentOverrun {
+            offset: last.0,
+            rec_len: last.1 + 4
+        }
+    );
     let mut b = blk.clone();
     b[0..4].copy_from_slice(&(sb.inodes_count() + 1).to_le_bytes());
-    assert_eq!(kind(&b), CorruptKind::DirentInode { offset: 0, inode: sb.inodes_count() + 1 });
+    assert_eq!(
+        kind(&b),
+        CorruptKind::DirentInode {
+            offset: 0,
+            inode: sb.inodes_count() + 1
+        }
+    );
     let mut b = blk.clone();
     let n = b.len();
     b[n - 5] = 0; // det_reserved_ft
@@ -172,18 +283,27 @@ fn byte_flip_each_dirent_rule() {
     let mut b = blk.clone();
     b[8] ^= 0x01; // '.' name byte
     let p = DirBlock::parse(&b, opts).unwrap();
-    assert!(matches!(p.verify_checksum(sb.csum_seed(), ino, generation), Err(FormatError::ChecksumMismatch { .. })));
+    assert!(matches!(
+        p.verify_checksum(sb.csum_seed(), ino, generation),
+        Err(FormatError::ChecksumMismatch { .. })
+    ));
 }
 
 #[test]
 fn dirent_builders_accepted_by_e2fsck() {
-    let Some(img) = fixtures::csum1k() else { return };
+    let Some(img) = fixtures::csum1k() else {
+        return;
+    };
     let sb = img.sb();
     let (ino, generation, blk, pblk) = leaf_of(img, "/sub");
     let opts = DirBlockOptions::new(sb.block_size(), true);
     let orig = DirBlock::parse(&blk, opts).unwrap();
-    let entries: Vec<(Vec<u8>, u32, u8)> =
-        orig.live_entries().unwrap().iter().map(|e| (e.name.to_vec(), e.inode, e.file_type)).collect();
+    let entries: Vec<(Vec<u8>, u32, u8)> = orig
+        .live_entries()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.to_vec(), e.inode, e.file_type))
+        .collect();
     // Rebuild: "." and ".." then the rest through add_entry, with a junk entry added and removed.
     let mut b = DirBlock::new_dir(blk.len(), opts, entries[0].1, entries[1].1, true).unwrap();
     assert!(b.add_entry(b"temporary-entry", 11, 1).unwrap());
@@ -194,8 +314,16 @@ fn dirent_builders_accepted_by_e2fsck() {
     b.compact().unwrap();
     b.update_checksum(sb.csum_seed(), ino, generation);
     b.verify_checksum(sb.csum_seed(), ino, generation).unwrap();
-    let names: Vec<Vec<u8>> = b.live_entries().unwrap().iter().map(|e| e.name.to_vec()).collect();
-    assert_eq!(names, entries.iter().map(|e| e.0.clone()).collect::<Vec<_>>());
+    let names: Vec<Vec<u8>> = b
+        .live_entries()
+        .unwrap()
+        .iter()
+        .map(|e| e.name.to_vec())
+        .collect();
+    assert_eq!(
+        names,
+        entries.iter().map(|e| e.0.clone()).collect::<Vec<_>>()
+    );
     let dir = fixtures::temp_dir();
     let path = dir.join("copy.img");
     let mut bytes = img.bytes.clone();
@@ -210,7 +338,11 @@ fn dirent_builders_accepted_by_e2fsck() {
 
 fn dx_opts(img: &Image) -> DxOptions {
     let sb = img.sb();
-    DxOptions { block_size: sb.block_size(), has_csum: sb.has_metadata_csum(), largedir: sb.has_incompat(IncompatFeatures::LARGEDIR) }
+    DxOptions {
+        block_size: sb.block_size(),
+        has_csum: sb.has_metadata_csum(),
+        largedir: sb.has_incompat(IncompatFeatures::LARGEDIR),
+    }
 }
 
 /// Walks an htree directory, checking every node and that every leaf name
@@ -219,24 +351,38 @@ fn check_htree(img: &Image, path: &str) -> (u8, usize) {
     let sb = img.sb();
     let ino = img.ino(path);
     let inode = img.inode(ino);
-    assert!(inode.flags().contains(InodeFlags::INDEX), "{path} is not indexed");
+    assert!(
+        inode.flags().contains(InodeFlags::INDEX),
+        "{path} is not indexed"
+    );
     let (map, _) = img.map_file(ino);
     let lblk = |l: u32| -> &[u8] {
-        let (s, p, _, _) = map.iter().find(|e| u64::from(l) >= e.0 && u64::from(l) < e.0 + u64::from(e.2)).unwrap();
+        let (s, p, _, _) = map
+            .iter()
+            .find(|e| u64::from(l) >= e.0 && u64::from(l) < e.0 + u64::from(e.2))
+            .unwrap();
         img.block(p + (u64::from(l) - s))
     };
     let opts = dx_opts(img);
     let root_bytes = lblk(0);
-    assert_eq!(htree::detect(root_bytes, sb.block_size()), Some(DxKind::Root));
+    assert_eq!(
+        htree::detect(root_bytes, sb.block_size()),
+        Some(DxKind::Root)
+    );
     let root = DxBlock::parse_root(root_bytes, opts).unwrap();
     assert_eq!(root.as_bytes(), root_bytes);
     if opts.has_csum {
-        root.verify_checksum(sb.csum_seed(), ino, inode.generation()).unwrap();
+        root.verify_checksum(sb.csum_seed(), ino, inode.generation())
+            .unwrap();
     }
     let info = root.root_info();
     let version = sb.effective_hash_version(info.hash_version).unwrap();
     let seed = sb.hash_seed();
-    let leaf_opts = DirBlockOptions { block_size: sb.block_size(), has_tail: opts.has_csum, max_inode: Some(sb.inodes_count()) };
+    let leaf_opts = DirBlockOptions {
+        block_size: sb.block_size(),
+        has_tail: opts.has_csum,
+        max_inode: Some(sb.inodes_count()),
+    };
     let mut count = 0usize;
     // (block, level, low hash, high hash exclusive)
     let mut stack = vec![(root, 0u8, 0u32, u64::from(u32::MAX) + 1)];
@@ -244,22 +390,30 @@ fn check_htree(img: &Image, path: &str) -> (u8, usize) {
         let entries = node.entries();
         for (i, e) in entries.iter().enumerate() {
             let start = if i == 0 { lo } else { e.hash & !1 };
-            let end = entries.get(i + 1).map_or(hi, |n| u64::from(n.hash & !1) + 1);
+            let end = entries
+                .get(i + 1)
+                .map_or(hi, |n| u64::from(n.hash & !1) + 1);
             let child = lblk(e.block & htree::DX_BLOCK_MASK);
             if level < info.indirect_levels {
                 let n = DxBlock::parse_node(child, opts).unwrap();
                 if opts.has_csum {
-                    n.verify_checksum(sb.csum_seed(), ino, inode.generation()).unwrap();
+                    n.verify_checksum(sb.csum_seed(), ino, inode.generation())
+                        .unwrap();
                 }
                 stack.push((n, level + 1, start, end));
             } else {
                 let leaf = DirBlock::parse(child, leaf_opts).unwrap();
                 if opts.has_csum {
-                    leaf.verify_checksum(sb.csum_seed(), ino, inode.generation()).unwrap();
+                    leaf.verify_checksum(sb.csum_seed(), ino, inode.generation())
+                        .unwrap();
                 }
                 for d in leaf.live_entries().unwrap() {
                     let h = dirhash(d.name, version, &seed).unwrap().major;
-                    assert!(h >= start && u64::from(h) < end, "{path}: {:?} hash {h:#x} outside {start:#x}..{end:#x}", String::from_utf8_lossy(d.name));
+                    assert!(
+                        h >= start && u64::from(h) < end,
+                        "{path}: {:?} hash {h:#x} outside {start:#x}..{end:#x}",
+                        String::from_utf8_lossy(d.name)
+                    );
                     count += 1;
                 }
             }
@@ -288,9 +442,24 @@ fn htree_dump_root(img: &Image, path: &str) -> (u16, u16, u8, Vec<DxEntry>) {
             levels = v.parse().unwrap();
         } else if let Some(v) = t.strip_prefix("Entry #") {
             if entries.len() < usize::from(count) {
-                let hash = v.split("Hash 0x").nth(1).unwrap().split(',').next().unwrap();
-                let block = v.split("block ").nth(1).unwrap().split_whitespace().next().unwrap();
-                entries.push(DxEntry { hash: u32::from_str_radix(hash, 16).unwrap(), block: block.parse().unwrap() });
+                let hash = v
+                    .split("Hash 0x")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap();
+                let block = v
+                    .split("block ")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap();
+                entries.push(DxEntry {
+                    hash: u32::from_str_radix(hash, 16).unwrap(),
+                    block: block.parse().unwrap(),
+                });
             }
         }
     }
@@ -300,7 +469,13 @@ fn htree_dump_root(img: &Image, path: &str) -> (u16, u16, u8, Vec<DxEntry>) {
 #[test]
 fn htree_directories_verify_and_match_htree_dump() {
     let mut cases: Vec<(&Image, &str, usize)> = Vec::new();
-    for (img, n) in [(fixtures::csum4k(), 600), (fixtures::csum1k(), 6000), (fixtures::gdtcsum1k(), 300), (fixtures::ext3_2k(), 300), (fixtures::ext2_1k(), 300)] {
+    for (img, n) in [
+        (fixtures::csum4k(), 600),
+        (fixtures::csum1k(), 6000),
+        (fixtures::gdtcsum1k(), 300),
+        (fixtures::ext3_2k(), 300),
+        (fixtures::ext2_1k(), 300),
+    ] {
         if let Some(img) = img {
             cases.push((img, "/many", n));
         }
@@ -313,26 +488,41 @@ fn htree_directories_verify_and_match_htree_dump() {
         let (levels, count) = check_htree(img, path);
         assert_eq!(count, n, "{} {path}", img.path.display());
         saw_two_levels |= levels > 0;
-        let root = DxBlock::parse_root(img.block(img.map_file(img.ino(path)).0[0].1), dx_opts(img)).unwrap();
+        let root = DxBlock::parse_root(img.block(img.map_file(img.ino(path)).0[0].1), dx_opts(img))
+            .unwrap();
         let (c, l, lv, e) = htree_dump_root(img, path);
-        assert_eq!((c, l, lv), (root.count(), root.limit(), root.root_info().indirect_levels));
+        assert_eq!(
+            (c, l, lv),
+            (root.count(), root.limit(), root.root_info().indirect_levels)
+        );
         assert_eq!(e, root.entries());
     }
     if fixtures::csum1k().is_some() {
-        assert!(saw_two_levels, "the 6000-entry directory should need an index level");
+        assert!(
+            saw_two_levels,
+            "the 6000-entry directory should need an index level"
+        );
     }
 }
 
 #[test]
 fn byte_flip_each_htree_rule() {
-    let Some(img) = fixtures::csum1k() else { return };
+    let Some(img) = fixtures::csum1k() else {
+        return;
+    };
     let sb = img.sb();
     let ino = img.ino("/many");
     let inode = img.inode(ino);
     let map = img.map_file(ino).0;
     let root = img.block(map[0].1).to_vec();
     let opts = dx_opts(img);
-    let rk = |b: &[u8]| DxBlock::parse_root(b, opts).unwrap_err().corrupt_kind().cloned().unwrap();
+    let rk = |b: &[u8]| {
+        DxBlock::parse_root(b, opts)
+            .unwrap_err()
+            .corrupt_kind()
+            .cloned()
+            .unwrap()
+    };
     let limit = u16::from_le_bytes([root[32], root[33]]);
     let count = u16::from_le_bytes([root[34], root[35]]);
     let mut b = root.clone();
@@ -355,13 +545,25 @@ fn byte_flip_each_htree_rule() {
     assert_eq!(rk(&b), CorruptKind::DxLevels(2));
     let mut b = root.clone();
     b[32..34].copy_from_slice(&(limit - 1).to_le_bytes());
-    assert_eq!(rk(&b), CorruptKind::DxLimit { found: limit - 1, expected: limit });
+    assert_eq!(
+        rk(&b),
+        CorruptKind::DxLimit {
+            found: limit - 1,
+            expected: limit
+        }
+    );
     let mut b = root.clone();
     b[34..36].copy_from_slice(&0u16.to_le_bytes());
     assert_eq!(rk(&b), CorruptKind::DxCount { count: 0, limit });
     let mut b = root.clone();
     b[34..36].copy_from_slice(&(limit + 1).to_le_bytes());
-    assert_eq!(rk(&b), CorruptKind::DxCount { count: limit + 1, limit });
+    assert_eq!(
+        rk(&b),
+        CorruptKind::DxCount {
+            count: limit + 1,
+            limit
+        }
+    );
     assert!(count >= 3);
     let mut b = root.clone();
     b[40..44].copy_from_slice(&u32::MAX.to_le_bytes()); // entry 1 above entry 2
@@ -370,27 +572,41 @@ fn byte_flip_each_htree_rule() {
     let node_blk = {
         let r = DxBlock::parse_root(&root, opts).unwrap();
         let l = r.entries()[0].block;
-        let (s, p, _, _) = map.iter().find(|e| u64::from(l) >= e.0 && u64::from(l) < e.0 + u64::from(e.2)).unwrap();
+        let (s, p, _, _) = map
+            .iter()
+            .find(|e| u64::from(l) >= e.0 && u64::from(l) < e.0 + u64::from(e.2))
+            .unwrap();
         img.block(p + (u64::from(l) - s)).to_vec()
     };
     let mut b = node_blk.clone();
     b[6] = 1;
-    assert_eq!(DxBlock::parse_node(&b, opts).unwrap_err().corrupt_kind(), Some(&CorruptKind::DxFakeDirent));
+    assert_eq!(
+        DxBlock::parse_node(&b, opts).unwrap_err().corrupt_kind(),
+        Some(&CorruptKind::DxFakeDirent)
+    );
     // Checksums.
     let mut b = root.clone();
     b[40] ^= 1;
     let p = DxBlock::parse_root(&b, opts).unwrap();
-    assert!(matches!(p.verify_checksum(sb.csum_seed(), ino, inode.generation()), Err(FormatError::ChecksumMismatch { .. })));
+    assert!(matches!(
+        p.verify_checksum(sb.csum_seed(), ino, inode.generation()),
+        Err(FormatError::ChecksumMismatch { .. })
+    ));
     // Bytes past `count` entries are not covered by the checksum.
     let mut b = root.clone();
     let past = 32 + usize::from(count) * 8 + 2;
     b[past] ^= 0xFF;
-    DxBlock::parse_root(&b, opts).unwrap().verify_checksum(sb.csum_seed(), ino, inode.generation()).unwrap();
+    DxBlock::parse_root(&b, opts)
+        .unwrap()
+        .verify_checksum(sb.csum_seed(), ino, inode.generation())
+        .unwrap();
 }
 
 #[test]
 fn rebuilt_dx_root_accepted_by_e2fsck() {
-    let Some(img) = fixtures::csum1k() else { return };
+    let Some(img) = fixtures::csum1k() else {
+        return;
+    };
     let sb = img.sb();
     let ino = img.ino("/many");
     let inode = img.inode(ino);
@@ -398,10 +614,20 @@ fn rebuilt_dx_root_accepted_by_e2fsck() {
     let opts = dx_opts(img);
     let orig = DxBlock::parse_root(img.block(pblk), opts).unwrap();
     let info = orig.root_info();
-    let mut b = DxBlock::new_root(opts, ino, orig.parent_inode(), 2, info.hash_version, info.indirect_levels, &orig.entries()).unwrap();
+    let mut b = DxBlock::new_root(
+        opts,
+        ino,
+        orig.parent_inode(),
+        2,
+        info.hash_version,
+        info.indirect_levels,
+        &orig.entries(),
+    )
+    .unwrap();
     b.update_checksum(sb.csum_seed(), ino, inode.generation());
     let p = DxBlock::parse_root(b.as_bytes(), opts).unwrap();
-    p.verify_checksum(sb.csum_seed(), ino, inode.generation()).unwrap();
+    p.verify_checksum(sb.csum_seed(), ino, inode.generation())
+        .unwrap();
     assert_eq!(p.entries(), orig.entries());
     let dir = fixtures::temp_dir();
     let path = dir.join("copy.img");
@@ -414,7 +640,9 @@ fn rebuilt_dx_root_accepted_by_e2fsck() {
 
 #[test]
 fn split_real_htree_leaf() {
-    let Some(img) = fixtures::csum1k() else { return };
+    let Some(img) = fixtures::csum1k() else {
+        return;
+    };
     let sb = img.sb();
     let ino = img.ino("/many");
     let inode = img.inode(ino);
@@ -422,7 +650,8 @@ fn split_real_htree_leaf() {
     let opts = DirBlockOptions::new(bs, true);
     let version = {
         let root = DxBlock::parse_root(img.block(img.map_file(ino).0[0].1), dx_opts(img)).unwrap();
-        sb.effective_hash_version(root.root_info().hash_version).unwrap()
+        sb.effective_hash_version(root.root_info().hash_version)
+            .unwrap()
     };
     let seed = sb.hash_seed();
     // The fullest leaf of the directory.
@@ -441,10 +670,14 @@ fn split_real_htree_leaf() {
         }
     }
     let (n, mut old) = best.unwrap();
-    let (mut new, split) = htree::split_leaf(&mut old, |name| dirhash(name, version, &seed)).unwrap();
+    let (mut new, split) =
+        htree::split_leaf(&mut old, |name| dirhash(name, version, &seed)).unwrap();
     old.validate().unwrap();
     new.validate().unwrap();
-    assert_eq!(old.live_entries().unwrap().len() + new.live_entries().unwrap().len(), n);
+    assert_eq!(
+        old.live_entries().unwrap().len() + new.live_entries().unwrap().len(),
+        n
+    );
     assert_eq!(new.live_entries().unwrap().len(), split.moved);
     for e in new.live_entries().unwrap() {
         assert!(dirhash(e.name, version, &seed).unwrap().major >= split.split_hash);
@@ -457,6 +690,7 @@ fn split_real_htree_leaf() {
     assert!(new.free_bytes().unwrap() * 2 >= bs as usize - 12 - 100);
     for b in [&mut old, &mut new] {
         b.update_checksum(sb.csum_seed(), ino, inode.generation());
-        b.verify_checksum(sb.csum_seed(), ino, inode.generation()).unwrap();
+        b.verify_checksum(sb.csum_seed(), ino, inode.generation())
+            .unwrap();
     }
 }

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use ext4kit_format::Superblock;
 use ext4kit_format::extent::{ExtentNode, NodeLocation};
 use ext4kit_format::group_desc::GroupDesc;
 use ext4kit_format::indirect;
 use ext4kit_format::inode::{Inode, InodeFlags};
-use ext4kit_format::Superblock;
 
 /// `true` when missing tools must fail the test instead of skipping it.
 pub fn required() -> bool {
@@ -18,14 +18,23 @@ pub fn required() -> bool {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Returns `false` (after printing a note) if e2fsprogs is missing and not required.
 pub fn e2fsprogs_available() -> bool {
-    let ok = ["mke2fs", "debugfs", "dumpe2fs", "e2fsck"].iter().all(|t| have(t));
+    let ok = ["mke2fs", "debugfs", "dumpe2fs", "e2fsck"]
+        .iter()
+        .all(|t| have(t));
     if !ok {
-        assert!(!required(), "e2fsprogs (mke2fs, debugfs, dumpe2fs, e2fsck) is required but missing");
+        assert!(
+            !required(),
+            "e2fsprogs (mke2fs, debugfs, dumpe2fs, e2fsck) is required but missing"
+        );
         eprintln!("note: e2fsprogs missing; skipping image-based test");
     }
     ok
@@ -33,7 +42,9 @@ pub fn e2fsprogs_available() -> bool {
 
 /// Runs a command, panicking with its output on failure (exit codes in `ok` accepted).
 pub fn run(cmd: &mut Command, ok: &[i32]) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let code = out.status.code().unwrap_or(-1);
     assert!(
         ok.contains(&code),
@@ -59,7 +70,11 @@ pub struct Image {
 
 impl Image {
     pub fn load(path: &Path, tree: Option<PathBuf>) -> Image {
-        Image { path: path.to_path_buf(), bytes: fs::read(path).unwrap(), tree }
+        Image {
+            path: path.to_path_buf(),
+            bytes: fs::read(path).unwrap(),
+            tree,
+        }
     }
 
     pub fn sb(&self) -> Superblock {
@@ -106,14 +121,19 @@ impl Image {
     }
 
     pub fn debugfs(&self, cmd: &str) -> String {
-        run(Command::new("debugfs").arg("-R").arg(cmd).arg(&self.path), &[0])
+        run(
+            Command::new("debugfs").arg("-R").arg(cmd).arg(&self.path),
+            &[0],
+        )
     }
 
     /// Inode number of `path` (via debugfs stat).
     pub fn ino(&self, path: &str) -> u32 {
         let out = self.debugfs(&format!("stat {path}"));
         let first = out.lines().next().unwrap_or_default();
-        let n = first.strip_prefix("Inode:").unwrap_or_else(|| panic!("stat {path}: {out}"));
+        let n = first
+            .strip_prefix("Inode:")
+            .unwrap_or_else(|| panic!("stat {path}: {out}"));
         n.split_whitespace().next().unwrap().parse().unwrap()
     }
 
@@ -125,7 +145,13 @@ impl Image {
         let mut tree_blocks = Vec::new();
         if inode.flags().contains(InodeFlags::EXTENTS) {
             let root = ExtentNode::parse_root(inode.block_area()).unwrap();
-            self.walk_extents(&root, ino, inode.generation(), &mut extents, &mut tree_blocks);
+            self.walk_extents(
+                &root,
+                ino,
+                inode.generation(),
+                &mut extents,
+                &mut tree_blocks,
+            );
         } else {
             let bs = sb.block_size();
             let nblocks = inode.size().div_ceil(u64::from(bs));
@@ -149,20 +175,43 @@ impl Image {
         (extents, tree_blocks)
     }
 
-    fn walk_extents(&self, node: &ExtentNode, ino: u32, generation: u32, out: &mut BlockRuns, blocks: &mut Vec<u64>) {
+    fn walk_extents(
+        &self,
+        node: &ExtentNode,
+        ino: u32,
+        generation: u32,
+        out: &mut BlockRuns,
+        blocks: &mut Vec<u64>,
+    ) {
         let sb = self.sb();
         if node.is_leaf() {
             for e in node.extents() {
-                out.push((u64::from(e.logical_block), e.physical_block, e.len, e.unwritten));
+                out.push((
+                    u64::from(e.logical_block),
+                    e.physical_block,
+                    e.len,
+                    e.unwritten,
+                ));
             }
             return;
         }
         for idx in node.indexes() {
-            let child = ExtentNode::parse(self.block(idx.child_block), NodeLocation::Block, Some(node.depth() - 1)).unwrap();
+            let child = ExtentNode::parse(
+                self.block(idx.child_block),
+                NodeLocation::Block,
+                Some(node.depth() - 1),
+            )
+            .unwrap();
             if sb.has_metadata_csum() {
-                child.verify_checksum(sb.csum_seed(), ino, generation).unwrap();
+                child
+                    .verify_checksum(sb.csum_seed(), ino, generation)
+                    .unwrap();
             }
-            assert_eq!(child.as_bytes(), self.block(idx.child_block), "extent block round trip");
+            assert_eq!(
+                child.as_bytes(),
+                self.block(idx.child_block),
+                "extent block round trip"
+            );
             blocks.push(idx.child_block);
             self.walk_extents(&child, ino, generation, out, blocks);
         }
@@ -202,17 +251,28 @@ impl Image {
 pub fn temp_dir() -> PathBuf {
     static SWEEP: OnceLock<()> = OnceLock::new();
     SWEEP.get_or_init(|| {
-        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
         for e in entries.flatten() {
-            let old = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-            if e.file_name().to_string_lossy().starts_with("ext4kit-format-")
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok());
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with("ext4kit-format-")
                 && old.is_some_and(|age| age.as_secs() > 2 * 3600)
             {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
     });
-    let d = tempfile::Builder::new().prefix("ext4kit-format-").tempdir().unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("ext4kit-format-")
+        .tempdir()
+        .unwrap();
     d.keep()
 }
 
@@ -256,8 +316,18 @@ fn build_tree(root: &Path, big_dir_entries: usize, chunk: usize) {
     for i in 0..big_dir_entries {
         fs::File::create(many.join(format!("entry-{i:05}-with-a-longer-name"))).unwrap();
     }
-    run(Command::new("mknod").arg(root.join("cdev")).args(["c", "4", "5"]), &[0]);
-    run(Command::new("mknod").arg(root.join("bdev")).args(["b", "259", "70000"]), &[0]);
+    run(
+        Command::new("mknod")
+            .arg(root.join("cdev"))
+            .args(["c", "4", "5"]),
+        &[0],
+    );
+    run(
+        Command::new("mknod")
+            .arg(root.join("bdev"))
+            .args(["b", "259", "70000"]),
+        &[0],
+    );
 }
 
 /// How to make an image.
@@ -276,7 +346,10 @@ fn make_image(spec: &Spec) -> Image {
     let tree = dir.join("tree");
     build_tree(&tree, spec.big_dir_entries, spec.chunk);
     let img = dir.join(format!("{}.img", spec.name));
-    fs::File::create(&img).unwrap().set_len(spec.size_mb << 20).unwrap();
+    fs::File::create(&img)
+        .unwrap()
+        .set_len(spec.size_mb << 20)
+        .unwrap();
     run(
         Command::new("mke2fs")
             .args(["-q", "-F"])
@@ -297,7 +370,14 @@ fn make_image(spec: &Spec) -> Image {
     );
     let cmdfile = dir.join("cmds");
     write(&cmdfile, cmds.as_bytes());
-    run(Command::new("debugfs").arg("-w").arg("-f").arg(&cmdfile).arg(&img), &[0]);
+    run(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&cmdfile)
+            .arg(&img),
+        &[0],
+    );
     Image::fsck_clean(&img);
     Image::load(&img, Some(tree))
 }
@@ -307,68 +387,135 @@ macro_rules! fixture {
         /// The fixture image, or `None` when e2fsprogs is unavailable.
         pub fn $fn() -> Option<&'static Image> {
             static CELL: OnceLock<Option<Image>> = OnceLock::new();
-            CELL.get_or_init(|| e2fsprogs_available().then(|| make_image(&$spec))).as_ref()
+            CELL.get_or_init(|| e2fsprogs_available().then(|| make_image(&$spec)))
+                .as_ref()
         }
     };
 }
 
-fixture!(csum4k, Spec {
-    name: "csum4k",
-    mkfs_args: &["-t", "ext4", "-b", "4096", "-O", "metadata_csum,64bit", "-I", "256"],
-    size_mb: 64,
-    big_dir_entries: 600,
-    chunk: 4096,
-    big_xattr: 3000,
-});
+fixture!(
+    csum4k,
+    Spec {
+        name: "csum4k",
+        mkfs_args: &[
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-O",
+            "metadata_csum,64bit",
+            "-I",
+            "256"
+        ],
+        size_mb: 64,
+        big_dir_entries: 600,
+        chunk: 4096,
+        big_xattr: 3000,
+    }
+);
 
-fixture!(csum1k, Spec {
-    name: "csum1k",
-    mkfs_args: &["-t", "ext4", "-b", "1024", "-O", "metadata_csum,^64bit", "-I", "256", "-N", "8192"],
-    size_mb: 48,
-    big_dir_entries: 6000,
-    chunk: 4096,
-    big_xattr: 600,
-});
+fixture!(
+    csum1k,
+    Spec {
+        name: "csum1k",
+        mkfs_args: &[
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-O",
+            "metadata_csum,^64bit",
+            "-I",
+            "256",
+            "-N",
+            "8192"
+        ],
+        size_mb: 48,
+        big_dir_entries: 6000,
+        chunk: 4096,
+        big_xattr: 600,
+    }
+);
 
-fixture!(gdtcsum1k, Spec {
-    name: "gdtcsum1k",
-    mkfs_args: &["-t", "ext4", "-b", "1024", "-O", "^metadata_csum,^64bit,uninit_bg", "-I", "256"],
-    size_mb: 32,
-    big_dir_entries: 300,
-    chunk: 4096,
-    big_xattr: 600,
-});
+fixture!(
+    gdtcsum1k,
+    Spec {
+        name: "gdtcsum1k",
+        mkfs_args: &[
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-O",
+            "^metadata_csum,^64bit,uninit_bg",
+            "-I",
+            "256"
+        ],
+        size_mb: 32,
+        big_dir_entries: 300,
+        chunk: 4096,
+        big_xattr: 600,
+    }
+);
 
-fixture!(ext2_1k, Spec {
-    name: "ext2",
-    mkfs_args: &["-t", "ext2", "-b", "1024", "-I", "128"],
-    size_mb: 24,
-    big_dir_entries: 300,
-    chunk: 1024,
-    big_xattr: 600,
-});
+fixture!(
+    ext2_1k,
+    Spec {
+        name: "ext2",
+        mkfs_args: &["-t", "ext2", "-b", "1024", "-I", "128"],
+        size_mb: 24,
+        big_dir_entries: 300,
+        chunk: 1024,
+        big_xattr: 600,
+    }
+);
 
-fixture!(ext3_2k, Spec {
-    name: "ext3",
-    mkfs_args: &["-t", "ext3", "-b", "2048"],
-    size_mb: 32,
-    big_dir_entries: 300,
-    chunk: 2048,
-    big_xattr: 1200,
-});
+fixture!(
+    ext3_2k,
+    Spec {
+        name: "ext3",
+        mkfs_args: &["-t", "ext3", "-b", "2048"],
+        size_mb: 32,
+        big_dir_entries: 300,
+        chunk: 2048,
+        big_xattr: 1200,
+    }
+);
 
-fixture!(meta_bg1k, Spec {
-    name: "metabg",
-    mkfs_args: &["-t", "ext4", "-b", "1024", "-O", "meta_bg,^resize_inode,sparse_super2", "-g", "1024"],
-    size_mb: 40,
-    big_dir_entries: 10,
-    chunk: 1024,
-    big_xattr: 600,
-});
+fixture!(
+    meta_bg1k,
+    Spec {
+        name: "metabg",
+        mkfs_args: &[
+            "-t",
+            "ext4",
+            "-b",
+            "1024",
+            "-O",
+            "meta_bg,^resize_inode,sparse_super2",
+            "-g",
+            "1024"
+        ],
+        size_mb: 40,
+        big_dir_entries: 10,
+        chunk: 1024,
+        big_xattr: 600,
+    }
+);
 
 /// All e2fsprogs-made fixtures.
 pub fn all_images() -> Vec<&'static Image> {
-    [csum4k(), csum1k(), gdtcsum1k(), ext2_1k(), ext3_2k(), meta_bg1k()].into_iter().flatten().collect()
+    [
+        csum4k(),
+        csum1k(),
+        gdtcsum1k(),
+        ext2_1k(),
+        ext3_2k(),
+        meta_bg1k(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -387,14 +534,20 @@ pub struct KernelImages {
 fn can_mount() -> bool {
     let ok = have("mount") && have("umount") && have("losetup") && unsafe_free_is_root();
     if !ok {
-        assert!(!required(), "loop mounting (root, mount, losetup) is required but unavailable");
+        assert!(
+            !required(),
+            "loop mounting (root, mount, losetup) is required but unavailable"
+        );
         eprintln!("note: cannot loop-mount; skipping kernel-written fixture test");
     }
     ok
 }
 
 fn unsafe_free_is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
@@ -403,8 +556,21 @@ fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
     let mnt = dir.join("mnt");
     fs::create_dir_all(&mnt).unwrap();
     fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    run(Command::new("mke2fs").args(["-q", "-F"]).args(mkfs_args).args(["-E", "lazy_itable_init=0"]).arg(&img), &[0]);
-    run(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt), &[0]);
+    run(
+        Command::new("mke2fs")
+            .args(["-q", "-F"])
+            .args(mkfs_args)
+            .args(["-E", "lazy_itable_init=0"])
+            .arg(&img),
+        &[0],
+    );
+    run(
+        Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt),
+        &[0],
+    );
     let m = |p: &str| mnt.join(p);
     let mut times = HashMap::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -417,9 +583,22 @@ fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
                 ("t-min", "1901-12-14 00:00:00 UTC"),
             ] {
                 fs::write(m(name), b"t").unwrap();
-                run(Command::new("touch").arg("-m").arg("-d").arg(date).arg(m(name)), &[0]);
-                let secs: i64 = run(Command::new("date").arg("-d").arg(date).arg("+%s"), &[0]).trim().parse().unwrap();
-                let ns: u32 = run(Command::new("date").arg("-d").arg(date).arg("+%N"), &[0]).trim().parse().unwrap();
+                run(
+                    Command::new("touch")
+                        .arg("-m")
+                        .arg("-d")
+                        .arg(date)
+                        .arg(m(name)),
+                    &[0],
+                );
+                let secs: i64 = run(Command::new("date").arg("-d").arg(date).arg("+%s"), &[0])
+                    .trim()
+                    .parse()
+                    .unwrap();
+                let ns: u32 = run(Command::new("date").arg("-d").arg(date).arg("+%N"), &[0])
+                    .trim()
+                    .parse()
+                    .unwrap();
                 times.insert(format!("/{name}"), (secs, ns));
             }
             fs::write(m("tiny"), b"inline tiny file").unwrap();
@@ -432,7 +611,15 @@ fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
                 // setfattr may be missing; python's os.setxattr is not.
                 let script = "import os,sys; os.setxattr(sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3]))";
                 let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
-                run(Command::new("python3").arg("-c").arg(script).arg(path).arg(name).arg(hex), &[0]);
+                run(
+                    Command::new("python3")
+                        .arg("-c")
+                        .arg(script)
+                        .arg(path)
+                        .arg(name)
+                        .arg(hex),
+                    &[0],
+                );
             };
             set(&m("xfile"), "user.small", b"abc");
             set(&m("xfile"), "user.second", b"0123456789");
@@ -453,22 +640,45 @@ fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
         run(&mut Command::new("sync"), &[0]);
         fs::remove_dir_all(m("churn")).unwrap();
         run(&mut Command::new("sync"), &[0]);
-        run(Command::new("cp").arg("--sparse=always").arg(&img).arg(dir.join("journal.img")), &[0]);
+        run(
+            Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&img)
+                .arg(dir.join("journal.img")),
+            &[0],
+        );
     }));
     run(Command::new("umount").arg(&mnt), &[0]);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
     Image::fsck_clean(&img);
-    KernelImages { clean: Image::load(&img, None), journal: Image::load(&dir.join("journal.img"), None), times }
+    KernelImages {
+        clean: Image::load(&img, None),
+        journal: Image::load(&dir.join("journal.img"), None),
+        times,
+    }
 }
 
 /// Kernel-written ext4 with metadata_csum, 64bit, inline_data, 4 KiB blocks.
 pub fn kernel_csum() -> Option<&'static KernelImages> {
     static CELL: OnceLock<Option<KernelImages>> = OnceLock::new();
     CELL.get_or_init(|| {
-        (e2fsprogs_available() && can_mount())
-            .then(|| kernel_images(&["-t", "ext4", "-b", "4096", "-O", "metadata_csum,64bit,inline_data", "-I", "256"], true))
+        (e2fsprogs_available() && can_mount()).then(|| {
+            kernel_images(
+                &[
+                    "-t",
+                    "ext4",
+                    "-b",
+                    "4096",
+                    "-O",
+                    "metadata_csum,64bit,inline_data",
+                    "-I",
+                    "256",
+                ],
+                true,
+            )
+        })
     })
     .as_ref()
 }
@@ -477,8 +687,12 @@ pub fn kernel_csum() -> Option<&'static KernelImages> {
 pub fn kernel_plain() -> Option<&'static KernelImages> {
     static CELL: OnceLock<Option<KernelImages>> = OnceLock::new();
     CELL.get_or_init(|| {
-        (e2fsprogs_available() && can_mount())
-            .then(|| kernel_images(&["-t", "ext4", "-b", "1024", "-O", "^metadata_csum,^64bit"], false))
+        (e2fsprogs_available() && can_mount()).then(|| {
+            kernel_images(
+                &["-t", "ext4", "-b", "1024", "-O", "^metadata_csum,^64bit"],
+                false,
+            )
+        })
     })
     .as_ref()
 }

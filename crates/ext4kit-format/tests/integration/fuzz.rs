@@ -8,7 +8,7 @@ use ext4kit_format::inline_data::{self, InlineDir};
 use ext4kit_format::inode::Inode;
 use ext4kit_format::journal::{CommitBlock, DescriptorBlock, JournalSuperblock, RevokeBlock};
 use ext4kit_format::xattr::{self, XattrBlock};
-use ext4kit_format::{bitmap, dirhash, htree, indirect, HashVersion, Superblock};
+use ext4kit_format::{HashVersion, Superblock, bitmap, dirhash, htree, indirect};
 use proptest::prelude::*;
 
 fn all_parsers(bytes: &[u8]) {
@@ -53,14 +53,25 @@ fn all_parsers(bytes: &[u8]) {
     }
     for bs in [1024u32, 4096, 65536] {
         for has_tail in [false, true] {
-            if let Ok(d) = DirBlock::parse(bytes, DirBlockOptions { block_size: bs, has_tail, max_inode: Some(100) }) {
+            if let Ok(d) = DirBlock::parse(
+                bytes,
+                DirBlockOptions {
+                    block_size: bs,
+                    has_tail,
+                    max_inode: Some(100),
+                },
+            ) {
                 let _ = d.entries();
                 let _ = d.verify_checksum(1, 2, 3);
             }
         }
         let _ = htree::detect(bytes, bs);
         for has_csum in [false, true] {
-            let o = DxOptions { block_size: bs, has_csum, largedir: true };
+            let o = DxOptions {
+                block_size: bs,
+                has_csum,
+                largedir: true,
+            };
             if let Ok(d) = DxBlock::parse_root(bytes, o) {
                 let _ = d.entries();
                 let _ = d.lookup(0x1234);

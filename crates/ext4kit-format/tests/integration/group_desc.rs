@@ -3,9 +3,9 @@
 use std::process::Command;
 
 use ext4kit_format::group_desc::{GroupDesc, GroupFlags};
-use ext4kit_format::{bitmap, CorruptKind, FormatError};
+use ext4kit_format::{CorruptKind, FormatError, bitmap};
 
-use crate::fixtures::{self, run, Image};
+use crate::fixtures::{self, Image, run};
 
 #[derive(Debug, Default)]
 struct DumpGroup {
@@ -45,28 +45,48 @@ fn dump_groups(img: &Image) -> Vec<DumpGroup> {
     let mut groups = Vec::new();
     for line in out.lines() {
         let t = line.trim();
-        if let Some(rest) = line.strip_prefix("Group ").filter(|r| r.contains("(Blocks ")) {
+        if let Some(rest) = line
+            .strip_prefix("Group ")
+            .filter(|r| r.contains("(Blocks "))
+        {
             let mut g = DumpGroup::default();
-            let blocks = rest.split("(Blocks ").nth(1).unwrap().split(')').next().unwrap();
+            let blocks = rest
+                .split("(Blocks ")
+                .nth(1)
+                .unwrap()
+                .split(')')
+                .next()
+                .unwrap();
             (g.first, g.last) = range(blocks);
             if let Some(c) = rest.split("csum ").nth(1) {
                 g.csum = Some(hex(c.split_whitespace().next().unwrap()));
             }
             if let Some(f) = rest.split('[').nth(1) {
-                g.flags = f.trim_end_matches(']').split(", ").map(str::to_string).collect();
+                g.flags = f
+                    .trim_end_matches(']')
+                    .split(", ")
+                    .map(str::to_string)
+                    .collect();
             }
             groups.push(g);
             continue;
         }
         let Some(g) = groups.last_mut() else { continue };
         for part in t.split(", ") {
-            if let Some(v) = part.strip_prefix("Primary superblock at ").or_else(|| part.strip_prefix("Backup superblock at ")) {
+            if let Some(v) = part
+                .strip_prefix("Primary superblock at ")
+                .or_else(|| part.strip_prefix("Backup superblock at "))
+            {
                 g.superblock = Some(v.trim().parse().unwrap());
             } else if let Some(v) = part.strip_prefix("Group descriptors at ") {
                 g.gdt = Some(range(v));
             } else if let Some(v) = part.strip_prefix("Reserved GDT blocks at ") {
                 g.reserved_gdt = Some(range(v));
-            } else if let Some(v) = part.trim_start_matches(',').trim().strip_prefix("Group descriptor at ") {
+            } else if let Some(v) = part
+                .trim_start_matches(',')
+                .trim()
+                .strip_prefix("Group descriptor at ")
+            {
                 g.meta_gdt = Some(v.trim().parse().unwrap());
             }
         }
@@ -79,7 +99,10 @@ fn dump_groups(img: &Image) -> Vec<DumpGroup> {
         } else if let Some(v) = t.strip_prefix("Inode table at ") {
             g.inode_table = range(v.split_whitespace().next().unwrap()).0;
         } else if t.contains("free blocks,") && t.contains("free inodes,") {
-            let nums: Vec<u32> = t.split(", ").map(|p| p.split_whitespace().next().unwrap().parse().unwrap()).collect();
+            let nums: Vec<u32> = t
+                .split(", ")
+                .map(|p| p.split_whitespace().next().unwrap().parse().unwrap())
+                .collect();
             g.free_blocks = nums[0];
             g.free_inodes = nums[1];
             g.dirs = nums[2];
@@ -97,16 +120,31 @@ fn check_image(img: &Image) {
         let g = g as u32;
         let gd = img.gd(g);
         let off = img.gd_offset(g);
-        assert_eq!(gd.as_bytes(), &img.bytes[off..off + usize::from(sb.desc_size())], "round trip");
+        assert_eq!(
+            gd.as_bytes(),
+            &img.bytes[off..off + usize::from(sb.desc_size())],
+            "round trip"
+        );
         gd.validate(&sb, g).unwrap();
         gd.verify_checksum(&sb, g).unwrap();
         // Geometry.
         assert_eq!(sb.group_first_block(g), d.first, "group {g} first block");
-        assert_eq!(sb.group_first_block(g) + u64::from(sb.group_block_count(g)) - 1, d.last);
+        assert_eq!(
+            sb.group_first_block(g) + u64::from(sb.group_block_count(g)) - 1,
+            d.last
+        );
         let m = sb.group_metadata(g);
         assert_eq!(m.superblock, d.superblock, "group {g} superblock");
-        assert_eq!(m.gdt.map(|(s, n)| (s, s + u64::from(n) - 1)), d.gdt, "group {g} gdt");
-        assert_eq!(m.reserved_gdt.map(|(s, n)| (s, s + u64::from(n) - 1)), d.reserved_gdt, "group {g} reserved gdt");
+        assert_eq!(
+            m.gdt.map(|(s, n)| (s, s + u64::from(n) - 1)),
+            d.gdt,
+            "group {g} gdt"
+        );
+        assert_eq!(
+            m.reserved_gdt.map(|(s, n)| (s, s + u64::from(n) - 1)),
+            d.reserved_gdt,
+            "group {g} reserved gdt"
+        );
         assert_eq!(m.meta_bg_gdt, d.meta_gdt, "group {g} meta_bg gdt");
         // Fields.
         assert_eq!(gd.block_bitmap(), d.block_bitmap);
@@ -124,23 +162,46 @@ fn check_image(img: &Image) {
         let flags = gd.flags();
         if sb.has_group_desc_csum() {
             // dumpe2fs prints the flags only when descriptors are checksummed.
-            assert_eq!(flags.contains(GroupFlags::INODE_UNINIT), d.flags.iter().any(|f| f == "INODE_UNINIT"));
-            assert_eq!(flags.contains(GroupFlags::BLOCK_UNINIT), d.flags.iter().any(|f| f == "BLOCK_UNINIT"));
-            assert_eq!(flags.contains(GroupFlags::ITABLE_ZEROED), d.flags.iter().any(|f| f == "ITABLE_ZEROED"));
+            assert_eq!(
+                flags.contains(GroupFlags::INODE_UNINIT),
+                d.flags.iter().any(|f| f == "INODE_UNINIT")
+            );
+            assert_eq!(
+                flags.contains(GroupFlags::BLOCK_UNINIT),
+                d.flags.iter().any(|f| f == "BLOCK_UNINIT")
+            );
+            assert_eq!(
+                flags.contains(GroupFlags::ITABLE_ZEROED),
+                d.flags.iter().any(|f| f == "ITABLE_ZEROED")
+            );
         }
         // Bitmap checksums.
         if sb.has_metadata_csum() {
-            assert_eq!(Some(gd.block_bitmap_checksum().0), d.block_bitmap_csum, "group {g}");
-            assert_eq!(Some(gd.inode_bitmap_checksum().0), d.inode_bitmap_csum, "group {g}");
+            assert_eq!(
+                Some(gd.block_bitmap_checksum().0),
+                d.block_bitmap_csum,
+                "group {g}"
+            );
+            assert_eq!(
+                Some(gd.inode_bitmap_checksum().0),
+                d.inode_bitmap_csum,
+                "group {g}"
+            );
             if !flags.contains(GroupFlags::BLOCK_UNINIT) {
                 let bm = img.block(gd.block_bitmap());
                 gd.verify_block_bitmap_checksum(&sb, bm).unwrap();
                 // Used blocks in the bitmap agree with the free count.
                 let used = bitmap::count_set(bm, 0, sb.group_block_count(g) as usize);
-                assert_eq!(used as u32 + gd.free_blocks_count(), sb.group_block_count(g));
+                assert_eq!(
+                    used as u32 + gd.free_blocks_count(),
+                    sb.group_block_count(g)
+                );
                 let mut bad = bm.to_vec();
                 bad[0] ^= 1;
-                assert!(matches!(gd.verify_block_bitmap_checksum(&sb, &bad), Err(FormatError::ChecksumMismatch { .. })));
+                assert!(matches!(
+                    gd.verify_block_bitmap_checksum(&sb, &bad),
+                    Err(FormatError::ChecksumMismatch { .. })
+                ));
             }
             if !flags.contains(GroupFlags::INODE_UNINIT) {
                 let bm = img.block(gd.inode_bitmap());
@@ -195,37 +256,58 @@ fn descriptors_and_layout_match_dumpe2fs() {
 
 #[test]
 fn byte_flip_each_descriptor_rule() {
-    let Some(img) = fixtures::csum1k() else { return };
+    let Some(img) = fixtures::csum1k() else {
+        return;
+    };
     let sb = img.sb();
     let g = 1;
     let base = img.gd(g);
     let blocks = sb.blocks_count();
     let mut d = base.clone();
     d.set_block_bitmap(blocks).unwrap();
-    assert_eq!(d.validate(&sb, g).unwrap_err().corrupt_kind(), Some(&CorruptKind::GroupBlockBitmap(blocks)));
-    let mut d = base.clone();
-    d.set_block_bitmap(u64::from(sb.first_data_block())).unwrap();
     assert_eq!(
         d.validate(&sb, g).unwrap_err().corrupt_kind(),
-        Some(&CorruptKind::GroupBlockBitmap(u64::from(sb.first_data_block())))
+        Some(&CorruptKind::GroupBlockBitmap(blocks))
+    );
+    let mut d = base.clone();
+    d.set_block_bitmap(u64::from(sb.first_data_block()))
+        .unwrap();
+    assert_eq!(
+        d.validate(&sb, g).unwrap_err().corrupt_kind(),
+        Some(&CorruptKind::GroupBlockBitmap(u64::from(
+            sb.first_data_block()
+        )))
     );
     let mut d = base.clone();
     d.set_inode_bitmap(0).unwrap();
-    assert_eq!(d.validate(&sb, g).unwrap_err().corrupt_kind(), Some(&CorruptKind::GroupInodeBitmap(0)));
-    let mut d = base.clone();
-    d.set_inode_table(blocks - 1).unwrap();
-    assert_eq!(d.validate(&sb, g).unwrap_err().corrupt_kind(), Some(&CorruptKind::GroupInodeTable(blocks - 1)));
-    let mut d = base.clone();
-    d.set_free_blocks_count(sb.clusters_per_group() + 1).unwrap();
     assert_eq!(
         d.validate(&sb, g).unwrap_err().corrupt_kind(),
-        Some(&CorruptKind::GroupFreeCount { inodes: false, found: sb.clusters_per_group() + 1 })
+        Some(&CorruptKind::GroupInodeBitmap(0))
+    );
+    let mut d = base.clone();
+    d.set_inode_table(blocks - 1).unwrap();
+    assert_eq!(
+        d.validate(&sb, g).unwrap_err().corrupt_kind(),
+        Some(&CorruptKind::GroupInodeTable(blocks - 1))
+    );
+    let mut d = base.clone();
+    d.set_free_blocks_count(sb.clusters_per_group() + 1)
+        .unwrap();
+    assert_eq!(
+        d.validate(&sb, g).unwrap_err().corrupt_kind(),
+        Some(&CorruptKind::GroupFreeCount {
+            inodes: false,
+            found: sb.clusters_per_group() + 1
+        })
     );
     let mut d = base.clone();
     d.set_free_inodes_count(sb.inodes_per_group() + 1).unwrap();
     assert_eq!(
         d.validate(&sb, g).unwrap_err().corrupt_kind(),
-        Some(&CorruptKind::GroupFreeCount { inodes: true, found: sb.inodes_per_group() + 1 })
+        Some(&CorruptKind::GroupFreeCount {
+            inodes: true,
+            found: sb.inodes_per_group() + 1
+        })
     );
     // 32-byte descriptors cannot hold 64-bit locations.
     assert_eq!(base.size(), 32);

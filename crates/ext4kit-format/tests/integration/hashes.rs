@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use ext4kit_format::{dirhash, HashVersion};
+use ext4kit_format::{HashVersion, dirhash};
 use rand::{Rng, SeedableRng};
 
 use crate::fixtures;
@@ -24,12 +24,18 @@ fn random_name(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
         _ => rng.random_range(41..=254),
     };
     (0..len)
-        .map(|i| loop {
-            let b: u8 = if rng.random_bool(0.5) { rng.random_range(0x80..=0xFF) } else { rng.random_range(0x21..0x7F) };
-            // Characters debugfs's command parser treats specially.
-            // (a leading '-' would be read as an option, a leading '#' as a comment)
-            if b != b'"' && b != b'/' && !(i == 0 && (b == b'-' || b == b'#')) {
-                break b;
+        .map(|i| {
+            loop {
+                let b: u8 = if rng.random_bool(0.5) {
+                    rng.random_range(0x80..=0xFF)
+                } else {
+                    rng.random_range(0x21..0x7F)
+                };
+                // Characters debugfs's command parser treats specially.
+                // (a leading '-' would be read as an option, a leading '#' as a comment)
+                if b != b'"' && b != b'/' && !(i == 0 && (b == b'-' || b == b'#')) {
+                    break b;
+                }
             }
         })
         .collect()
@@ -37,9 +43,15 @@ fn random_name(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
 
 #[test]
 fn dirhash_matches_debugfs_dx_hash() {
-    let Some(img) = fixtures::csum4k() else { return };
+    let Some(img) = fixtures::csum4k() else {
+        return;
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED);
-    let seeds: Vec<[u32; 4]> = vec![[0; 4], [rng.random(), rng.random(), rng.random(), rng.random()], [1, 2, 3, 4]];
+    let seeds: Vec<[u32; 4]> = vec![
+        [0; 4],
+        [rng.random(), rng.random(), rng.random(), rng.random()],
+        [1, 2, 3, 4],
+    ];
     let mut cmds = Vec::new();
     let mut expect = Vec::new();
     for i in 0..400 {
@@ -62,7 +74,12 @@ fn dirhash_matches_debugfs_dx_hash() {
     let dir = fixtures::temp_dir();
     let cmdfile = dir.join("hash-cmds");
     std::fs::write(&cmdfile, &cmds).unwrap();
-    let out = Command::new("debugfs").arg("-f").arg(&cmdfile).arg(&img.path).output().unwrap();
+    let out = Command::new("debugfs")
+        .arg("-f")
+        .arg(&cmdfile)
+        .arg(&img.path)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = out.stdout;
     let mut got = Vec::new();
@@ -73,17 +90,28 @@ fn dirhash_matches_debugfs_dx_hash() {
         let s = String::from_utf8_lossy(line);
         let tail = s.rsplit(" is 0x").next().unwrap();
         let (major, minor) = tail.split_once(" (minor 0x").unwrap();
-        got.push((u32::from_str_radix(major, 16).unwrap(), u32::from_str_radix(minor.trim_end_matches(')'), 16).unwrap()));
+        got.push((
+            u32::from_str_radix(major, 16).unwrap(),
+            u32::from_str_radix(minor.trim_end_matches(')'), 16).unwrap(),
+        ));
     }
     assert_eq!(got.len(), expect.len(), "one debugfs answer per name");
     let mut differ = 0;
     for ((name, v, h), (major, minor)) in expect.iter().zip(&got) {
-        assert_eq!((h.major, h.minor), (*major, *minor), "{v:?} {:?}", String::from_utf8_lossy(name));
+        assert_eq!(
+            (h.major, h.minor),
+            (*major, *minor),
+            "{v:?} {:?}",
+            String::from_utf8_lossy(name)
+        );
         if name.iter().any(|&b| b >= 0x80) && *v == HashVersion::HalfMd4 {
             let u = dirhash(name, HashVersion::HalfMd4Unsigned, &[0; 4]).unwrap();
             let s = dirhash(name, HashVersion::HalfMd4, &[0; 4]).unwrap();
             differ += usize::from(u != s);
         }
     }
-    assert!(differ > 100, "signed and unsigned variants should differ on high bytes ({differ})");
+    assert!(
+        differ > 100,
+        "signed and unsigned variants should differ on high bytes ({differ})"
+    );
 }

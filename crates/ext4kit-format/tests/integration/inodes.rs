@@ -18,11 +18,16 @@ fn each_used_inode(img: &Image, mut f: impl FnMut(u32, Inode)) {
         if gd.flags().contains(GroupFlags::INODE_UNINIT) {
             continue;
         }
-        let used = if sb.has_group_desc_csum() { sb.inodes_per_group() - gd.itable_unused() } else { sb.inodes_per_group() };
+        let used = if sb.has_group_desc_csum() {
+            sb.inodes_per_group() - gd.itable_unused()
+        } else {
+            sb.inodes_per_group()
+        };
         for i in 0..used {
             let ino = g * sb.inodes_per_group() + i + 1;
             let bytes = img.inode_bytes(ino);
-            let inode = Inode::parse_checked(bytes, ino, seed).unwrap_or_else(|e| panic!("{}: {e}", img.path.display()));
+            let inode = Inode::parse_checked(bytes, ino, seed)
+                .unwrap_or_else(|e| panic!("{}: {e}", img.path.display()));
             assert_eq!(inode.as_bytes(), bytes);
             f(ino, inode);
         }
@@ -80,9 +85,21 @@ fn raw_time_pair(inode: &Inode, which: &str) -> String {
 
 #[test]
 fn fields_match_debugfs_stat() {
-    let Some(img) = fixtures::csum4k() else { return };
+    let Some(img) = fixtures::csum4k() else {
+        return;
+    };
     let sb = img.sb();
-    for path in ["/small.txt", "/big.bin", "/sparse.bin", "/sub", "/fastlink", "/slowlink", "/cdev", "/bdev", "/many"] {
+    for path in [
+        "/small.txt",
+        "/big.bin",
+        "/sparse.bin",
+        "/sub",
+        "/fastlink",
+        "/slowlink",
+        "/cdev",
+        "/bdev",
+        "/many",
+    ] {
         let ino = img.ino(path);
         let inode = img.inode(ino);
         let s = stat(img, path);
@@ -95,10 +112,19 @@ fn fields_match_debugfs_stat() {
         assert_eq!(s["Size"].parse::<u64>().unwrap(), inode.size());
         assert_eq!(s["File ACL"].parse::<u64>().unwrap(), inode.file_acl());
         assert_eq!(s["Links"].parse::<u16>().unwrap(), inode.links_count());
-        let bc = inode.block_count_512(sb.has_ro_compat(RoCompatFeatures::HUGE_FILE), sb.block_size_bits());
+        let bc = inode.block_count_512(
+            sb.has_ro_compat(RoCompatFeatures::HUGE_FILE),
+            sb.block_size_bits(),
+        );
         assert_eq!(s["Blockcount"].parse::<u64>().unwrap(), bc, "{path}");
-        assert_eq!(s["Inode checksum"], format!("{:#010x}", inode.stored_checksum()));
-        assert_eq!(s["Size of extra inode fields"].parse::<u16>().unwrap(), inode.extra_isize());
+        assert_eq!(
+            s["Inode checksum"],
+            format!("{:#010x}", inode.stored_checksum())
+        );
+        assert_eq!(
+            s["Size of extra inode fields"].parse::<u16>().unwrap(),
+            inode.extra_isize()
+        );
         for t in ["ctime", "atime", "mtime", "crtime"] {
             let v = s[t].split_whitespace().next().unwrap().to_string();
             assert_eq!(v, raw_time_pair(&inode, t), "{path} {t}");
@@ -134,7 +160,9 @@ fn fields_match_debugfs_stat() {
 
 #[test]
 fn kernel_timestamps_decode_exactly() {
-    let Some(k) = fixtures::kernel_csum() else { return };
+    let Some(k) = fixtures::kernel_csum() else {
+        return;
+    };
     for (path, &(secs, ns)) in &k.times {
         let ino = k.clean.ino(path);
         let inode = k.clean.inode(ino);
@@ -150,22 +178,36 @@ fn kernel_timestamps_decode_exactly() {
 
 #[test]
 fn byte_flip_inode_rules() {
-    let Some(img) = fixtures::csum4k() else { return };
+    let Some(img) = fixtures::csum4k() else {
+        return;
+    };
     let ino = img.ino("/small.txt");
     let base = img.inode_bytes(ino).to_vec();
     let mut b = base.clone();
     b[0x80] = 3;
-    assert_eq!(Inode::parse(&b).unwrap_err().corrupt_kind(), Some(&CorruptKind::InodeExtraIsize(3)));
+    assert_eq!(
+        Inode::parse(&b).unwrap_err().corrupt_kind(),
+        Some(&CorruptKind::InodeExtraIsize(3))
+    );
     let mut b = base.clone();
     b[0x80] = 200;
-    assert_eq!(Inode::parse(&b).unwrap_err().corrupt_kind(), Some(&CorruptKind::InodeExtraIsize(200)));
+    assert_eq!(
+        Inode::parse(&b).unwrap_err().corrupt_kind(),
+        Some(&CorruptKind::InodeExtraIsize(200))
+    );
     let mut b = base.clone();
     b[0x6F] = 0x80;
     let size = u64::from_le_bytes([b[4], b[5], b[6], b[7], b[0x6C], b[0x6D], b[0x6E], b[0x6F]]);
-    assert_eq!(Inode::parse(&b).unwrap_err().corrupt_kind(), Some(&CorruptKind::InodeSize64(size)));
+    assert_eq!(
+        Inode::parse(&b).unwrap_err().corrupt_kind(),
+        Some(&CorruptKind::InodeSize64(size))
+    );
     assert!(matches!(
         Inode::parse(&base[..100]).unwrap_err().corrupt_kind(),
-        Some(CorruptKind::TooShort { needed: 128, got: 100 })
+        Some(CorruptKind::TooShort {
+            needed: 128,
+            got: 100
+        })
     ));
     // Checksum.
     let sb = img.sb();
@@ -173,21 +215,33 @@ fn byte_flip_inode_rules() {
     b[0x1A] ^= 1; // links count
     let e = Inode::parse_checked(&b, ino, Some(sb.csum_seed())).unwrap_err();
     assert!(matches!(e, FormatError::ChecksumMismatch { .. }), "{e}");
-    assert!(e.to_string().starts_with(&format!("inode {ino}: inode checksum mismatch")), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("inode {ino}: inode checksum mismatch")),
+        "{e}"
+    );
     // Wrong inode number also fails.
     assert!(Inode::parse_checked(&base, ino + 1, Some(sb.csum_seed())).is_err());
 }
 
 #[test]
 fn setters_produce_inodes_e2fsck_accepts() {
-    let Some(img) = fixtures::csum4k() else { return };
+    let Some(img) = fixtures::csum4k() else {
+        return;
+    };
     let sb = img.sb();
     let ino = img.ino("/sub/deeper/leaf.txt");
     let mut inode = img.inode(ino);
     inode.set_uid(100_000);
     inode.set_gid(70_000);
-    inode.set_modification_time(Timestamp { seconds: 5_000_000_000, nanoseconds: 123_456_789 });
-    inode.set_access_time(Timestamp { seconds: -1_000_000, nanoseconds: 5 });
+    inode.set_modification_time(Timestamp {
+        seconds: 5_000_000_000,
+        nanoseconds: 123_456_789,
+    });
+    inode.set_access_time(Timestamp {
+        seconds: -1_000_000,
+        nanoseconds: 5,
+    });
     let mut flags = inode.flags();
     flags.insert(InodeFlags::NOATIME);
     inode.set_flags(flags);
@@ -206,6 +260,18 @@ fn setters_produce_inodes_e2fsck_accepts() {
     assert_eq!(s["Group"], "70000");
     assert!(s["mtime"].contains("2128"), "{}", s["mtime"]);
     let back = copy.inode(ino);
-    assert_eq!(back.modification_time(), Timestamp { seconds: 5_000_000_000, nanoseconds: 123_456_789 });
-    assert_eq!(back.access_time(), Timestamp { seconds: -1_000_000, nanoseconds: 5 });
+    assert_eq!(
+        back.modification_time(),
+        Timestamp {
+            seconds: 5_000_000_000,
+            nanoseconds: 123_456_789
+        }
+    );
+    assert_eq!(
+        back.access_time(),
+        Timestamp {
+            seconds: -1_000_000,
+            nanoseconds: 5
+        }
+    );
 }

@@ -2,8 +2,8 @@
 //! the kernel had the filesystem mounted, checked against `debugfs logdump`.
 
 use ext4kit_format::journal::{
-    self, CommitBlock, DescriptorBlock, DescriptorBuilder, JournalBlockType, JournalHeader, JournalSuperblock,
-    RevokeBlock, TagFlags,
+    self, CommitBlock, DescriptorBlock, DescriptorBuilder, JournalBlockType, JournalHeader,
+    JournalSuperblock, RevokeBlock, TagFlags,
 };
 use ext4kit_format::{CorruptKind, FormatError, IncompatibleKind};
 
@@ -49,8 +49,20 @@ fn logdump(img: &Image) -> Log {
         } else if let Some(rest) = t.strip_prefix("FS block ") {
             if let Some(i) = current {
                 let fs: u64 = rest.split_whitespace().next().unwrap().parse().unwrap();
-                let jb: u64 = rest.split("journal block ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
-                let flags = u32::from_str_radix(rest.split("flags 0x").nth(1).unwrap().trim_end_matches(')'), 16).unwrap();
+                let jb: u64 = rest
+                    .split("journal block ")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let flags = u32::from_str_radix(
+                    rest.split("flags 0x").nth(1).unwrap().trim_end_matches(')'),
+                    16,
+                )
+                .unwrap();
                 if !log.descriptors[i].2.iter().any(|x| x.1 == jb) {
                     log.descriptors[i].2.push((fs, jb, flags));
                 }
@@ -70,13 +82,20 @@ fn walk(img: &Image) -> (JournalSuperblock, Log) {
     let jino = sb.journal_inum();
     let (map, _) = img.map_file(jino);
     let jblock = |n: u64| -> &[u8] {
-        let (s, p, _, _) = map.iter().find(|e| n >= e.0 && n < e.0 + u64::from(e.2)).unwrap();
+        let (s, p, _, _) = map
+            .iter()
+            .find(|e| n >= e.0 && n < e.0 + u64::from(e.2))
+            .unwrap();
         img.block(p + (n - s))
     };
     let jsb = JournalSuperblock::parse(jblock(0)).unwrap();
     assert_eq!(&jsb.as_bytes()[..], &jblock(0)[..1024]);
     jsb.check_features().unwrap();
-    assert_ne!(jsb.start(), 0, "journal copied while mounted must not be clean");
+    assert_ne!(
+        jsb.start(),
+        0,
+        "journal copied while mounted must not be clean"
+    );
     let mut log = Log::default();
     let mut blk = u64::from(jsb.start());
     let mut seq = jsb.sequence();
@@ -85,7 +104,9 @@ fn walk(img: &Image) -> (JournalSuperblock, Log) {
     let wrap = |b: u64| if b >= end { b - (end - first) } else { b };
     loop {
         let data = jblock(blk);
-        let Some(h) = JournalHeader::read(data) else { break };
+        let Some(h) = JournalHeader::read(data) else {
+            break;
+        };
         if h.sequence != seq {
             break;
         }
@@ -136,10 +157,18 @@ fn check(k: &KernelImages) {
     assert_eq!(ours.revokes, theirs.revokes);
     assert_eq!(ours.descriptors, theirs.descriptors);
     assert!(!ours.commits.is_empty() && !ours.descriptors.is_empty());
-    assert!(!ours.revokes.is_empty(), "deleting a directory should have logged revokes");
+    assert!(
+        !ours.revokes.is_empty(),
+        "deleting a directory should have logged revokes"
+    );
     let h = fixtures::dumpe2fs_header(&img.path);
     let names = jsb.feature_names().join(" ");
-    assert_eq!(h.get("Journal features").map(String::as_str).unwrap_or("(none)"), if names.is_empty() { "(none)" } else { &names });
+    assert_eq!(
+        h.get("Journal features")
+            .map(String::as_str)
+            .unwrap_or("(none)"),
+        if names.is_empty() { "(none)" } else { &names }
+    );
     if jsb.has_csum_v2_or_v3() {
         assert_eq!(h["Journal checksum"], format!("{:#010x}", jsb.checksum()));
     }
@@ -147,7 +176,9 @@ fn check(k: &KernelImages) {
 
 #[test]
 fn kernel_journal_csum_v3_64bit() {
-    let Some(k) = fixtures::kernel_csum() else { return };
+    let Some(k) = fixtures::kernel_csum() else {
+        return;
+    };
     check(k);
     let (jsb, _) = walk(&k.journal);
     assert!(jsb.has_csum_v3() && jsb.is_64bit() && jsb.tag_size() == 16);
@@ -155,7 +186,9 @@ fn kernel_journal_csum_v3_64bit() {
 
 #[test]
 fn kernel_journal_classic_tags() {
-    let Some(k) = fixtures::kernel_plain() else { return };
+    let Some(k) = fixtures::kernel_plain() else {
+        return;
+    };
     check(k);
     let (jsb, _) = walk(&k.journal);
     assert!(!jsb.has_csum_v2_or_v3());
@@ -164,7 +197,9 @@ fn kernel_journal_classic_tags() {
 
 #[test]
 fn journal_byte_flips_and_builders() {
-    let Some(k) = fixtures::kernel_csum() else { return };
+    let Some(k) = fixtures::kernel_csum() else {
+        return;
+    };
     let img = &k.journal;
     let (map, _) = img.map_file(img.sb().journal_inum());
     let jsb_bytes = img.block(map[0].1)[..1024].to_vec();
@@ -182,29 +217,67 @@ fn journal_byte_flips_and_builders() {
         b[0xFC..0x100].copy_from_slice(&c.to_be_bytes());
         b
     };
-    let be = |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_be_bytes());
-    assert_eq!(kind(&with(&|b| be(b, 0, 0x1234))).corrupt_kind(), Some(&CorruptKind::JournalMagic(0x1234)));
-    assert_eq!(kind(&with(&|b| be(b, 4, 1))).corrupt_kind(), Some(&CorruptKind::JournalBlockType(1)));
-    assert_eq!(kind(&with(&|b| be(b, 0x0C, 3000))).corrupt_kind(), Some(&CorruptKind::JournalBlockSize(3000)));
-    assert_eq!(kind(&with(&|b| be(b, 0x14, 0))).corrupt_kind(), Some(&CorruptKind::JournalGeometry));
-    assert_eq!(kind(&with(&|b| be(b, 0x1C, jsb.maxlen()))).corrupt_kind(), Some(&CorruptKind::JournalGeometry));
-    assert_eq!(kind(&with(&|b| be(b, 0x40, 49))).corrupt_kind(), Some(&CorruptKind::JournalUsers(49)));
+    let be =
+        |b: &mut Vec<u8>, off: usize, v: u32| b[off..off + 4].copy_from_slice(&v.to_be_bytes());
+    assert_eq!(
+        kind(&with(&|b| be(b, 0, 0x1234))).corrupt_kind(),
+        Some(&CorruptKind::JournalMagic(0x1234))
+    );
+    assert_eq!(
+        kind(&with(&|b| be(b, 4, 1))).corrupt_kind(),
+        Some(&CorruptKind::JournalBlockType(1))
+    );
+    assert_eq!(
+        kind(&with(&|b| be(b, 0x0C, 3000))).corrupt_kind(),
+        Some(&CorruptKind::JournalBlockSize(3000))
+    );
+    assert_eq!(
+        kind(&with(&|b| be(b, 0x14, 0))).corrupt_kind(),
+        Some(&CorruptKind::JournalGeometry)
+    );
+    assert_eq!(
+        kind(&with(&|b| be(b, 0x1C, jsb.maxlen()))).corrupt_kind(),
+        Some(&CorruptKind::JournalGeometry)
+    );
+    assert_eq!(
+        kind(&with(&|b| be(b, 0x40, 49))).corrupt_kind(),
+        Some(&CorruptKind::JournalUsers(49))
+    );
     let inc = jsb.feature_incompat();
     assert_eq!(
-        kind(&with(&|b| be(b, 0x28, inc | journal::features::INCOMPAT_CSUM_V2))).corrupt_kind(),
+        kind(&with(&|b| be(
+            b,
+            0x28,
+            inc | journal::features::INCOMPAT_CSUM_V2
+        )))
+        .corrupt_kind(),
         Some(&CorruptKind::JournalChecksumFeatures)
     );
-    assert!(matches!(kind(&with(&|b| b[0x50] = 1)), FormatError::Incompatible { what: IncompatibleKind::ChecksumType(1), .. }));
+    assert!(matches!(
+        kind(&with(&|b| b[0x50] = 1)),
+        FormatError::Incompatible {
+            what: IncompatibleKind::ChecksumType(1),
+            ..
+        }
+    ));
     let mut b = jsb_bytes.clone();
     b[0x300] ^= 1;
-    assert!(matches!(JournalSuperblock::parse(&b), Err(FormatError::ChecksumMismatch { .. })));
+    assert!(matches!(
+        JournalSuperblock::parse(&b),
+        Err(FormatError::ChecksumMismatch { .. })
+    ));
     let unknown = JournalSuperblock::parse(&with(&|b| be(b, 0x28, inc | 0x100))).unwrap();
     assert!(unknown.check_features().is_err());
     // Builders produce blocks that our parser and checksums accept (formats
     // are covered against the kernel above); a descriptor's tag checksum covers the data.
     let data = vec![0xAB; jsb.block_size() as usize];
     let mut b = DescriptorBuilder::new(&jsb, 77);
-    b.push(1234, false, journal::data_block_checksum(jsb.csum_seed(), 77, &data)).unwrap();
+    b.push(
+        1234,
+        false,
+        journal::data_block_checksum(jsb.csum_seed(), 77, &data),
+    )
+    .unwrap();
     let d = DescriptorBlock::parse(&b.finish(&jsb), &jsb).unwrap();
     d.verify_checksum(&jsb).unwrap();
     journal::verify_data_block(&jsb, 77, &d.tags()[0], &data).unwrap();

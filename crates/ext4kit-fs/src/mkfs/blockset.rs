@@ -95,7 +95,12 @@ impl BlockSet {
         if i > 0 && self.runs[i - 1].1 > start {
             v.push((start, self.runs[i - 1].1.min(end)));
         }
-        v.extend(self.runs[i..].iter().take_while(|r| r.0 < end).map(|&(s, e)| (s, e.min(end))));
+        v.extend(
+            self.runs[i..]
+                .iter()
+                .take_while(|r| r.0 < end)
+                .map(|&(s, e)| (s, e.min(end))),
+        );
         v
     }
 

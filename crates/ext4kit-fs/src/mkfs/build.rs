@@ -384,7 +384,13 @@ fn special_inodes(
 ) -> Result<SpecialInodes, MkfsError> {
     let bs64 = u64::from(geo.block_size);
     let lpf_blocks: u64 = lay.lpf.iter().map(|r| r.1).sum();
-    let mut root = new_inode(geo.inode_size, FileType::Directory.mode_bits() | 0o755, 3, bs64, t)?;
+    let mut root = new_inode(
+        geo.inode_size,
+        FileType::Directory.mode_bits() | 0o755,
+        3,
+        bs64,
+        t,
+    )?;
     set_extents(&mut root, &lay.root, None, geo, seed, ROOT_INO)?;
     let mut lpf = new_inode(
         geo.inode_size,
@@ -395,7 +401,13 @@ fn special_inodes(
     )?;
     set_extents(&mut lpf, &lay.lpf, None, geo, seed, LPF_INO)?;
     let journal_bytes = u64::from(geo.journal_blocks) * bs64;
-    let mut journal = new_inode(geo.inode_size, FileType::Regular.mode_bits() | 0o600, 1, journal_bytes, t)?;
+    let mut journal = new_inode(
+        geo.inode_size,
+        FileType::Regular.mode_bits() | 0o600,
+        1,
+        journal_bytes,
+        t,
+    )?;
     let journal_leaf = set_extents(
         &mut journal,
         &lay.journal,

@@ -272,7 +272,9 @@ pub(crate) fn plan(
     if !isz.is_power_of_two() || isz < INODE_SIZE || u32::from(isz) > block_size {
         return Err(invalid(
             "inode_size",
-            format!("{isz} is not a power of two from 256 to the block size {block_size} (ext4kit does not make 128-byte inodes)"),
+            format!(
+                "{isz} is not a power of two from 256 to the block size {block_size} (ext4kit does not make 128-byte inodes)"
+            ),
         ));
     }
     // Inode count: given, or one per `inode_ratio` bytes.

@@ -60,7 +60,11 @@ fn opts<S: DirStore + ?Sized>(s: &S) -> DirBlockOptions {
 }
 
 fn dx_opts<S: DirStore + ?Sized>(s: &S) -> DxOptions {
-    DxOptions { block_size: s.block_size(), has_csum: s.has_csum(), largedir: false }
+    DxOptions {
+        block_size: s.block_size(),
+        has_csum: s.has_csum(),
+        largedir: false,
+    }
 }
 
 fn dir_ft() -> u8 {
@@ -70,7 +74,13 @@ fn dir_ft() -> u8 {
 /// The first block of a new directory: `.` and `..`.
 pub fn new_dir_block<S: DirStore + ?Sized>(s: &S) -> Result<DirBlock> {
     let (me, parent) = s.inos();
-    Ok(DirBlock::new_dir(s.block_size() as usize, opts(s), me, parent, true)?)
+    Ok(DirBlock::new_dir(
+        s.block_size() as usize,
+        opts(s),
+        me,
+        parent,
+        true,
+    )?)
 }
 
 /// Adds `name` → `ino` (dirent file type `ft`). The caller has checked that the name is absent.
@@ -194,9 +204,12 @@ pub fn build_dir<S: DirStore + ?Sized>(s: &mut S, entries: &[(Vec<u8>, u32, u8)]
             if !cur.add_entry(n, *i, *f)? {
                 s.write_leaf(cur_lblk, cur)?;
                 cur_lblk = s.append_block()?;
-                cur = DirBlock::build(bs, o, &[])?.ok_or_else(|| Error::InvalidArgument("block".into()))?;
+                cur = DirBlock::build(bs, o, &[])?
+                    .ok_or_else(|| Error::InvalidArgument("block".into()))?;
                 if !cur.add_entry(n, *i, *f)? {
-                    return Err(Error::InvalidArgument("name too long for a directory block".into()));
+                    return Err(Error::InvalidArgument(
+                        "name too long for a directory block".into(),
+                    ));
                 }
             }
         }
@@ -214,10 +227,18 @@ pub fn build_dir<S: DirStore + ?Sized>(s: &mut S, entries: &[(Vec<u8>, u32, u8)]
 }
 
 /// Packs hash-sorted entries into full leaves; returns (index hash, leaf) per leaf.
-fn pack_leaves<S: DirStore + ?Sized>(s: &S, hashed: &[(u32, &[u8], u32, u8)]) -> Result<Vec<(u32, DirBlock)>> {
+fn pack_leaves<S: DirStore + ?Sized>(
+    s: &S,
+    hashed: &[(u32, &[u8], u32, u8)],
+) -> Result<Vec<(u32, DirBlock)>> {
     let bs = s.block_size() as usize;
     let o = opts(s);
-    let area = bs - if s.has_csum() { ext4kit_format::dir::TAIL_SIZE } else { 0 };
+    let area = bs
+        - if s.has_csum() {
+            ext4kit_format::dir::TAIL_SIZE
+        } else {
+            0
+        };
     let mut out = Vec::new();
     let mut start = 0usize;
     while start < hashed.len() {
@@ -232,10 +253,14 @@ fn pack_leaves<S: DirStore + ?Sized>(s: &S, hashed: &[(u32, &[u8], u32, u8)]) ->
             end += 1;
         }
         if end == start {
-            return Err(Error::InvalidArgument("name too long for a directory block".into()));
+            return Err(Error::InvalidArgument(
+                "name too long for a directory block".into(),
+            ));
         }
-        let refs: Vec<(&[u8], u32, u8)> = hashed[start..end].iter().map(|h| (h.1, h.2, h.3)).collect();
-        let leaf = DirBlock::build(bs, o, &refs)?.ok_or_else(|| Error::InvalidArgument("leaf overflow".into()))?;
+        let refs: Vec<(&[u8], u32, u8)> =
+            hashed[start..end].iter().map(|h| (h.1, h.2, h.3)).collect();
+        let leaf = DirBlock::build(bs, o, &refs)?
+            .ok_or_else(|| Error::InvalidArgument("leaf overflow".into()))?;
         let hash = if start == 0 {
             0
         } else {
@@ -252,7 +277,9 @@ fn pack_leaves<S: DirStore + ?Sized>(s: &S, hashed: &[(u32, &[u8], u32, u8)]) ->
 fn write_tree<S: DirStore + ?Sized>(s: &mut S, leaves: Vec<(u32, DirBlock)>) -> Result<()> {
     let (me, parent) = s.inos();
     let dxo = dx_opts(s);
-    let root_limit = usize::from(DxBlock::new_root(dxo, me, parent, dir_ft(), s.root_hash_version(), 0, &[])?.limit());
+    let root_limit = usize::from(
+        DxBlock::new_root(dxo, me, parent, dir_ft(), s.root_hash_version(), 0, &[])?.limit(),
+    );
     let mut entries = Vec::with_capacity(leaves.len());
     for (hash, leaf) in leaves {
         let lblk = s.append_block()?;
@@ -261,13 +288,26 @@ fn write_tree<S: DirStore + ?Sized>(s: &mut S, leaves: Vec<(u32, DirBlock)>) -> 
     }
     s.set_indexed(true);
     if entries.len() <= root_limit {
-        let root = DxBlock::new_root(dxo, me, parent, dir_ft(), s.root_hash_version(), 0, &entries)?;
+        let root = DxBlock::new_root(
+            dxo,
+            me,
+            parent,
+            dir_ft(),
+            s.root_hash_version(),
+            0,
+            &entries,
+        )?;
         return s.write_dx(0, root);
     }
     let node_limit = usize::from(DxBlock::new_node(dxo, &[])?.limit());
-    let chunks: Vec<Vec<DxEntry>> = entries.chunks(node_limit).map(<[DxEntry]>::to_vec).collect();
+    let chunks: Vec<Vec<DxEntry>> = entries
+        .chunks(node_limit)
+        .map(<[DxEntry]>::to_vec)
+        .collect();
     if chunks.len() > root_limit {
-        return Err(Error::NoSpace("directory index full (too many entries for two levels)".into()));
+        return Err(Error::NoSpace(
+            "directory index full (too many entries for two levels)".into(),
+        ));
     }
     let mut root_entries = Vec::with_capacity(chunks.len());
     for chunk in chunks {
@@ -276,7 +316,15 @@ fn write_tree<S: DirStore + ?Sized>(s: &mut S, leaves: Vec<(u32, DirBlock)>) -> 
         s.write_dx(lblk, DxBlock::new_node(dxo, &chunk)?)?;
         root_entries.push(DxEntry { hash, block: lblk });
     }
-    let root = DxBlock::new_root(dxo, me, parent, dir_ft(), s.root_hash_version(), 1, &root_entries)?;
+    let root = DxBlock::new_root(
+        dxo,
+        me,
+        parent,
+        dir_ft(),
+        s.root_hash_version(),
+        1,
+        &root_entries,
+    )?;
     s.write_dx(0, root)
 }
 
@@ -295,7 +343,10 @@ fn make_indexed<S: DirStore + ?Sized>(s: &mut S, extra: Option<(&[u8], u32, u8)>
         hashed.push((s.hash(n)?.major, n.to_vec(), i, f));
     }
     hashed.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    let refs: Vec<(u32, &[u8], u32, u8)> = hashed.iter().map(|h| (h.0, h.1.as_slice(), h.2, h.3)).collect();
+    let refs: Vec<(u32, &[u8], u32, u8)> = hashed
+        .iter()
+        .map(|h| (h.0, h.1.as_slice(), h.2, h.3))
+        .collect();
     // Leave room in each leaf, as the kernel's split does: two leaves at least.
     let mut leaves = pack_leaves(s, &refs)?;
     if leaves.len() == 1 && refs.len() >= 2 {
@@ -325,7 +376,11 @@ fn dx_path<S: DirStore + ?Sized>(s: &mut S, hash: u32) -> Result<DxPath> {
     let levels = root.root_info().indirect_levels;
     let mut frames = Vec::new();
     let idx = root.lookup(hash);
-    let mut next = root.entries().get(idx).map(|e| e.block).ok_or_else(bad_dx)?;
+    let mut next = root
+        .entries()
+        .get(idx)
+        .map(|e| e.block)
+        .ok_or_else(bad_dx)?;
     frames.push((0, root, idx));
     for _ in 0..levels {
         if next == 0 || next >= s.nblocks() {
@@ -334,7 +389,11 @@ fn dx_path<S: DirStore + ?Sized>(s: &mut S, hash: u32) -> Result<DxPath> {
         let raw = s.read_block(next)?;
         let node = DxBlock::parse_node(&raw, dxo)?;
         let idx = node.lookup(hash);
-        let child = node.entries().get(idx).map(|e| e.block).ok_or_else(bad_dx)?;
+        let child = node
+            .entries()
+            .get(idx)
+            .map(|e| e.block)
+            .ok_or_else(bad_dx)?;
         frames.push((next, node, idx));
         next = child;
     }
@@ -345,15 +404,27 @@ fn dx_path<S: DirStore + ?Sized>(s: &mut S, hash: u32) -> Result<DxPath> {
 }
 
 fn bad_dx() -> Error {
-    Error::corrupt(Structure::HtreeNode, Corruption::Format(CorruptKind::DxCount { count: 0, limit: 0 }))
+    Error::corrupt(
+        Structure::HtreeNode,
+        Corruption::Format(CorruptKind::DxCount { count: 0, limit: 0 }),
+    )
 }
 
 /// The leaf after `lblk` in index order if its index hash continues `hash` (collision run).
-fn next_leaf_with_hash<S: DirStore + ?Sized>(_s: &mut S, path: &DxPath, lblk: u32, hash: u32) -> Result<Option<u32>> {
+fn next_leaf_with_hash<S: DirStore + ?Sized>(
+    _s: &mut S,
+    path: &DxPath,
+    lblk: u32,
+    hash: u32,
+) -> Result<Option<u32>> {
     // Only the deepest frame is searched: runs crossing index nodes are rare enough to scan.
-    let Some((_, block, _)) = path.frames.last() else { return Ok(None) };
+    let Some((_, block, _)) = path.frames.last() else {
+        return Ok(None);
+    };
     let e = block.entries();
-    let Some(pos) = e.iter().position(|x| x.block == lblk) else { return Ok(None) };
+    let Some(pos) = e.iter().position(|x| x.block == lblk) else {
+        return Ok(None);
+    };
     match e.get(pos + 1) {
         Some(n) if n.hash & 1 == 1 && n.hash & !1 == hash => Ok(Some(n.block)),
         _ => Ok(None),
@@ -377,16 +448,41 @@ fn dx_add<S: DirStore + ?Sized>(s: &mut S, name: &[u8], ino: u32, ft: u8) -> Res
             continue;
         }
         if leaf.live_entries()?.len() < 2 {
-            return Err(Error::InvalidArgument("name too long for a directory block".into()));
+            return Err(Error::InvalidArgument(
+                "name too long for a directory block".into(),
+            ));
         }
         let new_lblk = s.append_block()?;
-        let (mut upper, split) = split_leaf(&mut leaf, |n| s.hash(n).map_err(|_| ext4kit_format::FormatError::corrupt(Structure::DirectoryBlock, CorruptKind::DirentNameLen { offset: 0, name_len: 0, rec_len: 0 })))?;
+        let (mut upper, split) = split_leaf(&mut leaf, |n| {
+            s.hash(n).map_err(|_| {
+                ext4kit_format::FormatError::corrupt(
+                    Structure::DirectoryBlock,
+                    CorruptKind::DirentNameLen {
+                        offset: 0,
+                        name_len: 0,
+                        rec_len: 0,
+                    },
+                )
+            })
+        })?;
         let target_upper = hash >= split.split_hash;
-        let added = if target_upper { upper.add_entry(name, ino, ft)? } else { leaf.add_entry(name, ino, ft)? };
+        let added = if target_upper {
+            upper.add_entry(name, ino, ft)?
+        } else {
+            leaf.add_entry(name, ino, ft)?
+        };
         s.write_leaf(path.leaf, leaf)?;
         s.write_leaf(new_lblk, upper)?;
-        let Some((plblk, mut pblock, pidx)) = path.frames.pop() else { return Err(bad_dx()) };
-        if !pblock.insert_after(pidx, DxEntry { hash: split.index_hash(), block: new_lblk })? {
+        let Some((plblk, mut pblock, pidx)) = path.frames.pop() else {
+            return Err(bad_dx());
+        };
+        if !pblock.insert_after(
+            pidx,
+            DxEntry {
+                hash: split.index_hash(),
+                block: new_lblk,
+            },
+        )? {
             return Err(bad_dx());
         }
         s.write_dx(plblk, pblock)?;
@@ -408,7 +504,18 @@ fn grow_index<S: DirStore + ?Sized>(s: &mut S, path: &mut DxPath, _hash: u32) ->
         let entries = root.entries();
         let node_lblk = s.append_block()?;
         s.write_dx(node_lblk, DxBlock::new_node(dxo, &entries)?)?;
-        let new_root = DxBlock::new_root(dxo, me, parent, dir_ft(), root.root_info().hash_version, 1, &[DxEntry { hash: 0, block: node_lblk }])?;
+        let new_root = DxBlock::new_root(
+            dxo,
+            me,
+            parent,
+            dir_ft(),
+            root.root_info().hash_version,
+            1,
+            &[DxEntry {
+                hash: 0,
+                block: node_lblk,
+            }],
+        )?;
         s.write_dx(0, new_root)?;
         // The node is now full too: split it right away.
         let raw = s.read_block(0)?;
@@ -427,7 +534,11 @@ fn grow_index<S: DirStore + ?Sized>(s: &mut S, path: &mut DxPath, _hash: u32) ->
 }
 
 /// Splits the index node `node` (child `ridx` of the root) into two halves.
-fn split_node<S: DirStore + ?Sized>(s: &mut S, root: (u32, DxBlock, usize), node: (u32, DxBlock)) -> Result<()> {
+fn split_node<S: DirStore + ?Sized>(
+    s: &mut S,
+    root: (u32, DxBlock, usize),
+    node: (u32, DxBlock),
+) -> Result<()> {
     let dxo = dx_opts(s);
     let (root_lblk, mut root, ridx) = root;
     let (nlblk, node) = node;
@@ -438,7 +549,13 @@ fn split_node<S: DirStore + ?Sized>(s: &mut S, root: (u32, DxBlock, usize), node
     s.write_dx(nlblk, DxBlock::new_node(dxo, left)?)?;
     s.write_dx(new_lblk, DxBlock::new_node(dxo, right)?)?;
     let hash = right.first().map_or(0, |e| e.hash);
-    if !root.insert_after(ridx, DxEntry { hash, block: new_lblk })? {
+    if !root.insert_after(
+        ridx,
+        DxEntry {
+            hash,
+            block: new_lblk,
+        },
+    )? {
         return Err(Error::NoSpace("directory index full".into()));
     }
     s.write_dx(root_lblk, root)
@@ -538,7 +655,11 @@ mod tests {
             }
             return out;
         }
-        let dxo = DxOptions { block_size: d.bs, has_csum: d.csum, largedir: false };
+        let dxo = DxOptions {
+            block_size: d.bs,
+            has_csum: d.csum,
+            largedir: false,
+        };
         let root = DxBlock::parse_root(&d.read_block(0).unwrap(), dxo).unwrap();
         if d.csum {
             root.verify_checksum(1, 12, 0).unwrap();
@@ -568,7 +689,10 @@ mod tests {
             }
             for e in b.live_entries().unwrap() {
                 let h = d.hash(e.name).unwrap().major;
-                assert!(h >= lo & !1 && (h <= hi), "name hash {h:#x} outside leaf range {lo:#x}..{hi:#x}");
+                assert!(
+                    h >= lo & !1 && (h <= hi),
+                    "name hash {h:#x} outside leaf range {lo:#x}..{hi:#x}"
+                );
                 assert!(out.insert(e.name.to_vec(), e.inode).is_none(), "duplicate");
             }
         }
@@ -576,7 +700,13 @@ mod tests {
     }
 
     fn fresh(bs: u32, csum: bool) -> MemDir {
-        let mut d = MemDir { bs, csum, blocks: Vec::new(), indexed: false, seed: [1, 2, 3, 4] };
+        let mut d = MemDir {
+            bs,
+            csum,
+            blocks: Vec::new(),
+            indexed: false,
+            seed: [1, 2, 3, 4],
+        };
         build_dir(&mut d, &[]).unwrap();
         d
     }
@@ -591,9 +721,16 @@ mod tests {
                 add_entry(&mut d, &name, 100 + i, 1).unwrap();
                 model.insert(name, 100 + i);
                 if i % 3 == 0 {
-                    let victim = format!("file-{:06}-{}", i / 2, "x".repeat(((i / 2) % 37) as usize)).into_bytes();
+                    let victim =
+                        format!("file-{:06}-{}", i / 2, "x".repeat(((i / 2) % 37) as usize))
+                            .into_bytes();
                     let got = remove_entry(&mut d, &victim).unwrap();
-                    assert_eq!(got, model.remove(&victim), "removing {}", String::from_utf8_lossy(&victim));
+                    assert_eq!(
+                        got,
+                        model.remove(&victim),
+                        "removing {}",
+                        String::from_utf8_lossy(&victim)
+                    );
                 }
             }
             assert!(d.indexed);
@@ -602,9 +739,21 @@ mod tests {
             for (k, v) in &model {
                 assert_eq!(found.get(k), Some(v));
             }
-            let root = DxBlock::parse_root(&d.blocks[0], DxOptions { block_size: bs, has_csum: csum, largedir: false }).unwrap();
+            let root = DxBlock::parse_root(
+                &d.blocks[0],
+                DxOptions {
+                    block_size: bs,
+                    has_csum: csum,
+                    largedir: false,
+                },
+            )
+            .unwrap();
             if bs == 1024 {
-                assert_eq!(root.root_info().indirect_levels, 1, "20,000 names in 1K blocks need two levels");
+                assert_eq!(
+                    root.root_info().indirect_levels,
+                    1,
+                    "20,000 names in 1K blocks need two levels"
+                );
             }
         }
     }
@@ -612,8 +761,16 @@ mod tests {
     #[test]
     fn bulk_build_packs_leaves_and_every_name_is_in_its_hash_range() {
         for (bs, n) in [(1024u32, 100_000u32), (4096, 100_000), (4096, 10)] {
-            let mut d = MemDir { bs, csum: true, blocks: Vec::new(), indexed: false, seed: [9, 8, 7, 6] };
-            let entries: Vec<(Vec<u8>, u32, u8)> = (0..n).map(|i| (format!("n{i}").into_bytes(), 20 + i, 1)).collect();
+            let mut d = MemDir {
+                bs,
+                csum: true,
+                blocks: Vec::new(),
+                indexed: false,
+                seed: [9, 8, 7, 6],
+            };
+            let entries: Vec<(Vec<u8>, u32, u8)> = (0..n)
+                .map(|i| (format!("n{i}").into_bytes(), 20 + i, 1))
+                .collect();
             build_dir(&mut d, &entries).unwrap();
             assert_eq!(d.indexed, n > 10);
             let found = names(&mut d);

@@ -46,11 +46,20 @@ pub trait NodeStore {
 }
 
 fn corrupt(lblk: u64) -> Error {
-    Error::corrupt(Structure::ExtentTree, Corruption::Format(CorruptKind::ExtentOrder { index: (lblk & 0xffff) as u16 }))
+    Error::corrupt(
+        Structure::ExtentTree,
+        Corruption::Format(CorruptKind::ExtentOrder {
+            index: (lblk & 0xffff) as u16,
+        }),
+    )
 }
 
 fn max_len(unwritten: bool) -> u32 {
-    if unwritten { MAX_UNWRITTEN_LEN } else { MAX_INIT_LEN }
+    if unwritten {
+        MAX_UNWRITTEN_LEN
+    } else {
+        MAX_INIT_LEN
+    }
 }
 
 /// Whether `b` continues `a` logically and physically with the same state and fits.
@@ -94,7 +103,12 @@ pub struct ExtentTree<'a, S: NodeStore> {
 impl<'a, S: NodeStore> ExtentTree<'a, S> {
     /// The tree whose root is `root` (the inode's 60-byte `i_block`).
     pub fn new(root: &'a mut [u8], store: &'a mut S, block_size: usize, goal: u64) -> Self {
-        ExtentTree { root, store, block_size, goal }
+        ExtentTree {
+            root,
+            store,
+            block_size,
+            goal,
+        }
     }
 
     /// Makes `root` an empty leaf (a new extent-mapped inode).
@@ -110,23 +124,41 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
     /// The path from the root to the leaf that covers (or would cover) `lblk`.
     fn find_path(&mut self, lblk: u32) -> Result<Vec<Level>> {
         let root = self.read_root()?;
-        let mut path = vec![Level { pblk: None, node: root, idx: 0 }];
+        let mut path = vec![Level {
+            pblk: None,
+            node: root,
+            idx: 0,
+        }];
         let mut seen = 0;
         loop {
-            let Some(level) = path.last_mut() else { return Err(corrupt(u64::from(lblk))) };
+            let Some(level) = path.last_mut() else {
+                return Err(corrupt(u64::from(lblk)));
+            };
             if level.node.is_leaf() {
                 return Ok(path);
             }
             let idx = level.node.find(lblk).unwrap_or(0);
             level.idx = idx;
             let depth = level.node.depth();
-            let child = level.node.indexes().get(idx).map(|i| i.child_block).ok_or_else(|| corrupt(u64::from(lblk)))?;
+            let child = level
+                .node
+                .indexes()
+                .get(idx)
+                .map(|i| i.child_block)
+                .ok_or_else(|| corrupt(u64::from(lblk)))?;
             seen += 1;
             if seen > usize::from(MAX_DEPTH) {
-                return Err(Error::corrupt(Structure::ExtentTree, Corruption::TreeCycle { block: child }));
+                return Err(Error::corrupt(
+                    Structure::ExtentTree,
+                    Corruption::TreeCycle { block: child },
+                ));
             }
             let node = self.store.read_node(child, depth - 1)?;
-            path.push(Level { pblk: Some(child), node, idx: 0 });
+            path.push(Level {
+                pblk: Some(child),
+                node,
+                idx: 0,
+            });
         }
     }
 
@@ -144,7 +176,10 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
             return Ok(());
         }
         if level > usize::from(MAX_DEPTH) {
-            return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+            return Err(Error::corrupt(
+                Structure::ExtentTree,
+                Corruption::TooManyNodes,
+            ));
         }
         for i in node.indexes() {
             let child = self.store.read_node(i.child_block, node.depth() - 1)?;
@@ -164,7 +199,10 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
         while let Some((node, level)) = stack.pop() {
             visited += 1;
             if visited > 1 << 24 {
-                return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+                return Err(Error::corrupt(
+                    Structure::ExtentTree,
+                    Corruption::TooManyNodes,
+                ));
             }
             let (n, m) = (node.entry_count() as u64, node.max_entries() as u64);
             let s = stats.get_mut(level).ok_or_else(|| corrupt(0))?;
@@ -220,19 +258,30 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
                 let blk = self.take_block(&mut spare)?;
                 let node = self.leaf_node(false, chunk)?;
                 self.store.write_node(blk, &node)?;
-                level.push(ExtentIndex { logical_block: chunk[0].logical_block, child_block: blk, unused: 0 });
+                level.push(ExtentIndex {
+                    logical_block: chunk[0].logical_block,
+                    child_block: blk,
+                    unused: 0,
+                });
             }
             let mut depth = 1u16;
             while level.len() > root_cap {
                 if depth >= MAX_DEPTH {
-                    return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+                    return Err(Error::corrupt(
+                        Structure::ExtentTree,
+                        Corruption::TooManyNodes,
+                    ));
                 }
                 let mut up = Vec::with_capacity(level.len().div_ceil(per));
                 for chunk in level.chunks(per) {
                     let blk = self.take_block(&mut spare)?;
                     let node = self.index_node(false, depth, chunk)?;
                     self.store.write_node(blk, &node)?;
-                    up.push(ExtentIndex { logical_block: chunk[0].logical_block, child_block: blk, unused: 0 });
+                    up.push(ExtentIndex {
+                        logical_block: chunk[0].logical_block,
+                        child_block: blk,
+                        unused: 0,
+                    });
                 }
                 level = up;
                 depth += 1;
@@ -269,7 +318,10 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
             return Ok(());
         }
         if level > usize::from(MAX_DEPTH) {
-            return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+            return Err(Error::corrupt(
+                Structure::ExtentTree,
+                Corruption::TooManyNodes,
+            ));
         }
         for i in node.indexes() {
             out.push(i.child_block);
@@ -282,15 +334,22 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
     /// The extent covering `lblk`, if any.
     pub fn lookup(&mut self, lblk: u32) -> Result<Option<Extent>> {
         let path = self.find_path(lblk)?;
-        let Some(leaf) = path.last() else { return Ok(None) };
-        Ok(leaf.node.find(lblk).and_then(|i| leaf.node.extents().get(i).copied()))
+        let Some(leaf) = path.last() else {
+            return Ok(None);
+        };
+        Ok(leaf
+            .node
+            .find(lblk)
+            .and_then(|i| leaf.node.extents().get(i).copied()))
     }
 
     /// The extent before `lblk` in its leaf (if any) and the first mapped block after `lblk`
     /// (if any): what bounds a hole at `lblk` and gives an allocation goal.
     pub fn neighbours(&mut self, lblk: u32) -> Result<(Option<Extent>, Option<u32>)> {
         let path = self.find_path(lblk)?;
-        let Some(leaf) = path.last() else { return Ok((None, None)) };
+        let Some(leaf) = path.last() else {
+            return Ok((None, None));
+        };
         let exts = leaf.node.extents();
         let pos = exts.partition_point(|e| e.logical_block <= lblk);
         let prev = pos.checked_sub(1).map(|i| exts[i]);
@@ -304,10 +363,15 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
     /// Inserts a mapping for blocks that are a hole in the tree (merging with neighbours).
     pub fn insert(&mut self, new: Extent) -> Result<()> {
         if new.len == 0 || new.len > max_len(new.unwritten) {
-            return Err(Error::InvalidArgument(format!("extent length {} out of range", new.len)));
+            return Err(Error::InvalidArgument(format!(
+                "extent length {} out of range",
+                new.len
+            )));
         }
         let mut path = self.find_path(new.logical_block)?;
-        let Some(leaf) = path.last() else { return Err(corrupt(0)) };
+        let Some(leaf) = path.last() else {
+            return Err(corrupt(0));
+        };
         let mut exts = leaf.node.extents();
         let pos = exts.partition_point(|e| e.logical_block < new.logical_block);
         if pos > 0 && exts[pos - 1].logical_end() > u64::from(new.logical_block) {
@@ -331,11 +395,16 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
         while at < end {
             rounds += 1;
             if rounds > 1 << 24 {
-                return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+                return Err(Error::corrupt(
+                    Structure::ExtentTree,
+                    Corruption::TooManyNodes,
+                ));
             }
             let at32 = u32::try_from(at).map_err(|_| corrupt(at))?;
             let mut path = self.find_path(at32)?;
-            let Some(leaf) = path.last() else { return Err(corrupt(at)) };
+            let Some(leaf) = path.last() else {
+                return Err(corrupt(at));
+            };
             let exts = leaf.node.extents();
             let leaf_end = exts.last().map_or(0, Extent::logical_end);
             let mut out = Vec::with_capacity(exts.len() + 2);
@@ -418,11 +487,16 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
         loop {
             rounds += 1;
             if rounds > 1 << 24 {
-                return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+                return Err(Error::corrupt(
+                    Structure::ExtentTree,
+                    Corruption::TooManyNodes,
+                ));
             }
             let probe = u32::try_from(hi - 1).map_err(|_| corrupt(hi))?;
             let mut path = self.find_path(probe)?;
-            let Some(leaf) = path.last() else { return Err(corrupt(hi)) };
+            let Some(leaf) = path.last() else {
+                return Err(corrupt(hi));
+            };
             let exts = leaf.node.extents();
             let leaf_start = exts.first().map(|e| u64::from(e.logical_block));
             let mut out = Vec::with_capacity(exts.len() + 1);
@@ -438,7 +512,10 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
                 self.store.free_data(e.physical_block + (cs - s), ct - cs)?;
                 freed += ct - cs;
                 if s < cs {
-                    out.push(Extent { len: (cs - s) as u32, ..e });
+                    out.push(Extent {
+                        len: (cs - s) as u32,
+                        ..e
+                    });
                 }
                 if ct < t {
                     out.push(Extent {
@@ -482,7 +559,12 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
     }
 
     /// Writes `exts` into the leaf at the end of `path`, splitting or growing as needed.
-    fn write_leaf(&mut self, path: &mut Vec<Level>, exts: Vec<Extent>, appended: bool) -> Result<()> {
+    fn write_leaf(
+        &mut self,
+        path: &mut Vec<Level>,
+        exts: Vec<Extent>,
+        appended: bool,
+    ) -> Result<()> {
         let depth_idx = path.len() - 1;
         let level = &path[depth_idx];
         let cap = level.node.max_entries();
@@ -511,13 +593,21 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
                 ROOT_BYTES,
                 NodeLocation::Inode,
                 1,
-                &[ExtentIndex { logical_block: key, child_block: new_blk, unused: 0 }],
+                &[ExtentIndex {
+                    logical_block: key,
+                    child_block: new_blk,
+                    unused: 0,
+                }],
             )?;
             self.set_root(&root);
             return Ok(());
         }
         // Split the leaf.
-        let mid = if appended { exts.len() - 1 } else { exts.len() / 2 };
+        let mid = if appended {
+            exts.len() - 1
+        } else {
+            exts.len() / 2
+        };
         let (left, right) = exts.split_at(mid);
         let new_blk = self.store.alloc_node(self.goal)?;
         self.goal = new_blk + 1;
@@ -530,7 +620,15 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
             self.fix_keys(path, depth_idx, k)?;
         }
         let key = right.first().map_or(0, |e| e.logical_block);
-        self.insert_index(path, depth_idx - 1, ExtentIndex { logical_block: key, child_block: new_blk, unused: 0 })
+        self.insert_index(
+            path,
+            depth_idx - 1,
+            ExtentIndex {
+                logical_block: key,
+                child_block: new_blk,
+                unused: 0,
+            },
+        )
     }
 
     /// Inserts `entry` after the followed entry of the index node at `path[at]`.
@@ -543,7 +641,12 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
     }
 
     /// Writes `idx` into the index node at `path[at]`, splitting or growing as needed.
-    fn write_index(&mut self, path: &mut Vec<Level>, at: usize, idx: Vec<ExtentIndex>) -> Result<()> {
+    fn write_index(
+        &mut self,
+        path: &mut Vec<Level>,
+        at: usize,
+        idx: Vec<ExtentIndex>,
+    ) -> Result<()> {
         let level = &path[at];
         let depth = level.node.depth();
         if idx.len() <= level.node.max_entries() {
@@ -557,7 +660,10 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
         }
         if level.pblk.is_none() {
             if depth >= MAX_DEPTH {
-                return Err(Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes));
+                return Err(Error::corrupt(
+                    Structure::ExtentTree,
+                    Corruption::TooManyNodes,
+                ));
             }
             let new_blk = self.store.alloc_node(self.goal)?;
             self.goal = new_blk + 1;
@@ -568,7 +674,11 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
                 ROOT_BYTES,
                 NodeLocation::Inode,
                 depth + 1,
-                &[ExtentIndex { logical_block: key, child_block: new_blk, unused: 0 }],
+                &[ExtentIndex {
+                    logical_block: key,
+                    child_block: new_blk,
+                    unused: 0,
+                }],
             )?;
             self.set_root(&root);
             return Ok(());
@@ -586,12 +696,22 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
             self.fix_keys(path, at, k)?;
         }
         let key = right.first().map_or(0, |e| e.logical_block);
-        self.insert_index(path, at - 1, ExtentIndex { logical_block: key, child_block: new_blk, unused: 0 })
+        self.insert_index(
+            path,
+            at - 1,
+            ExtentIndex {
+                logical_block: key,
+                child_block: new_blk,
+                unused: 0,
+            },
+        )
     }
 
     /// Removes the (now empty) node at the end of `path` from its parent and frees it.
     fn remove_node(&mut self, path: &mut Vec<Level>) -> Result<()> {
-        let Some(level) = path.pop() else { return Ok(()) };
+        let Some(level) = path.pop() else {
+            return Ok(());
+        };
         if let Some(pblk) = level.pblk {
             self.store.free_node(pblk)?;
         }
@@ -647,12 +767,20 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
     }
 
     fn leaf_node(&self, root: bool, exts: &[Extent]) -> Result<ExtentNode> {
-        let (len, loc) = if root { (ROOT_BYTES, NodeLocation::Inode) } else { (self.block_size, NodeLocation::Block) };
+        let (len, loc) = if root {
+            (ROOT_BYTES, NodeLocation::Inode)
+        } else {
+            (self.block_size, NodeLocation::Block)
+        };
         Ok(ExtentNode::build_leaf(len, loc, exts)?)
     }
 
     fn index_node(&self, root: bool, depth: u16, idx: &[ExtentIndex]) -> Result<ExtentNode> {
-        let (len, loc) = if root { (ROOT_BYTES, NodeLocation::Inode) } else { (self.block_size, NodeLocation::Block) };
+        let (len, loc) = if root {
+            (ROOT_BYTES, NodeLocation::Inode)
+        } else {
+            (self.block_size, NodeLocation::Block)
+        };
         Ok(ExtentNode::build_index(len, loc, depth, idx)?)
     }
 
@@ -704,7 +832,10 @@ mod tests {
             Ok(1_000_000_000 + self.next)
         }
         fn free_node(&mut self, pblk: u64) -> Result<()> {
-            assert!(self.nodes.remove(&pblk).is_some(), "freeing an unknown node {pblk}");
+            assert!(
+                self.nodes.remove(&pblk).is_some(),
+                "freeing an unknown node {pblk}"
+            );
             assert!(self.freed_nodes.insert(pblk));
             Ok(())
         }
@@ -717,12 +848,22 @@ mod tests {
     /// Checks the structural rules e2fsck checks: sorted, keys equal to the child's first key,
     /// no empty non-root node, consistent depth.
     fn check(root: &[u8], store: &mut MemStore) -> Vec<Extent> {
-        fn walk(node: &ExtentNode, store: &mut MemStore, out: &mut Vec<Extent>, lo: u64, hi: u64, is_root: bool) -> Option<u32> {
+        fn walk(
+            node: &ExtentNode,
+            store: &mut MemStore,
+            out: &mut Vec<Extent>,
+            lo: u64,
+            hi: u64,
+            is_root: bool,
+        ) -> Option<u32> {
             if node.is_leaf() {
                 let e = node.extents();
                 assert!(is_root || !e.is_empty(), "empty leaf block");
                 for x in &e {
-                    assert!(u64::from(x.logical_block) >= lo && x.logical_end() <= hi, "extent {x:?} outside its index range {lo}..{hi}");
+                    assert!(
+                        u64::from(x.logical_block) >= lo && x.logical_end() <= hi,
+                        "extent {x:?} outside its index range {lo}..{hi}"
+                    );
                 }
                 out.extend(e.iter().copied());
                 return e.first().map(|x| x.logical_block);
@@ -733,7 +874,11 @@ mod tests {
                 let next = idx.get(i + 1).map_or(hi, |n| u64::from(n.logical_block));
                 let child = store.read_node(ix.child_block, node.depth() - 1).unwrap();
                 let first = walk(&child, store, out, u64::from(ix.logical_block), next, false);
-                assert_eq!(first, Some(ix.logical_block), "index key differs from the child's first key");
+                assert_eq!(
+                    first,
+                    Some(ix.logical_block),
+                    "index key differs from the child's first key"
+                );
             }
             idx.first().map(|i| i.logical_block)
         }
@@ -741,7 +886,10 @@ mod tests {
         let mut out = Vec::new();
         walk(&root, store, &mut out, 0, 1 << 32, true);
         for w in out.windows(2) {
-            assert!(w[0].logical_end() <= u64::from(w[1].logical_block), "overlap {w:?}");
+            assert!(
+                w[0].logical_end() <= u64::from(w[1].logical_block),
+                "overlap {w:?}"
+            );
         }
         out
     }
@@ -751,7 +899,10 @@ mod tests {
         let mut m = BTreeMap::new();
         for e in exts {
             for k in 0..u64::from(e.len) {
-                m.insert(u64::from(e.logical_block) + k, (e.physical_block + k, e.unwritten));
+                m.insert(
+                    u64::from(e.logical_block) + k,
+                    (e.physical_block + k, e.unwritten),
+                );
             }
         }
         m
@@ -759,9 +910,19 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Insert { lblk: u32, len: u32, unwritten: bool },
-        Convert { lblk: u32, len: u32 },
-        Remove { from: u32, len: u32 },
+        Insert {
+            lblk: u32,
+            len: u32,
+            unwritten: bool,
+        },
+        Convert {
+            lblk: u32,
+            len: u32,
+        },
+        Remove {
+            from: u32,
+            len: u32,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -828,26 +989,39 @@ mod tests {
         for bs in [1024usize, 4096] {
             let mut root = [0u8; 60];
             ExtentTree::<MemStore>::init_root(&mut root);
-            let mut store = MemStore { bs, ..MemStore::default() };
+            let mut store = MemStore {
+                bs,
+                ..MemStore::default()
+            };
             let mut model: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
             // Every other block, inserted out of order (mid-leaf splits), then punched.
             let n = 20_000u32;
             for k in 0..n {
                 let lblk = (k.wrapping_mul(7919) % n) * 2;
                 let mut t = ExtentTree::new(&mut root, &mut store, bs, 0);
-                let e = Extent { logical_block: lblk, len: 1, physical_block: 1_000 + u64::from(lblk) * 3, unwritten: k % 3 == 0 };
+                let e = Extent {
+                    logical_block: lblk,
+                    len: 1,
+                    physical_block: 1_000 + u64::from(lblk) * 3,
+                    unwritten: k % 3 == 0,
+                };
                 t.insert(e).unwrap();
                 model.insert(u64::from(lblk), (e.physical_block, e.unwritten));
             }
             for (from, to) in [(1000u64, 9000u64), (20_000, 30_001), (39_000, 39_990)] {
-                ExtentTree::new(&mut root, &mut store, bs, 0).remove_range(from, to).unwrap();
+                ExtentTree::new(&mut root, &mut store, bs, 0)
+                    .remove_range(from, to)
+                    .unwrap();
                 let keys: Vec<u64> = model.range(from..to).map(|(k, _)| *k).collect();
                 for k in keys {
                     model.remove(&k);
                 }
             }
             let mut t = ExtentTree::new(&mut root, &mut store, bs, 0);
-            assert!(t.needs_packing().unwrap(), "{bs}: scattered inserts and punches leave a loose tree");
+            assert!(
+                t.needs_packing().unwrap(),
+                "{bs}: scattered inserts and punches leave a loose tree"
+            );
             t.rebuild_packed().unwrap();
             assert!(!t.needs_packing().unwrap(), "{bs}: packed tree still loose");
             let exts = check(&root, &mut store);
@@ -858,7 +1032,11 @@ mod tests {
             t.rebuild_packed().unwrap();
             let r = ExtentNode::parse_root(&root).unwrap();
             assert!(r.is_leaf() && r.entry_count() == 3);
-            assert!(store.nodes.is_empty(), "{} tree blocks left", store.nodes.len());
+            assert!(
+                store.nodes.is_empty(),
+                "{} tree blocks left",
+                store.nodes.len()
+            );
         }
     }
 
@@ -867,18 +1045,39 @@ mod tests {
         let bs = 1024;
         let mut root = [0u8; 60];
         ExtentTree::<MemStore>::init_root(&mut root);
-        let mut store = MemStore { bs, ..MemStore::default() };
+        let mut store = MemStore {
+            bs,
+            ..MemStore::default()
+        };
         // 10,000 discontiguous single-block extents, appended in order.
         for i in 0..10_000u32 {
             let mut t = ExtentTree::new(&mut root, &mut store, bs, 0);
-            t.insert(Extent { logical_block: i * 2, len: 1, physical_block: 10 + u64::from(i) * 3, unwritten: false }).unwrap();
+            t.insert(Extent {
+                logical_block: i * 2,
+                len: 1,
+                physical_block: 10 + u64::from(i) * 3,
+                unwritten: false,
+            })
+            .unwrap();
         }
         let exts = check(&root, &mut store);
         assert_eq!(exts.len(), 10_000);
         let r = ExtentNode::parse_root(&root).unwrap();
-        assert_eq!(r.depth(), 2, "84 entries per 1K leaf: 10,000 extents need two levels");
+        assert_eq!(
+            r.depth(),
+            2,
+            "84 entries per 1K leaf: 10,000 extents need two levels"
+        );
         // Appends split off only the new entry: leaves are full except the last.
-        let leaves = store.nodes.values().filter(|b| ExtentNode::parse(b, NodeLocation::Block, None).unwrap().is_leaf()).count();
+        let leaves = store
+            .nodes
+            .values()
+            .filter(|b| {
+                ExtentNode::parse(b, NodeLocation::Block, None)
+                    .unwrap()
+                    .is_leaf()
+            })
+            .count();
         assert_eq!(leaves, 10_000usize.div_ceil(84));
     }
 }

@@ -111,7 +111,9 @@ impl JournalMap {
         let inode = core.read_inode(ino)?;
         let nblocks = inode.size() / u64::from(core.block_size);
         let runs = core.runs(ino, &inode, nblocks)?;
-        let len = u32::try_from(nblocks).map_err(|_| journal_corrupt(ino, format!("journal of {nblocks} blocks is too large")))?;
+        let len = u32::try_from(nblocks).map_err(|_| {
+            journal_corrupt(ino, format!("journal of {nblocks} blocks is too large"))
+        })?;
         Ok(JournalMap { ino, runs, len })
     }
 
@@ -121,7 +123,10 @@ impl JournalMap {
         let i = self.runs.partition_point(|e| e.lblk + e.len <= l);
         match self.runs.get(i) {
             Some(e) if e.lblk <= l && e.kind == ExtentKind::Written => Ok(e.pblk + (l - e.lblk)),
-            _ => Err(journal_corrupt(self.ino, format!("journal block {j} is not mapped"))),
+            _ => Err(journal_corrupt(
+                self.ino,
+                format!("journal block {j} is not mapped"),
+            )),
         }
     }
 }
@@ -132,7 +137,11 @@ fn journal_corrupt(ino: u32, what: String) -> Error {
 
 /// Writes `items` (filesystem block, bytes) with as few bios as contiguity allows, waits for
 /// all of them, and returns the first error.
-fn write_blocks(dev: &Arc<dyn BlockDevice>, dev_per_block: u64, mut items: Vec<(u64, Bytes)>) -> Result<()> {
+fn write_blocks(
+    dev: &Arc<dyn BlockDevice>,
+    dev_per_block: u64,
+    mut items: Vec<(u64, Bytes)>,
+) -> Result<()> {
     items.sort_by_key(|(b, _)| *b);
     let mut waits = Vec::new();
     let mut i = 0;
@@ -177,7 +186,12 @@ fn superblock_position(block_size: u32) -> (u64, usize) {
 /// superblock checksum updated.
 fn with_recover_flag(block: &[u8], off: usize, set: bool) -> Result<Vec<u8>> {
     let mut out = block.to_vec();
-    let raw = out.get_mut(off..off + SUPERBLOCK_SIZE).ok_or_else(|| Error::corrupt(Structure::Superblock, Corruption::BlockOutOfRange { block: 0 }))?;
+    let raw = out.get_mut(off..off + SUPERBLOCK_SIZE).ok_or_else(|| {
+        Error::corrupt(
+            Structure::Superblock,
+            Corruption::BlockOutOfRange { block: 0 },
+        )
+    })?;
     let mut sb = Superblock::parse(raw)?;
     let mut f = sb.feature_incompat();
     if set {
@@ -192,7 +206,9 @@ fn with_recover_flag(block: &[u8], off: usize, set: bool) -> Result<Vec<u8>> {
 }
 
 fn now() -> (u64, u32) {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs(), d.subsec_nanos())
 }
 
@@ -243,14 +259,31 @@ impl JournalWriter {
         let p0 = map.physical(0)?;
         let bs = core.block_size as usize;
         let mut jsb_block = vec![0u8; bs];
-        core.cache.read_uncached(p0, &mut jsb_block).ctx_inode(ino)?;
-        let mut jsb = JournalSuperblock::parse(&jsb_block).ctx_inode(ino).ctx_block(p0)?;
+        core.cache
+            .read_uncached(p0, &mut jsb_block)
+            .ctx_inode(ino)?;
+        let mut jsb = JournalSuperblock::parse(&jsb_block)
+            .ctx_inode(ino)
+            .ctx_block(p0)?;
         jsb.check_features().ctx_inode(ino).ctx_block(p0)?;
         if jsb.block_size() != core.block_size {
-            return Err(journal_corrupt(ino, format!("journal block size {} differs from the filesystem's {}", jsb.block_size(), core.block_size)).with_block(p0));
+            return Err(journal_corrupt(
+                ino,
+                format!(
+                    "journal block size {} differs from the filesystem's {}",
+                    jsb.block_size(),
+                    core.block_size
+                ),
+            )
+            .with_block(p0));
         }
         if jsb.log_end() > map.len || jsb.first() + 2 >= jsb.log_end() {
-            return Err(Error::corrupt(Structure::JournalSuperblock, Corruption::Format(ext4kit_format::CorruptKind::JournalGeometry)).with_inode(ino).with_block(p0));
+            return Err(Error::corrupt(
+                Structure::JournalSuperblock,
+                Corruption::Format(ext4kit_format::CorruptKind::JournalGeometry),
+            )
+            .with_inode(ino)
+            .with_block(p0));
         }
         if jsb.errno() != 0 {
             return Err(Error::ReadOnly(format!(
@@ -259,7 +292,8 @@ impl JournalWriter {
             )));
         }
         let dev = Arc::clone(core.cache.device());
-        let dev_per_block = (u64::from(core.block_size) / u64::from(dev.geometry().block_size.max(1))).max(1);
+        let dev_per_block =
+            (u64::from(core.block_size) / u64::from(dev.geometry().block_size.max(1))).max(1);
         if jsb.start() != 0 {
             // Busy but needs_recovery is clear: skip it, as jbd2_journal_skip_recovery does,
             // and say so on disk.
@@ -273,7 +307,8 @@ impl JournalWriter {
             flush(&dev)?;
         }
         if jsb.is_v2() {
-            let mut incompat = jsb.feature_incompat_raw() & !(jf::INCOMPAT_CSUM_V2 | jf::INCOMPAT_CSUM_V3 | jf::INCOMPAT_ASYNC_COMMIT);
+            let mut incompat = jsb.feature_incompat_raw()
+                & !(jf::INCOMPAT_CSUM_V2 | jf::INCOMPAT_CSUM_V3 | jf::INCOMPAT_ASYNC_COMMIT);
             if sb.has_metadata_csum() {
                 incompat |= jf::INCOMPAT_CSUM_V3;
                 jsb.set_checksum_type(CHECKSUM_TYPE_CRC32C);
@@ -330,7 +365,11 @@ impl JournalWriter {
 
     /// Commits `blocks` (sorted by block number) as one transaction and writes them home.
     /// `meta` is released once the commit is durable.
-    fn commit_one(&mut self, blocks: &[(u64, Bytes)], meta: &mut Option<MutexGuard<'_, MetaState>>) -> Result<()> {
+    fn commit_one(
+        &mut self,
+        blocks: &[(u64, Bytes)],
+        meta: &mut Option<MutexGuard<'_, MetaState>>,
+    ) -> Result<()> {
         let tid = self.jsb.sequence().wrapping_add(1);
         let v23 = self.jsb.has_csum_v2_or_v3();
         let seed = self.jsb.csum_seed();
@@ -349,7 +388,11 @@ impl JournalWriter {
         }
         // ---- step 3a: needs_recovery, durable before the journal says it holds anything ----
         let flagged = Arc::new(with_recover_flag(&self.home_sb_block, self.sb_off, true)?);
-        self.io(write_blocks(&self.dev, self.dev_per_block, vec![(self.sb_block, flagged)]))?;
+        self.io(write_blocks(
+            &self.dev,
+            self.dev_per_block,
+            vec![(self.sb_block, flagged)],
+        ))?;
         self.io(flush(&self.dev))?;
         // ---- step 3b: journal superblock, descriptors and logged copies ----
         let first = self.jsb.first();
@@ -371,18 +414,31 @@ impl JournalWriter {
                 } else {
                     (Arc::clone(data), false)
                 };
-                let csum = if v23 { data_block_checksum(seed, tid, &logged) } else { 0 };
+                let csum = if v23 {
+                    data_block_checksum(seed, tid, &logged)
+                } else {
+                    0
+                };
                 if !desc.push(*b, escaped, csum)? {
-                    return Err(journal_corrupt(self.map.ino, "descriptor block overflow".into()));
+                    return Err(journal_corrupt(
+                        self.map.ino,
+                        "descriptor block overflow".into(),
+                    ));
                 }
                 writes.push((self.map.physical(pos)?, logged));
                 pos += 1;
             }
-            writes.push((self.map.physical(desc_pos)?, Arc::new(desc.finish(&self.jsb))));
+            writes.push((
+                self.map.physical(desc_pos)?,
+                Arc::new(desc.finish(&self.jsb)),
+            ));
         }
         let commit_pos = pos;
         if commit_pos >= self.jsb.log_end() {
-            return Err(journal_corrupt(self.map.ino, format!("transaction of {} blocks does not fit the log", txn.len())));
+            return Err(journal_corrupt(
+                self.map.ino,
+                format!("transaction of {} blocks does not fit the log", txn.len()),
+            ));
         }
         self.io(write_blocks(&self.dev, self.dev_per_block, writes))?;
         self.io(flush(&self.dev))?;
@@ -391,7 +447,11 @@ impl JournalWriter {
         let mut commit = CommitBlock::new(self.jsb.block_size() as usize, tid, secs, nsecs);
         commit.update_checksum(&self.jsb);
         let commit_block = Arc::new(commit.as_bytes().to_vec());
-        self.io(write_blocks(&self.dev, self.dev_per_block, vec![(self.map.physical(commit_pos)?, commit_block)]))?;
+        self.io(write_blocks(
+            &self.dev,
+            self.dev_per_block,
+            vec![(self.map.physical(commit_pos)?, commit_block)],
+        ))?;
         self.io(flush(&self.dev))?;
         // Durable: blocks this transaction freed may be reused from here on.
         drop(meta.take());
@@ -408,11 +468,19 @@ impl JournalWriter {
         self.jsb.set_start(0);
         self.jsb.set_sequence(tid.wrapping_add(1));
         let jsb_bytes = self.jsb_bytes();
-        self.io(write_blocks(&self.dev, self.dev_per_block, vec![(self.map.physical(0)?, jsb_bytes)]))?;
+        self.io(write_blocks(
+            &self.dev,
+            self.dev_per_block,
+            vec![(self.map.physical(0)?, jsb_bytes)],
+        ))?;
         self.io(flush(&self.dev))?;
         // ---- step 6b: nothing needs recovery ----
         let home_sb = Arc::new(self.home_sb_block.clone());
-        self.io(write_blocks(&self.dev, self.dev_per_block, vec![(self.sb_block, home_sb)]))?;
+        self.io(write_blocks(
+            &self.dev,
+            self.dev_per_block,
+            vec![(self.sb_block, home_sb)],
+        ))?;
         self.io(flush(&self.dev))?;
         Ok(())
     }
@@ -446,7 +514,9 @@ pub(crate) fn sync(fs: &Fs, w: &WriteState, jw: &Mutex<JournalWriter>) -> Result
     // The transaction: every dirty block, copied and marked clean while no operation can
     // change metadata. `dirty` keeps the blocks referenced (not evictable) until the end.
     let (dirty, blocks) = {
-        let Some(m) = meta.as_mut() else { return Ok(()) };
+        let Some(m) = meta.as_mut() else {
+            return Ok(());
+        };
         m.write_back(core)?;
         let dirty = core.cache.dirty_blocks();
         let blocks: Vec<(u64, Bytes)> = dirty
@@ -460,7 +530,9 @@ pub(crate) fn sync(fs: &Fs, w: &WriteState, jw: &Mutex<JournalWriter>) -> Result
     };
     core.cache.recount_dirty();
     // Nothing but an unchanged superblock: no transaction, only the data to make durable.
-    let unchanged = blocks.iter().all(|(b, d)| *b == j.sb_block && **d == j.home_sb_block);
+    let unchanged = blocks
+        .iter()
+        .all(|(b, d)| *b == j.sb_block && **d == j.home_sb_block);
     if unchanged {
         drop(meta);
         let r = flush(&j.dev);
@@ -526,8 +598,12 @@ pub(crate) fn recover(core: &Core) -> Result<RecoveryReport> {
     let map = JournalMap::load(core)?;
     let p0 = map.physical(0)?;
     let mut jsb_block = vec![0u8; core.block_size as usize];
-    core.cache.read_uncached(p0, &mut jsb_block).ctx_inode(map.ino)?;
-    let mut jsb = JournalSuperblock::parse(&jsb_block).ctx_inode(map.ino).ctx_block(p0)?;
+    core.cache
+        .read_uncached(p0, &mut jsb_block)
+        .ctx_inode(map.ino)?;
+    let mut jsb = JournalSuperblock::parse(&jsb_block)
+        .ctx_inode(map.ino)
+        .ctx_block(p0)?;
     if jsb.has_fast_commit() {
         return Err(Error::unsupported(Unsupported::Other(
             "the journal has fast-commit blocks, which ext4kit does not replay; recover it with the kernel or e2fsck first".into(),
@@ -542,8 +618,12 @@ pub(crate) fn recover(core: &Core) -> Result<RecoveryReport> {
         )));
     }
     let dev = Arc::clone(core.cache.device());
-    let dev_per_block = (u64::from(core.block_size) / u64::from(dev.geometry().block_size.max(1))).max(1);
-    let items: Vec<(u64, Bytes)> = blocks.iter().map(|(b, d)| (*b, Arc::new(d.to_vec()))).collect();
+    let dev_per_block =
+        (u64::from(core.block_size) / u64::from(dev.geometry().block_size.max(1))).max(1);
+    let items: Vec<(u64, Bytes)> = blocks
+        .iter()
+        .map(|(b, d)| (*b, Arc::new(d.to_vec())))
+        .collect();
     write_blocks(&dev, dev_per_block, items)?;
     flush(&dev)?;
     if jsb.start() != 0 {
@@ -561,10 +641,29 @@ pub(crate) fn recover(core: &Core) -> Result<RecoveryReport> {
     // replayed group descriptors (the kernel does not log its counters; a mount and e2fsck
     // both take them from the groups).
     let (sb_block, sb_off) = superblock_position(core.block_size);
-    let replayed = Core::load(Arc::clone(&dev), Core::read_superblock(&dev)?, &crate::fs::OpenOptions { metadata_cache_blocks: 64, ..crate::fs::OpenOptions::default() })?;
+    let replayed = Core::load(
+        Arc::clone(&dev),
+        Core::read_superblock(&dev)?,
+        &crate::fs::OpenOptions {
+            metadata_cache_blocks: 64,
+            ..crate::fs::OpenOptions::default()
+        },
+    )?;
     let mut sb = replayed.sb.clone();
-    sb.set_free_blocks_count(replayed.groups.iter().map(|g| u64::from(g.free_blocks_count())).sum());
-    sb.set_free_inodes_count(replayed.groups.iter().map(|g| g.free_inodes_count()).fold(0u32, u32::saturating_add));
+    sb.set_free_blocks_count(
+        replayed
+            .groups
+            .iter()
+            .map(|g| u64::from(g.free_blocks_count()))
+            .sum(),
+    );
+    sb.set_free_inodes_count(
+        replayed
+            .groups
+            .iter()
+            .map(|g| g.free_inodes_count())
+            .fold(0u32, u32::saturating_add),
+    );
     let mut f = sb.feature_incompat();
     f.remove(IncompatFeatures::RECOVER);
     sb.set_feature_incompat(f);
@@ -588,7 +687,9 @@ impl Fs {
     /// change metadata, the way jbd2 closes a transaction at its size limit. Does nothing
     /// without a journal, or while another thread syncs.
     pub(crate) fn commit_if_full(&self) -> Result<()> {
-        let Some(w) = &self.core.write else { return Ok(()) };
+        let Some(w) = &self.core.write else {
+            return Ok(());
+        };
         let Some(jw) = &w.journal else { return Ok(()) };
         if w.meta.lock().holds > 0 {
             return Ok(());
@@ -599,7 +700,10 @@ impl Fs {
         };
         let pending = self.core.cache.nr_dirty() + {
             let m = w.meta.lock();
-            m.dirty_inodes.len() + m.dirty_groups.len() + m.deferred_frees.as_ref().map_or(0, Vec::len) + 1
+            m.dirty_inodes.len()
+                + m.dirty_groups.len()
+                + m.deferred_frees.as_ref().map_or(0, Vec::len)
+                + 1
         };
         if pending < limit {
             return Ok(());
@@ -619,10 +723,18 @@ impl Fs {
     /// beside the blocks awaiting a commit, the pending changes are committed first (a whole
     /// [`Fs::sync`]) so that those blocks are free again. Holds nest.
     pub fn hold_commits(&self, expect_bytes: u64) -> Result<CommitHold<'_>> {
-        let Some(w) = &self.core.write else { return Ok(CommitHold { fs: self, open: false }) };
+        let Some(w) = &self.core.write else {
+            return Ok(CommitHold {
+                fs: self,
+                open: false,
+            });
+        };
         let tight = {
             let m = w.meta.lock();
-            let deferred: u64 = m.deferred_frees.as_ref().map_or(0, |d| d.iter().map(|(_, n)| *n).sum());
+            let deferred: u64 = m
+                .deferred_frees
+                .as_ref()
+                .map_or(0, |d| d.iter().map(|(_, n)| *n).sum());
             let need = expect_bytes.div_ceil(u64::from(self.core.block_size)) + 256;
             m.holds == 0 && deferred > 0 && m.free_blocks().saturating_sub(m.reserved) < need
         };
@@ -630,7 +742,10 @@ impl Fs {
             self.sync()?;
         }
         w.meta.lock().holds += 1;
-        Ok(CommitHold { fs: self, open: true })
+        Ok(CommitHold {
+            fs: self,
+            open: true,
+        })
     }
 
     /// What the journal writer has done, when syncs go through the journal.

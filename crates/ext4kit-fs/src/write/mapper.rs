@@ -23,13 +23,16 @@ impl Core {
             let mut meta = w.meta.lock();
             match meta.reserve(ino, count) {
                 // Blocks freed since the last sync come back first.
-                Err(Error::NoSpace(_)) if meta.release_for_space(self)? > 0 => meta.reserve(ino, count),
+                Err(Error::NoSpace(_)) if meta.release_for_space(self)? > 0 => {
+                    meta.reserve(ino, count)
+                }
                 r => r,
             }
         };
         // Out of space: deleted files whose page cache was let go (or is being let go) are freed
         // first.
-        if matches!(r, Err(Error::NoSpace(_))) && crate::write::orphan::reclaim_for_space(self)? > 0 {
+        if matches!(r, Err(Error::NoSpace(_))) && crate::write::orphan::reclaim_for_space(self)? > 0
+        {
             return w.meta.lock().reserve(ino, count);
         }
         r
@@ -44,7 +47,13 @@ impl Core {
 
     /// Maps `lblk..lblk+len` of `ino`, allocating a hole at `lblk` (up to the next mapped block)
     /// as one extent where the free space allows.
-    pub(crate) fn w_map_create(&self, ino: u32, lblk: u64, len: u64, flags: MapFlags) -> Result<Extent> {
+    pub(crate) fn w_map_create(
+        &self,
+        ino: u32,
+        lblk: u64,
+        len: u64,
+        flags: MapFlags,
+    ) -> Result<Extent> {
         let w = self.writer("allocate")?;
         let mut meta = w.meta.lock();
         let unwritten = flags.contains(MapFlags::UNWRITTEN);
@@ -56,8 +65,17 @@ impl Core {
     }
 
     /// The extent at `lblk`, allocating the hole there if there is one.
-    fn alloc_extent(&self, meta: &mut MetaState, ino: u32, lblk: u64, len: u64, unwritten: bool) -> Result<Extent> {
-        let lblk32 = u32::try_from(lblk).map_err(|_| Error::InvalidArgument(format!("block {lblk} beyond the extent format")))?;
+    fn alloc_extent(
+        &self,
+        meta: &mut MetaState,
+        ino: u32,
+        lblk: u64,
+        len: u64,
+        unwritten: bool,
+    ) -> Result<Extent> {
+        let lblk32 = u32::try_from(lblk).map_err(|_| {
+            Error::InvalidArgument(format!("block {lblk} beyond the extent format"))
+        })?;
         let (found, prev, next) = with_tree(self, meta, ino, 0, |t| {
             let found = t.lookup(lblk32)?;
             if found.is_some() {
@@ -67,10 +85,23 @@ impl Core {
             Ok((None, prev, next))
         })?;
         if let Some(e) = found {
-            let kind = if e.unwritten { ExtentKind::Unwritten } else { ExtentKind::Written };
-            return Ok(Extent { lblk: u64::from(e.logical_block), len: u64::from(e.len), pblk: e.physical_block, kind });
+            let kind = if e.unwritten {
+                ExtentKind::Unwritten
+            } else {
+                ExtentKind::Written
+            };
+            return Ok(Extent {
+                lblk: u64::from(e.logical_block),
+                len: u64::from(e.len),
+                pblk: e.physical_block,
+                kind,
+            });
         }
-        let cap = u64::from(if unwritten { MAX_UNWRITTEN_LEN } else { MAX_INIT_LEN });
+        let cap = u64::from(if unwritten {
+            MAX_UNWRITTEN_LEN
+        } else {
+            MAX_INIT_LEN
+        });
         let mut want = len.max(1).min(cap);
         if let Some(n) = next {
             want = want.min(u64::from(n) - lblk);
@@ -85,22 +116,41 @@ impl Core {
         };
         // Blocks that would still merge into the extent before (same state, adjacent).
         let room = match prev {
-            Some(p) if u64::from(p.logical_block) + u64::from(p.len) == lblk && p.unwritten == unwritten => cap.saturating_sub(u64::from(p.len)),
+            Some(p)
+                if u64::from(p.logical_block) + u64::from(p.len) == lblk
+                    && p.unwritten == unwritten =>
+            {
+                cap.saturating_sub(u64::from(p.len))
+            }
             _ => 0,
         };
         // How far the file streams on: what is asked for, or as much as it holds already.
         let stream = lblk.max(len);
         let (pblk, got) = meta.alloc_stream(self, goal, want, stream, room)?;
         meta.add_blocks(self, ino, got as i64)?;
-        let ext = TreeExtent { logical_block: lblk32, len: got as u32, physical_block: pblk, unwritten };
+        let ext = TreeExtent {
+            logical_block: lblk32,
+            len: got as u32,
+            physical_block: pblk,
+            unwritten,
+        };
         if let Err(e) = with_tree(self, meta, ino, pblk, |t| t.insert(ext)) {
             // Do not leak the blocks.
             let _ = meta.free_blocks_range(self, pblk, got);
             let _ = meta.add_blocks(self, ino, -(got as i64));
             return Err(e);
         }
-        let kind = if unwritten { ExtentKind::Unwritten } else { ExtentKind::Written };
-        Ok(Extent { lblk, len: got, pblk, kind })
+        let kind = if unwritten {
+            ExtentKind::Unwritten
+        } else {
+            ExtentKind::Written
+        };
+        Ok(Extent {
+            lblk,
+            len: got,
+            pblk,
+            kind,
+        })
     }
 
     /// Converts `ranges` of `ino` from unwritten to written.
@@ -108,7 +158,10 @@ impl Core {
         let w = self.writer("convert")?;
         let mut meta = w.meta.lock();
         for r in ranges {
-            let (l, n) = (u32::try_from(r.lblk).map_err(|_| Error::InvalidArgument("range".into()))?, r.len as u32);
+            let (l, n) = (
+                u32::try_from(r.lblk).map_err(|_| Error::InvalidArgument("range".into()))?,
+                r.len as u32,
+            );
             with_tree(self, &mut meta, ino, 0, |t| t.set_unwritten(l, n, false))?;
         }
         Ok(())
@@ -130,7 +183,9 @@ impl Core {
     pub(crate) fn w_truncate(&self, ino: u32, first_lblk: u64, new_size: u64) -> Result<()> {
         let w = self.writer("truncate")?;
         let mut meta = w.meta.lock();
-        with_tree(self, &mut meta, ino, 0, |t| t.remove_range(first_lblk, 1 << 32))?;
+        with_tree(self, &mut meta, ino, 0, |t| {
+            t.remove_range(first_lblk, 1 << 32)
+        })?;
         let inode = meta.inode(self, ino)?;
         inode.set_size(new_size);
         meta.dirty_inode(ino);
@@ -141,7 +196,9 @@ impl Core {
     pub(crate) fn w_punch(&self, ino: u32, lblk: u64, len: u64) -> Result<()> {
         let w = self.writer("punch")?;
         let mut meta = w.meta.lock();
-        with_tree(self, &mut meta, ino, 0, |t| t.remove_range(lblk, lblk + len))?;
+        with_tree(self, &mut meta, ino, 0, |t| {
+            t.remove_range(lblk, lblk + len)
+        })?;
         meta.dirty_inode(ino);
         Ok(())
     }

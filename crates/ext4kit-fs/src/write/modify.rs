@@ -40,17 +40,28 @@ use crate::write::stores::{DirIo, with_tree};
 
 /// The current time (directory and inode change times).
 pub(crate) fn now() -> Timestamp {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanoseconds: d.subsec_nanos() }
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanoseconds: d.subsec_nanos(),
+    }
 }
 
 /// A name that can be removed or be the target of a rename (one component, not `.`/`..`).
 fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > 255 {
-        return Err(Error::NameTooLong { path: PathBytes(name.to_vec()) });
+        return Err(Error::NameTooLong {
+            path: PathBytes(name.to_vec()),
+        });
     }
-    if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
-        return Err(Error::InvalidArgument(format!("{:?} is not a name that can be removed or renamed", String::from_utf8_lossy(name))));
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".."
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{:?} is not a name that can be removed or renamed",
+            String::from_utf8_lossy(name)
+        )));
     }
     Ok(())
 }
@@ -60,7 +71,11 @@ fn dir_opts(core: &Core) -> DirBlockOptions {
 }
 
 fn dx_opts(core: &Core) -> DxOptions {
-    DxOptions { block_size: core.block_size, has_csum: core.csum_seed.is_some(), largedir: false }
+    DxOptions {
+        block_size: core.block_size,
+        has_csum: core.csum_seed.is_some(),
+        largedir: false,
+    }
 }
 
 /// Loads directory `dir` into the writer's inode cache (the directory stores need it there) and
@@ -68,10 +83,14 @@ fn dx_opts(core: &Core) -> DxOptions {
 fn load_dir(meta: &mut MetaState, core: &Core, dir: u32, name_for_error: &[u8]) -> Result<()> {
     let inode = meta.inode(core, dir)?;
     if !inode.is_dir() {
-        return Err(Error::NotDir { path: PathBytes(name_for_error.to_vec()) });
+        return Err(Error::NotDir {
+            path: PathBytes(name_for_error.to_vec()),
+        });
     }
     if inode.links_count() == 0 {
-        return Err(Error::NotFound { path: PathBytes(name_for_error.to_vec()) });
+        return Err(Error::NotFound {
+            path: PathBytes(name_for_error.to_vec()),
+        });
     }
     Ok(())
 }
@@ -81,19 +100,44 @@ pub(crate) fn dotdot(meta: &mut MetaState, core: &Core, dir: u32) -> Result<u32>
     if dir == ROOT_INO {
         return Ok(dir);
     }
-    let mut io = DirIo { core, meta, ino: dir, parent: 0 };
-    dir_write::parent_of(&mut io)?
-        .ok_or_else(|| Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots).with_inode(dir))
+    let mut io = DirIo {
+        core,
+        meta,
+        ino: dir,
+        parent: 0,
+    };
+    dir_write::parent_of(&mut io)?.ok_or_else(|| {
+        Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots).with_inode(dir)
+    })
 }
 
 /// Looks `name` up in loaded directory `dir`: (inode, dirent file type).
-fn lookup(meta: &mut MetaState, core: &Core, dir: u32, parent: u32, name: &[u8]) -> Result<Option<(u32, u8)>> {
-    dir_write::lookup(&mut DirIo { core, meta, ino: dir, parent }, name)
+fn lookup(
+    meta: &mut MetaState,
+    core: &Core,
+    dir: u32,
+    parent: u32,
+    name: &[u8],
+) -> Result<Option<(u32, u8)>> {
+    dir_write::lookup(
+        &mut DirIo {
+            core,
+            meta,
+            ino: dir,
+            parent,
+        },
+        name,
+    )
 }
 
 /// Whether loaded directory `dir` holds nothing but `.` and `..`.
 fn dir_is_empty(meta: &mut MetaState, core: &Core, dir: u32) -> Result<bool> {
-    let mut io = DirIo { core, meta, ino: dir, parent: 0 };
+    let mut io = DirIo {
+        core,
+        meta,
+        ino: dir,
+        parent: 0,
+    };
     let indexed = io.is_indexed();
     let bs = core.block_size;
     for lblk in 0..io.nblocks() {
@@ -103,7 +147,11 @@ fn dir_is_empty(meta: &mut MetaState, core: &Core, dir: u32) -> Result<bool> {
             continue;
         }
         let b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
-        if b.live_entries().ctx_inode(dir)?.iter().any(|e| !e.is_dot_or_dotdot()) {
+        if b.live_entries()
+            .ctx_inode(dir)?
+            .iter()
+            .any(|e| !e.is_dot_or_dotdot())
+        {
             return Ok(false);
         }
     }
@@ -112,7 +160,12 @@ fn dir_is_empty(meta: &mut MetaState, core: &Core, dir: u32) -> Result<bool> {
 
 /// Points `..` of loaded directory `dir` at `parent` (in the dx root when indexed).
 fn set_dotdot(meta: &mut MetaState, core: &Core, dir: u32, parent: u32) -> Result<()> {
-    let mut io = DirIo { core, meta, ino: dir, parent };
+    let mut io = DirIo {
+        core,
+        meta,
+        ino: dir,
+        parent,
+    };
     let raw = io.read_block(0)?;
     if io.is_indexed() {
         let mut root = DxBlock::parse_root(&raw, dx_opts(core)).ctx_inode(dir)?;
@@ -124,7 +177,9 @@ fn set_dotdot(meta: &mut MetaState, core: &Core, dir: u32, parent: u32) -> Resul
         .find(b"..")
         .ctx_inode(dir)?
         .map(|e| e.offset)
-        .ok_or_else(|| Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots).with_inode(dir))?;
+        .ok_or_else(|| {
+            Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots).with_inode(dir)
+        })?;
     let mut raw = raw;
     raw[off..off + 4].copy_from_slice(&parent.to_le_bytes());
     let b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
@@ -146,7 +201,13 @@ fn is_within(meta: &mut MetaState, core: &Core, dir: u32, ancestor: u32) -> Resu
         at = dotdot(meta, core, at)?;
     }
     // More steps than inodes: the `..` chain loops.
-    Err(Error::corrupt(Structure::DirectoryBlock, Corruption::TreeCycle { block: u64::from(at) }).with_inode(dir))
+    Err(Error::corrupt(
+        Structure::DirectoryBlock,
+        Corruption::TreeCycle {
+            block: u64::from(at),
+        },
+    )
+    .with_inode(dir))
 }
 
 /// A directory lost a subdirectory (`ext4_dec_count`: a count of 1 or 2 stays).
@@ -164,7 +225,11 @@ fn dec_dir_links(meta: &mut MetaState, core: &Core, dir: u32) -> Result<()> {
 fn inc_dir_links(meta: &mut MetaState, core: &Core, dir: u32) -> Result<()> {
     let inode = meta.inode(core, dir)?;
     let l = inode.links_count();
-    inode.set_links_count(if l <= 1 || l + 1 >= LINK_MAX { 1 } else { l + 1 });
+    inode.set_links_count(if l <= 1 || l + 1 >= LINK_MAX {
+        1
+    } else {
+        l + 1
+    });
     meta.dirty_inode(dir);
     Ok(())
 }
@@ -181,10 +246,18 @@ fn touch(meta: &mut MetaState, core: &Core, ino: u32, t: Timestamp) -> Result<()
 /// Drops one reference to xattr block `blk` of `ino`: frees it when it was the last, else
 /// lowers its `h_refcount` (a block shared by several inodes, as the kernel's mbcache makes).
 /// Clears `i_file_acl` and takes the block out of `i_blocks`.
-pub(crate) fn release_xattr_block(meta: &mut MetaState, core: &Core, ino: u32, blk: u64) -> Result<()> {
-    core.check_range(Structure::XattrBlock, blk, 1).ctx_inode(ino)?;
+pub(crate) fn release_xattr_block(
+    meta: &mut MetaState,
+    core: &Core,
+    ino: u32,
+    blk: u64,
+) -> Result<()> {
+    core.check_range(Structure::XattrBlock, blk, 1)
+        .ctx_inode(ino)?;
     let mb = core.cache.get(blk).ctx_inode(ino)?;
-    let mut x = XattrBlock::parse(&mb.read(), core.ea_inode).ctx_inode(ino).ctx_block(blk)?;
+    let mut x = XattrBlock::parse(&mb.read(), core.ea_inode)
+        .ctx_inode(ino)
+        .ctx_block(blk)?;
     let rc = x.refcount();
     if rc > 1 {
         x.set_refcount(rc - 1);
@@ -210,18 +283,24 @@ pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result
     let inode = meta.inode(core, ino)?.clone();
     let is_dir = inode.is_dir();
     let ft = inode.file_type();
-    let mapped = matches!(ft, Some(FileType::Regular | FileType::Directory | FileType::Symlink));
+    let mapped = matches!(
+        ft,
+        Some(FileType::Regular | FileType::Directory | FileType::Symlink)
+    );
     if mapped && inode.flags().contains(InodeFlags::EXTENTS) {
         with_tree(core, meta, ino, 0, |t| t.remove_range(0, 1 << 32))?;
     } else if mapped && !inode.flags().contains(InodeFlags::INLINE_DATA) {
         // Fast symlinks keep their target in i_block; anything else mapped without extents
         // uses ext2/ext3 indirect blocks.
         let fast_symlink = ft == Some(FileType::Symlink)
-            && ext4kit_format::inline_data::symlink_storage(&inode, &meta.sb) == ext4kit_format::inline_data::SymlinkStorage::Fast;
+            && ext4kit_format::inline_data::symlink_storage(&inode, &meta.sb)
+                == ext4kit_format::inline_data::SymlinkStorage::Fast;
         if !fast_symlink && inode.block_area().iter().any(|b| *b != 0) {
-            return Err(Error::unsupported(crate::error::Unsupported::Other(format!(
-                "inode {ino} maps its blocks indirectly (ext2/ext3); deleting it is not supported"
-            ))));
+            return Err(Error::unsupported(crate::error::Unsupported::Other(
+                format!(
+                    "inode {ino} maps its blocks indirectly (ext2/ext3); deleting it is not supported"
+                ),
+            )));
         }
     }
     if inode.file_acl() != 0 {
@@ -232,7 +311,9 @@ pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result
         meta.reserved = meta.reserved.saturating_sub(r);
     }
     crate::write::orphan::forget(meta, core, ino)?;
-    let huge = meta.sb.has_ro_compat(ext4kit_format::RoCompatFeatures::HUGE_FILE);
+    let huge = meta
+        .sb
+        .has_ro_compat(ext4kit_format::RoCompatFeatures::HUGE_FILE);
     let bits = meta.sb.block_size_bits();
     let t = now();
     {
@@ -240,9 +321,13 @@ pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result
         inode.set_links_count(0);
         inode.set_size(0);
         inode.set_dtime(u32::try_from(t.seconds).unwrap_or(u32::MAX).max(1));
-        inode.set_block_count_512(0, huge, bits).map_err(Error::from)?;
+        inode
+            .set_block_count_512(0, huge, bits)
+            .map_err(Error::from)?;
         if inode.flags().contains(InodeFlags::EXTENTS) {
-            crate::write::extent_tree::ExtentTree::<crate::write::stores::TreeIo<'_>>::init_root(inode.block_area_mut());
+            crate::write::extent_tree::ExtentTree::<crate::write::stores::TreeIo<'_>>::init_root(
+                inode.block_area_mut(),
+            );
         }
     }
     meta.dirty_inode(ino);
@@ -272,7 +357,13 @@ pub(crate) fn prepare_sync(fs: &Fs) -> Result<()> {
         })
         .collect();
     for ino in candidates {
-        with_tree(core, &mut meta, ino, 0, |t| if t.needs_packing()? { t.rebuild_packed() } else { Ok(()) })?;
+        with_tree(core, &mut meta, ino, 0, |t| {
+            if t.needs_packing()? {
+                t.rebuild_packed()
+            } else {
+                Ok(())
+            }
+        })?;
     }
     Ok(())
 }
@@ -297,11 +388,24 @@ impl Fs {
             let mut meta = w.meta.lock();
             load_dir(&mut meta, core, dir, name)?;
             let parent = dotdot(&mut meta, core, dir)?;
-            let (ino, _) = lookup(&mut meta, core, dir, parent, name)?.ok_or_else(|| Error::NotFound { path: PathBytes(name.to_vec()) })?;
+            let (ino, _) =
+                lookup(&mut meta, core, dir, parent, name)?.ok_or_else(|| Error::NotFound {
+                    path: PathBytes(name.to_vec()),
+                })?;
             if meta.inode(core, ino)?.is_dir() {
-                return Err(Error::IsDir { path: PathBytes(name.to_vec()) });
+                return Err(Error::IsDir {
+                    path: PathBytes(name.to_vec()),
+                });
             }
-            dir_write::remove_entry(&mut DirIo { core, meta: &mut meta, ino: dir, parent }, name)?;
+            dir_write::remove_entry(
+                &mut DirIo {
+                    core,
+                    meta: &mut meta,
+                    ino: dir,
+                    parent,
+                },
+                name,
+            )?;
             let t = now();
             touch(&mut meta, core, dir, t)?;
             drop_link(&mut meta, core, ino, t)?
@@ -318,17 +422,34 @@ impl Fs {
         let mut meta = w.meta.lock();
         load_dir(&mut meta, core, dir, name)?;
         let parent = dotdot(&mut meta, core, dir)?;
-        let (ino, _) = lookup(&mut meta, core, dir, parent, name)?.ok_or_else(|| Error::NotFound { path: PathBytes(name.to_vec()) })?;
+        let (ino, _) =
+            lookup(&mut meta, core, dir, parent, name)?.ok_or_else(|| Error::NotFound {
+                path: PathBytes(name.to_vec()),
+            })?;
         if !meta.inode(core, ino)?.is_dir() {
-            return Err(Error::NotDir { path: PathBytes(name.to_vec()) });
+            return Err(Error::NotDir {
+                path: PathBytes(name.to_vec()),
+            });
         }
         if ino == ROOT_INO {
-            return Err(Error::InvalidArgument("the root directory cannot be removed".into()));
+            return Err(Error::InvalidArgument(
+                "the root directory cannot be removed".into(),
+            ));
         }
         if !dir_is_empty(&mut meta, core, ino)? {
-            return Err(Error::NotEmpty { path: PathBytes(name.to_vec()) });
+            return Err(Error::NotEmpty {
+                path: PathBytes(name.to_vec()),
+            });
         }
-        dir_write::remove_entry(&mut DirIo { core, meta: &mut meta, ino: dir, parent }, name)?;
+        dir_write::remove_entry(
+            &mut DirIo {
+                core,
+                meta: &mut meta,
+                ino: dir,
+                parent,
+            },
+            name,
+        )?;
         let t = now();
         touch(&mut meta, core, dir, t)?;
         dec_dir_links(&mut meta, core, dir)?;
@@ -342,103 +463,147 @@ impl Fs {
     /// replaced (a file by a non-directory, an empty directory by a directory); a directory
     /// cannot move into its own subtree; renaming a name onto another name of the same inode
     /// does nothing.
-    pub fn rename(&self, src_dir: u32, src_name: &[u8], dst_dir: u32, dst_name: &[u8]) -> Result<()> {
+    pub fn rename(
+        &self,
+        src_dir: u32,
+        src_name: &[u8],
+        dst_dir: u32,
+        dst_name: &[u8],
+    ) -> Result<()> {
         check_name(src_name)?;
         check_name(dst_name)?;
         let core = &self.core;
         let w = core.writer("rename")?;
-        let last = {
-            let mut meta = w.meta.lock();
-            load_dir(&mut meta, core, src_dir, src_name)?;
-            load_dir(&mut meta, core, dst_dir, dst_name)?;
-            let src_parent = dotdot(&mut meta, core, src_dir)?;
-            let dst_parent = dotdot(&mut meta, core, dst_dir)?;
-            let (ino, ft) = lookup(&mut meta, core, src_dir, src_parent, src_name)?
-                .ok_or_else(|| Error::NotFound { path: PathBytes(src_name.to_vec()) })?;
-            if src_dir == dst_dir && src_name == dst_name {
-                return Ok(());
-            }
-            let is_dir = meta.inode(core, ino)?.is_dir();
-            let existing = lookup(&mut meta, core, dst_dir, dst_parent, dst_name)?;
-            // The checks in rename(2)'s order: a directory into its own subtree (EINVAL), a
-            // target that is an ancestor of the source (ENOTEMPTY), two names of one inode
-            // (nothing to do), then the target's type and emptiness.
-            if is_dir && src_dir != dst_dir && is_within(&mut meta, core, dst_dir, ino)? {
-                return Err(Error::InvalidArgument(format!(
-                    "cannot move directory {} into its own subtree ({})",
-                    String::from_utf8_lossy(src_name),
-                    String::from_utf8_lossy(dst_name)
-                )));
-            }
-            let mut replaced_dir = false;
-            if let Some((old, _)) = existing {
-                let old_is_dir = meta.inode(core, old)?.is_dir();
-                if old_is_dir && is_within(&mut meta, core, src_dir, old)? {
-                    return Err(Error::NotEmpty { path: PathBytes(dst_name.to_vec()) });
-                }
-                if old == ino {
-                    // Two names of one inode: rename(2) does nothing.
+        let last =
+            {
+                let mut meta = w.meta.lock();
+                load_dir(&mut meta, core, src_dir, src_name)?;
+                load_dir(&mut meta, core, dst_dir, dst_name)?;
+                let src_parent = dotdot(&mut meta, core, src_dir)?;
+                let dst_parent = dotdot(&mut meta, core, dst_dir)?;
+                let (ino, ft) = lookup(&mut meta, core, src_dir, src_parent, src_name)?
+                    .ok_or_else(|| Error::NotFound {
+                        path: PathBytes(src_name.to_vec()),
+                    })?;
+                if src_dir == dst_dir && src_name == dst_name {
                     return Ok(());
                 }
-                match (is_dir, old_is_dir) {
-                    (true, false) => return Err(Error::NotDir { path: PathBytes(dst_name.to_vec()) }),
-                    (false, true) => return Err(Error::IsDir { path: PathBytes(dst_name.to_vec()) }),
-                    (true, true) => {
-                        if !dir_is_empty(&mut meta, core, old)? {
-                            return Err(Error::NotEmpty { path: PathBytes(dst_name.to_vec()) });
-                        }
-                        replaced_dir = true;
+                let is_dir = meta.inode(core, ino)?.is_dir();
+                let existing = lookup(&mut meta, core, dst_dir, dst_parent, dst_name)?;
+                // The checks in rename(2)'s order: a directory into its own subtree (EINVAL), a
+                // target that is an ancestor of the source (ENOTEMPTY), two names of one inode
+                // (nothing to do), then the target's type and emptiness.
+                if is_dir && src_dir != dst_dir && is_within(&mut meta, core, dst_dir, ino)? {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot move directory {} into its own subtree ({})",
+                        String::from_utf8_lossy(src_name),
+                        String::from_utf8_lossy(dst_name)
+                    )));
+                }
+                let mut replaced_dir = false;
+                if let Some((old, _)) = existing {
+                    let old_is_dir = meta.inode(core, old)?.is_dir();
+                    if old_is_dir && is_within(&mut meta, core, src_dir, old)? {
+                        return Err(Error::NotEmpty {
+                            path: PathBytes(dst_name.to_vec()),
+                        });
                     }
-                    (false, false) => {}
+                    if old == ino {
+                        // Two names of one inode: rename(2) does nothing.
+                        return Ok(());
+                    }
+                    match (is_dir, old_is_dir) {
+                        (true, false) => {
+                            return Err(Error::NotDir {
+                                path: PathBytes(dst_name.to_vec()),
+                            });
+                        }
+                        (false, true) => {
+                            return Err(Error::IsDir {
+                                path: PathBytes(dst_name.to_vec()),
+                            });
+                        }
+                        (true, true) => {
+                            if !dir_is_empty(&mut meta, core, old)? {
+                                return Err(Error::NotEmpty {
+                                    path: PathBytes(dst_name.to_vec()),
+                                });
+                            }
+                            replaced_dir = true;
+                        }
+                        (false, false) => {}
+                    }
                 }
-            }
-            if is_dir
-                && src_dir != dst_dir
-                && !replaced_dir
-                && meta.inode(core, dst_dir)?.links_count() >= LINK_MAX
-                && !meta.sb.has_ro_compat(ext4kit_format::RoCompatFeatures::DIR_NLINK)
-            {
-                return Err(Error::TooManyLinks { path: PathBytes(dst_name.to_vec()) });
-            }
-            // The new name first (pointing an existing one at the inode), then the old name.
-            {
-                let mut io = DirIo { core, meta: &mut meta, ino: dst_dir, parent: dst_parent };
-                if existing.is_some() {
-                    dir_write::remove_entry(&mut io, dst_name)?;
+                if is_dir
+                    && src_dir != dst_dir
+                    && !replaced_dir
+                    && meta.inode(core, dst_dir)?.links_count() >= LINK_MAX
+                    && !meta
+                        .sb
+                        .has_ro_compat(ext4kit_format::RoCompatFeatures::DIR_NLINK)
+                {
+                    return Err(Error::TooManyLinks {
+                        path: PathBytes(dst_name.to_vec()),
+                    });
                 }
-                dir_write::add_entry(&mut io, dst_name, ino, ft)?;
-            }
-            let src_parent = if src_dir == dst_dir { dst_parent } else { src_parent };
-            dir_write::remove_entry(&mut DirIo { core, meta: &mut meta, ino: src_dir, parent: src_parent }, src_name)?
-                .ok_or_else(|| Error::NotFound { path: PathBytes(src_name.to_vec()) })?;
-            let t = now();
-            if is_dir && src_dir != dst_dir {
-                meta.inode(core, ino)?;
-                set_dotdot(&mut meta, core, ino, dst_dir)?;
-                dec_dir_links(&mut meta, core, src_dir)?;
-                if !replaced_dir {
-                    inc_dir_links(&mut meta, core, dst_dir)?;
+                // The new name first (pointing an existing one at the inode), then the old name.
+                {
+                    let mut io = DirIo {
+                        core,
+                        meta: &mut meta,
+                        ino: dst_dir,
+                        parent: dst_parent,
+                    };
+                    if existing.is_some() {
+                        dir_write::remove_entry(&mut io, dst_name)?;
+                    }
+                    dir_write::add_entry(&mut io, dst_name, ino, ft)?;
                 }
-            } else if replaced_dir {
-                // The replaced directory's `..` link to dst_dir is gone.
-                dec_dir_links(&mut meta, core, dst_dir)?;
-            }
-            touch(&mut meta, core, src_dir, t)?;
-            touch(&mut meta, core, dst_dir, t)?;
-            {
-                let inode = meta.inode(core, ino)?;
-                inode.set_change_time(t);
-                meta.dirty_inode(ino);
-            }
-            match existing {
-                Some((old, _)) if replaced_dir => {
-                    evict_inode(&mut meta, core, old)?;
-                    Unlinked::Done
+                let src_parent = if src_dir == dst_dir {
+                    dst_parent
+                } else {
+                    src_parent
+                };
+                dir_write::remove_entry(
+                    &mut DirIo {
+                        core,
+                        meta: &mut meta,
+                        ino: src_dir,
+                        parent: src_parent,
+                    },
+                    src_name,
+                )?
+                .ok_or_else(|| Error::NotFound {
+                    path: PathBytes(src_name.to_vec()),
+                })?;
+                let t = now();
+                if is_dir && src_dir != dst_dir {
+                    meta.inode(core, ino)?;
+                    set_dotdot(&mut meta, core, ino, dst_dir)?;
+                    dec_dir_links(&mut meta, core, src_dir)?;
+                    if !replaced_dir {
+                        inc_dir_links(&mut meta, core, dst_dir)?;
+                    }
+                } else if replaced_dir {
+                    // The replaced directory's `..` link to dst_dir is gone.
+                    dec_dir_links(&mut meta, core, dst_dir)?;
                 }
-                Some((old, _)) => drop_link(&mut meta, core, old, t)?,
-                None => Unlinked::Done,
-            }
-        };
+                touch(&mut meta, core, src_dir, t)?;
+                touch(&mut meta, core, dst_dir, t)?;
+                {
+                    let inode = meta.inode(core, ino)?;
+                    inode.set_change_time(t);
+                    meta.dirty_inode(ino);
+                }
+                match existing {
+                    Some((old, _)) if replaced_dir => {
+                        evict_inode(&mut meta, core, old)?;
+                        Unlinked::Done
+                    }
+                    Some((old, _)) => drop_link(&mut meta, core, old, t)?,
+                    None => Unlinked::Done,
+                }
+            };
         self.finish_unlinked(last)?;
         self.commit_if_full()
     }
@@ -456,7 +621,8 @@ impl Fs {
         self.core.writer("fallocate")?;
         self.check_regular_for_write(ino)?;
         let m = self.data_mapping(ino)?;
-        m.fallocate(offset, len, keep_size).map_err(|e| self.cache_error(ino, e))?;
+        m.fallocate(offset, len, keep_size)
+            .map_err(|e| self.cache_error(ino, e))?;
         self.commit_if_full()
     }
 
@@ -466,14 +632,17 @@ impl Fs {
         self.core.writer("punch a hole")?;
         self.check_regular_for_write(ino)?;
         let m = self.data_mapping(ino)?;
-        m.punch_hole(offset, len).map_err(|e| self.cache_error(ino, e))?;
+        m.punch_hole(offset, len)
+            .map_err(|e| self.cache_error(ino, e))?;
         self.commit_if_full()
     }
 
     /// Lets go of a file's page cache: if the file was unlinked while `mapping` (or another
     /// handle) kept it alive and nothing else holds it now, it is freed.
     pub fn close_file(&self, mapping: Mapping) -> Result<()> {
-        let ino = u32::try_from(mapping.ino()).map_err(|_| Error::InvalidArgument(format!("inode number {} too large", mapping.ino())))?;
+        let ino = u32::try_from(mapping.ino()).map_err(|_| {
+            Error::InvalidArgument(format!("inode number {} too large", mapping.ino()))
+        })?;
         drop(mapping);
         if self.core.write.is_some() {
             crate::write::orphan::release_unused(&self.core, Some(ino))?;
@@ -485,7 +654,9 @@ impl Fs {
         let inode = self.core.read_inode(ino)?;
         self.core.check_regular(ino, &inode)?;
         if inode.links_count() == 0 {
-            return Err(Error::NotFound { path: PathBytes(format!("inode {ino} (deleted)").into_bytes()) });
+            return Err(Error::NotFound {
+                path: PathBytes(format!("inode {ino} (deleted)").into_bytes()),
+            });
         }
         Ok(())
     }

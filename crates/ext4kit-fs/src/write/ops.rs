@@ -9,11 +9,11 @@
 //! [`crate::write::journal_write`]) — and flushes the device. Operations that change metadata
 //! end with `commit_if_full`, which syncs early when a transaction would grow too large.
 
+use ext4kit_format::RoCompatFeatures;
 use ext4kit_format::extent::ExtentNode;
 use ext4kit_format::extent::NodeLocation;
 use ext4kit_format::inline_data::set_fast_symlink;
 use ext4kit_format::inode::{FileType, Inode, InodeFlags, Timestamp};
-use ext4kit_format::RoCompatFeatures;
 use ext4kit_pagecache::Mapping;
 
 use crate::error::{Error, PathBytes, Result};
@@ -47,7 +47,15 @@ pub struct NewInode {
 impl NewInode {
     /// Root-owned, mode `perm`, all times `t`.
     pub fn with_time(perm: u16, t: Timestamp) -> NewInode {
-        NewInode { perm, uid: 0, gid: 0, atime: t, mtime: t, ctime: t, crtime: t }
+        NewInode {
+            perm,
+            uid: 0,
+            gid: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+        }
     }
 }
 
@@ -85,11 +93,22 @@ impl NewKind {
 }
 
 fn name_check(name: &[u8]) -> Result<()> {
-    if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".." {
+    if name.is_empty()
+        || name.len() > 255
+        || name.contains(&b'/')
+        || name.contains(&0)
+        || name == b"."
+        || name == b".."
+    {
         if name.len() > 255 {
-            return Err(Error::NameTooLong { path: PathBytes(name.to_vec()) });
+            return Err(Error::NameTooLong {
+                path: PathBytes(name.to_vec()),
+            });
         }
-        return Err(Error::InvalidArgument(format!("invalid file name {:?}", String::from_utf8_lossy(name))));
+        return Err(Error::InvalidArgument(format!(
+            "invalid file name {:?}",
+            String::from_utf8_lossy(name)
+        )));
     }
     Ok(())
 }
@@ -110,24 +129,45 @@ impl Fs {
         let mut meta = w.meta.lock();
         let parent = meta.inode(core, dir)?;
         if !parent.is_dir() {
-            return Err(Error::NotDir { path: PathBytes(name.to_vec()) });
+            return Err(Error::NotDir {
+                path: PathBytes(name.to_vec()),
+            });
         }
         let grandparent = dotdot(&mut meta, core, dir)?;
-        if dir_write::lookup(&mut DirIo { core, meta: &mut meta, ino: dir, parent: grandparent }, name)?.is_some() {
-            return Err(Error::Exists { path: PathBytes(name.to_vec()) });
+        if dir_write::lookup(
+            &mut DirIo {
+                core,
+                meta: &mut meta,
+                ino: dir,
+                parent: grandparent,
+            },
+            name,
+        )?
+        .is_some()
+        {
+            return Err(Error::Exists {
+                path: PathBytes(name.to_vec()),
+            });
         }
         let is_dir = matches!(kind, NewKind::Directory);
         if is_dir {
             let links = meta.inode(core, dir)?.links_count();
             if links >= LINK_MAX && !meta.sb.has_ro_compat(RoCompatFeatures::DIR_NLINK) {
-                return Err(Error::TooManyLinks { path: PathBytes(name.to_vec()) });
+                return Err(Error::TooManyLinks {
+                    path: PathBytes(name.to_vec()),
+                });
             }
         }
         let ino = meta.alloc_inode(core, dir, is_dir)?;
         let result = init_inode(&mut meta, core, ino, dir, kind, attrs)
             .and_then(|()| crate::write::xattr_write::inherit_acls(core, &mut meta, dir, ino));
         if let Err(e) = result {
-            if let Some(blk) = meta.inodes.get(&ino).map(Inode::file_acl).filter(|b| *b != 0) {
+            if let Some(blk) = meta
+                .inodes
+                .get(&ino)
+                .map(Inode::file_acl)
+                .filter(|b| *b != 0)
+            {
                 let _ = crate::write::modify::release_xattr_block(&mut meta, core, ino, blk);
             }
             let _ = meta.free_inode(core, ino, is_dir);
@@ -135,7 +175,12 @@ impl Fs {
             return Err(e);
         }
         dir_write::add_entry(
-            &mut DirIo { core, meta: &mut meta, ino: dir, parent: grandparent },
+            &mut DirIo {
+                core,
+                meta: &mut meta,
+                ino: dir,
+                parent: grandparent,
+            },
             name,
             ino,
             kind.file_type().dirent_code(),
@@ -149,14 +194,31 @@ impl Fs {
     /// Creates directory `name` in `dir` holding `entries` (name, inode, dirent file type) of
     /// inodes created beforehand with [`Fs::create_detached`]: an indexed directory from the
     /// start when the entries do not fit one block. Returns the directory's inode number.
-    pub fn create_dir_with(&self, dir: u32, name: &[u8], ino: u32, entries: &[(Vec<u8>, u32, u8)], attrs: &NewInode) -> Result<()> {
+    pub fn create_dir_with(
+        &self,
+        dir: u32,
+        name: &[u8],
+        ino: u32,
+        entries: &[(Vec<u8>, u32, u8)],
+        attrs: &NewInode,
+    ) -> Result<()> {
         name_check(name)?;
         let core = &self.core;
         let w = core.writer("create directory")?;
         let mut meta = w.meta.lock();
         let grandparent = dotdot(&mut meta, core, dir)?;
         fill_dir(&mut meta, core, ino, dir, entries)?;
-        dir_write::add_entry(&mut DirIo { core, meta: &mut meta, ino: dir, parent: grandparent }, name, ino, FileType::Directory.dirent_code())?;
+        dir_write::add_entry(
+            &mut DirIo {
+                core,
+                meta: &mut meta,
+                ino: dir,
+                parent: grandparent,
+            },
+            name,
+            ino,
+            FileType::Directory.dirent_code(),
+        )?;
         touch_dir(&mut meta, core, dir, attrs.ctime, true)?;
         Ok(())
     }
@@ -192,13 +254,24 @@ impl Fs {
         // write-back may have emptied (lost+found was then dropped from the root).
         meta.inode(core, root)?;
         {
-            let mut io = DirIo { core, meta: &mut meta, ino: root, parent: root };
+            let mut io = DirIo {
+                core,
+                meta: &mut meta,
+                ino: root,
+                parent: root,
+            };
             for lblk in 0..dir_write::DirStore::nblocks(&io) {
                 let raw = dir_write::DirStore::read_block(&mut io, lblk)?;
                 if ext4kit_format::htree::detect(&raw, core.block_size).is_some() {
                     continue;
                 }
-                let b = ext4kit_format::dir::DirBlock::parse(&raw, ext4kit_format::dir::DirBlockOptions::new(core.block_size, core.csum_seed.is_some()))?;
+                let b = ext4kit_format::dir::DirBlock::parse(
+                    &raw,
+                    ext4kit_format::dir::DirBlockOptions::new(
+                        core.block_size,
+                        core.csum_seed.is_some(),
+                    ),
+                )?;
                 for e in b.live_entries()? {
                     if !e.is_dot_or_dotdot() {
                         all.push((e.name.to_vec(), e.inode, e.file_type));
@@ -216,11 +289,28 @@ impl Fs {
         inode.set_flags(f);
         meta.dirty_inode(root);
         // Counted in usize: more than 65535 subdirectories must not wrap.
-        let subdirs = entries.iter().filter(|e| e.2 == FileType::Directory.dirent_code()).count();
-        dir_write::build_dir(&mut DirIo { core, meta: &mut meta, ino: root, parent: root }, &all)?;
+        let subdirs = entries
+            .iter()
+            .filter(|e| e.2 == FileType::Directory.dirent_code())
+            .count();
+        dir_write::build_dir(
+            &mut DirIo {
+                core,
+                meta: &mut meta,
+                ino: root,
+                parent: root,
+            },
+            &all,
+        )?;
         let inode = meta.inode(core, root)?;
         let links = usize::from(inode.links_count()).saturating_add(subdirs);
-        inode.set_links_count(if links >= usize::from(LINK_MAX) || inode.links_count() == 1 { 1 } else { links as u16 });
+        inode.set_links_count(
+            if links >= usize::from(LINK_MAX) || inode.links_count() == 1 {
+                1
+            } else {
+                links as u16
+            },
+        );
         meta.dirty_inode(root);
         Ok(())
     }
@@ -233,20 +323,33 @@ impl Fs {
         let mut meta = w.meta.lock();
         let target = meta.inode(core, ino)?;
         if target.is_dir() {
-            return Err(Error::IsDir { path: PathBytes(name.to_vec()) });
+            return Err(Error::IsDir {
+                path: PathBytes(name.to_vec()),
+            });
         }
         let ft = target.file_type().map_or(0, FileType::dirent_code);
         if target.links_count() == 0 {
             // Unlinked (an orphan, or freed): linkat(2) on such a file gives ENOENT.
-            return Err(Error::NotFound { path: PathBytes(format!("inode {ino}").into_bytes()) });
+            return Err(Error::NotFound {
+                path: PathBytes(format!("inode {ino}").into_bytes()),
+            });
         }
         if target.links_count() >= LINK_MAX {
-            return Err(Error::TooManyLinks { path: PathBytes(name.to_vec()) });
+            return Err(Error::TooManyLinks {
+                path: PathBytes(name.to_vec()),
+            });
         }
         let grandparent = dotdot(&mut meta, core, dir)?;
-        let mut io = DirIo { core, meta: &mut meta, ino: dir, parent: grandparent };
+        let mut io = DirIo {
+            core,
+            meta: &mut meta,
+            ino: dir,
+            parent: grandparent,
+        };
         if dir_write::lookup(&mut io, name)?.is_some() {
-            return Err(Error::Exists { path: PathBytes(name.to_vec()) });
+            return Err(Error::Exists {
+                path: PathBytes(name.to_vec()),
+            });
         }
         dir_write::add_entry(&mut io, name, ino, ft)?;
         let inode = meta.inode(core, ino)?;
@@ -262,7 +365,13 @@ impl Fs {
         let w = core.writer("link")?;
         let mut meta = w.meta.lock();
         let inode = meta.inode(core, ino)?;
-        let links = inode.links_count().checked_add(n).filter(|l| *l <= LINK_MAX).ok_or(Error::TooManyLinks { path: PathBytes(Vec::new()) })?;
+        let links = inode
+            .links_count()
+            .checked_add(n)
+            .filter(|l| *l <= LINK_MAX)
+            .ok_or(Error::TooManyLinks {
+                path: PathBytes(Vec::new()),
+            })?;
         inode.set_links_count(links);
         meta.dirty_inode(ino);
         Ok(())
@@ -280,11 +389,23 @@ impl Fs {
         self.core.check_regular(ino, &inode)?;
         if inode.links_count() == 0 {
             // Unlinked: still open somewhere (an orphan whose page cache is held), or gone.
-            return self.core.orphans.lock().held(ino).ok_or_else(|| Error::NotFound { path: PathBytes(format!("inode {ino} (deleted)").into_bytes()) });
+            return self
+                .core
+                .orphans
+                .lock()
+                .held(ino)
+                .ok_or_else(|| Error::NotFound {
+                    path: PathBytes(format!("inode {ino} (deleted)").into_bytes()),
+                });
         }
-        let m = self.pages.mapping(u64::from(ino), inode.size(), inode.size());
+        let m = self
+            .pages
+            .mapping(u64::from(ino), inode.size(), inode.size());
         if let Some(w) = &self.core.write {
-            w.open_mappings.lock().entry(ino).or_insert_with(|| m.clone());
+            w.open_mappings
+                .lock()
+                .entry(ino)
+                .or_insert_with(|| m.clone());
         }
         Ok(m)
     }
@@ -294,7 +415,8 @@ impl Fs {
     pub fn write_at(&self, ino: u32, offset: u64, data: &[u8]) -> Result<()> {
         self.core.writer("write")?;
         let m = self.data_mapping(ino)?;
-        m.write(offset, data).map_err(|e| self.cache_error(ino, e))?;
+        m.write(offset, data)
+            .map_err(|e| self.cache_error(ino, e))?;
         self.commit_if_full()
     }
 
@@ -325,7 +447,13 @@ impl Fs {
     }
 
     /// Sets the timestamps of `ino` (`None` keeps one).
-    pub fn set_times(&self, ino: u32, atime: Option<Timestamp>, mtime: Option<Timestamp>, ctime: Option<Timestamp>) -> Result<()> {
+    pub fn set_times(
+        &self,
+        ino: u32,
+        atime: Option<Timestamp>,
+        mtime: Option<Timestamp>,
+        ctime: Option<Timestamp>,
+    ) -> Result<()> {
         let core = &self.core;
         let w = core.writer("set times")?;
         let mut meta = w.meta.lock();
@@ -354,7 +482,8 @@ impl Fs {
         let mut handles = Vec::with_capacity(mappings.len());
         for (ino, m) in &mappings {
             let h = m.open();
-            m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all()).map_err(|e| self.cache_error(*ino, e))?;
+            m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all())
+                .map_err(|e| self.cache_error(*ino, e))?;
             handles.push((*ino, h));
         }
         for (ino, h) in &handles {
@@ -407,7 +536,8 @@ impl Fs {
             meta.write_back(core)?;
         }
         core.cache.write_back()?;
-        ext4kit_blockdev::BlockDeviceExt::flush(&**core.cache.device()).map_err(|e| Error::io(e, None))?;
+        ext4kit_blockdev::BlockDeviceExt::flush(&**core.cache.device())
+            .map_err(|e| Error::io(e, None))?;
         Ok(())
     }
 
@@ -417,8 +547,13 @@ impl Fs {
             return typed;
         }
         match e {
-            ext4kit_pagecache::Error::Map(ext4kit_pagecache::MapError::NoSpace) => Error::NoSpace(format!("inode {ino}")),
-            other => Error::Cache { message: other.to_string(), errno: other.errno() },
+            ext4kit_pagecache::Error::Map(ext4kit_pagecache::MapError::NoSpace) => {
+                Error::NoSpace(format!("inode {ino}"))
+            }
+            other => Error::Cache {
+                message: other.to_string(),
+                errno: other.errno(),
+            },
         }
     }
 }
@@ -428,7 +563,12 @@ fn dotdot(meta: &mut MetaState, core: &crate::fs::Core, dir: u32) -> Result<u32>
     if dir == crate::fs::ROOT_INO {
         return Ok(dir);
     }
-    let mut io = DirIo { core, meta, ino: dir, parent: 0 };
+    let mut io = DirIo {
+        core,
+        meta,
+        ino: dir,
+        parent: 0,
+    };
     dir_write::parent_of(&mut io)?.ok_or_else(|| {
         Error::corrupt(
             ext4kit_format::Structure::DirectoryBlock,
@@ -439,21 +579,37 @@ fn dotdot(meta: &mut MetaState, core: &crate::fs::Core, dir: u32) -> Result<u32>
 }
 
 /// A parent directory gained an entry: times, and a link for a new subdirectory.
-fn touch_dir(meta: &mut MetaState, core: &crate::fs::Core, dir: u32, t: Timestamp, subdir: bool) -> Result<()> {
+fn touch_dir(
+    meta: &mut MetaState,
+    core: &crate::fs::Core,
+    dir: u32,
+    t: Timestamp,
+    subdir: bool,
+) -> Result<()> {
     let inode = meta.inode(core, dir)?;
     inode.set_modification_time(t);
     inode.set_change_time(t);
     if subdir {
         let links = inode.links_count();
         // dir_nlink: past LINK_MAX a directory's count stays 1 ("many").
-        inode.set_links_count(if links == 1 || links + 1 >= LINK_MAX { 1 } else { links + 1 });
+        inode.set_links_count(if links == 1 || links + 1 >= LINK_MAX {
+            1
+        } else {
+            links + 1
+        });
     }
     meta.dirty_inode(dir);
     Ok(())
 }
 
 /// Sets up the fields every new inode has.
-fn init_inode_no_blocks(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, kind: &NewKind, attrs: &NewInode) -> Result<()> {
+fn init_inode_no_blocks(
+    meta: &mut MetaState,
+    core: &crate::fs::Core,
+    ino: u32,
+    kind: &NewKind,
+    attrs: &NewInode,
+) -> Result<()> {
     let isz = usize::from(meta.sb.inode_size());
     let extra = if isz > 128 { 32 } else { 0 };
     let mut inode = Inode::new(isz, extra)?;
@@ -476,7 +632,9 @@ fn init_inode_no_blocks(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, 
             inode.block_area_mut()[..60].copy_from_slice(root.as_bytes());
         }
         NewKind::Symlink(_) => {}
-        NewKind::CharDevice(maj, min) | NewKind::BlockDevice(maj, min) => inode.set_device_number(*maj, *min)?,
+        NewKind::CharDevice(maj, min) | NewKind::BlockDevice(maj, min) => {
+            inode.set_device_number(*maj, *min)?
+        }
         NewKind::Fifo | NewKind::Socket => {}
     }
     inode.set_flags(flags);
@@ -487,7 +645,14 @@ fn init_inode_no_blocks(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, 
 }
 
 /// A new inode, fully initialised (a directory gets its first block).
-fn init_inode(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, parent: u32, kind: &NewKind, attrs: &NewInode) -> Result<()> {
+fn init_inode(
+    meta: &mut MetaState,
+    core: &crate::fs::Core,
+    ino: u32,
+    parent: u32,
+    kind: &NewKind,
+    attrs: &NewInode,
+) -> Result<()> {
     init_inode_no_blocks(meta, core, ino, kind, attrs)?;
     match kind {
         NewKind::Directory => fill_dir(meta, core, ino, parent, &[]),
@@ -497,23 +662,56 @@ fn init_inode(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, parent: u3
 }
 
 /// Builds the blocks of directory `ino` (child of `parent`) holding `entries`.
-fn fill_dir(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, parent: u32, entries: &[(Vec<u8>, u32, u8)]) -> Result<()> {
-    dir_write::build_dir(&mut DirIo { core, meta: &mut *meta, ino, parent }, entries)?;
-    let subdirs = entries.iter().filter(|e| e.2 == FileType::Directory.dirent_code()).count();
+fn fill_dir(
+    meta: &mut MetaState,
+    core: &crate::fs::Core,
+    ino: u32,
+    parent: u32,
+    entries: &[(Vec<u8>, u32, u8)],
+) -> Result<()> {
+    dir_write::build_dir(
+        &mut DirIo {
+            core,
+            meta: &mut *meta,
+            ino,
+            parent,
+        },
+        entries,
+    )?;
+    let subdirs = entries
+        .iter()
+        .filter(|e| e.2 == FileType::Directory.dirent_code())
+        .count();
     let inode = meta.inode(core, ino)?;
     let links = 2 + subdirs;
-    inode.set_links_count(if links >= usize::from(LINK_MAX) { 1 } else { links as u16 });
+    inode.set_links_count(if links >= usize::from(LINK_MAX) {
+        1
+    } else {
+        links as u16
+    });
     meta.dirty_inode(ino);
     Ok(())
 }
 
 /// Stores a symlink target: in `i_block` when short (fast symlink), else in a block.
-fn write_symlink(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, target: &[u8]) -> Result<()> {
+fn write_symlink(
+    meta: &mut MetaState,
+    core: &crate::fs::Core,
+    ino: u32,
+    target: &[u8],
+) -> Result<()> {
     let bs = core.block_size as usize;
     if target.is_empty() || target.len() >= bs || target.contains(&0) {
         // The link's path is the caller's to add; the target itself can be 4 KiB long.
         return Err(Error::NameTooLong {
-            path: PathBytes(format!("symlink target of {} bytes (at most {} fit)", target.len(), bs - 1).into_bytes()),
+            path: PathBytes(
+                format!(
+                    "symlink target of {} bytes (at most {} fit)",
+                    target.len(),
+                    bs - 1
+                )
+                .into_bytes(),
+            ),
         });
     }
     if target.len() < 60 {
@@ -533,11 +731,19 @@ fn write_symlink(meta: &mut MetaState, core: &crate::fs::Core, ino: u32, target:
         inode.block_area_mut()[..60].copy_from_slice(root.as_bytes());
     }
     let ipg = meta.sb.inodes_per_group();
-    let goal = meta.groups.get(((ino - 1) / ipg) as usize).map_or(0, |g| g.inode_table());
+    let goal = meta
+        .groups
+        .get(((ino - 1) / ipg) as usize)
+        .map_or(0, |g| g.inode_table());
     let (pblk, _) = meta.alloc_blocks(core, goal, 1)?;
     meta.add_blocks(core, ino, 1)?;
     crate::write::stores::with_tree(core, meta, ino, pblk, |t| {
-        t.insert(ext4kit_format::extent::Extent { logical_block: 0, len: 1, physical_block: pblk, unwritten: false })
+        t.insert(ext4kit_format::extent::Extent {
+            logical_block: 0,
+            len: 1,
+            physical_block: pblk,
+            unwritten: false,
+        })
     })?;
     let blk = core.cache.get_new(pblk);
     blk.write()[..target.len()].copy_from_slice(target);
@@ -568,7 +774,11 @@ pub(crate) fn check_writable(sb: &ext4kit_format::Superblock) -> Result<()> {
         }
     }
     let ro = sb.feature_ro_compat();
-    for (f, name) in [(R::BIGALLOC, "bigalloc"), (R::QUOTA, "quota"), (R::READONLY, "read-only")] {
+    for (f, name) in [
+        (R::BIGALLOC, "bigalloc"),
+        (R::QUOTA, "quota"),
+        (R::READONLY, "read-only"),
+    ] {
         if ro.contains(f) {
             bad.push(name.to_string());
         }
@@ -579,9 +789,11 @@ pub(crate) fn check_writable(sb: &ext4kit_format::Superblock) -> Result<()> {
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(Error::unsupported(crate::error::Unsupported::Other(format!(
-            "cannot write images with {}; ext4kit opens them read-only",
-            bad.join(", ")
-        ))))
+        Err(Error::unsupported(crate::error::Unsupported::Other(
+            format!(
+                "cannot write images with {}; ext4kit opens them read-only",
+                bad.join(", ")
+            ),
+        )))
     }
 }

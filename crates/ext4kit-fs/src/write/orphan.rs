@@ -91,7 +91,9 @@ pub(crate) fn forget(meta: &mut MetaState, core: &Core, ino: u32) -> Result<()> 
     let list = {
         let mut o = core.orphans.lock();
         o.holders.remove(&ino);
-        let Some(pos) = o.list.iter().position(|i| *i == ino) else { return Ok(()) };
+        let Some(pos) = o.list.iter().position(|i| *i == ino) else {
+            return Ok(());
+        };
         o.list.remove(pos);
         o.list.clone()
     };
@@ -185,7 +187,12 @@ pub(crate) fn release_at_sync(core: &Core) -> Result<usize> {
     if alive {
         // A flusher pass that just finished drops its reference a moment later.
         for attempt in 0..3u64 {
-            let still = core.orphans.lock().holders.values().any(|h| h.upgrade().is_some());
+            let still = core
+                .orphans
+                .lock()
+                .holders
+                .values()
+                .any(|h| h.upgrade().is_some());
             if !still {
                 break;
             }
@@ -226,7 +233,9 @@ pub(crate) fn reclaim_for_space(core: &Core) -> Result<usize> {
 fn inode_in_use(meta: &MetaState, core: &Core, ino: u32) -> Result<bool> {
     let ipg = meta.sb.inodes_per_group();
     let g = (ino - 1) / ipg;
-    let Some(gd) = meta.groups.get(g as usize) else { return Ok(false) };
+    let Some(gd) = meta.groups.get(g as usize) else {
+        return Ok(false);
+    };
     if gd.flags().contains(GroupFlags::INODE_UNINIT) {
         return Ok(false);
     }
@@ -259,7 +268,10 @@ pub(crate) fn clean_at_open(fs: &Fs) -> Result<usize> {
             // A stale head: nothing to free, and the chain through it cannot be trusted.
             break;
         }
-        let next = meta.inode(core, ino).map_err(|e| e.with_inode(ino))?.dtime();
+        let next = meta
+            .inode(core, ino)
+            .map_err(|e| e.with_inode(ino))?
+            .dtime();
         pending.push(ino);
         ino = next;
     }
@@ -268,7 +280,10 @@ pub(crate) fn clean_at_open(fs: &Fs) -> Result<usize> {
     }
     // The orphan file.
     let of_ino = meta.sb.orphan_file_inum();
-    if meta.sb.has_compat(CompatFeatures::ORPHAN_FILE) && meta.sb.has_ro_compat(RoCompatFeatures::ORPHAN_PRESENT) && of_ino != 0 {
+    if meta.sb.has_compat(CompatFeatures::ORPHAN_FILE)
+        && meta.sb.has_ro_compat(RoCompatFeatures::ORPHAN_PRESENT)
+        && of_ino != 0
+    {
         for o in read_and_clear_orphan_file(&mut meta, core, of_ino)? {
             if o < first_ino || o > inodes_count {
                 return Err(bad_orphan(o));
@@ -290,7 +305,11 @@ pub(crate) fn clean_at_open(fs: &Fs) -> Result<usize> {
         }
         let (links, size, regular_extents) = {
             let inode = meta.inode(core, ino)?;
-            (inode.links_count(), inode.size(), inode.is_regular() && inode.flags().contains(InodeFlags::EXTENTS))
+            (
+                inode.links_count(),
+                inode.size(),
+                inode.is_regular() && inode.flags().contains(InodeFlags::EXTENTS),
+            )
         };
         if links == 0 {
             evict_inode(&mut meta, core, ino)?;
@@ -313,9 +332,9 @@ fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) ->
     let (generation, extents) = {
         let inode = meta.inode(core, of_ino)?;
         if !inode.flags().contains(InodeFlags::EXTENTS) {
-            return Err(Error::unsupported(crate::error::Unsupported::Other(format!(
-                "orphan file inode {of_ino} is not extent-mapped"
-            ))));
+            return Err(Error::unsupported(crate::error::Unsupported::Other(
+                format!("orphan file inode {of_ino} is not extent-mapped"),
+            )));
         }
         let g = inode.generation();
         (g, with_tree(core, meta, of_ino, 0, |t| t.extents())?)
@@ -327,22 +346,31 @@ fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) ->
         if e.unwritten {
             continue;
         }
-        core.check_range(Structure::Inode, e.physical_block, u64::from(e.len)).ctx_inode(of_ino)?;
+        core.check_range(Structure::Inode, e.physical_block, u64::from(e.len))
+            .ctx_inode(of_ino)?;
         for k in 0..u64::from(e.len) {
             let pblk = e.physical_block + k;
             let mb = core.cache.get(pblk).ctx_inode(of_ino)?;
             let mut data = mb.read().to_vec();
-            let magic = u32::from_le_bytes([data[bs - 8], data[bs - 7], data[bs - 6], data[bs - 5]]);
+            let magic =
+                u32::from_le_bytes([data[bs - 8], data[bs - 7], data[bs - 6], data[bs - 5]]);
             if magic != ORPHAN_BLOCK_MAGIC {
                 return Err(Error::corrupt(
                     Structure::Inode,
-                    Corruption::OrphanFile { block: pblk, reason: format!("tail magic {magic:#010x}, expected {ORPHAN_BLOCK_MAGIC:#010x}") },
+                    Corruption::OrphanFile {
+                        block: pblk,
+                        reason: format!(
+                            "tail magic {magic:#010x}, expected {ORPHAN_BLOCK_MAGIC:#010x}"
+                        ),
+                    },
                 )
                 .with_inode(of_ino));
             }
             if let Some(seed) = core.csum_seed {
-                let stored = u32::from_le_bytes([data[bs - 4], data[bs - 3], data[bs - 2], data[bs - 1]]);
-                let computed = orphan_block_csum(seed, of_ino, generation, pblk, &data[..per_block * 4]);
+                let stored =
+                    u32::from_le_bytes([data[bs - 4], data[bs - 3], data[bs - 2], data[bs - 1]]);
+                let computed =
+                    orphan_block_csum(seed, of_ino, generation, pblk, &data[..per_block * 4]);
                 if stored != computed {
                     return Err(Error::ChecksumMismatch {
                         structure: Structure::Inode,
@@ -365,7 +393,8 @@ fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) ->
             if any {
                 data[..per_block * 4].fill(0);
                 if let Some(seed) = core.csum_seed {
-                    let c = orphan_block_csum(seed, of_ino, generation, pblk, &data[..per_block * 4]);
+                    let c =
+                        orphan_block_csum(seed, of_ino, generation, pblk, &data[..per_block * 4]);
                     data[bs - 4..].copy_from_slice(&c.to_le_bytes());
                 }
                 mb.write().copy_from_slice(&data);
@@ -379,7 +408,10 @@ fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) ->
 /// The checksum of an orphan file block: crc32c over the orphan file's inode seed, the block
 /// number (le64) and the entries.
 fn orphan_block_csum(fs_seed: u32, ino: u32, generation: u32, pblk: u64, entries: &[u8]) -> u32 {
-    let c = crc32c_raw(inode_csum_seed(fs_seed, ino, generation), &pblk.to_le_bytes());
+    let c = crc32c_raw(
+        inode_csum_seed(fs_seed, ino, generation),
+        &pblk.to_le_bytes(),
+    );
     crc32c_raw(c, entries)
 }
 

@@ -151,7 +151,10 @@ impl MetaState {
 
     /// Free blocks (superblock view: sum of the groups).
     pub(crate) fn free_blocks(&self) -> u64 {
-        self.groups.iter().map(|g| u64::from(g.free_blocks_count())).sum()
+        self.groups
+            .iter()
+            .map(|g| u64::from(g.free_blocks_count()))
+            .sum()
     }
 
     fn mark_group(&mut self, g: u32) {
@@ -166,7 +169,9 @@ impl MetaState {
             let inode = core.read_inode_from_table(ino, &self.groups)?;
             self.inodes.insert(ino, inode);
         }
-        self.inodes.get_mut(&ino).ok_or_else(|| Error::corrupt(Structure::Inode, Corruption::InodeOutOfRange { ino }))
+        self.inodes
+            .get_mut(&ino)
+            .ok_or_else(|| Error::corrupt(Structure::Inode, Corruption::InodeOutOfRange { ino }))
     }
 
     /// Marks `ino` changed.
@@ -182,7 +187,9 @@ impl MetaState {
         let inode = self.inode(core, ino)?;
         let cur = inode.block_count_512(huge, bits) as i64;
         let new = (cur + blocks * per).max(0) as u64;
-        inode.set_block_count_512(new, huge, bits).map_err(Error::from)?;
+        inode
+            .set_block_count_512(new, huge, bits)
+            .map_err(Error::from)?;
         self.dirty_inode(ino);
         Ok(())
     }
@@ -274,17 +281,31 @@ impl MetaState {
             runs.extend(md.reserved_gdt.map(|(b, n)| (b, u64::from(n))));
             runs.extend(md.meta_bg_gdt.map(|b| (b, 1)));
             let gd = &self.groups[g as usize];
-            runs.extend([(gd.block_bitmap(), 1), (gd.inode_bitmap(), 1), (gd.inode_table(), itb)]);
+            runs.extend([
+                (gd.block_bitmap(), 1),
+                (gd.inode_bitmap(), 1),
+                (gd.inode_table(), itb),
+            ]);
         }
         let bs = u64::from(self.sb.block_size());
-        let journal = if self.sb.has_compat(ext4kit_format::CompatFeatures::HAS_JOURNAL) { self.sb.journal_inum() } else { 0 };
+        let journal = if self
+            .sb
+            .has_compat(ext4kit_format::CompatFeatures::HAS_JOURNAL)
+        {
+            self.sb.journal_inum()
+        } else {
+            0
+        };
         for ino in [1, journal] {
             if ino == 0 {
                 continue;
             }
             let inode = self.inode(core, ino)?.clone();
             // The bad-blocks inode's size need not cover its blocks: take the larger.
-            let end = inode.size().div_ceil(bs).max(inode.blocks_raw().saturating_mul(512) / bs);
+            let end = inode
+                .size()
+                .div_ceil(bs)
+                .max(inode.blocks_raw().saturating_mul(512) / bs);
             for e in core.runs(ino, &inode, end)? {
                 if e.kind == ext4kit_pagecache::ExtentKind::Written {
                     runs.push((e.pblk, e.len));
@@ -350,16 +371,25 @@ impl MetaState {
         let (first, len) = (self.group_first(g), self.group_len(g));
         let gd = &self.groups[g as usize];
         let itb = u64::from(self.sb.inode_table_blocks());
-        for (start, n) in [(gd.block_bitmap(), 1), (gd.inode_bitmap(), 1), (gd.inode_table(), itb)] {
+        for (start, n) in [
+            (gd.block_bitmap(), 1),
+            (gd.inode_bitmap(), 1),
+            (gd.inode_table(), itb),
+        ] {
             if start < first || start + n > first + len {
                 continue;
             }
             let (s, e) = ((start - first) as usize, (start - first + n) as usize);
             if bitmap::count_set(bits, s, e) != e - s {
-                let free = (s..e).find(|&b| bitmap::test(bits, b) == Some(false)).map_or(start, |b| first + b as u64);
-                return Err(Error::corrupt(Structure::BlockBitmap, Corruption::MetadataMarkedFree { block: free })
-                    .with_group(g)
-                    .with_block(gd.block_bitmap()));
+                let free = (s..e)
+                    .find(|&b| bitmap::test(bits, b) == Some(false))
+                    .map_or(start, |b| first + b as u64);
+                return Err(Error::corrupt(
+                    Structure::BlockBitmap,
+                    Corruption::MetadataMarkedFree { block: free },
+                )
+                .with_group(g)
+                .with_block(gd.block_bitmap()));
             }
         }
         Ok(())
@@ -403,14 +433,30 @@ impl MetaState {
     /// across group ends) is long — `want` or the stream, up to 8 MiB. Otherwise
     /// the search wants a run that long too, and takes the first `want` blocks of it, so short
     /// runs are left to small files, as mballoc does.
-    pub(crate) fn alloc_stream(&mut self, core: &Core, goal: u64, want: u64, stream: u64, room: u64) -> Result<(u64, u64)> {
+    pub(crate) fn alloc_stream(
+        &mut self,
+        core: &Core,
+        goal: u64,
+        want: u64,
+        stream: u64,
+        room: u64,
+    ) -> Result<(u64, u64)> {
         match self.alloc_stream_once(core, goal, want, stream, room) {
-            Err(Error::NoSpace(_)) if self.release_for_space(core)? > 0 => self.alloc_stream_once(core, goal, want, stream, room),
+            Err(Error::NoSpace(_)) if self.release_for_space(core)? > 0 => {
+                self.alloc_stream_once(core, goal, want, stream, room)
+            }
             r => r,
         }
     }
 
-    fn alloc_stream_once(&mut self, core: &Core, goal: u64, want: u64, stream: u64, room: u64) -> Result<(u64, u64)> {
+    fn alloc_stream_once(
+        &mut self,
+        core: &Core,
+        goal: u64,
+        want: u64,
+        stream: u64,
+        room: u64,
+    ) -> Result<(u64, u64)> {
         let want = want.max(1);
         let min_stream_run = MIN_STREAM_RUN_BYTES / u64::from(self.sb.block_size());
         // A stream of a whole extent or more passes over runs that would make short extents.
@@ -420,10 +466,17 @@ impl MetaState {
             want.max(stream).min(min_stream_run)
         };
         let ngroups = self.groups.len() as u32;
-        let goal = goal.clamp(self.first_data_block(), self.sb.blocks_count().saturating_sub(1));
+        let goal = goal.clamp(
+            self.first_data_block(),
+            self.sb.blocks_count().saturating_sub(1),
+        );
         let start_group = self.group_of(goal).min(ngroups.saturating_sub(1));
         let (run, total) = self.free_run_at(core, goal, want.max(long))?;
-        let take = if total >= long { run.min(want) } else { run.min(want).min(room) };
+        let take = if total >= long {
+            run.min(want)
+        } else {
+            run.min(want).min(room)
+        };
         if take > 0 {
             let g = start_group;
             let bm = self.block_bitmap(core, g)?;
@@ -453,11 +506,20 @@ impl MetaState {
                     let need = (long as usize).min(len);
                     if pass == 0 {
                         let hit = bitmap::find_zero_run(&bits, from, len, need)
-                            .or_else(|| if from > 0 { bitmap::find_zero_run(&bits, 0, from, need) } else { None })
+                            .or_else(|| {
+                                if from > 0 {
+                                    bitmap::find_zero_run(&bits, 0, from, need)
+                                } else {
+                                    None
+                                }
+                            })
                             .map(|s| {
                                 // The whole run from there, up to `want`.
                                 let stop = (s + want as usize).min(len);
-                                (s, bitmap::find_first_set(&bits, s, stop).unwrap_or(stop) - s)
+                                (
+                                    s,
+                                    bitmap::find_first_set(&bits, s, stop).unwrap_or(stop) - s,
+                                )
                             });
                         if hit.is_none() && bitmap::test(&bits, len - 1) == Some(false) {
                             // A shorter run at the group's end may go on into the next group.
@@ -473,7 +535,10 @@ impl MetaState {
                             .or_else(|| bitmap::find_first_zero(&bits, 0, from))
                             .map(|s| {
                                 let mut n = 1;
-                                while n < want as usize && s + n < len && bitmap::test(&bits, s + n) == Some(false) {
+                                while n < want as usize
+                                    && s + n < len
+                                    && bitmap::test(&bits, s + n) == Some(false)
+                                {
                                     n += 1;
                                 }
                                 (s, n)
@@ -482,7 +547,8 @@ impl MetaState {
                 };
                 let found = match (found, tail) {
                     (None, Some(t)) => {
-                        let (run, total) = self.free_run_at(core, first + t as u64, want.max(long))?;
+                        let (run, total) =
+                            self.free_run_at(core, first + t as u64, want.max(long))?;
                         (total >= long).then_some((t, run.min(want) as usize))
                     }
                     (found, _) => found,
@@ -536,7 +602,9 @@ impl MetaState {
     /// goals (mballoc keeps small requests apart from streams, too).
     pub(crate) fn alloc_meta_block(&mut self, core: &Core) -> Result<u64> {
         match self.alloc_meta_block_once(core) {
-            Err(Error::NoSpace(_)) if self.release_for_space(core)? > 0 => self.alloc_meta_block_once(core),
+            Err(Error::NoSpace(_)) if self.release_for_space(core)? > 0 => {
+                self.alloc_meta_block_once(core)
+            }
             r => r,
         }
     }
@@ -550,7 +618,9 @@ impl MetaState {
             let len = self.group_len(g) as usize;
             let found = {
                 let bits = bm.read();
-                (0..len).rev().find(|&i| bitmap::test(&bits, i) == Some(false))
+                (0..len)
+                    .rev()
+                    .find(|&i| bitmap::test(&bits, i) == Some(false))
             };
             if let Some(i) = found {
                 bitmap::set(&mut bm.write(), i);
@@ -569,9 +639,14 @@ impl MetaState {
     /// the commit).
     pub(crate) fn free_blocks_range(&mut self, core: &Core, start: u64, len: u64) -> Result<()> {
         if self.deferred_frees.is_some() {
-            let end = start.checked_add(len).filter(|e| *e <= self.sb.blocks_count());
+            let end = start
+                .checked_add(len)
+                .filter(|e| *e <= self.sb.blocks_count());
             if start < self.first_data_block() || end.is_none() {
-                return Err(Error::corrupt(Structure::BlockBitmap, Corruption::BlockOutOfRange { block: start }));
+                return Err(Error::corrupt(
+                    Structure::BlockBitmap,
+                    Corruption::BlockOutOfRange { block: start },
+                ));
             }
             // A freed metadata block must not be written back over whatever reuses it.
             for k in start..start + len {
@@ -599,7 +674,9 @@ impl MetaState {
     /// Hands the deferred frees to the allocator now (bitmaps, counters). Returns the number of
     /// blocks freed.
     pub(crate) fn release_deferred_frees(&mut self, core: &Core) -> Result<u64> {
-        let Some(d) = self.deferred_frees.as_mut() else { return Ok(0) };
+        let Some(d) = self.deferred_frees.as_mut() else {
+            return Ok(0);
+        };
         let ranges = std::mem::take(d);
         let mut n = 0;
         for (start, len) in ranges {
@@ -616,7 +693,10 @@ impl MetaState {
         while b < end {
             let g = self.group_of(b);
             if g as usize >= self.groups.len() {
-                return Err(Error::corrupt(Structure::BlockBitmap, Corruption::BlockOutOfRange { block: b }));
+                return Err(Error::corrupt(
+                    Structure::BlockBitmap,
+                    Corruption::BlockOutOfRange { block: b },
+                ));
             }
             let first = self.group_first(g);
             let glen = self.group_len(g);
@@ -671,7 +751,12 @@ impl MetaState {
         let start = if is_dir {
             // Next group (by flex group) with free inodes and blocks above average.
             let flex = 1u32 << self.sb.log_groups_per_flex().min(16);
-            let avg_inodes = self.groups.iter().map(|g| u64::from(g.free_inodes_count())).sum::<u64>() / u64::from(ngroups);
+            let avg_inodes = self
+                .groups
+                .iter()
+                .map(|g| u64::from(g.free_inodes_count()))
+                .sum::<u64>()
+                / u64::from(ngroups);
             let mut pick = parent_group;
             for k in 0..ngroups {
                 let g = (self.next_dir_group + k * flex) % ngroups;
@@ -691,7 +776,11 @@ impl MetaState {
                 continue;
             }
             let bm = self.inode_bitmap(core, g)?;
-            let first_allowed = if g == 0 { self.sb.first_ino().saturating_sub(1) as usize } else { 0 };
+            let first_allowed = if g == 0 {
+                self.sb.first_ino().saturating_sub(1) as usize
+            } else {
+                0
+            };
             let bit = bitmap::find_first_zero(&bm.read(), first_allowed, ipg as usize);
             let Some(bit) = bit else { continue };
             self.check_free_slot(core, g, bit as u32)?;
@@ -700,9 +789,11 @@ impl MetaState {
             let ino = g * ipg + bit as u32 + 1;
             self.expose_inode_slot(core, g, bit as u32)?;
             let gd = &mut self.groups[g as usize];
-            gd.set_free_inodes_count(gd.free_inodes_count().saturating_sub(1)).map_err(Error::from)?;
+            gd.set_free_inodes_count(gd.free_inodes_count().saturating_sub(1))
+                .map_err(Error::from)?;
             if is_dir {
-                gd.set_used_dirs_count(gd.used_dirs_count() + 1).map_err(Error::from)?;
+                gd.set_used_dirs_count(gd.used_dirs_count() + 1)
+                    .map_err(Error::from)?;
             }
             self.mark_group(g);
             return Ok(ino);
@@ -721,10 +812,16 @@ impl MetaState {
             (i.mode(), i.links_count(), i.dtime())
         } else {
             let gd = &self.groups[g as usize];
-            if self.sb.has_group_desc_csum() && (gd.flags().contains(GroupFlags::INODE_UNINIT) || bit >= ipg - gd.itable_unused().min(ipg)) {
+            if self.sb.has_group_desc_csum()
+                && (gd.flags().contains(GroupFlags::INODE_UNINIT)
+                    || bit >= ipg - gd.itable_unused().min(ipg))
+            {
                 return Ok(());
             }
-            let (isz, bs) = (u64::from(self.sb.inode_size()), u64::from(self.sb.block_size()));
+            let (isz, bs) = (
+                u64::from(self.sb.inode_size()),
+                u64::from(self.sb.block_size()),
+            );
             let off = u64::from(bit) * isz;
             let blk = core.cache.get(gd.inode_table() + off / bs).ctx_group(g)?;
             let raw = blk.read();
@@ -734,7 +831,11 @@ impl MetaState {
             (le16(0), le16(26), dtime)
         };
         if mode & 0o170000 != 0 && links != 0 && dtime == 0 {
-            return Err(Error::corrupt(Structure::InodeBitmap, Corruption::LiveInodeMarkedFree { ino, links }).with_group(g));
+            return Err(Error::corrupt(
+                Structure::InodeBitmap,
+                Corruption::LiveInodeMarkedFree { ino, links },
+            )
+            .with_group(g));
         }
         Ok(())
     }
@@ -778,9 +879,11 @@ impl MetaState {
         bitmap::clear(&mut bm.write(), bit as usize);
         bm.mark_dirty();
         let gd = &mut self.groups[g as usize];
-        gd.set_free_inodes_count((gd.free_inodes_count() + 1).min(ipg)).map_err(Error::from)?;
+        gd.set_free_inodes_count((gd.free_inodes_count() + 1).min(ipg))
+            .map_err(Error::from)?;
         if was_dir {
-            gd.set_used_dirs_count(gd.used_dirs_count().saturating_sub(1)).map_err(Error::from)?;
+            gd.set_used_dirs_count(gd.used_dirs_count().saturating_sub(1))
+                .map_err(Error::from)?;
         }
         self.mark_group(g);
         Ok(())
@@ -798,7 +901,9 @@ impl MetaState {
         let ipg = self.ipg();
         let dirty: Vec<u32> = std::mem::take(&mut self.dirty_inodes).into_iter().collect();
         for ino in dirty {
-            let Some(inode) = self.inodes.get_mut(&ino) else { continue };
+            let Some(inode) = self.inodes.get_mut(&ino) else {
+                continue;
+            };
             if let Some(seed) = seed {
                 inode.update_checksum(ino, seed);
             }
@@ -840,7 +945,11 @@ impl MetaState {
         }
         // Superblock counters follow the groups.
         let free_blocks = self.free_blocks();
-        let free_inodes: u64 = self.groups.iter().map(|g| u64::from(g.free_inodes_count())).sum();
+        let free_inodes: u64 = self
+            .groups
+            .iter()
+            .map(|g| u64::from(g.free_inodes_count()))
+            .sum();
         self.sb.set_free_blocks_count(free_blocks);
         self.sb.set_free_inodes_count(free_inodes as u32);
         self.sb.update_checksum();

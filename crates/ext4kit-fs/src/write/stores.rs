@@ -5,12 +5,12 @@
 //! Both stores borrow the locked [`MetaState`]; the extent tree works on a copy of the inode's
 //! root, written back into the inode when the operation ends (`with_tree`).
 
+use ext4kit_format::Structure;
 use ext4kit_format::dir::DirBlock;
 use ext4kit_format::extent::{Extent, ExtentNode, NodeLocation};
 use ext4kit_format::hash::{DirHash, dirhash};
 use ext4kit_format::htree::DxBlock;
 use ext4kit_format::inode::InodeFlags;
-use ext4kit_format::Structure;
 
 use crate::error::{Corruption, Error, Result, ResultExt};
 use crate::fs::Core;
@@ -28,11 +28,17 @@ pub(crate) struct TreeIo<'a> {
 
 impl NodeStore for TreeIo<'_> {
     fn read_node(&mut self, pblk: u64, depth: u16) -> Result<ExtentNode> {
-        self.core.check_range(Structure::ExtentTree, pblk, 1).ctx_inode(self.ino)?;
+        self.core
+            .check_range(Structure::ExtentTree, pblk, 1)
+            .ctx_inode(self.ino)?;
         let blk = self.core.cache.get(pblk).ctx_inode(self.ino)?;
-        let node = ExtentNode::parse(&blk.read(), NodeLocation::Block, Some(depth)).ctx_inode(self.ino).ctx_block(pblk)?;
+        let node = ExtentNode::parse(&blk.read(), NodeLocation::Block, Some(depth))
+            .ctx_inode(self.ino)
+            .ctx_block(pblk)?;
         if let Some(seed) = self.core.csum_seed {
-            node.verify_checksum(seed, self.ino, self.generation).ctx_inode(self.ino).ctx_block(pblk)?;
+            node.verify_checksum(seed, self.ino, self.generation)
+                .ctx_inode(self.ino)
+                .ctx_block(pblk)?;
         }
         Ok(node)
     }
@@ -75,9 +81,11 @@ pub(crate) fn with_tree<T>(
 ) -> Result<T> {
     let inode = meta.inode(core, ino)?;
     if !inode.flags().contains(InodeFlags::EXTENTS) {
-        return Err(Error::unsupported(crate::error::Unsupported::Other(format!(
-            "inode {ino} maps its blocks indirectly (ext2/ext3); writing it is not supported"
-        ))));
+        return Err(Error::unsupported(crate::error::Unsupported::Other(
+            format!(
+                "inode {ino} maps its blocks indirectly (ext2/ext3); writing it is not supported"
+            ),
+        )));
     }
     let generation = inode.generation();
     let mut root = [0u8; ROOT_BYTES];
@@ -85,7 +93,12 @@ pub(crate) fn with_tree<T>(
     let before = root;
     let bs = core.block_size as usize;
     let result = {
-        let mut io = TreeIo { core, meta, ino, generation };
+        let mut io = TreeIo {
+            core,
+            meta,
+            ino,
+            generation,
+        };
         let mut tree = ExtentTree::new(&mut root, &mut io, bs, goal);
         f(&mut tree)
     };
@@ -111,7 +124,13 @@ impl DirIo<'_> {
         let e = with_tree(self.core, self.meta, ino, 0, |t| t.lookup(lblk))?;
         match e {
             Some(e) if !e.unwritten => Ok(e.physical_block + u64::from(lblk - e.logical_block)),
-            _ => Err(Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryHole { lblk: u64::from(lblk) }).with_inode(ino)),
+            _ => Err(Error::corrupt(
+                Structure::DirectoryBlock,
+                Corruption::DirectoryHole {
+                    lblk: u64::from(lblk),
+                },
+            )
+            .with_inode(ino)),
         }
     }
 
@@ -130,7 +149,9 @@ impl DirStore for DirIo<'_> {
     }
 
     fn can_index(&self) -> bool {
-        self.meta.sb.has_compat(ext4kit_format::CompatFeatures::DIR_INDEX)
+        self.meta
+            .sb
+            .has_compat(ext4kit_format::CompatFeatures::DIR_INDEX)
     }
 
     fn hash(&self, name: &[u8]) -> Result<DirHash> {
@@ -153,7 +174,10 @@ impl DirStore for DirIo<'_> {
 
     fn nblocks(&self) -> u32 {
         let bs = u64::from(self.core.block_size);
-        self.meta.inodes.get(&self.ino).map_or(0, |i| (i.size() / bs) as u32)
+        self.meta
+            .inodes
+            .get(&self.ino)
+            .map_or(0, |i| (i.size() / bs) as u32)
     }
 
     fn read_block(&mut self, lblk: u32) -> Result<Vec<u8>> {
@@ -198,12 +222,20 @@ impl DirStore for DirIo<'_> {
         } else {
             let ipg = self.meta.sb.inodes_per_group();
             let g = (ino - 1) / ipg;
-            self.meta.groups.get(g as usize).map_or(0, |gd| gd.inode_table())
+            self.meta
+                .groups
+                .get(g as usize)
+                .map_or(0, |gd| gd.inode_table())
         };
         let (pblk, _) = self.meta.alloc_blocks(core, goal, 1)?;
         self.meta.add_blocks(core, ino, 1)?;
         with_tree(core, self.meta, ino, pblk, |t| {
-            t.insert(Extent { logical_block: lblk, len: 1, physical_block: pblk, unwritten: false })
+            t.insert(Extent {
+                logical_block: lblk,
+                len: 1,
+                physical_block: pblk,
+                unwritten: false,
+            })
         })?;
         let bs = u64::from(core.block_size);
         let inode = self.meta.inode(core, ino)?;
@@ -213,7 +245,10 @@ impl DirStore for DirIo<'_> {
     }
 
     fn is_indexed(&self) -> bool {
-        self.meta.inodes.get(&self.ino).is_some_and(|i| i.flags().contains(InodeFlags::INDEX))
+        self.meta
+            .inodes
+            .get(&self.ino)
+            .is_some_and(|i| i.flags().contains(InodeFlags::INDEX))
     }
 
     fn set_indexed(&mut self, on: bool) {

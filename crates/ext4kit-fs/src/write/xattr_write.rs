@@ -6,9 +6,11 @@
 //! change one attribute of the current set. Values are as setxattr(2) takes them: POSIX ACLs
 //! in the getxattr(2) form are stored in ext4's own (version 1) form.
 
-use ext4kit_format::acl;
 use ext4kit_format::Structure;
-use ext4kit_format::xattr::{XATTR_MAGIC, XattrBlock, XattrSpec, build_block, build_ibody, parse_ibody, value_of};
+use ext4kit_format::acl;
+use ext4kit_format::xattr::{
+    XATTR_MAGIC, XattrBlock, XattrSpec, build_block, build_ibody, parse_ibody, value_of,
+};
 
 use crate::error::{Corruption, Error, PathBytes, Result, ResultExt};
 use crate::fs::{Core, Fs};
@@ -32,7 +34,9 @@ pub(crate) fn read_all(core: &Core, meta: &mut MetaState, ino: u32) -> Result<Ve
     let blk = inode.file_acl();
     if blk != 0 {
         let b = core.cache.get(blk).ctx_inode(ino)?;
-        let x = XattrBlock::parse(&b.read(), false).ctx_inode(ino).ctx_block(blk)?;
+        let x = XattrBlock::parse(&b.read(), false)
+            .ctx_inode(ino)
+            .ctx_block(blk)?;
         for e in x.entries() {
             if let Some(name) = e.full_name() {
                 out.push((name, x.value(e).to_vec()));
@@ -45,7 +49,9 @@ pub(crate) fn read_all(core: &Core, meta: &mut MetaState, ino: u32) -> Result<Ve
 /// `h_refcount` of xattr block `blk` of `ino`.
 fn xattr_block_refcount(core: &Core, ino: u32, blk: u64) -> Result<u32> {
     let b = core.cache.get(blk).ctx_inode(ino)?;
-    let x = XattrBlock::parse(&b.read(), core.ea_inode).ctx_inode(ino).ctx_block(blk)?;
+    let x = XattrBlock::parse(&b.read(), core.ea_inode)
+        .ctx_inode(ino)
+        .ctx_block(blk)?;
     Ok(x.refcount())
 }
 
@@ -62,7 +68,9 @@ fn acls_to_disk(attrs: &[XattrPair], is_dir: bool) -> Result<Vec<XattrPair>> {
         }
         let shown = String::from_utf8_lossy(name);
         if name == acl::DEFAULT_NAME && !is_dir && !value.is_empty() {
-            return Err(Error::InvalidArgument(format!("{shown}: a default ACL is only for directories")));
+            return Err(Error::InvalidArgument(format!(
+                "{shown}: a default ACL is only for directories"
+            )));
         }
         match acl::to_stored(value) {
             Ok(Some(v)) => out.push((name.clone(), v)),
@@ -75,7 +83,12 @@ fn acls_to_disk(attrs: &[XattrPair], is_dir: bool) -> Result<Vec<XattrPair>> {
 
 /// Replaces every attribute of `ino` with `attrs` (under the metadata lock). POSIX ACLs may
 /// come in the getxattr(2) form and are stored in ext4's ([`acls_to_disk`]).
-pub(crate) fn write_all(core: &Core, meta: &mut MetaState, ino: u32, attrs: &[XattrPair]) -> Result<()> {
+pub(crate) fn write_all(
+    core: &Core,
+    meta: &mut MetaState,
+    ino: u32,
+    attrs: &[XattrPair],
+) -> Result<()> {
     let bs = core.block_size as usize;
     let (area_len, old_block, is_dir) = {
         let inode = meta.inode(core, ino)?;
@@ -86,7 +99,10 @@ pub(crate) fn write_all(core: &Core, meta: &mut MetaState, ino: u32, attrs: &[Xa
     let mut block: Vec<XattrSpec> = Vec::new();
     for (name, value) in &attrs {
         if name.len() > 255 || value.len() > bs {
-            return Err(Error::InvalidArgument(format!("attribute {} is too large", String::from_utf8_lossy(name))));
+            return Err(Error::InvalidArgument(format!(
+                "attribute {} is too large",
+                String::from_utf8_lossy(name)
+            )));
         }
         let spec = XattrSpec::inline(name, value);
         let mut trial = body.clone();
@@ -99,25 +115,36 @@ pub(crate) fn write_all(core: &Core, meta: &mut MetaState, ino: u32, attrs: &[Xa
     }
     // The inode body.
     {
-        let raw = if body.is_empty() { vec![0u8; area_len] } else { build_ibody(area_len, &body)?.unwrap_or_else(|| vec![0u8; area_len]) };
+        let raw = if body.is_empty() {
+            vec![0u8; area_len]
+        } else {
+            build_ibody(area_len, &body)?.unwrap_or_else(|| vec![0u8; area_len])
+        };
         let inode = meta.inode(core, ino)?;
         inode.xattr_area_mut().copy_from_slice(&raw);
     }
     // The block: rewrite in place when this inode is its only user, else (none, or one shared
     // with other inodes, h_refcount > 1) drop the reference and allocate a block of its own.
-    let old_block = if old_block != 0 && (block.is_empty() || xattr_block_refcount(core, ino, old_block)? > 1) {
+    let old_block = if old_block != 0
+        && (block.is_empty() || xattr_block_refcount(core, ino, old_block)? > 1)
+    {
         crate::write::modify::release_xattr_block(meta, core, ino, old_block)?;
         0
     } else {
         old_block
     };
     if !block.is_empty() {
-        let mut b = build_block(bs, &block, false)?.ok_or_else(|| Error::NoSpace(format!("inode {ino}: attributes do not fit one block")))?;
+        let mut b = build_block(bs, &block, false)?.ok_or_else(|| {
+            Error::NoSpace(format!("inode {ino}: attributes do not fit one block"))
+        })?;
         let pblk = if old_block != 0 {
             old_block
         } else {
             let ipg = meta.sb.inodes_per_group();
-            let goal = meta.groups.get(((ino - 1) / ipg) as usize).map_or(0, |g| g.inode_table());
+            let goal = meta
+                .groups
+                .get(((ino - 1) / ipg) as usize)
+                .map_or(0, |g| g.inode_table());
             let (p, _) = meta.alloc_blocks(core, goal, 1)?;
             meta.add_blocks(core, ino, 1)?;
             meta.inode(core, ino)?.set_file_acl(p)?;
@@ -144,10 +171,16 @@ pub(crate) fn inherit_acls(core: &Core, meta: &mut MetaState, dir: u32, ino: u32
     if parent.file_acl() == 0 && !parent.xattr_area().starts_with(&XATTR_MAGIC.to_le_bytes()) {
         return Ok(());
     }
-    let Some(default) = core.xattrs_of(dir, &parent)?.into_iter().find(|x| x.name == acl::DEFAULT_NAME) else {
+    let Some(default) = core
+        .xattrs_of(dir, &parent)?
+        .into_iter()
+        .find(|x| x.name == acl::DEFAULT_NAME)
+    else {
         return Ok(());
     };
-    let bad = |e: acl::AclError| Error::corrupt(Structure::XattrInode, Corruption::Acl { offset: e.offset }).with_inode(dir);
+    let bad = |e: acl::AclError| {
+        Error::corrupt(Structure::XattrInode, Corruption::Acl { offset: e.offset }).with_inode(dir)
+    };
     let entries = acl::parse_xattr(&default.value).map_err(bad)?;
     let inode = meta.inode(core, ino)?;
     if inode.is_symlink() {
@@ -179,10 +212,16 @@ pub(crate) fn chmod_acl(core: &Core, meta: &mut MetaState, ino: u32, perm: u16) 
     if inode.file_acl() == 0 && !inode.xattr_area().starts_with(&XATTR_MAGIC.to_le_bytes()) {
         return Ok(());
     }
-    let Some(access) = core.xattrs_of(ino, &inode)?.into_iter().find(|x| x.name == acl::ACCESS_NAME) else {
+    let Some(access) = core
+        .xattrs_of(ino, &inode)?
+        .into_iter()
+        .find(|x| x.name == acl::ACCESS_NAME)
+    else {
         return Ok(());
     };
-    let bad = |e: acl::AclError| Error::corrupt(Structure::XattrInode, Corruption::Acl { offset: e.offset }).with_inode(ino);
+    let bad = |e: acl::AclError| {
+        Error::corrupt(Structure::XattrInode, Corruption::Acl { offset: e.offset }).with_inode(ino)
+    };
     let mut entries = acl::parse_xattr(&access.value).map_err(bad)?;
     let before = entries.clone();
     acl::chmod(&mut entries, perm).map_err(bad)?;
@@ -233,7 +272,10 @@ impl Fs {
         let before = all.len();
         all.retain(|(n, _)| n != name);
         if all.len() == before {
-            return Err(Error::NoXattr { ino, name: PathBytes(name.to_vec()) });
+            return Err(Error::NoXattr {
+                ino,
+                name: PathBytes(name.to_vec()),
+            });
         }
         write_all(core, &mut meta, ino, &all)?;
         drop(meta);

@@ -14,19 +14,42 @@ use ext4kit_testkit::{LoopMount, run_ok};
 
 /// A fresh image of `size_mb` MiB made by mkfs.ext4 (`-b bs`, no lazy init, plus `extra`), with
 /// `tree` copied in by the kernel (`cp -a` through a loop mount) when given.
-pub fn kernel_image(dir: &Path, name: &str, bs: u32, size_mb: u64, tree: Option<&Path>, extra: &[&str]) -> PathBuf {
+pub fn kernel_image(
+    dir: &Path,
+    name: &str,
+    bs: u32,
+    size_mb: u64,
+    tree: Option<&Path>,
+    extra: &[&str],
+) -> PathBuf {
     let img = dir.join(name);
     let f = fs::File::create(&img).unwrap();
     f.set_len(size_mb << 20).unwrap();
     drop(f);
     let bs_s = bs.to_string();
-    let mut args = vec!["-q", "-F", "-t", "ext4", "-b", &bs_s, "-E", "lazy_itable_init=0,lazy_journal_init=0"];
+    let mut args = vec![
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        &bs_s,
+        "-E",
+        "lazy_itable_init=0,lazy_journal_init=0",
+    ];
     args.extend_from_slice(extra);
     args.push(img.to_str().unwrap());
     run_ok("mke2fs", &args);
     if let Some(tree) = tree {
         let m = LoopMount::new(&img, false).unwrap();
-        run_ok("cp", &["-a", &format!("{}/.", tree.display()), m.path().to_str().unwrap()]);
+        run_ok(
+            "cp",
+            &[
+                "-a",
+                &format!("{}/.", tree.display()),
+                m.path().to_str().unwrap(),
+            ],
+        );
         m.unmount().unwrap();
     }
     img
@@ -34,20 +57,42 @@ pub fn kernel_image(dir: &Path, name: &str, bs: u32, size_mb: u64, tree: Option<
 
 /// Opens `img` for writing.
 pub fn open_rw(img: &Path) -> Fs {
-    Fs::open_path(img, &OpenOptions { writable: true, ..OpenOptions::default() }).unwrap()
+    Fs::open_path(
+        img,
+        &OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 /// A timestamp.
 pub fn ts(s: i64, ns: u32) -> Timestamp {
-    Timestamp { seconds: s, nanoseconds: ns }
+    Timestamp {
+        seconds: s,
+        nanoseconds: ns,
+    }
 }
 
 fn set_host_mtime(p: &Path, t: Timestamp) {
     let spec = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: t.seconds, tv_nsec: i64::from(t.nanoseconds) },
-        last_modification: rustix::fs::Timespec { tv_sec: t.seconds, tv_nsec: i64::from(t.nanoseconds) },
+        last_access: rustix::fs::Timespec {
+            tv_sec: t.seconds,
+            tv_nsec: i64::from(t.nanoseconds),
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: t.seconds,
+            tv_nsec: i64::from(t.nanoseconds),
+        },
     };
-    rustix::fs::utimensat(rustix::fs::CWD, p, &spec, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &spec,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 /// The same changes on an image and on a host directory.
@@ -70,7 +115,9 @@ impl Twin {
 
     /// Inode of `p` in the image (the last component not followed).
     pub fn ino(&self, p: &str) -> u32 {
-        self.fs.resolve(&Self::abs(p), false).unwrap_or_else(|e| panic!("{p}: {e}"))
+        self.fs
+            .resolve(&Self::abs(p), false)
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
     }
 
     /// Parent directory inode and last name of `p` in the image.
@@ -79,7 +126,10 @@ impl Twin {
             Some(i) => (&p[..i], &p[i + 1..]),
             None => ("", p),
         };
-        let d = self.fs.resolve(&Self::abs(dir), true).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let d = self
+            .fs
+            .resolve(&Self::abs(dir), true)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"));
         (d, name.as_bytes().to_vec())
     }
 
@@ -104,7 +154,9 @@ impl Twin {
             }
             Err(_) => {
                 let (d, n) = self.parent(p);
-                self.fs.create(d, &n, &NewKind::Regular, &NewInode::with_time(perm, t)).unwrap()
+                self.fs
+                    .create(d, &n, &NewKind::Regular, &NewInode::with_time(perm, t))
+                    .unwrap()
             }
         };
         if !data.is_empty() {
@@ -125,7 +177,12 @@ impl Twin {
 
     /// Sets the size of file `p`.
     pub fn truncate(&self, p: &str, size: u64, t: Timestamp) {
-        fs::OpenOptions::new().write(true).open(self.h(p)).unwrap().set_len(size).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(self.h(p))
+            .unwrap()
+            .set_len(size)
+            .unwrap();
         self.fs.set_size(self.ino(p), size).unwrap();
         self.set_times(p, t);
     }
@@ -133,7 +190,13 @@ impl Twin {
     /// Punches a hole in file `p`.
     pub fn punch(&self, p: &str, off: u64, len: u64, t: Timestamp) {
         let f = fs::OpenOptions::new().write(true).open(self.h(p)).unwrap();
-        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE, off, len).unwrap();
+        rustix::fs::fallocate(
+            &f,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            off,
+            len,
+        )
+        .unwrap();
         drop(f);
         self.fs.punch_hole(self.ino(p), off, len).unwrap();
         self.set_times(p, t);
@@ -142,7 +205,11 @@ impl Twin {
     /// Preallocates in file `p`.
     pub fn fallocate(&self, p: &str, off: u64, len: u64, keep_size: bool, t: Timestamp) {
         let f = fs::OpenOptions::new().write(true).open(self.h(p)).unwrap();
-        let flags = if keep_size { rustix::fs::FallocateFlags::KEEP_SIZE } else { rustix::fs::FallocateFlags::empty() };
+        let flags = if keep_size {
+            rustix::fs::FallocateFlags::KEEP_SIZE
+        } else {
+            rustix::fs::FallocateFlags::empty()
+        };
         rustix::fs::fallocate(&f, flags, off, len).unwrap();
         drop(f);
         self.fs.fallocate(self.ino(p), off, len, keep_size).unwrap();
@@ -153,14 +220,18 @@ impl Twin {
     pub fn unlink(&self, p: &str) {
         fs::remove_file(self.h(p)).unwrap();
         let (d, n) = self.parent(p);
-        self.fs.unlink(d, &n).unwrap_or_else(|e| panic!("unlink {p}: {e}"));
+        self.fs
+            .unlink(d, &n)
+            .unwrap_or_else(|e| panic!("unlink {p}: {e}"));
     }
 
     /// Removes empty directory `p`.
     pub fn rmdir(&self, p: &str) {
         fs::remove_dir(self.h(p)).unwrap();
         let (d, n) = self.parent(p);
-        self.fs.rmdir(d, &n).unwrap_or_else(|e| panic!("rmdir {p}: {e}"));
+        self.fs
+            .rmdir(d, &n)
+            .unwrap_or_else(|e| panic!("rmdir {p}: {e}"));
     }
 
     /// Removes `p` and everything below it.
@@ -175,7 +246,9 @@ impl Twin {
         fs::rename(self.h(a), self.h(b)).unwrap();
         let (sd, sn) = self.parent(a);
         let (dd, dn) = self.parent(b);
-        self.fs.rename(sd, &sn, dd, &dn).unwrap_or_else(|e| panic!("rename {a} -> {b}: {e}"));
+        self.fs
+            .rename(sd, &sn, dd, &dn)
+            .unwrap_or_else(|e| panic!("rename {a} -> {b}: {e}"));
     }
 
     /// Creates directory `p`.
@@ -184,7 +257,14 @@ impl Twin {
         fs::create_dir(&hp).unwrap();
         fs::set_permissions(&hp, fs::Permissions::from_mode(u32::from(perm))).unwrap();
         let (d, n) = self.parent(p);
-        self.fs.create(d, &n, &NewKind::Directory, &NewInode::with_time(perm, ts(1_700_000_000, 0))).unwrap();
+        self.fs
+            .create(
+                d,
+                &n,
+                &NewKind::Directory,
+                &NewInode::with_time(perm, ts(1_700_000_000, 0)),
+            )
+            .unwrap();
     }
 
     /// Creates `p` and its missing parents (mode 0755).
@@ -205,7 +285,9 @@ impl Twin {
     pub fn symlink(&self, target: &str, p: &str, t: Timestamp) {
         std::os::unix::fs::symlink(target, self.h(p)).unwrap();
         let (d, n) = self.parent(p);
-        self.fs.symlink(d, &n, target.as_bytes(), &NewInode::with_time(0o777, t)).unwrap();
+        self.fs
+            .symlink(d, &n, target.as_bytes(), &NewInode::with_time(0o777, t))
+            .unwrap();
         self.set_times(p, t);
     }
 
@@ -232,7 +314,10 @@ impl Twin {
     /// Sets an extended attribute.
     pub fn set_xattr(&self, p: &str, name: &str, value: &[u8]) {
         match self.fs.set_xattr(self.ino(p), name.as_bytes(), value) {
-            Ok(()) => rustix::fs::lsetxattr(self.h(p), name, value, rustix::fs::XattrFlags::empty()).unwrap(),
+            Ok(()) => {
+                rustix::fs::lsetxattr(self.h(p), name, value, rustix::fs::XattrFlags::empty())
+                    .unwrap()
+            }
             // The image's blocks may be smaller than the host's: a set that fits no block
             // there is ENOSPC, as the kernel says. Only then, and the host stays as it was.
             Err(e) if e.errno() == 28 => {
@@ -248,7 +333,10 @@ impl Twin {
                     }
                 }
                 let bs = self.fs.block_size() as usize;
-                assert!(need > bs, "{p}: ENOSPC for {name} although the set needs {need} of a {bs}-byte block: {e}");
+                assert!(
+                    need > bs,
+                    "{p}: ENOSPC for {name} although the set needs {need} of a {bs}-byte block: {e}"
+                );
             }
             Err(e) => panic!("{p}: set_xattr {name}: {e}"),
         }
@@ -279,6 +367,9 @@ pub fn remove_tree(fs: &Fs, dir: u32, name: &[u8]) {
 /// Bytes an attribute takes in an xattr block: its entry (16 + name without the namespace
 /// prefix, rounded to 4) and its value (rounded to 4).
 fn xattr_entry_size(name: &str, value: &[u8]) -> usize {
-    let short = ["user.", "trusted.", "security.", "system."].iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
+    let short = ["user.", "trusted.", "security.", "system."]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name);
     (16 + short.len()).div_ceil(4) * 4 + value.len().div_ceil(4) * 4
 }
