@@ -40,6 +40,15 @@ pub struct ImageLock {
     exclusive: Mutex<bool>,
 }
 
+impl Drop for ImageLock {
+    fn drop(&mut self) {
+        // The description may outlive us in a device a background thread still holds for a
+        // moment after the last `Fs` went: unlock it now, so that the next command (or the
+        // caller's next open) finds the image free as soon as the `Fs` is gone.
+        let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
 type Key = (u64, u64);
 
 fn registry() -> &'static Mutex<HashMap<Key, Weak<ImageLock>>> {

@@ -95,7 +95,10 @@ pub(crate) fn open_error_reason(message: &str, errno: i32) -> String {
     if errno == libc::EWOULDBLOCK || errno == libc::EBUSY {
         message.to_string()
     } else {
-        format!("cannot open: {message}")
+        // strerror's "No such file or directory" reads lower-case inside a line.
+        let mut c = message.chars();
+        let first: String = c.next().map(|f| f.to_lowercase().collect()).unwrap_or_default();
+        format!("cannot open: {first}{}", c.as_str())
     }
 }
 
