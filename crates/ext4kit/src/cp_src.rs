@@ -68,6 +68,8 @@ pub struct Meta {
     pub key: (u64, u64),
     /// Size in bytes.
     pub size: u64,
+    /// Bytes of data it holds (holes left out), when known: what copying it needs.
+    pub data_bytes: u64,
 }
 
 fn host_time(s: i64, n: i64) -> Timestamp {
@@ -121,6 +123,7 @@ impl Src<'_> {
                     nlink: md.nlink(),
                     key: (md.dev(), md.ino()),
                     size: md.len(),
+                    data_bytes: md.len().min(md.blocks() * 512),
                 })
             }
             Src::Image {
@@ -152,6 +155,7 @@ impl Src<'_> {
                     // high bit marks them.
                     key: (1 << 63 | *img, u64::from(*ino)),
                     size: st.size,
+                    data_bytes: st.size.min(st.blocks * 512),
                 })
             }
             Src::Stdin => {
@@ -167,6 +171,7 @@ impl Src<'_> {
                     nlink: 1,
                     key: (u64::MAX, u64::MAX),
                     size: 0,
+                    data_bytes: 0,
                 })
             }
         }

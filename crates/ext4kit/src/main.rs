@@ -298,6 +298,11 @@ enum Command {
         As cp, a source that fails is reported on its own line, the others are copied, and the \
         exit status is 1; DEST/ must be a directory.\n\
         With one source, DEST may be a new name; with several it must be a directory.\n\
+        Out of space or inodes in the image, the copy stops: what was copied completely stays \
+        (and is committed), the file being copied is removed, nothing else is touched; the error \
+        names that file, what it needs and what is free. A file that cannot fit is refused before \
+        anything is changed for it; if an overwrite from standard input runs out part-way, its \
+        old contents are already gone, so then nothing of the command is written.\n\
         Examples:\n  ext4kit cp -r -p disk.img:/ rootfs/\n  ext4kit cp disk.img:/etc/hostname ./hostname\n  \
         ext4kit cp -r -p ./rootfs/. disk.img:/\n  ext4kit cp app.conf disk.img:/etc/app.conf\n  \
         ext4kit cp -r -p old.img:/etc new.img:/\n  echo ok | ext4kit cp - disk.img:/etc/motd"

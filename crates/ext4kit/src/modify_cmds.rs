@@ -48,7 +48,7 @@ pub fn cmd_rm(
             eprintln!("ext4kit: {}", crate::one_line(&e));
         }
     }
-    images.sync_all()?;
+    images.finish(errors < specs.len())?;
     Ok(errors)
 }
 
@@ -259,7 +259,7 @@ pub fn cmd_mv(images: &mut WritableImages, args: &[OsString]) -> Result<usize> {
             eprintln!("ext4kit: {}", crate::one_line(&e));
         }
     }
-    images.sync_all()?;
+    images.finish(errors < sources.len())?;
     Ok(errors)
 }
 

@@ -97,7 +97,10 @@ pub(crate) fn open_error_reason(message: &str, errno: i32) -> String {
     } else {
         // strerror's "No such file or directory" reads lower-case inside a line.
         let mut c = message.chars();
-        let first: String = c.next().map(|f| f.to_lowercase().collect()).unwrap_or_default();
+        let first: String = c
+            .next()
+            .map(|f| f.to_lowercase().collect())
+            .unwrap_or_default();
         format!("cannot open: {first}{}", c.as_str())
     }
 }
@@ -179,6 +182,18 @@ impl WritableImages {
         }
         self.open.insert(key, fs.clone());
         Ok(fs)
+    }
+
+    /// Writes everything back if the command changed something (`changed`); a command all of
+    /// whose operands failed leaves its images as they were, changes made at open (an orphan
+    /// cleanup) included.
+    pub fn finish(&mut self, changed: bool) -> Result<()> {
+        if changed {
+            self.sync_all()
+        } else {
+            self.open.clear();
+            Ok(())
+        }
     }
 
     /// Writes everything back.
@@ -503,7 +518,7 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
             eprintln!("ext4kit: {}", crate::one_line(&e));
         }
     }
-    images.sync_all()?;
+    images.finish(errors < specs.len())?;
     Ok(errors)
 }
 
@@ -533,6 +548,45 @@ struct CopyIn<'a> {
     uid: u32,
     gid: u32,
     now: Timestamp,
+    /// Set when running out of space cost a file that existed before (an overwrite whose old
+    /// contents were already truncated away): then nothing of this command is committed.
+    poisoned: bool,
+    /// Entries copied (a command that copied nothing leaves the image as it was).
+    done: usize,
+}
+
+/// Out of space while copying `shown` (`IMG:PATH`): the one-line error of the ENOSPC rule.
+#[derive(Debug)]
+struct OutOfSpace {
+    shown: String,
+    detail: String,
+}
+
+impl std::fmt::Display for OutOfSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: no space left on device: {}",
+            self.shown, self.detail
+        )
+    }
+}
+
+impl std::error::Error for OutOfSpace {}
+
+/// `n` bytes for a person: `512 bytes`, `48.0 KiB`, `12.3 MiB`, `1.5 GiB`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }
 
 pub(crate) fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -607,7 +661,7 @@ impl CopyIn<'_> {
     /// special file replaces an existing non-directory, directories merge; a directory never
     /// replaces a non-directory nor the other way round. Errors below a directory are reported
     /// and counted, the rest of it is copied; the error of this entry is returned.
-    fn copy(&mut self, src: &Src<'_>, dir: u32, name: &[u8], dpath: &[u8]) -> Result<()> {
+    fn copy_entry(&mut self, src: &Src<'_>, dir: u32, name: &[u8], dpath: &[u8]) -> Result<()> {
         let md = src.meta()?;
         if matches!(src, Src::Host(_)) && Some(md.key) == self.image_key {
             bail!(
@@ -700,7 +754,7 @@ impl CopyIn<'_> {
         let hold = self
             .fs
             .hold_commits(if md.kind == Kind::File { md.size } else { 0 })?;
-        let ino = if md.kind == Kind::File {
+        let (ino, fresh) = if md.kind == Kind::File {
             if md.nlink > 1 {
                 if let Some(&ino) = self.links.get(&md.key) {
                     match existing {
@@ -713,6 +767,15 @@ impl CopyIn<'_> {
                     }
                     return Ok(());
                 }
+            }
+            // The ENOSPC rule, first half: a file that cannot fit is refused before anything
+            // is created or truncated (under the hold, an overwritten file's old blocks stay
+            // in use until the commit, so they do not count as room).
+            let bs = u64::from(self.fs.block_size());
+            let need = md.data_bytes.div_ceil(bs);
+            let room = self.fs.space();
+            if need > room.available_blocks {
+                return Err(self.out_of_space(dpath, need * bs, &room, "not copied"));
             }
             let (ino, fresh) = match existing {
                 Some(e) => {
@@ -778,8 +841,9 @@ impl CopyIn<'_> {
                 }
                 None => (self.fs.create(dir, name, &NewKind::Regular, &attrs)?, true),
             };
-            match src {
-                Src::Host(p) => self.copy_data(p, ino, md.size, fresh)?,
+            let mut written = 0u64;
+            let copied = match src {
+                Src::Host(p) => self.copy_data(p, ino, md.size, fresh),
                 Src::Image {
                     fs,
                     ino: sino,
@@ -787,30 +851,36 @@ impl CopyIn<'_> {
                     ..
                 } => self
                     .copy_image_data(fs, *sino, md.size, ino)
-                    .with_context(|| shown.clone())?,
-                Src::Stdin => {
-                    // Streamed in pieces: standard input can be larger than memory.
-                    use std::io::Read;
-                    self.buf.resize(1 << 20, 0);
-                    let mut stdin = std::io::stdin().lock();
-                    let mut pos = 0u64;
-                    loop {
-                        let n = match stdin.read(&mut self.buf) {
-                            Ok(0) => break,
-                            Ok(n) => n,
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                            Err(e) => {
-                                return Err(
-                                    anyhow::Error::from(e).context("-: reading standard input")
-                                );
-                            }
-                        };
-                        self.fs.write_at(ino, pos, &self.buf[..n])?;
-                        pos += n as u64;
-                        self.meter.bytes(n as u64);
-                    }
-                    self.fs.set_size(ino, pos)?;
+                    .with_context(|| shown.clone()),
+                Src::Stdin => self.copy_stdin(ino, &mut written),
+            };
+            if let Err(e) = copied {
+                if !is_no_space(&e) {
+                    return Err(e);
                 }
+                // The ENOSPC rule, second half: the file being copied goes; what was copied
+                // before stays. An overwritten file cannot be given back its old contents:
+                // then nothing of this command is committed at all.
+                let room = self.fs.space();
+                let need = if matches!(src, Src::Stdin) {
+                    written
+                } else {
+                    md.data_bytes
+                };
+                if fresh {
+                    drop(hold);
+                    self.fs.unlink(dir, name).with_context(|| {
+                        format!("{}: removing the partial copy", self.shown(dpath))
+                    })?;
+                    return Err(self.out_of_space(dpath, need, &room, "not copied"));
+                }
+                self.poisoned = true;
+                return Err(self.out_of_space(
+                    dpath,
+                    need,
+                    &room,
+                    "it was being overwritten, so nothing of this command is written (the image stays as it was)",
+                ));
             }
             if !fresh && !self.opts.preserve {
                 // As cp(1)'s O_TRUNC and write do to the file it overwrites.
@@ -820,7 +890,7 @@ impl CopyIn<'_> {
             if md.nlink > 1 {
                 self.links.insert(md.key, ino);
             }
-            ino
+            (ino, fresh)
         } else {
             let kind = match md.kind {
                 Kind::Symlink => NewKind::Symlink(src.link_target()?),
@@ -833,12 +903,70 @@ impl CopyIn<'_> {
                 // cp -a replaces an existing non-directory by a symlink or special file.
                 self.fs.unlink(dir, name)?;
             }
-            self.fs
-                .create(dir, name, &kind, &attrs)
-                .with_context(|| self.shown(dpath))?
+            match self.fs.create(dir, name, &kind, &attrs) {
+                Ok(ino) => (ino, true),
+                Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    if existing.is_some() && is_no_space(&e) {
+                        // The name it replaces is gone already.
+                        self.poisoned = true;
+                    }
+                    return Err(e.context(self.shown(dpath)));
+                }
+            }
         };
-        self.finish(ino, src, &md, &attrs)?;
+        if let Err(e) = self.finish(ino, src, &md, &attrs) {
+            if is_no_space(&e) {
+                if fresh {
+                    drop(hold);
+                    self.fs.unlink(dir, name).with_context(|| {
+                        format!("{}: removing the partial copy", self.shown(dpath))
+                    })?;
+                } else {
+                    self.poisoned = true;
+                }
+            }
+            return Err(e);
+        }
         Ok(hold.end()?)
+    }
+
+    /// [`CopyIn::copy_entry`], with an ENOSPC error made into the rule's one line (the path,
+    /// what ran out, what is free).
+    fn copy(&mut self, src: &Src<'_>, dir: u32, name: &[u8], dpath: &[u8]) -> Result<()> {
+        let r = self.copy_entry(src, dir, name, dpath);
+        if r.is_ok() {
+            self.done += 1;
+        }
+        r.map_err(|e| {
+            if !is_no_space(&e) || e.chain().any(|c| c.is::<OutOfSpace>()) {
+                return e;
+            }
+            let room = self.fs.space();
+            let what = e
+                .chain()
+                .find_map(|c| match c.downcast_ref::<ext4kit_fs::Error>() {
+                    Some(ext4kit_fs::Error::NoSpace(w)) => Some(w.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let detail = if room.free_inodes == 0 || what.contains("inode") {
+                format!(
+                    "no free inodes ({} of space left)",
+                    human_bytes(room.available_bytes())
+                )
+            } else {
+                format!(
+                    "{what} ({} and {} inodes free)",
+                    human_bytes(room.available_bytes()),
+                    room.free_inodes
+                )
+            };
+            anyhow::Error::from(OutOfSpace {
+                shown: self.shown(dpath),
+                detail: format!("{detail}; not copied"),
+            })
+        })
     }
 
     fn finish(&mut self, ino: u32, src: &Src<'_>, md: &Meta, attrs: &NewInode) -> Result<()> {
@@ -853,6 +981,56 @@ impl CopyIn<'_> {
                 .set_times(ino, Some(attrs.atime), Some(attrs.mtime), None)?;
         }
         Ok(())
+    }
+
+    /// Streams standard input into `ino` (it can be larger than memory); `written` counts the
+    /// bytes written so far.
+    fn copy_stdin(&mut self, ino: u32, written: &mut u64) -> Result<()> {
+        use std::io::Read;
+        self.buf.resize(1 << 20, 0);
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let n = match stdin.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context("-: reading standard input"));
+                }
+            };
+            self.fs.write_at(ino, *written, &self.buf[..n])?;
+            *written += n as u64;
+            self.meter.bytes(n as u64);
+        }
+        self.fs.set_size(ino, *written)?;
+        Ok(())
+    }
+
+    /// The ENOSPC error for `dpath`: what the file needs (`need` bytes; 0 when unknown) and
+    /// what is free, then `what_happened`.
+    fn out_of_space(
+        &self,
+        dpath: &[u8],
+        need: u64,
+        room: &ext4kit_fs::write::ops::Space,
+        what_happened: &str,
+    ) -> anyhow::Error {
+        let detail = if need == 0 {
+            format!(
+                "{} free; {what_happened}",
+                human_bytes(room.available_bytes())
+            )
+        } else {
+            format!(
+                "the file needs {}, {} free; {what_happened}",
+                human_bytes(need),
+                human_bytes(room.available_bytes())
+            )
+        };
+        anyhow::Error::from(OutOfSpace {
+            shown: self.shown(dpath),
+            detail,
+        })
     }
 
     /// Copies regular file `sino` of image `sfs` (`size` bytes) into `ino`: only its written
@@ -930,10 +1108,11 @@ impl CopyIn<'_> {
 /// Whether `e` is "no space left on device" (the copy stops there).
 fn is_no_space(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<ext4kit_fs::Error>(),
-            Some(ext4kit_fs::Error::NoSpace(_))
-        )
+        c.is::<OutOfSpace>()
+            || matches!(
+                c.downcast_ref::<ext4kit_fs::Error>(),
+                Some(ext4kit_fs::Error::NoSpace(_))
+            )
     })
 }
 
@@ -994,6 +1173,8 @@ pub fn cmd_cp_in(
         uid,
         gid,
         now: now(),
+        poisoned: false,
+        done: 0,
     };
     let src_is_dir = |s: &CpSource| match s {
         CpSource::Host(p) => p.is_dir(),
@@ -1131,8 +1312,13 @@ pub fn cmd_cp_in(
         })();
         if let Err(e) = r {
             if is_no_space(&e) {
-                // Another helper owns the ENOSPC rule: the copy stops here.
+                // The ENOSPC rule: the copy stops here; what was copied completely is
+                // committed (the file being copied was removed), unless an overwritten file
+                // lost its old contents — then nothing is.
                 c.meter.finish();
+                let keep = !c.poisoned && c.done > 0;
+                drop(c);
+                images.finish(keep)?;
                 return Err(e);
             }
             c.report(&e);
@@ -1140,7 +1326,8 @@ pub fn cmd_cp_in(
     }
     c.meter.phase("writing back");
     let errors = c.errors;
+    let changed = c.done > 0;
     drop(c);
-    images.sync_all()?;
+    images.finish(changed)?;
     Ok(errors)
 }

@@ -113,10 +113,76 @@ fn name_check(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Room left in an image for new data and inodes (see [`Fs::space`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes per block.
+    pub block_size: u32,
+    /// Free blocks as the group descriptors count them now.
+    pub free_blocks: u64,
+    /// Of those, blocks promised to delayed-allocation writes not yet written back.
+    pub reserved_blocks: u64,
+    /// Blocks freed since the last commit: they become free with the next sync (and sooner,
+    /// out of space, unless a [`CommitHold`](crate::write::journal_write::CommitHold) is open).
+    pub awaiting_commit: u64,
+    /// Blocks new file data can take now: free, less the reservations and the margin kept for
+    /// metadata (what a write checks its reservation against).
+    pub available_blocks: u64,
+    /// Free inodes.
+    pub free_inodes: u64,
+}
+
+impl Space {
+    /// [`Space::available_blocks`] in bytes.
+    pub fn available_bytes(&self) -> u64 {
+        self.available_blocks * u64::from(self.block_size)
+    }
+}
+
 impl Fs {
     /// Whether the image is open for writing.
     pub fn is_writable(&self) -> bool {
         self.core.write.is_some()
+    }
+
+    /// The room left for new data and inodes, as the next write sees it.
+    pub fn space(&self) -> Space {
+        let block_size = self.core.block_size;
+        match &self.core.write {
+            Some(w) => {
+                let m = w.meta.lock();
+                let free_blocks = m.free_blocks();
+                let free_inodes = m
+                    .groups
+                    .iter()
+                    .map(|g| u64::from(g.free_inodes_count()))
+                    .sum();
+                let awaiting_commit = m
+                    .deferred_frees
+                    .as_ref()
+                    .map_or(0, |d| d.iter().map(|(_, n)| *n).sum());
+                Space {
+                    block_size,
+                    free_blocks,
+                    reserved_blocks: m.reserved,
+                    awaiting_commit,
+                    available_blocks: m.available_blocks(),
+                    free_inodes,
+                }
+            }
+            None => {
+                let gd = self.group_descs();
+                let free_blocks = gd.iter().map(|g| u64::from(g.free_blocks_count())).sum();
+                Space {
+                    block_size,
+                    free_blocks,
+                    reserved_blocks: 0,
+                    awaiting_commit: 0,
+                    available_blocks: 0,
+                    free_inodes: gd.iter().map(|g| u64::from(g.free_inodes_count())).sum(),
+                }
+            }
+        }
     }
 
     /// Creates `name` in directory `dir`. Returns the new inode number. When `dir` has a default

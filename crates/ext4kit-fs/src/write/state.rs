@@ -733,6 +733,12 @@ impl MetaState {
         Ok(())
     }
 
+    /// Blocks a reservation can still take (see [`MetaState::reserve`]).
+    pub(crate) fn available_blocks(&self) -> u64 {
+        self.free_blocks()
+            .saturating_sub(self.reserved + METADATA_MARGIN_BLOCKS)
+    }
+
     /// Gives back `count` reserved blocks of `ino`.
     pub(crate) fn release(&mut self, ino: u32, count: u64) {
         let r = self.reserved_by.entry(ino).or_default();
