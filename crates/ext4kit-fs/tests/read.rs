@@ -24,12 +24,9 @@ use ext4kit_fs::format::{CorruptKind, Structure};
 use ext4kit_fs::{Corruption, Error, ExtentKind, Fs, JournalMode, OpenOptions, ROOT_INO};
 use ext4kit_testkit::{LoopMount, require_kernel, run, run_ok};
 
+/// A directory removed when the test process exits (fixtures in statics share it).
 fn temp_dir(prefix: &str) -> PathBuf {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .unwrap()
-        .keep()
+    ext4kit_testkit::process_temp_dir(prefix)
 }
 
 fn hexs(b: &[u8]) -> String {

@@ -850,6 +850,60 @@ mod summary_tests {
     }
 }
 
+/// A temporary directory for the rest of the test process (fixtures kept in statics, which are
+/// never dropped): removed when the process exits, after failing tests too — the test harness
+/// ends through exit(3), which runs the hook registered here. A process killed by a signal
+/// leaves its directories; the next process that asks for one removes those whose process is
+/// gone (the name carries the pid).
+pub fn process_temp_dir(prefix: &str) -> PathBuf {
+    static DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_all() {
+        if let Ok(dirs) = DIRS.lock() {
+            for d in dirs.iter() {
+                let _ = fs::remove_dir_all(d);
+            }
+        }
+    }
+    HOOK.call_once(|| {
+        // SAFETY: `remove_all` is a plain `extern "C" fn` with no arguments that cannot unwind
+        // (it only ignores errors); registering it has no other precondition.
+        unsafe {
+            libc::atexit(remove_all);
+        }
+    });
+    let mut dirs = DIRS.lock().unwrap_or_else(|p| p.into_inner());
+    if dirs.is_empty() {
+        sweep_dead_process_dirs(prefix);
+    }
+    let d = tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"))
+        .keep();
+    dirs.push(d.clone());
+    d
+}
+
+/// Removes `PREFIX<pid>-*` directories in the temp dir whose process no longer runs.
+fn sweep_dead_process_dirs(prefix: &str) {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Runs `cmd` (a mount, umount or losetup) until it succeeds or fails for a reason other than
 /// "busy": the kernel's EBUSY on a loaded machine is transient (writeback of the last dirty
 /// pages, udev or blkid probing a new device). Bounded: about 10 s in all, backing off from

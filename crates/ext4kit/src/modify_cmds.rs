@@ -90,7 +90,8 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
     };
     if let Some(target) = through.filter(|&t| t != e.ino) {
         // `link/` of a symlink to a directory: rm -r empties the directory, then cannot
-        // remove the symlink through `link/`.
+        // remove the symlink through `link/`. What it removed is committed.
+        images.mark_changed();
         remove_tree(&fs, target).with_context(|| s.display())?;
         bail!("{}: not a directory", s.display());
     }
@@ -101,6 +102,8 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
                 s.display()
             );
         }
+        // A tree that fails part-way keeps what was removed (as rm -r does).
+        images.mark_changed();
         remove_tree(&fs, e.ino).with_context(|| s.display())?;
         fs.rmdir(dir, &name).with_context(|| s.display())?;
     } else {

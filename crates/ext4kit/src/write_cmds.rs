@@ -122,6 +122,8 @@ pub struct WritableImages {
     /// Notices about changes made at open that reach the image only with the command's
     /// commit (orphans cleaned up): printed once that commit succeeded.
     after_commit: Vec<(PathBuf, String)>,
+    /// Set by [`WritableImages::mark_changed`].
+    changed: bool,
 }
 
 impl WritableImages {
@@ -132,6 +134,7 @@ impl WritableImages {
             open: HashMap::new(),
             replay_journal,
             after_commit: Vec::new(),
+            changed: false,
         }
     }
 
@@ -184,11 +187,17 @@ impl WritableImages {
         Ok(fs)
     }
 
+    /// Notes that the command changed something even if the operand then fails (`rm -r`
+    /// removed part of a tree): [`WritableImages::finish`] commits it.
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
     /// Writes everything back if the command changed something (`changed`); a command all of
     /// whose operands failed leaves its images as they were, changes made at open (an orphan
     /// cleanup) included.
     pub fn finish(&mut self, changed: bool) -> Result<()> {
-        if changed {
+        if changed || self.changed {
             self.sync_all()
         } else {
             self.open.clear();
@@ -486,13 +495,17 @@ pub fn cmd_mkdir(images: &mut WritableImages, specs: &[Spec], parents: bool) -> 
                         Err(ext4kit_fs::Error::NotFound { .. })
                             if fs.lookup(cur, comp)?.is_none() =>
                         {
-                            fs.create(
-                                cur,
-                                comp,
-                                &NewKind::Directory,
-                                &mkdir_attrs(&fs, cur, &attrs),
-                            )
-                            .with_context(shown)?
+                            let d = fs
+                                .create(
+                                    cur,
+                                    comp,
+                                    &NewKind::Directory,
+                                    &mkdir_attrs(&fs, cur, &attrs),
+                                )
+                                .with_context(shown)?;
+                            // Kept if a later component fails, as mkdir -p keeps them.
+                            images.mark_changed();
+                            d
                         }
                         // Only the last component can be missing: a dangling symlink.
                         Err(ext4kit_fs::Error::NotFound { .. }) => {

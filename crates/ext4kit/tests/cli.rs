@@ -43,12 +43,9 @@ fn os(s: &str) -> &std::ffi::OsStr {
 }
 
 /// A temporary directory kept for the whole test process (fixtures live in statics).
+/// A directory removed when the test process exits (fixtures in statics share it).
 fn temp_dir(prefix: &str) -> PathBuf {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .unwrap()
-        .keep()
+    ext4kit_testkit::process_temp_dir(prefix)
 }
 
 fn make_tree(xattrs: bool) -> (PathBuf, Tree) {

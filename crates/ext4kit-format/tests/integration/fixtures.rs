@@ -244,36 +244,10 @@ impl Image {
     }
 }
 
-/// A fresh temporary directory that lives for the whole test process.
-///
-/// Fixtures live in statics, which are never dropped, so the directories are
-/// kept; directories left by runs more than two hours old are removed here.
+/// A fresh temporary directory that lives for the whole test process (fixtures live in
+/// statics, which are never dropped): removed when the process exits, failed tests or not.
 pub fn temp_dir() -> PathBuf {
-    static SWEEP: OnceLock<()> = OnceLock::new();
-    SWEEP.get_or_init(|| {
-        let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let old = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok());
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with("ext4kit-format-")
-                && old.is_some_and(|age| age.as_secs() > 2 * 3600)
-            {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
-    });
-    let d = tempfile::Builder::new()
-        .prefix("ext4kit-format-")
-        .tempdir()
-        .unwrap();
-    d.keep()
+    ext4kit_testkit::process_temp_dir("ext4kit-format-")
 }
 
 fn write(path: &Path, data: &[u8]) {
@@ -550,6 +524,26 @@ fn unsafe_free_is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// mount(8) with `args`, retried while the kernel answers EBUSY (a loaded machine).
+fn mount_or_umount(args: &[&std::ffi::OsStr]) {
+    if let Err(text) = ext4kit_testkit::retry_busy(|| ext4kit_testkit::run("mount", args)) {
+        panic!("mount {args:?} failed: {text}");
+    }
+}
+
+/// umount(8), retried while busy; says what held the mount if it never lets go.
+fn umount(mnt: &Path) {
+    if let Err(text) =
+        ext4kit_testkit::retry_busy(|| ext4kit_testkit::run("umount", &[mnt.as_os_str()]))
+    {
+        panic!(
+            "umount {} failed: {text} (held by: {})",
+            mnt.display(),
+            ext4kit_testkit::mount_holders(mnt)
+        );
+    }
+}
+
 fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
     let dir = temp_dir();
     let img = dir.join("kernel.img");
@@ -564,13 +558,12 @@ fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
             .arg(&img),
         &[0],
     );
-    run(
-        Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt),
-        &[0],
-    );
+    mount_or_umount(&[
+        "-o".as_ref(),
+        "loop".as_ref(),
+        img.as_os_str(),
+        mnt.as_os_str(),
+    ]);
     let m = |p: &str| mnt.join(p);
     let mut times = HashMap::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -648,7 +641,7 @@ fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
             &[0],
         );
     }));
-    run(Command::new("umount").arg(&mnt), &[0]);
+    umount(&mnt);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
