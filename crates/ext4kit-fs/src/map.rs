@@ -12,7 +12,6 @@
 //! The full walk ([`Core::extent_runs`]) also refuses to visit a block twice and to visit more
 //! nodes than the filesystem has blocks. Indirect maps have a fixed depth (≤ 3).
 
-use std::collections::HashSet;
 
 use ext4kit_format::Structure;
 use ext4kit_format::extent::{ExtentNode, NodeLocation};
@@ -22,6 +21,7 @@ use ext4kit_pagecache::{BlockMapper, Extent, ExtentKind, MapError, MapFlags, Unw
 
 use crate::error::{Corruption, Error, Result, ResultExt};
 use crate::fs::Core;
+use crate::write::extent_tree;
 
 /// One past the largest logical block an extent tree can map.
 pub const EXTENT_LBLK_END: u64 = 1 << 32;
@@ -58,63 +58,39 @@ impl Core {
         if lblk >= EXTENT_LBLK_END {
             return Ok(hole(lblk, len));
         }
-        let mut node = ExtentNode::parse_root(inode.block_area()).ctx_inode(ino)?;
-        let mut bound_end = EXTENT_LBLK_END;
-        let mut levels = 0;
-        loop {
-            if node.is_leaf() {
-                for e in node.extents() {
-                    if e.logical_end() <= lblk {
-                        continue;
-                    }
-                    let start = u64::from(e.logical_block);
-                    if start > lblk {
-                        let end = start.min(bound_end);
-                        return Ok(hole(lblk, (end.saturating_sub(lblk)).min(len)));
-                    }
-                    self.check_range(Structure::ExtentTree, e.physical_block, u64::from(e.len))
-                        .ctx_inode(ino)?;
-                    let off = lblk - start;
-                    let n = (e.logical_end() - lblk).min(len);
-                    return Ok(Extent {
-                        lblk,
-                        len: n,
-                        pblk: e.physical_block + off,
-                        kind: if e.unwritten {
-                            ExtentKind::Unwritten
-                        } else {
-                            ExtentKind::Written
-                        },
-                    });
-                }
-                return Ok(hole(lblk, bound_end.saturating_sub(lblk).min(len)));
+        let root = ExtentNode::parse_root(inode.block_area()).ctx_inode(ino)?;
+        let path = extent_tree::descend(root, lblk, |b, d| self.read_extent_node(ino, inode, b, d))
+            .map_err(|e| e.with_inode(ino))?;
+        // The leaf's range ends where the next subtree starts.
+        let bound_end = extent_tree::next_key(&path).map_or(EXTENT_LBLK_END, u64::from);
+        let Some(leaf) = path.last() else {
+            return Ok(hole(lblk, len));
+        };
+        for e in leaf.node.extents() {
+            if e.logical_end() <= lblk {
+                continue;
             }
-            let idx = node.indexes();
-            let pos = idx.partition_point(|i| u64::from(i.logical_block) <= lblk);
-            let Some(i) = pos.checked_sub(1) else {
-                // Before the first index entry: nothing maps it.
-                let first = idx
-                    .first()
-                    .map_or(bound_end, |i| u64::from(i.logical_block));
-                return Ok(hole(
-                    lblk,
-                    first.min(bound_end).saturating_sub(lblk).min(len),
-                ));
-            };
-            if let Some(next) = idx.get(i + 1) {
-                bound_end = bound_end.min(u64::from(next.logical_block));
+            let start = u64::from(e.logical_block);
+            if start > lblk {
+                let end = start.min(bound_end);
+                return Ok(hole(lblk, (end.saturating_sub(lblk)).min(len)));
             }
-            levels += 1;
-            if levels > usize::from(ext4kit_format::extent::MAX_DEPTH) {
-                return Err(Error::corrupt(
-                    Structure::ExtentTree,
-                    Corruption::Format(ext4kit_format::CorruptKind::ExtentDepth(node.depth())),
-                )
-                .with_inode(ino));
-            }
-            let child = idx[i].child_block;
-            node = self.read_extent_node(ino, inode, child, node.depth() - 1)?;
+            self.check_range(Structure::ExtentTree, e.physical_block, u64::from(e.len))
+                .ctx_inode(ino)?;
+            let off = lblk - start;
+            let n = (e.logical_end() - lblk).min(len);
+            return Ok(Extent {
+                lblk,
+                len: n,
+                pblk: e.physical_block + off,
+                kind: if e.unwritten {
+                    ExtentKind::Unwritten
+                } else {
+                    ExtentKind::Written
+                },
+            });
         }
+        Ok(hole(lblk, bound_end.saturating_sub(lblk).min(len)))
     }
 
     /// Reads and checks one extent tree block at `depth`.
@@ -125,6 +101,19 @@ impl Core {
         block: u64,
         depth: u16,
     ) -> Result<ExtentNode> {
+        self.read_extent_block(ino, inode.generation(), block, depth)
+    }
+
+    /// Reads and checks tree block `block` of inode `ino` (generation `generation`, for the
+    /// checksum) expected at `depth`: in range, parsed, depth as expected, checksum verified. The
+    /// one reader of extent tree blocks, for lookups, walks and the write side's store.
+    pub(crate) fn read_extent_block(
+        &self,
+        ino: u32,
+        generation: u32,
+        block: u64,
+        depth: u16,
+    ) -> Result<ExtentNode> {
         self.check_range(Structure::ExtentTree, block, 1)
             .ctx_inode(ino)?;
         let data = self.cache.get(block).ctx_inode(ino)?;
@@ -132,7 +121,7 @@ impl Core {
             .ctx_inode(ino)
             .ctx_block(block)?;
         if let Some(seed) = self.csum_seed {
-            node.verify_checksum(seed, ino, inode.generation())
+            node.verify_checksum(seed, ino, generation)
                 .ctx_inode(ino)
                 .ctx_block(block)?;
         }
@@ -255,14 +244,16 @@ impl Core {
     pub fn extent_runs(&self, ino: u32, inode: &Inode) -> Result<Vec<Extent>> {
         let root = ExtentNode::parse_root(inode.block_area()).ctx_inode(ino)?;
         let mut out: Vec<Extent> = Vec::new();
-        let mut seen: HashSet<u64> = HashSet::new();
-        let mut stack = vec![root];
-        let limit = self.sb.blocks_count();
-        while let Some(node) = stack.pop() {
-            if node.is_leaf() {
+        extent_tree::walk_tree(
+            root,
+            self.sb.blocks_count(),
+            |b, d| self.read_extent_node(ino, inode, b, d),
+            |node, _, _| {
+                if !node.is_leaf() {
+                    return Ok(());
+                }
                 for e in node.extents() {
-                    self.check_range(Structure::ExtentTree, e.physical_block, u64::from(e.len))
-                        .ctx_inode(ino)?;
+                    self.check_range(Structure::ExtentTree, e.physical_block, u64::from(e.len))?;
                     let lblk = u64::from(e.logical_block);
                     if out.last().is_some_and(|p| p.lblk + p.len > lblk) {
                         return Err(Error::corrupt(
@@ -270,8 +261,7 @@ impl Core {
                             Corruption::Format(ext4kit_format::CorruptKind::ExtentOrder {
                                 index: 0,
                             }),
-                        )
-                        .with_inode(ino));
+                        ));
                     }
                     out.push(Extent {
                         lblk,
@@ -284,27 +274,10 @@ impl Core {
                         },
                     });
                 }
-                continue;
-            }
-            // Push children in reverse so the leftmost is visited first.
-            for idx in node.indexes().iter().rev() {
-                let b = idx.child_block;
-                if !seen.insert(b) {
-                    return Err(Error::corrupt(
-                        Structure::ExtentTree,
-                        Corruption::TreeCycle { block: b },
-                    )
-                    .with_inode(ino));
-                }
-                if seen.len() as u64 > limit {
-                    return Err(
-                        Error::corrupt(Structure::ExtentTree, Corruption::TooManyNodes)
-                            .with_inode(ino),
-                    );
-                }
-                stack.push(self.read_extent_node(ino, inode, b, node.depth() - 1)?);
-            }
-        }
+                Ok(())
+            },
+        )
+        .map_err(|e| e.with_inode(ino))?;
         Ok(out)
     }
 

@@ -605,6 +605,77 @@ fn extent_tree_cycle_ends_with_an_error() {
     assert!(e.is_corruption(), "{e}");
 }
 
+/// A hostile extent tree whose index entries all name one child, two levels deep (4 × 340 ×
+/// 340 paths to one leaf): reading the file's runs and writing through it both end with a
+/// `TreeCycle` error at the second visit of a block, instead of walking every path.
+#[test]
+fn an_extent_tree_whose_index_entries_repeat_one_child_fails_fast_for_writes_as_for_reads() {
+    let Some(img) = fixture() else { return };
+    let (ino, leaf) = sparse_leaf(img);
+    let fs = img.open().unwrap();
+    let (seed, generation) = (
+        fs.superblock().csum_seed(),
+        fs.inode(ino).unwrap().generation(),
+    );
+    let bs = fs.block_size() as usize;
+    // Two of the file's own data blocks become the index nodes.
+    let data: Vec<u64> = fs
+        .file_runs(ino)
+        .unwrap()
+        .iter()
+        .filter(|r| r.kind == ExtentKind::Written)
+        .flat_map(|r| r.pblk..r.pblk + r.len)
+        .take(2)
+        .collect();
+    assert_eq!(data.len(), 2, "fixture: /sparse needs two data blocks");
+    drop(fs);
+    let per = (bs - 12) / 12;
+    let entries = |child: u64| -> Vec<ExtentIndex> {
+        (0..per as u32)
+            .map(|k| ExtentIndex {
+                logical_block: k,
+                child_block: child,
+                unused: 0,
+            })
+            .collect()
+    };
+    let mut m = img.clone();
+    let (x1, x2) = (data[0], data[1]);
+    for (block, depth, child) in [(x1, 1u16, leaf), (x2, 2, x1)] {
+        let mut node =
+            ExtentNode::build_index(bs, NodeLocation::Block, depth, &entries(child)).unwrap();
+        node.update_checksum(seed, ino, generation);
+        m.block_mut(block).copy_from_slice(node.as_bytes());
+    }
+    m.edit_inode(ino, |i| {
+        let root =
+            ExtentNode::build_index(60, NodeLocation::Inode, 3, &entries(x2)[..4]).unwrap();
+        i.block_area_mut().copy_from_slice(root.as_bytes());
+    });
+    let cycle = |e: &Error| {
+        assert_eq!(e.structure(), Some(Structure::ExtentTree), "{e}");
+        assert!(
+            matches!(e.corruption(), Some(Corruption::TreeCycle { .. })),
+            "{e}"
+        );
+    };
+    cycle(&m.open().unwrap().file_runs(ino).unwrap_err());
+    let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::from_image(1024, m.bytes.clone()));
+    let fs = Fs::open(
+        dev,
+        &OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    // A write far past the data, then the sync that checks the changed tree before writing it.
+    let r = fs
+        .write_at(ino, 50 << 20, b"through the hostile tree")
+        .and_then(|()| fs.sync());
+    cycle(&r.unwrap_err());
+}
+
 /// The physical blocks of a directory.
 fn dir_blocks(fs: &Fs, ino: u32) -> Vec<u64> {
     fs.file_runs(ino)

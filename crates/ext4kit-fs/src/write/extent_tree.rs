@@ -21,6 +21,8 @@
 //! Blocks are read, written, allocated and freed through a [`NodeStore`], so the algorithms can
 //! be tested on their own and used by the filesystem with its metadata cache and allocator.
 
+use std::collections::HashSet;
+
 use ext4kit_format::extent::{
     Extent, ExtentIndex, ExtentNode, MAX_DEPTH, MAX_INIT_LEN, MAX_UNWRITTEN_LEN, NodeLocation,
 };
@@ -43,6 +45,10 @@ pub trait NodeStore {
     fn free_node(&mut self, pblk: u64) -> Result<()>;
     /// Frees `len` data blocks from `pblk`.
     fn free_data(&mut self, pblk: u64, len: u64) -> Result<()>;
+    /// The most tree nodes a full walk may visit (the filesystem's block count).
+    fn node_limit(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 fn corrupt(lblk: u64) -> Error {
@@ -83,12 +89,117 @@ fn merge_all(exts: &mut Vec<Extent>) {
 }
 
 /// One node on the path from the root to a leaf.
-struct Level {
+pub(crate) struct Level {
     /// Tree block, `None` for the root in the inode.
-    pblk: Option<u64>,
-    node: ExtentNode,
+    pub(crate) pblk: Option<u64>,
+    pub(crate) node: ExtentNode,
     /// Entry of this node followed to the next level (index nodes).
-    idx: usize,
+    pub(crate) idx: usize,
+}
+
+/// The one descent of an extent tree, for reading and writing: the path from `root` to the leaf
+/// whose range holds `lblk` (the leftmost leaf for a block before the first key), children read
+/// through `read(block, expected depth)`. A child must have its parent's depth minus one (the
+/// reader checks), and the path never exceeds `MAX_DEPTH` levels, so a cycle ends in an error.
+pub(crate) fn descend(
+    root: ExtentNode,
+    lblk: u64,
+    mut read: impl FnMut(u64, u16) -> Result<ExtentNode>,
+) -> Result<Vec<Level>> {
+    let mut path = vec![Level {
+        pblk: None,
+        node: root,
+        idx: 0,
+    }];
+    loop {
+        let Some(level) = path.last_mut() else {
+            return Err(corrupt(lblk));
+        };
+        if level.node.is_leaf() {
+            return Ok(path);
+        }
+        let idx = u32::try_from(lblk)
+            .ok()
+            .and_then(|l| level.node.find(l))
+            .unwrap_or(0);
+        level.idx = idx;
+        let depth = level.node.depth();
+        let child = level
+            .node
+            .indexes()
+            .get(idx)
+            .map(|i| i.child_block)
+            .ok_or_else(|| corrupt(lblk))?;
+        if path.len() > usize::from(MAX_DEPTH) {
+            return Err(Error::corrupt(
+                Structure::ExtentTree,
+                Corruption::TreeCycle { block: child },
+            ));
+        }
+        let node = read(child, depth - 1)?;
+        path.push(Level {
+            pblk: Some(child),
+            node,
+            idx: 0,
+        });
+    }
+}
+
+/// The first key after the subtree `path` descended into (what bounds a hole at the end of its
+/// leaf), if any: the next index entry of the deepest level that has one.
+pub(crate) fn next_key(path: &[Level]) -> Option<u32> {
+    path.iter().rev().skip(1).find_map(|level| {
+        level
+            .node
+            .indexes()
+            .get(level.idx + 1)
+            .map(|i| i.logical_block)
+    })
+}
+
+/// The one full walk of an extent tree, for reading and writing: every node from `root` down,
+/// depth first and leftmost child first, handed to `visit(node, level, block)` (level 0 and no
+/// block for the root). A block met twice ends the walk with `TreeCycle` — a hostile tree whose
+/// index entries all name one child would otherwise cost fan-out^depth reads — as do more
+/// than `limit` nodes or a level past `MAX_DEPTH`.
+pub(crate) fn walk_tree(
+    root: ExtentNode,
+    limit: u64,
+    mut read: impl FnMut(u64, u16) -> Result<ExtentNode>,
+    mut visit: impl FnMut(&ExtentNode, usize, Option<u64>) -> Result<()>,
+) -> Result<()> {
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut stack = vec![(root, 0usize, None)];
+    while let Some((node, level, pblk)) = stack.pop() {
+        visit(&node, level, pblk)?;
+        if node.is_leaf() {
+            continue;
+        }
+        if level >= usize::from(MAX_DEPTH) {
+            return Err(Error::corrupt(
+                Structure::ExtentTree,
+                Corruption::TooManyNodes,
+            ));
+        }
+        // Children pushed in reverse so the leftmost is visited first.
+        for idx in node.indexes().iter().rev() {
+            let b = idx.child_block;
+            if !seen.insert(b) {
+                return Err(Error::corrupt(
+                    Structure::ExtentTree,
+                    Corruption::TreeCycle { block: b },
+                ));
+            }
+            if seen.len() as u64 > limit {
+                return Err(Error::corrupt(
+                    Structure::ExtentTree,
+                    Corruption::TooManyNodes,
+                ));
+            }
+            stack.push((read(b, node.depth() - 1)?, level + 1, Some(b)));
+        }
+    }
+    Ok(())
 }
 
 /// An extent tree rooted in an inode's `i_block`.
@@ -124,68 +235,31 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
     /// The path from the root to the leaf that covers (or would cover) `lblk`.
     fn find_path(&mut self, lblk: u32) -> Result<Vec<Level>> {
         let root = self.read_root()?;
-        let mut path = vec![Level {
-            pblk: None,
-            node: root,
-            idx: 0,
-        }];
-        let mut seen = 0;
-        loop {
-            let Some(level) = path.last_mut() else {
-                return Err(corrupt(u64::from(lblk)));
-            };
-            if level.node.is_leaf() {
-                return Ok(path);
-            }
-            let idx = level.node.find(lblk).unwrap_or(0);
-            level.idx = idx;
-            let depth = level.node.depth();
-            let child = level
-                .node
-                .indexes()
-                .get(idx)
-                .map(|i| i.child_block)
-                .ok_or_else(|| corrupt(u64::from(lblk)))?;
-            seen += 1;
-            if seen > usize::from(MAX_DEPTH) {
-                return Err(Error::corrupt(
-                    Structure::ExtentTree,
-                    Corruption::TreeCycle { block: child },
-                ));
-            }
-            let node = self.store.read_node(child, depth - 1)?;
-            path.push(Level {
-                pblk: Some(child),
-                node,
-                idx: 0,
-            });
-        }
+        let store = &mut *self.store;
+        descend(root, u64::from(lblk), |b, d| store.read_node(b, d))
+    }
+
+    /// [`walk_tree`] through the store.
+    fn walk(
+        &mut self,
+        visit: impl FnMut(&ExtentNode, usize, Option<u64>) -> Result<()>,
+    ) -> Result<()> {
+        let root = self.read_root()?;
+        let limit = self.store.node_limit();
+        let store = &mut *self.store;
+        walk_tree(root, limit, |b, d| store.read_node(b, d), visit)
     }
 
     /// Every extent of the tree, in order.
     pub fn extents(&mut self) -> Result<Vec<Extent>> {
-        let root = self.read_root()?;
         let mut out = Vec::new();
-        self.collect(&root, &mut out, 0)?;
+        self.walk(|node, _, _| {
+            if node.is_leaf() {
+                out.extend(node.extents());
+            }
+            Ok(())
+        })?;
         Ok(out)
-    }
-
-    fn collect(&mut self, node: &ExtentNode, out: &mut Vec<Extent>, level: usize) -> Result<()> {
-        if node.is_leaf() {
-            out.extend(node.extents());
-            return Ok(());
-        }
-        if level > usize::from(MAX_DEPTH) {
-            return Err(Error::corrupt(
-                Structure::ExtentTree,
-                Corruption::TooManyNodes,
-            ));
-        }
-        for i in node.indexes() {
-            let child = self.store.read_node(i.child_block, node.depth() - 1)?;
-            self.collect(&child, out, level + 1)?;
-        }
-        Ok(())
     }
 
     /// Per level (the root is level 0): entries and capacity, counted as e2fsck's pass 1 does —
@@ -194,16 +268,7 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
     fn level_stats(&mut self) -> Result<Vec<(u64, u64)>> {
         let root = self.read_root()?;
         let mut stats = vec![(0u64, 0u64); usize::from(root.depth()) + 1];
-        let mut stack = vec![(root, 0usize)];
-        let mut visited = 0u64;
-        while let Some((node, level)) = stack.pop() {
-            visited += 1;
-            if visited > 1 << 24 {
-                return Err(Error::corrupt(
-                    Structure::ExtentTree,
-                    Corruption::TooManyNodes,
-                ));
-            }
+        self.walk(|node, level, _| {
             let (n, m) = (node.entry_count() as u64, node.max_entries() as u64);
             let s = stats.get_mut(level).ok_or_else(|| corrupt(0))?;
             s.0 += n;
@@ -211,13 +276,8 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
             if level > 0 && n < m {
                 s.1 -= 1;
             }
-            if !node.is_leaf() {
-                for i in node.indexes() {
-                    let child = self.store.read_node(i.child_block, node.depth() - 1)?;
-                    stack.push((child, level + 1));
-                }
-            }
-        }
+            Ok(())
+        })?;
         Ok(stats)
     }
 
@@ -307,28 +367,12 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
 
     /// Every tree block (not the root), for accounting (`i_blocks`).
     pub fn node_blocks(&mut self) -> Result<Vec<u64>> {
-        let root = self.read_root()?;
         let mut out = Vec::new();
-        self.collect_nodes(&root, &mut out, 0)?;
+        self.walk(|_, _, pblk| {
+            out.extend(pblk);
+            Ok(())
+        })?;
         Ok(out)
-    }
-
-    fn collect_nodes(&mut self, node: &ExtentNode, out: &mut Vec<u64>, level: usize) -> Result<()> {
-        if node.is_leaf() {
-            return Ok(());
-        }
-        if level > usize::from(MAX_DEPTH) {
-            return Err(Error::corrupt(
-                Structure::ExtentTree,
-                Corruption::TooManyNodes,
-            ));
-        }
-        for i in node.indexes() {
-            out.push(i.child_block);
-            let child = self.store.read_node(i.child_block, node.depth() - 1)?;
-            self.collect_nodes(&child, out, level + 1)?;
-        }
-        Ok(())
     }
 
     /// The extent covering `lblk`, if any.
@@ -464,14 +508,7 @@ impl<'a, S: NodeStore> ExtentTree<'a, S> {
 
     /// The first key of the leaf after the one covering `lblk`, if any.
     fn next_leaf_key(&mut self, lblk: u32) -> Result<Option<u32>> {
-        let path = self.find_path(lblk)?;
-        for level in path.iter().rev().skip(1) {
-            let idx = level.node.indexes();
-            if level.idx + 1 < idx.len() {
-                return Ok(Some(idx[level.idx + 1].logical_block));
-            }
-        }
-        Ok(None)
+        Ok(next_key(&self.find_path(lblk)?))
     }
 
     /// Removes every mapping in `from..to`, freeing its data blocks and the tree blocks left

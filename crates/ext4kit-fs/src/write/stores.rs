@@ -7,7 +7,7 @@
 
 use ext4kit_format::Structure;
 use ext4kit_format::dir::DirBlock;
-use ext4kit_format::extent::{Extent, ExtentNode, NodeLocation};
+use ext4kit_format::extent::{Extent, ExtentNode};
 use ext4kit_format::hash::{DirHash, dirhash};
 use ext4kit_format::htree::DxBlock;
 use ext4kit_format::inode::InodeFlags;
@@ -29,18 +29,11 @@ pub(crate) struct TreeIo<'a> {
 impl NodeStore for TreeIo<'_> {
     fn read_node(&mut self, pblk: u64, depth: u16) -> Result<ExtentNode> {
         self.core
-            .check_range(Structure::ExtentTree, pblk, 1)
-            .ctx_inode(self.ino)?;
-        let blk = self.core.cache.get(pblk).ctx_inode(self.ino)?;
-        let node = ExtentNode::parse(&blk.read(), NodeLocation::Block, Some(depth))
-            .ctx_inode(self.ino)
-            .ctx_block(pblk)?;
-        if let Some(seed) = self.core.csum_seed {
-            node.verify_checksum(seed, self.ino, self.generation)
-                .ctx_inode(self.ino)
-                .ctx_block(pblk)?;
-        }
-        Ok(node)
+            .read_extent_block(self.ino, self.generation, pblk, depth)
+    }
+
+    fn node_limit(&self) -> u64 {
+        self.core.sb.blocks_count()
     }
 
     fn write_node(&mut self, pblk: u64, node: &ExtentNode) -> Result<()> {
