@@ -387,6 +387,57 @@ impl Core {
         InlineDir::parse(d.inode, self.block_size, self.ea_inode).ctx_inode(d.ino)
     }
 
+    /// The parent of directory `d` (its `..` entry: in block 0, or the dx root's, or the
+    /// inline header). The one `..` lookup, for reading and for the write side.
+    pub(crate) fn dir_parent(&self, d: &DirInode<'_>) -> Result<u32> {
+        self.check_dir_flags(d)?;
+        if d.inode.flags().contains(InodeFlags::INLINE_DATA) {
+            return Ok(self.inline_dir(d)?.parent);
+        }
+        // `.` and `..` live in block 0, even in indexed directories.
+        let mb = self.dir_block(d, 0)?.ok_or_else(|| {
+            Error::corrupt(
+                Structure::DirectoryBlock,
+                Corruption::DirectoryHole { lblk: 0 },
+            )
+            .with_inode(d.ino)
+        })?;
+        let dx_root = if self.is_dx(d.inode) {
+            match self.parse_dx(d, &mb, DxKind::Root) {
+                Ok(r) => Some(r),
+                Err(e) if self.salvage_dir(d, &e) => {
+                    self.warn_linear(d, &e);
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let parent = if let Some(root) = dx_root {
+            root.parent_inode()
+        } else {
+            let leaf = if self.salvage {
+                self.parse_leaf_salvage(d, &mb)?
+            } else {
+                self.parse_leaf(d, &mb)?
+            };
+            let entries = leaf.entries().ctx_inode(d.ino)?;
+            match entries.get(1) {
+                Some(e) if e.name == b".." => e.inode,
+                _ => {
+                    return Err(Error::corrupt(
+                        Structure::DirectoryBlock,
+                        Corruption::DirectoryDots,
+                    )
+                    .with_inode(d.ino)
+                    .with_block(mb.block()));
+                }
+            }
+        };
+        Ok(parent)
+    }
+
     /// Looks `name` up in a directory: the inode and file type of the entry, or `None`.
     pub(crate) fn lookup_entry(&self, d: &DirInode<'_>, name: &[u8]) -> Result<Option<DirEntry>> {
         self.check_dir_flags(d)?;
@@ -400,15 +451,15 @@ impl Core {
                 file_type: Some(FileType::Directory),
             }));
         }
+        if name == b".." {
+            return Ok(Some(DirEntry {
+                name: name.to_vec(),
+                ino: self.dir_parent(d)?,
+                file_type: Some(FileType::Directory),
+            }));
+        }
         if d.inode.flags().contains(InodeFlags::INLINE_DATA) {
             let dir = self.inline_dir(d)?;
-            if name == b".." {
-                return Ok(Some(DirEntry {
-                    name: name.to_vec(),
-                    ino: dir.parent,
-                    file_type: Some(FileType::Directory),
-                }));
-            }
             for region in std::iter::once(&dir.head).chain(dir.tail.iter()) {
                 let mut v = Vec::new();
                 self.push_entries(d, region, &mut v)?;
@@ -423,54 +474,6 @@ impl Core {
                 "lookup in a case-insensitive (casefold) directory".into(),
             ))
             .with_inode(d.ino));
-        }
-        if name == b".." {
-            // `.` and `..` live in block 0, even in indexed directories.
-            let mb = self.dir_block(d, 0)?.ok_or_else(|| {
-                Error::corrupt(
-                    Structure::DirectoryBlock,
-                    Corruption::DirectoryHole { lblk: 0 },
-                )
-                .with_inode(d.ino)
-            })?;
-            let dx_root = if self.is_dx(d.inode) {
-                match self.parse_dx(d, &mb, DxKind::Root) {
-                    Ok(r) => Some(r),
-                    Err(e) if self.salvage_dir(d, &e) => {
-                        self.warn_linear(d, &e);
-                        None
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                None
-            };
-            let parent = if let Some(root) = dx_root {
-                root.parent_inode()
-            } else {
-                let leaf = if self.salvage {
-                    self.parse_leaf_salvage(d, &mb)?
-                } else {
-                    self.parse_leaf(d, &mb)?
-                };
-                let entries = leaf.entries().ctx_inode(d.ino)?;
-                match entries.get(1) {
-                    Some(e) if e.name == b".." => e.inode,
-                    _ => {
-                        return Err(Error::corrupt(
-                            Structure::DirectoryBlock,
-                            Corruption::DirectoryDots,
-                        )
-                        .with_inode(d.ino)
-                        .with_block(mb.block()));
-                    }
-                }
-            };
-            return Ok(Some(DirEntry {
-                name: name.to_vec(),
-                ino: parent,
-                file_type: Some(FileType::Directory),
-            }));
         }
         if self.is_dx(d.inode) {
             return match self.dx_lookup(d, name) {

@@ -12,7 +12,6 @@
 //! The full walk ([`Core::extent_runs`]) also refuses to visit a block twice and to visit more
 //! nodes than the filesystem has blocks. Indirect maps have a fixed depth (≤ 3).
 
-
 use ext4kit_format::Structure;
 use ext4kit_format::extent::{ExtentNode, NodeLocation};
 use ext4kit_format::indirect;

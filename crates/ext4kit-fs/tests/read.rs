@@ -648,8 +648,7 @@ fn an_extent_tree_whose_index_entries_repeat_one_child_fails_fast_for_writes_as_
         m.block_mut(block).copy_from_slice(node.as_bytes());
     }
     m.edit_inode(ino, |i| {
-        let root =
-            ExtentNode::build_index(60, NodeLocation::Inode, 3, &entries(x2)[..4]).unwrap();
+        let root = ExtentNode::build_index(60, NodeLocation::Inode, 3, &entries(x2)[..4]).unwrap();
         i.block_area_mut().copy_from_slice(root.as_bytes());
     });
     let cycle = |e: &Error| {

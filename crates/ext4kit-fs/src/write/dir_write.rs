@@ -105,51 +105,6 @@ pub fn add_entry<S: DirStore + ?Sized>(s: &mut S, name: &[u8], ino: u32, ft: u8)
     s.write_leaf(lblk, b)
 }
 
-/// The directory's parent: the `..` entry (in the dx root's fake entries when indexed).
-pub fn parent_of<S: DirStore + ?Sized>(s: &mut S) -> Result<Option<u32>> {
-    if s.nblocks() == 0 {
-        return Ok(None);
-    }
-    let raw = s.read_block(0)?;
-    if s.is_indexed() {
-        let root = DxBlock::parse_root(&raw, dx_opts(s))?;
-        return Ok(Some(root.parent_inode()));
-    }
-    let b = DirBlock::parse(&raw, opts(s))?;
-    Ok(b.find(b"..")?.map(|e| e.inode))
-}
-
-/// Looks `name` up; returns (inode, dirent file type).
-pub fn lookup<S: DirStore + ?Sized>(s: &mut S, name: &[u8]) -> Result<Option<(u32, u8)>> {
-    let find = |raw: &[u8], o: DirBlockOptions| -> Result<Option<(u32, u8)>> {
-        let b = DirBlock::parse(raw, o)?;
-        Ok(b.find(name)?.map(|e| (e.inode, e.file_type)))
-    };
-    if s.is_indexed() {
-        let h = s.hash(name)?.major;
-        let path = dx_path(s, h)?;
-        let mut lblk = path.leaf;
-        for _ in 0..s.nblocks().max(1) {
-            let raw = s.read_block(lblk)?;
-            if let Some(hit) = find(&raw, opts(s))? {
-                return Ok(Some(hit));
-            }
-            match next_leaf_with_hash(s, &path, lblk, h)? {
-                Some(next) => lblk = next,
-                None => return Ok(None),
-            }
-        }
-        return Ok(None);
-    }
-    for lblk in 0..s.nblocks() {
-        let raw = s.read_block(lblk)?;
-        if let Some(hit) = find(&raw, opts(s))? {
-            return Ok(Some(hit));
-        }
-    }
-    Ok(None)
-}
-
 /// Removes `name`; returns its inode, or `None` if absent.
 pub fn remove_entry<S: DirStore + ?Sized>(s: &mut S, name: &[u8]) -> Result<Option<u32>> {
     if s.is_indexed() {

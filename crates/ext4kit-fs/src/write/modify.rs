@@ -31,6 +31,7 @@ use ext4kit_format::inode::{FileType, InodeFlags, Timestamp};
 use ext4kit_format::xattr::XattrBlock;
 use ext4kit_pagecache::Mapping;
 
+use crate::dir::DirInode;
 use crate::error::{Corruption, Error, PathBytes, Result, ResultExt};
 use crate::fs::{Core, Fs, ROOT_INO};
 use crate::write::dir_write::{self, DirStore};
@@ -95,39 +96,38 @@ fn load_dir(meta: &mut MetaState, core: &Core, dir: u32, name_for_error: &[u8]) 
     Ok(())
 }
 
-/// The parent (`..`) of directory `dir` (which must be loaded).
+/// The parent (`..`) of directory `dir`, as the writer sees it: the read side's one `..`
+/// lookup ([`Core::dir_parent`]) on the writer's copy of the inode.
 pub(crate) fn dotdot(meta: &mut MetaState, core: &Core, dir: u32) -> Result<u32> {
     if dir == ROOT_INO {
         return Ok(dir);
     }
-    let mut io = DirIo {
-        core,
-        meta,
+    let inode = meta.inode(core, dir)?.clone();
+    core.dir_parent(&DirInode {
         ino: dir,
-        parent: 0,
-    };
-    dir_write::parent_of(&mut io)?.ok_or_else(|| {
-        Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots).with_inode(dir)
+        inode: &inode,
     })
 }
 
-/// Looks `name` up in loaded directory `dir`: (inode, dirent file type).
-fn lookup(
+/// Looks `name` up in directory `dir` as the writer sees it: (inode, dirent file type). The
+/// read side's one lookup engine ([`Core::lookup_entry`], linear, htree and inline) on the
+/// writer's copy of the inode; its blocks are the metadata cache's, changed ones included.
+pub(crate) fn lookup(
     meta: &mut MetaState,
     core: &Core,
     dir: u32,
-    parent: u32,
     name: &[u8],
 ) -> Result<Option<(u32, u8)>> {
-    dir_write::lookup(
-        &mut DirIo {
-            core,
-            meta,
-            ino: dir,
-            parent,
-        },
-        name,
-    )
+    let inode = meta.inode(core, dir)?.clone();
+    Ok(core
+        .lookup_entry(
+            &DirInode {
+                ino: dir,
+                inode: &inode,
+            },
+            name,
+        )?
+        .map(|e| (e.ino, e.file_type.map_or(0, FileType::dirent_code))))
 }
 
 /// Whether loaded directory `dir` holds nothing but `.` and `..`.
@@ -388,10 +388,9 @@ impl Fs {
             let mut meta = w.meta.lock();
             load_dir(&mut meta, core, dir, name)?;
             let parent = dotdot(&mut meta, core, dir)?;
-            let (ino, _) =
-                lookup(&mut meta, core, dir, parent, name)?.ok_or_else(|| Error::NotFound {
-                    path: PathBytes(name.to_vec()),
-                })?;
+            let (ino, _) = lookup(&mut meta, core, dir, name)?.ok_or_else(|| Error::NotFound {
+                path: PathBytes(name.to_vec()),
+            })?;
             if meta.inode(core, ino)?.is_dir() {
                 return Err(Error::IsDir {
                     path: PathBytes(name.to_vec()),
@@ -422,10 +421,9 @@ impl Fs {
         let mut meta = w.meta.lock();
         load_dir(&mut meta, core, dir, name)?;
         let parent = dotdot(&mut meta, core, dir)?;
-        let (ino, _) =
-            lookup(&mut meta, core, dir, parent, name)?.ok_or_else(|| Error::NotFound {
-                path: PathBytes(name.to_vec()),
-            })?;
+        let (ino, _) = lookup(&mut meta, core, dir, name)?.ok_or_else(|| Error::NotFound {
+            path: PathBytes(name.to_vec()),
+        })?;
         if !meta.inode(core, ino)?.is_dir() {
             return Err(Error::NotDir {
                 path: PathBytes(name.to_vec()),
@@ -474,136 +472,135 @@ impl Fs {
         check_name(dst_name)?;
         let core = &self.core;
         let w = core.writer("rename")?;
-        let last =
-            {
-                let mut meta = w.meta.lock();
-                load_dir(&mut meta, core, src_dir, src_name)?;
-                load_dir(&mut meta, core, dst_dir, dst_name)?;
-                let src_parent = dotdot(&mut meta, core, src_dir)?;
-                let dst_parent = dotdot(&mut meta, core, dst_dir)?;
-                let (ino, ft) = lookup(&mut meta, core, src_dir, src_parent, src_name)?
-                    .ok_or_else(|| Error::NotFound {
-                        path: PathBytes(src_name.to_vec()),
-                    })?;
-                if src_dir == dst_dir && src_name == dst_name {
-                    return Ok(());
-                }
-                let is_dir = meta.inode(core, ino)?.is_dir();
-                let existing = lookup(&mut meta, core, dst_dir, dst_parent, dst_name)?;
-                // The checks in rename(2)'s order: a directory into its own subtree (EINVAL), a
-                // target that is an ancestor of the source (ENOTEMPTY), two names of one inode
-                // (nothing to do), then the target's type and emptiness.
-                if is_dir && src_dir != dst_dir && is_within(&mut meta, core, dst_dir, ino)? {
-                    return Err(Error::InvalidArgument(format!(
-                        "cannot move directory {} into its own subtree ({})",
-                        String::from_utf8_lossy(src_name),
-                        String::from_utf8_lossy(dst_name)
-                    )));
-                }
-                let mut replaced_dir = false;
-                if let Some((old, _)) = existing {
-                    let old_is_dir = meta.inode(core, old)?.is_dir();
-                    if old_is_dir && is_within(&mut meta, core, src_dir, old)? {
-                        return Err(Error::NotEmpty {
-                            path: PathBytes(dst_name.to_vec()),
-                        });
-                    }
-                    if old == ino {
-                        // Two names of one inode: rename(2) does nothing.
-                        return Ok(());
-                    }
-                    match (is_dir, old_is_dir) {
-                        (true, false) => {
-                            return Err(Error::NotDir {
-                                path: PathBytes(dst_name.to_vec()),
-                            });
-                        }
-                        (false, true) => {
-                            return Err(Error::IsDir {
-                                path: PathBytes(dst_name.to_vec()),
-                            });
-                        }
-                        (true, true) => {
-                            if !dir_is_empty(&mut meta, core, old)? {
-                                return Err(Error::NotEmpty {
-                                    path: PathBytes(dst_name.to_vec()),
-                                });
-                            }
-                            replaced_dir = true;
-                        }
-                        (false, false) => {}
-                    }
-                }
-                if is_dir
-                    && src_dir != dst_dir
-                    && !replaced_dir
-                    && meta.inode(core, dst_dir)?.links_count() >= LINK_MAX
-                    && !meta
-                        .sb
-                        .has_ro_compat(ext4kit_format::RoCompatFeatures::DIR_NLINK)
-                {
-                    return Err(Error::TooManyLinks {
+        let last = {
+            let mut meta = w.meta.lock();
+            load_dir(&mut meta, core, src_dir, src_name)?;
+            load_dir(&mut meta, core, dst_dir, dst_name)?;
+            let src_parent = dotdot(&mut meta, core, src_dir)?;
+            let dst_parent = dotdot(&mut meta, core, dst_dir)?;
+            let (ino, ft) =
+                lookup(&mut meta, core, src_dir, src_name)?.ok_or_else(|| Error::NotFound {
+                    path: PathBytes(src_name.to_vec()),
+                })?;
+            if src_dir == dst_dir && src_name == dst_name {
+                return Ok(());
+            }
+            let is_dir = meta.inode(core, ino)?.is_dir();
+            let existing = lookup(&mut meta, core, dst_dir, dst_name)?;
+            // The checks in rename(2)'s order: a directory into its own subtree (EINVAL), a
+            // target that is an ancestor of the source (ENOTEMPTY), two names of one inode
+            // (nothing to do), then the target's type and emptiness.
+            if is_dir && src_dir != dst_dir && is_within(&mut meta, core, dst_dir, ino)? {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot move directory {} into its own subtree ({})",
+                    String::from_utf8_lossy(src_name),
+                    String::from_utf8_lossy(dst_name)
+                )));
+            }
+            let mut replaced_dir = false;
+            if let Some((old, _)) = existing {
+                let old_is_dir = meta.inode(core, old)?.is_dir();
+                if old_is_dir && is_within(&mut meta, core, src_dir, old)? {
+                    return Err(Error::NotEmpty {
                         path: PathBytes(dst_name.to_vec()),
                     });
                 }
-                // The new name first (pointing an existing one at the inode), then the old name.
-                {
-                    let mut io = DirIo {
-                        core,
-                        meta: &mut meta,
-                        ino: dst_dir,
-                        parent: dst_parent,
-                    };
-                    if existing.is_some() {
-                        dir_write::remove_entry(&mut io, dst_name)?;
-                    }
-                    dir_write::add_entry(&mut io, dst_name, ino, ft)?;
+                if old == ino {
+                    // Two names of one inode: rename(2) does nothing.
+                    return Ok(());
                 }
-                let src_parent = if src_dir == dst_dir {
-                    dst_parent
-                } else {
-                    src_parent
+                match (is_dir, old_is_dir) {
+                    (true, false) => {
+                        return Err(Error::NotDir {
+                            path: PathBytes(dst_name.to_vec()),
+                        });
+                    }
+                    (false, true) => {
+                        return Err(Error::IsDir {
+                            path: PathBytes(dst_name.to_vec()),
+                        });
+                    }
+                    (true, true) => {
+                        if !dir_is_empty(&mut meta, core, old)? {
+                            return Err(Error::NotEmpty {
+                                path: PathBytes(dst_name.to_vec()),
+                            });
+                        }
+                        replaced_dir = true;
+                    }
+                    (false, false) => {}
+                }
+            }
+            if is_dir
+                && src_dir != dst_dir
+                && !replaced_dir
+                && meta.inode(core, dst_dir)?.links_count() >= LINK_MAX
+                && !meta
+                    .sb
+                    .has_ro_compat(ext4kit_format::RoCompatFeatures::DIR_NLINK)
+            {
+                return Err(Error::TooManyLinks {
+                    path: PathBytes(dst_name.to_vec()),
+                });
+            }
+            // The new name first (pointing an existing one at the inode), then the old name.
+            {
+                let mut io = DirIo {
+                    core,
+                    meta: &mut meta,
+                    ino: dst_dir,
+                    parent: dst_parent,
                 };
-                dir_write::remove_entry(
-                    &mut DirIo {
-                        core,
-                        meta: &mut meta,
-                        ino: src_dir,
-                        parent: src_parent,
-                    },
-                    src_name,
-                )?
-                .ok_or_else(|| Error::NotFound {
-                    path: PathBytes(src_name.to_vec()),
-                })?;
-                let t = now();
-                if is_dir && src_dir != dst_dir {
-                    meta.inode(core, ino)?;
-                    set_dotdot(&mut meta, core, ino, dst_dir)?;
-                    dec_dir_links(&mut meta, core, src_dir)?;
-                    if !replaced_dir {
-                        inc_dir_links(&mut meta, core, dst_dir)?;
-                    }
-                } else if replaced_dir {
-                    // The replaced directory's `..` link to dst_dir is gone.
-                    dec_dir_links(&mut meta, core, dst_dir)?;
+                if existing.is_some() {
+                    dir_write::remove_entry(&mut io, dst_name)?;
                 }
-                touch(&mut meta, core, src_dir, t)?;
-                touch(&mut meta, core, dst_dir, t)?;
-                {
-                    let inode = meta.inode(core, ino)?;
-                    inode.set_change_time(t);
-                    meta.dirty_inode(ino);
-                }
-                match existing {
-                    Some((old, _)) if replaced_dir => {
-                        evict_inode(&mut meta, core, old)?;
-                        Unlinked::Done
-                    }
-                    Some((old, _)) => drop_link(&mut meta, core, old, t)?,
-                    None => Unlinked::Done,
-                }
+                dir_write::add_entry(&mut io, dst_name, ino, ft)?;
+            }
+            let src_parent = if src_dir == dst_dir {
+                dst_parent
+            } else {
+                src_parent
             };
+            dir_write::remove_entry(
+                &mut DirIo {
+                    core,
+                    meta: &mut meta,
+                    ino: src_dir,
+                    parent: src_parent,
+                },
+                src_name,
+            )?
+            .ok_or_else(|| Error::NotFound {
+                path: PathBytes(src_name.to_vec()),
+            })?;
+            let t = now();
+            if is_dir && src_dir != dst_dir {
+                meta.inode(core, ino)?;
+                set_dotdot(&mut meta, core, ino, dst_dir)?;
+                dec_dir_links(&mut meta, core, src_dir)?;
+                if !replaced_dir {
+                    inc_dir_links(&mut meta, core, dst_dir)?;
+                }
+            } else if replaced_dir {
+                // The replaced directory's `..` link to dst_dir is gone.
+                dec_dir_links(&mut meta, core, dst_dir)?;
+            }
+            touch(&mut meta, core, src_dir, t)?;
+            touch(&mut meta, core, dst_dir, t)?;
+            {
+                let inode = meta.inode(core, ino)?;
+                inode.set_change_time(t);
+                meta.dirty_inode(ino);
+            }
+            match existing {
+                Some((old, _)) if replaced_dir => {
+                    evict_inode(&mut meta, core, old)?;
+                    Unlinked::Done
+                }
+                Some((old, _)) => drop_link(&mut meta, core, old, t)?,
+                None => Unlinked::Done,
+            }
+        };
         self.finish_unlinked(last)?;
         self.commit_if_full()
     }

@@ -19,6 +19,7 @@ use ext4kit_pagecache::Mapping;
 use crate::error::{Error, PathBytes, Result};
 use crate::fs::Fs;
 use crate::write::dir_write;
+use crate::write::modify::{dotdot, lookup};
 use crate::write::state::MetaState;
 use crate::write::stores::DirIo;
 
@@ -199,22 +200,12 @@ impl Fs {
                 path: PathBytes(name.to_vec()),
             });
         }
-        let grandparent = dotdot(&mut meta, core, dir)?;
-        if dir_write::lookup(
-            &mut DirIo {
-                core,
-                meta: &mut meta,
-                ino: dir,
-                parent: grandparent,
-            },
-            name,
-        )?
-        .is_some()
-        {
+        if lookup(&mut meta, core, dir, name)?.is_some() {
             return Err(Error::Exists {
                 path: PathBytes(name.to_vec()),
             });
         }
+        let grandparent = dotdot(&mut meta, core, dir)?;
         let is_dir = matches!(kind, NewKind::Directory);
         if is_dir {
             let links = meta.inode(core, dir)?.links_count();
@@ -405,6 +396,11 @@ impl Fs {
                 path: PathBytes(name.to_vec()),
             });
         }
+        if lookup(&mut meta, core, dir, name)?.is_some() {
+            return Err(Error::Exists {
+                path: PathBytes(name.to_vec()),
+            });
+        }
         let grandparent = dotdot(&mut meta, core, dir)?;
         let mut io = DirIo {
             core,
@@ -412,11 +408,6 @@ impl Fs {
             ino: dir,
             parent: grandparent,
         };
-        if dir_write::lookup(&mut io, name)?.is_some() {
-            return Err(Error::Exists {
-                path: PathBytes(name.to_vec()),
-            });
-        }
         dir_write::add_entry(&mut io, name, ino, ft)?;
         let inode = meta.inode(core, ino)?;
         inode.set_links_count(inode.links_count() + 1);
@@ -622,26 +613,6 @@ impl Fs {
             },
         }
     }
-}
-
-/// The parent (`..`) of directory `dir`.
-fn dotdot(meta: &mut MetaState, core: &crate::fs::Core, dir: u32) -> Result<u32> {
-    if dir == crate::fs::ROOT_INO {
-        return Ok(dir);
-    }
-    let mut io = DirIo {
-        core,
-        meta,
-        ino: dir,
-        parent: 0,
-    };
-    dir_write::parent_of(&mut io)?.ok_or_else(|| {
-        Error::corrupt(
-            ext4kit_format::Structure::DirectoryBlock,
-            crate::error::Corruption::DirectoryDots,
-        )
-        .with_inode(dir)
-    })
 }
 
 /// A parent directory gained an entry: times, and a link for a new subdirectory.
