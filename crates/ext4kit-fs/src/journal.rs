@@ -102,26 +102,58 @@ struct Txn {
     blocks: Vec<Logged>,
 }
 
-/// The journal's blocks, mapped through the journal inode.
+/// The journal inode's blocks: journal block → filesystem block. The one journal block map,
+/// for replay and for the journal writer.
+#[derive(Debug, Clone)]
+pub(crate) struct JournalMap {
+    pub(crate) ino: u32,
+    runs: Vec<Extent>,
+    pub(crate) len: u32,
+}
+
+fn journal_corrupt(ino: u32, what: String) -> Error {
+    Error::corrupt(Structure::JournalSuperblock, Corruption::Journal(what)).with_inode(ino)
+}
+
+impl JournalMap {
+    /// Maps the journal inode of `core`'s filesystem (internal journals only).
+    pub(crate) fn load(core: &Core) -> Result<JournalMap> {
+        let ino = core.sb.journal_inum();
+        if ino == 0 {
+            return Err(Error::unsupported(Unsupported::ExternalJournal));
+        }
+        let inode = core.read_inode(ino)?;
+        let nblocks = inode.size() / u64::from(core.block_size);
+        let runs = core.runs(ino, &inode, nblocks)?;
+        let len = u32::try_from(nblocks).map_err(|_| {
+            journal_corrupt(ino, format!("journal of {nblocks} blocks is too large"))
+        })?;
+        Ok(JournalMap { ino, runs, len })
+    }
+
+    /// The filesystem block holding journal block `j`.
+    pub(crate) fn physical(&self, j: u32) -> Result<u64> {
+        let l = u64::from(j);
+        let i = self.runs.partition_point(|e| e.lblk + e.len <= l);
+        match self.runs.get(i) {
+            Some(e) if e.lblk <= l && e.kind == ExtentKind::Written => Ok(e.pblk + (l - e.lblk)),
+            _ => Err(journal_corrupt(
+                self.ino,
+                format!("journal block {j} is not mapped"),
+            )),
+        }
+    }
+}
+
+/// The journal's blocks, read through its [`JournalMap`].
 struct JournalFile<'a> {
     core: &'a Core,
-    ino: u32,
-    runs: Vec<Extent>,
-    len: u32,
+    map: JournalMap,
 }
 
 impl JournalFile<'_> {
     fn physical(&self, jblock: u32) -> Result<u64> {
-        let l = u64::from(jblock);
-        let i = self.runs.partition_point(|e| e.lblk + e.len <= l);
-        match self.runs.get(i) {
-            Some(e) if e.lblk <= l && e.kind == ExtentKind::Written => Ok(e.pblk + (l - e.lblk)),
-            _ => Err(Error::corrupt(
-                Structure::JournalSuperblock,
-                Corruption::Journal(format!("journal block {jblock} is not mapped")),
-            )
-            .with_inode(self.ino)),
-        }
+        self.map.physical(jblock)
     }
 
     fn read(&self, jblock: u32) -> Result<(u64, Vec<u8>)> {
@@ -130,7 +162,7 @@ impl JournalFile<'_> {
         self.core
             .cache
             .read_uncached(p, &mut buf)
-            .ctx_inode(self.ino)?;
+            .ctx_inode(self.map.ino)?;
         Ok((p, buf))
     }
 }
@@ -149,20 +181,9 @@ pub fn replay(core: &Core) -> Result<(ReplayedBlocks, ReplayReport)> {
             Corruption::Journal("needs_recovery is set but the filesystem has no journal".into()),
         ));
     }
-    let ino = sb.journal_inum();
-    if ino == 0 {
-        return Err(Error::unsupported(Unsupported::ExternalJournal));
-    }
-    let inode = core.read_inode(ino)?;
-    let bs = u64::from(core.block_size);
-    let nblocks = inode.size() / bs;
-    let runs = core.runs(ino, &inode, nblocks)?;
-    let jf = JournalFile {
-        core,
-        ino,
-        runs,
-        len: u32::try_from(nblocks).unwrap_or(u32::MAX),
-    };
+    let map = JournalMap::load(core)?;
+    let ino = map.ino;
+    let jf = JournalFile { core, map };
     let (p0, b0) = jf.read(0)?;
     let jsb = JournalSuperblock::parse(&b0).ctx_inode(ino).ctx_block(p0)?;
     jsb.check_features().ctx_inode(ino).ctx_block(p0)?;
@@ -178,7 +199,7 @@ pub fn replay(core: &Core) -> Result<(ReplayedBlocks, ReplayReport)> {
         .with_inode(ino)
         .with_block(p0));
     }
-    let last = jsb.log_end().min(jf.len);
+    let last = jsb.log_end().min(jf.map.len);
     let first = jsb.first();
     let mut report = ReplayReport {
         transactions: 0,
@@ -486,7 +507,7 @@ fn fast_commit_follows(jf: &JournalFile<'_>, jsb: &JournalSuperblock, tid: u32) 
         return Ok(false);
     }
     let first = jsb.log_end().saturating_add(1);
-    if first >= jf.len.min(jsb.maxlen()) {
+    if first >= jf.map.len.min(jsb.maxlen()) {
         return Ok(false);
     }
     let (_, b) = jf.read(first)?;

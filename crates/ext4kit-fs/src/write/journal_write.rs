@@ -68,11 +68,11 @@ use ext4kit_format::journal::{
 };
 use ext4kit_format::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use ext4kit_format::{CompatFeatures, IncompatFeatures, Structure, Superblock};
-use ext4kit_pagecache::{Extent, ExtentKind};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Corruption, Error, Result, ResultExt, Unsupported};
 use crate::fs::{Core, Fs};
+use crate::journal::JournalMap;
 use crate::write::state::{MetaState, WriteState};
 
 /// A block's bytes, shared between the home write and the log write.
@@ -91,44 +91,6 @@ pub struct JournalStats {
     pub split_syncs: u64,
     /// Sequence number of the last committed transaction (0: none yet).
     pub last_sequence: u32,
-}
-
-/// The journal inode's blocks: journal block → filesystem block.
-#[derive(Debug, Clone)]
-struct JournalMap {
-    ino: u32,
-    runs: Vec<Extent>,
-    len: u32,
-}
-
-impl JournalMap {
-    /// Maps the journal inode of `core`'s filesystem (internal journals only).
-    fn load(core: &Core) -> Result<JournalMap> {
-        let ino = core.sb.journal_inum();
-        if ino == 0 {
-            return Err(Error::unsupported(Unsupported::ExternalJournal));
-        }
-        let inode = core.read_inode(ino)?;
-        let nblocks = inode.size() / u64::from(core.block_size);
-        let runs = core.runs(ino, &inode, nblocks)?;
-        let len = u32::try_from(nblocks).map_err(|_| {
-            journal_corrupt(ino, format!("journal of {nblocks} blocks is too large"))
-        })?;
-        Ok(JournalMap { ino, runs, len })
-    }
-
-    /// The filesystem block holding journal block `j`.
-    fn physical(&self, j: u32) -> Result<u64> {
-        let l = u64::from(j);
-        let i = self.runs.partition_point(|e| e.lblk + e.len <= l);
-        match self.runs.get(i) {
-            Some(e) if e.lblk <= l && e.kind == ExtentKind::Written => Ok(e.pblk + (l - e.lblk)),
-            _ => Err(journal_corrupt(
-                self.ino,
-                format!("journal block {j} is not mapped"),
-            )),
-        }
-    }
 }
 
 fn journal_corrupt(ino: u32, what: String) -> Error {
