@@ -327,12 +327,11 @@ impl MappingInner {
                 let lblk = base + b as u64;
                 let ext = self.lookup_block(lblk, (end - b) as u64)?;
                 if ext.lblk > lblk || ext.lblk + ext.len <= lblk {
-                    return Err(Error::Map(crate::MapError::Corrupt(format!(
-                        "inode {}: lookup of block {lblk} returned blocks {}..{}",
-                        self.ino,
-                        ext.lblk,
-                        ext.lblk + ext.len
-                    ))));
+                    return Err(Error::BadMapping {
+                        ino: self.ino,
+                        lblk,
+                        got: ext,
+                    });
                 }
                 let off = lblk - ext.lblk;
                 let n = ((ext.len - off) as usize).min(end - b);
@@ -616,12 +615,11 @@ impl MappingInner {
                         MapFlags::LOOKUP,
                     )?;
                     if !covers(&e) {
-                        return Err(Error::Map(crate::MapError::Corrupt(format!(
-                            "inode {}: lookup of block {lblk} returned blocks {}..{}",
-                            self.ino,
-                            e.lblk,
-                            e.lblk + e.len
-                        ))));
+                        return Err(Error::BadMapping {
+                            ino: self.ino,
+                            lblk,
+                            got: e,
+                        });
                     }
                     ext = Some(e);
                 }

@@ -456,7 +456,7 @@ fn failed_submission_restores_dirty_and_leaves_no_block_in_flight() {
     rig.mapper.fail_alloc_at(Some(0));
     assert_eq!(
         m.writepages(&mut WritebackControl::sync_all()),
-        Err(Error::Map(MapError::NoSpace))
+        Err(Error::Map(MapError::no_space()))
     );
     assert_eq!(m.nr_dirty(), 5);
     assert!(m.snapshots().iter().all(|s| {
