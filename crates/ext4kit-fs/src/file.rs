@@ -142,11 +142,7 @@ impl Fs {
         } else {
             Source::Paged(self.pages.mapping(u64::from(ino), size, size))
         };
-        Ok(FileReader {
-            ino,
-            size,
-            source,
-        })
+        Ok(FileReader { ino, size, source })
     }
 
     /// Maps logical block `lblk` of inode `ino`: the run starting there (at most `len`

@@ -324,8 +324,7 @@ impl BlockMapper for Core {
         if self.write.is_none() {
             return Err(read_only("reserve"));
         }
-        self.w_reserve(ino_u32(ino)?, count)
-            .map_err(to_map_error)
+        self.w_reserve(ino_u32(ino)?, count).map_err(to_map_error)
     }
 
     fn release(&self, ino: u64, count: u64) {
@@ -362,8 +361,7 @@ impl BlockMapper for Core {
         if self.write.is_none() {
             return Err(read_only("convert unwritten extents"));
         }
-        self.w_convert(ino_u32(ino)?, ranges)
-            .map_err(to_map_error)
+        self.w_convert(ino_u32(ino)?, ranges).map_err(to_map_error)
     }
 
     fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
@@ -394,8 +392,7 @@ impl BlockMapper for Core {
         if self.write.is_none() {
             return Err(read_only("punch a hole"));
         }
-        self.w_punch(ino_u32(ino)?, lblk, len)
-            .map_err(to_map_error)
+        self.w_punch(ino_u32(ino)?, lblk, len).map_err(to_map_error)
     }
 }
 
