@@ -3,8 +3,11 @@
 //! an error one call hit is never handed to a later, unrelated call.
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use ext4kit_fs::format::Structure;
+use ext4kit_fs::format::extent::ExtentNode;
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
@@ -113,4 +116,78 @@ fn enospc_stays_typed_and_is_not_handed_to_later_calls() {
     let r = fs.open_file(a).unwrap();
     assert_eq!(r.read_at(0, &mut buf).unwrap(), chunk.len());
     assert_eq!(buf, chunk);
+}
+
+/// A read whose error nobody sees (a prefetch running into a corrupt extent tree) leaves nothing
+/// behind: a later call on that file that fails for another reason gets its own error, a read
+/// gets the corruption, typed (structure, inode, block), and another file is not affected.
+#[test]
+fn an_unseen_mapping_error_is_not_handed_to_later_calls() {
+    if !require_kernel("an_unseen_mapping_error_is_not_handed_to_later_calls") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("corrupt.img");
+    mkfs(&img, 4096, 32 << 20);
+    let opts = OpenOptions {
+        writable: true,
+        ..OpenOptions::default()
+    };
+    let (a, b, leaf, data_b) = {
+        let fs = Fs::open_path(&img, &opts).unwrap();
+        let a = fs
+            .create(ROOT_INO, b"a", &NewKind::Regular, &attrs())
+            .unwrap();
+        // Every other block: more extents than the inode holds, so the tree gets a leaf block.
+        for i in 0..16u64 {
+            fs.write_at(a, i * 8192, &pattern(i, 4096)).unwrap();
+        }
+        let b = fs
+            .create(ROOT_INO, b"b", &NewKind::Regular, &attrs())
+            .unwrap();
+        let data_b = pattern(99, 30_000);
+        fs.write_at(b, 0, &data_b).unwrap();
+        fs.sync().unwrap();
+        let inode = fs.inode(a).unwrap();
+        let root = ExtentNode::parse_root(inode.block_area()).unwrap();
+        assert_eq!(root.depth(), 1, "the file needs an extent tree of depth 1");
+        (a, b, root.indexes()[0].child_block, data_b)
+    };
+    // Break the leaf's header magic.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let mut magic = [0u8; 1];
+    f.read_exact_at(&mut magic, leaf * 4096 + 1).unwrap();
+    f.write_all_at(&[magic[0] ^ 0xFF], leaf * 4096 + 1).unwrap();
+    drop(f);
+
+    let fs = Fs::open_path(&img, &opts).unwrap();
+    // Nobody waits for a prefetch: its mapping error is dropped.
+    fs.open_file(a).unwrap().prefetch(1 << 20);
+    let huge = 1u64 << 61;
+    let e = fs.set_size(a, huge).unwrap_err();
+    assert!(
+        matches!(e, Error::FileTooLarge { ino, offset } if ino == a && offset == huge),
+        "{e:?}"
+    );
+    // A read meets the corruption itself, typed as the extent code made it.
+    let e = fs.open_file(a).unwrap().read_to_end(1 << 20).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+    assert_eq!(e.structure(), Some(Structure::ExtentTree), "{e}");
+    assert_eq!(
+        (e.context().inode, e.context().block),
+        (Some(a), Some(leaf)),
+        "{e}"
+    );
+    // The other file is fine.
+    let got = fs.open_file(b).unwrap().read_to_end(1 << 20).unwrap();
+    assert_eq!(got, data_b);
+    let e = fs.set_size(b, huge).unwrap_err();
+    assert!(
+        matches!(e, Error::FileTooLarge { ino, .. } if ino == b),
+        "{e:?}"
+    );
 }
