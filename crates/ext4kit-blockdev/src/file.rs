@@ -205,7 +205,7 @@ impl FileInner {
         copy_file_to_file(src, src_off, &self.file, dst_off, len).map_err(|e| IoError::Os {
             op: BioOp::Write,
             block,
-            errno: e.raw_os_error().unwrap_or(5),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
         })?;
         if self.write_behind {
             // As for bio writes: the disk starts on the copy now, not at the flush.
@@ -227,7 +227,7 @@ impl FileInner {
         let os = |e: io::Error| IoError::Os {
             op,
             block,
-            errno: e.raw_os_error().unwrap_or(5),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
         };
         let offset = block * u64::from(self.geo.block_size);
         match op {

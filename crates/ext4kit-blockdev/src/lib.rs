@@ -423,15 +423,11 @@ impl IoError {
     pub fn errno(&self) -> i32 {
         match self {
             IoError::Os { errno, .. } => *errno,
-            IoError::Injected { .. } | IoError::Shutdown => libc_eio(),
-            IoError::OutOfRange { .. } | IoError::Misaligned { .. } => 22, // EINVAL
-            IoError::ReadOnly => 30,                                       // EROFS
+            IoError::Injected { .. } | IoError::Shutdown => libc::EIO,
+            IoError::OutOfRange { .. } | IoError::Misaligned { .. } => libc::EINVAL,
+            IoError::ReadOnly => libc::EROFS,
         }
     }
-}
-
-const fn libc_eio() -> i32 {
-    5
 }
 
 impl From<IoError> for std::io::Error {
@@ -519,7 +515,7 @@ pub fn copy_through_bios<D: BlockDevice + ?Sized>(
                     return Err(IoError::Os {
                         op: BioOp::Read,
                         block: first,
-                        errno: 5,
+                        errno: libc::EIO,
                     });
                 }
                 Ok(k) => got += k,

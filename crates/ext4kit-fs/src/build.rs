@@ -179,7 +179,7 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
     Error::Open {
         path: path.display().to_string(),
         message: e.to_string(),
-        errno: e.raw_os_error().unwrap_or(5),
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
     }
 }
 

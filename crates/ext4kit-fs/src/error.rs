@@ -358,14 +358,28 @@ pub enum Error {
     /// A write was asked of a read-only filesystem.
     #[error("read-only filesystem: {0}")]
     ReadOnly(String),
-    /// The page cache refused (with what it said).
-    #[error("page cache: {message}")]
-    Cache {
-        /// The message.
-        message: String,
-        /// errno.
+    /// Writing a file's data back failed: an error of writeback nobody was waiting for (the
+    /// background flusher), reported once to the next sync, or a submission that failed
+    /// before any IO started. The error of an allocation this call made itself is returned as
+    /// what it is ([`Error::NoSpace`], [`Error::Corrupt`], ...), never as this.
+    #[error("inode {ino}: writeback failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Writeback {
+        /// The inode.
+        ino: u32,
+        /// errno of the failure.
         errno: i32,
     },
+    /// An offset or size beyond what the page cache can hold for a file.
+    #[error("inode {ino}: file offset {offset} is too large")]
+    FileTooLarge {
+        /// The inode.
+        ino: u32,
+        /// The offset.
+        offset: u64,
+    },
+    /// Something that cannot happen did (the page cache and the block map disagree): a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// No room left: free blocks, free inodes, or a directory index that cannot grow.
     #[error("no space left on device: {0}")]
     NoSpace(String),
@@ -389,24 +403,13 @@ pub enum Error {
     },
 }
 
-// errno values (Linux).
-const EPERM: i32 = 1;
-const ENOENT: i32 = 2;
-const EIO: i32 = 5;
-const ENOTDIR: i32 = 20;
-const EISDIR: i32 = 21;
-const EINVAL: i32 = 22;
-const EROFS: i32 = 30;
-const ENAMETOOLONG: i32 = 36;
-const ELOOP: i32 = 40;
-const ENODATA: i32 = 61;
-const EBADMSG: i32 = 74;
-const EOPNOTSUPP: i32 = 95;
-const ENOSPC: i32 = 28;
-const EEXIST: i32 = 17;
-const ENOTEMPTY: i32 = 39;
-const EMLINK: i32 = 31;
-const EUCLEAN: i32 = 117;
+// errno values, from the platform's headers. Corruption is EFSCORRUPTED (EUCLEAN on Linux, EIO
+// where there is no EUCLEAN).
+use ext4kit_pagecache::EFSCORRUPTED;
+use libc::{
+    EBADMSG, EEXIST, EFBIG, EINVAL, EIO, EISDIR, ELOOP, EMLINK, ENAMETOOLONG, ENODATA, ENOENT,
+    ENOSPC, ENOTDIR, ENOTEMPTY, EOPNOTSUPP, EROFS,
+};
 
 impl Error {
     /// A corruption error without context.
@@ -441,7 +444,7 @@ impl Error {
     /// EOPNOTSUPP for unsupported, EIO for IO, ENOENT, ENOTDIR, ...).
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Corrupt { .. } => EUCLEAN,
+            Error::Corrupt { .. } => EFSCORRUPTED,
             Error::ChecksumMismatch { .. } => EBADMSG,
             Error::Unsupported { .. } => EOPNOTSUPP,
             Error::Io { source, .. } => {
@@ -461,13 +464,37 @@ impl Error {
             Error::Exists { .. } => EEXIST,
             Error::NotEmpty { .. } => ENOTEMPTY,
             Error::TooManyLinks { .. } => EMLINK,
-            Error::Cache { errno, .. } => {
+            Error::Writeback { errno, .. } => {
                 if *errno > 0 {
                     *errno
                 } else {
-                    EPERM
+                    EIO
                 }
             }
+            Error::FileTooLarge { .. } => EFBIG,
+            Error::Internal(_) => EIO,
+        }
+    }
+
+    /// The error of a page cache call on inode `ino`. When the cache failed because the block
+    /// mapper (this crate) did, that is the error the mapper returned, taken back out of the
+    /// cache's [`ext4kit_pagecache::MapError`] unchanged (a [`Error::NoSpace`] stays one, a
+    /// corruption keeps its structure and context); the cache's own errors become the variant
+    /// that says the same.
+    pub(crate) fn from_cache(ino: u32, e: ext4kit_pagecache::Error) -> Error {
+        use ext4kit_pagecache::Error as C;
+        match e {
+            C::Io(io) => Error::io(io, None).with_inode(ino),
+            C::Map(m) => match m.downcast::<Error>() {
+                Ok(e) => e,
+                Err(m) => Error::Internal(format!(
+                    "inode {ino}: a block mapper error of unknown origin: {m}"
+                )),
+            },
+            C::Writeback { errno } | C::Submit { errno } => Error::Writeback { ino, errno },
+            C::TooLarge(offset) => Error::FileTooLarge { ino, offset },
+            C::BadConfig(msg) => Error::InvalidArgument(msg),
+            other => Error::Internal(other.to_string()),
         }
     }
 
@@ -618,7 +645,7 @@ mod tests {
             e.to_string(),
             "inode 12, block 345: extent tree: extent header magic 0x0000 (expected 0xf30a)"
         );
-        assert_eq!(e.errno(), EUCLEAN);
+        assert_eq!(e.errno(), EFSCORRUPTED);
         assert_eq!(e.structure(), Some(Structure::ExtentTree));
         let io: std::io::Error = e.into();
         assert_eq!(io.raw_os_error(), None);

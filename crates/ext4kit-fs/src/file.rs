@@ -19,7 +19,6 @@ enum Source {
 /// An open regular file, for reading.
 #[derive(Debug)]
 pub struct FileReader {
-    core: std::sync::Arc<Core>,
     ino: u32,
     size: u64,
     source: Source,
@@ -72,24 +71,9 @@ impl FileReader {
                 buf[k..n].fill(0);
                 Ok(n)
             }
-            Source::Paged(m) => m.read(offset, buf).map_err(|e| self.cache_error(e)),
-        }
-    }
-
-    fn cache_error(&self, e: ext4kit_pagecache::Error) -> Error {
-        match e {
-            ext4kit_pagecache::Error::Io(io) => Error::io(io, None).with_inode(self.ino),
-            ext4kit_pagecache::Error::Map(m) => self
-                .core
-                .take_map_error(u64::from(self.ino))
-                .unwrap_or_else(|| Error::Cache {
-                    message: m.to_string(),
-                    errno: m.errno(),
-                }),
-            other => Error::Cache {
-                message: other.to_string(),
-                errno: other.errno(),
-            },
+            Source::Paged(m) => m
+                .read(offset, buf)
+                .map_err(|e| Error::from_cache(self.ino, e)),
         }
     }
 
@@ -158,12 +142,7 @@ impl Fs {
         } else {
             Source::Paged(self.pages.mapping(u64::from(ino), size, size))
         };
-        Ok(FileReader {
-            core: std::sync::Arc::clone(&self.core),
-            ino,
-            size,
-            source,
-        })
+        Ok(FileReader { ino, size, source })
     }
 
     /// Maps logical block `lblk` of inode `ino`: the run starting there (at most `len`

@@ -115,9 +115,6 @@ pub struct Core {
     /// The metadata_csum seed, when the filesystem has metadata_csum.
     pub(crate) csum_seed: Option<u32>,
     pub(crate) ea_inode: bool,
-    /// The typed error behind the last failed `map_blocks` of each inode (the page cache only
-    /// carries a message), taken back when the read that caused it returns.
-    pub(crate) map_errors: Mutex<Vec<(u64, Error)>>,
     /// The write side, when the filesystem is open for writing.
     pub(crate) write: Option<crate::write::state::WriteState>,
     /// Unlinked inodes still in use (see [`crate::write::orphan`]).
@@ -280,7 +277,6 @@ impl Core {
             ea_inode: sb.has_incompat(IncompatFeatures::EA_INODE),
             write,
             sb,
-            map_errors: Mutex::new(Vec::new()),
             orphans: Mutex::new(crate::write::orphan::Orphans::default()),
             salvage,
             warnings: Mutex::new(warnings.into_iter().map(|l| (String::new(), l)).collect()),
@@ -542,10 +538,9 @@ impl Fs {
         // instead of faulting in fresh memory (`cat` of 1 GiB: 0.30 s -> 0.17 s); nothing in
         // one read-only pass gains from keeping more.
         cfg.cache_limit_bytes = Some(if opts.writable { 256 << 20 } else { 32 << 20 });
-        let pages = PageCache::new(cfg, data_dev, mapper).map_err(|e| Error::Cache {
-            message: e.to_string(),
-            errno: e.errno(),
-        })?;
+        // Only a geometry the cache cannot hold (or a thread it cannot start) fails here.
+        let pages = PageCache::new(cfg, data_dev, mapper)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut fs = Fs {
             core,
             pages,
@@ -578,7 +573,7 @@ impl Fs {
                 Error::Open {
                     path: path.display().to_string(),
                     message: e.to_string(),
-                    errno: e.raw_os_error().unwrap_or(5),
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
                 }
             })?;
         let mut fs = Fs::open(dev, opts)?;

@@ -25,8 +25,6 @@ use crate::write::extent_tree;
 /// One past the largest logical block an extent tree can map.
 pub const EXTENT_LBLK_END: u64 = 1 << 32;
 
-const EROFS: i32 = 30;
-
 fn hole(lblk: u64, len: u64) -> Extent {
     Extent {
         lblk,
@@ -279,41 +277,18 @@ impl Core {
         .map_err(|e| e.with_inode(ino))?;
         Ok(out)
     }
-
-    /// Remembers the typed error behind a failed `map_blocks` for `ino`.
-    fn stash_map_error(&self, ino: u64, e: &Error) {
-        let mut v = self.map_errors.lock();
-        v.retain(|(i, _)| *i != ino);
-        if v.len() >= 64 {
-            v.remove(0);
-        }
-        v.push((ino, e.clone()));
-    }
-
-    /// Takes back the typed error of the last failed `map_blocks` of `ino`, if any.
-    pub(crate) fn take_map_error(&self, ino: u64) -> Option<Error> {
-        let mut v = self.map_errors.lock();
-        let pos = v.iter().position(|(i, _)| *i == ino)?;
-        Some(v.remove(pos).1)
-    }
 }
 
-fn to_map_error(e: &Error) -> MapError {
-    match e {
-        Error::Corrupt { .. } | Error::ChecksumMismatch { .. } => MapError::Corrupt(e.to_string()),
-        Error::Io { .. } => MapError::Io(e.to_string()),
-        other => MapError::Other {
-            errno: other.errno(),
-            msg: other.to_string(),
-        },
-    }
+/// The filesystem's error, boxed for the page cache, which hands it back unchanged to the call
+/// that made it ask ([`Error::from_cache`] takes it out again).
+fn to_map_error(e: Error) -> MapError {
+    MapError::new(e.errno(), e)
 }
 
 fn read_only(what: &str) -> MapError {
-    MapError::Other {
-        errno: EROFS,
-        msg: format!("{what}: the filesystem is open read-only"),
-    }
+    to_map_error(Error::ReadOnly(format!(
+        "{what}: the image is open read-only"
+    )))
 }
 
 impl BlockMapper for Core {
@@ -321,8 +296,7 @@ impl BlockMapper for Core {
         if self.write.is_none() {
             return Err(read_only("reserve"));
         }
-        self.w_reserve(ino_u32(ino)?, count)
-            .map_err(|e| self.map_err(ino, e))
+        self.w_reserve(ino_u32(ino)?, count).map_err(to_map_error)
     }
 
     fn release(&self, ino: u64, count: u64) {
@@ -344,7 +318,7 @@ impl BlockMapper for Core {
             }
             return self
                 .w_map_create(ino_u32(ino)?, lblk, len, flags)
-                .map_err(|e| self.map_err(ino, e));
+                .map_err(to_map_error);
         }
         let result = u32::try_from(ino)
             .map_err(|_| Error::InvalidArgument(format!("inode number {ino} too large")))
@@ -352,15 +326,14 @@ impl BlockMapper for Core {
                 let inode = self.read_inode(i)?;
                 self.map_inode(i, &inode, lblk, len)
             });
-        result.map_err(|e| self.map_err(ino, e))
+        result.map_err(to_map_error)
     }
 
     fn convert_unwritten(&self, ino: u64, ranges: &[UnwrittenRange]) -> Result<(), MapError> {
         if self.write.is_none() {
             return Err(read_only("convert unwritten extents"));
         }
-        self.w_convert(ino_u32(ino)?, ranges)
-            .map_err(|e| self.map_err(ino, e))
+        self.w_convert(ino_u32(ino)?, ranges).map_err(to_map_error)
     }
 
     fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
@@ -368,7 +341,7 @@ impl BlockMapper for Core {
             return Err(read_only("update the size"));
         }
         self.w_update_disksize(ino_u32(ino)?, size)
-            .map_err(|e| self.map_err(ino, e))
+            .map_err(to_map_error)
     }
 
     fn truncate(&self, ino: u64, first_lblk: u64, new_size: u64) -> Result<(), MapError> {
@@ -376,7 +349,7 @@ impl BlockMapper for Core {
             return Err(read_only("truncate"));
         }
         self.w_truncate(ino_u32(ino)?, first_lblk, new_size)
-            .map_err(|e| self.map_err(ino, e))
+            .map_err(to_map_error)
     }
 
     fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
@@ -384,32 +357,21 @@ impl BlockMapper for Core {
             return Err(read_only("fallocate"));
         }
         self.w_fallocate(ino_u32(ino)?, lblk, len)
-            .map_err(|e| self.map_err(ino, e))
+            .map_err(to_map_error)
     }
 
     fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
         if self.write.is_none() {
             return Err(read_only("punch a hole"));
         }
-        self.w_punch(ino_u32(ino)?, lblk, len)
-            .map_err(|e| self.map_err(ino, e))
+        self.w_punch(ino_u32(ino)?, lblk, len).map_err(to_map_error)
     }
 }
 
 fn ino_u32(ino: u64) -> Result<u32, MapError> {
-    u32::try_from(ino).map_err(|_| MapError::Other {
-        errno: 22,
-        msg: format!("inode number {ino} too large"),
+    u32::try_from(ino).map_err(|_| {
+        to_map_error(Error::InvalidArgument(format!(
+            "inode number {ino} too large"
+        )))
     })
-}
-
-impl Core {
-    /// Stashes the typed error and converts it for the page cache.
-    fn map_err(&self, ino: u64, e: Error) -> MapError {
-        self.stash_map_error(ino, &e);
-        match e {
-            Error::NoSpace(_) => MapError::NoSpace,
-            other => to_map_error(&other),
-        }
-    }
 }

@@ -111,9 +111,14 @@ fn run(shared: Weak<Shared>) {
         };
         let Some(m) = next.upgrade() else { continue };
         let mapping = Mapping::from_inner(m);
-        // Write what is dirty now; errors are recorded on the file and surface at fsync.
+        // Write what is dirty now. Nobody waits for this pass: an error it hits (an allocation
+        // failure, a failed submission) is recorded on the file, like a failed bio, and the next
+        // fsync reports it (`mapping_set_error` in the kernel's `__writepage`). Pages that could
+        // not be mapped stay dirty; the next pass or the fsync tries them again.
         let nr = mapping.nr_dirty() as i64;
-        let _ = mapping.writepages(&mut WritebackControl::background(nr.max(1)));
+        if let Err(e) = mapping.writepages(&mut WritebackControl::background(nr.max(1))) {
+            mapping.inner.set_error(e.errno());
+        }
         let cache = Arc::clone(&mapping.inner.cache);
         let ino = mapping.ino();
         drop(mapping);

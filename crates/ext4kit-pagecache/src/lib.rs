@@ -130,16 +130,37 @@ impl Config {
     }
 }
 
+/// errno of corrupt filesystem metadata: Linux's `EFSCORRUPTED` (`EUCLEAN`), `EIO` where the
+/// platform has no `EUCLEAN`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub const EFSCORRUPTED: i32 = libc::EUCLEAN;
+/// errno of corrupt filesystem metadata: Linux's `EFSCORRUPTED` (`EUCLEAN`), `EIO` where the
+/// platform has no `EUCLEAN`.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub const EFSCORRUPTED: i32 = libc::EIO;
+
 /// Errors of the engine.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// Device IO the caller waited for failed (a read, a flush).
     #[error(transparent)]
     Io(#[from] IoError),
-    /// The filesystem refused (no space, corrupt metadata, ...).
+    /// The filesystem refused (no space, corrupt metadata, ...): its own error, see
+    /// [`MapError::downcast`].
     #[error(transparent)]
     Map(#[from] MapError),
+    /// The filesystem answered a lookup or an allocation with an extent that does not cover
+    /// the block asked for (or with a hole where it was to allocate).
+    #[error("inode {ino}: mapping block {lblk} returned {got:?}")]
+    BadMapping {
+        /// Inode.
+        ino: u64,
+        /// The block asked for.
+        lblk: u64,
+        /// What the filesystem returned.
+        got: Extent,
+    },
     /// Writeback of this file failed since this handle last checked (reported once).
     #[error("writeback failed: {}", std::io::Error::from_raw_os_error(*errno))]
     Writeback {
@@ -166,9 +187,10 @@ impl Error {
         match self {
             Error::Io(e) => e.errno(),
             Error::Map(e) => e.errno(),
+            Error::BadMapping { .. } => EFSCORRUPTED,
             Error::Writeback { errno } | Error::Submit { errno } => *errno,
-            Error::BadConfig(_) => 22,
-            Error::TooLarge(_) => 27, // EFBIG
+            Error::BadConfig(_) => libc::EINVAL,
+            Error::TooLarge(_) => libc::EFBIG,
         }
     }
 }
@@ -464,6 +486,7 @@ impl PageCache {
     }
 
     /// Writes back every cached file (sync mode) and waits for it; returns the first error.
+    /// An error of any file is also recorded on that file, for its next fsync.
     pub fn sync_all(&self) -> Result<(), Error> {
         let maps: Vec<Arc<MappingInner>> = self
             .shared
@@ -477,6 +500,9 @@ impl PageCache {
             let m = Mapping::from_inner(m);
             let r = m.writepages(&mut WritebackControl::sync_all());
             m.wait_writeback();
+            if let Err(e) = &r {
+                m.inner.set_error(e.errno());
+            }
             if first.is_ok() {
                 first = r;
             }

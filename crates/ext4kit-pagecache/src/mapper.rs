@@ -76,38 +76,93 @@ pub struct UnwrittenRange {
     pub len: u64,
 }
 
-/// Why the filesystem could not do what the engine asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MapError {
-    /// No free blocks (or no reservation left).
-    #[error("no space left on device")]
-    NoSpace,
-    /// The filesystem's metadata IO failed.
-    #[error("metadata I/O failed: {0}")]
-    Io(String),
-    /// The filesystem found corrupt metadata.
-    #[error("corrupt metadata: {0}")]
-    Corrupt(String),
-    /// Anything else, with its errno.
-    #[error("{msg}")]
-    Other {
-        /// errno to report.
-        errno: i32,
-        /// What happened.
-        msg: String,
-    },
+/// Why the filesystem could not do what the engine asked: the filesystem's own error, boxed,
+/// with the errno it maps to.
+///
+/// The engine never looks inside; it hands the error back unchanged to the call that made it
+/// ask (a write, a read, a writeback pass), so the filesystem can take its typed error back
+/// with [`MapError::downcast`]. Writeback the caller did not start (the flusher) records only
+/// the errno, in the file's error sequence, for the next fsync.
+#[derive(Debug)]
+pub struct MapError {
+    errno: i32,
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
 }
 
 impl MapError {
+    /// The filesystem's error `source`, reported as `errno`.
+    pub fn new(errno: i32, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        MapError {
+            errno,
+            source: source.into(),
+        }
+    }
+
+    /// An error that is nothing but `errno` (its source is the OS error of that number).
+    pub fn from_errno(errno: i32) -> Self {
+        MapError::new(errno, std::io::Error::from_raw_os_error(errno))
+    }
+
+    /// No free blocks (or no reservation left): `ENOSPC`.
+    pub fn no_space() -> Self {
+        MapError::from_errno(libc::ENOSPC)
+    }
+
     /// The errno this error maps to.
     pub fn errno(&self) -> i32 {
-        match self {
-            MapError::NoSpace => 28,     // ENOSPC
-            MapError::Io(_) => 5,        // EIO
-            MapError::Corrupt(_) => 117, // EUCLEAN
-            MapError::Other { errno, .. } => *errno,
+        self.errno
+    }
+
+    /// Whether this is a lack of space (`ENOSPC`).
+    pub fn is_no_space(&self) -> bool {
+        self.errno == libc::ENOSPC
+    }
+
+    /// The filesystem's error.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+
+    /// The filesystem's error, if it is an `E`.
+    pub fn downcast_ref<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.source.downcast_ref::<E>()
+    }
+
+    /// The filesystem's error as the `E` it was made from; the `MapError` itself otherwise.
+    pub fn downcast<E: std::error::Error + Send + Sync + 'static>(self) -> Result<E, MapError> {
+        let errno = self.errno;
+        match self.source.downcast::<E>() {
+            Ok(e) => Ok(*e),
+            Err(source) => Err(MapError { errno, source }),
         }
+    }
+
+    /// The filesystem's error, boxed.
+    pub fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self.source
+    }
+}
+
+/// Equal when both carry the same errno and say the same thing: the sources are trait objects,
+/// compared by their messages (so tests can compare engine results).
+impl PartialEq for MapError {
+    fn eq(&self, other: &MapError) -> bool {
+        self.errno == other.errno && self.source.to_string() == other.source.to_string()
+    }
+}
+
+impl Eq for MapError {}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Transparent: the filesystem's message is the message.
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+impl std::error::Error for MapError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.source()
     }
 }
 

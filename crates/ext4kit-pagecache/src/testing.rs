@@ -4,10 +4,14 @@
 //! goal-directed (right after the file's previous extent) and contiguous where it can be. Knobs
 //! make it hostile on purpose: a cap on blocks per allocation ("may map fewer blocks than
 //! asked"), a gap between allocations (physically discontiguous files), and a failure of the
-//! N-th allocating call. It keeps the books a test asserts on: reservations (which must balance
-//! to zero after sync), every conversion, the on-disk sizes.
+//! N-th allocating call. Hooks run a test's code at the start of `reserve`, `map_blocks` and
+//! `convert_unwritten` (to fail the call, check something, or race another thread against it).
+//! It keeps the books a test asserts on: reservations (which must balance to zero after sync),
+//! every conversion, the on-disk sizes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -44,10 +48,44 @@ struct State {
     gap: u64,
 }
 
+/// Runs at the start of [`SimpleMapper::reserve`] with (mapper, ino, count); an error fails the
+/// call with it.
+pub type ReserveHook = dyn Fn(&SimpleMapper, u64, u64) -> Result<(), MapError> + Send + Sync;
+
+/// Runs at the start of [`SimpleMapper::map_blocks`] with (mapper, ino, lblk, len, flags); an
+/// error fails the call with it.
+pub type MapBlocksHook =
+    dyn Fn(&SimpleMapper, u64, u64, u64, MapFlags) -> Result<(), MapError> + Send + Sync;
+
+/// Runs at the start of [`SimpleMapper::convert_unwritten`] with (mapper, ino, ranges); an
+/// error fails the conversion with it (nothing is converted).
+pub type ConvertHook =
+    dyn Fn(&SimpleMapper, u64, &[UnwrittenRange]) -> Result<(), MapError> + Send + Sync;
+
+#[derive(Default, Clone)]
+struct Hooks {
+    reserve: Option<Arc<ReserveHook>>,
+    map_blocks: Option<Arc<MapBlocksHook>>,
+    convert: Option<Arc<ConvertHook>>,
+}
+
+impl fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hooks")
+            .field("reserve", &self.reserve.is_some())
+            .field("map_blocks", &self.map_blocks.is_some())
+            .field("convert", &self.convert.is_some())
+            .finish()
+    }
+}
+
 /// An in-memory block allocator implementing [`BlockMapper`].
 #[derive(Debug, Default)]
 pub struct SimpleMapper {
     st: Mutex<State>,
+    /// Taken only to clone a hook out: a hook runs with no lock of the mapper held, so it may
+    /// call the mapper (or the cache) itself.
+    hooks: Mutex<Hooks>,
 }
 
 impl SimpleMapper {
@@ -62,7 +100,43 @@ impl SimpleMapper {
                 free,
                 ..State::default()
             }),
+            hooks: Mutex::new(Hooks::default()),
         }
+    }
+
+    /// Runs `hook` at the start of every `reserve` call (replacing any earlier one).
+    pub fn on_reserve(
+        &self,
+        hook: impl Fn(&SimpleMapper, u64, u64) -> Result<(), MapError> + Send + Sync + 'static,
+    ) {
+        self.hooks.lock().reserve = Some(Arc::new(hook));
+    }
+
+    /// Runs `hook` at the start of every `map_blocks` call (replacing any earlier one).
+    pub fn on_map_blocks(
+        &self,
+        hook: impl Fn(&SimpleMapper, u64, u64, u64, MapFlags) -> Result<(), MapError>
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        self.hooks.lock().map_blocks = Some(Arc::new(hook));
+    }
+
+    /// Runs `hook` at the start of every `convert_unwritten` call (replacing any earlier one).
+    pub fn on_convert(
+        &self,
+        hook: impl Fn(&SimpleMapper, u64, &[UnwrittenRange]) -> Result<(), MapError>
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        self.hooks.lock().convert = Some(Arc::new(hook));
+    }
+
+    /// Removes every hook.
+    pub fn clear_hooks(&self) {
+        *self.hooks.lock() = Hooks::default();
     }
 
     /// Maps `ino`'s blocks `lblk..lblk+len` to `pblk..` directly (test setup). The physical
@@ -104,7 +178,8 @@ impl SimpleMapper {
         self.st.lock().gap = gap;
     }
 
-    /// The `nth` (0-based, from now) allocating `map_blocks` call fails with [`MapError::NoSpace`].
+    /// The `nth` (0-based, from now) allocating `map_blocks` call fails with
+    /// [`MapError::no_space`].
     pub fn fail_alloc_at(&self, nth: Option<u64>) {
         let mut st = self.st.lock();
         let base = st.alloc_calls;
@@ -253,10 +328,14 @@ impl State {
 
 impl BlockMapper for SimpleMapper {
     fn reserve(&self, ino: u64, count: u64) -> Result<(), MapError> {
+        let hook = self.hooks.lock().reserve.clone();
+        if let Some(hook) = hook {
+            hook(self, ino, count)?;
+        }
         let mut st = self.st.lock();
         let free: u64 = st.free.values().sum();
         if free < st.total_reserved + count {
-            return Err(MapError::NoSpace);
+            return Err(MapError::no_space());
         }
         *st.reserved.entry(ino).or_default() += count;
         st.total_reserved += count;
@@ -284,6 +363,10 @@ impl BlockMapper for SimpleMapper {
         len: u64,
         flags: MapFlags,
     ) -> Result<Extent, MapError> {
+        let hook = self.hooks.lock().map_blocks.clone();
+        if let Some(hook) = hook {
+            hook(self, ino, lblk, len, flags)?;
+        }
         let mut st = self.st.lock();
         let found = st.files.get(&ino).map(|f| {
             let prev = f
@@ -321,10 +404,10 @@ impl BlockMapper for SimpleMapper {
         st.alloc_calls += 1;
         if st.fail_alloc_at == Some(call) {
             st.fail_alloc_at = None;
-            return Err(MapError::NoSpace);
+            return Err(MapError::no_space());
         }
         let goal = st.goal_for(ino, lblk);
-        let (pblk, got) = st.allocate(goal, hole_len).ok_or(MapError::NoSpace)?;
+        let (pblk, got) = st.allocate(goal, hole_len).ok_or_else(MapError::no_space)?;
         if flags.contains(MapFlags::DELALLOC) {
             let r = st.reserved.entry(ino).or_default();
             if *r < got {
@@ -361,6 +444,10 @@ impl BlockMapper for SimpleMapper {
     }
 
     fn convert_unwritten(&self, ino: u64, ranges: &[UnwrittenRange]) -> Result<(), MapError> {
+        let hook = self.hooks.lock().convert.clone();
+        if let Some(hook) = hook {
+            hook(self, ino, ranges)?;
+        }
         let mut st = self.st.lock();
         for r in ranges {
             st.split_at(ino, r.lblk);

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use ext4kit_blockdev::{Bio, BioBuf, BioOp, BioVec};
 
 use crate::ioend::{IoEnd, PageSeg, end_bio, put_io_end};
-use crate::mapper::{ExtentKind, MapError, MapFlags};
+use crate::mapper::{ExtentKind, MapFlags};
 use crate::mapping::MappingInner;
 use crate::page::{Page, PageDataRef};
 use crate::state::{BlockState, PageFlags};
@@ -395,13 +395,11 @@ fn map_one_extent(mpd: &mut MpageDaData<'_>) -> Result<(), Error> {
     let ext = ext?;
     if ext.kind == ExtentKind::Hole || ext.lblk > mpd.map.lblk || ext.lblk + ext.len <= mpd.map.lblk
     {
-        return Err(Error::Map(MapError::Corrupt(format!(
-            "inode {}: allocating blocks {}..{} returned {:?}",
-            m.ino,
-            mpd.map.lblk,
-            mpd.map.lblk + mpd.map.len,
-            ext
-        ))));
+        return Err(Error::BadMapping {
+            ino: m.ino,
+            lblk: mpd.map.lblk,
+            got: ext,
+        });
     }
     let off = mpd.map.lblk - ext.lblk;
     let len = mpd.map.len.min(ext.len - off);
@@ -622,7 +620,9 @@ pub(crate) fn bio_write_page(
         st.flags.insert(PageFlags::DIRTY);
         drop(st);
         *cache.fail_submit_at.lock() = None;
-        return Err(Error::Submit { errno: 12 });
+        return Err(Error::Submit {
+            errno: libc::ENOMEM,
+        });
     }
     // Start writeback: the page's tags follow its flags.
     st.flags.insert(PageFlags::WRITEBACK);

@@ -13,8 +13,8 @@ use common::{Recorder, Rig, pattern};
 use ext4kit_blockdev::{Bio, BioOp, BlockDevice, DeferredDevice, Geometry, IoError, MemDevice};
 use ext4kit_pagecache::testing::SimpleMapper;
 use ext4kit_pagecache::{
-    BlockMapper, BlockState, Config, Error, Event, Extent, MapError, MapFlags, Mapping, PageCache,
-    PageFlags, SyncMode, UnwrittenRange, WritebackControl,
+    BlockState, Config, Error, Event, MapError, MapFlags, Mapping, PageCache, PageFlags, SyncMode,
+    UnwrittenRange, WritebackControl,
 };
 
 fn injected() -> Result<(), IoError> {
@@ -456,7 +456,7 @@ fn failed_submission_restores_dirty_and_leaves_no_block_in_flight() {
     rig.mapper.fail_alloc_at(Some(0));
     assert_eq!(
         m.writepages(&mut WritebackControl::sync_all()),
-        Err(Error::Map(MapError::NoSpace))
+        Err(Error::Map(MapError::no_space()))
     );
     assert_eq!(m.nr_dirty(), 5);
     assert!(m.snapshots().iter().all(|s| {
@@ -470,61 +470,6 @@ fn failed_submission_restores_dirty_and_leaves_no_block_in_flight() {
     assert_eq!(rig.mapper.total_reserved(), 0);
 }
 
-/// A mapper that, on its first allocation, lets a truncate on another thread shrink the file
-/// (the truncate sets i_size and then waits for the page locks writeback holds).
-#[derive(Debug)]
-struct TruncateOnAlloc {
-    inner: Arc<SimpleMapper>,
-    mapping: OnceLock<Mapping>,
-    new_size: u64,
-    fired: Mutex<Option<thread::JoinHandle<()>>>,
-}
-
-impl BlockMapper for TruncateOnAlloc {
-    fn reserve(&self, ino: u64, count: u64) -> Result<(), MapError> {
-        self.inner.reserve(ino, count)
-    }
-    fn release(&self, ino: u64, count: u64) {
-        self.inner.release(ino, count)
-    }
-    fn map_blocks(
-        &self,
-        ino: u64,
-        lblk: u64,
-        len: u64,
-        flags: MapFlags,
-    ) -> Result<Extent, MapError> {
-        if flags.contains(MapFlags::CREATE) {
-            let mut fired = self.fired.lock().unwrap();
-            if fired.is_none() {
-                let m = self.mapping.get().unwrap().clone();
-                let n = self.new_size;
-                *fired = Some(thread::spawn(move || m.truncate(n).unwrap()));
-                let m = self.mapping.get().unwrap();
-                while m.size() != n {
-                    thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
-        self.inner.map_blocks(ino, lblk, len, flags)
-    }
-    fn convert_unwritten(&self, ino: u64, r: &[UnwrittenRange]) -> Result<(), MapError> {
-        self.inner.convert_unwritten(ino, r)
-    }
-    fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
-        self.inner.update_disksize(ino, size)
-    }
-    fn truncate(&self, ino: u64, first: u64, size: u64) -> Result<(), MapError> {
-        self.inner.truncate(ino, first, size)
-    }
-    fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
-        self.inner.fallocate(ino, lblk, len)
-    }
-    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
-        self.inner.punch_hole(ino, lblk, len)
-    }
-}
-
 /// §6.7: i_size shrinks between collecting the extent and mapping it (1 KiB blocks on 4 KiB
 /// pages). Every allocated block is used below the new EOF or freed, the on-disk size never
 /// exceeds the final size, and reservations balance.
@@ -533,25 +478,40 @@ fn truncate_racing_writeback_leaks_no_blocks_and_disksize_stays_inside_i_size() 
     for new_size in [0u64, 1, 5000, 9000, 4096 * 5] {
         let total = 4096 - common::FIRST_DATA_BLOCK;
         let inner = Arc::new(SimpleMapper::new(common::FIRST_DATA_BLOCK, total));
-        let mapper = Arc::new(TruncateOnAlloc {
-            inner: inner.clone(),
-            mapping: OnceLock::new(),
-            new_size,
-            fired: Mutex::new(None),
-        });
+        // On the first allocation, a truncate on another thread shrinks the file (it sets
+        // i_size and then waits for the page locks writeback holds).
+        let mapping: Arc<OnceLock<Mapping>> = Arc::new(OnceLock::new());
+        let fired: Arc<Mutex<Option<thread::JoinHandle<()>>>> = Arc::new(Mutex::new(None));
+        {
+            let (mapping, fired) = (Arc::clone(&mapping), Arc::clone(&fired));
+            inner.on_map_blocks(move |_, _, _, _, flags| {
+                if flags.contains(MapFlags::CREATE) {
+                    let mut fired = fired.lock().unwrap();
+                    if fired.is_none() {
+                        let m = mapping.get().unwrap().clone();
+                        *fired = Some(thread::spawn(move || m.truncate(new_size).unwrap()));
+                        let m = mapping.get().unwrap();
+                        while m.size() != new_size {
+                            thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                }
+                Ok(())
+            });
+        }
         let mem = MemDevice::new(512, 4096 * 2);
         let cache = PageCache::new(
             Config::new(4096, 1024),
             Arc::new(mem.clone()),
-            mapper.clone(),
+            inner.clone(),
         )
         .unwrap();
         let m = cache.mapping(10, 0, 0);
-        mapper.mapping.set(m.clone()).unwrap();
+        mapping.set(m.clone()).unwrap();
         let data = pattern(10, 40_000);
         m.write(0, &data).unwrap();
         m.writepages(&mut WritebackControl::sync_all()).unwrap();
-        mapper.fired.lock().unwrap().take().unwrap().join().unwrap();
+        fired.lock().unwrap().take().unwrap().join().unwrap();
         m.open().fsync().unwrap();
         assert_eq!(m.size(), new_size);
         let exts = inner.extents(10);
@@ -577,6 +537,8 @@ fn truncate_racing_writeback_leaks_no_blocks_and_disksize_stays_inside_i_size() 
         m.read(0, &mut back).unwrap();
         assert_eq!(back, data[..new_size as usize]);
         assert_eq!(cache.stats().violations, 0);
+        // The hook holds the mapping, which holds the mapper: let go of it.
+        inner.clear_hooks();
     }
 }
 
@@ -781,61 +743,24 @@ fn completion_keeps_no_reference_to_the_file_after_the_last_page_ends() {
     }
 }
 
-/// A mapper whose conversions are slow, to keep the worker's queue full.
-#[derive(Debug)]
-struct SlowConvert(Arc<SimpleMapper>);
-
-impl BlockMapper for SlowConvert {
-    fn reserve(&self, ino: u64, count: u64) -> Result<(), MapError> {
-        self.0.reserve(ino, count)
-    }
-    fn release(&self, ino: u64, count: u64) {
-        self.0.release(ino, count)
-    }
-    fn map_blocks(
-        &self,
-        ino: u64,
-        lblk: u64,
-        len: u64,
-        flags: MapFlags,
-    ) -> Result<Extent, MapError> {
-        self.0.map_blocks(ino, lblk, len, flags)
-    }
-    fn convert_unwritten(&self, ino: u64, r: &[UnwrittenRange]) -> Result<(), MapError> {
-        thread::sleep(Duration::from_millis(20));
-        self.0.convert_unwritten(ino, r)
-    }
-    fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
-        self.0.update_disksize(ino, size)
-    }
-    fn truncate(&self, ino: u64, first: u64, size: u64) -> Result<(), MapError> {
-        self.0.truncate(ino, first, size)
-    }
-    fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
-        self.0.fallocate(ino, lblk, len)
-    }
-    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
-        self.0.punch_hole(ino, lblk, len)
-    }
-}
-
 /// §6.17: shutdown while conversions are queued: the worker finishes every one of them before it
 /// stops; conversions after shutdown run inline; no page is left under writeback.
 #[test]
 fn shutdown_finishes_queued_conversions_and_later_ones_run_inline() {
     let inner = Arc::new(SimpleMapper::new(16, 8192));
+    // Slow conversions keep the worker's queue full.
+    inner.on_convert(|_, _, _| {
+        thread::sleep(Duration::from_millis(20));
+        Ok(())
+    });
     let mem = MemDevice::new(512, 16384).threaded();
     let dd = DeferredDevice::new(Arc::new(mem));
     let rec = Arc::new(Recorder::default());
     let mut cfg = unwritten_cfg(4096, 4096);
     cfg.max_bio_bytes = 4096;
-    let cache = PageCache::with_observer(
-        cfg,
-        Arc::new(dd.clone()),
-        Arc::new(SlowConvert(inner.clone())),
-        Some(rec.clone()),
-    )
-    .unwrap();
+    let cache =
+        PageCache::with_observer(cfg, Arc::new(dd.clone()), inner.clone(), Some(rec.clone()))
+            .unwrap();
     inner.set_max_alloc(Some(1));
     let files: Vec<Mapping> = (0..5).map(|i| cache.mapping(100 + i, 0, 0)).collect();
     for (i, m) in files.iter().enumerate() {
@@ -873,4 +798,89 @@ fn shutdown_finishes_queued_conversions_and_later_ones_run_inline() {
     m.wait_writeback();
     assert!(inner.extents(200).iter().all(|e| !e.3));
     assert_eq!(cache.stats().violations, 0);
+}
+
+/// §2.11: an allocation failure in background writeback (the flusher, nobody waiting) belongs to
+/// the file it happened on. It is recorded in that file's error sequence and its next fsync
+/// reports it once; until then, each call on that file returns the error of its own operation
+/// (its own allocation failure, or an error unrelated to space), and no call on another file is
+/// handed it.
+#[test]
+fn background_allocation_failure_is_reported_once_to_its_own_file_only() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const A: u64 = 30;
+    const B: u64 = 31;
+    let mut cfg = Config::new(4096, 4096);
+    cfg.dirty_limit_bytes = Some(16 << 10);
+    let rig = Rig::inline(cfg, 1 << 14);
+    let failing = Arc::new(AtomicBool::new(true));
+    let failures = Arc::new(AtomicU64::new(0));
+    {
+        let (failing, failures) = (failing.clone(), failures.clone());
+        rig.mapper.on_map_blocks(move |_, ino, _, _, flags| {
+            if ino == A && flags.contains(MapFlags::CREATE) && failing.load(Ordering::SeqCst) {
+                failures.fetch_add(1, Ordering::SeqCst);
+                return Err(MapError::no_space());
+            }
+            Ok(())
+        });
+    }
+    let (a, b) = (rig.mapping(A), rig.mapping(B));
+    let (ha, hb) = (a.open(), b.open());
+    let probe = a.open();
+    let data_a = pattern(A, 64 << 10);
+    // Past the dirty limit: the flusher writes A in the background and its allocation fails.
+    a.write(0, &data_a).unwrap();
+    let mut recorded = false;
+    for _ in 0..2000 {
+        if probe.check_error().is_err() {
+            recorded = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert!(recorded, "the flusher's failure was not recorded on A");
+    assert!(failures.load(Ordering::SeqCst) > 0);
+    assert!(
+        a.nr_dirty() > 0,
+        "pages that could not be mapped stay dirty"
+    );
+
+    // Another file: written, synced and read back without seeing A's error.
+    let data_b = pattern(B, 8 << 10);
+    b.write(0, &data_b).unwrap();
+    assert_eq!(hb.fsync(), Ok(()));
+    let mut buf = vec![0; data_b.len()];
+    assert_eq!(b.read(0, &mut buf), Ok(data_b.len()));
+    assert_eq!(buf, data_b);
+    assert_eq!(hb.check_error(), Ok(()));
+
+    // A: a call that fails for another reason returns its own error, not ENOSPC.
+    assert_eq!(a.write(1 << 62, b"x"), Err(Error::TooLarge(1 << 62)));
+    let mut buf = vec![0; 4096];
+    assert_eq!(a.read(0, &mut buf), Ok(4096));
+    assert_eq!(buf, data_a[..4096]);
+    // A's own writeback, still failing: its own allocation error, as the mapper made it.
+    assert_eq!(
+        a.writepages(&mut WritebackControl::sync_all()),
+        Err(Error::Map(MapError::no_space()))
+    );
+
+    // Space is back: fsync writes everything and reports the background error, once.
+    failing.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ha.fsync(),
+        Err(Error::Writeback {
+            errno: MapError::no_space().errno()
+        })
+    );
+    assert_eq!(ha.fsync(), Ok(()));
+    assert_eq!(a.nr_dirty(), 0);
+    assert_eq!(rig.disk_file(A, data_a.len() as u64), data_a);
+    assert_eq!(rig.disk_file(B, data_b.len() as u64), data_b);
+    // B never saw it.
+    assert_eq!(hb.fsync(), Ok(()));
+    assert_eq!(rig.mapper.total_reserved(), 0);
+    assert!(rig.mapper.errors().is_empty(), "{:?}", rig.mapper.errors());
+    assert_eq!(rig.cache.stats().violations, 0);
 }

@@ -25,10 +25,7 @@ use ext4kit_blockdev::{
     Bio, BioOp, BlockDevice, FileDevice, Geometry, IoError, MemDevice, UringDevice,
 };
 use ext4kit_pagecache::testing::SimpleMapper;
-use ext4kit_pagecache::{
-    BlockMapper, BlockState, Config, Extent, MapError, MapFlags, PageCache, PageFlags,
-    UnwrittenRange, WritebackControl,
-};
+use ext4kit_pagecache::{BlockState, Config, PageCache, PageFlags, WritebackControl};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestRunner};
 use rand::rngs::StdRng;
@@ -299,60 +296,27 @@ impl BlockDevice for ChaosRef {
     }
 }
 
-/// A SimpleMapper that checks, at every conversion, that all writes of the converted blocks
-/// completed and none failed.
-#[derive(Debug)]
-struct CheckingMapper {
-    inner: SimpleMapper,
-    dev: Mutex<Option<Arc<Chaos>>>,
-    problems: Mutex<Vec<String>>,
-}
-
-impl BlockMapper for CheckingMapper {
-    fn reserve(&self, ino: u64, count: u64) -> Result<(), MapError> {
-        self.inner.reserve(ino, count)
-    }
-    fn release(&self, ino: u64, count: u64) {
-        self.inner.release(ino, count)
-    }
-    fn map_blocks(
-        &self,
-        ino: u64,
-        lblk: u64,
-        len: u64,
-        flags: MapFlags,
-    ) -> Result<Extent, MapError> {
-        self.inner.map_blocks(ino, lblk, len, flags)
-    }
-    fn convert_unwritten(&self, ino: u64, ranges: &[UnwrittenRange]) -> Result<(), MapError> {
-        if let Some(dev) = self.dev.lock().unwrap().as_ref() {
-            for r in ranges {
-                for lblk in r.lblk..r.lblk + r.len {
-                    if let Some((pblk, _)) = self.inner.lookup(ino, lblk) {
-                        if let Some(why) = dev.unsafe_to_convert(pblk) {
-                            self.problems
-                                .lock()
-                                .unwrap()
-                                .push(format!("converted block {lblk} (pblk {pblk}): {why}"));
-                        }
+/// Makes `mapper` check, at every conversion, that all writes of the converted blocks
+/// completed and none failed; returns where it writes what it found.
+fn check_conversions(mapper: &SimpleMapper, chaos: Arc<Chaos>) -> Arc<Mutex<Vec<String>>> {
+    let problems = Arc::new(Mutex::new(Vec::new()));
+    let found = Arc::clone(&problems);
+    mapper.on_convert(move |m, ino, ranges| {
+        for r in ranges {
+            for lblk in r.lblk..r.lblk + r.len {
+                if let Some((pblk, _)) = m.lookup(ino, lblk) {
+                    if let Some(why) = chaos.unsafe_to_convert(pblk) {
+                        found
+                            .lock()
+                            .unwrap()
+                            .push(format!("converted block {lblk} (pblk {pblk}): {why}"));
                     }
                 }
             }
         }
-        self.inner.convert_unwritten(ino, ranges)
-    }
-    fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
-        self.inner.update_disksize(ino, size)
-    }
-    fn truncate(&self, ino: u64, first: u64, size: u64) -> Result<(), MapError> {
-        self.inner.truncate(ino, first, size)
-    }
-    fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
-        self.inner.fallocate(ino, lblk, len)
-    }
-    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
-        self.inner.punch_hole(ino, lblk, len)
-    }
+        Ok(())
+    });
+    problems
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -413,7 +377,9 @@ struct Harness {
     ps: usize,
     cache: PageCache,
     chaos: Arc<Chaos>,
-    mapper: Arc<CheckingMapper>,
+    mapper: Arc<SimpleMapper>,
+    /// What the conversion check found.
+    problems: Arc<Mutex<Vec<String>>>,
     read_dev: DeviceReader,
     _tmp: Option<tempfile::NamedTempFile>,
 }
@@ -458,13 +424,10 @@ fn harness(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<Harnes
     };
     let shuffle = matches!(backend, Backend::ShuffledMemory).then_some(case.seed);
     let chaos = Chaos::new(inner, bs as u64, case.fails.clone(), shuffle);
-    let mapper = Arc::new(CheckingMapper {
-        inner: SimpleMapper::new(8, nr_fs - 8),
-        dev: Mutex::new(Some(Arc::clone(&chaos))),
-        problems: Mutex::new(Vec::new()),
-    });
-    mapper.inner.set_max_alloc(case.max_alloc);
-    mapper.inner.set_gap(case.gap);
+    let mapper = Arc::new(SimpleMapper::new(8, nr_fs - 8));
+    let problems = check_conversions(&mapper, Arc::clone(&chaos));
+    mapper.set_max_alloc(case.max_alloc);
+    mapper.set_gap(case.gap);
     let mut cfg = Config::new(ps, bs);
     cfg.alloc_unwritten = case.alloc_unwritten;
     cfg.max_bio_bytes = 32 << 10;
@@ -485,6 +448,7 @@ fn harness(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<Harnes
         cache,
         chaos,
         mapper,
+        problems,
         read_dev,
         _tmp: tmp,
     })
@@ -517,7 +481,7 @@ fn check_quiescent(
         "{}: engine invariant violations",
         ctx
     );
-    let problems = h.mapper.problems.lock().unwrap().clone();
+    let problems = h.problems.lock().unwrap().clone();
     prop_assert!(
         problems.is_empty(),
         "{}: conversion before IO finished: {:?}",
@@ -525,10 +489,10 @@ fn check_quiescent(
         problems
     );
     prop_assert!(
-        h.mapper.inner.errors().is_empty(),
+        h.mapper.errors().is_empty(),
         "{}: mapper: {:?}",
         ctx,
-        h.mapper.inner.errors()
+        h.mapper.errors()
     );
     prop_assert_eq!(m.size(), model.len() as u64, "{}", ctx);
     let mut err_blocks = HashSet::new();
@@ -571,7 +535,7 @@ fn check_quiescent(
     }
     prop_assert_eq!((m.nr_dirty(), m.nr_towrite()), (0, 0), "{}", ctx);
     prop_assert_eq!(m.reserved_blocks(), 0, "{}", ctx);
-    prop_assert_eq!(h.mapper.inner.total_reserved(), 0, "{}", ctx);
+    prop_assert_eq!(h.mapper.total_reserved(), 0, "{}", ctx);
     let mut back = vec![0u8; model.len()];
     m.read(0, &mut back)
         .map_err(|e| TestCaseError::fail(format!("{ctx}: read: {e}")))?;
@@ -580,7 +544,6 @@ fn check_quiescent(
         let b0 = (d[0] / bs) as u64;
         let disk = h
             .mapper
-            .inner
             .lookup(INO, b0)
             .map(|(p, u)| (p, u, (h.read_dev)(p)[d[0] % bs]));
         let hist: Vec<(u64, u64, String)> = match disk {
@@ -597,7 +560,7 @@ fn check_quiescent(
         };
         eprintln!(
             "HISTORY of block {b0}: {hist:?}\nEXTENTS {:?}",
-            h.mapper.inner.extents(INO)
+            h.mapper.extents(INO)
         );
         prop_assert!(
             false,
@@ -615,7 +578,7 @@ fn check_quiescent(
     }
     for b in 0..(model.len() as u64).div_ceil(bs as u64) {
         let want = model_block(model, bs, b);
-        match h.mapper.inner.lookup(INO, b) {
+        match h.mapper.lookup(INO, b) {
             Some((pblk, false)) => {
                 if !err_blocks.contains(&b) {
                     let mut disk = (h.read_dev)(pblk);
@@ -744,7 +707,7 @@ fn run_case(ps: usize, bs: usize, backend: Backend, case: &Case) -> Result<(), T
                     // What the disk holds is now the truth; it may differ from the model only
                     // where a write failed.
                     for b in 0..(model.len() as u64).div_ceil(bs as u64) {
-                        let disk = match h.mapper.inner.lookup(INO, b) {
+                        let disk = match h.mapper.lookup(INO, b) {
                             Some((pblk, false)) => (h.read_dev)(pblk),
                             _ => vec![0u8; bs],
                         };

@@ -34,7 +34,7 @@ mod tests {
 
     #[test]
     fn one_line_says_a_path_once_and_drops_os_error_numbers() {
-        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(2))
+        let e = anyhow::Error::from(std::io::Error::from_raw_os_error(libc::ENOENT))
             .context("/x/y")
             .context("img:/x/y");
         assert_eq!(one_line(&e), "img:/x/y: no such file or directory");

@@ -192,7 +192,7 @@ impl BlockDevice for UringDevice {
         crate::file::copy_file_to_file(src, src_off, dst, dst_off, len).map_err(|e| IoError::Os {
             op: BioOp::Write,
             block,
-            errno: e.raw_os_error().unwrap_or(5),
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
         })
     }
 

@@ -188,7 +188,7 @@ fn read_exact_at(
                 return Err(ext4kit_blockdev::IoError::Os {
                     op: ext4kit_blockdev::BioOp::Read,
                     block: 0,
-                    errno: 5,
+                    errno: libc::EIO,
                 });
             }
             Ok(n) => got += n,

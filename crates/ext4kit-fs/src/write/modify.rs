@@ -619,7 +619,7 @@ impl Fs {
         self.check_regular_for_write(ino)?;
         let m = self.data_mapping(ino)?;
         m.fallocate(offset, len, keep_size)
-            .map_err(|e| self.cache_error(ino, e))?;
+            .map_err(|e| Error::from_cache(ino, e))?;
         self.commit_if_full()
     }
 
@@ -630,7 +630,7 @@ impl Fs {
         self.check_regular_for_write(ino)?;
         let m = self.data_mapping(ino)?;
         m.punch_hole(offset, len)
-            .map_err(|e| self.cache_error(ino, e))?;
+            .map_err(|e| Error::from_cache(ino, e))?;
         self.commit_if_full()
     }
 

@@ -473,7 +473,7 @@ impl Fs {
         self.core.writer("write")?;
         let m = self.data_mapping(ino)?;
         m.write(offset, data)
-            .map_err(|e| self.cache_error(ino, e))?;
+            .map_err(|e| Error::from_cache(ino, e))?;
         self.commit_if_full()
     }
 
@@ -481,7 +481,7 @@ impl Fs {
     pub fn set_size(&self, ino: u32, size: u64) -> Result<()> {
         self.core.writer("truncate")?;
         let m = self.data_mapping(ino)?;
-        m.truncate(size).map_err(|e| self.cache_error(ino, e))?;
+        m.truncate(size).map_err(|e| Error::from_cache(ino, e))?;
         self.commit_if_full()
     }
 
@@ -532,20 +532,34 @@ impl Fs {
     /// Writes back the data of every file written since the last sync (allocating its
     /// delayed blocks) and waits for it, without flushing the device or writing metadata.
     /// Files are handled in inode order, so allocation does not depend on timing.
+    ///
+    /// Errors are those of fsync: the error this call's own writeback hit (an allocation
+    /// failing with [`Error::NoSpace`], a corrupt extent tree, ...) as it is; otherwise, once,
+    /// a writeback error recorded since the last sync (a failed write, or a failure of the
+    /// background flusher), as [`Error::Writeback`]. A file whose data could not be written
+    /// stays dirty and is written by the next sync.
     pub fn flush_data(&self) -> Result<()> {
         let w = self.core.writer("sync")?;
         let mut mappings: Vec<(u32, Mapping)> = w.open_mappings.lock().drain().collect();
         mappings.sort_by_key(|(ino, _)| *ino);
         let mut handles = Vec::with_capacity(mappings.len());
-        for (ino, m) in &mappings {
+        for (i, (ino, m)) in mappings.iter().enumerate() {
             let h = m.open();
-            m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all())
-                .map_err(|e| self.cache_error(*ino, e))?;
+            if let Err(e) = m.writepages(&mut ext4kit_pagecache::WritebackControl::sync_all()) {
+                // As fsync does: the error sequence moves past what this sync would have
+                // reported, so one sync reports one error.
+                let _ = h.check_error();
+                let mut open = w.open_mappings.lock();
+                for (ino, m) in &mappings[i..] {
+                    open.entry(*ino).or_insert_with(|| m.clone());
+                }
+                return Err(Error::from_cache(*ino, e));
+            }
             handles.push((*ino, h));
         }
         for (ino, h) in &handles {
             h.mapping().wait_writeback();
-            h.check_error().map_err(|e| self.cache_error(*ino, e))?;
+            h.check_error().map_err(|e| Error::from_cache(*ino, e))?;
         }
         Ok(())
     }
@@ -596,22 +610,6 @@ impl Fs {
         ext4kit_blockdev::BlockDeviceExt::flush(&**core.cache.device())
             .map_err(|e| Error::io(e, None))?;
         Ok(())
-    }
-
-    /// A page cache error, with the typed error behind it when the mapper stashed one.
-    pub(crate) fn cache_error(&self, ino: u32, e: ext4kit_pagecache::Error) -> Error {
-        if let Some(typed) = self.core.take_map_error(u64::from(ino)) {
-            return typed;
-        }
-        match e {
-            ext4kit_pagecache::Error::Map(ext4kit_pagecache::MapError::NoSpace) => {
-                Error::NoSpace(format!("inode {ino}"))
-            }
-            other => Error::Cache {
-                message: other.to_string(),
-                errno: other.errno(),
-            },
-        }
     }
 }
 
