@@ -10,6 +10,8 @@
 //! the entry area (the block end, or the tail). `rec_len` values are decoded
 //! for 64 KiB blocks ([`rec_len_from_disk`]).
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{
     read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
 };

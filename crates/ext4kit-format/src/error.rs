@@ -18,7 +18,7 @@
 //! and [`FormatError::with_group`], so that the message reads
 //! `inode 12: extent header magic 0x0000 (expected 0xf30a)`.
 
-use std::fmt;
+use core::fmt;
 
 /// Which on-disk structure an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -614,7 +614,7 @@ pub enum FormatError {
 }
 
 /// Shorthand for `Result<T, FormatError>`.
-pub type Result<T, E = FormatError> = std::result::Result<T, E>;
+pub type Result<T, E = FormatError> = core::result::Result<T, E>;
 
 impl FormatError {
     /// A [`FormatError::Corrupt`] without context.

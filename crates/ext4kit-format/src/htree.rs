@@ -11,6 +11,8 @@
 //! the tail's reserved word, exactly as `ext4_dx_csum` does.
 //! [`split_leaf`] splits a full leaf block by hash the way `do_split` does.
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{
     read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
 };

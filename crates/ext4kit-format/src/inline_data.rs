@@ -10,6 +10,8 @@
 //! data), or slow (target in a data block). [`symlink_storage`] decides like the
 //! kernel's `ext4_inode_is_fast_symlink`.
 
+use alloc::vec::Vec;
+
 use crate::dir::{DirBlock, DirBlockOptions};
 use crate::error::{CorruptKind, FormatError, Result, Structure};
 use crate::features::{IncompatFeatures, RoCompatFeatures};

@@ -16,6 +16,8 @@
 //! Data blocks are covered by their tag: crc32c over `be32(sequence)` and the
 //! block (32 bits in v3 tags, the low 16 bits in v2 tags).
 
+use alloc::{boxed::Box, string::String, vec, vec::Vec};
+
 use crate::bytes::{
     read_u16be, read_u32be, read_u64be, write_bytes, write_u16be, write_u32be, write_u64be,
 };
@@ -150,6 +152,8 @@ fn check_header(
 
 /// Journal feature bits.
 pub mod features {
+    use alloc::{format, string::String, vec::Vec};
+
     /// `JBD2_FEATURE_COMPAT_CHECKSUM` (checksum v1, crc32 in commit blocks).
     pub const COMPAT_CHECKSUM: u32 = 0x1;
     /// `JBD2_FEATURE_INCOMPAT_REVOKE`
@@ -217,8 +221,8 @@ pub struct JournalSuperblock {
     raw: Box<[u8; JOURNAL_SUPERBLOCK_SIZE]>,
 }
 
-impl std::fmt::Debug for JournalSuperblock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for JournalSuperblock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("JournalSuperblock")
             .field("block_size", &self.block_size())
             .field("maxlen", &self.maxlen())

@@ -61,9 +61,12 @@
 //! assert_eq!(parsed.modification_time().seconds, 5_000_000_000);
 //! # Ok::<(), ext4kit_format::FormatError>(())
 //! ```
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+
+extern crate alloc;
 
 mod macros;
 

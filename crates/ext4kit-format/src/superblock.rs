@@ -8,6 +8,8 @@
 //! Geometry helpers (groups, backups, descriptor locations) live in
 //! [`crate::layout`].
 
+use alloc::{boxed::Box, string::String};
+
 use crate::bytes::{read_u32le, write_u32le};
 use crate::checksum::{CRC32C_INITIAL, crc32c_raw};
 use crate::error::{
@@ -120,8 +122,8 @@ pub struct Superblock {
     pub(crate) raw: Box<[u8; SUPERBLOCK_SIZE]>,
 }
 
-impl std::fmt::Debug for Superblock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Superblock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Superblock")
             .field("blocks_count", &self.blocks_count())
             .field("inodes_count", &self.inodes_count())

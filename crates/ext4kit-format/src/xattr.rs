@@ -13,6 +13,8 @@
 //! front and values from the back: [`build_block`] (sorted by index, name
 //! length, name, as the kernel expects in blocks) and [`build_ibody`].
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{
     read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
 };
@@ -447,7 +449,7 @@ impl XattrSpec {
 }
 
 /// Order of entries inside xattr blocks: (index, name length, name).
-pub fn block_order(a: &XattrSpec, b: &XattrSpec) -> std::cmp::Ordering {
+pub fn block_order(a: &XattrSpec, b: &XattrSpec) -> core::cmp::Ordering {
     (a.name_index, a.name.len(), &a.name).cmp(&(b.name_index, b.name.len(), &b.name))
 }
 
