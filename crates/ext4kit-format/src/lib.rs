@@ -24,6 +24,7 @@
 //! | [`acl`] | POSIX ACL values: ext4's disk form ↔ the getxattr(2) form |
 //! | [`inline_data`] | inline data and symlink storage helpers |
 //! | [`journal`] | jbd2 superblock, descriptor / commit / revoke blocks |
+//! | [`orphan`] | orphan file blocks: inode slots, tail magic and checksum |
 //! | [`bitmap`] | bit operations over block / inode bitmaps |
 //! | [`checksum`] | crc32c (ext4 convention), crc16, crc32_be |
 //! | [`bytes`] | little- and big-endian field access |
@@ -86,6 +87,7 @@ pub mod inline_data;
 pub mod inode;
 pub mod journal;
 pub mod layout;
+pub mod orphan;
 pub mod superblock;
 pub mod xattr;
 
