@@ -232,6 +232,14 @@ impl DxBlock {
             write_u8(&mut self.raw, 30, levels);
         }
     }
+    /// Inode of `.` (roots only: the directory itself; 0 for nodes).
+    pub fn self_inode(&self) -> u32 {
+        if self.kind == DxKind::Root {
+            read_u32le(&self.raw, 0)
+        } else {
+            0
+        }
+    }
     /// Inode of `..` (roots only).
     pub fn parent_inode(&self) -> u32 {
         read_u32le(&self.raw, 12)
@@ -567,7 +575,9 @@ mod tests {
         assert_eq!(detect(p.as_bytes(), 4096), Some(DxKind::Root));
         assert_eq!(p.lookup(0x50), 0);
         assert_eq!(p.lookup(0x100), 1);
+        assert_eq!((p.self_inode(), p.parent_inode()), (12, 2));
         let n = DxBlock::new_node(opts, &e).unwrap();
+        assert_eq!(n.self_inode(), 0);
         assert_eq!(detect(n.as_bytes(), 4096), Some(DxKind::Node));
         DxBlock::parse_node(n.as_bytes(), opts).unwrap();
     }
