@@ -1160,6 +1160,45 @@ impl RevokeBlock {
     }
 }
 
+// ---- ext4 fast commits (the area after the regular log) ----
+
+/// Tag of the record that starts a fast commit (`EXT4_FC_TAG_HEAD`).
+pub const FC_TAG_HEAD: u16 = 9;
+
+/// Size of a fast-commit record header (`struct ext4_fc_tl`: le16 tag, le16 length).
+pub const FC_TL_SIZE: usize = 4;
+
+/// Size of the head record's value (`struct ext4_fc_head`: le32 features, le32 tid).
+pub const FC_HEAD_SIZE: usize = 8;
+
+/// The head record a fast commit starts with (`struct ext4_fc_head`). Unlike
+/// jbd2's own blocks, fast-commit records are little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FastCommitHead {
+    /// `fc_features`.
+    pub features: u32,
+    /// `fc_tid`: the transaction the fast commit follows.
+    pub tid: u32,
+}
+
+impl FastCommitHead {
+    /// Reads the head record at the start of the first fast-commit block:
+    /// tag [`FC_TAG_HEAD`] with a value of at least [`FC_HEAD_SIZE`] bytes.
+    /// `None` when the block does not start with one (no fast commit there).
+    pub fn read(block: &[u8]) -> Option<Self> {
+        if block.len() < FC_TL_SIZE + FC_HEAD_SIZE
+            || crate::bytes::read_u16le(block, 0) != FC_TAG_HEAD
+            || usize::from(crate::bytes::read_u16le(block, 2)) < FC_HEAD_SIZE
+        {
+            return None;
+        }
+        Some(Self {
+            features: crate::bytes::read_u32le(block, FC_TL_SIZE),
+            tid: crate::bytes::read_u32le(block, FC_TL_SIZE + 4),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1234,5 +1273,28 @@ mod tests {
             p.verify_checksum(&j).unwrap();
             assert_eq!(p.commit_time(), (1_700_000_000, 5));
         }
+    }
+
+    #[test]
+    fn fast_commit_head() {
+        let mut b = vec![0u8; 1024];
+        assert_eq!(FastCommitHead::read(&b), None);
+        b[0..2].copy_from_slice(&FC_TAG_HEAD.to_le_bytes());
+        b[2..4].copy_from_slice(&8u16.to_le_bytes());
+        b[4..8].copy_from_slice(&3u32.to_le_bytes());
+        b[8..12].copy_from_slice(&0x0102_0304u32.to_le_bytes());
+        assert_eq!(
+            FastCommitHead::read(&b),
+            Some(FastCommitHead {
+                features: 3,
+                tid: 0x0102_0304
+            })
+        );
+        assert_eq!(FastCommitHead::read(&b[..11]), None);
+        b[2..4].copy_from_slice(&7u16.to_le_bytes());
+        assert_eq!(FastCommitHead::read(&b), None);
+        b[2..4].copy_from_slice(&8u16.to_le_bytes());
+        b[0] = 8;
+        assert_eq!(FastCommitHead::read(&b), None);
     }
 }
