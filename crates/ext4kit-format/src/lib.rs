@@ -8,6 +8,11 @@
 //! bytes that were parsed, unknown and reserved bytes included. Checksums can be
 //! computed, verified and updated for every structure that has one.
 //!
+//! The crate is `no_std` + `alloc` when its default `std` feature is off; `std`
+//! only brings hardware-accelerated crc32c (the `crc32c` crate) and
+//! `std::error::Error` through thiserror (the error type implements
+//! `core::error::Error` either way).
+//!
 //! | module | owns |
 //! |---|---|
 //! | [`superblock`] | the superblock, its fields, validation, checksum |
