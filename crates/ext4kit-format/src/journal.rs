@@ -707,10 +707,16 @@ pub fn verify_data_block(
     Ok(())
 }
 
+/// Whether a block logged as data must be escaped: it starts with the jbd2
+/// magic, which replay would take for a journal block ([`escape_block`]).
+pub fn needs_escape(data: &[u8]) -> bool {
+    data.len() >= 4 && read_u32be(data, 0) == JBD2_MAGIC
+}
+
 /// If `data` starts with the jbd2 magic, zeroes it (the copy written to the
 /// log) and returns `true`: the tag must then carry ESCAPE.
 pub fn escape_block(data: &mut [u8]) -> bool {
-    if data.len() >= 4 && read_u32be(data, 0) == JBD2_MAGIC {
+    if needs_escape(data) {
         write_u32be(data, 0, 0);
         true
     } else {
@@ -1296,5 +1302,21 @@ mod tests {
         b[2..4].copy_from_slice(&8u16.to_le_bytes());
         b[0] = 8;
         assert_eq!(FastCommitHead::read(&b), None);
+    }
+
+    #[test]
+    fn escape_round_trip() {
+        let mut b = vec![0u8; 1024];
+        assert!(!needs_escape(&b));
+        b[..4].copy_from_slice(&[0xC0, 0x3B, 0x39, 0x98]);
+        b[4] = 7;
+        assert!(needs_escape(&b));
+        assert!(!needs_escape(&b[..3]));
+        let orig = b.clone();
+        assert!(escape_block(&mut b));
+        assert_eq!(b[..4], [0; 4]);
+        assert!(!escape_block(&mut b));
+        unescape_block(&mut b);
+        assert_eq!(b, orig);
     }
 }
