@@ -67,7 +67,9 @@
 //! assert_eq!(parsed.modification_time().seconds, 5_000_000_000);
 //! # Ok::<(), ext4kit_format::FormatError>(())
 //! ```
-#![cfg_attr(not(feature = "std"), no_std)]
+// Unit tests always have std (the test harness needs it); without the `std` feature they
+// still run the portable code paths.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
