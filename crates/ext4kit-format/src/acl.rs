@@ -15,6 +15,8 @@
 //! ext4kit wrote in the xattr form by mistake. An ACL without entries means "no ACL": both
 //! directions give `None` for it. No IO, no panics on any input.
 
+use alloc::{string::String, string::ToString, vec::Vec};
+
 use core::fmt;
 
 /// Version of the xattr form (`POSIX_ACL_XATTR_VERSION`).

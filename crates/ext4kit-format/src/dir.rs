@@ -10,6 +10,8 @@
 //! the entry area (the block end, or the tail). `rec_len` values are decoded
 //! for 64 KiB blocks ([`rec_len_from_disk`]).
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{
     read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
 };
@@ -380,6 +382,20 @@ impl DirBlock {
             .find(|e| !e.is_unused() && e.name == name))
     }
 
+    /// The inode of the live `..` entry (the parent, in a directory's first block).
+    pub fn dotdot_inode(&self) -> Result<Option<u32>> {
+        Ok(self.find(b"..")?.map(|e| e.inode))
+    }
+
+    /// Points the live `..` entry at `parent` (a rename into another directory).
+    /// [`CorruptKind::DirectoryDots`] if the block has no live `..` entry. The
+    /// checksum is not updated.
+    pub fn set_dotdot_inode(&mut self, parent: u32) -> Result<()> {
+        let off = self.find(b"..")?.map(|e| e.offset).ok_or_else(dots_error)?;
+        write_u32le(&mut self.raw, off, parent);
+        Ok(())
+    }
+
     /// Room for an entry of `name_len`: `true` if [`DirBlock::add_entry`] would succeed.
     pub fn has_room_for(&self, name_len: usize) -> Result<bool> {
         Ok(self.find_slot(rec_len_for_name(name_len))?.is_some())
@@ -567,6 +583,50 @@ pub fn verify_leaf_checksum(
     Ok(())
 }
 
+fn dots_error() -> FormatError {
+    FormatError::corrupt(Structure::DirectoryBlock, CorruptKind::DirectoryDots)
+}
+
+/// Byte offset of the `..` entry in a directory's first block, linear or htree.
+///
+/// An htree root (`struct dx_root`, recognized by [`crate::htree::detect`])
+/// keeps `..` as its second fake entry at offset 12, which must be named `..`;
+/// nothing else of the root is checked here ([`crate::htree::DxBlock::parse_root`]
+/// does that). Any other block is validated as a linear block with `opts` and
+/// its live entry named `..` is taken. [`CorruptKind::DirectoryDots`] if there
+/// is none.
+pub fn dotdot_offset(first_block: &[u8], opts: DirBlockOptions) -> Result<usize> {
+    if crate::htree::detect(first_block, opts.block_size) == Some(crate::htree::DxKind::Root) {
+        let named_dotdot =
+            read_u8(first_block, 18) == 2 && first_block.get(20..22) == Some(&b".."[..]);
+        return if named_dotdot {
+            Ok(12)
+        } else {
+            Err(dots_error())
+        };
+    }
+    DirBlock::parse(first_block, opts)?
+        .find(b"..")?
+        .map(|e| e.offset)
+        .ok_or_else(dots_error)
+}
+
+/// The inode `..` names in a directory's first block (see [`dotdot_offset`]).
+pub fn dotdot_inode(first_block: &[u8], opts: DirBlockOptions) -> Result<u32> {
+    let off = dotdot_offset(first_block, opts)?;
+    Ok(read_u32le(first_block, off))
+}
+
+/// Points `..` of a directory's first block, linear or htree root, at
+/// `parent` (see [`dotdot_offset`]). Checksums are not updated: re-checksum
+/// the block as a [`DirBlock`] or [`crate::htree::DxBlock`] afterwards. For an
+/// inline-data directory see [`crate::inline_data::set_dotdot_inode`].
+pub fn set_dotdot_inode(first_block: &mut [u8], opts: DirBlockOptions, parent: u32) -> Result<()> {
+    let off = dotdot_offset(first_block, opts)?;
+    write_u32le(first_block, off, parent);
+    Ok(())
+}
+
 fn check_name(name: &[u8]) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(FormatError::unrepresentable(
@@ -630,5 +690,60 @@ mod tests {
         assert!(b.free_bytes().unwrap() < rec_len_for_name(16) as usize);
         b.update_checksum(7, 12, 0);
         b.verify_checksum(7, 12, 0).unwrap();
+    }
+
+    #[test]
+    fn dotdot_linear_and_dx_root() {
+        use crate::htree::{DxBlock, DxEntry, DxOptions};
+        for csum in [false, true] {
+            let opts = DirBlockOptions::new(1024, csum);
+            let mut b = DirBlock::new_dir(1024, opts, 12, 2, true).unwrap();
+            assert!(b.add_entry(b"a", 13, 1).unwrap());
+            assert_eq!(dotdot_offset(b.as_bytes(), opts).unwrap(), 12);
+            assert_eq!(dotdot_inode(b.as_bytes(), opts).unwrap(), 2);
+            assert_eq!(b.dotdot_inode().unwrap(), Some(2));
+            b.set_dotdot_inode(40).unwrap();
+            assert_eq!(b.dotdot_inode().unwrap(), Some(40));
+            let mut raw = b.clone().into_bytes();
+            set_dotdot_inode(&mut raw, opts, 41).unwrap();
+            assert_eq!(raw[12..16], 41u32.to_le_bytes());
+            // Only the inode field changed.
+            assert_eq!(raw[16..], b.as_bytes()[16..]);
+            DirBlock::parse(&raw, opts).unwrap();
+
+            let dx = DxOptions {
+                block_size: 1024,
+                has_csum: csum,
+                largedir: false,
+            };
+            let entry = DxEntry { hash: 0, block: 1 };
+            let root = DxBlock::new_root(dx, 12, 2, 2, 1, 0, &[entry]).unwrap();
+            let mut raw = root.into_bytes();
+            assert_eq!(dotdot_inode(&raw, opts).unwrap(), 2);
+            set_dotdot_inode(&mut raw, opts, 77).unwrap();
+            let parsed = DxBlock::parse_root(&raw, dx).unwrap();
+            assert_eq!(parsed.parent_inode(), 77);
+        }
+    }
+
+    #[test]
+    fn dotdot_missing_or_bad() {
+        let opts = DirBlockOptions::new(1024, false);
+        let e = dotdot_offset(&[0u8; 1024], opts).unwrap_err();
+        assert!(e.corrupt_kind().is_some());
+        // A valid block without `..`.
+        let b = DirBlock::build(1024, opts, &[(b".", 12, 2), (b"x", 13, 1)])
+            .unwrap()
+            .unwrap();
+        let e = dotdot_offset(b.as_bytes(), opts).unwrap_err();
+        assert_eq!(e.corrupt_kind(), Some(&CorruptKind::DirectoryDots));
+        let mut b2 = b.clone();
+        assert!(b2.set_dotdot_inode(5).is_err());
+        assert_eq!(b2, b);
+        // Short and odd buffers are errors, not panics.
+        for len in [0usize, 3, 12, 31, 40] {
+            let mut v = vec![0xFFu8; len];
+            assert!(set_dotdot_inode(&mut v, opts, 1).is_err());
+        }
     }
 }

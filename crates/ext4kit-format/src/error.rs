@@ -18,7 +18,7 @@
 //! and [`FormatError::with_group`], so that the message reads
 //! `inode 12: extent header magic 0x0000 (expected 0xf30a)`.
 
-use std::fmt;
+use core::fmt;
 
 /// Which on-disk structure an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +60,8 @@ pub enum Structure {
     JournalRevoke,
     /// A data block logged in the journal (its tag checksum).
     JournalDataBlock,
+    /// A block of the orphan file (compat `orphan_file`).
+    OrphanFileBlock,
 }
 
 impl fmt::Display for Structure {
@@ -78,6 +80,7 @@ impl fmt::Display for Structure {
             Structure::XattrBlock => "xattr block",
             Structure::InlineData => "inline data",
             Structure::Symlink => "symlink",
+            Structure::OrphanFileBlock => "orphan file block",
             Structure::JournalSuperblock => "journal superblock",
             Structure::JournalDescriptor => "journal descriptor block",
             Structure::JournalCommit => "journal commit block",
@@ -443,6 +446,15 @@ pub enum CorruptKind {
     },
     /// `r_count` of a revoke block is out of range.
     JournalRevokeCount(u32),
+
+    // ---- directories (whole) ----
+    /// A directory's first block has no `..` entry where it belongs (linear
+    /// blocks: no live `..` entry; dx roots: the second fake entry is not `..`).
+    DirectoryDots,
+
+    // ---- orphan file ----
+    /// `ob_magic` of an orphan file block is not 0x0B10CA04.
+    OrphanBlockMagic(u32),
 }
 
 impl fmt::Display for CorruptKind {
@@ -557,6 +569,10 @@ impl fmt::Display for CorruptKind {
                 write!(f, "journal descriptor tag at {offset} runs past the block")
             }
             K::JournalRevokeCount(v) => write!(f, "journal revoke r_count {v} out of range"),
+            K::DirectoryDots => f.write_str("directory does not start with '.' and '..'"),
+            K::OrphanBlockMagic(m) => {
+                write!(f, "orphan file block magic {m:#010x} (expected 0x0b10ca04)")
+            }
         }
     }
 }
@@ -614,7 +630,7 @@ pub enum FormatError {
 }
 
 /// Shorthand for `Result<T, FormatError>`.
-pub type Result<T, E = FormatError> = std::result::Result<T, E>;
+pub type Result<T, E = FormatError> = core::result::Result<T, E>;
 
 impl FormatError {
     /// A [`FormatError::Corrupt`] without context.

@@ -12,6 +12,8 @@
 //! depth ≤ 5, lengths > 0, sorted and non-overlapping); builders write entries
 //! back, leaving the bytes past the entries untouched.
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{read_u16le, read_u32le, write_u16le, write_u32le};
 use crate::checksum::{crc32c_raw, inode_csum_seed};
 use crate::error::{CorruptKind, FormatError, Result, Structure};

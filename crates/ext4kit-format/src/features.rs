@@ -5,7 +5,9 @@
 //! set operations, the list of names (in bit order, exactly as `dumpe2fs`
 //! prints them, `FEATURE_I17`-style for unknown bits) and the unknown bits.
 
-use std::fmt;
+use alloc::{format, string::String, string::ToString, vec::Vec};
+
+use core::fmt;
 
 macro_rules! feature_set {
     (
@@ -78,7 +80,7 @@ macro_rules! feature_set {
             }
         }
 
-        impl std::ops::BitOr for $name {
+        impl core::ops::BitOr for $name {
             type Output = Self;
             fn bitor(self, rhs: Self) -> Self {
                 Self(self.0 | rhs.0)

@@ -8,6 +8,8 @@
 //! The descriptor also stores the block and inode bitmap checksums
 //! ([`GroupDesc::set_block_bitmap_checksum`] and friends).
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{read_u16le, read_u32le, write_u16le, write_u32le};
 use crate::checksum::{crc16, crc32c_le32, crc32c_raw};
 use crate::error::{CorruptKind, FormatError, Result, Structure};

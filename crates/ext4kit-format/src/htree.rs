@@ -11,6 +11,8 @@
 //! the tail's reserved word, exactly as `ext4_dx_csum` does.
 //! [`split_leaf`] splits a full leaf block by hash the way `do_split` does.
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{
     read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
 };
@@ -228,6 +230,14 @@ impl DxBlock {
     pub fn set_indirect_levels(&mut self, levels: u8) {
         if self.kind == DxKind::Root {
             write_u8(&mut self.raw, 30, levels);
+        }
+    }
+    /// Inode of `.` (roots only: the directory itself; 0 for nodes).
+    pub fn self_inode(&self) -> u32 {
+        if self.kind == DxKind::Root {
+            read_u32le(&self.raw, 0)
+        } else {
+            0
         }
     }
     /// Inode of `..` (roots only).
@@ -565,7 +575,9 @@ mod tests {
         assert_eq!(detect(p.as_bytes(), 4096), Some(DxKind::Root));
         assert_eq!(p.lookup(0x50), 0);
         assert_eq!(p.lookup(0x100), 1);
+        assert_eq!((p.self_inode(), p.parent_inode()), (12, 2));
         let n = DxBlock::new_node(opts, &e).unwrap();
+        assert_eq!(n.self_inode(), 0);
         assert_eq!(detect(n.as_bytes(), 4096), Some(DxKind::Node));
         DxBlock::parse_node(n.as_bytes(), opts).unwrap();
     }

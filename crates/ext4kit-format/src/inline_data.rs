@@ -10,6 +10,8 @@
 //! data), or slow (target in a data block). [`symlink_storage`] decides like the
 //! kernel's `ext4_inode_is_fast_symlink`.
 
+use alloc::vec::Vec;
+
 use crate::dir::{DirBlock, DirBlockOptions};
 use crate::error::{CorruptKind, FormatError, Result, Structure};
 use crate::features::{IncompatFeatures, RoCompatFeatures};
@@ -83,7 +85,7 @@ impl InlineDir {
     pub fn parse(inode: &Inode, block_size: u32, ea_inode_feature: bool) -> Result<Self> {
         let opts = DirBlockOptions::new(block_size, false);
         let ib = inode.block_area();
-        let parent = u32::from_le_bytes([ib[0], ib[1], ib[2], ib[3]]);
+        let parent = dotdot_of_i_block(ib);
         let head = DirBlock::parse(&ib[INLINE_DOTDOT_SIZE..], opts)
             .map_err(|e| with_structure(e, Structure::InlineData))?;
         let tail = match system_data(inode, ea_inode_feature)? {
@@ -106,6 +108,43 @@ impl InlineDir {
         ib[INLINE_DOTDOT_SIZE..].copy_from_slice(region.as_bytes());
         Ok(ib)
     }
+}
+
+fn dotdot_of_i_block(ib: &[u8; I_BLOCK_SIZE]) -> u32 {
+    u32::from_le_bytes([ib[0], ib[1], ib[2], ib[3]])
+}
+
+/// Whether `inode` is a directory whose entries are inline data.
+fn is_inline_dir(inode: &Inode) -> bool {
+    inode.is_dir() && inode.flags().contains(InodeFlags::INLINE_DATA)
+}
+
+/// The parent (`..`) of an inline-data directory: the le32 at the start of
+/// `i_block`. [`CorruptKind::DirectoryDots`] if `inode` is not an inline-data
+/// directory.
+pub fn dotdot_inode(inode: &Inode) -> Result<u32> {
+    if !is_inline_dir(inode) {
+        return Err(FormatError::corrupt(
+            Structure::InlineData,
+            CorruptKind::DirectoryDots,
+        ));
+    }
+    Ok(dotdot_of_i_block(inode.block_area()))
+}
+
+/// Points `..` of an inline-data directory at `parent` (the block-based
+/// forms are [`crate::dir::set_dotdot_inode`]). The inode checksum is not
+/// updated. [`CorruptKind::DirectoryDots`] if `inode` is not an inline-data
+/// directory.
+pub fn set_dotdot_inode(inode: &mut Inode, parent: u32) -> Result<()> {
+    if !is_inline_dir(inode) {
+        return Err(FormatError::corrupt(
+            Structure::InlineData,
+            CorruptKind::DirectoryDots,
+        ));
+    }
+    inode.block_area_mut()[..INLINE_DOTDOT_SIZE].copy_from_slice(&parent.to_le_bytes());
+    Ok(())
 }
 
 fn with_structure(e: FormatError, s: Structure) -> FormatError {
@@ -225,5 +264,30 @@ mod tests {
         assert_eq!(t.len(), 10);
         let ib = InlineDir::new_i_block(2, 4096).unwrap();
         assert_eq!(&ib[..4], &2u32.to_le_bytes());
+    }
+
+    #[test]
+    fn inline_dotdot() {
+        let mut i = Inode::new(256, 32).unwrap();
+        i.set_mode(0o040755);
+        // Not inline: refused, nothing changes.
+        assert!(dotdot_inode(&i).is_err());
+        assert!(set_dotdot_inode(&mut i, 5).is_err());
+        assert_eq!(i.block_area(), &[0u8; I_BLOCK_SIZE]);
+        let mut f = i.flags();
+        f.insert(InodeFlags::INLINE_DATA);
+        i.set_flags(f);
+        i.block_area_mut()
+            .copy_from_slice(&InlineDir::new_i_block(2, 4096).unwrap());
+        assert_eq!(dotdot_inode(&i).unwrap(), 2);
+        let before = *i.block_area();
+        set_dotdot_inode(&mut i, 0x0102_0304).unwrap();
+        assert_eq!(dotdot_inode(&i).unwrap(), 0x0102_0304);
+        assert_eq!(i.block_area()[..4], [4, 3, 2, 1]);
+        assert_eq!(i.block_area()[4..], before[4..]);
+        assert_eq!(
+            InlineDir::parse(&i, 4096, false).unwrap().parent,
+            0x0102_0304
+        );
     }
 }

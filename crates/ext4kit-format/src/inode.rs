@@ -10,6 +10,8 @@
 //! flags, device numbers (old and new encoding in `i_block`), and the crc32c
 //! checksum (16 bits when the inode has no room for `i_checksum_hi`).
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{read_u16le, read_u32le, write_u16le, write_u32le};
 use crate::checksum::{crc32c_raw, inode_csum_seed};
 use crate::error::{CorruptKind, FormatError, Result, Structure};
@@ -155,8 +157,8 @@ macro_rules! inode_flags {
             }
         }
 
-        impl std::fmt::Debug for InodeFlags {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        impl core::fmt::Debug for InodeFlags {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 write!(f, "InodeFlags({:#x}: {})", self.0, self.names().join("|"))
             }
         }
@@ -287,8 +289,8 @@ pub struct Inode {
     raw: Vec<u8>,
 }
 
-impl std::fmt::Debug for Inode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Inode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Inode")
             .field("mode", &format_args!("{:#o}", self.mode()))
             .field("size", &self.size())

@@ -16,6 +16,8 @@
 //! Data blocks are covered by their tag: crc32c over `be32(sequence)` and the
 //! block (32 bits in v3 tags, the low 16 bits in v2 tags).
 
+use alloc::{boxed::Box, string::String, vec, vec::Vec};
+
 use crate::bytes::{
     read_u16be, read_u32be, read_u64be, write_bytes, write_u16be, write_u32be, write_u64be,
 };
@@ -150,6 +152,8 @@ fn check_header(
 
 /// Journal feature bits.
 pub mod features {
+    use alloc::{format, string::String, vec::Vec};
+
     /// `JBD2_FEATURE_COMPAT_CHECKSUM` (checksum v1, crc32 in commit blocks).
     pub const COMPAT_CHECKSUM: u32 = 0x1;
     /// `JBD2_FEATURE_INCOMPAT_REVOKE`
@@ -217,8 +221,8 @@ pub struct JournalSuperblock {
     raw: Box<[u8; JOURNAL_SUPERBLOCK_SIZE]>,
 }
 
-impl std::fmt::Debug for JournalSuperblock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for JournalSuperblock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("JournalSuperblock")
             .field("block_size", &self.block_size())
             .field("maxlen", &self.maxlen())
@@ -703,10 +707,16 @@ pub fn verify_data_block(
     Ok(())
 }
 
+/// Whether a block logged as data must be escaped: it starts with the jbd2
+/// magic, which replay would take for a journal block ([`escape_block`]).
+pub fn needs_escape(data: &[u8]) -> bool {
+    data.len() >= 4 && read_u32be(data, 0) == JBD2_MAGIC
+}
+
 /// If `data` starts with the jbd2 magic, zeroes it (the copy written to the
 /// log) and returns `true`: the tag must then carry ESCAPE.
 pub fn escape_block(data: &mut [u8]) -> bool {
-    if data.len() >= 4 && read_u32be(data, 0) == JBD2_MAGIC {
+    if needs_escape(data) {
         write_u32be(data, 0, 0);
         true
     } else {
@@ -1156,6 +1166,45 @@ impl RevokeBlock {
     }
 }
 
+// ---- ext4 fast commits (the area after the regular log) ----
+
+/// Tag of the record that starts a fast commit (`EXT4_FC_TAG_HEAD`).
+pub const FC_TAG_HEAD: u16 = 9;
+
+/// Size of a fast-commit record header (`struct ext4_fc_tl`: le16 tag, le16 length).
+pub const FC_TL_SIZE: usize = 4;
+
+/// Size of the head record's value (`struct ext4_fc_head`: le32 features, le32 tid).
+pub const FC_HEAD_SIZE: usize = 8;
+
+/// The head record a fast commit starts with (`struct ext4_fc_head`). Unlike
+/// jbd2's own blocks, fast-commit records are little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FastCommitHead {
+    /// `fc_features`.
+    pub features: u32,
+    /// `fc_tid`: the transaction the fast commit follows.
+    pub tid: u32,
+}
+
+impl FastCommitHead {
+    /// Reads the head record at the start of the first fast-commit block:
+    /// tag [`FC_TAG_HEAD`] with a value of at least [`FC_HEAD_SIZE`] bytes.
+    /// `None` when the block does not start with one (no fast commit there).
+    pub fn read(block: &[u8]) -> Option<Self> {
+        if block.len() < FC_TL_SIZE + FC_HEAD_SIZE
+            || crate::bytes::read_u16le(block, 0) != FC_TAG_HEAD
+            || usize::from(crate::bytes::read_u16le(block, 2)) < FC_HEAD_SIZE
+        {
+            return None;
+        }
+        Some(Self {
+            features: crate::bytes::read_u32le(block, FC_TL_SIZE),
+            tid: crate::bytes::read_u32le(block, FC_TL_SIZE + 4),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1230,5 +1279,44 @@ mod tests {
             p.verify_checksum(&j).unwrap();
             assert_eq!(p.commit_time(), (1_700_000_000, 5));
         }
+    }
+
+    #[test]
+    fn fast_commit_head() {
+        let mut b = vec![0u8; 1024];
+        assert_eq!(FastCommitHead::read(&b), None);
+        b[0..2].copy_from_slice(&FC_TAG_HEAD.to_le_bytes());
+        b[2..4].copy_from_slice(&8u16.to_le_bytes());
+        b[4..8].copy_from_slice(&3u32.to_le_bytes());
+        b[8..12].copy_from_slice(&0x0102_0304u32.to_le_bytes());
+        assert_eq!(
+            FastCommitHead::read(&b),
+            Some(FastCommitHead {
+                features: 3,
+                tid: 0x0102_0304
+            })
+        );
+        assert_eq!(FastCommitHead::read(&b[..11]), None);
+        b[2..4].copy_from_slice(&7u16.to_le_bytes());
+        assert_eq!(FastCommitHead::read(&b), None);
+        b[2..4].copy_from_slice(&8u16.to_le_bytes());
+        b[0] = 8;
+        assert_eq!(FastCommitHead::read(&b), None);
+    }
+
+    #[test]
+    fn escape_round_trip() {
+        let mut b = vec![0u8; 1024];
+        assert!(!needs_escape(&b));
+        b[..4].copy_from_slice(&[0xC0, 0x3B, 0x39, 0x98]);
+        b[4] = 7;
+        assert!(needs_escape(&b));
+        assert!(!needs_escape(&b[..3]));
+        let orig = b.clone();
+        assert!(escape_block(&mut b));
+        assert_eq!(b[..4], [0; 4]);
+        assert!(!escape_block(&mut b));
+        unescape_block(&mut b);
+        assert_eq!(b, orig);
     }
 }

@@ -8,6 +8,11 @@
 //! bytes that were parsed, unknown and reserved bytes included. Checksums can be
 //! computed, verified and updated for every structure that has one.
 //!
+//! The crate is `no_std` + `alloc` when its default `std` feature is off; `std`
+//! only brings hardware-accelerated crc32c (the `crc32c` crate) and
+//! `std::error::Error` through thiserror (the error type implements
+//! `core::error::Error` either way).
+//!
 //! | module | owns |
 //! |---|---|
 //! | [`superblock`] | the superblock, its fields, validation, checksum |
@@ -24,6 +29,7 @@
 //! | [`acl`] | POSIX ACL values: ext4's disk form ↔ the getxattr(2) form |
 //! | [`inline_data`] | inline data and symlink storage helpers |
 //! | [`journal`] | jbd2 superblock, descriptor / commit / revoke blocks |
+//! | [`orphan`] | orphan file blocks: inode slots, tail magic and checksum |
 //! | [`bitmap`] | bit operations over block / inode bitmaps |
 //! | [`checksum`] | crc32c (ext4 convention), crc16, crc32_be |
 //! | [`bytes`] | little- and big-endian field access |
@@ -61,9 +67,14 @@
 //! assert_eq!(parsed.modification_time().seconds, 5_000_000_000);
 //! # Ok::<(), ext4kit_format::FormatError>(())
 //! ```
+// Unit tests always have std (the test harness needs it); without the `std` feature they
+// still run the portable code paths.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+
+extern crate alloc;
 
 mod macros;
 
@@ -83,6 +94,7 @@ pub mod inline_data;
 pub mod inode;
 pub mod journal;
 pub mod layout;
+pub mod orphan;
 pub mod superblock;
 pub mod xattr;
 

@@ -8,7 +8,9 @@
 //! Geometry helpers (groups, backups, descriptor locations) live in
 //! [`crate::layout`].
 
-use crate::bytes::{read_u32le, write_u32le};
+use alloc::{boxed::Box, string::String};
+
+use crate::bytes::{read_array, read_u32le, write_bytes, write_u32le};
 use crate::checksum::{CRC32C_INITIAL, crc32c_raw};
 use crate::error::{
     CorruptKind, FormatError, IncompatibleKind, Result, Structure, UnknownFeatures,
@@ -120,8 +122,8 @@ pub struct Superblock {
     pub(crate) raw: Box<[u8; SUPERBLOCK_SIZE]>,
 }
 
-impl std::fmt::Debug for Superblock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Debug for Superblock {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Superblock")
             .field("blocks_count", &self.blocks_count())
             .field("inodes_count", &self.inodes_count())
@@ -1249,6 +1251,14 @@ impl Superblock {
             write_u32le(&mut self.raw[..], 0xEC + 4 * i, *w);
         }
     }
+    /// `s_hash_seed` as its 16 raw bytes (how tools print it, as a UUID).
+    pub fn hash_seed_bytes(&self) -> [u8; 16] {
+        read_array(&self.raw[..], 0xEC)
+    }
+    /// Sets `s_hash_seed` from its 16 raw bytes (a UUID's bytes, as mke2fs stores it).
+    pub fn set_hash_seed_bytes(&mut self, seed: [u8; 16]) {
+        write_bytes(&mut self.raw[..], 0xEC, &seed);
+    }
     /// `true` if `s_flags` says directory hashes use unsigned chars
     /// (otherwise signed, which is also the kernel's choice on x86 when neither bit is set).
     pub fn hash_is_unsigned(&self) -> bool {
@@ -1481,6 +1491,17 @@ mod tests {
         assert_eq!(sb.write_time_lo(), 0x3456_789A);
         assert_eq!(sb.write_time_hi(), 0x12);
         assert_eq!(sb.write_time(), 0x12_3456_789A);
+    }
+
+    #[test]
+    fn hash_seed_bytes_are_the_le32_words() {
+        let mut sb = Superblock::new_zeroed();
+        let bytes: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        sb.set_hash_seed_bytes(bytes);
+        assert_eq!(sb.hash_seed()[0], 0x0403_0201);
+        assert_eq!(sb.hash_seed()[3], 0x100F_0E0D);
+        assert_eq!(sb.hash_seed_bytes(), bytes);
+        assert_eq!(sb.as_bytes()[0xEC..0xFC], bytes);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! front and values from the back: [`build_block`] (sorted by index, name
 //! length, name, as the kernel expects in blocks) and [`build_ibody`].
 
+use alloc::{vec, vec::Vec};
+
 use crate::bytes::{
     read_u8, read_u16le, read_u32le, write_bytes, write_u8, write_u16le, write_u32le,
 };
@@ -198,11 +200,17 @@ pub fn value_of<'a>(buf: &'a [u8], e: &XattrEntry) -> &'a [u8] {
     }
 }
 
+/// Whether an in-inode xattr area (the bytes after `128 + i_extra_isize`)
+/// starts with [`XATTR_MAGIC`], i.e. holds attributes at all.
+pub fn has_ibody_magic(area: &[u8]) -> bool {
+    area.len() >= 4 && read_u32le(area, 0) == XATTR_MAGIC
+}
+
 /// Parses an in-inode xattr area (the bytes after `128 + i_extra_isize`).
 /// Returns an empty list when the area does not start with the magic (the
 /// inode simply has no in-inode xattrs).
 pub fn parse_ibody(area: &[u8], ea_inode_feature: bool) -> Result<Vec<XattrEntry>> {
-    if area.len() < 4 || read_u32le(area, 0) != XATTR_MAGIC {
+    if !has_ibody_magic(area) {
         return Ok(Vec::new());
     }
     walk(
@@ -447,7 +455,7 @@ impl XattrSpec {
 }
 
 /// Order of entries inside xattr blocks: (index, name length, name).
-pub fn block_order(a: &XattrSpec, b: &XattrSpec) -> std::cmp::Ordering {
+pub fn block_order(a: &XattrSpec, b: &XattrSpec) -> core::cmp::Ordering {
     (a.name_index, a.name.len(), &a.name).cmp(&(b.name_index, b.name.len(), &b.name))
 }
 
@@ -578,6 +586,15 @@ mod tests {
         assert_eq!(split_name(b"system.data"), (7, &b"data"[..]));
         assert_eq!(split_name(b"security.selinux"), (6, &b"selinux"[..]));
         assert_eq!(full_name(3, b"").unwrap(), b"system.posix_acl_default");
+    }
+
+    #[test]
+    fn ibody_magic() {
+        assert_eq!(XATTR_MAGIC.to_le_bytes(), [0x00, 0x00, 0x02, 0xEA]);
+        assert!(has_ibody_magic(&[0x00, 0x00, 0x02, 0xEA, 0, 0, 0, 0]));
+        assert!(!has_ibody_magic(&[0x00, 0x00, 0x02]));
+        assert!(!has_ibody_magic(&[0; 96]));
+        assert!(parse_ibody(&[0; 96], false).unwrap().is_empty());
     }
 
     #[test]

@@ -352,8 +352,7 @@ impl Core {
             let mb = self.cache.get(pblk).ctx_inode(d.ino)?;
             if dx && lblk == 0 {
                 let root = self.parse_dx(d, &mb, DxKind::Root)?;
-                let bytes = mb.read();
-                let dot = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                let dot = root.self_inode();
                 for (name, ino) in [(&b"."[..], dot), (&b".."[..], root.parent_inode())] {
                     out.push(DirEntry {
                         name: name.to_vec(),

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use ext4kit_blockdev::{Bio, BioOp, BlockDevice, Geometry, IoError};
 use ext4kit_format::checksum::crc32_be;
 use ext4kit_format::journal::{
-    CHECKSUM_TYPE_CRC32, CommitBlock, DescriptorBlock, JournalBlockType, JournalHeader,
-    JournalSuperblock, RevokeBlock, TagFlags, unescape_block, verify_data_block,
+    CHECKSUM_TYPE_CRC32, CommitBlock, DescriptorBlock, FastCommitHead, JournalBlockType,
+    JournalHeader, JournalSuperblock, RevokeBlock, TagFlags, unescape_block, verify_data_block,
 };
 use ext4kit_format::{CompatFeatures, Structure};
 use ext4kit_pagecache::{Extent, ExtentKind};
@@ -495,9 +495,6 @@ impl BlockDevice for OverlayDevice {
     }
 }
 
-/// Fast-commit tag of the first record of a fast commit (`EXT4_FC_TAG_HEAD`).
-const FC_TAG_HEAD: u16 = 9;
-
 /// Whether the journal's fast-commit area begins with a fast commit of transaction `tid` (the
 /// one after the last full commit): its first record is a head tag whose tid is `tid`, as
 /// `ext4_fc_replay_scan` requires before it applies anything. The area starts one block after
@@ -511,7 +508,5 @@ fn fast_commit_follows(jf: &JournalFile<'_>, jsb: &JournalSuperblock, tid: u32) 
         return Ok(false);
     }
     let (_, b) = jf.read(first)?;
-    let le16 = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
-    let le32 = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    Ok(b.len() >= 12 && le16(0) == FC_TAG_HEAD && le16(2) >= 8 && le32(8) == tid)
+    Ok(FastCommitHead::read(&b).is_some_and(|h| h.tid == tid))
 }

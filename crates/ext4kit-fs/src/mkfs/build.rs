@@ -342,14 +342,7 @@ fn new_superblock(geo: &Geometry, p: &Resolved) -> Superblock {
     sb.set_volume_name(p.label);
     sb.set_journal_inum(JOURNAL_INO);
     // s_hash_seed holds the seed's raw bytes (four le32 words).
-    sb.set_hash_seed(std::array::from_fn(|i| {
-        u32::from_le_bytes([
-            p.hash_seed[4 * i],
-            p.hash_seed[4 * i + 1],
-            p.hash_seed[4 * i + 2],
-            p.hash_seed[4 * i + 3],
-        ])
-    }));
+    sb.set_hash_seed_bytes(p.hash_seed);
     sb.set_def_hash_version(HashVersion::HalfMd4.disk_code());
     sb.set_jnl_backup_type(JNL_BACKUP_BLOCKS);
     sb.set_desc_size(DESC_SIZE as u16);

@@ -63,8 +63,8 @@ use std::sync::Arc;
 
 use ext4kit_blockdev::{Bio, BioBuf, BioOp, BioVec, BlockDevice, BlockDeviceExt, Completion};
 use ext4kit_format::journal::{
-    CHECKSUM_TYPE_CRC32C, CommitBlock, DescriptorBuilder, JBD2_MAGIC, JournalSuperblock,
-    data_block_checksum, escape_block, features as jf,
+    CHECKSUM_TYPE_CRC32C, CommitBlock, DescriptorBuilder, JournalSuperblock, data_block_checksum,
+    escape_block, features as jf, needs_escape,
 };
 use ext4kit_format::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use ext4kit_format::{CompatFeatures, IncompatFeatures, Structure, Superblock};
@@ -369,7 +369,7 @@ impl JournalWriter {
             pos += 1;
             let mut desc = DescriptorBuilder::new(&self.jsb, tid);
             for (b, data) in chunk {
-                let (logged, escaped) = if data.get(..4) == Some(&JBD2_MAGIC.to_be_bytes()[..]) {
+                let (logged, escaped) = if needs_escape(data) {
                     let mut copy = data.to_vec();
                     escape_block(&mut copy);
                     (Arc::new(copy), true)

@@ -24,11 +24,12 @@
 //! page cache (see [`crate::write::state`]). The orphan list ([`crate::write::orphan`]) is
 //! locked inside the metadata lock, never the other way round.
 
-use ext4kit_format::Structure;
 use ext4kit_format::dir::{DirBlock, DirBlockOptions};
+use ext4kit_format::extent::{EXTENT_MAGIC, ExtentHeader};
 use ext4kit_format::htree::{DxBlock, DxOptions};
 use ext4kit_format::inode::{FileType, InodeFlags, Timestamp};
 use ext4kit_format::xattr::XattrBlock;
+use ext4kit_format::{CorruptKind, Structure};
 use ext4kit_pagecache::Mapping;
 
 use crate::dir::DirInode;
@@ -172,17 +173,16 @@ fn set_dotdot(meta: &mut MetaState, core: &Core, dir: u32, parent: u32) -> Resul
         root.set_parent_inode(parent);
         return io.write_dx(0, root);
     }
-    let b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
-    let off = b
-        .find(b"..")
-        .ctx_inode(dir)?
-        .map(|e| e.offset)
-        .ok_or_else(|| {
-            Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots).with_inode(dir)
-        })?;
-    let mut raw = raw;
-    raw[off..off + 4].copy_from_slice(&parent.to_le_bytes());
-    let b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
+    let mut b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
+    match b.set_dotdot_inode(parent) {
+        Err(e) if e.corrupt_kind() == Some(&CorruptKind::DirectoryDots) => {
+            return Err(
+                Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots)
+                    .with_inode(dir),
+            );
+        }
+        r => r.ctx_inode(dir)?,
+    }
     io.write_leaf(0, b)
 }
 
@@ -351,8 +351,8 @@ pub(crate) fn prepare_sync(fs: &Fs) -> Result<()> {
                 let b = i.block_area();
                 i.links_count() > 0
                     && i.flags().contains(InodeFlags::EXTENTS)
-                    && b[0..2] == [0x0a, 0xf3]
-                    && u16::from_le_bytes([b[6], b[7]]) >= 1
+                    && ExtentHeader::read(b)
+                        .is_ok_and(|(magic, h)| magic == EXTENT_MAGIC && h.depth >= 1)
             })
         })
         .collect();

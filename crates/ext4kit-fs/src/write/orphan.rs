@@ -23,9 +23,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ext4kit_format::bitmap;
-use ext4kit_format::checksum::{crc32c_raw, inode_csum_seed};
 use ext4kit_format::group_desc::GroupFlags;
 use ext4kit_format::inode::InodeFlags;
+use ext4kit_format::orphan::OrphanBlock;
 use ext4kit_format::{CompatFeatures, RoCompatFeatures, Structure};
 use ext4kit_pagecache::WeakMapping;
 
@@ -35,8 +35,9 @@ use crate::write::modify::evict_inode;
 use crate::write::state::MetaState;
 use crate::write::stores::with_tree;
 
-/// Magic number in the tail of every orphan file block (`EXT4_ORPHAN_BLOCK_MAGIC`).
-pub const ORPHAN_BLOCK_MAGIC: u32 = 0x0b10_ca04;
+/// Magic number in the tail of every orphan file block (`EXT4_ORPHAN_BLOCK_MAGIC`); the
+/// block layout is [`ext4kit_format::orphan`]'s.
+pub use ext4kit_format::orphan::ORPHAN_BLOCK_MAGIC;
 
 /// The orphans of an open filesystem (see the module docs).
 #[derive(Debug, Default)]
@@ -339,8 +340,6 @@ fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) ->
         let g = inode.generation();
         (g, with_tree(core, meta, of_ino, 0, |t| t.extents())?)
     };
-    let bs = core.block_size as usize;
-    let per_block = (bs - 8) / 4;
     let mut out = Vec::new();
     for e in extents {
         if e.unwritten {
@@ -351,9 +350,10 @@ fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) ->
         for k in 0..u64::from(e.len) {
             let pblk = e.physical_block + k;
             let mb = core.cache.get(pblk).ctx_inode(of_ino)?;
-            let mut data = mb.read().to_vec();
-            let magic =
-                u32::from_le_bytes([data[bs - 8], data[bs - 7], data[bs - 6], data[bs - 5]]);
+            let mut block = OrphanBlock::from_bytes(&mb.read())
+                .ctx_inode(of_ino)
+                .ctx_block(pblk)?;
+            let magic = block.magic();
             if magic != ORPHAN_BLOCK_MAGIC {
                 return Err(Error::corrupt(
                     Structure::Inode,
@@ -367,10 +367,8 @@ fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) ->
                 .with_inode(of_ino));
             }
             if let Some(seed) = core.csum_seed {
-                let stored =
-                    u32::from_le_bytes([data[bs - 4], data[bs - 3], data[bs - 2], data[bs - 1]]);
-                let computed =
-                    orphan_block_csum(seed, of_ino, generation, pblk, &data[..per_block * 4]);
+                let stored = block.stored_checksum();
+                let computed = block.compute_checksum(seed, of_ino, generation, pblk);
                 if stored != computed {
                     return Err(Error::ChecksumMismatch {
                         structure: Structure::Inode,
@@ -382,37 +380,19 @@ fn read_and_clear_orphan_file(meta: &mut MetaState, core: &Core, of_ino: u32) ->
                     .with_block(pblk));
                 }
             }
-            let mut any = false;
-            for chunk in data[..per_block * 4].chunks_exact(4) {
-                let v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                if v != 0 {
-                    out.push(v);
-                    any = true;
-                }
-            }
-            if any {
-                data[..per_block * 4].fill(0);
+            let inodes = block.inodes();
+            if !inodes.is_empty() {
+                out.extend(inodes);
+                block.clear();
                 if let Some(seed) = core.csum_seed {
-                    let c =
-                        orphan_block_csum(seed, of_ino, generation, pblk, &data[..per_block * 4]);
-                    data[bs - 4..].copy_from_slice(&c.to_le_bytes());
+                    block.update_checksum(seed, of_ino, generation, pblk);
                 }
-                mb.write().copy_from_slice(&data);
+                mb.write().copy_from_slice(block.as_bytes());
                 mb.mark_dirty();
             }
         }
     }
     Ok(out)
-}
-
-/// The checksum of an orphan file block: crc32c over the orphan file's inode seed, the block
-/// number (le64) and the entries.
-fn orphan_block_csum(fs_seed: u32, ino: u32, generation: u32, pblk: u64, entries: &[u8]) -> u32 {
-    let c = crc32c_raw(
-        inode_csum_seed(fs_seed, ino, generation),
-        &pblk.to_le_bytes(),
-    );
-    crc32c_raw(c, entries)
 }
 
 impl Fs {

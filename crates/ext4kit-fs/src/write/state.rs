@@ -832,9 +832,14 @@ impl MetaState {
             let blk = core.cache.get(gd.inode_table() + off / bs).ctx_group(g)?;
             let raw = blk.read();
             let o = (off % bs) as usize;
-            let le16 = |at: usize| u16::from_le_bytes([raw[o + at], raw[o + at + 1]]);
-            let dtime = u32::from_le_bytes([raw[o + 20], raw[o + 21], raw[o + 22], raw[o + 23]]);
-            (le16(0), le16(26), dtime)
+            // The record as it is on disk, unvalidated: only a few fields are looked at.
+            let Some(rec) = raw
+                .get(o..o + isz as usize)
+                .and_then(|r| Inode::from_bytes_unchecked(r).ok())
+            else {
+                return Ok(());
+            };
+            (rec.mode(), rec.links_count(), rec.dtime())
         };
         if mode & 0o170000 != 0 && links != 0 && dtime == 0 {
             return Err(Error::corrupt(

@@ -9,7 +9,7 @@
 use ext4kit_format::Structure;
 use ext4kit_format::acl;
 use ext4kit_format::xattr::{
-    XATTR_MAGIC, XattrBlock, XattrSpec, build_block, build_ibody, parse_ibody, value_of,
+    XattrBlock, XattrSpec, build_block, build_ibody, has_ibody_magic, parse_ibody, value_of,
 };
 
 use crate::error::{Corruption, Error, PathBytes, Result, ResultExt};
@@ -24,7 +24,7 @@ pub(crate) fn read_all(core: &Core, meta: &mut MetaState, ino: u32) -> Result<Ve
     let inode = meta.inode(core, ino)?.clone();
     let mut out = Vec::new();
     let area = inode.xattr_area();
-    if area.len() >= 4 && area[..4] == 0xEA02_0000u32.to_le_bytes() {
+    if has_ibody_magic(area) {
         for e in parse_ibody(area, false).ctx_inode(ino)? {
             if let Some(name) = e.full_name() {
                 out.push((name, value_of(area, &e).to_vec()));
@@ -168,7 +168,7 @@ pub(crate) fn write_all(
 /// well. Symlinks inherit nothing.
 pub(crate) fn inherit_acls(core: &Core, meta: &mut MetaState, dir: u32, ino: u32) -> Result<()> {
     let parent = meta.inode(core, dir)?.clone();
-    if parent.file_acl() == 0 && !parent.xattr_area().starts_with(&XATTR_MAGIC.to_le_bytes()) {
+    if parent.file_acl() == 0 && !has_ibody_magic(parent.xattr_area()) {
         return Ok(());
     }
     let Some(default) = core
@@ -209,7 +209,7 @@ pub(crate) fn inherit_acls(core: &Core, meta: &mut MetaState, dir: u32, ino: u32
 /// chmod does (`posix_acl_chmod`): owner, mask (or owning group) and other take the new bits.
 pub(crate) fn chmod_acl(core: &Core, meta: &mut MetaState, ino: u32, perm: u16) -> Result<()> {
     let inode = meta.inode(core, ino)?.clone();
-    if inode.file_acl() == 0 && !inode.xattr_area().starts_with(&XATTR_MAGIC.to_le_bytes()) {
+    if inode.file_acl() == 0 && !has_ibody_magic(inode.xattr_area()) {
         return Ok(());
     }
     let Some(access) = core
