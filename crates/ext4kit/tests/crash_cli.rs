@@ -277,7 +277,9 @@ struct Seen {
 /// Runs `args` on a copy of `base`, killed at every chosen point, and judges each image:
 /// every entry as before or after (`atomic`: the whole tree as before or as after).
 /// `after`: the tree an unkilled run leaves (None: the command fails; the image must stay
-/// as before).
+/// as before). Not atomic, up to 16 more points are tried where the outcome changes until
+/// `want_between` runs were cut between commits.
+#[allow(clippy::too_many_arguments)]
 fn crash_points(
     io: Io,
     dir: &Path,
@@ -286,6 +288,7 @@ fn crash_points(
     args: &[&str],
     mtime: bool,
     atomic: bool,
+    want_between: usize,
 ) -> Seen {
     let before = judge_image(dir, base, &format!("{label}: base"));
     let (max, code) = calls_per_thread(io, dir, base, args);
@@ -305,7 +308,9 @@ fn crash_points(
     let pts = points(max);
     let t0 = std::time::Instant::now();
     let mut seen = Seen::default();
-    for &n in &pts {
+    // Kill point → 0 before, 1 between, 2 after.
+    let mut outcome: BTreeMap<u64, u8> = BTreeMap::new();
+    let judge_point = |n: u64, seen: &mut Seen| -> u8 {
         let img = dir.join("killed.img");
         std::fs::copy(base, &img).unwrap();
         let st = strace(io, None, Some(n), &with_image(args, &img));
@@ -326,15 +331,43 @@ fn crash_points(
         }
         if whole(&before, &got, mtime) {
             seen.before += 1;
+            0
         } else if whole(&after, &got, mtime) {
             seen.after += 1;
+            2
         } else {
             assert!(
                 !atomic,
                 "{what}: the tree is neither the one before nor the one after (each entry is)"
             );
             seen.between += 1;
+            1
         }
+    };
+    for &n in &pts {
+        let o = judge_point(n, &mut seen);
+        outcome.insert(n, o);
+    }
+    // Not atomic: where the copy commits depends on thread timing (a busy machine moves it), so
+    // when few points landed between commits, look closer where the outcome changed.
+    let mut extra = 0;
+    while !atomic && seen.between < want_between && extra < 16 {
+        // A jump from before straight to after first (a stretch between commits was skipped).
+        let pairs: Vec<((u64, u8), (u64, u8))> = outcome
+            .iter()
+            .zip(outcome.iter().skip(1))
+            .map(|((a, oa), (b, ob))| ((*a, *oa), (*b, *ob)))
+            .filter(|((a, oa), (b, ob))| oa != ob && *b > *a + 1)
+            .collect();
+        let change = pairs
+            .iter()
+            .find(|((_, oa), (_, ob))| oa.abs_diff(*ob) == 2)
+            .or(pairs.first())
+            .map(|((a, _), (b, _))| (a + b) / 2);
+        let Some(mid) = change else { break };
+        let o = judge_point(mid, &mut seen);
+        outcome.insert(mid, o);
+        extra += 1;
     }
     eprintln!(
         "{label}: up to {max} calls per thread, exit {code:?} unkilled; {} kill points ({} killed) in {:.1}s: {seen:?}",
@@ -411,6 +444,7 @@ fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
         &["cp", new_s, "@:/big"],
         false,
         true,
+        0,
     );
     assert!(seen.before >= 1 && seen.after >= 1, "{seen:?}");
     let seen = crash_points(
@@ -421,6 +455,7 @@ fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
         &["cp", new_s, "@:/big"],
         false,
         true,
+        0,
     );
     assert!(seen.before >= 1 && seen.after >= 1, "{seen:?}");
 
@@ -443,6 +478,7 @@ fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
         &["cp", new_s, "@:/big"],
         false,
         true,
+        0,
     );
     let out = Command::new(BIN)
         .arg("cp")
@@ -483,6 +519,7 @@ fn a_killed_cp_over_an_existing_file_leaves_the_old_or_the_new_file() {
         &["cp", na.to_str().unwrap(), nb.to_str().unwrap(), "@:/d"],
         false,
         false,
+        1,
     );
     assert!(seen.after >= 1 && seen.between >= 1, "{seen:?}");
 }
@@ -526,6 +563,7 @@ fn a_killed_cp_r_p_leaves_each_file_absent_or_complete_with_its_times() {
         &["cp", "-r", "-p", src.to_str().unwrap(), "@:/"],
         true,
         false,
+        2,
     );
     assert!(
         seen.between >= 2,
@@ -561,6 +599,7 @@ fn killed_mkdir_rm_and_mv_leave_each_entry_before_or_after() {
         &["mkdir", "-p", "@:/n/e/w", "@:/b/c"],
         true,
         false,
+        0,
     );
     let seen = crash_points(
         Io::Threads,
@@ -570,6 +609,7 @@ fn killed_mkdir_rm_and_mv_leave_each_entry_before_or_after() {
         &["rm", "-r", "@:/tree"],
         true,
         false,
+        0,
     );
     assert!(seen.before + seen.after + seen.between > 0);
     crash_points(
@@ -580,6 +620,7 @@ fn killed_mkdir_rm_and_mv_leave_each_entry_before_or_after() {
         &["mv", "@:/a/x", "@:/b/y"],
         true,
         true,
+        0,
     );
 }
 
