@@ -114,45 +114,7 @@ enum ScanKind {
     Special,
 }
 
-/// The `lstat` fields a build uses.
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    nlink: u32,
-    dev: u64,
-    ino: u64,
-    size: u64,
-    blocks: u64,
-    rdev: u64,
-    atime: (i64, u32),
-    mtime: (i64, u32),
-    ctime: (i64, u32),
-}
-
-impl Meta {
-    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
-    fn of(md: &fs::Metadata) -> Meta {
-        Meta {
-            mode: md.mode(),
-            uid: md.uid(),
-            gid: md.gid(),
-            nlink: u32::try_from(md.nlink()).unwrap_or(u32::MAX),
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.len(),
-            blocks: md.blocks(),
-            rdev: md.rdev(),
-            atime: (md.atime(), md.atime_nsec().clamp(0, 999_999_999) as u32),
-            mtime: (md.mtime(), md.mtime_nsec().clamp(0, 999_999_999) as u32),
-            ctime: (md.ctime(), md.ctime_nsec().clamp(0, 999_999_999) as u32),
-        }
-    }
-
-    fn fmt(&self) -> u32 {
-        self.mode & 0o170_000
-    }
-}
+use crate::host::HostMeta as Meta;
 
 struct Totals {
     entries: u64,
@@ -162,56 +124,8 @@ struct Totals {
     xattr_blocks: u64,
 }
 
-/// Major and minor of a host device number (`st_rdev`), decoded as the host encodes them.
-#[allow(
-    clippy::unnecessary_cast,
-    clippy::cast_sign_loss,
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap
-)]
-pub fn device_numbers(rdev: u64) -> (u32, u32) {
-    // `Dev` is u64 on Linux and i32 on Apple systems.
-    let dev = rdev as rustix::fs::Dev;
-    (rustix::fs::major(dev) as u32, rustix::fs::minor(dev) as u32)
-}
-
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Open {
-        path: path.display().to_string(),
-        message: e.to_string(),
-        errno: e.raw_os_error().unwrap_or(libc::EIO),
-    }
-}
-
-fn read_xattrs(path: &Path) -> Result<Vec<XattrPair>> {
-    // A small buffer first (most files have no or few attributes), a large one on ERANGE.
-    let mut names = vec![0u8; 1024];
-    let n = loop {
-        match rustix::fs::llistxattr(path, &mut names) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) if names.len() < 1 << 16 => names.resize(1 << 16, 0),
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(path, e.into())),
-        }
-    };
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let Ok(cname) = std::ffi::CString::new(name.to_vec()) else {
-            continue;
-        };
-        let mut value = vec![0u8; 65536];
-        match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut value) {
-            Ok(vn) => out.push((name.to_vec(), value[..vn].to_vec())),
-            Err(rustix::io::Errno::NODATA) => {}
-            Err(e) => return Err(io_err(path, e.into())),
-        }
-    }
-    out.sort();
-    Ok(out)
-}
+pub use crate::host::device_numbers;
+use crate::host::{io_err, read_xattrs};
 
 fn scan(path: &Path, name: Box<[u8]>, depth: usize, totals: &mut Totals, bs: u64) -> Result<Node> {
     if depth > 4096 {
@@ -572,18 +486,8 @@ impl Builder<'_> {
     /// Copies the data regions of `f`; returns where the last one ends.
     fn copy_regions(&mut self, ino: u32, path: &Path, f: &fs::File, len: u64) -> Result<u64> {
         const PIECE: u64 = 32 << 20;
-        let mut pos = 0u64;
         let mut end = 0;
-        while pos < len {
-            // Next data region (the whole rest if the host cannot tell).
-            let data = match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(pos)) {
-                Ok(d) => d,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(_) => pos,
-            };
-            let hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(data))
-                .unwrap_or(len)
-                .min(len);
+        for (data, hole) in crate::host::data_regions(f, len) {
             let mut at = data;
             while at < hole {
                 let n = (hole - at).min(PIECE);
@@ -603,7 +507,6 @@ impl Builder<'_> {
                     (self.on_progress)(self.progress);
                 }
             }
-            pos = hole.max(at);
         }
         Ok(end)
     }

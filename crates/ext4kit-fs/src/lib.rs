@@ -38,6 +38,7 @@ pub mod dir;
 pub mod error;
 pub mod file;
 pub mod fs;
+pub mod host;
 pub mod image_lock;
 pub mod journal;
 pub mod map;

@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -93,37 +92,35 @@ impl Src<'_> {
     pub fn meta(&self) -> Result<Meta> {
         match self {
             Src::Host(p) => {
-                let md = fs::symlink_metadata(p).with_context(|| p.display().to_string())?;
-                let ft = md.file_type();
-                let dev = || ext4kit_fs::build::device_numbers(md.rdev());
-                let kind = if ft.is_dir() {
-                    Kind::Dir
-                } else if ft.is_file() {
-                    Kind::File
-                } else if ft.is_symlink() {
-                    Kind::Symlink
-                } else if ft.is_char_device() {
-                    let (a, b) = dev();
-                    Kind::Char(a, b)
-                } else if ft.is_block_device() {
-                    let (a, b) = dev();
-                    Kind::Block(a, b)
-                } else if ft.is_fifo() {
-                    Kind::Fifo
-                } else {
-                    Kind::Socket
+                // The one host importer's view of the file (as `build` reads it).
+                let md = ext4kit_fs::host::HostMeta::lstat(p)?;
+                let dev = || ext4kit_fs::host::device_numbers(md.rdev);
+                let kind = match md.fmt() {
+                    0o040_000 => Kind::Dir,
+                    0o100_000 => Kind::File,
+                    0o120_000 => Kind::Symlink,
+                    0o020_000 => {
+                        let (a, b) = dev();
+                        Kind::Char(a, b)
+                    }
+                    0o060_000 => {
+                        let (a, b) = dev();
+                        Kind::Block(a, b)
+                    }
+                    0o010_000 => Kind::Fifo,
+                    _ => Kind::Socket,
                 };
                 Ok(Meta {
                     kind,
-                    perm: (md.mode() & 0o7777) as u16,
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    atime: host_time(md.atime(), md.atime_nsec()),
-                    mtime: host_time(md.mtime(), md.mtime_nsec()),
-                    nlink: md.nlink(),
-                    key: (md.dev(), md.ino()),
-                    size: md.len(),
-                    data_bytes: md.len().min(md.blocks() * 512),
+                    perm: (md.mode & 0o7777) as u16,
+                    uid: md.uid,
+                    gid: md.gid,
+                    atime: host_time(md.atime.0, i64::from(md.atime.1)),
+                    mtime: host_time(md.mtime.0, i64::from(md.mtime.1)),
+                    nlink: u64::from(md.nlink),
+                    key: (md.dev, md.ino),
+                    size: md.size,
+                    data_bytes: md.data_bytes(),
                 })
             }
             Src::Image {
@@ -245,7 +242,9 @@ impl Src<'_> {
     /// does as root). `system.data` (inline data) is part of the file, not an attribute.
     pub fn xattrs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         match self {
-            Src::Host(p) => Ok(crate::write_cmds::xattrs_of(p)),
+            // The one host importer's policy (as `build`): an attribute that cannot be read is
+            // an error naming the file, not dropped.
+            Src::Host(p) => Ok(ext4kit_fs::host::read_xattrs(p)?),
             Src::Image { fs, ino, shown, .. } => {
                 let mut v: Vec<(Vec<u8>, Vec<u8>)> = fs
                     .list_xattrs(*ino)

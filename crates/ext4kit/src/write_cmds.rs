@@ -602,29 +602,6 @@ pub(crate) fn human_bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[u])
 }
 
-pub(crate) fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut names = vec![0u8; 1024];
-    let n = loop {
-        match rustix::fs::llistxattr(path, &mut names) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) if names.len() < 1 << 16 => names.resize(1 << 16, 0),
-            Err(_) => return Vec::new(),
-        }
-    };
-    let mut out = Vec::new();
-    for name in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let Ok(c) = std::ffi::CString::new(name.to_vec()) else {
-            continue;
-        };
-        let mut v = vec![0u8; 65536];
-        if let Ok(vn) = rustix::fs::lgetxattr(path, c.as_c_str(), &mut v) {
-            out.push((name.to_vec(), v[..vn].to_vec()));
-        }
-    }
-    out.sort();
-    out
-}
-
 impl CopyIn<'_> {
     fn attrs(&self, md: &Meta) -> NewInode {
         if self.opts.preserve {
@@ -1075,18 +1052,9 @@ impl CopyIn<'_> {
         let f = fs::File::open(src).with_context(|| src.display().to_string())?;
         self.buf.resize(1 << 20, 0);
         let mut end = 0;
-        let mut pos = 0u64;
-        while pos < len {
-            let data = match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) {
-                Ok(d) => d,
-                Err(rustix::io::Errno::NXIO) => break,
-                Err(_) => pos,
-            };
-            let hole = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(data))
-                .unwrap_or(len)
-                .min(len);
+        for (data, hole) in ext4kit_fs::host::data_regions(&f, len) {
             let mut at = data;
-            if fresh && hole > at {
+            if fresh {
                 // In pieces, so the meter moves during a large file.
                 while at < hole {
                     let n = (hole - at).min(256 << 20);
@@ -1109,7 +1077,6 @@ impl CopyIn<'_> {
                 self.meter.bytes(got as u64);
             }
             end = at;
-            pos = hole.max(at);
         }
         if !fresh || end != len {
             self.fs.set_size(ino, len)?;
