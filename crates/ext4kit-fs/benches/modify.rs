@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions};
-use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, run_ok};
+use ext4kit_testkit::{LoopMount, Mke2fs, assert_e2fsck_clean, pattern};
 
 const FILE_MB: u64 = 256;
 const WRITES: usize = 20_000;
@@ -49,21 +49,11 @@ fn offsets() -> Vec<u64> {
 }
 
 fn mkfs(img: &Path, bs: u32, size_mb: u64) {
-    let f = fs::File::create(img).unwrap();
-    f.set_len(size_mb << 20).unwrap();
-    drop(f);
-    run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            &bs.to_string(),
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            img.to_str().unwrap(),
-        ],
-    );
+    Mke2fs::new(img)
+        .block_size(bs)
+        .size(size_mb << 20)
+        .no_lazy_init()
+        .run();
 }
 
 /// The prepared images: (rand image, churn image).

@@ -72,29 +72,9 @@ const ODD_CONFIGS: [(u32, u64); 6] = [
     (2048, 136_976_384),
 ];
 
-fn required() -> bool {
-    std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1")
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// `true` if e2fsprogs (mkfs.ext4, e2fsck, dumpe2fs) is here; panics if it is required.
+/// `true` if e2fsprogs (mke2fs, e2fsck, dumpe2fs) is here; panics if it is required.
 fn e2fsprogs(test: &str) -> bool {
-    let ok = ["mkfs.ext4", "e2fsck", "dumpe2fs"].iter().all(|t| have(t));
-    if !ok {
-        assert!(
-            !required(),
-            "{test}: EXT4KIT_REQUIRE_KERNEL=1 but e2fsprogs is missing"
-        );
-        eprintln!("note: {test}: e2fsprogs missing; skipping");
-    }
-    ok
+    tk::require_tools(test, &["mke2fs", "e2fsck", "dumpe2fs"])
 }
 
 fn tmpdir() -> tempfile::TempDir {
@@ -132,30 +112,14 @@ fn our_mkfs(path: &Path, opts: &MkfsOptions) -> (MkfsReport, Duration) {
 
 /// mkfs.ext4 with the options `exact` mirrors (`init` = the inode table / zeroing option).
 fn mke2fs_ref(path: &Path, bs: u32, init: &str) {
-    let out = Command::new("mkfs.ext4")
-        .env("E2FSPROGS_FAKE_TIME", TIME.to_string())
-        .env("SOURCE_DATE_EPOCH", TIME.to_string())
-        .args([
-            "-q",
-            "-F",
-            "-b",
-            &bs.to_string(),
-            "-O",
-            "^resize_inode",
-            "-L",
-            LABEL,
-            "-U",
-            UUID_STR,
-        ])
-        .args(["-E", &format!("{init},hash_seed={SEED_STR}")])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mkfs.ext4 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tk::Mke2fs::new(path)
+        .env("E2FSPROGS_FAKE_TIME", &TIME.to_string())
+        .env("SOURCE_DATE_EPOCH", &TIME.to_string())
+        .block_size(bs)
+        .features("^resize_inode")
+        .extra(&["-L", LABEL, "-U", UUID_STR])
+        .extended(&format!("{init},hash_seed={SEED_STR}"))
+        .run();
 }
 
 /// `e2fsck -fn`: must exit 0 and print only its version line, the five "Pass N" lines and the
@@ -566,7 +530,7 @@ fn sixteen_tib() {
     }
     let Some(dir) = big_file_dir() else {
         assert!(
-            !required(),
+            !tk::kernel_required(),
             "sixteen_tib: no file system for a 16 TiB sparse file"
         );
         eprintln!("note: sixteen_tib: /dev/shm cannot hold a 16 TiB sparse file; skipping");

@@ -18,8 +18,8 @@ use ext4kit_blockdev::{BioOp, BlockDevice, FaultDevice, FaultRule, FileDevice};
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
 use ext4kit_testkit::{
-    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, e2fsck_clean, generate_tree,
-    pattern, require_kernel, run, run_ok, snapshot,
+    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, debugfs, diff_trees, e2fsck_clean,
+    generate_tree, pattern, require_kernel, run, run_ok, snapshot,
 };
 
 const CMP: Compare = Compare {
@@ -187,10 +187,7 @@ fn tree_depth(fs: &Fs, ino: u32) -> u16 {
 
 /// `debugfs -R "stat"` says how many extents, roughly: count of "(" in the EXTENTS section.
 fn extent_count(img: &Path, path: &str) -> usize {
-    let out = run_ok(
-        "debugfs",
-        &["-R", &format!("ex {path}"), img.to_str().unwrap()],
-    );
+    let out = debugfs(img, &format!("ex {path}"));
     out.lines()
         .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains('/'))
         .count()

@@ -22,19 +22,12 @@ use ext4kit_fs::format::htree::{DxBlock, DxEntry, DxOptions};
 use ext4kit_fs::format::inode::Inode;
 use ext4kit_fs::format::{CorruptKind, Structure};
 use ext4kit_fs::{Corruption, Error, ExtentKind, Fs, JournalMode, OpenOptions, ROOT_INO};
-use ext4kit_testkit::{LoopMount, require_kernel, run, run_ok};
-
-/// A directory removed when the test process exits (fixtures in statics share it).
-fn temp_dir(prefix: &str) -> PathBuf {
-    ext4kit_testkit::process_temp_dir(prefix)
-}
+use ext4kit_testkit::{
+    LoopMount, Mke2fs, debugfs, os, process_temp_dir, require_kernel, run, run_ok,
+};
 
 fn hexs(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn os(s: &str) -> &std::ffi::OsStr {
-    std::ffi::OsStr::new(s)
 }
 
 /// An image held in memory.
@@ -170,7 +163,7 @@ fn make_image(
     mkfs_extra: &[&str],
     debugfs_cmds: &str,
 ) -> PathBuf {
-    let dir = temp_dir("ext4kit-fs-read-");
+    let dir = process_temp_dir("ext4kit-fs-read-");
     let tree = dir.join("tree");
     build_tree(&tree, big_entries, if bs < 2048 { 500 } else { 1500 });
     let img = dir.join(format!("{name}.img"));
@@ -1115,22 +1108,14 @@ fn make_journal_fixture(extra: &[&str]) -> Option<JournalFixture> {
         if !require_kernel("journal fixture") {
             return None;
         }
-        let dir = temp_dir("ext4kit-fs-journal-");
+        let dir = process_temp_dir("ext4kit-fs-journal-");
         let img = dir.join("j.img");
-        fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
-        let mut args = vec![
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "1024",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-        ];
-        args.extend_from_slice(extra);
-        args.push(img.to_str().unwrap());
-        run_ok("mke2fs", &args);
+        Mke2fs::new(&img)
+            .block_size(1024)
+            .size(32 << 20)
+            .no_lazy_init()
+            .extra(extra)
+            .run();
         let m = LoopMount::new(&img, false).unwrap();
         let p = m.path();
         let fsync = |q: &Path| fs::File::open(q).unwrap().sync_all().unwrap();
@@ -1274,7 +1259,7 @@ fn xattr_values_in_ea_inodes() {
     if !require_kernel("ea_inode") {
         return;
     }
-    let dir = temp_dir("ext4kit-fs-ea-");
+    let dir = process_temp_dir("ext4kit-fs-ea-");
     let tree = dir.join("tree");
     fs::create_dir(&tree).unwrap();
     fs::write(tree.join("f"), b"x").unwrap();
@@ -1292,14 +1277,7 @@ fn xattr_values_in_ea_inodes() {
         ],
     );
     let out = dir.join("out");
-    run_ok(
-        "debugfs",
-        &[
-            "-R",
-            &format!("ea_get -f {} /f user.huge", out.display()),
-            img.to_str().unwrap(),
-        ],
-    );
+    debugfs(&img, &format!("ea_get -f {} /f user.huge", out.display()));
     // debugfs ea_set leaves i_blocks of the owner one block short; let e2fsck fix that.
     let (code, text) = run("e2fsck", &[os("-fy"), img.as_os_str()]);
     assert!(code == 0 || code == 1, "{text}");
@@ -1408,7 +1386,7 @@ fn random_metadata_flips_never_panic() {
     if !require_kernel("random flips") {
         return;
     }
-    let dir = temp_dir("ext4kit-fs-flips-");
+    let dir = process_temp_dir("ext4kit-fs-flips-");
     let tree = dir.join("tree");
     build_tree(&tree, 40, 300);
     fs::remove_file(tree.join("huge")).unwrap();

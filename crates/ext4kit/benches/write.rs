@@ -26,6 +26,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ext4kit_testkit::Mke2fs;
+
 const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 
 fn median(v: &[Duration]) -> Duration {
@@ -75,10 +77,7 @@ fn sh(script: &str) -> Command {
 
 fn mkfs(img: &Path, size: &str) {
     let _ = fs::remove_file(img);
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096"])
-        .arg(img)
-        .arg(size));
+    run(&mut Mke2fs::new(img).block_size(4096).fs_size(size).command());
 }
 
 /// Time of: `fuse2fs -f -o fakeroot IMG MNT` started, `script` run once the mount is up,
@@ -245,11 +244,11 @@ fn main() {
             );
             let _ = fs::remove_file(&their_img);
             let b = timed(
-                Command::new("mke2fs")
-                    .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
-                    .arg(&tree)
-                    .arg(&their_img)
-                    .arg("512M"),
+                &mut Mke2fs::new(&their_img)
+                    .block_size(4096)
+                    .tree(&tree)
+                    .fs_size("512M")
+                    .command(),
             );
             if r == 0 {
                 for img in [&ours_img, &their_img] {
@@ -335,19 +334,12 @@ fn main() {
             );
             let _ = fs::remove_file(&their_img);
             let b = timed(
-                Command::new("mkfs.ext4")
-                    .args([
-                        "-q",
-                        "-F",
-                        "-b",
-                        "4096",
-                        "-O",
-                        "^resize_inode",
-                        "-E",
-                        "lazy_itable_init=1,nodiscard",
-                    ])
-                    .arg(&their_img)
-                    .arg("1T"),
+                &mut Mke2fs::new(&their_img)
+                    .block_size(4096)
+                    .features("^resize_inode")
+                    .extended("lazy_itable_init=1,nodiscard")
+                    .fs_size("1T")
+                    .command(),
             );
             if r == 0 {
                 run(Command::new("e2fsck").args(["-fn"]).arg(&ours_img));
@@ -372,11 +364,12 @@ fn main() {
         );
         let _ = fs::remove_file(&their_img);
         let (tb, b) = peak_rss(
-            Command::new("mke2fs")
-                .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-N", "70000", "-d"])
-                .arg(&many)
-                .arg(&their_img)
-                .arg("700M"),
+            &mut Mke2fs::new(&their_img)
+                .block_size(4096)
+                .inodes(70_000)
+                .tree(&many)
+                .fs_size("700M")
+                .command(),
         );
         run(Command::new("e2fsck").args(["-fn"]).arg(&ours_img));
         println!(

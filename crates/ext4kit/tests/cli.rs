@@ -18,14 +18,12 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use ext4kit_testkit::{
-    Compare, Kind, LoopMount, Tree, TreeOptions, diff_trees, generate_tree, mke2fs_d,
-    require_kernel, run_ok, snapshot,
+    Compare, Kind, LoopMount, Mke2fs, Tree, TreeOptions, debugfs, diff_trees, ext4kit_cli, field,
+    generate_tree, mke2fs_d, os, process_temp_dir, require_kernel, run_ok, snapshot,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
-
 fn ext4kit(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(BIN).args(args).output().expect("run ext4kit")
+    ext4kit_cli!().output(args)
 }
 
 fn ext4kit_ok(args: &[&std::ffi::OsStr]) -> Vec<u8> {
@@ -38,18 +36,8 @@ fn ext4kit_ok(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     out.stdout
 }
 
-fn os(s: &str) -> &std::ffi::OsStr {
-    std::ffi::OsStr::new(s)
-}
-
-/// A temporary directory kept for the whole test process (fixtures live in statics).
-/// A directory removed when the test process exits (fixtures in statics share it).
-fn temp_dir(prefix: &str) -> PathBuf {
-    ext4kit_testkit::process_temp_dir(prefix)
-}
-
 fn make_tree(xattrs: bool) -> (PathBuf, Tree) {
-    let dir = temp_dir("ext4kit-cli-tree-").join("tree");
+    let dir = process_temp_dir("ext4kit-cli-tree-").join("tree");
     fs::create_dir(&dir).unwrap();
     generate_tree(
         &dir,
@@ -85,7 +73,7 @@ fn tree_for(bs: u32) -> &'static (PathBuf, Tree) {
 
 fn mkfs_image(name: &str, fs_type: &str, bs: u32, extra: &[&str], index_dirs: bool) -> PathBuf {
     let (tree, _) = tree_for(bs);
-    let dir = temp_dir("ext4kit-cli-img-");
+    let dir = process_temp_dir("ext4kit-cli-img-");
     let img = dir.join(format!("{name}.img"));
     mke2fs_d(tree, &img, fs_type, bs, 96 << 20, extra);
     if index_dirs {
@@ -98,7 +86,7 @@ fn mkfs_image(name: &str, fs_type: &str, bs: u32, extra: &[&str], index_dirs: bo
 
 /// `ext4kit cp -r -p [--all-xattrs] IMG:/ OUT`, and the snapshot of OUT.
 fn copy_out(img: &Path, all_xattrs: bool) -> (PathBuf, Tree) {
-    let out = temp_dir("ext4kit-cli-out-").join("out");
+    let out = process_temp_dir("ext4kit-cli-out-").join("out");
     let spec = format!("{}:/", img.display());
     let mut args = vec![os("cp"), os("-r"), os("-p")];
     if all_xattrs {
@@ -265,26 +253,12 @@ fn roundtrip_ext3() {
 /// Writes through a kernel mount: the generated tree plus fragmented files (interleaved
 /// appends, each synced), so extent trees reach depth ≥ 1 with more than 4 extents.
 fn kernel_image(dir: &Path) -> (PathBuf, LoopMount) {
-    let img = dir.join("kernel.img");
-    let f = fs::File::create(&img).unwrap();
-    f.set_len(128 << 20).unwrap();
-    drop(f);
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-O",
-            "inline_data",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            img.to_str().unwrap(),
-        ],
-    );
+    let img = Mke2fs::new(dir.join("kernel.img"))
+        .block_size(4096)
+        .size(128 << 20)
+        .features("inline_data")
+        .no_lazy_init()
+        .run();
     let m = LoopMount::new(&img, false).unwrap();
     let (tree, _) = source_tree();
     run_ok(
@@ -315,10 +289,7 @@ fn kernel_image(dir: &Path) -> (PathBuf, LoopMount) {
 
 /// Number of extents and the tree depth of `path`, from `debugfs -R "ex PATH"`.
 fn debugfs_extents(img: &Path, path: &str) -> (usize, usize) {
-    let out = run_ok(
-        "debugfs",
-        &["-R", &format!("ex {path}"), img.to_str().unwrap()],
-    );
+    let out = debugfs(img, &format!("ex {path}"));
     let mut leaves = 0;
     let mut depth = 0;
     for l in out.lines().skip(1) {
@@ -353,7 +324,7 @@ fn roundtrip_kernel_written_fragmented() {
     if !require_kernel("roundtrip_kernel_written_fragmented") {
         return;
     }
-    let dir = temp_dir("ext4kit-cli-kernel-");
+    let dir = process_temp_dir("ext4kit-cli-kernel-");
     let (img, m) = kernel_image(&dir);
     let want = snapshot(m.path());
     m.unmount().unwrap();
@@ -381,25 +352,12 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     if !require_kernel("journal_needing_recovery_is_replayed_in_memory") {
         return;
     }
-    let dir = temp_dir("ext4kit-cli-journal-");
-    let img = dir.join("j.img");
-    let f = fs::File::create(&img).unwrap();
-    f.set_len(64 << 20).unwrap();
-    drop(f);
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            img.to_str().unwrap(),
-        ],
-    );
+    let dir = process_temp_dir("ext4kit-cli-journal-");
+    let img = Mke2fs::new(dir.join("j.img"))
+        .block_size(4096)
+        .size(64 << 20)
+        .no_lazy_init()
+        .run();
     let m = LoopMount::new(&img, false).unwrap();
     let p = m.path();
     fs::create_dir(p.join("before")).unwrap();
@@ -431,7 +389,7 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     );
     let before = fs::read(&copy).unwrap();
     // cp replays in memory and says so on stderr.
-    let out = temp_dir("ext4kit-cli-jout-").join("out");
+    let out = process_temp_dir("ext4kit-cli-jout-").join("out");
     let o = ext4kit(&[
         os("cp"),
         os("-r"),
@@ -693,18 +651,7 @@ fn ls_agrees_with_debugfs() {
 
 /// `debugfs -R "stat PATH"` key numbers.
 fn debugfs_stat(img: &Path, path: &str) -> String {
-    run_ok(
-        "debugfs",
-        &["-R", &format!("stat {path}"), img.to_str().unwrap()],
-    )
-}
-
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    let at = text
-        .find(key)
-        .unwrap_or_else(|| panic!("{key} missing in {text}"))
-        + key.len();
-    text[at..].split_whitespace().next().unwrap()
+    debugfs(img, &format!("stat {path}"))
 }
 
 #[test]
@@ -807,7 +754,7 @@ fn errors_are_one_line_with_nonzero_exit() {
         &[os("stat"), os(&i("/files/nope"))],
         "no such file or directory",
     );
-    let out = temp_dir("ext4kit-cli-err-");
+    let out = process_temp_dir("ext4kit-cli-err-");
     assert_fails(
         &[os("cp"), os(&i("/files")), out.join("x").as_os_str()],
         "omitting directory",
@@ -833,7 +780,7 @@ fn errors_are_one_line_with_nonzero_exit() {
 fn cp_single_files_and_into_directories() {
     let Some(img) = shared_image() else { return };
     let (tree, _) = source_tree();
-    let out = temp_dir("ext4kit-cli-cp-");
+    let out = process_temp_dir("ext4kit-cli-cp-");
     let i = |p: &str| format!("{}:{p}", img.display());
     ext4kit_ok(&[
         os("cp"),
@@ -924,7 +871,7 @@ fn cp_never_writes_outside_dest() {
     if !require_kernel("cp_never_writes_outside_dest") {
         return;
     }
-    let dir = temp_dir("ext4kit-cli-evil-");
+    let dir = process_temp_dir("ext4kit-cli-evil-");
     let victim = dir.join("victim");
     fs::create_dir(&victim).unwrap();
     let tree = dir.join("tree");

@@ -6,23 +6,16 @@
 use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use ext4kit_testkit::{
-    Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, run_ok, snapshot,
+    Compare, LoopMount, Mke2fs, assert_e2fsck_clean, diff_trees, ext4kit_cli, mke2fs_d,
+    path_str as s, require_kernel, snapshot,
 };
-
-fn bin() -> std::ffi::OsString {
-    std::env::var_os("EXT4KIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ext4kit").into())
-}
 
 /// Runs ext4kit in `cwd`.
 fn ext4kit_in(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
+    ext4kit_cli!().output_in(Some(cwd), args, None)
 }
 
 fn ok_in(cwd: &Path, args: &[&str]) -> Output {
@@ -35,25 +28,11 @@ fn ok_in(cwd: &Path, args: &[&str]) -> Output {
     o
 }
 
-/// Fails with exactly one `ext4kit: ...` line on stderr; returns it.
+/// Fails with exactly one `ext4kit: ...` line on stderr, not an OS error's text; returns it.
 fn fails_in(cwd: &Path, args: &[&str]) -> String {
-    let o = ext4kit_in(cwd, args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "ext4kit {args:?} should fail");
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "ext4kit {args:?}: one error line expected: {err:?}"
-    );
-    assert!(
-        err.starts_with("ext4kit: ") && !err.contains("os error"),
-        "ext4kit {args:?}: {err:?}"
-    );
+    let err = ext4kit_cli!().failure_line(&ext4kit_in(cwd, args), args);
+    assert!(!err.contains("os error"), "ext4kit {args:?}: {err:?}");
     err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
@@ -112,22 +91,11 @@ fn kernel_tree(img: &Path) -> ext4kit_testkit::Tree {
 }
 
 fn empty_image(img: &Path, bs: u32) {
-    std::fs::File::create(img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            &bs.to_string(),
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            s(img),
-        ],
-    );
+    Mke2fs::new(img)
+        .block_size(bs)
+        .size(32 << 20)
+        .no_lazy_init()
+        .run();
 }
 
 #[test]
@@ -184,7 +152,8 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
         &["cp", "-r", &format!("{i1}:/apt"), &format!("{i2}:/apt2/")],
     );
     // Standard input and output.
-    let mut child = Command::new(bin())
+    let mut child = ext4kit_cli!()
+        .command()
         .args(["cp", "-", &format!("{i2}:/stdin")])
         .stdin(Stdio::piped())
         .spawn()

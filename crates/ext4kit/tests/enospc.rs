@@ -5,48 +5,22 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, mke2fs_d, pattern, require_kernel, run_ok};
-
-fn bin() -> std::ffi::OsString {
-    std::env::var_os("EXT4KIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ext4kit").into())
-}
+use ext4kit_testkit::{
+    LoopMount, assert_e2fsck_clean, ext4kit_cli, mke2fs_d, path_str as s, pattern, require_kernel,
+    run_ok,
+};
 
 fn ext4kit(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        // The command may stop reading when the image is full: a broken pipe is expected.
-        let _ = pipe.write_all(data);
-    }
-    child.wait_with_output().unwrap()
+    ext4kit_cli!().output_in(None, args, stdin)
 }
 
 /// Runs a command that must fail with exactly one `ext4kit: ...` line; returns it.
 fn fails(args: &[&str], stdin: Option<&[u8]>) -> String {
-    let o = ext4kit(args, stdin);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "ext4kit {args:?} should fail");
-    assert_eq!(err.lines().count(), 1, "one error line expected: {err:?}");
-    assert!(err.starts_with("ext4kit: "), "{err:?}");
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    ext4kit_cli!().failure_line(&ext4kit(args, stdin), args)
 }
 
 /// Sets the mtime of `p` to `secs` (mke2fs -d keeps whole seconds) so an untouched file is

@@ -7,64 +7,27 @@ use std::path::Path;
 use std::process::Command;
 
 use ext4kit_testkit::{
-    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, generate_tree,
-    require_kernel, run_ok, snapshot,
+    Compare, LoopMount, Mke2fs, TreeOptions, assert_e2fsck_clean, copy_in_through_kernel,
+    diff_trees, ext4kit_cli, generate_tree, path_str as s, require_kernel, snapshot,
 };
 
-fn ext4kit(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn ok(args: &[&str]) -> String {
-    let (code, out, err) = ext4kit(args);
-    assert_eq!(code, 0, "ext4kit {args:?} failed: {err}");
-    out
+    ext4kit_cli!().ok(args)
 }
 
+/// Fails with one `ext4kit: ...` line on stderr; returns it.
 fn fails(args: &[&str]) -> String {
-    let (code, _, err) = ext4kit(args);
-    assert_ne!(code, 0, "ext4kit {args:?} should fail");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one-line error expected, got {err:?}"
-    );
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    ext4kit_cli!().fails(args)
 }
 
 /// An image of `size_mb` MiB (`mkfs.ext4 -b bs`) with `tree` copied in by the kernel.
 fn kernel_image(img: &Path, bs: u32, size_mb: u64, tree: &Path) {
-    std::fs::File::create(img)
-        .unwrap()
-        .set_len(size_mb << 20)
-        .unwrap();
-    run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            &bs.to_string(),
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            s(img),
-        ],
-    );
-    let m = LoopMount::new(img, false).unwrap();
-    run_ok("cp", &["-a", &format!("{}/.", s(tree)), s(m.path())]);
-    m.unmount().unwrap();
+    Mke2fs::new(img)
+        .block_size(bs)
+        .size(size_mb << 20)
+        .no_lazy_init()
+        .run();
+    copy_in_through_kernel(img, tree);
 }
 
 /// Runs a coreutils command in `dir`.
