@@ -436,8 +436,10 @@ fn kernel_round_trip(img: &Path) {
 }
 
 #[test]
-fn kernel_mounts_and_writes() {
-    if !tk::require_kernel("kernel_mounts_and_writes") || !e2fsprogs("kernel_mounts_and_writes") {
+fn images_are_fsck_clean_and_the_kernel_mounts_and_writes_them() {
+    if !tk::require_kernel("images_are_fsck_clean_and_the_kernel_mounts_and_writes_them")
+        || !e2fsprogs("images_are_fsck_clean_and_the_kernel_mounts_and_writes_them")
+    {
         return;
     }
     let dir = tmpdir();
@@ -483,13 +485,14 @@ fn kernel_mounts_and_writes() {
 }
 
 #[test]
-fn dirty_device() {
+fn mkfs_over_old_bytes_gives_fsck_clean_images_the_kernel_mounts() {
     // mkfs over storage full of old bytes: what must be zero (used inode table blocks, the
     // journal) is zeroed, the rest is left to the uninit flags and the kernel's lazy init.
-    if !e2fsprogs("dirty_device") {
+    if !e2fsprogs("mkfs_over_old_bytes_gives_fsck_clean_images_the_kernel_mounts") {
         return;
     }
-    let kernel = tk::require_kernel("dirty_device (mount)");
+    let kernel =
+        tk::require_kernel("mkfs_over_old_bytes_gives_fsck_clean_images_the_kernel_mounts (mount)");
     let dir = tmpdir();
     let img = dir.path().join("dirty.img");
     let garbage = tk::pattern(99, (64 * MIB) as usize);
@@ -524,16 +527,18 @@ fn big_file_dir() -> Option<tempfile::TempDir> {
 }
 
 #[test]
-fn sixteen_tib() {
-    if !e2fsprogs("sixteen_tib") {
+fn sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable() {
+    if !e2fsprogs("sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable") {
         return;
     }
     let Some(dir) = big_file_dir() else {
         assert!(
             !tk::kernel_required(),
-            "sixteen_tib: no file system for a 16 TiB sparse file"
+            "sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable: no file system for a 16 TiB sparse file"
         );
-        eprintln!("note: sixteen_tib: /dev/shm cannot hold a 16 TiB sparse file; skipping");
+        eprintln!(
+            "note: sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable: /dev/shm cannot hold a 16 TiB sparse file; skipping"
+        );
         return;
     };
     let img: PathBuf = dir.path().join("16t.img");
@@ -584,7 +589,9 @@ fn sixteen_tib() {
     fsck(&img);
     eprintln!("16 TiB: e2fsck -fn {:?}", t.elapsed());
 
-    if tk::require_kernel("sixteen_tib (mount)") {
+    if tk::require_kernel(
+        "sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable (mount)",
+    ) {
         let m = tk::LoopMount::new(&img, false).unwrap_or_else(|e| panic!("{e}"));
         fs::write(m.path().join("x"), b"sixteen tebibytes").unwrap();
         fs::create_dir(m.path().join("d")).unwrap();
@@ -596,7 +603,7 @@ fn sixteen_tib() {
 }
 
 #[test]
-fn deterministic_bytes() {
+fn same_options_give_the_same_bytes_whatever_the_device_block_size() {
     let run = |dev_bs: u32, uuid: [u8; 16], assume_zeroed: bool| {
         let dev = MemDevice::new(dev_bs, 64 * MIB / u64::from(dev_bs));
         let opts = MkfsOptions {
@@ -641,7 +648,7 @@ fn deterministic_bytes() {
 }
 
 #[test]
-fn speed() {
+fn one_gib_with_assume_zeroed_takes_under_two_seconds() {
     let dir = tmpdir();
     let img = dir.path().join("speed.img");
     sparse(&img, GIB);
@@ -697,7 +704,7 @@ fn null(bytes: u64) -> NullDevice {
 }
 
 #[test]
-fn typed_errors() {
+fn impossible_requests_and_device_failures_give_typed_errors() {
     let o = |bs: u32| MkfsOptions {
         block_size: Some(bs),
         assume_zeroed: true,
@@ -764,7 +771,7 @@ fn typed_errors() {
 }
 
 #[test]
-fn no_input_panics() {
+fn odd_sizes_and_options_never_panic_and_every_ok_is_consistent() {
     // Odd sizes, block sizes, inode and journal requests: every call returns Ok or a typed error,
     // and every Ok is self-consistent.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;

@@ -205,7 +205,7 @@ fn ino_of(img: &Img, path: &str) -> u32 {
 }
 
 #[test]
-fn reads_the_fixture() {
+fn fixture_files_links_paths_xattrs_and_extents_read_back_as_written() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let small = fs.resolve(b"/small", true).unwrap();
@@ -397,7 +397,7 @@ fn flip_unknown_incompat_feature_is_named() {
 }
 
 #[test]
-fn flip_group_descriptor() {
+fn flip_group_descriptor_gives_a_checksum_mismatch_naming_group_and_block() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let gdt = fs.superblock().group_desc_block_location(0);
@@ -420,7 +420,7 @@ fn flip_group_descriptor() {
 }
 
 #[test]
-fn flip_inode_checksum() {
+fn flip_inode_gives_a_checksum_mismatch_naming_inode_and_block() {
     let Some(img) = fixture() else { return };
     let ino = ino_of(img, "/small");
     let (at, block) = img.inode_at(ino);
@@ -609,7 +609,7 @@ fn dir_blocks(fs: &Fs, ino: u32) -> Vec<u64> {
 }
 
 #[test]
-fn flip_directory_leaf() {
+fn flip_directory_leaf_gives_typed_rec_len_checksum_and_inode_errors() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let sub = fs.resolve(b"/sub", true).unwrap();
@@ -657,7 +657,7 @@ fn flip_directory_leaf() {
 }
 
 #[test]
-fn flip_dx_root() {
+fn flip_dx_root_gives_typed_count_hash_version_and_checksum_errors() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let big = fs.resolve(b"/big", true).unwrap();
@@ -715,7 +715,7 @@ fn flip_dx_root() {
 }
 
 #[test]
-fn flip_xattr_block() {
+fn flip_xattr_block_gives_typed_magic_and_checksum_errors() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let x = fs.resolve(b"/xfile", true).unwrap();
@@ -750,7 +750,7 @@ fn flip_xattr_block() {
 }
 
 #[test]
-fn flip_symlink_size() {
+fn flip_symlink_size_or_fast_target_gives_typed_symlink_errors() {
     let Some(img) = fixture() else { return };
     let ino = ino_of(img, "/slowlink");
     let mut m = img.clone();
@@ -773,7 +773,7 @@ fn flip_symlink_size() {
 }
 
 #[test]
-fn flip_journal_superblock() {
+fn flip_journal_superblock_refuses_the_open_unless_the_journal_is_ignored() {
     let Some((img, _)) = journal_fixture() else {
         return;
     };

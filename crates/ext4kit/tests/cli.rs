@@ -185,27 +185,27 @@ fn roundtrip_except(
 }
 
 #[test]
-fn roundtrip_ext4_4k_htree() {
+fn cp_out_of_ext4_4k_htree_image_equals_the_source_tree() {
     roundtrip("ext4-4k-htree", "ext4", 4096, &[], true);
 }
 
 #[test]
-fn roundtrip_ext4_4k_linear() {
+fn cp_out_of_ext4_4k_linear_dir_image_equals_the_source_tree() {
     roundtrip("ext4-4k-linear", "ext4", 4096, &[], false);
 }
 
 #[test]
-fn roundtrip_ext4_2k() {
+fn cp_out_of_ext4_2k_image_equals_the_source_tree() {
     roundtrip("ext4-2k", "ext4", 2048, &[], true);
 }
 
 #[test]
-fn roundtrip_ext4_1k() {
+fn cp_out_of_ext4_1k_image_equals_the_source_tree() {
     roundtrip("ext4-1k", "ext4", 1024, &[], true);
 }
 
 #[test]
-fn roundtrip_ext4_no_csum_no_64bit() {
+fn cp_out_of_ext4_without_csum_and_64bit_equals_the_source_tree() {
     roundtrip(
         "ext4-nocsum",
         "ext4",
@@ -216,7 +216,7 @@ fn roundtrip_ext4_no_csum_no_64bit() {
 }
 
 #[test]
-fn roundtrip_ext4_inline_data() {
+fn cp_out_of_ext4_inline_data_image_equals_the_source_tree() {
     // mke2fs 1.47.0 -d with inline_data records sparse/hole-end (7000 bytes then a 5 MiB hole)
     // with i_size 8192: the image, and debugfs, say 8192.
     roundtrip_except(
@@ -230,7 +230,7 @@ fn roundtrip_ext4_inline_data() {
 }
 
 #[test]
-fn roundtrip_ext4_meta_bg() {
+fn cp_out_of_ext4_meta_bg_image_equals_the_source_tree() {
     roundtrip(
         "ext4-metabg",
         "ext4",
@@ -241,12 +241,12 @@ fn roundtrip_ext4_meta_bg() {
 }
 
 #[test]
-fn roundtrip_ext2() {
+fn cp_out_of_ext2_image_equals_the_source_tree() {
     roundtrip("ext2", "ext2", 1024, &[], true);
 }
 
 #[test]
-fn roundtrip_ext3() {
+fn cp_out_of_ext3_image_equals_the_source_tree() {
     roundtrip("ext3", "ext3", 4096, &[], true);
 }
 
@@ -320,8 +320,10 @@ fn debugfs_extents(img: &Path, path: &str) -> (usize, usize) {
 }
 
 #[test]
-fn roundtrip_kernel_written_fragmented() {
-    if !require_kernel("roundtrip_kernel_written_fragmented") {
+fn cp_out_of_a_fragmented_kernel_written_image_equals_the_tree_and_stat_extents() {
+    if !require_kernel(
+        "cp_out_of_a_fragmented_kernel_written_image_equals_the_tree_and_stat_extents",
+    ) {
         return;
     }
     let dir = process_temp_dir("ext4kit-cli-kernel-");

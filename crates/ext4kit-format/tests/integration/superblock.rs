@@ -309,7 +309,7 @@ fn setters_and_checksum_accepted_by_e2fsck() {
 }
 
 #[test]
-fn csum_seed_feature() {
+fn csum_seed_feature_keeps_the_checksum_seed_when_the_uuid_changes() {
     let Some(img) = fixtures::csum4k() else {
         return;
     };
