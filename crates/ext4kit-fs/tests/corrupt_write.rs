@@ -12,7 +12,7 @@ use ext4kit_blockdev::{BlockDevice, MemDevice};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO, Result};
-use ext4kit_testkit::{Mke2fs, TreeOptions, debugfs, generate_tree, number_after, pattern, run_ok};
+use ext4kit_testkit::{Mke2fs, TreeOptions, debugfs, new_tree, number_after, pattern, run_ok};
 
 /// Removes `name` in `dir` and everything under it.
 fn remove_all(fs: &Fs, dir: u32, name: &[u8], depth: usize) -> Result<()> {
@@ -93,17 +93,7 @@ fn change(dev: Arc<dyn BlockDevice>, which: u64) -> Result<()> {
 #[test]
 fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    generate_tree(
-        &src,
-        3,
-        &TreeOptions {
-            big_dir_entries: 300,
-            depth: 5,
-            ..TreeOptions::default()
-        },
-    );
+    let src = new_tree(&dir.path().join("src"), 3, &TreeOptions::sized(300, 5));
     let img = Mke2fs::new(dir.path().join("base.img"))
         .block_size(1024)
         .size(24 << 20)

@@ -375,6 +375,34 @@ impl Default for TreeOptions {
     }
 }
 
+impl TreeOptions {
+    /// The default shapes with `big_dir_entries` entries in the big directory and `depth`
+    /// levels of nesting (smaller trees for faster tests).
+    pub fn sized(big_dir_entries: usize, depth: usize) -> TreeOptions {
+        TreeOptions {
+            big_dir_entries,
+            depth,
+            ..TreeOptions::default()
+        }
+    }
+}
+
+/// Creates the directory `root` (its parent must exist, `root` must not) and
+/// [generates](generate_tree) the tree in it; returns `root`.
+pub fn new_tree(root: &Path, seed: u64, opt: &TreeOptions) -> PathBuf {
+    fs::create_dir(root).unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
+    generate_tree(root, seed, opt);
+    root.to_path_buf()
+}
+
+/// What the kernel shows of `img`: a read-only loop mount's [`snapshot`], then unmounted.
+pub fn kernel_snapshot(img: &Path) -> Tree {
+    let m = LoopMount::new(img, true).unwrap();
+    let t = snapshot(m.path());
+    m.unmount().unwrap();
+    t
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 
 use ext4kit_testkit::{
     Compare, Kind, LoopMount, Mke2fs, Tree, TreeOptions, debugfs, diff_trees, ext4kit_cli, field,
-    generate_tree, mke2fs_d, os, process_temp_dir, require_kernel, run_ok, snapshot,
+    generate_tree, kernel_snapshot, mke2fs_d, os, process_temp_dir, require_kernel, run_ok,
+    snapshot,
 };
 
 fn ext4kit(args: &[&std::ffi::OsStr]) -> Output {
@@ -463,9 +464,7 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     ext4kit_testkit::assert_e2fsck_clean(&copy);
     let hdr = run_ok("dumpe2fs", &["-h", copy.to_str().unwrap()]);
     assert!(!hdr.contains("needs_recovery"), "{hdr}");
-    let m = LoopMount::new(&copy, true).unwrap();
-    let mut got = snapshot(m.path());
-    m.unmount().unwrap();
+    let mut got = kernel_snapshot(&copy);
     let made = got
         .remove(b"made-after-replay".as_slice())
         .expect("the new directory");

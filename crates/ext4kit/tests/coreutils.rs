@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use ext4kit_testkit::{
-    Compare, LoopMount, assert_e2fsck_clean, diff_trees, ext4kit_cli, mke2fs_d, require_kernel,
-    snapshot,
+    Compare, assert_e2fsck_clean, diff_trees, ext4kit_cli, kernel_snapshot, mke2fs_d,
+    require_kernel, snapshot,
 };
 
 /// One case: the coreutils command and its operands, and the ext4kit command when it is not
@@ -429,9 +429,7 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
             problems.push(format!("copied out: {d}"));
         }
         assert_e2fsck_clean(&img);
-        let m = LoopMount::new(&img, true).unwrap();
-        let kernel = snapshot(m.path());
-        m.unmount().unwrap();
+        let kernel = kernel_snapshot(&img);
         let cmp = Compare {
             xattrs: true,
             ..CMP

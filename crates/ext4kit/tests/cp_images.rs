@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 use ext4kit_testkit::{
-    Compare, LoopMount, Mke2fs, assert_e2fsck_clean, diff_trees, ext4kit_cli, mke2fs_d,
+    Compare, Mke2fs, assert_e2fsck_clean, diff_trees, ext4kit_cli, kernel_snapshot, mke2fs_d,
     path_str as s, require_kernel, snapshot,
 };
 
@@ -83,13 +83,6 @@ fn make_tree(root: &Path) {
     .unwrap();
 }
 
-fn kernel_tree(img: &Path) -> ext4kit_testkit::Tree {
-    let m = LoopMount::new(img, true).unwrap();
-    let t = snapshot(m.path());
-    m.unmount().unwrap();
-    t
-}
-
 fn empty_image(img: &Path, bs: u32) {
     Mke2fs::new(img)
         .block_size(bs)
@@ -123,7 +116,7 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
         dir_mtime: false,
         ..Compare::default()
     };
-    let d = diff_trees(&kernel_tree(&one), &kernel_tree(&two), full);
+    let d = diff_trees(&kernel_snapshot(&one), &kernel_snapshot(&two), full);
     assert!(
         d.is_empty(),
         "image-to-image copy differs:\n{}",
@@ -201,11 +194,11 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
             ],
         );
     }
-    let d = diff_trees(&kernel_tree(&one), &snapshot(&again), full);
+    let d = diff_trees(&kernel_snapshot(&one), &snapshot(&again), full);
     assert!(d.is_empty(), "second copy out differs:\n{}", d.join("\n"));
     assert_e2fsck_clean(&one);
     assert_e2fsck_clean(&two);
-    let got = kernel_tree(&two);
+    let got = kernel_snapshot(&two);
     let file = |p: &str| match &got
         .get(p.as_bytes())
         .unwrap_or_else(|| panic!("{p} missing"))
@@ -325,7 +318,7 @@ fn error_lines_name_the_path_once_in_one_line() {
             && String::from_utf8_lossy(&o.stderr).contains("not copied into itself")
     );
     assert_e2fsck_clean(&held);
-    let t = kernel_tree(&held);
+    let t = kernel_snapshot(&held);
     assert!(
         t.contains_key(&b"note"[..]) && !t.contains_key(&b"h.img"[..]),
         "{:?}",

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use ext4kit_testkit::{
     Compare, LoopMount, Mke2fs, TreeOptions, assert_e2fsck_clean, copy_in_through_kernel,
-    diff_trees, ext4kit_cli, generate_tree, path_str as s, require_kernel, snapshot,
+    diff_trees, ext4kit_cli, kernel_snapshot, new_tree, path_str as s, require_kernel, snapshot,
 };
 
 fn ok(args: &[&str]) -> String {
@@ -74,17 +74,7 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
     }
     for bs in [1024u32, 4096] {
         let dir = tempfile::tempdir().unwrap();
-        let h = dir.path().join("host");
-        std::fs::create_dir(&h).unwrap();
-        generate_tree(
-            &h,
-            5,
-            &TreeOptions {
-                big_dir_entries: 600,
-                depth: 12,
-                ..TreeOptions::default()
-            },
-        );
+        let h = new_tree(&dir.path().join("host"), 5, &TreeOptions::sized(600, 12));
         let img = dir.path().join("k.img");
         kernel_image(&img, bs, 64, &h);
         let i = s(&img);
@@ -158,9 +148,7 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
             copy_symlink_mtime(&img, &h, l);
         }
         assert_e2fsck_clean(&img);
-        let m = LoopMount::new(&img, true).unwrap();
-        let got = snapshot(m.path());
-        m.unmount().unwrap();
+        let got = kernel_snapshot(&img);
         let d = diff_trees(
             &snapshot(&h),
             &got,
@@ -183,17 +171,7 @@ fn refusals_are_one_line_errors_and_leave_the_image_clean() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let h = dir.path().join("host");
-    std::fs::create_dir(&h).unwrap();
-    generate_tree(
-        &h,
-        6,
-        &TreeOptions {
-            big_dir_entries: 20,
-            depth: 4,
-            ..TreeOptions::default()
-        },
-    );
+    let h = new_tree(&dir.path().join("host"), 6, &TreeOptions::sized(20, 4));
     let img = dir.path().join("r.img");
     kernel_image(&img, 4096, 32, &h);
     let other = dir.path().join("other.img");

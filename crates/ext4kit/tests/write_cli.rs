@@ -7,7 +7,7 @@ use std::process::Command;
 
 use ext4kit_testkit::{
     Compare, LoopMount, Mke2fs, TreeOptions, assert_e2fsck_clean, diff_trees, ext4kit_cli,
-    generate_tree, path_str as s, require_kernel, run_ok, snapshot,
+    kernel_snapshot, new_tree, path_str as s, require_kernel, run_ok, snapshot,
 };
 
 fn ok(args: &[&str]) -> String {
@@ -96,9 +96,7 @@ fn cp_into_images_from_both_mkfs_equals_the_tree_in_the_kernel() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    generate_tree(&src, 3, &TreeOptions::default());
+    let src = new_tree(&dir.path().join("src"), 3, &TreeOptions::default());
     let want = snapshot(&src);
     let tree_dot = format!("{}/.", s(&src));
     for bs in ["1024", "2048", "4096"] {
@@ -115,19 +113,16 @@ fn cp_into_images_from_both_mkfs_equals_the_tree_in_the_kernel() {
             let root = format!("{}:/", s(&img));
             ok(&["cp", "-r", "-p", &tree_dot, &root]);
             assert_e2fsck_clean(&img);
-            let m = LoopMount::new(&img, true).unwrap();
-            let got = snapshot(m.path());
             // Directory mtimes change as entries are added after -p set them; compare files.
             let d = diff_trees(
                 &want,
-                &got,
+                &kernel_snapshot(&img),
                 Compare {
                     dir_mtime: false,
                     ..Compare::default()
                 },
             );
             assert!(d.is_empty(), "{maker} {bs}: {d:#?}");
-            m.unmount().unwrap();
         }
     }
 }
@@ -173,17 +168,7 @@ fn mkdir_p_and_cp_overwrite_and_errors() {
 #[test]
 fn build_through_the_cli_is_reproducible_and_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    generate_tree(
-        &src,
-        4,
-        &TreeOptions {
-            big_dir_entries: 400,
-            depth: 6,
-            ..TreeOptions::default()
-        },
-    );
+    let src = new_tree(&dir.path().join("src"), 4, &TreeOptions::sized(400, 6));
     let run = |img: &Path| {
         let out = ext4kit_cli!()
             .command()
