@@ -18,9 +18,9 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use ext4kit_testkit::{
-    Compare, Kind, LoopMount, Mke2fs, Tree, TreeOptions, debugfs, diff_trees, ext4kit_cli, field,
-    generate_tree, kernel_snapshot, mke2fs_d, os, process_temp_dir, require_kernel, run_ok,
-    snapshot,
+    Compare, Kind, LoopMount, Mke2fs, Tree, TreeOptions, debugfs, diff_trees, dumpe2fs_header,
+    ext4kit_cli, field, generate_tree, kernel_snapshot, mke2fs_d, os, process_temp_dir,
+    require_kernel, run_ok, snapshot,
 };
 
 fn ext4kit(args: &[&std::ffi::OsStr]) -> Output {
@@ -488,18 +488,10 @@ fn shared_image() -> Option<&'static PathBuf> {
     .as_ref()
 }
 
-fn dumpe2fs_h(img: &Path) -> BTreeMap<String, String> {
-    run_ok("dumpe2fs", &["-h", img.to_str().unwrap()])
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
-}
-
 #[test]
 fn info_agrees_with_dumpe2fs() {
     let Some(img) = shared_image() else { return };
-    let want = dumpe2fs_h(img);
+    let want = dumpe2fs_header(img);
     let text = String::from_utf8(ext4kit_ok(&[os("info"), img.as_os_str()])).unwrap();
     let got: BTreeMap<String, String> = text
         .lines()

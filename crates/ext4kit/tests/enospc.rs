@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Output;
 
 use ext4kit_testkit::{
-    LoopMount, assert_e2fsck_clean, ext4kit_cli, mke2fs_d, path_str as s, pattern, require_kernel,
-    run_ok,
+    LoopMount, assert_e2fsck_clean, dumpe2fs_header, ext4kit_cli, mke2fs_d, path_str as s, pattern,
+    require_kernel,
 };
 
 fn ext4kit(args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -163,15 +163,7 @@ fn running_out_of_inodes_keeps_the_files_copied_and_says_so() {
     for i in 0..20u64 {
         fs::write(src.join(format!("s{i:02}")), pattern(i, 3000)).unwrap();
     }
-    let free_inodes = {
-        let out = run_ok("dumpe2fs", &["-h", s(&img)]);
-        out.lines()
-            .find_map(|l| l.strip_prefix("Free inodes:"))
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let free_inodes = dumpe2fs_header(&img)["Free inodes"].parse::<u64>().unwrap();
     assert!(free_inodes > 0 && free_inodes < 20, "{free_inodes}");
     let err = fails(
         &[
@@ -251,15 +243,7 @@ fn a_stream_that_does_not_fit_is_removed_and_the_image_stays_clean() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = image_with_old_files(dir.path(), 4096, 8 << 20, &[]);
-    let before_free = {
-        let out = run_ok("dumpe2fs", &["-h", s(&img)]);
-        out.lines()
-            .find_map(|l| l.strip_prefix("Free blocks:"))
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let before_free = dumpe2fs_header(&img)["Free blocks"].parse::<u64>().unwrap();
     let err = fails(
         &["cp", "-", &format!("{}:/stream", s(&img))],
         Some(&pattern(9, 12 << 20)),
@@ -272,14 +256,7 @@ fn a_stream_that_does_not_fit_is_removed_and_the_image_stays_clean() {
         "{err:?}"
     );
     assert_e2fsck_clean(&img);
-    let out = run_ok("dumpe2fs", &["-h", s(&img)]);
-    let after_free: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Free blocks:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let after_free: u64 = dumpe2fs_header(&img)["Free blocks"].parse().unwrap();
     assert_eq!(
         after_free, before_free,
         "the partial copy's blocks came back"
