@@ -233,6 +233,18 @@ fn is_summary_line(l: &str) -> bool {
         && parts.next().is_none()
 }
 
+/// `e2fsck FLAGS IMG` (e.g. `-fyD`: fix, and index the directories mke2fs -d leaves linear):
+/// its output, or a panic with it unless e2fsck exits 0 (nothing to do) or 1 (fixed).
+pub fn e2fsck_repair(img: &Path, flags: &str) -> String {
+    let (code, text) = run("e2fsck", &[OsStr::new(flags), img.as_os_str()]);
+    assert!(
+        code == 0 || code == 1,
+        "e2fsck {flags} {} exited {code}:\n{text}",
+        img.display()
+    );
+    text
+}
+
 /// Panics with e2fsck's output unless the image is clean.
 pub fn assert_e2fsck_clean(img: &Path) {
     if let Err(e) = e2fsck_clean(img) {

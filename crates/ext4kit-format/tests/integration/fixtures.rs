@@ -308,7 +308,7 @@ fn make_image(spec: &Spec) -> Image {
         .tree(&tree)
         .run();
     // Index large directories (mke2fs -d leaves them linear).
-    run(Command::new("e2fsck").arg("-fyD").arg(&img), &[0, 1]);
+    ext4kit_testkit::e2fsck_repair(&img, "-fyD");
     // Extended attributes through e2fsprogs.
     let valfile = dir.join("bigval");
     write(&valfile, &vec![b'V'; spec.big_xattr]);
