@@ -23,17 +23,13 @@ use std::time::{Duration, Instant};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions};
-use ext4kit_testkit::{LoopMount, Mke2fs, assert_e2fsck_clean, pattern};
+use ext4kit_testkit::{
+    LoopMount, Mke2fs, assert_e2fsck_clean, env_or, median, pattern, shm_temp_dir,
+};
 
 const FILE_MB: u64 = 256;
 const WRITES: usize = 20_000;
 const FILES: usize = 10_000;
-
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
 
 /// Random 4 KiB-aligned offsets inside the file.
 fn offsets() -> Vec<u64> {
@@ -193,19 +189,9 @@ fn main() {
         eprintln!("modify bench: needs root, loop devices and e2fsprogs; skipped");
         return;
     }
-    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("ext4kit-modify-bench-")
-        .tempdir_in(base)
-        .unwrap();
+    let runs: usize = env_or("EXT4KIT_BENCH_RUNS", 5);
+    let dir = shm_temp_dir("ext4kit-modify-bench-");
+    let base = dir.path().parent().unwrap().display().to_string();
     let offs = offsets();
     println!(
         "modify bench: {runs} runs, interleaved; images in {base}; ratio = throughput(ext4kit) / throughput(kernel)"

@@ -12,7 +12,9 @@ use ext4kit_blockdev::{BlockDevice, MemDevice};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO, Result};
-use ext4kit_testkit::{Mke2fs, TreeOptions, debugfs, new_tree, number_after, pattern, run_ok};
+use ext4kit_testkit::{
+    Mke2fs, TreeOptions, debugfs, env_or, new_tree, number_after, pattern, run_ok,
+};
 
 /// Removes `name` in `dir` and everything under it.
 fn remove_all(fs: &Fs, dir: u32, name: &[u8], depth: usize) -> Result<()> {
@@ -123,10 +125,7 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
         );
     }
     assert!(regions.len() > 6, "{regions:?}");
-    let cases: u64 = std::env::var("EXT4KIT_CORRUPT_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let cases: u64 = env_or("EXT4KIT_CORRUPT_CASES", 300);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         rng ^= rng << 13;

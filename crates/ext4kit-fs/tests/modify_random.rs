@@ -21,7 +21,7 @@ use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs};
 use ext4kit_testkit::{
-    Compare, TreeOptions, diff_trees, e2fsck_clean, kernel_snapshot, new_tree, pattern,
+    Compare, TreeOptions, diff_trees, e2fsck_clean, env_or, kernel_snapshot, new_tree, pattern,
     require_kernel, snapshot,
 };
 
@@ -430,14 +430,8 @@ fn thousands_of_random_changes_match_a_host_directory_at_1k_and_4k() {
     if !require_kernel("thousands_of_random_changes_match_a_host_directory_at_1k_and_4k") {
         return;
     }
-    let ops: u64 = std::env::var("EXT4KIT_MODIFY_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
-    let seed: u64 = std::env::var("EXT4KIT_MODIFY_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_0005);
+    let ops: u64 = env_or("EXT4KIT_MODIFY_OPS", 3000);
+    let seed: u64 = env_or("EXT4KIT_MODIFY_SEED", 0x5eed_0005);
     for bs in [1024u32, 4096] {
         run(bs, ops, seed ^ u64::from(bs));
     }

@@ -1008,6 +1008,37 @@ mod summary_tests {
     }
 }
 
+/// The value of the environment variable `name` parsed as a `T` (a case count, a size), or
+/// `default` when it is unset or does not parse.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A temporary directory in memory (`/dev/shm`) when there is one, else in `/tmp`: for big
+/// scratch images and benches whose device should not be a disk.
+pub fn shm_temp_dir(prefix: &str) -> tempfile::TempDir {
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory in {base}: {e}"))
+}
+
+/// The median of some timings (the upper one of the middle two for an even count); panics on
+/// none.
+pub fn median(times: &[std::time::Duration]) -> std::time::Duration {
+    let mut v = times.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
 /// A temporary directory for the rest of the test process (fixtures kept in statics, which are
 /// never dropped): removed when the process exits, after failing tests too — the test harness
 /// ends through exit(3), which runs the hook registered here. A process killed by a signal

@@ -28,13 +28,9 @@ use std::time::{Duration, Instant};
 
 use ext4kit_testkit::Mke2fs;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
+use ext4kit_testkit::{env_or, median, shm_temp_dir};
 
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
+const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 
 fn run(cmd: &mut Command) {
     let st = cmd
@@ -156,22 +152,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = env_or("EXT4KIT_BENCH_RUNS", 5);
     let only = std::env::var("EXT4KIT_BENCH_ONLY").unwrap_or_default();
     let want = |p: &str| only.is_empty() || only == p;
     let root = rustix::process::geteuid().is_root();
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("ext4kit-wbench-")
-        .tempdir_in(base)
-        .unwrap();
+    let dir = shm_temp_dir("ext4kit-wbench-");
+    let base = dir.path().parent().unwrap().display().to_string();
     let d = dir.path();
     let mnt = d.join("mnt");
     fs::create_dir(&mnt).unwrap();

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::process::Command;
 
 use ext4kit_testkit::{
-    LoopMount, Mke2fs, assert_e2fsck_clean, debugfs, ext4kit_cli, pattern, require_kernel, run_ok,
+    LoopMount, Mke2fs, assert_e2fsck_clean, debugfs, env_or, ext4kit_cli, pattern, require_kernel,
+    run_ok, shm_temp_dir,
 };
 
 /// Leaf extents of `path` in `img`, as debugfs lists them.
@@ -61,16 +62,8 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
     if !require_kernel("one_gib_copy_has_no_more_extents_than_the_kernel_gives") {
         return;
     }
-    let mb: usize = std::env::var("EXT4KIT_FRAG_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::tempdir_in(base).unwrap();
+    let mb: usize = env_or("EXT4KIT_FRAG_MB", 1024);
+    let dir = shm_temp_dir("ext4kit-frag-");
     let src = dir.path().join("big");
     {
         let mut f = std::fs::File::create(&src).unwrap();
