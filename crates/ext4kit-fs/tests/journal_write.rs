@@ -33,8 +33,8 @@ use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{FileType, Fs, OpenOptions, ROOT_INO};
 use ext4kit_testkit::{
-    Compare, Entry, Kind, LoopMount, Mke2fs, Tree, debugfs, diff_trees, e2fsck_clean, pattern,
-    require_kernel, run, run_ok, snapshot,
+    Compare, Entry, Kind, LoopMount, Mke2fs, Tree, assert_clean_after_repair, debugfs, diff_trees,
+    e2fsck_clean, pattern, require_kernel, run, run_ok, snapshot,
 };
 
 /// Directory mtimes are left out: unlink and rename set them to the time of the run.
@@ -533,9 +533,7 @@ fn crash_matrix(bs: u32, dev_bs: u32, extra: &[&str], every: bool, label: &str) 
         // (a) e2fsck -fy replays; then strict e2fsck -fn.
         let fimg = dir.path().join(format!("f{k}.img"));
         std::fs::write(&fimg, &img).unwrap();
-        let (code, text) = run("e2fsck", &[OsStr::new("-fy"), fimg.as_os_str()]);
-        assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{text}");
-        e2fsck_clean(&fimg).unwrap_or_else(|e| panic!("{what}: after e2fsck -fy ({text}): {e}"));
+        assert_clean_after_repair(&fimg, &what);
         let fixed = which(
             &ours_before,
             &ours_after,

@@ -245,6 +245,16 @@ pub fn e2fsck_repair(img: &Path, flags: &str) -> String {
     text
 }
 
+/// `e2fsck -fy IMG` (which replays the journal and fixes what it finds) must exit 0 or 1, and
+/// a strict [`e2fsck_clean`] must then pass; panics naming `what` otherwise. Returns what
+/// `e2fsck -fy` printed.
+pub fn assert_clean_after_repair(img: &Path, what: &str) -> String {
+    let (code, text) = run("e2fsck", &[OsStr::new("-fy"), img.as_os_str()]);
+    assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{text}");
+    e2fsck_clean(img).unwrap_or_else(|e| panic!("{what}: after e2fsck -fy ({text}): {e}"));
+    text
+}
+
 /// Panics with e2fsck's output unless the image is clean.
 pub fn assert_e2fsck_clean(img: &Path) {
     if let Err(e) = e2fsck_clean(img) {
