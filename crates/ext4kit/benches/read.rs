@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ext4kit_testkit::{env_or, median, shm_temp_dir};
+use ext4kit_testkit::{env_or, is_root, median, shm_temp_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 
@@ -55,7 +55,7 @@ fn main() {
     }
     let mb: u64 = env_or("EXT4KIT_BENCH_MB", 1024);
     let runs: usize = env_or("EXT4KIT_BENCH_RUNS", 5);
-    let root = rustix::process::geteuid().is_root();
+    let root = is_root();
     let dir = shm_temp_dir("ext4kit-bench-");
     let base = dir.path().parent().unwrap().display().to_string();
     if std::env::var("EXT4KIT_BENCH_ONLY").is_ok_and(|v| v == "tree") {

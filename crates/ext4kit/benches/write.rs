@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ext4kit_testkit::Mke2fs;
 
-use ext4kit_testkit::{env_or, median, shm_temp_dir};
+use ext4kit_testkit::{env_or, is_root, median, shm_temp_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 
@@ -155,7 +155,7 @@ fn main() {
     let runs: usize = env_or("EXT4KIT_BENCH_RUNS", 5);
     let only = std::env::var("EXT4KIT_BENCH_ONLY").unwrap_or_default();
     let want = |p: &str| only.is_empty() || only == p;
-    let root = rustix::process::geteuid().is_root();
+    let root = is_root();
     let dir = shm_temp_dir("ext4kit-wbench-");
     let base = dir.path().parent().unwrap().display().to_string();
     let d = dir.path();

@@ -32,7 +32,7 @@ use std::process::Command;
 
 use ext4kit_testkit::{
     Entry, Kind, LoopMount, Tree, assert_clean_after_repair, e2fsck_clean, mke2fs_d, pattern,
-    require_kernel, run, snapshot,
+    require_kernel, require_tools, run, snapshot,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
@@ -44,20 +44,7 @@ const TRACED: &str = "pwrite64,pwritev,pwritev2,write,writev,fdatasync,fsync,cop
 const SPREAD: u64 = 14;
 
 fn require_strace(test: &str) -> bool {
-    if !require_kernel(test) {
-        return false;
-    }
-    let ok = Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok && std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
-        panic!("{test}: EXT4KIT_REQUIRE_KERNEL=1 but strace is missing");
-    }
-    if !ok {
-        eprintln!("note: {test}: strace unavailable; skipping");
-    }
-    ok
+    require_kernel(test) && require_tools(test, &["strace"])
 }
 
 /// `args` with every `@` replaced by `img` and every `@:` prefix by `img:`.
