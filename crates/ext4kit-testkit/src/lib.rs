@@ -191,26 +191,28 @@ pub fn number_after(text: &str, key: &str) -> u64 {
         .unwrap_or_else(|e| panic!("no number after {key} in {text}: {e}"))
 }
 
-/// `e2fsck -fn IMG`: Ok when it exits 0 and prints only the version line, the "Pass N" lines and
-/// the summary line; Err with the whole output otherwise.
+/// `e2fsck -fn IMG`: Ok when it exits 0 and prints only the version line, the five "Pass N"
+/// lines and one summary line (which starts with the label when there is one, else the path);
+/// Err with the whole output otherwise.
 pub fn e2fsck_clean(img: &Path) -> Result<(), String> {
     let (code, text) = run("e2fsck", &[OsStr::new("-fn"), img.as_os_str()]);
     let name = img.to_string_lossy();
+    let is_pass = |l: &str| l.starts_with("Pass ") && l.as_bytes().get(6) == Some(&b':');
     let unexpected: Vec<&str> = text
         .lines()
         .filter(|l| {
             let l = l.trim();
-            !(l.is_empty()
-                || l.starts_with("e2fsck ")
-                || (l.starts_with("Pass ") && l.as_bytes().get(6) == Some(&b':'))
-                || is_summary_line(l))
+            !(l.is_empty() || l.starts_with("e2fsck ") || is_pass(l) || is_summary_line(l))
         })
         .collect();
-    if code == 0 && unexpected.is_empty() {
+    // All five passes ran and one summary closed them (an early stop prints fewer).
+    let passes = text.lines().filter(|l| is_pass(l.trim())).count();
+    let summaries = text.lines().filter(|l| is_summary_line(l.trim())).count();
+    if code == 0 && unexpected.is_empty() && passes == 5 && summaries == 1 {
         Ok(())
     } else {
         Err(format!(
-            "e2fsck -fn {name} exited {code}; unexpected lines {unexpected:?}; full output:\n{text}"
+            "e2fsck -fn {name} exited {code}; {passes} pass lines, {summaries} summaries; unexpected lines {unexpected:?}; full output:\n{text}"
         ))
     }
 }
