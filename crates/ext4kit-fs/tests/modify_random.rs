@@ -405,14 +405,7 @@ fn run(bs: u32, ops: u64, seed: u64) {
     }
     let got = kernel_snapshot(&img);
     let want = snapshot(&host);
-    let d = diff_trees(
-        &want,
-        &got,
-        Compare {
-            dir_mtime: false,
-            ..Compare::default()
-        },
-    );
+    let d = diff_trees(&want, &got, Compare::EXCEPT_DIR_MTIME);
     assert!(
         d.is_empty(),
         "{bs}: kernel view differs ({} differences):\n{}",

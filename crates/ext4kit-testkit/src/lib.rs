@@ -821,15 +821,27 @@ pub struct Compare {
     pub xattrs: bool,
 }
 
+impl Compare {
+    /// Everything (the default).
+    pub const ALL: Compare = Compare {
+        mtime: true,
+        mtime_ns: true,
+        dir_mtime: true,
+        owner: true,
+        xattrs: true,
+    };
+
+    /// Everything but directory mtimes: for trees whose directories gained entries after
+    /// their times were set (a `cp -p` into an image, a kernel that touched them).
+    pub const EXCEPT_DIR_MTIME: Compare = Compare {
+        dir_mtime: false,
+        ..Compare::ALL
+    };
+}
+
 impl Default for Compare {
     fn default() -> Compare {
-        Compare {
-            mtime: true,
-            mtime_ns: true,
-            dir_mtime: true,
-            owner: true,
-            xattrs: true,
-        }
+        Compare::ALL
     }
 }
 

@@ -273,14 +273,7 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
         chmod(&out, 0o755);
         check_acl_view(&format!("cp -r -p out {bs}"), &host, &out, true);
         // The getxattr form our reader gives is the kernel's, byte for byte.
-        let diffs = diff_trees(
-            &snapshot(&host),
-            &snapshot(&out),
-            Compare {
-                dir_mtime: false,
-                ..Compare::default()
-            },
-        );
+        let diffs = diff_trees(&snapshot(&host), &snapshot(&out), Compare::EXCEPT_DIR_MTIME);
         assert!(
             diffs.iter().all(|l| l.starts_with("unexpected: d/new")),
             "{diffs:?}"
@@ -380,10 +373,7 @@ fn every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel()
     every_namespace(&tree, "host");
     let want = snapshot(&tree);
     assert_has_every_namespace(&want, "host");
-    let cmp = Compare {
-        dir_mtime: false,
-        ..Compare::default()
-    };
+    let cmp = Compare::EXCEPT_DIR_MTIME;
     let same = |what: &str, want: &ext4kit_testkit::Tree, got: &Path| {
         let d = diff_trees(want, &snapshot(got), cmp);
         assert!(d.is_empty(), "{what}: {d:#?}");

@@ -112,10 +112,7 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
         &cwd,
         &["cp", "-r", "-p", &format!("{i1}:/"), &format!("{i2}:/")],
     );
-    let full = Compare {
-        dir_mtime: false,
-        ..Compare::default()
-    };
+    let full = Compare::EXCEPT_DIR_MTIME;
     let d = diff_trees(&kernel_snapshot(&one), &kernel_snapshot(&two), full);
     assert!(
         d.is_empty(),

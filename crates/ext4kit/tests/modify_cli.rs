@@ -149,14 +149,7 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
         }
         assert_e2fsck_clean(&img);
         let got = kernel_snapshot(&img);
-        let d = diff_trees(
-            &snapshot(&h),
-            &got,
-            Compare {
-                dir_mtime: false,
-                ..Compare::default()
-            },
-        );
+        let d = diff_trees(&snapshot(&h), &got, Compare::EXCEPT_DIR_MTIME);
         assert!(
             d.is_empty(),
             "{bs}: kernel view differs from coreutils on the host:\n{}",

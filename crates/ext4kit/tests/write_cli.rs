@@ -114,14 +114,7 @@ fn cp_into_images_from_both_mkfs_equals_the_tree_in_the_kernel() {
             ok(&["cp", "-r", "-p", &tree_dot, &root]);
             assert_e2fsck_clean(&img);
             // Directory mtimes change as entries are added after -p set them; compare files.
-            let d = diff_trees(
-                &want,
-                &kernel_snapshot(&img),
-                Compare {
-                    dir_mtime: false,
-                    ..Compare::default()
-                },
-            );
+            let d = diff_trees(&want, &kernel_snapshot(&img), Compare::EXCEPT_DIR_MTIME);
             assert!(d.is_empty(), "{maker} {bs}: {d:#?}");
         }
     }
