@@ -23,17 +23,13 @@ use std::time::{Duration, Instant};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions};
-use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, run_ok};
+use ext4kit_testkit::{
+    LoopMount, Mke2fs, assert_e2fsck_clean, env_or, median, pattern, shm_temp_dir,
+};
 
 const FILE_MB: u64 = 256;
 const WRITES: usize = 20_000;
 const FILES: usize = 10_000;
-
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
 
 /// Random 4 KiB-aligned offsets inside the file.
 fn offsets() -> Vec<u64> {
@@ -49,21 +45,11 @@ fn offsets() -> Vec<u64> {
 }
 
 fn mkfs(img: &Path, bs: u32, size_mb: u64) {
-    let f = fs::File::create(img).unwrap();
-    f.set_len(size_mb << 20).unwrap();
-    drop(f);
-    run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            &bs.to_string(),
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            img.to_str().unwrap(),
-        ],
-    );
+    Mke2fs::new(img)
+        .block_size(bs)
+        .size(size_mb << 20)
+        .no_lazy_init()
+        .run();
 }
 
 /// The prepared images: (rand image, churn image).
@@ -203,19 +189,9 @@ fn main() {
         eprintln!("modify bench: needs root, loop devices and e2fsprogs; skipped");
         return;
     }
-    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("ext4kit-modify-bench-")
-        .tempdir_in(base)
-        .unwrap();
+    let runs: usize = env_or("EXT4KIT_BENCH_RUNS", 5);
+    let dir = shm_temp_dir("ext4kit-modify-bench-");
+    let base = dir.path().parent().unwrap().display().to_string();
     let offs = offsets();
     println!(
         "modify bench: {runs} runs, interleaved; images in {base}; ratio = throughput(ext4kit) / throughput(kernel)"

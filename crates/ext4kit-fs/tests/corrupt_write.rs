@@ -12,18 +12,9 @@ use ext4kit_blockdev::{BlockDevice, MemDevice};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO, Result};
-use ext4kit_testkit::{TreeOptions, generate_tree, pattern, run_ok};
-
-/// The number following the first `key` in `text` (dumpe2fs output).
-fn number_after(text: &str, key: &str) -> u64 {
-    let rest = &text[text.find(key).unwrap() + key.len()..];
-    rest.trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
+use ext4kit_testkit::{
+    Mke2fs, TreeOptions, debugfs, env_or, new_tree, number_after, pattern, run_ok,
+};
 
 /// Removes `name` in `dir` and everything under it.
 fn remove_all(fs: &Fs, dir: u32, name: &[u8], depth: usize) -> Result<()> {
@@ -104,38 +95,13 @@ fn change(dev: Arc<dyn BlockDevice>, which: u64) -> Result<()> {
 #[test]
 fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    generate_tree(
-        &src,
-        3,
-        &TreeOptions {
-            big_dir_entries: 300,
-            depth: 5,
-            ..TreeOptions::default()
-        },
-    );
-    let img = dir.path().join("base.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(24 << 20)
-        .unwrap();
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "1024",
-            "-O",
-            "^metadata_csum",
-            "-d",
-            src.to_str().unwrap(),
-            img.to_str().unwrap(),
-        ],
-    );
+    let src = new_tree(&dir.path().join("src"), 3, &TreeOptions::sized(300, 5));
+    let img = Mke2fs::new(dir.path().join("base.img"))
+        .block_size(1024)
+        .size(24 << 20)
+        .features("^metadata_csum")
+        .tree(&src)
+        .run();
     let base = std::fs::read(&img).unwrap();
     // Where the metadata is (1 KiB blocks): group descriptors, group 0's bitmaps and the used
     // part of its inode table, and the blocks of some directories.
@@ -151,10 +117,7 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
         ),
     ];
     for d in ["/", "/bigdir", "/deep", "/deep/level00"] {
-        let out = run_ok(
-            "debugfs",
-            &["-R", &format!("blocks {d}"), img.to_str().unwrap()],
-        );
+        let out = debugfs(&img, &format!("blocks {d}"));
         regions.extend(
             out.split_whitespace()
                 .filter_map(|b| b.parse::<u64>().ok())
@@ -162,10 +125,7 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
         );
     }
     assert!(regions.len() > 6, "{regions:?}");
-    let cases: u64 = std::env::var("EXT4KIT_CORRUPT_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let cases: u64 = env_or("EXT4KIT_CORRUPT_CASES", 300);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -217,25 +177,11 @@ fn damaged_images_give_errors_not_panics_or_hangs_when_written() {
 #[test]
 fn a_block_bitmap_calling_the_inode_table_free_is_refused_naming_group_and_block() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("b.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "1024",
-            "-O",
-            "^metadata_csum",
-            img.to_str().unwrap(),
-        ],
-    );
+    let img = Mke2fs::new(dir.path().join("b.img"))
+        .block_size(1024)
+        .size(16 << 20)
+        .features("^metadata_csum")
+        .run();
     let dump = run_ok("dumpe2fs", &[img.to_str().unwrap()]);
     let (bitmap_at, table_at) = (
         number_after(&dump, "Block bitmap at"),
@@ -291,28 +237,13 @@ fn an_inode_bitmap_calling_a_live_inode_free_is_refused_naming_the_inode() {
     let src = dir.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("precious"), b"keep me").unwrap();
-    let img = dir.path().join("i.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-O",
-            "^metadata_csum",
-            "-d",
-            src.to_str().unwrap(),
-            img.to_str().unwrap(),
-        ],
-    );
-    let stat = run_ok("debugfs", &["-R", "stat /precious", img.to_str().unwrap()]);
+    let img = Mke2fs::new(dir.path().join("i.img"))
+        .block_size(4096)
+        .size(16 << 20)
+        .features("^metadata_csum")
+        .tree(&src)
+        .run();
+    let stat = debugfs(&img, "stat /precious");
     let ino: u32 = stat["Inode: ".len()..]
         .split_whitespace()
         .next()
@@ -351,6 +282,6 @@ fn an_inode_bitmap_calling_a_live_inode_free_is_refused_naming_the_inode() {
     );
     drop(fs);
     // The file is untouched.
-    let out = run_ok("debugfs", &["-R", "cat /precious", img.to_str().unwrap()]);
+    let out = debugfs(&img, "cat /precious");
     assert!(out.starts_with("keep me"), "{out}");
 }

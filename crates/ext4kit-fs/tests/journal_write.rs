@@ -33,8 +33,8 @@ use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{FileType, Fs, OpenOptions, ROOT_INO};
 use ext4kit_testkit::{
-    Compare, Entry, Kind, LoopMount, Tree, diff_trees, e2fsck_clean, pattern, require_kernel, run,
-    run_ok, snapshot,
+    Compare, Entry, Kind, LoopMount, Mke2fs, Tree, assert_clean_after_repair, debugfs, diff_trees,
+    e2fsck_clean, pattern, require_kernel, run, run_ok, snapshot,
 };
 
 /// Directory mtimes are left out: unlink and rename set them to the time of the run.
@@ -47,24 +47,12 @@ const CMP: Compare = Compare {
 };
 
 fn mkfs_bytes(dir: &Path, bs: u32, size: u64, extra: &[&str]) -> Vec<u8> {
-    let img = dir.join("mkfs.img");
-    let f = std::fs::File::create(&img).unwrap();
-    f.set_len(size).unwrap();
-    drop(f);
-    let bs_s = bs.to_string();
-    let mut args = vec![
-        "-q",
-        "-F",
-        "-t",
-        "ext4",
-        "-b",
-        &bs_s,
-        "-E",
-        "lazy_itable_init=0,lazy_journal_init=0",
-    ];
-    args.extend_from_slice(extra);
-    args.push(img.to_str().unwrap());
-    run_ok("mke2fs", &args);
+    let img = Mke2fs::new(dir.join("mkfs.img"))
+        .block_size(bs)
+        .size(size)
+        .no_lazy_init()
+        .extra(extra)
+        .run();
     let bytes = std::fs::read(&img).unwrap();
     std::fs::remove_file(&img).unwrap();
     bytes
@@ -362,7 +350,7 @@ fn which(want_before: &Tree, want_after: &Tree, got: &Tree, what: &str) -> State
 fn check_logdump(dir: &Path, img: &[u8], what: &str) {
     let limg = dir.join("log.img");
     std::fs::write(&limg, img).unwrap();
-    let out = run_ok("debugfs", &["-R", "logdump -a", limg.to_str().unwrap()]);
+    let out = debugfs(&limg, "logdump -a");
     std::fs::remove_file(&limg).unwrap();
     let flags: Vec<u32> = out
         .lines()
@@ -545,9 +533,7 @@ fn crash_matrix(bs: u32, dev_bs: u32, extra: &[&str], every: bool, label: &str) 
         // (a) e2fsck -fy replays; then strict e2fsck -fn.
         let fimg = dir.path().join(format!("f{k}.img"));
         std::fs::write(&fimg, &img).unwrap();
-        let (code, text) = run("e2fsck", &[OsStr::new("-fy"), fimg.as_os_str()]);
-        assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{text}");
-        e2fsck_clean(&fimg).unwrap_or_else(|e| panic!("{what}: after e2fsck -fy ({text}): {e}"));
+        assert_clean_after_repair(&fimg, &what);
         let fixed = which(
             &ours_before,
             &ours_after,
@@ -663,7 +649,7 @@ fn ordinary_syncs_leave_an_empty_journal_a_clean_image_and_the_kernel_agrees() {
         let jf = dumpe2fs_field(&dump, "Journal features");
         assert_eq!(jf.contains("journal_checksum_v3"), csum, "{label}: {jf}");
         assert_eq!(jf.contains("journal_64bit"), bit64, "{label}: {jf}");
-        let logdump = run_ok("debugfs", &["-R", "logdump", img.to_str().unwrap()]);
+        let logdump = debugfs(&img, "logdump");
         assert!(
             logdump.contains("Journal starts at block 0")
                 && !logdump.contains("Found expected sequence"),

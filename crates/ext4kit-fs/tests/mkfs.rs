@@ -72,29 +72,9 @@ const ODD_CONFIGS: [(u32, u64); 6] = [
     (2048, 136_976_384),
 ];
 
-fn required() -> bool {
-    std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1")
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// `true` if e2fsprogs (mkfs.ext4, e2fsck, dumpe2fs) is here; panics if it is required.
+/// `true` if e2fsprogs (mke2fs, e2fsck, dumpe2fs) is here; panics if it is required.
 fn e2fsprogs(test: &str) -> bool {
-    let ok = ["mkfs.ext4", "e2fsck", "dumpe2fs"].iter().all(|t| have(t));
-    if !ok {
-        assert!(
-            !required(),
-            "{test}: EXT4KIT_REQUIRE_KERNEL=1 but e2fsprogs is missing"
-        );
-        eprintln!("note: {test}: e2fsprogs missing; skipping");
-    }
-    ok
+    tk::require_tools(test, &["mke2fs", "e2fsck", "dumpe2fs"])
 }
 
 fn tmpdir() -> tempfile::TempDir {
@@ -132,61 +112,20 @@ fn our_mkfs(path: &Path, opts: &MkfsOptions) -> (MkfsReport, Duration) {
 
 /// mkfs.ext4 with the options `exact` mirrors (`init` = the inode table / zeroing option).
 fn mke2fs_ref(path: &Path, bs: u32, init: &str) {
-    let out = Command::new("mkfs.ext4")
-        .env("E2FSPROGS_FAKE_TIME", TIME.to_string())
-        .env("SOURCE_DATE_EPOCH", TIME.to_string())
-        .args([
-            "-q",
-            "-F",
-            "-b",
-            &bs.to_string(),
-            "-O",
-            "^resize_inode",
-            "-L",
-            LABEL,
-            "-U",
-            UUID_STR,
-        ])
-        .args(["-E", &format!("{init},hash_seed={SEED_STR}")])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mkfs.ext4 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tk::Mke2fs::new(path)
+        .env("E2FSPROGS_FAKE_TIME", &TIME.to_string())
+        .env("SOURCE_DATE_EPOCH", &TIME.to_string())
+        .block_size(bs)
+        .features("^resize_inode")
+        .extra(&["-L", LABEL, "-U", UUID_STR])
+        .extended(&format!("{init},hash_seed={SEED_STR}"))
+        .run();
 }
 
-/// `e2fsck -fn`: must exit 0 and print only its version line, the five "Pass N" lines and the
-/// summary line (which starts with the label when there is one, so `ext4kit_testkit`'s
-/// path-only check does not fit labelled images).
+/// Strict `e2fsck -fn`: exits 0, prints only its version line, the five "Pass N" lines and the
+/// summary line (which starts with the label).
 fn fsck(path: &Path) {
-    let out = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(path)
-        .output()
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let unexpected: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            !(l.is_empty()
-                || l.starts_with("e2fsck ")
-                || (l.starts_with("Pass ") && l.as_bytes().get(6) == Some(&b':'))
-                || (l.contains(" files (") && l.ends_with(" blocks") && l.contains(": ")))
-        })
-        .collect();
-    let summaries = text.lines().filter(|l| l.contains(" files (")).count();
-    let passes = text.lines().filter(|l| l.starts_with("Pass ")).count();
-    assert!(
-        out.status.success() && unexpected.is_empty() && summaries == 1 && passes == 5,
-        "e2fsck -fn {} exited {:?}; unexpected lines {unexpected:?}; full output:\n{text}",
-        path.display(),
-        out.status.code()
-    );
+    tk::assert_e2fsck_clean(path);
 }
 
 fn dumpe2fs(path: &Path, header_only: bool) -> String {
@@ -472,8 +411,10 @@ fn kernel_round_trip(img: &Path) {
 }
 
 #[test]
-fn kernel_mounts_and_writes() {
-    if !tk::require_kernel("kernel_mounts_and_writes") || !e2fsprogs("kernel_mounts_and_writes") {
+fn images_are_fsck_clean_and_the_kernel_mounts_and_writes_them() {
+    if !tk::require_kernel("images_are_fsck_clean_and_the_kernel_mounts_and_writes_them")
+        || !e2fsprogs("images_are_fsck_clean_and_the_kernel_mounts_and_writes_them")
+    {
         return;
     }
     let dir = tmpdir();
@@ -519,13 +460,14 @@ fn kernel_mounts_and_writes() {
 }
 
 #[test]
-fn dirty_device() {
+fn mkfs_over_old_bytes_gives_fsck_clean_images_the_kernel_mounts() {
     // mkfs over storage full of old bytes: what must be zero (used inode table blocks, the
     // journal) is zeroed, the rest is left to the uninit flags and the kernel's lazy init.
-    if !e2fsprogs("dirty_device") {
+    if !e2fsprogs("mkfs_over_old_bytes_gives_fsck_clean_images_the_kernel_mounts") {
         return;
     }
-    let kernel = tk::require_kernel("dirty_device (mount)");
+    let kernel =
+        tk::require_kernel("mkfs_over_old_bytes_gives_fsck_clean_images_the_kernel_mounts (mount)");
     let dir = tmpdir();
     let img = dir.path().join("dirty.img");
     let garbage = tk::pattern(99, (64 * MIB) as usize);
@@ -560,16 +502,18 @@ fn big_file_dir() -> Option<tempfile::TempDir> {
 }
 
 #[test]
-fn sixteen_tib() {
-    if !e2fsprogs("sixteen_tib") {
+fn sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable() {
+    if !e2fsprogs("sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable") {
         return;
     }
     let Some(dir) = big_file_dir() else {
         assert!(
-            !required(),
-            "sixteen_tib: no file system for a 16 TiB sparse file"
+            !tk::kernel_required(),
+            "sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable: no file system for a 16 TiB sparse file"
         );
-        eprintln!("note: sixteen_tib: /dev/shm cannot hold a 16 TiB sparse file; skipping");
+        eprintln!(
+            "note: sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable: /dev/shm cannot hold a 16 TiB sparse file; skipping"
+        );
         return;
     };
     let img: PathBuf = dir.path().join("16t.img");
@@ -620,7 +564,9 @@ fn sixteen_tib() {
     fsck(&img);
     eprintln!("16 TiB: e2fsck -fn {:?}", t.elapsed());
 
-    if tk::require_kernel("sixteen_tib (mount)") {
+    if tk::require_kernel(
+        "sixteen_tib_is_fast_sparse_identical_to_mkfs_ext4_clean_and_mountable (mount)",
+    ) {
         let m = tk::LoopMount::new(&img, false).unwrap_or_else(|e| panic!("{e}"));
         fs::write(m.path().join("x"), b"sixteen tebibytes").unwrap();
         fs::create_dir(m.path().join("d")).unwrap();
@@ -632,7 +578,7 @@ fn sixteen_tib() {
 }
 
 #[test]
-fn deterministic_bytes() {
+fn same_options_give_the_same_bytes_whatever_the_device_block_size() {
     let run = |dev_bs: u32, uuid: [u8; 16], assume_zeroed: bool| {
         let dev = MemDevice::new(dev_bs, 64 * MIB / u64::from(dev_bs));
         let opts = MkfsOptions {
@@ -677,7 +623,7 @@ fn deterministic_bytes() {
 }
 
 #[test]
-fn speed() {
+fn one_gib_with_assume_zeroed_takes_under_two_seconds() {
     let dir = tmpdir();
     let img = dir.path().join("speed.img");
     sparse(&img, GIB);
@@ -733,7 +679,7 @@ fn null(bytes: u64) -> NullDevice {
 }
 
 #[test]
-fn typed_errors() {
+fn impossible_requests_and_device_failures_give_typed_errors() {
     let o = |bs: u32| MkfsOptions {
         block_size: Some(bs),
         assume_zeroed: true,
@@ -800,7 +746,7 @@ fn typed_errors() {
 }
 
 #[test]
-fn no_input_panics() {
+fn odd_sizes_and_options_never_panic_and_every_ok_is_consistent() {
     // Odd sizes, block sizes, inode and journal requests: every call returns Ok or a typed error,
     // and every Ok is self-consistent.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;

@@ -18,8 +18,8 @@ use ext4kit_blockdev::{BioOp, BlockDevice, FaultDevice, FaultRule, FileDevice};
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
 use ext4kit_testkit::{
-    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, e2fsck_clean, generate_tree,
-    pattern, require_kernel, run, run_ok, snapshot,
+    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, debugfs, diff_trees, e2fsck_clean,
+    kernel_snapshot, new_tree, pattern, require_kernel, run, run_ok, snapshot,
 };
 
 const CMP: Compare = Compare {
@@ -32,9 +32,7 @@ const CMP: Compare = Compare {
 
 /// Mounts `img` read-only and compares it with `host`.
 fn assert_kernel_view(img: &Path, host: &Path, what: &str) {
-    let m = LoopMount::new(img, true).unwrap();
-    let got = snapshot(m.path());
-    m.unmount().unwrap();
+    let got = kernel_snapshot(img);
     let want = snapshot(host);
     let d = diff_trees(&want, &got, CMP);
     assert!(
@@ -151,9 +149,11 @@ fn kernel_written_images_take_deletes_moves_overwrites_and_links() {
     }
     for bs in [1024u32, 4096] {
         let dir = tempfile::tempdir().unwrap();
-        let host = dir.path().join("host");
-        std::fs::create_dir(&host).unwrap();
-        generate_tree(&host, u64::from(bs), &TreeOptions::default());
+        let host = new_tree(
+            &dir.path().join("host"),
+            u64::from(bs),
+            &TreeOptions::default(),
+        );
         let img = kernel_image(dir.path(), "k.img", bs, 128, Some(&host), &[]);
         assert_e2fsck_clean(&img);
         assert_kernel_view(&img, &host, "before the changes");
@@ -187,10 +187,7 @@ fn tree_depth(fs: &Fs, ino: u32) -> u16 {
 
 /// `debugfs -R "stat"` says how many extents, roughly: count of "(" in the EXTENTS section.
 fn extent_count(img: &Path, path: &str) -> usize {
-    let out = run_ok(
-        "debugfs",
-        &["-R", &format!("ex {path}"), img.to_str().unwrap()],
-    );
+    let out = debugfs(img, &format!("ex {path}"));
     out.lines()
         .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains('/'))
         .count()
@@ -677,17 +674,7 @@ fn a_failed_metadata_write_is_an_error_and_e2fsck_repairs_the_image_keeping_unre
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    generate_tree(
-        &src,
-        11,
-        &TreeOptions {
-            big_dir_entries: 400,
-            depth: 6,
-            ..TreeOptions::default()
-        },
-    );
+    let src = new_tree(&dir.path().join("src"), 11, &TreeOptions::sized(400, 6));
     let base = kernel_image(dir.path(), "base.img", 1024, 64, Some(&src), &[]);
     let unrelated = |root: &Path| -> BTreeMap<Vec<u8>, ext4kit_testkit::Entry> {
         snapshot(root)

@@ -21,7 +21,7 @@ use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs};
 use ext4kit_testkit::{
-    Compare, LoopMount, TreeOptions, diff_trees, e2fsck_clean, generate_tree, pattern,
+    Compare, TreeOptions, diff_trees, e2fsck_clean, env_or, kernel_snapshot, new_tree, pattern,
     require_kernel, snapshot,
 };
 
@@ -131,17 +131,7 @@ const NAMES: [&str; 16] = [
 
 fn run(bs: u32, ops: u64, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let host = dir.path().join("host");
-    std::fs::create_dir(&host).unwrap();
-    generate_tree(
-        &host,
-        seed,
-        &TreeOptions {
-            big_dir_entries: 300,
-            depth: 6,
-            ..TreeOptions::default()
-        },
-    );
+    let host = new_tree(&dir.path().join("host"), seed, &TreeOptions::sized(300, 6));
     let size_mb = if bs == 1024 { 256 } else { 512 };
     let img = kernel_image(dir.path(), "r.img", bs, size_mb, Some(&host), &[]);
     // When the host tree uses more than this, creating gives way to removing for a while.
@@ -413,18 +403,9 @@ fn run(bs: u32, ops: u64, seed: u64) {
     if let Err(e) = e2fsck_clean(&img) {
         panic!("{bs}: at the end: {e}");
     }
-    let m = LoopMount::new(&img, true).unwrap();
-    let got = snapshot(m.path());
-    m.unmount().unwrap();
+    let got = kernel_snapshot(&img);
     let want = snapshot(&host);
-    let d = diff_trees(
-        &want,
-        &got,
-        Compare {
-            dir_mtime: false,
-            ..Compare::default()
-        },
-    );
+    let d = diff_trees(&want, &got, Compare::EXCEPT_DIR_MTIME);
     assert!(
         d.is_empty(),
         "{bs}: kernel view differs ({} differences):\n{}",
@@ -442,14 +423,8 @@ fn thousands_of_random_changes_match_a_host_directory_at_1k_and_4k() {
     if !require_kernel("thousands_of_random_changes_match_a_host_directory_at_1k_and_4k") {
         return;
     }
-    let ops: u64 = std::env::var("EXT4KIT_MODIFY_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
-    let seed: u64 = std::env::var("EXT4KIT_MODIFY_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_0005);
+    let ops: u64 = env_or("EXT4KIT_MODIFY_OPS", 3000);
+    let seed: u64 = env_or("EXT4KIT_MODIFY_SEED", 0x5eed_0005);
     for bs in [1024u32, 4096] {
         run(bs, ops, seed ^ u64::from(bs));
     }

@@ -22,19 +22,12 @@ use ext4kit_fs::format::htree::{DxBlock, DxEntry, DxOptions};
 use ext4kit_fs::format::inode::Inode;
 use ext4kit_fs::format::{CorruptKind, Structure};
 use ext4kit_fs::{Corruption, Error, ExtentKind, Fs, JournalMode, OpenOptions, ROOT_INO};
-use ext4kit_testkit::{LoopMount, require_kernel, run, run_ok};
-
-/// A directory removed when the test process exits (fixtures in statics share it).
-fn temp_dir(prefix: &str) -> PathBuf {
-    ext4kit_testkit::process_temp_dir(prefix)
-}
+use ext4kit_testkit::{
+    LoopMount, Mke2fs, debugfs, e2fsck_repair, process_temp_dir, require_kernel, run_ok,
+};
 
 fn hexs(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn os(s: &str) -> &std::ffi::OsStr {
-    std::ffi::OsStr::new(s)
 }
 
 /// An image held in memory.
@@ -170,7 +163,7 @@ fn make_image(
     mkfs_extra: &[&str],
     debugfs_cmds: &str,
 ) -> PathBuf {
-    let dir = temp_dir("ext4kit-fs-read-");
+    let dir = process_temp_dir("ext4kit-fs-read-");
     let tree = dir.join("tree");
     build_tree(&tree, big_entries, if bs < 2048 { 500 } else { 1500 });
     let img = dir.join(format!("{name}.img"));
@@ -183,8 +176,7 @@ fn make_image(
             &["-w", "-f", cmdfile.to_str().unwrap(), img.to_str().unwrap()],
         );
     }
-    let (code, text) = run("e2fsck", &[os("-fyD"), img.as_os_str()]);
-    assert!(code == 0 || code == 1, "{text}");
+    e2fsck_repair(&img, "-fyD");
     ext4kit_testkit::assert_e2fsck_clean(&img);
     img
 }
@@ -212,7 +204,7 @@ fn ino_of(img: &Img, path: &str) -> u32 {
 }
 
 #[test]
-fn reads_the_fixture() {
+fn fixture_files_links_paths_xattrs_and_extents_read_back_as_written() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let small = fs.resolve(b"/small", true).unwrap();
@@ -404,7 +396,7 @@ fn flip_unknown_incompat_feature_is_named() {
 }
 
 #[test]
-fn flip_group_descriptor() {
+fn flip_group_descriptor_gives_a_checksum_mismatch_naming_group_and_block() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let gdt = fs.superblock().group_desc_block_location(0);
@@ -427,7 +419,7 @@ fn flip_group_descriptor() {
 }
 
 #[test]
-fn flip_inode_checksum() {
+fn flip_inode_gives_a_checksum_mismatch_naming_inode_and_block() {
     let Some(img) = fixture() else { return };
     let ino = ino_of(img, "/small");
     let (at, block) = img.inode_at(ino);
@@ -686,7 +678,7 @@ fn dir_blocks(fs: &Fs, ino: u32) -> Vec<u64> {
 }
 
 #[test]
-fn flip_directory_leaf() {
+fn flip_directory_leaf_gives_typed_rec_len_checksum_and_inode_errors() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let sub = fs.resolve(b"/sub", true).unwrap();
@@ -734,7 +726,7 @@ fn flip_directory_leaf() {
 }
 
 #[test]
-fn flip_dx_root() {
+fn flip_dx_root_gives_typed_count_hash_version_and_checksum_errors() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let big = fs.resolve(b"/big", true).unwrap();
@@ -792,7 +784,7 @@ fn flip_dx_root() {
 }
 
 #[test]
-fn flip_xattr_block() {
+fn flip_xattr_block_gives_typed_magic_and_checksum_errors() {
     let Some(img) = fixture() else { return };
     let fs = img.open().unwrap();
     let x = fs.resolve(b"/xfile", true).unwrap();
@@ -827,7 +819,7 @@ fn flip_xattr_block() {
 }
 
 #[test]
-fn flip_symlink_size() {
+fn flip_symlink_size_or_fast_target_gives_typed_symlink_errors() {
     let Some(img) = fixture() else { return };
     let ino = ino_of(img, "/slowlink");
     let mut m = img.clone();
@@ -850,7 +842,7 @@ fn flip_symlink_size() {
 }
 
 #[test]
-fn flip_journal_superblock() {
+fn flip_journal_superblock_refuses_the_open_unless_the_journal_is_ignored() {
     let Some((img, _)) = journal_fixture() else {
         return;
     };
@@ -1185,22 +1177,14 @@ fn make_journal_fixture(extra: &[&str]) -> Option<JournalFixture> {
         if !require_kernel("journal fixture") {
             return None;
         }
-        let dir = temp_dir("ext4kit-fs-journal-");
+        let dir = process_temp_dir("ext4kit-fs-journal-");
         let img = dir.join("j.img");
-        fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
-        let mut args = vec![
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "1024",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-        ];
-        args.extend_from_slice(extra);
-        args.push(img.to_str().unwrap());
-        run_ok("mke2fs", &args);
+        Mke2fs::new(&img)
+            .block_size(1024)
+            .size(32 << 20)
+            .no_lazy_init()
+            .extra(extra)
+            .run();
         let m = LoopMount::new(&img, false).unwrap();
         let p = m.path();
         let fsync = |q: &Path| fs::File::open(q).unwrap().sync_all().unwrap();
@@ -1344,7 +1328,7 @@ fn xattr_values_in_ea_inodes() {
     if !require_kernel("ea_inode") {
         return;
     }
-    let dir = temp_dir("ext4kit-fs-ea-");
+    let dir = process_temp_dir("ext4kit-fs-ea-");
     let tree = dir.join("tree");
     fs::create_dir(&tree).unwrap();
     fs::write(tree.join("f"), b"x").unwrap();
@@ -1362,17 +1346,9 @@ fn xattr_values_in_ea_inodes() {
         ],
     );
     let out = dir.join("out");
-    run_ok(
-        "debugfs",
-        &[
-            "-R",
-            &format!("ea_get -f {} /f user.huge", out.display()),
-            img.to_str().unwrap(),
-        ],
-    );
+    debugfs(&img, &format!("ea_get -f {} /f user.huge", out.display()));
     // debugfs ea_set leaves i_blocks of the owner one block short; let e2fsck fix that.
-    let (code, text) = run("e2fsck", &[os("-fy"), img.as_os_str()]);
-    assert!(code == 0 || code == 1, "{text}");
+    e2fsck_repair(&img, "-fy");
     ext4kit_testkit::assert_e2fsck_clean(&img);
     let m = Img {
         bytes: fs::read(&img).unwrap(),
@@ -1478,7 +1454,7 @@ fn random_metadata_flips_never_panic() {
     if !require_kernel("random flips") {
         return;
     }
-    let dir = temp_dir("ext4kit-fs-flips-");
+    let dir = process_temp_dir("ext4kit-fs-flips-");
     let tree = dir.join("tree");
     build_tree(&tree, 40, 300);
     fs::remove_file(tree.join("huge")).unwrap();
@@ -1491,8 +1467,7 @@ fn random_metadata_flips_never_panic() {
         3 << 20,
         &["-O", "metadata_csum,inline_data,^has_journal", "-N", "128"],
     );
-    let (code, text) = run("e2fsck", &[os("-fyD"), path.as_os_str()]);
-    assert!(code == 0 || code == 1, "{text}");
+    e2fsck_repair(&path, "-fyD");
     let base = Img {
         bytes: fs::read(&path).unwrap(),
     };

@@ -7,42 +7,25 @@
 //! journal needs recovery), then unmounted.
 #![allow(clippy::unwrap_used)]
 
-use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ext4kit_blockdev::{BlockDevice, MemDevice};
 use ext4kit_fs::{Fs, JournalMode, OpenOptions};
-use ext4kit_testkit::{LoopMount, require_kernel, run, run_ok};
+use ext4kit_testkit::{LoopMount, Mke2fs, os, require_kernel, run, run_ok};
 
 const BS: u64 = 4096;
-
-fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
-    s.as_ref()
-}
 
 /// Formats `img` (64 MiB, 4 KiB blocks, `extra` options), mounts it, runs `work` on the mount
 /// and returns a copy taken while mounted (`copy.img` next to it).
 fn kernel_journal(dir: &Path, extra: &[&str], work: impl FnOnce(&Path)) -> PathBuf {
-    let img = dir.join("live.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    let mut args = vec![
-        "-q",
-        "-F",
-        "-t",
-        "ext4",
-        "-b",
-        "4096",
-        "-E",
-        "lazy_itable_init=0,lazy_journal_init=0",
-    ];
-    args.extend_from_slice(extra);
-    args.push(img.to_str().unwrap());
-    run_ok("mke2fs", &args);
+    let img = Mke2fs::new(dir.join("live.img"))
+        .block_size(4096)
+        .size(64 << 20)
+        .no_lazy_init()
+        .extra(extra)
+        .run();
     let m = LoopMount::new(&img, false).unwrap();
     work(m.path());
     let copy = dir.join("copy.img");

@@ -11,7 +11,7 @@ use ext4kit_blockdev::{BlockDevice, UringDevice};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
-use ext4kit_testkit::{require_kernel, run_ok};
+use ext4kit_testkit::{Mke2fs, require_kernel};
 
 #[test]
 fn sync_after_the_ring_fails_returns_the_error_without_hanging() {
@@ -19,23 +19,10 @@ fn sync_after_the_ring_fails_returns_the_error_without_hanging() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("u.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            img.to_str().unwrap(),
-        ],
-    );
+    let img = Mke2fs::new(dir.path().join("u.img"))
+        .block_size(4096)
+        .size(64 << 20)
+        .run();
     let dev = match UringDevice::open(&img, true, 1024) {
         Ok(d) => Arc::new(d),
         Err(e) => {

@@ -3,31 +3,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
-use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, require_kernel, run_ok};
-
-fn mkfs(img: &Path, bs: u32, size: u64, extra: &[&str]) {
-    let f = std::fs::File::create(img).unwrap();
-    f.set_len(size).unwrap();
-    let bs = bs.to_string();
-    let mut args = vec![
-        "-q",
-        "-F",
-        "-t",
-        "ext4",
-        "-b",
-        &bs,
-        "-E",
-        "lazy_itable_init=1",
-    ];
-    args.extend_from_slice(extra);
-    args.push(img.to_str().unwrap());
-    run_ok("mke2fs", &args);
-}
+use ext4kit_testkit::{LoopMount, Mke2fs, assert_e2fsck_clean, debugfs, pattern, require_kernel};
 
 fn writable() -> OpenOptions {
     OpenOptions {
@@ -51,7 +31,11 @@ fn create_files_dirs_links_and_data_then_fsck_and_kernel_agree() {
     for (bs, size) in [(1024u32, 64u64 << 20), (4096, 256 << 20), (2048, 128 << 20)] {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("w.img");
-        mkfs(&img, bs, size, &[]);
+        Mke2fs::new(&img)
+            .block_size(bs)
+            .size(size)
+            .extended("lazy_itable_init=1")
+            .run();
         let fs = Fs::open_path(&img, &writable()).unwrap();
         let attrs = NewInode {
             perm: 0o644,
@@ -285,21 +269,10 @@ fn write_from_file_zeroes_around_partial_blocks_on_a_dirty_image() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("d.img");
         std::fs::write(&img, vec![0xEE; 32 << 20]).unwrap();
-        let bs_s = bs.to_string();
-        run_ok(
-            "mke2fs",
-            &[
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-b",
-                &bs_s,
-                "-E",
-                "lazy_itable_init=1,nodiscard",
-                img.to_str().unwrap(),
-            ],
-        );
+        Mke2fs::new(&img)
+            .block_size(bs)
+            .extended("lazy_itable_init=1,nodiscard")
+            .run();
         let src_path = dir.path().join("src");
         let src_data = pattern(u64::from(bs), 3 << 20);
         std::fs::write(&src_path, &src_data).unwrap();
@@ -329,7 +302,7 @@ fn write_from_file_zeroes_around_partial_blocks_on_a_dirty_image() {
         );
         m.unmount().unwrap();
         // The block tails past EOF hold zeros too (a later extension must not expose old bytes).
-        let out = run_ok("debugfs", &["-R", "blocks /direct", img.to_str().unwrap()]);
+        let out = debugfs(&img, "blocks /direct");
         let last: u64 = out
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
@@ -350,7 +323,11 @@ fn data_writes_refuse_directories_other_types_and_deleted_inodes_but_reach_open_
     use ext4kit_fs::Error;
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("r.img");
-    mkfs(&img, 1024, 16 << 20, &[]);
+    Mke2fs::new(&img)
+        .block_size(1024)
+        .size(16 << 20)
+        .extended("lazy_itable_init=1")
+        .run();
     let fs = Fs::open_path(&img, &writable()).unwrap();
     let attrs = NewInode::with_time(0o644, t(1_700_000_000, 5));
     let d = fs

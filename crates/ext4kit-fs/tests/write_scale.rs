@@ -10,17 +10,11 @@ use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
 use ext4kit_testkit::{
-    LoopMount, assert_e2fsck_clean, kernel_available, pattern, require_kernel, run_ok,
+    LoopMount, Mke2fs, assert_e2fsck_clean, kernel_available, pattern, require_kernel,
 };
 
-fn mkfs(img: &Path, bs: u32, size: u64, extra: &[&str]) {
-    let f = std::fs::File::create(img).unwrap();
-    f.set_len(size).unwrap();
-    let bs = bs.to_string();
-    let mut args = vec!["-q", "-F", "-t", "ext4", "-b", &bs];
-    args.extend_from_slice(extra);
-    args.push(img.to_str().unwrap());
-    run_ok("mke2fs", &args);
+fn mkfs(img: &Path, bs: u32, size: u64) -> Mke2fs {
+    Mke2fs::new(img).block_size(bs).size(size)
 }
 
 fn rw() -> OpenOptions {
@@ -48,7 +42,7 @@ fn a_directory_of_100000_entries_built_and_grown() {
     let dir = tempfile::tempdir().unwrap();
     // Grown one entry at a time (htree leaf splits, a second level).
     let img = dir.path().join("grow.img");
-    mkfs(&img, 1024, 256 << 20, &["-N", "120000"]);
+    mkfs(&img, 1024, 256 << 20).inodes(120_000).run();
     let fs = Fs::open_path(&img, &rw()).unwrap();
     let d = fs
         .create(
@@ -114,7 +108,7 @@ fn more_than_65000_subdirectories_use_dir_nlink() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("nlink.img");
-    mkfs(&img, 1024, 200 << 20, &["-N", "70000"]);
+    mkfs(&img, 1024, 200 << 20).inodes(70_000).run();
     let fs = Fs::open_path(&img, &rw()).unwrap();
     let d = fs
         .create(
@@ -162,7 +156,7 @@ fn a_4_gib_sparse_file_with_data_at_both_ends() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("sparse.img");
-    mkfs(&img, 4096, 64 << 20, &[]);
+    mkfs(&img, 4096, 64 << 20).run();
     let fs = Fs::open_path(&img, &rw()).unwrap();
     let f = fs
         .create(ROOT_INO, b"sparse", &NewKind::Regular, &attrs())
@@ -206,7 +200,7 @@ fn filling_the_filesystem_gives_enospc_and_leaves_it_consistent() {
     for bs in [1024u32, 4096] {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("full.img");
-        mkfs(&img, bs, 16 << 20, &[]);
+        mkfs(&img, bs, 16 << 20).run();
         let fs = Fs::open_path(&img, &rw()).unwrap();
         let mut written = Vec::new();
         let mut hit = None;
@@ -258,30 +252,17 @@ fn images_that_must_not_be_written_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     // Features the writer does not handle.
     let img = dir.path().join("inline.img");
-    mkfs(&img, 4096, 32 << 20, &["-O", "inline_data"]);
+    mkfs(&img, 4096, 32 << 20).features("inline_data").run();
     let e = Fs::open_path(&img, &rw()).unwrap_err();
     assert!(e.to_string().contains("inline_data"), "{e}");
     // ext2 (indirect block maps).
     let img = dir.path().join("ext2.img");
-    let f = std::fs::File::create(&img).unwrap();
-    f.set_len(32 << 20).unwrap();
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext2",
-            "-b",
-            "1024",
-            img.to_str().unwrap(),
-        ],
-    );
+    mkfs(&img, 1024, 32 << 20).fs_type("ext2").run();
     let e = Fs::open_path(&img, &rw()).unwrap_err();
     assert!(e.to_string().contains("extents"), "{e}");
     // A journal that needs recovery.
     let img = dir.path().join("dirty.img");
-    mkfs(&img, 4096, 32 << 20, &[]);
+    mkfs(&img, 4096, 32 << 20).run();
     let m = LoopMount::new(&img, false).unwrap();
     std::fs::write(m.path().join("x"), b"y").unwrap();
     rustix::fs::sync();

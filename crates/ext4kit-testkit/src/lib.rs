@@ -2,7 +2,12 @@
 //!
 //! - [`kernel_available`] / [`require_kernel`]: whether root, loop devices and the e2fsprogs
 //!   tools are here. With `EXT4KIT_REQUIRE_KERNEL=1` (CI) a missing piece fails the test loudly;
-//!   otherwise the test prints a note and skips its kernel part.
+//!   otherwise the test prints a note and skips its kernel part. [`require_tools`] is the same
+//!   for tests that need only some tools; [`have_tool`] and [`is_root`] answer one question.
+//! - [`Mke2fs`]: the one way to run mke2fs (always with `-b`), and [`mke2fs_d`] for `-d` images.
+//! - Small oracles: [`debugfs`], [`dumpe2fs_header`], [`field`] and [`number_after`] for
+//!   reading their text; [`os`] and [`path_str`] for argument lists; [`Cli`] for a binary's
+//!   runs.
 //! - [`e2fsck_clean`]: `e2fsck -fn` that fails on *any* output line beyond the version, the five
 //!   pass lines and the summary (e2fsck exits 0 on a wrong free-blocks count).
 //! - [`LoopMount`]: a kernel loop mount, unmounted on drop.
@@ -14,6 +19,12 @@
 //!   symlink targets, link groups, xattrs), and the differences between two of them.
 #![allow(clippy::unwrap_used)]
 
+mod cli;
+mod mke2fs;
+
+pub use cli::Cli;
+pub use mke2fs::Mke2fs;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -23,13 +34,15 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Whether kernel-level oracles (root, loop mount, e2fsprogs) are usable here.
+/// Whether the kernel-level oracles are usable here: root, `/dev/loop-control`, and the tools
+/// (e2fsprogs' mke2fs, e2fsck, debugfs, dumpe2fs; util-linux's mount, umount, losetup).
 pub fn kernel_available() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let tools = ["mke2fs", "e2fsck", "debugfs", "mount"]
-        .iter()
-        .all(|t| which(t).is_some());
-    root && tools && Path::new("/dev/loop-control").exists()
+    let tools = [
+        "mke2fs", "e2fsck", "debugfs", "dumpe2fs", "mount", "umount", "losetup",
+    ]
+    .iter()
+    .all(|t| have_tool(t));
+    is_root() && tools && Path::new("/dev/loop-control").exists()
 }
 
 /// Returns true if kernel oracles can run; panics when they cannot and
@@ -38,7 +51,7 @@ pub fn require_kernel(test: &str) -> bool {
     if kernel_available() {
         return true;
     }
-    if std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
+    if kernel_required() {
         panic!("{test}: EXT4KIT_REQUIRE_KERNEL=1 but root, loop devices or e2fsprogs are missing");
     }
     eprintln!(
@@ -47,12 +60,46 @@ pub fn require_kernel(test: &str) -> bool {
     false
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
+/// Returns true if every one of `tools` is installed; when one is missing, panics if
+/// `EXT4KIT_REQUIRE_KERNEL=1`, else prints a note naming the test and the missing tools and
+/// returns false (for tests that need the tools but not root or loop devices).
+pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have_tool(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if kernel_required() {
+        panic!("{test}: EXT4KIT_REQUIRE_KERNEL=1 but {missing:?} missing");
+    }
+    eprintln!("note: {test}: {missing:?} missing; skipping");
+    false
+}
+
+/// `EXT4KIT_REQUIRE_KERNEL=1`: a missing oracle fails the test instead of skipping it.
+pub fn kernel_required() -> bool {
+    std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1")
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Whether `tool` is an executable on `PATH` (or in /sbin, /usr/sbin).
+pub fn have_tool(tool: &str) -> bool {
+    which(tool).is_some()
+}
+
+/// Where `tool` is: the first match on `PATH`, then /sbin and /usr/sbin.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/sbin", "/usr/sbin"].iter().map(PathBuf::from))
         .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Runs a command, returning (exit code, stdout+stderr).
@@ -74,26 +121,98 @@ pub fn run_ok(cmd: &str, args: &[&str]) -> String {
     text
 }
 
-/// `e2fsck -fn IMG`: Ok when it exits 0 and prints only the version line, the "Pass N" lines and
-/// the summary line; Err with the whole output otherwise.
+/// `s` as an `&OsStr`, for argument lists that mix strings and paths.
+pub fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
+    s.as_ref()
+}
+
+/// A path as `&str`, for argument lists of `&str` (panics on a path that is not UTF-8).
+pub fn path_str(p: &Path) -> &str {
+    p.to_str()
+        .unwrap_or_else(|| panic!("path is not UTF-8: {}", p.display()))
+}
+
+/// `debugfs -R CMD IMG`: its output (stdout, then stderr), or a panic with it unless debugfs
+/// exits 0 (which it does even when the command fails: look at the text).
+pub fn debugfs(img: &Path, cmd: &str) -> String {
+    run_ok("debugfs", &["-R", cmd, path_str(img)])
+}
+
+/// `dumpe2fs -h IMG` as field name → value (the text either side of the first `:` of each
+/// line of its stdout, trimmed); panics with its output unless dumpe2fs exits 0.
+pub fn dumpe2fs_header(img: &Path) -> BTreeMap<String, String> {
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(img)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run dumpe2fs: {e}"));
+    assert!(
+        out.status.success(),
+        "dumpe2fs -h {} exited {:?}\nstdout: {}\nstderr: {}",
+        img.display(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The word after the first `key` in `text` (e.g. `field(stat, "Links:")`); panics naming the
+/// key and the text when it is not there.
+pub fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} missing in {text}"))
+        + key.len();
+    text[at..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("nothing after {key} in {text}"))
+}
+
+/// The number at the start of what follows the first `key` in `text` (dumpe2fs's
+/// `Block bitmap at 123 (+122)` → 123); panics when there is none.
+pub fn number_after(text: &str, key: &str) -> u64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} missing in {text}"))
+        + key.len();
+    let digits: String = text[at..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|e| panic!("no number after {key} in {text}: {e}"))
+}
+
+/// `e2fsck -fn IMG`: Ok when it exits 0 and prints only the version line, the five "Pass N"
+/// lines and one summary line (which starts with the label when there is one, else the path);
+/// Err with the whole output otherwise.
 pub fn e2fsck_clean(img: &Path) -> Result<(), String> {
     let (code, text) = run("e2fsck", &[OsStr::new("-fn"), img.as_os_str()]);
     let name = img.to_string_lossy();
+    let is_pass = |l: &str| l.starts_with("Pass ") && l.as_bytes().get(6) == Some(&b':');
     let unexpected: Vec<&str> = text
         .lines()
         .filter(|l| {
             let l = l.trim();
-            !(l.is_empty()
-                || l.starts_with("e2fsck ")
-                || (l.starts_with("Pass ") && l.as_bytes().get(6) == Some(&b':'))
-                || is_summary_line(l))
+            !(l.is_empty() || l.starts_with("e2fsck ") || is_pass(l) || is_summary_line(l))
         })
         .collect();
-    if code == 0 && unexpected.is_empty() {
+    // All five passes ran and one summary closed them (an early stop prints fewer).
+    let passes = text.lines().filter(|l| is_pass(l.trim())).count();
+    let summaries = text.lines().filter(|l| is_summary_line(l.trim())).count();
+    if code == 0 && unexpected.is_empty() && passes == 5 && summaries == 1 {
         Ok(())
     } else {
         Err(format!(
-            "e2fsck -fn {name} exited {code}; unexpected lines {unexpected:?}; full output:\n{text}"
+            "e2fsck -fn {name} exited {code}; {passes} pass lines, {summaries} summaries; unexpected lines {unexpected:?}; full output:\n{text}"
         ))
     }
 }
@@ -114,6 +233,28 @@ fn is_summary_line(l: &str) -> bool {
     files.split_once(" files (").is_some_and(|(r, _)| ratio(r))
         && blocks.strip_suffix(" blocks").is_some_and(ratio)
         && parts.next().is_none()
+}
+
+/// `e2fsck FLAGS IMG` (e.g. `-fyD`: fix, and index the directories mke2fs -d leaves linear):
+/// its output, or a panic with it unless e2fsck exits 0 (nothing to do) or 1 (fixed).
+pub fn e2fsck_repair(img: &Path, flags: &str) -> String {
+    let (code, text) = run("e2fsck", &[OsStr::new(flags), img.as_os_str()]);
+    assert!(
+        code == 0 || code == 1,
+        "e2fsck {flags} {} exited {code}:\n{text}",
+        img.display()
+    );
+    text
+}
+
+/// `e2fsck -fy IMG` (which replays the journal and fixes what it finds) must exit 0 or 1, and
+/// a strict [`e2fsck_clean`] must then pass; panics naming `what` otherwise. Returns what
+/// `e2fsck -fy` printed.
+pub fn assert_clean_after_repair(img: &Path, what: &str) -> String {
+    let (code, text) = run("e2fsck", &[OsStr::new("-fy"), img.as_os_str()]);
+    assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{text}");
+    e2fsck_clean(img).unwrap_or_else(|e| panic!("{what}: after e2fsck -fy ({text}): {e}"));
+    text
 }
 
 /// Panics with e2fsck's output unless the image is clean.
@@ -205,28 +346,29 @@ impl Drop for LoopMount {
     }
 }
 
-/// Builds an image from `tree` with `mke2fs -t ext4 -d`, block size `bs`, `size` bytes, plus
-/// `extra` arguments (e.g. `["-O", "^metadata_csum,^64bit"]`).
+/// Copies the contents of `tree` into the image `img` through a kernel loop mount
+/// (`cp -a TREE/. MNT`), then unmounts: files the kernel wrote, not mke2fs.
+pub fn copy_in_through_kernel(img: &Path, tree: &Path) {
+    let m = LoopMount::new(img, false).unwrap();
+    run_ok(
+        "cp",
+        &["-a", &format!("{}/.", tree.display()), path_str(m.path())],
+    );
+    m.unmount().unwrap();
+}
+
+/// Builds an image from `tree` with `mke2fs -d`: type `fs_type`, block size `bs`, the file
+/// created at `size` bytes, no lazy init, plus `extra` arguments (e.g.
+/// `["-O", "^metadata_csum,^64bit"]`). Short for the [`Mke2fs`] that says so.
 pub fn mke2fs_d(tree: &Path, img: &Path, fs_type: &str, bs: u32, size: u64, extra: &[&str]) {
-    let f = fs::File::create(img).unwrap();
-    f.set_len(size).unwrap();
-    drop(f);
-    let bs = bs.to_string();
-    let mut args = vec![
-        "-q",
-        "-F",
-        "-t",
-        fs_type,
-        "-b",
-        &bs,
-        "-E",
-        "lazy_itable_init=0,lazy_journal_init=0",
-    ];
-    args.extend_from_slice(extra);
-    let tree_s = tree.to_str().unwrap();
-    let img_s = img.to_str().unwrap();
-    args.extend_from_slice(&["-d", tree_s, img_s]);
-    run_ok("mke2fs", &args);
+    Mke2fs::new(img)
+        .fs_type(fs_type)
+        .block_size(bs)
+        .size(size)
+        .no_lazy_init()
+        .extra(extra)
+        .tree(tree)
+        .run();
 }
 
 /// What to put in a generated tree.
@@ -255,6 +397,34 @@ impl Default for TreeOptions {
             xattrs: true,
         }
     }
+}
+
+impl TreeOptions {
+    /// The default shapes with `big_dir_entries` entries in the big directory and `depth`
+    /// levels of nesting (smaller trees for faster tests).
+    pub fn sized(big_dir_entries: usize, depth: usize) -> TreeOptions {
+        TreeOptions {
+            big_dir_entries,
+            depth,
+            ..TreeOptions::default()
+        }
+    }
+}
+
+/// Creates the directory `root` (its parent must exist, `root` must not) and
+/// [generates](generate_tree) the tree in it; returns `root`.
+pub fn new_tree(root: &Path, seed: u64, opt: &TreeOptions) -> PathBuf {
+    fs::create_dir(root).unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
+    generate_tree(root, seed, opt);
+    root.to_path_buf()
+}
+
+/// What the kernel shows of `img`: a read-only loop mount's [`snapshot`], then unmounted.
+pub fn kernel_snapshot(img: &Path) -> Tree {
+    let m = LoopMount::new(img, true).unwrap();
+    let t = snapshot(m.path());
+    m.unmount().unwrap();
+    t
 }
 
 /// Deterministic pseudo-random bytes.
@@ -651,15 +821,27 @@ pub struct Compare {
     pub xattrs: bool,
 }
 
+impl Compare {
+    /// Everything (the default).
+    pub const ALL: Compare = Compare {
+        mtime: true,
+        mtime_ns: true,
+        dir_mtime: true,
+        owner: true,
+        xattrs: true,
+    };
+
+    /// Everything but directory mtimes: for trees whose directories gained entries after
+    /// their times were set (a `cp -p` into an image, a kernel that touched them).
+    pub const EXCEPT_DIR_MTIME: Compare = Compare {
+        dir_mtime: false,
+        ..Compare::ALL
+    };
+}
+
 impl Default for Compare {
     fn default() -> Compare {
-        Compare {
-            mtime: true,
-            mtime_ns: true,
-            dir_mtime: true,
-            owner: true,
-            xattrs: true,
-        }
+        Compare::ALL
     }
 }
 
@@ -848,6 +1030,37 @@ mod summary_tests {
             "x: 1/2 files (0.0% non-contiguous), 3/4 blocks, extra"
         ));
     }
+}
+
+/// The value of the environment variable `name` parsed as a `T` (a case count, a size), or
+/// `default` when it is unset or does not parse.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A temporary directory in memory (`/dev/shm`) when there is one, else in `/tmp`: for big
+/// scratch images and benches whose device should not be a disk.
+pub fn shm_temp_dir(prefix: &str) -> tempfile::TempDir {
+    let base = if Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .unwrap_or_else(|e| panic!("cannot create a temporary directory in {base}: {e}"))
+}
+
+/// The median of some timings (the upper one of the middle two for an even count); panics on
+/// none.
+pub fn median(times: &[std::time::Duration]) -> std::time::Duration {
+    let mut v = times.to_vec();
+    v.sort();
+    v[v.len() / 2]
 }
 
 /// A temporary directory for the rest of the test process (fixtures kept in statics, which are

@@ -18,12 +18,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
+use ext4kit_testkit::{env_or, is_root, median, shm_temp_dir};
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 
 fn timed(cmd: &mut Command) -> Duration {
     let t = Instant::now();
@@ -56,24 +53,11 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let mb: u64 = std::env::var("EXT4KIT_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let root = rustix::process::geteuid().is_root();
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("ext4kit-bench-")
-        .tempdir_in(base)
-        .unwrap();
+    let mb: u64 = env_or("EXT4KIT_BENCH_MB", 1024);
+    let runs: usize = env_or("EXT4KIT_BENCH_RUNS", 5);
+    let root = is_root();
+    let dir = shm_temp_dir("ext4kit-bench-");
+    let base = dir.path().parent().unwrap().display().to_string();
     if std::env::var("EXT4KIT_BENCH_ONLY").is_ok_and(|v| v == "tree") {
         fs::create_dir(dir.path().join("mnt")).unwrap();
         tree_part(dir.path(), runs, root);
@@ -152,7 +136,7 @@ fn main() {
             kern.push(c);
         }
     }
-    let (a, b) = (median(&mut ours), median(&mut dbg));
+    let (a, b) = (median(&ours), median(&dbg));
     println!(
         "median: ext4kit cat {:.0} MB/s ({:.3} s), debugfs dump {:.0} MB/s ({:.3} s)",
         rate(a),
@@ -165,7 +149,7 @@ fn main() {
         b.as_secs_f64() / a.as_secs_f64()
     );
     if !kern.is_empty() {
-        let c = median(&mut kern);
+        let c = median(&kern);
         println!(
             "median: kernel loop-mount cat (caches dropped) {:.0} MB/s ({:.3} s); ratio {:.2}x",
             rate(c),
@@ -259,7 +243,7 @@ fn tree_part(dir: &Path, runs: usize, root: bool) {
         dbg.push(b);
         kern.extend(c);
     }
-    let (a, b) = (median(&mut ours), median(&mut dbg));
+    let (a, b) = (median(&ours), median(&dbg));
     let mut line = format!(
         "median tree: ext4kit cp -r {:.3} s, debugfs rdump {:.3} s, ratio {:.2}x",
         a.as_secs_f64(),
@@ -267,7 +251,7 @@ fn tree_part(dir: &Path, runs: usize, root: bool) {
         b.as_secs_f64() / a.as_secs_f64()
     );
     if !kern.is_empty() {
-        let c = median(&mut kern);
+        let c = median(&kern);
         line += &format!(
             "; kernel cp -a (caches dropped) {:.3} s, ratio {:.2}x",
             c.as_secs_f64(),

@@ -26,13 +26,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
+use ext4kit_testkit::Mke2fs;
 
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
+use ext4kit_testkit::{env_or, is_root, median, shm_temp_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
 
 fn run(cmd: &mut Command) {
     let st = cmd
@@ -75,10 +73,7 @@ fn sh(script: &str) -> Command {
 
 fn mkfs(img: &Path, size: &str) {
     let _ = fs::remove_file(img);
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096"])
-        .arg(img)
-        .arg(size));
+    run(&mut Mke2fs::new(img).block_size(4096).fs_size(size).command());
 }
 
 /// Time of: `fuse2fs -f -o fakeroot IMG MNT` started, `script` run once the mount is up,
@@ -157,22 +152,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs: usize = std::env::var("EXT4KIT_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = env_or("EXT4KIT_BENCH_RUNS", 5);
     let only = std::env::var("EXT4KIT_BENCH_ONLY").unwrap_or_default();
     let want = |p: &str| only.is_empty() || only == p;
-    let root = rustix::process::geteuid().is_root();
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("ext4kit-wbench-")
-        .tempdir_in(base)
-        .unwrap();
+    let root = is_root();
+    let dir = shm_temp_dir("ext4kit-wbench-");
+    let base = dir.path().parent().unwrap().display().to_string();
     let d = dir.path();
     let mnt = d.join("mnt");
     fs::create_dir(&mnt).unwrap();
@@ -245,11 +230,11 @@ fn main() {
             );
             let _ = fs::remove_file(&their_img);
             let b = timed(
-                Command::new("mke2fs")
-                    .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-d"])
-                    .arg(&tree)
-                    .arg(&their_img)
-                    .arg("512M"),
+                &mut Mke2fs::new(&their_img)
+                    .block_size(4096)
+                    .tree(&tree)
+                    .fs_size("512M")
+                    .command(),
             );
             if r == 0 {
                 for img in [&ours_img, &their_img] {
@@ -335,19 +320,12 @@ fn main() {
             );
             let _ = fs::remove_file(&their_img);
             let b = timed(
-                Command::new("mkfs.ext4")
-                    .args([
-                        "-q",
-                        "-F",
-                        "-b",
-                        "4096",
-                        "-O",
-                        "^resize_inode",
-                        "-E",
-                        "lazy_itable_init=1,nodiscard",
-                    ])
-                    .arg(&their_img)
-                    .arg("1T"),
+                &mut Mke2fs::new(&their_img)
+                    .block_size(4096)
+                    .features("^resize_inode")
+                    .extended("lazy_itable_init=1,nodiscard")
+                    .fs_size("1T")
+                    .command(),
             );
             if r == 0 {
                 run(Command::new("e2fsck").args(["-fn"]).arg(&ours_img));
@@ -372,11 +350,12 @@ fn main() {
         );
         let _ = fs::remove_file(&their_img);
         let (tb, b) = peak_rss(
-            Command::new("mke2fs")
-                .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-N", "70000", "-d"])
-                .arg(&many)
-                .arg(&their_img)
-                .arg("700M"),
+            &mut Mke2fs::new(&their_img)
+                .block_size(4096)
+                .inodes(70_000)
+                .tree(&many)
+                .fs_size("700M")
+                .command(),
         );
         run(Command::new("e2fsck").args(["-fn"]).arg(&ours_img));
         println!(

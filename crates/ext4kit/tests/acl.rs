@@ -10,35 +10,20 @@ use std::path::Path;
 use std::process::Command;
 
 use ext4kit_testkit::{
-    Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, run, run_ok,
-    snapshot,
+    Compare, LoopMount, Mke2fs, assert_e2fsck_clean, debugfs, diff_trees, ext4kit_cli, mke2fs_d,
+    path_str as s, require_kernel, run, run_ok, snapshot,
 };
 
 /// The named user and group of the ACLs, and a user they do not name.
 const NAMED_UID: &str = "1234";
 const OTHER_UID: &str = "999";
 
-fn ext4kit(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
+/// Exits 0 with nothing on stderr; returns stdout.
 fn ok(args: &[&str]) -> String {
-    let (code, out, err) = ext4kit(args);
+    let (code, out, err) = ext4kit_cli!().run(args);
     assert_eq!(code, 0, "ext4kit {args:?} failed: {err}");
     assert!(err.is_empty(), "ext4kit {args:?} wrote to stderr: {err}");
     out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn chmod(p: &Path, mode: u32) {
@@ -178,7 +163,7 @@ fn assert_stat_shows_acls(img: &Path, host: &Path, path: &str) {
 
 /// `debugfs ea_list` of a path, the attribute lines sorted.
 fn ea_list(img: &Path, path: &str) -> Vec<String> {
-    let out = run_ok("debugfs", &["-R", &format!("ea_list {path}"), s(img)]);
+    let out = debugfs(img, &format!("ea_list {path}"));
     let mut lines: Vec<String> = out
         .lines()
         .filter(|l| l.starts_with("  "))
@@ -252,12 +237,10 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
     let dir = tempfile::tempdir().unwrap();
     chmod(dir.path(), 0o755);
     for bs in ["1024", "4096"] {
-        let img = dir.path().join(format!("k-{bs}.img"));
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(16 << 20)
-            .unwrap();
-        run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", bs, s(&img)]);
+        let img = Mke2fs::new(dir.path().join(format!("k-{bs}.img")))
+            .block_size(bs.parse().unwrap())
+            .size(16 << 20)
+            .run();
         let m = LoopMount::new(&img, false).unwrap();
         let root = m.path();
         let d = root.join("d");
@@ -290,14 +273,7 @@ fn acls_set_by_the_kernel_come_out_with_cp_p() {
         chmod(&out, 0o755);
         check_acl_view(&format!("cp -r -p out {bs}"), &host, &out, true);
         // The getxattr form our reader gives is the kernel's, byte for byte.
-        let diffs = diff_trees(
-            &snapshot(&host),
-            &snapshot(&out),
-            Compare {
-                dir_mtime: false,
-                ..Compare::default()
-            },
-        );
+        let diffs = diff_trees(&snapshot(&host), &snapshot(&out), Compare::EXCEPT_DIR_MTIME);
         assert!(
             diffs.iter().all(|l| l.starts_with("unexpected: d/new")),
             "{diffs:?}"
@@ -397,10 +373,7 @@ fn every_xattr_namespace_round_trips_through_build_cp_in_cp_out_and_the_kernel()
     every_namespace(&tree, "host");
     let want = snapshot(&tree);
     assert_has_every_namespace(&want, "host");
-    let cmp = Compare {
-        dir_mtime: false,
-        ..Compare::default()
-    };
+    let cmp = Compare::EXCEPT_DIR_MTIME;
     let same = |what: &str, want: &ext4kit_testkit::Tree, got: &Path| {
         let d = diff_trees(want, &snapshot(got), cmp);
         assert!(d.is_empty(), "{what}: {d:#?}");

@@ -18,14 +18,13 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use ext4kit_testkit::{
-    Compare, Kind, LoopMount, Tree, TreeOptions, diff_trees, generate_tree, mke2fs_d,
+    Compare, Kind, LoopMount, Mke2fs, Tree, TreeOptions, debugfs, diff_trees, dumpe2fs_header,
+    ext4kit_cli, field, generate_tree, kernel_snapshot, mke2fs_d, os, process_temp_dir,
     require_kernel, run_ok, snapshot,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
-
 fn ext4kit(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(BIN).args(args).output().expect("run ext4kit")
+    ext4kit_cli!().output(args)
 }
 
 fn ext4kit_ok(args: &[&std::ffi::OsStr]) -> Vec<u8> {
@@ -38,18 +37,8 @@ fn ext4kit_ok(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     out.stdout
 }
 
-fn os(s: &str) -> &std::ffi::OsStr {
-    std::ffi::OsStr::new(s)
-}
-
-/// A temporary directory kept for the whole test process (fixtures live in statics).
-/// A directory removed when the test process exits (fixtures in statics share it).
-fn temp_dir(prefix: &str) -> PathBuf {
-    ext4kit_testkit::process_temp_dir(prefix)
-}
-
 fn make_tree(xattrs: bool) -> (PathBuf, Tree) {
-    let dir = temp_dir("ext4kit-cli-tree-").join("tree");
+    let dir = process_temp_dir("ext4kit-cli-tree-").join("tree");
     fs::create_dir(&dir).unwrap();
     generate_tree(
         &dir,
@@ -85,12 +74,11 @@ fn tree_for(bs: u32) -> &'static (PathBuf, Tree) {
 
 fn mkfs_image(name: &str, fs_type: &str, bs: u32, extra: &[&str], index_dirs: bool) -> PathBuf {
     let (tree, _) = tree_for(bs);
-    let dir = temp_dir("ext4kit-cli-img-");
+    let dir = process_temp_dir("ext4kit-cli-img-");
     let img = dir.join(format!("{name}.img"));
     mke2fs_d(tree, &img, fs_type, bs, 96 << 20, extra);
     if index_dirs {
-        let (code, text) = ext4kit_testkit::run("e2fsck", &[os("-fyD"), img.as_os_str()]);
-        assert!(code == 0 || code == 1, "e2fsck -fyD: {text}");
+        ext4kit_testkit::e2fsck_repair(&img, "-fyD");
     }
     ext4kit_testkit::assert_e2fsck_clean(&img);
     img
@@ -98,7 +86,7 @@ fn mkfs_image(name: &str, fs_type: &str, bs: u32, extra: &[&str], index_dirs: bo
 
 /// `ext4kit cp -r -p [--all-xattrs] IMG:/ OUT`, and the snapshot of OUT.
 fn copy_out(img: &Path, all_xattrs: bool) -> (PathBuf, Tree) {
-    let out = temp_dir("ext4kit-cli-out-").join("out");
+    let out = process_temp_dir("ext4kit-cli-out-").join("out");
     let spec = format!("{}:/", img.display());
     let mut args = vec![os("cp"), os("-r"), os("-p")];
     if all_xattrs {
@@ -197,27 +185,27 @@ fn roundtrip_except(
 }
 
 #[test]
-fn roundtrip_ext4_4k_htree() {
+fn cp_out_of_ext4_4k_htree_image_equals_the_source_tree() {
     roundtrip("ext4-4k-htree", "ext4", 4096, &[], true);
 }
 
 #[test]
-fn roundtrip_ext4_4k_linear() {
+fn cp_out_of_ext4_4k_linear_dir_image_equals_the_source_tree() {
     roundtrip("ext4-4k-linear", "ext4", 4096, &[], false);
 }
 
 #[test]
-fn roundtrip_ext4_2k() {
+fn cp_out_of_ext4_2k_image_equals_the_source_tree() {
     roundtrip("ext4-2k", "ext4", 2048, &[], true);
 }
 
 #[test]
-fn roundtrip_ext4_1k() {
+fn cp_out_of_ext4_1k_image_equals_the_source_tree() {
     roundtrip("ext4-1k", "ext4", 1024, &[], true);
 }
 
 #[test]
-fn roundtrip_ext4_no_csum_no_64bit() {
+fn cp_out_of_ext4_without_csum_and_64bit_equals_the_source_tree() {
     roundtrip(
         "ext4-nocsum",
         "ext4",
@@ -228,7 +216,7 @@ fn roundtrip_ext4_no_csum_no_64bit() {
 }
 
 #[test]
-fn roundtrip_ext4_inline_data() {
+fn cp_out_of_ext4_inline_data_image_equals_the_source_tree() {
     // mke2fs 1.47.0 -d with inline_data records sparse/hole-end (7000 bytes then a 5 MiB hole)
     // with i_size 8192: the image, and debugfs, say 8192.
     roundtrip_except(
@@ -242,7 +230,7 @@ fn roundtrip_ext4_inline_data() {
 }
 
 #[test]
-fn roundtrip_ext4_meta_bg() {
+fn cp_out_of_ext4_meta_bg_image_equals_the_source_tree() {
     roundtrip(
         "ext4-metabg",
         "ext4",
@@ -253,38 +241,24 @@ fn roundtrip_ext4_meta_bg() {
 }
 
 #[test]
-fn roundtrip_ext2() {
+fn cp_out_of_ext2_image_equals_the_source_tree() {
     roundtrip("ext2", "ext2", 1024, &[], true);
 }
 
 #[test]
-fn roundtrip_ext3() {
+fn cp_out_of_ext3_image_equals_the_source_tree() {
     roundtrip("ext3", "ext3", 4096, &[], true);
 }
 
 /// Writes through a kernel mount: the generated tree plus fragmented files (interleaved
 /// appends, each synced), so extent trees reach depth ≥ 1 with more than 4 extents.
 fn kernel_image(dir: &Path) -> (PathBuf, LoopMount) {
-    let img = dir.join("kernel.img");
-    let f = fs::File::create(&img).unwrap();
-    f.set_len(128 << 20).unwrap();
-    drop(f);
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-O",
-            "inline_data",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            img.to_str().unwrap(),
-        ],
-    );
+    let img = Mke2fs::new(dir.join("kernel.img"))
+        .block_size(4096)
+        .size(128 << 20)
+        .features("inline_data")
+        .no_lazy_init()
+        .run();
     let m = LoopMount::new(&img, false).unwrap();
     let (tree, _) = source_tree();
     run_ok(
@@ -315,10 +289,7 @@ fn kernel_image(dir: &Path) -> (PathBuf, LoopMount) {
 
 /// Number of extents and the tree depth of `path`, from `debugfs -R "ex PATH"`.
 fn debugfs_extents(img: &Path, path: &str) -> (usize, usize) {
-    let out = run_ok(
-        "debugfs",
-        &["-R", &format!("ex {path}"), img.to_str().unwrap()],
-    );
+    let out = debugfs(img, &format!("ex {path}"));
     let mut leaves = 0;
     let mut depth = 0;
     for l in out.lines().skip(1) {
@@ -349,11 +320,13 @@ fn debugfs_extents(img: &Path, path: &str) -> (usize, usize) {
 }
 
 #[test]
-fn roundtrip_kernel_written_fragmented() {
-    if !require_kernel("roundtrip_kernel_written_fragmented") {
+fn cp_out_of_a_fragmented_kernel_written_image_equals_the_tree_and_stat_extents() {
+    if !require_kernel(
+        "cp_out_of_a_fragmented_kernel_written_image_equals_the_tree_and_stat_extents",
+    ) {
         return;
     }
-    let dir = temp_dir("ext4kit-cli-kernel-");
+    let dir = process_temp_dir("ext4kit-cli-kernel-");
     let (img, m) = kernel_image(&dir);
     let want = snapshot(m.path());
     m.unmount().unwrap();
@@ -381,25 +354,12 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     if !require_kernel("journal_needing_recovery_is_replayed_in_memory") {
         return;
     }
-    let dir = temp_dir("ext4kit-cli-journal-");
-    let img = dir.join("j.img");
-    let f = fs::File::create(&img).unwrap();
-    f.set_len(64 << 20).unwrap();
-    drop(f);
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            img.to_str().unwrap(),
-        ],
-    );
+    let dir = process_temp_dir("ext4kit-cli-journal-");
+    let img = Mke2fs::new(dir.join("j.img"))
+        .block_size(4096)
+        .size(64 << 20)
+        .no_lazy_init()
+        .run();
     let m = LoopMount::new(&img, false).unwrap();
     let p = m.path();
     fs::create_dir(p.join("before")).unwrap();
@@ -431,7 +391,7 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     );
     let before = fs::read(&copy).unwrap();
     // cp replays in memory and says so on stderr.
-    let out = temp_dir("ext4kit-cli-jout-").join("out");
+    let out = process_temp_dir("ext4kit-cli-jout-").join("out");
     let o = ext4kit(&[
         os("cp"),
         os("-r"),
@@ -503,9 +463,7 @@ fn journal_needing_recovery_is_replayed_in_memory() {
     ext4kit_testkit::assert_e2fsck_clean(&copy);
     let hdr = run_ok("dumpe2fs", &["-h", copy.to_str().unwrap()]);
     assert!(!hdr.contains("needs_recovery"), "{hdr}");
-    let m = LoopMount::new(&copy, true).unwrap();
-    let mut got = snapshot(m.path());
-    m.unmount().unwrap();
+    let mut got = kernel_snapshot(&copy);
     let made = got
         .remove(b"made-after-replay".as_slice())
         .expect("the new directory");
@@ -529,18 +487,10 @@ fn shared_image() -> Option<&'static PathBuf> {
     .as_ref()
 }
 
-fn dumpe2fs_h(img: &Path) -> BTreeMap<String, String> {
-    run_ok("dumpe2fs", &["-h", img.to_str().unwrap()])
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
-}
-
 #[test]
 fn info_agrees_with_dumpe2fs() {
     let Some(img) = shared_image() else { return };
-    let want = dumpe2fs_h(img);
+    let want = dumpe2fs_header(img);
     let text = String::from_utf8(ext4kit_ok(&[os("info"), img.as_os_str()])).unwrap();
     let got: BTreeMap<String, String> = text
         .lines()
@@ -693,18 +643,7 @@ fn ls_agrees_with_debugfs() {
 
 /// `debugfs -R "stat PATH"` key numbers.
 fn debugfs_stat(img: &Path, path: &str) -> String {
-    run_ok(
-        "debugfs",
-        &["-R", &format!("stat {path}"), img.to_str().unwrap()],
-    )
-}
-
-fn field<'a>(text: &'a str, key: &str) -> &'a str {
-    let at = text
-        .find(key)
-        .unwrap_or_else(|| panic!("{key} missing in {text}"))
-        + key.len();
-    text[at..].split_whitespace().next().unwrap()
+    debugfs(img, &format!("stat {path}"))
 }
 
 #[test]
@@ -807,7 +746,7 @@ fn errors_are_one_line_with_nonzero_exit() {
         &[os("stat"), os(&i("/files/nope"))],
         "no such file or directory",
     );
-    let out = temp_dir("ext4kit-cli-err-");
+    let out = process_temp_dir("ext4kit-cli-err-");
     assert_fails(
         &[os("cp"), os(&i("/files")), out.join("x").as_os_str()],
         "omitting directory",
@@ -833,7 +772,7 @@ fn errors_are_one_line_with_nonzero_exit() {
 fn cp_single_files_and_into_directories() {
     let Some(img) = shared_image() else { return };
     let (tree, _) = source_tree();
-    let out = temp_dir("ext4kit-cli-cp-");
+    let out = process_temp_dir("ext4kit-cli-cp-");
     let i = |p: &str| format!("{}:{p}", img.display());
     ext4kit_ok(&[
         os("cp"),
@@ -924,7 +863,7 @@ fn cp_never_writes_outside_dest() {
     if !require_kernel("cp_never_writes_outside_dest") {
         return;
     }
-    let dir = temp_dir("ext4kit-cli-evil-");
+    let dir = process_temp_dir("ext4kit-cli-evil-");
     let victim = dir.join("victim");
     fs::create_dir(&victim).unwrap();
     let tree = dir.join("tree");

@@ -12,7 +12,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use ext4kit_testkit::{
-    Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, snapshot,
+    Compare, assert_e2fsck_clean, diff_trees, ext4kit_cli, kernel_snapshot, mke2fs_d,
+    require_kernel, snapshot,
 };
 
 /// One case: the coreutils command and its operands, and the ext4kit command when it is not
@@ -300,11 +301,6 @@ fn map(arg: &str, host_root: &Path, src: &Path, img: &Path, ours: bool) -> Strin
     }
 }
 
-/// The binary under test (`EXT4KIT_BIN` runs the comparison against another build).
-fn bin() -> std::ffi::OsString {
-    std::env::var_os("EXT4KIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ext4kit").into())
-}
-
 fn status(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
@@ -313,7 +309,8 @@ fn status(o: &Output) -> i32 {
 fn ours_now(img: &Path, scratch: &Path) -> ext4kit_testkit::Tree {
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir(scratch).unwrap();
-    let o = Command::new(bin())
+    let o = ext4kit_cli!()
+        .command()
         .args(["cp", "-r", "-p"])
         .arg(format!("{}:/", img.display()))
         .arg(scratch)
@@ -381,7 +378,8 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
                 .current_dir(&host)
                 .output()
                 .unwrap();
-            let o = Command::new(bin()).args(&ours_args).output().unwrap();
+            // The binary under test (`EXT4KIT_BIN` runs the comparison against another build).
+            let o = ext4kit_cli!().output(&ours_args);
             let shown = format!("#{n} {}", case.host.join(" "));
             let herr = String::from_utf8_lossy(&h.stderr).replace(&host.display().to_string(), "");
             let oerr =
@@ -431,9 +429,7 @@ fn every_verb_gives_what_coreutils_gives_on_a_host_copy() {
             problems.push(format!("copied out: {d}"));
         }
         assert_e2fsck_clean(&img);
-        let m = LoopMount::new(&img, true).unwrap();
-        let kernel = snapshot(m.path());
-        m.unmount().unwrap();
+        let kernel = kernel_snapshot(&img);
         let cmp = Compare {
             xattrs: true,
             ..CMP

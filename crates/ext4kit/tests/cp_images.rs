@@ -6,23 +6,16 @@
 use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use ext4kit_testkit::{
-    Compare, LoopMount, assert_e2fsck_clean, diff_trees, mke2fs_d, require_kernel, run_ok, snapshot,
+    Compare, Mke2fs, assert_e2fsck_clean, diff_trees, ext4kit_cli, kernel_snapshot, mke2fs_d,
+    path_str as s, require_kernel, snapshot,
 };
-
-fn bin() -> std::ffi::OsString {
-    std::env::var_os("EXT4KIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ext4kit").into())
-}
 
 /// Runs ext4kit in `cwd`.
 fn ext4kit_in(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
+    ext4kit_cli!().output_in(Some(cwd), args, None)
 }
 
 fn ok_in(cwd: &Path, args: &[&str]) -> Output {
@@ -35,25 +28,11 @@ fn ok_in(cwd: &Path, args: &[&str]) -> Output {
     o
 }
 
-/// Fails with exactly one `ext4kit: ...` line on stderr; returns it.
+/// Fails with exactly one `ext4kit: ...` line on stderr, not an OS error's text; returns it.
 fn fails_in(cwd: &Path, args: &[&str]) -> String {
-    let o = ext4kit_in(cwd, args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "ext4kit {args:?} should fail");
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "ext4kit {args:?}: one error line expected: {err:?}"
-    );
-    assert!(
-        err.starts_with("ext4kit: ") && !err.contains("os error"),
-        "ext4kit {args:?}: {err:?}"
-    );
+    let err = ext4kit_cli!().failure_line(&ext4kit_in(cwd, args), args);
+    assert!(!err.contains("os error"), "ext4kit {args:?}: {err:?}");
     err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
@@ -104,30 +83,12 @@ fn make_tree(root: &Path) {
     .unwrap();
 }
 
-fn kernel_tree(img: &Path) -> ext4kit_testkit::Tree {
-    let m = LoopMount::new(img, true).unwrap();
-    let t = snapshot(m.path());
-    m.unmount().unwrap();
-    t
-}
-
 fn empty_image(img: &Path, bs: u32) {
-    std::fs::File::create(img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            &bs.to_string(),
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            s(img),
-        ],
-    );
+    Mke2fs::new(img)
+        .block_size(bs)
+        .size(32 << 20)
+        .no_lazy_init()
+        .run();
 }
 
 #[test]
@@ -151,11 +112,8 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
         &cwd,
         &["cp", "-r", "-p", &format!("{i1}:/"), &format!("{i2}:/")],
     );
-    let full = Compare {
-        dir_mtime: false,
-        ..Compare::default()
-    };
-    let d = diff_trees(&kernel_tree(&one), &kernel_tree(&two), full);
+    let full = Compare::EXCEPT_DIR_MTIME;
+    let d = diff_trees(&kernel_snapshot(&one), &kernel_snapshot(&two), full);
     assert!(
         d.is_empty(),
         "image-to-image copy differs:\n{}",
@@ -184,7 +142,8 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
         &["cp", "-r", &format!("{i1}:/apt"), &format!("{i2}:/apt2/")],
     );
     // Standard input and output.
-    let mut child = Command::new(bin())
+    let mut child = ext4kit_cli!()
+        .command()
         .args(["cp", "-", &format!("{i2}:/stdin")])
         .stdin(Stdio::piped())
         .spawn()
@@ -232,11 +191,11 @@ fn cp_between_images_keeps_everything_and_never_creates_img_paths_on_the_host() 
             ],
         );
     }
-    let d = diff_trees(&kernel_tree(&one), &snapshot(&again), full);
+    let d = diff_trees(&kernel_snapshot(&one), &snapshot(&again), full);
     assert!(d.is_empty(), "second copy out differs:\n{}", d.join("\n"));
     assert_e2fsck_clean(&one);
     assert_e2fsck_clean(&two);
-    let got = kernel_tree(&two);
+    let got = kernel_snapshot(&two);
     let file = |p: &str| match &got
         .get(p.as_bytes())
         .unwrap_or_else(|| panic!("{p} missing"))
@@ -356,7 +315,7 @@ fn error_lines_name_the_path_once_in_one_line() {
             && String::from_utf8_lossy(&o.stderr).contains("not copied into itself")
     );
     assert_e2fsck_clean(&held);
-    let t = kernel_tree(&held);
+    let t = kernel_snapshot(&held);
     assert!(
         t.contains_key(&b"note"[..]) && !t.contains_key(&b"h.img"[..]),
         "{:?}",

@@ -25,13 +25,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ext4kit_testkit::{
-    Entry, Kind, LoopMount, Tree, e2fsck_clean, mke2fs_d, pattern, require_kernel, run, snapshot,
+    Entry, Kind, LoopMount, Tree, assert_clean_after_repair, e2fsck_clean, mke2fs_d, pattern,
+    require_kernel, require_tools, run, snapshot,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
@@ -43,20 +44,7 @@ const TRACED: &str = "pwrite64,pwritev,pwritev2,write,writev,fdatasync,fsync,cop
 const SPREAD: u64 = 14;
 
 fn require_strace(test: &str) -> bool {
-    if !require_kernel(test) {
-        return false;
-    }
-    let ok = Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok && std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
-        panic!("{test}: EXT4KIT_REQUIRE_KERNEL=1 but strace is missing");
-    }
-    if !ok {
-        eprintln!("note: {test}: strace unavailable; skipping");
-    }
-    ok
+    require_kernel(test) && require_tools(test, &["strace"])
 }
 
 /// `args` with every `@` replaced by `img` and every `@:` prefix by `img:`.
@@ -172,9 +160,7 @@ fn judge_image(dir: &Path, img: &Path, what: &str) -> Tree {
     }
     let fimg = dir.join("fsck.img");
     std::fs::copy(img, &fimg).unwrap();
-    let (code, text) = run("e2fsck", &[OsStr::new("-fy"), fimg.as_os_str()]);
-    assert!(code <= 1, "{what}: e2fsck -fy exited {code}:\n{text}");
-    e2fsck_clean(&fimg).unwrap_or_else(|e| panic!("{what}: after e2fsck -fy ({text}): {e}"));
+    assert_clean_after_repair(&fimg, what);
     std::fs::remove_file(&fimg).unwrap();
     let kimg = dir.join("kernel.img");
     std::fs::copy(img, &kimg).unwrap();

@@ -5,48 +5,22 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, mke2fs_d, pattern, require_kernel, run_ok};
-
-fn bin() -> std::ffi::OsString {
-    std::env::var_os("EXT4KIT_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ext4kit").into())
-}
+use ext4kit_testkit::{
+    LoopMount, assert_e2fsck_clean, dumpe2fs_header, ext4kit_cli, mke2fs_d, path_str as s, pattern,
+    require_kernel,
+};
 
 fn ext4kit(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut c = Command::new(bin());
-    c.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    if let Some(data) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        // The command may stop reading when the image is full: a broken pipe is expected.
-        let _ = pipe.write_all(data);
-    }
-    child.wait_with_output().unwrap()
+    ext4kit_cli!().output_in(None, args, stdin)
 }
 
 /// Runs a command that must fail with exactly one `ext4kit: ...` line; returns it.
 fn fails(args: &[&str], stdin: Option<&[u8]>) -> String {
-    let o = ext4kit(args, stdin);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "ext4kit {args:?} should fail");
-    assert_eq!(err.lines().count(), 1, "one error line expected: {err:?}");
-    assert!(err.starts_with("ext4kit: "), "{err:?}");
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    ext4kit_cli!().failure_line(&ext4kit(args, stdin), args)
 }
 
 /// Sets the mtime of `p` to `secs` (mke2fs -d keeps whole seconds) so an untouched file is
@@ -189,15 +163,7 @@ fn running_out_of_inodes_keeps_the_files_copied_and_says_so() {
     for i in 0..20u64 {
         fs::write(src.join(format!("s{i:02}")), pattern(i, 3000)).unwrap();
     }
-    let free_inodes = {
-        let out = run_ok("dumpe2fs", &["-h", s(&img)]);
-        out.lines()
-            .find_map(|l| l.strip_prefix("Free inodes:"))
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let free_inodes = dumpe2fs_header(&img)["Free inodes"].parse::<u64>().unwrap();
     assert!(free_inodes > 0 && free_inodes < 20, "{free_inodes}");
     let err = fails(
         &[
@@ -277,15 +243,7 @@ fn a_stream_that_does_not_fit_is_removed_and_the_image_stays_clean() {
     }
     let dir = tempfile::tempdir().unwrap();
     let img = image_with_old_files(dir.path(), 4096, 8 << 20, &[]);
-    let before_free = {
-        let out = run_ok("dumpe2fs", &["-h", s(&img)]);
-        out.lines()
-            .find_map(|l| l.strip_prefix("Free blocks:"))
-            .unwrap()
-            .trim()
-            .parse::<u64>()
-            .unwrap()
-    };
+    let before_free = dumpe2fs_header(&img)["Free blocks"].parse::<u64>().unwrap();
     let err = fails(
         &["cp", "-", &format!("{}:/stream", s(&img))],
         Some(&pattern(9, 12 << 20)),
@@ -298,14 +256,7 @@ fn a_stream_that_does_not_fit_is_removed_and_the_image_stays_clean() {
         "{err:?}"
     );
     assert_e2fsck_clean(&img);
-    let out = run_ok("dumpe2fs", &["-h", s(&img)]);
-    let after_free: u64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Free blocks:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let after_free: u64 = dumpe2fs_header(&img)["Free blocks"].parse().unwrap();
     assert_eq!(
         after_free, before_free,
         "the partial copy's blocks came back"

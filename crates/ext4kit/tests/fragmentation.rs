@@ -15,14 +15,14 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, require_kernel, run_ok};
+use ext4kit_testkit::{
+    LoopMount, Mke2fs, assert_e2fsck_clean, debugfs, env_or, ext4kit_cli, pattern, require_kernel,
+    run_ok, shm_temp_dir,
+};
 
 /// Leaf extents of `path` in `img`, as debugfs lists them.
 fn leaf_extents(img: &Path, path: &str) -> usize {
-    let out = run_ok(
-        "debugfs",
-        &["-R", &format!("ex {path}"), img.to_str().unwrap()],
-    );
+    let out = debugfs(img, &format!("ex {path}"));
     let mut leaves = 0;
     for line in out.lines().skip_while(|l| !l.starts_with("Level")).skip(1) {
         // " 1/ 1   3/ 10  ..." — level/depth, entry/count.
@@ -36,6 +36,15 @@ fn leaf_extents(img: &Path, path: &str) -> usize {
     }
     assert!(leaves > 0, "no extents listed for {path}: {out}");
     leaves
+}
+
+/// A fresh image of `size` (an mke2fs size) at block size `bs`, root owned by root.
+fn mkfs(img: &Path, bs: &str, size: &str) {
+    Mke2fs::new(img)
+        .block_size(bs.parse().unwrap())
+        .extended("root_owner=0:0")
+        .fs_size(size)
+        .run();
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -53,16 +62,8 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
     if !require_kernel("one_gib_copy_has_no_more_extents_than_the_kernel_gives") {
         return;
     }
-    let mb: usize = std::env::var("EXT4KIT_FRAG_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let base = if Path::new("/dev/shm").is_dir() {
-        "/dev/shm"
-    } else {
-        "/tmp"
-    };
-    let dir = tempfile::tempdir_in(base).unwrap();
+    let mb: usize = env_or("EXT4KIT_FRAG_MB", 1024);
+    let dir = shm_temp_dir("ext4kit-frag-");
     let src = dir.path().join("big");
     {
         let mut f = std::fs::File::create(&src).unwrap();
@@ -74,21 +75,10 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
     for bs in ["1024", "2048", "4096"] {
         let ours = dir.path().join(format!("ours{bs}.img"));
         let kern = dir.path().join(format!("kernel{bs}.img"));
-        run_ok(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-b",
-                bs,
-                "-E",
-                "root_owner=0:0",
-                ours.to_str().unwrap(),
-                &size,
-            ],
-        );
+        mkfs(&ours, bs, &size);
 
-        let st = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+        let st = ext4kit_cli!()
+            .command()
             .args([
                 "cp",
                 src.to_str().unwrap(),
@@ -102,19 +92,7 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
         // The kernel's copy into a fresh image of the same layout (mkfs.ext4 with the same
         // options; only UUID and times differ). Its count moves a little between runs.
         let kernel_copy = || {
-            run_ok(
-                "mkfs.ext4",
-                &[
-                    "-q",
-                    "-F",
-                    "-b",
-                    bs,
-                    "-E",
-                    "root_owner=0:0",
-                    kern.to_str().unwrap(),
-                    &size,
-                ],
-            );
+            mkfs(&kern, bs, &size);
             let m = LoopMount::new(&kern, false).unwrap();
             std::fs::copy(&src, m.path().join("big")).unwrap();
             run_ok("sync", &[]);
@@ -125,23 +103,12 @@ fn one_gib_copy_has_no_more_extents_than_the_kernel_gives() {
 
         // The page cache path: a second fresh image, an empty file, then the copy over it.
         let cached = dir.path().join(format!("cached{bs}.img"));
-        run_ok(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-b",
-                bs,
-                "-E",
-                "root_owner=0:0",
-                cached.to_str().unwrap(),
-                &size,
-            ],
-        );
+        mkfs(&cached, bs, &size);
         let empty = dir.path().join("empty");
         std::fs::write(&empty, b"").unwrap();
         for from in [&empty, &src] {
-            let st = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+            let st = ext4kit_cli!()
+                .command()
                 .args([
                     "cp",
                     from.to_str().unwrap(),

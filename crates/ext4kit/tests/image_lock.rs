@@ -7,10 +7,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use ext4kit_testkit::{LoopDevice, LoopMount, assert_e2fsck_clean, require_kernel, run_ok};
+use ext4kit_testkit::{
+    LoopDevice, LoopMount, Mke2fs, assert_e2fsck_clean, ext4kit_cli, require_kernel,
+};
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+    ext4kit_cli!().command()
 }
 
 fn spawn(args: &[&str]) -> Child {
@@ -47,22 +49,7 @@ fn ls(img: &Path) -> Vec<String> {
 }
 
 fn mkfs(img: &Path) {
-    std::fs::File::create(img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            img.to_str().unwrap(),
-        ],
-    );
+    Mke2fs::new(img).block_size(4096).size(32 << 20).run();
 }
 
 fn image_bytes(img: &Path) -> Vec<u8> {

@@ -7,64 +7,27 @@ use std::path::Path;
 use std::process::Command;
 
 use ext4kit_testkit::{
-    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, generate_tree,
-    require_kernel, run_ok, snapshot,
+    Compare, LoopMount, Mke2fs, TreeOptions, assert_e2fsck_clean, copy_in_through_kernel,
+    diff_trees, ext4kit_cli, kernel_snapshot, new_tree, path_str as s, require_kernel, snapshot,
 };
 
-fn ext4kit(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn ok(args: &[&str]) -> String {
-    let (code, out, err) = ext4kit(args);
-    assert_eq!(code, 0, "ext4kit {args:?} failed: {err}");
-    out
+    ext4kit_cli!().ok(args)
 }
 
+/// Fails with one `ext4kit: ...` line on stderr; returns it.
 fn fails(args: &[&str]) -> String {
-    let (code, _, err) = ext4kit(args);
-    assert_ne!(code, 0, "ext4kit {args:?} should fail");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one-line error expected, got {err:?}"
-    );
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    ext4kit_cli!().fails(args)
 }
 
 /// An image of `size_mb` MiB (`mkfs.ext4 -b bs`) with `tree` copied in by the kernel.
 fn kernel_image(img: &Path, bs: u32, size_mb: u64, tree: &Path) {
-    std::fs::File::create(img)
-        .unwrap()
-        .set_len(size_mb << 20)
-        .unwrap();
-    run_ok(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-b",
-            &bs.to_string(),
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            s(img),
-        ],
-    );
-    let m = LoopMount::new(img, false).unwrap();
-    run_ok("cp", &["-a", &format!("{}/.", s(tree)), s(m.path())]);
-    m.unmount().unwrap();
+    Mke2fs::new(img)
+        .block_size(bs)
+        .size(size_mb << 20)
+        .no_lazy_init()
+        .run();
+    copy_in_through_kernel(img, tree);
 }
 
 /// Runs a coreutils command in `dir`.
@@ -111,17 +74,7 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
     }
     for bs in [1024u32, 4096] {
         let dir = tempfile::tempdir().unwrap();
-        let h = dir.path().join("host");
-        std::fs::create_dir(&h).unwrap();
-        generate_tree(
-            &h,
-            5,
-            &TreeOptions {
-                big_dir_entries: 600,
-                depth: 12,
-                ..TreeOptions::default()
-            },
-        );
+        let h = new_tree(&dir.path().join("host"), 5, &TreeOptions::sized(600, 12));
         let img = dir.path().join("k.img");
         kernel_image(&img, bs, 64, &h);
         let i = s(&img);
@@ -195,17 +148,8 @@ fn rm_mv_ln_on_kernel_written_images_equal_coreutils_on_a_host_copy() {
             copy_symlink_mtime(&img, &h, l);
         }
         assert_e2fsck_clean(&img);
-        let m = LoopMount::new(&img, true).unwrap();
-        let got = snapshot(m.path());
-        m.unmount().unwrap();
-        let d = diff_trees(
-            &snapshot(&h),
-            &got,
-            Compare {
-                dir_mtime: false,
-                ..Compare::default()
-            },
-        );
+        let got = kernel_snapshot(&img);
+        let d = diff_trees(&snapshot(&h), &got, Compare::EXCEPT_DIR_MTIME);
         assert!(
             d.is_empty(),
             "{bs}: kernel view differs from coreutils on the host:\n{}",
@@ -220,17 +164,7 @@ fn refusals_are_one_line_errors_and_leave_the_image_clean() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let h = dir.path().join("host");
-    std::fs::create_dir(&h).unwrap();
-    generate_tree(
-        &h,
-        6,
-        &TreeOptions {
-            big_dir_entries: 20,
-            depth: 4,
-            ..TreeOptions::default()
-        },
-    );
+    let h = new_tree(&dir.path().join("host"), 6, &TreeOptions::sized(20, 4));
     let img = dir.path().join("r.img");
     kernel_image(&img, 4096, 32, &h);
     let other = dir.path().join("other.img");

@@ -12,18 +12,15 @@ use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-use ext4kit_testkit::{Compare, diff_trees, mke2fs_d, require_kernel, run, run_ok, snapshot};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ext4kit");
+use ext4kit_testkit::{
+    Compare, Mke2fs, debugfs, diff_trees, ext4kit_cli, mke2fs_d, os, require_kernel, run, run_ok,
+    snapshot,
+};
 
 fn ext4kit(args: &[&OsStr]) -> Output {
-    Command::new(BIN).args(args).output().expect("run ext4kit")
-}
-
-fn os<S: AsRef<OsStr> + ?Sized>(s: &S) -> &OsStr {
-    s.as_ref()
+    ext4kit_cli!().output(args)
 }
 
 fn stderr(o: &Output) -> String {
@@ -349,14 +346,7 @@ fn bad_htree_index_reads_the_directory_block_by_block() {
             // debugfs rdump reads the blocks in order too: the same tree.
             let rd = dir.path().join("rdump");
             fs::create_dir(&rd).unwrap();
-            run_ok(
-                "debugfs",
-                &[
-                    "-R",
-                    &format!("rdump /big {}", rd.display()),
-                    img.to_str().unwrap(),
-                ],
-            );
+            debugfs(&img, &format!("rdump /big {}", rd.display()));
             same_tree(&rd.join("big"), &out.join("big"));
         }
         // ls lists all of it, and a name is found without the index.
@@ -499,24 +489,11 @@ fn a_block_claimed_by_the_bad_blocks_inode_is_never_allocated_though_the_bitmap_
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("bb.img");
-    let f = fs::File::create(&img).unwrap();
-    f.set_len(8 << 20).unwrap();
-    drop(f);
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "1024",
-            "-E",
-            "lazy_itable_init=0",
-            img.to_str().unwrap(),
-        ],
-    );
+    let img = Mke2fs::new(dir.path().join("bb.img"))
+        .block_size(1024)
+        .size(8 << 20)
+        .extended("lazy_itable_init=0")
+        .run();
     // A free block in the middle of the free space, then claimed by inode 1 only.
     let (_, dump) = run("dumpe2fs", &[img.as_os_str()]);
     let range = dump

@@ -4,23 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 
-use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, require_kernel, run, run_ok};
+use ext4kit_testkit::{
+    LoopMount, Mke2fs, assert_e2fsck_clean, ext4kit_cli, path_str as s, require_kernel, run_ok,
+};
 
+/// Runs the CLI: (exit code, stderr).
 fn ext4kit(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    let (code, _, err) = ext4kit_cli!().run(args);
+    (code, err)
 }
 
 /// Names in `dir` that look like our temporary files.
@@ -95,11 +87,8 @@ fn failed_mkfs_and_build_leave_the_existing_image_byte_identical() {
     }
     // The size cases against mke2fs: it refuses them too, leaving the file as it was.
     for size in ["1K", "1Q"] {
-        let (code, _) = run(
-            "mke2fs",
-            &["-q", "-F", "-t", "ext4", "-b", "4096", k, size].map(std::ffi::OsStr::new),
-        );
-        assert_ne!(code, 0);
+        let r = Mke2fs::new(k).block_size(4096).fs_size(size).try_run();
+        assert!(r.is_err(), "mke2fs {size}: {r:?}");
         assert!(
             std::fs::read(&keep).unwrap() == old,
             "mke2fs {size} changed the file"
@@ -186,10 +175,12 @@ fn mkfs_geometry_options_give_the_counts_mkfs_ext4_gives() {
         let (code, err) = ext4kit(&args);
         assert_eq!(code, 0, "ext4kit {args:?}: {err}");
         assert_e2fsck_clean(&a);
-        let mut m = vec!["-q", "-F", "-t", "ext4", "-O", "^resize_inode", "-b", bs];
-        m.extend_from_slice(opts);
-        m.extend_from_slice(&[s(&b), "64M"]);
-        run_ok("mke2fs", &m);
+        Mke2fs::new(&b)
+            .features("^resize_inode")
+            .block_size(bs.parse().unwrap())
+            .extra(opts)
+            .fs_size("64M")
+            .run();
         assert_eq!(
             counts(&a),
             counts(&b),
@@ -242,21 +233,11 @@ fn a_fitted_build_leaves_the_inode_headroom_of_mke2fs_inode_ratio() {
     let size = std::fs::metadata(&img).unwrap().len();
     // The inode count mke2fs gives an empty filesystem of that size (the tree needs fewer).
     let empty = dir.path().join("empty.img");
-    run_ok(
-        "mke2fs",
-        &[
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-O",
-            "^resize_inode",
-            "-b",
-            "1024",
-            s(&empty),
-            &format!("{}k", size / 1024),
-        ],
-    );
+    Mke2fs::new(&empty)
+        .features("^resize_inode")
+        .block_size(1024)
+        .fs_size(&format!("{}k", size / 1024))
+        .run();
     let ic = |p: &Path| {
         counts(p)
             .into_iter()
@@ -278,7 +259,8 @@ fn a_fitted_build_leaves_the_inode_headroom_of_mke2fs_inode_ratio() {
 
 /// Runs the CLI and returns its peak RSS in KiB (from wait4's rusage).
 fn peak_rss_kib(args: &[&str]) -> i64 {
-    let child = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+    let child = ext4kit_cli!()
+        .command()
         .args(args)
         .stdout(std::process::Stdio::null())
         .spawn()

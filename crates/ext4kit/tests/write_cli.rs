@@ -6,43 +6,17 @@ use std::path::Path;
 use std::process::Command;
 
 use ext4kit_testkit::{
-    Compare, LoopMount, TreeOptions, assert_e2fsck_clean, diff_trees, generate_tree,
-    require_kernel, run_ok, snapshot,
+    Compare, LoopMount, Mke2fs, TreeOptions, assert_e2fsck_clean, diff_trees, ext4kit_cli,
+    kernel_snapshot, new_tree, path_str as s, require_kernel, run_ok, snapshot,
 };
 
-fn ext4kit(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn ok(args: &[&str]) -> String {
-    let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    let (code, out, err) = ext4kit(&a);
-    assert_eq!(code, 0, "ext4kit {args:?} failed: {err}");
-    out
+    ext4kit_cli!().ok(args)
 }
 
+/// Fails with one `ext4kit: ...` line on stderr; returns it.
 fn fails(args: &[&str]) -> String {
-    let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-    let (code, _, err) = ext4kit(&a);
-    assert_ne!(code, 0, "ext4kit {args:?} should fail");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "one-line error expected, got {err:?}"
-    );
-    err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    ext4kit_cli!().fails(args)
 }
 
 #[test]
@@ -122,9 +96,7 @@ fn cp_into_images_from_both_mkfs_equals_the_tree_in_the_kernel() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    generate_tree(&src, 3, &TreeOptions::default());
+    let src = new_tree(&dir.path().join("src"), 3, &TreeOptions::default());
     let want = snapshot(&src);
     let tree_dot = format!("{}/.", s(&src));
     for bs in ["1024", "2048", "4096"] {
@@ -133,26 +105,17 @@ fn cp_into_images_from_both_mkfs_equals_the_tree_in_the_kernel() {
             if maker == "ext4kit" {
                 ok(&["mkfs", "-b", bs, s(&img), "128M"]);
             } else {
-                let f = std::fs::File::create(&img).unwrap();
-                f.set_len(128 << 20).unwrap();
-                run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-b", bs, s(&img)]);
+                Mke2fs::new(&img)
+                    .block_size(bs.parse().unwrap())
+                    .size(128 << 20)
+                    .run();
             }
             let root = format!("{}:/", s(&img));
             ok(&["cp", "-r", "-p", &tree_dot, &root]);
             assert_e2fsck_clean(&img);
-            let m = LoopMount::new(&img, true).unwrap();
-            let got = snapshot(m.path());
             // Directory mtimes change as entries are added after -p set them; compare files.
-            let d = diff_trees(
-                &want,
-                &got,
-                Compare {
-                    dir_mtime: false,
-                    ..Compare::default()
-                },
-            );
+            let d = diff_trees(&want, &kernel_snapshot(&img), Compare::EXCEPT_DIR_MTIME);
             assert!(d.is_empty(), "{maker} {bs}: {d:#?}");
-            m.unmount().unwrap();
         }
     }
 }
@@ -198,19 +161,10 @@ fn mkdir_p_and_cp_overwrite_and_errors() {
 #[test]
 fn build_through_the_cli_is_reproducible_and_complete() {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    generate_tree(
-        &src,
-        4,
-        &TreeOptions {
-            big_dir_entries: 400,
-            depth: 6,
-            ..TreeOptions::default()
-        },
-    );
+    let src = new_tree(&dir.path().join("src"), 4, &TreeOptions::sized(400, 6));
     let run = |img: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_ext4kit"))
+        let out = ext4kit_cli!()
+            .command()
             .args([
                 "build",
                 "-b",
@@ -319,7 +273,7 @@ fn copies_in_and_out_show_progress_on_a_terminal_only() {
     }
     // Not a terminal: nothing on stderr.
     let out2 = dir.path().join("out2");
-    let (code, _, err) = ext4kit(&[
+    let (code, _, err) = ext4kit_cli!().run(&[
         std::ffi::OsStr::new("cp"),
         std::ffi::OsStr::new("-r"),
         std::ffi::OsStr::new(&dest),

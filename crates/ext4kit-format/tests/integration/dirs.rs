@@ -164,7 +164,7 @@ fn kernel_inline_data_and_symlinks() {
 }
 
 #[test]
-fn e2fsprogs_symlinks() {
+fn e2fsprogs_fast_and_slow_symlinks_give_their_storage_and_targets() {
     for img in fixtures::all_images() {
         let sb = img.sb();
         let fast = img.inode(img.ino("/fastlink"));

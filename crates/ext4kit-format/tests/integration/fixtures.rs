@@ -11,33 +11,15 @@ use ext4kit_format::extent::{ExtentNode, NodeLocation};
 use ext4kit_format::group_desc::GroupDesc;
 use ext4kit_format::indirect;
 use ext4kit_format::inode::{Inode, InodeFlags};
+use ext4kit_testkit::Mke2fs;
 
-/// `true` when missing tools must fail the test instead of skipping it.
-pub fn required() -> bool {
-    std::env::var("EXT4KIT_REQUIRE_KERNEL").is_ok_and(|v| v == "1")
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Returns `false` (after printing a note) if e2fsprogs is missing and not required.
+/// Returns `false` (after printing a note) if e2fsprogs is missing and not required
+/// (`EXT4KIT_REQUIRE_KERNEL=1` makes it a failure).
 pub fn e2fsprogs_available() -> bool {
-    let ok = ["mke2fs", "debugfs", "dumpe2fs", "e2fsck"]
-        .iter()
-        .all(|t| have(t));
-    if !ok {
-        assert!(
-            !required(),
-            "e2fsprogs (mke2fs, debugfs, dumpe2fs, e2fsck) is required but missing"
-        );
-        eprintln!("note: e2fsprogs missing; skipping image-based test");
-    }
-    ok
+    ext4kit_testkit::require_tools(
+        "image-based test",
+        &["mke2fs", "debugfs", "dumpe2fs", "e2fsck"],
+    )
 }
 
 /// Runs a command, panicking with its output on failure (exit codes in `ok` accepted).
@@ -238,9 +220,9 @@ impl Image {
         data
     }
 
-    /// e2fsck -fn exits 0 on this image.
+    /// Strict `e2fsck -fn` on this image: exit 0 and nothing but the pass and summary lines.
     pub fn fsck_clean(path: &Path) {
-        run(Command::new("e2fsck").arg("-fn").arg(path), &[0]);
+        ext4kit_testkit::assert_e2fsck_clean(path);
     }
 }
 
@@ -307,7 +289,8 @@ fn build_tree(root: &Path, big_dir_entries: usize, chunk: usize) {
 /// How to make an image.
 pub struct Spec {
     pub name: &'static str,
-    pub mkfs_args: &'static [&'static str],
+    /// The mke2fs options (beyond `-E lazy_itable_init=0 -d TREE`).
+    pub mkfs: fn(Mke2fs) -> Mke2fs,
     pub size_mb: u64,
     pub big_dir_entries: usize,
     pub chunk: usize,
@@ -320,21 +303,12 @@ fn make_image(spec: &Spec) -> Image {
     let tree = dir.join("tree");
     build_tree(&tree, spec.big_dir_entries, spec.chunk);
     let img = dir.join(format!("{}.img", spec.name));
-    fs::File::create(&img)
-        .unwrap()
-        .set_len(spec.size_mb << 20)
-        .unwrap();
-    run(
-        Command::new("mke2fs")
-            .args(["-q", "-F"])
-            .args(spec.mkfs_args)
-            .args(["-E", "lazy_itable_init=0", "-d"])
-            .arg(&tree)
-            .arg(&img),
-        &[0],
-    );
+    (spec.mkfs)(Mke2fs::new(&img).size(spec.size_mb << 20))
+        .extended("lazy_itable_init=0")
+        .tree(&tree)
+        .run();
     // Index large directories (mke2fs -d leaves them linear).
-    run(Command::new("e2fsck").arg("-fyD").arg(&img), &[0, 1]);
+    ext4kit_testkit::e2fsck_repair(&img, "-fyD");
     // Extended attributes through e2fsprogs.
     let valfile = dir.join("bigval");
     write(&valfile, &vec![b'V'; spec.big_xattr]);
@@ -371,16 +345,10 @@ fixture!(
     csum4k,
     Spec {
         name: "csum4k",
-        mkfs_args: &[
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-O",
-            "metadata_csum,64bit",
-            "-I",
-            "256"
-        ],
+        mkfs: |m| m
+            .block_size(4096)
+            .features("metadata_csum,64bit")
+            .inode_size(256),
         size_mb: 64,
         big_dir_entries: 600,
         chunk: 4096,
@@ -392,18 +360,11 @@ fixture!(
     csum1k,
     Spec {
         name: "csum1k",
-        mkfs_args: &[
-            "-t",
-            "ext4",
-            "-b",
-            "1024",
-            "-O",
-            "metadata_csum,^64bit",
-            "-I",
-            "256",
-            "-N",
-            "8192"
-        ],
+        mkfs: |m| m
+            .block_size(1024)
+            .features("metadata_csum,^64bit")
+            .inode_size(256)
+            .inodes(8192),
         size_mb: 48,
         big_dir_entries: 6000,
         chunk: 4096,
@@ -415,16 +376,10 @@ fixture!(
     gdtcsum1k,
     Spec {
         name: "gdtcsum1k",
-        mkfs_args: &[
-            "-t",
-            "ext4",
-            "-b",
-            "1024",
-            "-O",
-            "^metadata_csum,^64bit,uninit_bg",
-            "-I",
-            "256"
-        ],
+        mkfs: |m| m
+            .block_size(1024)
+            .features("^metadata_csum,^64bit,uninit_bg")
+            .inode_size(256),
         size_mb: 32,
         big_dir_entries: 300,
         chunk: 4096,
@@ -436,7 +391,7 @@ fixture!(
     ext2_1k,
     Spec {
         name: "ext2",
-        mkfs_args: &["-t", "ext2", "-b", "1024", "-I", "128"],
+        mkfs: |m| m.fs_type("ext2").block_size(1024).inode_size(128),
         size_mb: 24,
         big_dir_entries: 300,
         chunk: 1024,
@@ -448,7 +403,7 @@ fixture!(
     ext3_2k,
     Spec {
         name: "ext3",
-        mkfs_args: &["-t", "ext3", "-b", "2048"],
+        mkfs: |m| m.fs_type("ext3").block_size(2048),
         size_mb: 32,
         big_dir_entries: 300,
         chunk: 2048,
@@ -460,16 +415,10 @@ fixture!(
     meta_bg1k,
     Spec {
         name: "metabg",
-        mkfs_args: &[
-            "-t",
-            "ext4",
-            "-b",
-            "1024",
-            "-O",
-            "meta_bg,^resize_inode,sparse_super2",
-            "-g",
-            "1024"
-        ],
+        mkfs: |m| m
+            .block_size(1024)
+            .features("meta_bg,^resize_inode,sparse_super2")
+            .extra(&["-g", "1024"]),
         size_mb: 40,
         big_dir_entries: 10,
         chunk: 1024,
@@ -505,25 +454,6 @@ pub struct KernelImages {
     pub times: HashMap<String, (i64, u32)>,
 }
 
-fn can_mount() -> bool {
-    let ok = have("mount") && have("umount") && have("losetup") && unsafe_free_is_root();
-    if !ok {
-        assert!(
-            !required(),
-            "loop mounting (root, mount, losetup) is required but unavailable"
-        );
-        eprintln!("note: cannot loop-mount; skipping kernel-written fixture test");
-    }
-    ok
-}
-
-fn unsafe_free_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// mount(8) with `args`, retried while the kernel answers EBUSY (a loaded machine).
 fn mount_or_umount(args: &[&std::ffi::OsStr]) {
     if let Err(text) = ext4kit_testkit::retry_busy(|| ext4kit_testkit::run("mount", args)) {
@@ -544,20 +474,21 @@ fn umount(mnt: &Path) {
     }
 }
 
-fn kernel_images(mkfs_args: &[&str], populate: bool) -> KernelImages {
+/// Kernel loop mounts (root, loop devices, mount); a note and `false` without them, a
+/// failure with `EXT4KIT_REQUIRE_KERNEL=1`.
+fn can_mount() -> bool {
+    ext4kit_testkit::require_kernel("kernel-written fixture")
+}
+
+/// `mkfs` gives the mke2fs options beyond `-E lazy_itable_init=0`.
+fn kernel_images(mkfs: fn(Mke2fs) -> Mke2fs, populate: bool) -> KernelImages {
     let dir = temp_dir();
     let img = dir.join("kernel.img");
     let mnt = dir.join("mnt");
     fs::create_dir_all(&mnt).unwrap();
-    fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
-    run(
-        Command::new("mke2fs")
-            .args(["-q", "-F"])
-            .args(mkfs_args)
-            .args(["-E", "lazy_itable_init=0"])
-            .arg(&img),
-        &[0],
-    );
+    mkfs(Mke2fs::new(&img).size(64 << 20))
+        .extended("lazy_itable_init=0")
+        .run();
     mount_or_umount(&[
         "-o".as_ref(),
         "loop".as_ref(),
@@ -659,16 +590,11 @@ pub fn kernel_csum() -> Option<&'static KernelImages> {
     CELL.get_or_init(|| {
         (e2fsprogs_available() && can_mount()).then(|| {
             kernel_images(
-                &[
-                    "-t",
-                    "ext4",
-                    "-b",
-                    "4096",
-                    "-O",
-                    "metadata_csum,64bit,inline_data",
-                    "-I",
-                    "256",
-                ],
+                |m| {
+                    m.block_size(4096)
+                        .features("metadata_csum,64bit,inline_data")
+                        .inode_size(256)
+                },
                 true,
             )
         })
@@ -682,7 +608,7 @@ pub fn kernel_plain() -> Option<&'static KernelImages> {
     CELL.get_or_init(|| {
         (e2fsprogs_available() && can_mount()).then(|| {
             kernel_images(
-                &["-t", "ext4", "-b", "1024", "-O", "^metadata_csum,^64bit"],
+                |m| m.block_size(1024).features("^metadata_csum,^64bit"),
                 false,
             )
         })
@@ -690,11 +616,5 @@ pub fn kernel_plain() -> Option<&'static KernelImages> {
     .as_ref()
 }
 
-/// Parses `dumpe2fs -h` into key → value.
-pub fn dumpe2fs_header(path: &Path) -> HashMap<String, String> {
-    let out = run(Command::new("dumpe2fs").arg("-h").arg(path), &[0]);
-    out.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
-}
+/// `dumpe2fs -h` as key → value.
+pub use ext4kit_testkit::dumpe2fs_header;

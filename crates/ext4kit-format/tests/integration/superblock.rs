@@ -1,7 +1,7 @@
 //! Superblock: parse every fixture, compare with dumpe2fs, byte-flip each
 //! validation rule, and write changes that e2fsck accepts.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use ext4kit_format::features::{IncompatFeatures, RoCompatFeatures};
 use ext4kit_format::{CorruptKind, FormatError, IncompatibleKind, Superblock};
@@ -302,14 +302,14 @@ fn setters_and_checksum_accepted_by_e2fsck() {
     bytes[1024..2048].copy_from_slice(sb.as_bytes());
     std::fs::write(&path, &bytes).unwrap();
     Image::fsck_clean(&path);
-    let h: HashMap<String, String> = dumpe2fs_header(&path);
+    let h: BTreeMap<String, String> = dumpe2fs_header(&path);
     assert_eq!(h["Filesystem volume name"], "ext4kit-test");
     assert_eq!(h["Mount count"], "7");
     assert_eq!(h["Lifetime writes"], "4242 kB");
 }
 
 #[test]
-fn csum_seed_feature() {
+fn csum_seed_feature_keeps_the_checksum_seed_when_the_uuid_changes() {
     let Some(img) = fixtures::csum4k() else {
         return;
     };

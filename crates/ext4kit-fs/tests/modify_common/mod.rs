@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions};
-use ext4kit_testkit::{LoopMount, run_ok};
+use ext4kit_testkit::{Mke2fs, copy_in_through_kernel};
 
 /// A fresh image of `size_mb` MiB made by mkfs.ext4 (`-b bs`, no lazy init, plus `extra`), with
 /// `tree` copied in by the kernel (`cp -a` through a loop mount) when given.
@@ -22,35 +22,14 @@ pub fn kernel_image(
     tree: Option<&Path>,
     extra: &[&str],
 ) -> PathBuf {
-    let img = dir.join(name);
-    let f = fs::File::create(&img).unwrap();
-    f.set_len(size_mb << 20).unwrap();
-    drop(f);
-    let bs_s = bs.to_string();
-    let mut args = vec![
-        "-q",
-        "-F",
-        "-t",
-        "ext4",
-        "-b",
-        &bs_s,
-        "-E",
-        "lazy_itable_init=0,lazy_journal_init=0",
-    ];
-    args.extend_from_slice(extra);
-    args.push(img.to_str().unwrap());
-    run_ok("mke2fs", &args);
+    let img = Mke2fs::new(dir.join(name))
+        .block_size(bs)
+        .size(size_mb << 20)
+        .no_lazy_init()
+        .extra(extra)
+        .run();
     if let Some(tree) = tree {
-        let m = LoopMount::new(&img, false).unwrap();
-        run_ok(
-            "cp",
-            &[
-                "-a",
-                &format!("{}/.", tree.display()),
-                m.path().to_str().unwrap(),
-            ],
-        );
-        m.unmount().unwrap();
+        copy_in_through_kernel(&img, tree);
     }
     img
 }
