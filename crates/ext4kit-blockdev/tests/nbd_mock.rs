@@ -175,8 +175,12 @@ fn chunk(s: &mut UnixStream, flags: u16, ty: u16, cookie: u64, payload: &[u8]) {
     s.write_all(&m).unwrap();
 }
 
-/// Serves `image` with simple replies until the client disconnects; returns the requests.
-fn serve(mut s: UnixStream, mut image: Vec<u8>) -> (Vec<u8>, Vec<(u16, u16, u64, u32)>) {
+/// A request as the server saw it: command, flags, offset, length.
+type Logged = (u16, u16, u64, u32);
+
+/// Serves `image` with simple replies until the client disconnects; returns the image and the
+/// requests (but the disconnect).
+fn serve(mut s: UnixStream, mut image: Vec<u8>) -> (Vec<u8>, Vec<Logged>) {
     let mut log = Vec::new();
     while let Some(r) = read_req(&mut s) {
         if r.cmd != 2 {
