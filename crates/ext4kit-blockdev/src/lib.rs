@@ -30,7 +30,7 @@ mod deferred;
 mod fault;
 mod file;
 mod mem;
-mod nbd;
+pub mod nbd;
 mod sys;
 #[cfg(target_os = "linux")]
 pub use sys::loop_backing_file;

@@ -1,12 +1,13 @@
 //! One NBD connection in the transmission phase: the in-flight table, the writer, reader and
 //! watchdog threads (see the module documentation of [`super`] for the design).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::Shutdown;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::{self, JoinHandle, ThreadId};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
@@ -165,13 +166,21 @@ pub(crate) struct ConnParams {
     pub max_bytes: u64,
 }
 
+thread_local! {
+    /// Set on reader threads (of any NBD connection): they free window slots, so a submit
+    /// from an end function running there must never wait for one.
+    static ON_READER: Cell<bool> = const { Cell::new(false) };
+}
+
 struct Shared {
     state: Mutex<State>,
+    /// Window slot freed, table empty, connection dead.
     cond: Condvar,
+    /// Wakes the watchdog early (connection dead or closing); replies do not.
+    watchdog_cond: Condvar,
     /// A handle on the socket, to shut it down (wakes a blocked reader or writer).
     stream: Stream,
     params: ConnParams,
-    reader_thread: OnceLock<ThreadId>,
     /// Set when any connection of the device fails (later submits fail at once).
     device_broken: Arc<AtomicBool>,
     /// The last error message a server sent, with the request it was about.
@@ -194,6 +203,7 @@ impl Shared {
         }
         self.stream.shutdown(Shutdown::Both);
         self.cond.notify_all();
+        self.watchdog_cond.notify_all();
     }
 }
 
@@ -243,9 +253,9 @@ impl Conn {
                 closing: false,
             }),
             cond: Condvar::new(),
+            watchdog_cond: Condvar::new(),
             stream: stream.try_clone()?,
             params,
-            reader_thread: OnceLock::new(),
             device_broken,
             last_message,
             index,
@@ -271,7 +281,6 @@ impl Conn {
                 return Err(e);
             }
         };
-        let _ = shared.reader_thread.set(reader.thread().id());
         threads.push(reader);
         let s = Arc::clone(&shared);
         match thread::Builder::new()
@@ -313,9 +322,9 @@ impl Conn {
 }
 
 fn submit_on(shared: &Shared, tx: &Sender<Req>, ctx: Arc<Ctx>, pieces: &[Piece]) {
-    // A submit from an end function runs on the reader thread, which is the one that frees
-    // window slots: it must not wait for them.
-    let may_wait = shared.reader_thread.get() != Some(&thread::current().id());
+    // A submit from an end function runs on a reader thread, the kind that frees window
+    // slots: it must not wait for them (on this connection or another).
+    let may_wait = !ON_READER.with(Cell::get);
     let p = shared.params;
     for (i, piece) in pieces.iter().enumerate() {
         let mut st = shared.state.lock();
@@ -387,7 +396,7 @@ impl Drop for Conn {
                 }
                 st.closing = true;
             }
-            shared.cond.notify_all();
+            shared.watchdog_cond.notify_all();
             let _ = tx.send(Req::Disc);
             drop(tx);
             for t in threads {
@@ -494,6 +503,7 @@ impl From<io::Error> for Stop {
 }
 
 fn reader_main(shared: &Shared, stream: Stream, tx: &Sender<Req>) {
+    ON_READER.with(|r| r.set(true));
     let mut r = BufReader::with_capacity(256 << 10, stream);
     let stop = loop {
         if let Err(stop) = read_reply(shared, &mut r, tx) {
@@ -781,10 +791,10 @@ fn watchdog_main(shared: &Shared) {
                     )));
                     return;
                 }
-                shared.cond.wait_until(&mut st, deadline);
+                shared.watchdog_cond.wait_until(&mut st, deadline);
             }
             None => {
-                shared.cond.wait_for(&mut st, timeout);
+                shared.watchdog_cond.wait_for(&mut st, timeout);
             }
         }
     }
