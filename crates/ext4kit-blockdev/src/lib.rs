@@ -3,7 +3,8 @@
 //! This crate owns the seam between the page cache and storage: the [`Bio`] (a request with an
 //! operation, a start address in device blocks, memory segments and an end function), the
 //! [`BlockDevice`] trait that accepts bios without blocking on the IO, the backends
-//! ([`FileDevice`], [`UringDevice`], [`MemDevice`]) and the devices tests use to control
+//! ([`FileDevice`], [`UringDevice`], [`MemDevice`], [`NbdDevice`] for a network block device
+//! export) and the devices tests use to control
 //! completion ([`DeferredDevice`]), inject faults ([`FaultDevice`]) and model power loss
 //! ([`CrashDevice`]).
 //!
@@ -29,6 +30,7 @@ mod deferred;
 mod fault;
 mod file;
 mod mem;
+pub mod nbd;
 mod sys;
 #[cfg(target_os = "linux")]
 pub use sys::loop_backing_file;
@@ -44,6 +46,10 @@ pub use deferred::{DeferredDevice, PendingBio};
 pub use fault::{FaultDevice, FaultRule, RequestRecord};
 pub use file::FileDevice;
 pub use mem::MemDevice;
+pub use nbd::{
+    NBD_DEFAULT_PORT, NbdAddress, NbdDevice, NbdError, NbdErrorKind, NbdHandshake, NbdInfo,
+    NbdOptions, NbdTarget, NbdUriError, is_nbd_uri, parse_nbd_uri,
+};
 pub use uring::{
     OpenError, UringDevice, UringUnavailable, open_file_device, open_file_device_from,
 };
@@ -445,8 +451,15 @@ pub trait BlockDevice: Send + Sync + fmt::Debug {
     /// through the bio's end function.
     fn submit(&self, bio: Bio);
 
-    /// A short name for messages ("file", "io_uring", "memory", ...).
+    /// A short name for messages ("file", "io_uring", "memory", "nbd", ...).
     fn kind(&self) -> &'static str;
+
+    /// Whether the device refuses writes (they fail with [`IoError::ReadOnly`]): a read-only
+    /// NBD export, say. A caller opening a filesystem read-write should fall back to read-only
+    /// and say so.
+    fn is_read_only(&self) -> bool {
+        false
+    }
 
     /// Copies `len` bytes of `src` at `src_off` to the device at byte `dst_off`, and waits.
     /// A bulk path outside the bio pipeline (building images: file bodies go straight from the
@@ -474,6 +487,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for Arc<T> {
     }
     fn kind(&self) -> &'static str {
         (**self).kind()
+    }
+    fn is_read_only(&self) -> bool {
+        (**self).is_read_only()
     }
     fn copy_from_file(
         &self,
