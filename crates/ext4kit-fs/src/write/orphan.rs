@@ -204,12 +204,16 @@ pub(crate) fn release_at_sync(core: &Core) -> Result<usize> {
     Ok(freed)
 }
 
-/// Out of space: frees the orphans nobody holds, waiting a little (at most about 0.2 s) for
+/// Out of space: frees the orphans nobody holds, waiting (at most 5 s, backing off) for
 /// writeback in flight on deleted files — the background flusher may still be writing one — to
 /// let go of their page caches, as the kernel retries an allocation after a journal commit
 /// (`ext4_should_retry_alloc`). Returns how many were freed.
 pub(crate) fn reclaim_for_space(core: &Core) -> Result<usize> {
-    for _round in 0..40 {
+    // Bounded by time, not by rounds: on a loaded machine the flusher can sit for a long
+    // moment between finishing a deleted file's writeback and dropping its handle.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut backoff = std::time::Duration::from_millis(1);
+    loop {
         let n = release_unused(core, None)?;
         if n > 0 {
             return Ok(n);
@@ -222,12 +226,13 @@ pub(crate) fn reclaim_for_space(core: &Core) -> Result<usize> {
                 m.wait_writeback();
             }
         }
-        if !alive {
-            continue;
+        // Nothing held: nothing more will come free by waiting.
+        if !alive || std::time::Instant::now() >= deadline {
+            return Ok(release_unused(core, None)?);
         }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(std::time::Duration::from_millis(50));
     }
-    Ok(0)
 }
 
 /// Whether inode `ino` is marked in use in its group's inode bitmap.
