@@ -821,11 +821,9 @@ fn killing_the_server_fails_in_flight_bios_with_eio() {
     assert!(failed.iter().all(|e| e.errno() == libc::EIO), "{failed:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(dev.is_broken());
-    assert!(
-        dev.failure().unwrap().contains("closed"),
-        "{:?}",
-        dev.failure()
-    );
+    // A dead server closes the socket, or resets it when our writes were still arriving.
+    let why = dev.failure().unwrap_or_default();
+    assert!(why.contains("closed") || why.contains("reset"), "{why:?}");
     // Later bios fail at once.
     let t = Instant::now();
     let e = dev.write_blocks(0, &[0u8; 512]).unwrap_err();
