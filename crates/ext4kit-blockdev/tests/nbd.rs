@@ -88,15 +88,19 @@ impl Server {
         s
     }
 
-    /// `nbdkit -U SOCKET ARGS...` (ARGS: filters, plugin, parameters).
+    /// `nbdkit -U SOCKET ARGS...` (ARGS: filters, plugin, parameters), ready when its pid
+    /// file appears (nbdkit writes it once it listens; the socket exists a moment earlier).
     fn nbdkit(args: &[&str]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("nbd.sock");
+        let pidfile = dir.path().join("pid");
         let mut cmd = Command::new("nbdkit");
         cmd.args(["-f", "--exit-with-parent", "-U"])
             .arg(&sock)
+            .arg("-P")
+            .arg(&pidfile)
             .args(args);
-        Server::spawn(cmd, dir, sock.clone(), sock, None)
+        Server::spawn(cmd, dir, sock, pidfile, None)
     }
 
     /// `nbdkit -p PORT -i 127.0.0.1 ARGS...`, ready when its pid file appears.
