@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ext4kit_fs::format::inode::Timestamp;
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, run_ok};
 
 const FILE_MB: u64 = 256;

@@ -56,7 +56,7 @@ pub struct OpenOptions {
     /// does, and say so in [`Fs::notices`]. Off (the default), such an image is refused.
     pub recover_journal: bool,
     /// When writing an image with an internal journal: commit every sync through it as a jbd2
-    /// transaction (crash-safe; see [`crate::write::journal_write`]). Off, metadata is written
+    /// transaction (crash-safe; see [`crate::journal::commit`]). Off, metadata is written
     /// in place (image building turns it off: a crash in the middle of building leaves a
     /// half-built image anyway). Images without a journal or with an external one are always
     /// written in place.
@@ -116,9 +116,9 @@ pub struct Core {
     pub(crate) csum_seed: Option<u32>,
     pub(crate) ea_inode: bool,
     /// The write side, when the filesystem is open for writing.
-    pub(crate) write: Option<crate::write::state::WriteState>,
-    /// Unlinked inodes still in use (see [`crate::write::orphan`]).
-    pub(crate) orphans: Mutex<crate::write::orphan::Orphans>,
+    pub(crate) write: Option<crate::alloc::WriteState>,
+    /// Unlinked inodes still in use (see [`crate::orphan`]).
+    pub(crate) orphans: Mutex<crate::orphan::Orphans>,
     /// Damage tolerated while reading (see [`OpenOptions::salvage`]).
     pub(crate) salvage: bool,
     /// What was found damaged and read anyway, one line per structure.
@@ -268,7 +268,7 @@ impl Core {
         }
         let write = opts
             .writable
-            .then(|| crate::write::state::WriteState::new(&sb, &groups));
+            .then(|| crate::alloc::WriteState::new(&sb, &groups));
         Ok(Core {
             block_size,
             groups,
@@ -277,7 +277,7 @@ impl Core {
             ea_inode: sb.has_incompat(IncompatFeatures::EA_INODE),
             write,
             sb,
-            orphans: Mutex::new(crate::write::orphan::Orphans::default()),
+            orphans: Mutex::new(crate::orphan::Orphans::default()),
             salvage,
             warnings: Mutex::new(warnings.into_iter().map(|l| (String::new(), l)).collect()),
             backup_sb: backup,
@@ -362,7 +362,7 @@ impl Core {
     }
 
     /// The write state, or a read-only error naming `what`.
-    pub(crate) fn writer(&self, what: &str) -> Result<&crate::write::state::WriteState> {
+    pub(crate) fn writer(&self, what: &str) -> Result<&crate::alloc::WriteState> {
         self.write
             .as_ref()
             .ok_or_else(|| Error::ReadOnly(format!("{what}: the image is open read-only")))
@@ -411,7 +411,7 @@ impl Fs {
         let mut early_warnings = chosen.warnings;
         Core::check_features(&sb, opts.writable)?;
         if opts.writable {
-            crate::write::ops::check_writable(&sb)?;
+            crate::namei::create::check_writable(&sb)?;
             if sb.has_incompat(IncompatFeatures::RECOVER) {
                 if !opts.recover_journal {
                     return Err(Error::ReadOnly(
@@ -428,12 +428,12 @@ impl Fs {
                         ..opts.clone()
                     },
                 )?;
-                let report = crate::write::journal_write::recover(&as_on_disk)?;
+                let report = crate::journal::commit::recover(&as_on_disk)?;
                 drop(as_on_disk);
                 notices.push(report.to_string());
                 sb = Core::read_superblock(&dev)?;
                 Core::check_features(&sb, opts.writable)?;
-                crate::write::ops::check_writable(&sb)?;
+                crate::namei::create::check_writable(&sb)?;
             }
         }
         let mut core = match Core::load_from(Arc::clone(&dev), sb.clone(), opts, backup) {
@@ -501,7 +501,7 @@ impl Fs {
             }
         }
         if opts.writable && opts.use_journal {
-            if let Some(jw) = crate::write::journal_write::JournalWriter::open(&core)? {
+            if let Some(jw) = crate::journal::commit::JournalWriter::open(&core)? {
                 if let Some(w) = core.write.as_mut() {
                     w.journal = Some(Mutex::new(jw));
                     w.meta.get_mut().deferred_frees = Some(Vec::new());
@@ -550,7 +550,7 @@ impl Fs {
         };
         if opts.writable {
             // What a previous writer left on the orphan list is freed (or truncated) now.
-            let n = crate::write::orphan::clean_at_open(&fs)?;
+            let n = crate::orphan::clean_at_open(&fs)?;
             if n > 0 {
                 fs.notices.push(format!(
                     "cleaned up {n} orphan inode(s) left by a previous writer"

@@ -33,31 +33,34 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod alloc;
 pub mod build;
 pub mod dir;
 pub mod error;
+pub mod extent;
 pub mod file;
 pub mod fs;
-pub mod host;
 pub mod image_lock;
+pub mod inode;
 pub mod journal;
-pub mod map;
 pub mod metacache;
 pub mod mkfs;
-pub mod path;
+pub mod namei;
+pub mod orphan;
 pub(crate) mod salvage;
-pub mod stat;
-pub mod write;
 pub mod xattr;
 
+/// The host side of importing a tree (`build`, and `cp` into an image).
+pub use build::host;
 pub use dir::DirEntry;
-pub use error::{Corruption, Error, Result, Unsupported};
+pub use error::{Corruption, Error, PathBytes, Result, Unsupported};
 pub use ext4kit_format::inode::{FileType, Timestamp};
 pub use ext4kit_pagecache::{Extent, ExtentKind};
 pub use file::FileReader;
 pub use fs::{Fs, JournalMode, OpenOptions, ROOT_INO};
+pub use inode::Stat;
 pub use journal::ReplayReport;
-pub use stat::Stat;
+pub use namei::create::{NewInode, NewKind, Space};
 pub use xattr::Xattr;
 
 /// The on-disk format crate, re-exported for callers that need its types.

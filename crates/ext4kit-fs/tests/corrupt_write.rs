@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use ext4kit_blockdev::{BlockDevice, MemDevice};
 use ext4kit_fs::format::inode::Timestamp;
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO, Result};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{TreeOptions, generate_tree, pattern, run_ok};
 
 /// The number following the first `key` in `text` (dumpe2fs output).

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ext4kit_blockdev::{BlockDevice, UringDevice};
 use ext4kit_fs::format::inode::Timestamp;
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{require_kernel, run_ok};
 
 #[test]

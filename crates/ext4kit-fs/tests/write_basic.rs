@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ext4kit_fs::format::inode::Timestamp;
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{LoopMount, assert_e2fsck_clean, pattern, require_kernel, run_ok};
 
 fn mkfs(img: &Path, bs: u32, size: u64, extra: &[&str]) {

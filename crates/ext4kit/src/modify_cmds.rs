@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use ext4kit_fs::write::ops::NewInode;
+use ext4kit_fs::NewInode;
 use ext4kit_fs::{FileType, Fs, ROOT_INO};
 
 use crate::spec::Spec;

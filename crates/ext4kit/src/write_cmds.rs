@@ -20,8 +20,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use ext4kit_fs::build::{BuildOptions, build_image};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::mkfs::{MkfsOptions, mkfs};
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{NewInode, NewKind};
 
 use crate::cp_src::{Kind, Meta, Src};
 use crate::spec::Spec;
@@ -1002,7 +1002,7 @@ impl CopyIn<'_> {
         &self,
         dpath: &[u8],
         need: u64,
-        room: &ext4kit_fs::write::ops::Space,
+        room: &ext4kit_fs::Space,
         what_happened: &str,
     ) -> anyhow::Error {
         let detail = if need == 0 {

@@ -56,7 +56,7 @@ pub struct WriteState {
     /// Page caches of files written since the last sync (kept alive until it).
     pub(crate) open_mappings: Mutex<HashMap<u32, ext4kit_pagecache::Mapping>>,
     /// The journal writer, when syncs commit through the journal (lock order: journal, meta).
-    pub(crate) journal: Option<Mutex<crate::write::journal_write::JournalWriter>>,
+    pub(crate) journal: Option<Mutex<crate::journal::commit::JournalWriter>>,
 }
 
 /// Metadata being changed (guarded by `WriteState::meta`).
@@ -78,7 +78,7 @@ pub struct MetaState {
     /// Blocks freed since the last sync, not allocatable before it commits (`Some` when syncs
     /// go through the journal; see the module docs).
     pub(crate) deferred_frees: Option<Vec<(u64, u64)>>,
-    /// Open [`crate::write::journal_write::CommitHold`]s: while any is, nothing commits early
+    /// Open [`crate::journal::commit::CommitHold`]s: while any is, nothing commits early
     /// and deferred frees are not handed out for space (see `release_for_space`).
     pub(crate) holds: usize,
     /// Blocks no file may be given whatever the bitmaps say (see [`MetaState::system_zone`]),

@@ -6,7 +6,7 @@
 //! the page cache (delayed allocation) without it. Nothing reaches the disk before
 //! [`Fs::sync`], which writes back file data (allocating it), then inodes, group descriptors and
 //! bitmaps, the superblock — through the journal when the image has one (see
-//! [`crate::write::journal_write`]) — and flushes the device. Operations that change metadata
+//! [`crate::journal::commit`]) — and flushes the device. Operations that change metadata
 //! end with `commit_if_full`, which syncs early when a transaction would grow too large.
 
 use ext4kit_format::RoCompatFeatures;
@@ -16,12 +16,12 @@ use ext4kit_format::inline_data::set_fast_symlink;
 use ext4kit_format::inode::{FileType, Inode, InodeFlags, Timestamp};
 use ext4kit_pagecache::Mapping;
 
+use crate::alloc::MetaState;
+use crate::dir::write as dir_write;
 use crate::error::{Error, PathBytes, Result};
+use crate::extent::store::DirIo;
 use crate::fs::Fs;
-use crate::write::dir_write;
-use crate::write::modify::{dotdot, lookup};
-use crate::write::state::MetaState;
-use crate::write::stores::DirIo;
+use crate::namei::remove::{dotdot, lookup};
 
 /// Most links an inode may have (`EXT4_LINK_MAX`).
 pub const LINK_MAX: u16 = 65_000;
@@ -124,7 +124,7 @@ pub struct Space {
     /// Of those, blocks promised to delayed-allocation writes not yet written back.
     pub reserved_blocks: u64,
     /// Blocks freed since the last commit: they become free with the next sync (and sooner,
-    /// out of space, unless a [`CommitHold`](crate::write::journal_write::CommitHold) is open).
+    /// out of space, unless a [`CommitHold`](crate::journal::commit::CommitHold) is open).
     pub awaiting_commit: u64,
     /// Blocks new file data can take now: free, less the reservations and the margin kept for
     /// metadata (what a write checks its reservation against).
@@ -217,7 +217,7 @@ impl Fs {
         }
         let ino = meta.alloc_inode(core, dir, is_dir)?;
         let result = init_inode(&mut meta, core, ino, dir, kind, attrs)
-            .and_then(|()| crate::write::xattr_write::inherit_acls(core, &mut meta, dir, ino));
+            .and_then(|()| crate::xattr::write::inherit_acls(core, &mut meta, dir, ino));
         if let Err(e) = result {
             if let Some(blk) = meta
                 .inodes
@@ -225,7 +225,7 @@ impl Fs {
                 .map(Inode::file_acl)
                 .filter(|b| *b != 0)
             {
-                let _ = crate::write::modify::release_xattr_block(&mut meta, core, ino, blk);
+                let _ = crate::namei::remove::release_xattr_block(&mut meta, core, ino, blk);
             }
             let _ = meta.free_inode(core, ino, is_dir);
             meta.inodes.remove(&ino);
@@ -338,7 +338,7 @@ impl Fs {
         }
         all.extend(entries.iter().cloned());
         // Free the old blocks and build anew.
-        crate::write::stores::with_tree(core, &mut meta, root, 0, |t| t.remove_range(0, 1 << 32))?;
+        crate::extent::store::with_tree(core, &mut meta, root, 0, |t| t.remove_range(0, 1 << 32))?;
         let inode = meta.inode(core, root)?;
         inode.set_size(0);
         let mut f = inode.flags();
@@ -492,7 +492,7 @@ impl Fs {
         let w = core.writer("set owner")?;
         let mut meta = w.meta.lock();
         // The access ACL follows the mode, as the kernel's chmod has it.
-        crate::write::xattr_write::chmod_acl(core, &mut meta, ino, perm)?;
+        crate::xattr::write::chmod_acl(core, &mut meta, ino, perm)?;
         let inode = meta.inode(core, ino)?;
         inode.set_uid(uid);
         inode.set_gid(gid);
@@ -597,11 +597,11 @@ impl Fs {
         let core = &self.core;
         let w = core.writer("sync")?;
         if let Some(j) = &w.journal {
-            return crate::write::journal_write::sync(self, w, j);
+            return crate::journal::commit::sync(self, w, j);
         }
         self.flush_data()?;
         // Orphans nobody holds are freed, loose extent trees packed, before metadata goes out.
-        crate::write::modify::prepare_sync(self)?;
+        crate::namei::remove::prepare_sync(self)?;
         {
             let mut meta = w.meta.lock();
             meta.write_back(core)?;
@@ -772,7 +772,7 @@ fn write_symlink(
         .map_or(0, |g| g.inode_table());
     let (pblk, _) = meta.alloc_blocks(core, goal, 1)?;
     meta.add_blocks(core, ino, 1)?;
-    crate::write::stores::with_tree(core, meta, ino, pblk, |t| {
+    crate::extent::store::with_tree(core, meta, ino, pblk, |t| {
         t.insert(ext4kit_format::extent::Extent {
             logical_block: 0,
             len: 1,

@@ -1,6 +1,6 @@
 //! Changing what already exists: remove names (`unlink`, `rmdir`), move them (`rename`), and
 //! free an inode once its last name is gone — at once, or when the last user of its page cache
-//! lets go (an orphan, see [`crate::write::orphan`]); plus symlinks, preallocation and hole
+//! lets go (an orphan, see [`crate::orphan`]); plus symlinks, preallocation and hole
 //! punching on top of the page cache.
 //!
 //! Follows fs/ext4/namei.c and inode.c:
@@ -21,7 +21,7 @@
 //! `write_at` and `set_size`) leave times to the caller ([`Fs::set_times`]).
 //!
 //! Locks: the metadata lock for directory and inode changes; never held while calling into the
-//! page cache (see [`crate::write::state`]). The orphan list ([`crate::write::orphan`]) is
+//! page cache (see [`crate::alloc`]). The orphan list ([`crate::orphan`]) is
 //! locked inside the metadata lock, never the other way round.
 
 use ext4kit_format::dir::{DirBlock, DirBlockOptions};
@@ -32,13 +32,13 @@ use ext4kit_format::xattr::XattrBlock;
 use ext4kit_format::{CorruptKind, Structure};
 use ext4kit_pagecache::Mapping;
 
+use crate::alloc::MetaState;
 use crate::dir::DirInode;
+use crate::dir::write::{self as dir_write, DirStore};
 use crate::error::{Corruption, Error, PathBytes, Result, ResultExt};
+use crate::extent::store::{DirIo, with_tree};
 use crate::fs::{Core, Fs, ROOT_INO};
-use crate::write::dir_write::{self, DirStore};
-use crate::write::ops::{LINK_MAX, NewInode, NewKind};
-use crate::write::state::MetaState;
-use crate::write::stores::{DirIo, with_tree};
+use crate::namei::create::{LINK_MAX, NewInode, NewKind};
 
 /// The current time (directory and inode change times).
 pub(crate) fn now() -> Timestamp {
@@ -310,7 +310,7 @@ pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result
     if let Some(r) = meta.reserved_by.remove(&ino) {
         meta.reserved = meta.reserved.saturating_sub(r);
     }
-    crate::write::orphan::forget(meta, core, ino)?;
+    crate::orphan::forget(meta, core, ino)?;
     let huge = meta
         .sb
         .has_ro_compat(ext4kit_format::RoCompatFeatures::HUGE_FILE);
@@ -325,7 +325,7 @@ pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result
             .set_block_count_512(0, huge, bits)
             .map_err(Error::from)?;
         if inode.flags().contains(InodeFlags::EXTENTS) {
-            crate::write::extent_tree::ExtentTree::<crate::write::stores::TreeIo<'_>>::init_root(
+            crate::extent::tree::ExtentTree::<crate::extent::store::TreeIo<'_>>::init_root(
                 inode.block_area_mut(),
             );
         }
@@ -338,7 +338,7 @@ pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result
 /// extent trees of changed inodes that e2fsck would find wider or deeper than needed (after
 /// punches, truncates, deletes and mid-leaf splits), as its pass 1E would rebuild them.
 pub(crate) fn prepare_sync(fs: &Fs) -> Result<()> {
-    crate::write::orphan::release_at_sync(&fs.core)?;
+    crate::orphan::release_at_sync(&fs.core)?;
     let core = &fs.core;
     let w = core.writer("sync")?;
     let mut meta = w.meta.lock();
@@ -642,7 +642,7 @@ impl Fs {
         })?;
         drop(mapping);
         if self.core.write.is_some() {
-            crate::write::orphan::release_unused(&self.core, Some(ino))?;
+            crate::orphan::release_unused(&self.core, Some(ino))?;
         }
         Ok(())
     }
@@ -663,7 +663,7 @@ impl Fs {
     fn finish_unlinked(&self, u: Unlinked) -> Result<()> {
         match u {
             Unlinked::Done => Ok(()),
-            Unlinked::LastLink(ino) => crate::write::orphan::release_if_unused(self, ino),
+            Unlinked::LastLink(ino) => crate::orphan::release_if_unused(self, ino),
         }
     }
 }
@@ -679,6 +679,6 @@ fn drop_link(meta: &mut MetaState, core: &Core, ino: u32, t: Timestamp) -> Resul
     if links > 0 {
         return Ok(Unlinked::Done);
     }
-    crate::write::orphan::add(meta, core, ino)?;
+    crate::orphan::add(meta, core, ino)?;
     Ok(Unlinked::LastLink(ino))
 }

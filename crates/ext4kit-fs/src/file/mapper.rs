@@ -1,4 +1,4 @@
-//! The writable half of the page cache's `BlockMapper` (the read half is in `crate::map`):
+//! The writable half of the page cache's `BlockMapper` (the read half is in `crate::extent::map`):
 //! delalloc reservations, allocation of whole extents at writeback (`ext4_map_blocks` with
 //! `EXT4_GET_BLOCKS_CREATE`), unwritten-extent conversion after the data IO, on-disk size
 //! updates, truncation and preallocation.
@@ -10,10 +10,10 @@
 use ext4kit_format::extent::{Extent as TreeExtent, MAX_INIT_LEN, MAX_UNWRITTEN_LEN};
 use ext4kit_pagecache::{Extent, ExtentKind, MapFlags, UnwrittenRange};
 
+use crate::alloc::MetaState;
 use crate::error::{Error, Result};
+use crate::extent::store::with_tree;
 use crate::fs::Core;
-use crate::write::state::MetaState;
-use crate::write::stores::with_tree;
 
 impl Core {
     /// Reserves `count` blocks for delayed allocation by `ino`.
@@ -31,8 +31,7 @@ impl Core {
         };
         // Out of space: deleted files whose page cache was let go (or is being let go) are freed
         // first.
-        if matches!(r, Err(Error::NoSpace(_))) && crate::write::orphan::reclaim_for_space(self)? > 0
-        {
+        if matches!(r, Err(Error::NoSpace(_))) && crate::orphan::reclaim_for_space(self)? > 0 {
             return w.meta.lock().reserve(ino, count);
         }
         r

@@ -70,10 +70,10 @@ use ext4kit_format::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use ext4kit_format::{CompatFeatures, IncompatFeatures, Structure, Superblock};
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::alloc::{MetaState, WriteState};
 use crate::error::{Corruption, Error, Result, ResultExt, Unsupported};
 use crate::fs::{Core, Fs};
 use crate::journal::JournalMap;
-use crate::write::state::{MetaState, WriteState};
 
 /// A block's bytes, shared between the home write and the log write.
 type Bytes = Arc<Vec<u8>>;
@@ -471,7 +471,7 @@ pub(crate) fn sync(fs: &Fs, w: &WriteState, jw: &Mutex<JournalWriter>) -> Result
     let mut j = jw.lock();
     j.check_usable()?;
     fs.flush_data()?;
-    crate::write::modify::prepare_sync(fs)?;
+    crate::namei::remove::prepare_sync(fs)?;
     let mut meta = Some(w.meta.lock());
     // The transaction: every dirty block, copied and marked clean while no operation can
     // change metadata. `dirty` keeps the blocks referenced (not evictable) until the end.

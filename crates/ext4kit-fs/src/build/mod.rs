@@ -17,6 +17,7 @@
 //! With the UUID, hash seed and `SOURCE_DATE_EPOCH` fixed, two builds of the same tree are
 //! byte-identical: inode numbers follow the sorted walk, and every allocation is made by the
 //! building thread in walk order (the copy threads only fill blocks already chosen).
+pub mod host;
 
 use std::collections::HashMap;
 use std::fs;
@@ -30,11 +31,11 @@ use ext4kit_blockdev::{BlockDevice, FileDevice};
 use ext4kit_format::inode::{FileType, Timestamp};
 
 use crate::error::{Error, PathBytes, Result};
+use crate::file::direct::CopyRun;
 use crate::fs::{Fs, OpenOptions, ROOT_INO};
 use crate::mkfs::{MkfsOptions, mkfs};
-use crate::write::direct::CopyRun;
-use crate::write::ops::{NewInode, NewKind};
-use crate::write::xattr_write::XattrPair;
+use crate::namei::create::{NewInode, NewKind};
+use crate::xattr::write::XattrPair;
 
 /// How to build.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +115,7 @@ enum ScanKind {
     Special,
 }
 
-use crate::host::HostMeta as Meta;
+use crate::build::host::HostMeta as Meta;
 
 struct Totals {
     entries: u64,
@@ -124,8 +125,8 @@ struct Totals {
     xattr_blocks: u64,
 }
 
-pub use crate::host::device_numbers;
-use crate::host::{io_err, read_xattrs};
+pub use crate::build::host::device_numbers;
+use crate::build::host::{io_err, read_xattrs};
 
 fn scan(path: &Path, name: Box<[u8]>, depth: usize, totals: &mut Totals, bs: u64) -> Result<Node> {
     if depth > 4096 {
@@ -487,7 +488,7 @@ impl Builder<'_> {
     fn copy_regions(&mut self, ino: u32, path: &Path, f: &fs::File, len: u64) -> Result<u64> {
         const PIECE: u64 = 32 << 20;
         let mut end = 0;
-        for (data, hole) in crate::host::data_regions(f, len) {
+        for (data, hole) in crate::build::host::data_regions(f, len) {
             let mut at = data;
             while at < hole {
                 let n = (hole - at).min(PIECE);

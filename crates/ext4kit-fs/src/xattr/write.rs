@@ -12,9 +12,9 @@ use ext4kit_format::xattr::{
     XattrBlock, XattrSpec, build_block, build_ibody, has_ibody_magic, parse_ibody, value_of,
 };
 
+use crate::alloc::MetaState;
 use crate::error::{Corruption, Error, PathBytes, Result, ResultExt};
 use crate::fs::{Core, Fs};
-use crate::write::state::MetaState;
 
 /// An attribute: full name (`user.foo`) and value.
 pub type XattrPair = (Vec<u8>, Vec<u8>);
@@ -128,7 +128,7 @@ pub(crate) fn write_all(
     let old_block = if old_block != 0
         && (block.is_empty() || xattr_block_refcount(core, ino, old_block)? > 1)
     {
-        crate::write::modify::release_xattr_block(meta, core, ino, old_block)?;
+        crate::namei::remove::release_xattr_block(meta, core, ino, old_block)?;
         0
     } else {
         old_block

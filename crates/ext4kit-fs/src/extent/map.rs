@@ -19,8 +19,8 @@ use ext4kit_format::inode::{Inode, InodeFlags};
 use ext4kit_pagecache::{BlockMapper, Extent, ExtentKind, MapError, MapFlags, UnwrittenRange};
 
 use crate::error::{Corruption, Error, Result, ResultExt};
+use crate::extent::tree as extent_tree;
 use crate::fs::Core;
-use crate::write::extent_tree;
 
 /// One past the largest logical block an extent tree can map.
 pub const EXTENT_LBLK_END: u64 = 1 << 32;

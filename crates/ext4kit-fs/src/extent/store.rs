@@ -12,11 +12,11 @@ use ext4kit_format::hash::{DirHash, dirhash};
 use ext4kit_format::htree::DxBlock;
 use ext4kit_format::inode::InodeFlags;
 
+use crate::alloc::MetaState;
+use crate::dir::write::DirStore;
 use crate::error::{Corruption, Error, Result, ResultExt};
+use crate::extent::tree::{ExtentTree, NodeStore, ROOT_BYTES};
 use crate::fs::Core;
-use crate::write::dir_write::DirStore;
-use crate::write::extent_tree::{ExtentTree, NodeStore, ROOT_BYTES};
-use crate::write::state::MetaState;
 
 /// Tree blocks of inode `ino`.
 pub(crate) struct TreeIo<'a> {
