@@ -3,16 +3,20 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`fs`] | [`Fs`], [`OpenOptions`], opening and validating (superblock, group descriptors), [`fs::Core`] |
-//! | [`metacache`] | the metadata block cache (read-through; dirty tracking ready for writing) |
-//! | [`journal`] | in-memory journal replay and the overlay device serving replayed blocks |
-//! | [`map`] | extent trees, indirect block maps, the page cache's `BlockMapper` |
-//! | [`dir`] | directory entries: linear, htree (dx lookup), inline |
-//! | [`path`] | path resolution (symlinks, `..`), the public directory API |
-//! | [`stat`] | [`Stat`], `readlink` |
-//! | [`xattr`] | extended attributes (in-inode, block, EA inodes) |
-//! | [`mod@file`] | [`FileReader`] (data through the page cache), data runs and holes |
+//! | [`fs`] | [`Fs`], [`OpenOptions`], [`fs::Core`] (superblock, descriptors, metadata cache, write state) |
+//! | [`metacache`] | the metadata block cache (read-through; dirty tracking) |
 //! | [`error`] | [`Error`], its details, the errno table |
+//! | [`alloc`] | block and inode bitmaps, group descriptors, allocation, reservations |
+//! | [`extent`] | extent trees and indirect maps: lookups, changes, the tree store |
+//! | [`dir`] | directory entries: reading, lookups (linear, htree, inline), adding, removing |
+//! | [`xattr`] | extended attributes and POSIX ACLs |
+//! | [`inode`] | reading inodes, [`Stat`], new inodes, attributes, freeing inodes |
+//! | [`journal`] | journal replay (in memory) and crash-safe commits |
+//! | [`orphan`] | unlinked-but-open inodes, and orphans left in an image |
+//! | [`namei`] | path resolution; create, link, unlink, rmdir, rename |
+//! | [`mod@file`] | [`FileReader`], writing through the page cache, the block mapper, the direct path |
+//! | [`sync`] | `sync`, early commits, commit holds |
+//! | [`mkfs`], [`build`] | making images |
 //!
 //! ```no_run
 //! use ext4kit_fs::{Fs, OpenOptions};
@@ -46,10 +50,13 @@ pub mod journal;
 pub mod metacache;
 pub mod mkfs;
 pub mod namei;
+mod open;
 pub mod orphan;
 pub(crate) mod salvage;
+pub mod sync;
 pub mod xattr;
 
+pub use alloc::Space;
 /// The host side of importing a tree (`build`, and `cp` into an image).
 pub use build::host;
 pub use dir::DirEntry;
@@ -59,8 +66,8 @@ pub use ext4kit_pagecache::{Extent, ExtentKind};
 pub use file::FileReader;
 pub use fs::{Fs, JournalMode, OpenOptions, ROOT_INO};
 pub use inode::Stat;
+pub use inode::{NewInode, NewKind};
 pub use journal::ReplayReport;
-pub use namei::create::{NewInode, NewKind, Space};
 pub use xattr::Xattr;
 
 /// The on-disk format crate, re-exported for callers that need its types.

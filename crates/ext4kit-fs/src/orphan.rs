@@ -33,7 +33,7 @@ use crate::alloc::MetaState;
 use crate::error::{Corruption, Error, Result, ResultExt};
 use crate::extent::store::with_tree;
 use crate::fs::{Core, Fs};
-use crate::namei::remove::evict_inode;
+use crate::inode::evict::evict_inode;
 
 /// Magic number in the tail of every orphan file block (`EXT4_ORPHAN_BLOCK_MAGIC`); the
 /// block layout is [`ext4kit_format::orphan`]'s.

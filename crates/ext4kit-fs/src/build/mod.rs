@@ -33,8 +33,8 @@ use ext4kit_format::inode::{FileType, Timestamp};
 use crate::error::{Error, PathBytes, Result};
 use crate::file::direct::CopyRun;
 use crate::fs::{Fs, OpenOptions, ROOT_INO};
+use crate::inode::{NewInode, NewKind};
 use crate::mkfs::{MkfsOptions, mkfs};
-use crate::namei::create::{NewInode, NewKind};
 use crate::xattr::write::XattrPair;
 
 /// How to build.
@@ -453,7 +453,7 @@ impl Builder<'_> {
     }
 
     /// Copies a source file's data regions (holes stay holes) straight to blocks allocated for
-    /// them (the bulk path of `write::direct`; the image is fresh, so block tails are zeros).
+    /// them (the bulk path of `file/direct.rs`; the image is fresh, so block tails are zeros).
     fn copy_file(&mut self, ino: u32, path: &Path, md: &Meta) -> Result<()> {
         let len = md.size;
         if len == 0 {

@@ -1,7 +1,6 @@
-//! Changing what already exists: remove names (`unlink`, `rmdir`), move them (`rename`), and
-//! free an inode once its last name is gone — at once, or when the last user of its page cache
-//! lets go (an orphan, see [`crate::orphan`]); plus symlinks, preallocation and hole
-//! punching on top of the page cache.
+//! Removing and moving names: `unlink`, `rmdir`, `rename`; an inode whose last name goes is
+//! freed (`inode/evict.rs`) — at once, or when the last user of its page cache lets go
+//! (an orphan, see [`crate::orphan`]).
 //!
 //! Follows fs/ext4/namei.c and inode.c:
 //! - a removed entry is merged into the entry before it, or marked unused when it is the first
@@ -10,181 +9,28 @@
 //! - `rename` adds the new name (or points an existing one at the moved inode), removes the old
 //!   one, rewrites `..` of a directory moved to another parent, and fixes the link counts of
 //!   both parents (directories past [`LINK_MAX`] keep the dir_nlink count 1, "many");
-//! - an inode whose last link goes is freed with everything it owns: data blocks, extent tree
-//!   blocks, its xattr block (or one reference to a shared one), its delayed-allocation
-//!   reservations, then the inode itself (`i_dtime` set, bitmap bit and group counters). While
-//!   something still holds its page cache (a [`Mapping`] or [`crate::FileReader`]), it stays on
-//!   the orphan list instead and is freed at [`Fs::close_file`] or [`Fs::sync`].
+//! - while something still holds the page cache of an inode whose last link went (a
+//!   [`ext4kit_pagecache::Mapping`] or [`crate::FileReader`]), it stays on the orphan list and
+//!   is freed at [`Fs::close_file`] or [`Fs::sync`].
 //!
 //! Directory operations set the changed directories' mtime and ctime, and the moved or unlinked
-//! inode's ctime, to the current time. File data operations (`fallocate`, `punch_hole`, like
-//! `write_at` and `set_size`) leave times to the caller ([`Fs::set_times`]).
+//! inode's ctime, to the current time.
 //!
 //! Locks: the metadata lock for directory and inode changes; never held while calling into the
 //! page cache (see [`crate::alloc`]). The orphan list ([`crate::orphan`]) is
 //! locked inside the metadata lock, never the other way round.
 
-use ext4kit_format::dir::{DirBlock, DirBlockOptions};
-use ext4kit_format::extent::{EXTENT_MAGIC, ExtentHeader};
-use ext4kit_format::htree::{DxBlock, DxOptions};
-use ext4kit_format::inode::{FileType, InodeFlags, Timestamp};
-use ext4kit_format::xattr::XattrBlock;
-use ext4kit_format::{CorruptKind, Structure};
-use ext4kit_pagecache::Mapping;
+use ext4kit_format::Structure;
+use ext4kit_format::inode::Timestamp;
 
 use crate::alloc::MetaState;
-use crate::dir::DirInode;
-use crate::dir::write::{self as dir_write, DirStore};
-use crate::error::{Corruption, Error, PathBytes, Result, ResultExt};
-use crate::extent::store::{DirIo, with_tree};
+use crate::dir::store::{DirIo, dir_is_empty, dotdot, load_dir, lookup, set_dotdot};
+use crate::dir::write as dir_write;
+use crate::error::{Corruption, Error, PathBytes, Result};
 use crate::fs::{Core, Fs, ROOT_INO};
-use crate::namei::create::{LINK_MAX, NewInode, NewKind};
-
-/// The current time (directory and inode change times).
-pub(crate) fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanoseconds: d.subsec_nanos(),
-    }
-}
-
-/// A name that can be removed or be the target of a rename (one component, not `.`/`..`).
-fn check_name(name: &[u8]) -> Result<()> {
-    if name.len() > 255 {
-        return Err(Error::NameTooLong {
-            path: PathBytes(name.to_vec()),
-        });
-    }
-    if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name == b"." || name == b".."
-    {
-        return Err(Error::InvalidArgument(format!(
-            "{:?} is not a name that can be removed or renamed",
-            String::from_utf8_lossy(name)
-        )));
-    }
-    Ok(())
-}
-
-fn dir_opts(core: &Core) -> DirBlockOptions {
-    DirBlockOptions::new(core.block_size, core.csum_seed.is_some())
-}
-
-fn dx_opts(core: &Core) -> DxOptions {
-    DxOptions {
-        block_size: core.block_size,
-        has_csum: core.csum_seed.is_some(),
-        largedir: false,
-    }
-}
-
-/// Loads directory `dir` into the writer's inode cache (the directory stores need it there) and
-/// checks that it is a directory.
-fn load_dir(meta: &mut MetaState, core: &Core, dir: u32, name_for_error: &[u8]) -> Result<()> {
-    let inode = meta.inode(core, dir)?;
-    if !inode.is_dir() {
-        return Err(Error::NotDir {
-            path: PathBytes(name_for_error.to_vec()),
-        });
-    }
-    if inode.links_count() == 0 {
-        return Err(Error::NotFound {
-            path: PathBytes(name_for_error.to_vec()),
-        });
-    }
-    Ok(())
-}
-
-/// The parent (`..`) of directory `dir`, as the writer sees it: the read side's one `..`
-/// lookup ([`Core::dir_parent`]) on the writer's copy of the inode.
-pub(crate) fn dotdot(meta: &mut MetaState, core: &Core, dir: u32) -> Result<u32> {
-    if dir == ROOT_INO {
-        return Ok(dir);
-    }
-    let inode = meta.inode(core, dir)?.clone();
-    core.dir_parent(&DirInode {
-        ino: dir,
-        inode: &inode,
-    })
-}
-
-/// Looks `name` up in directory `dir` as the writer sees it: (inode, dirent file type). The
-/// read side's one lookup engine ([`Core::lookup_entry`], linear, htree and inline) on the
-/// writer's copy of the inode; its blocks are the metadata cache's, changed ones included.
-pub(crate) fn lookup(
-    meta: &mut MetaState,
-    core: &Core,
-    dir: u32,
-    name: &[u8],
-) -> Result<Option<(u32, u8)>> {
-    let inode = meta.inode(core, dir)?.clone();
-    Ok(core
-        .lookup_entry(
-            &DirInode {
-                ino: dir,
-                inode: &inode,
-            },
-            name,
-        )?
-        .map(|e| (e.ino, e.file_type.map_or(0, FileType::dirent_code))))
-}
-
-/// Whether loaded directory `dir` holds nothing but `.` and `..`.
-fn dir_is_empty(meta: &mut MetaState, core: &Core, dir: u32) -> Result<bool> {
-    let mut io = DirIo {
-        core,
-        meta,
-        ino: dir,
-        parent: 0,
-    };
-    let indexed = io.is_indexed();
-    let bs = core.block_size;
-    for lblk in 0..io.nblocks() {
-        let raw = io.read_block(lblk)?;
-        // The dx root holds only `.` and `..`; dx nodes hold no entries.
-        if indexed && (lblk == 0 || ext4kit_format::htree::detect(&raw, bs).is_some()) {
-            continue;
-        }
-        let b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
-        if b.live_entries()
-            .ctx_inode(dir)?
-            .iter()
-            .any(|e| !e.is_dot_or_dotdot())
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-/// Points `..` of loaded directory `dir` at `parent` (in the dx root when indexed).
-fn set_dotdot(meta: &mut MetaState, core: &Core, dir: u32, parent: u32) -> Result<()> {
-    let mut io = DirIo {
-        core,
-        meta,
-        ino: dir,
-        parent,
-    };
-    let raw = io.read_block(0)?;
-    if io.is_indexed() {
-        let mut root = DxBlock::parse_root(&raw, dx_opts(core)).ctx_inode(dir)?;
-        root.set_parent_inode(parent);
-        return io.write_dx(0, root);
-    }
-    let mut b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
-    match b.set_dotdot_inode(parent) {
-        Err(e) if e.corrupt_kind() == Some(&CorruptKind::DirectoryDots) => {
-            return Err(
-                Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots)
-                    .with_inode(dir),
-            );
-        }
-        r => r.ctx_inode(dir)?,
-    }
-    io.write_leaf(0, b)
-}
+use crate::inode::evict::evict_inode;
+use crate::inode::{LINK_MAX, now};
+use crate::namei::check_name;
 
 /// Whether directory `dir` is `ancestor` or lies below it (walking `..` up to the root).
 fn is_within(meta: &mut MetaState, core: &Core, dir: u32, ancestor: u32) -> Result<bool> {
@@ -240,131 +86,6 @@ fn touch(meta: &mut MetaState, core: &Core, ino: u32, t: Timestamp) -> Result<()
     inode.set_modification_time(t);
     inode.set_change_time(t);
     meta.dirty_inode(ino);
-    Ok(())
-}
-
-/// Drops one reference to xattr block `blk` of `ino`: frees it when it was the last, else
-/// lowers its `h_refcount` (a block shared by several inodes, as the kernel's mbcache makes).
-/// Clears `i_file_acl` and takes the block out of `i_blocks`.
-pub(crate) fn release_xattr_block(
-    meta: &mut MetaState,
-    core: &Core,
-    ino: u32,
-    blk: u64,
-) -> Result<()> {
-    core.check_range(Structure::XattrBlock, blk, 1)
-        .ctx_inode(ino)?;
-    let mb = core.cache.get(blk).ctx_inode(ino)?;
-    let mut x = XattrBlock::parse(&mb.read(), core.ea_inode)
-        .ctx_inode(ino)
-        .ctx_block(blk)?;
-    let rc = x.refcount();
-    if rc > 1 {
-        x.set_refcount(rc - 1);
-        if let Some(seed) = core.csum_seed {
-            x.update_checksum(seed, blk);
-        }
-        mb.write().copy_from_slice(x.as_bytes());
-        mb.mark_dirty();
-    } else {
-        drop(mb);
-        meta.free_blocks_range(core, blk, 1)?;
-    }
-    meta.add_blocks(core, ino, -1)?;
-    meta.inode(core, ino)?.set_file_acl(0)?;
-    meta.dirty_inode(ino);
-    Ok(())
-}
-
-/// Frees inode `ino` and everything it owns (its links must be gone): data and extent-tree
-/// blocks, its xattr block reference, delayed-allocation reservations, then the inode (dtime,
-/// bitmap, group counters). Takes it off the orphan list. No page cache may hold it.
-pub(crate) fn evict_inode(meta: &mut MetaState, core: &Core, ino: u32) -> Result<()> {
-    let inode = meta.inode(core, ino)?.clone();
-    let is_dir = inode.is_dir();
-    let ft = inode.file_type();
-    let mapped = matches!(
-        ft,
-        Some(FileType::Regular | FileType::Directory | FileType::Symlink)
-    );
-    if mapped && inode.flags().contains(InodeFlags::EXTENTS) {
-        with_tree(core, meta, ino, 0, |t| t.remove_range(0, 1 << 32))?;
-    } else if mapped && !inode.flags().contains(InodeFlags::INLINE_DATA) {
-        // Fast symlinks keep their target in i_block; anything else mapped without extents
-        // uses ext2/ext3 indirect blocks.
-        let fast_symlink = ft == Some(FileType::Symlink)
-            && ext4kit_format::inline_data::symlink_storage(&inode, &meta.sb)
-                == ext4kit_format::inline_data::SymlinkStorage::Fast;
-        if !fast_symlink && inode.block_area().iter().any(|b| *b != 0) {
-            return Err(Error::unsupported(crate::error::Unsupported::Other(
-                format!(
-                    "inode {ino} maps its blocks indirectly (ext2/ext3); deleting it is not supported"
-                ),
-            )));
-        }
-    }
-    if inode.file_acl() != 0 {
-        release_xattr_block(meta, core, ino, inode.file_acl())?;
-    }
-    // Delayed blocks nobody will write any more.
-    if let Some(r) = meta.reserved_by.remove(&ino) {
-        meta.reserved = meta.reserved.saturating_sub(r);
-    }
-    crate::orphan::forget(meta, core, ino)?;
-    let huge = meta
-        .sb
-        .has_ro_compat(ext4kit_format::RoCompatFeatures::HUGE_FILE);
-    let bits = meta.sb.block_size_bits();
-    let t = now();
-    {
-        let inode = meta.inode(core, ino)?;
-        inode.set_links_count(0);
-        inode.set_size(0);
-        inode.set_dtime(u32::try_from(t.seconds).unwrap_or(u32::MAX).max(1));
-        inode
-            .set_block_count_512(0, huge, bits)
-            .map_err(Error::from)?;
-        if inode.flags().contains(InodeFlags::EXTENTS) {
-            crate::extent::tree::ExtentTree::<crate::extent::store::TreeIo<'_>>::init_root(
-                inode.block_area_mut(),
-            );
-        }
-    }
-    meta.dirty_inode(ino);
-    meta.free_inode(core, ino, is_dir)
-}
-
-/// Before a sync writes the metadata: frees the orphans nobody holds any more, and packs the
-/// extent trees of changed inodes that e2fsck would find wider or deeper than needed (after
-/// punches, truncates, deletes and mid-leaf splits), as its pass 1E would rebuild them.
-pub(crate) fn prepare_sync(fs: &Fs) -> Result<()> {
-    crate::orphan::release_at_sync(&fs.core)?;
-    let core = &fs.core;
-    let w = core.writer("sync")?;
-    let mut meta = w.meta.lock();
-    let candidates: Vec<u32> = meta
-        .dirty_inodes
-        .iter()
-        .copied()
-        .filter(|ino| {
-            meta.inodes.get(ino).is_some_and(|i| {
-                let b = i.block_area();
-                i.links_count() > 0
-                    && i.flags().contains(InodeFlags::EXTENTS)
-                    && ExtentHeader::read(b)
-                        .is_ok_and(|(magic, h)| magic == EXTENT_MAGIC && h.depth >= 1)
-            })
-        })
-        .collect();
-    for ino in candidates {
-        with_tree(core, &mut meta, ino, 0, |t| {
-            if t.needs_packing()? {
-                t.rebuild_packed()
-            } else {
-                Ok(())
-            }
-        })?;
-    }
     Ok(())
 }
 
@@ -603,59 +324,6 @@ impl Fs {
         };
         self.finish_unlinked(last)?;
         self.commit_if_full()
-    }
-
-    /// Creates a symbolic link `name` → `target` in `dir` (a fast symlink in the inode when the
-    /// target is shorter than 60 bytes, else one block). Returns its inode number.
-    pub fn symlink(&self, dir: u32, name: &[u8], target: &[u8], attrs: &NewInode) -> Result<u32> {
-        self.create(dir, name, &NewKind::Symlink(target.to_vec()), attrs)
-    }
-
-    /// Preallocates `offset..offset+len` of regular file `ino` as unwritten extents (reading as
-    /// zeros; the page cache converts them once data written there reached the disk), growing
-    /// the file to cover the range unless `keep_size`.
-    pub fn fallocate(&self, ino: u32, offset: u64, len: u64, keep_size: bool) -> Result<()> {
-        self.core.writer("fallocate")?;
-        self.check_regular_for_write(ino)?;
-        let m = self.data_mapping(ino)?;
-        m.fallocate(offset, len, keep_size)
-            .map_err(|e| Error::from_cache(ino, e))?;
-        self.commit_if_full()
-    }
-
-    /// Punches a hole in `offset..offset+len` of regular file `ino` (the size stays): partial
-    /// blocks at the edges are zeroed, whole blocks are freed (extents split as needed).
-    pub fn punch_hole(&self, ino: u32, offset: u64, len: u64) -> Result<()> {
-        self.core.writer("punch a hole")?;
-        self.check_regular_for_write(ino)?;
-        let m = self.data_mapping(ino)?;
-        m.punch_hole(offset, len)
-            .map_err(|e| Error::from_cache(ino, e))?;
-        self.commit_if_full()
-    }
-
-    /// Lets go of a file's page cache: if the file was unlinked while `mapping` (or another
-    /// handle) kept it alive and nothing else holds it now, it is freed.
-    pub fn close_file(&self, mapping: Mapping) -> Result<()> {
-        let ino = u32::try_from(mapping.ino()).map_err(|_| {
-            Error::InvalidArgument(format!("inode number {} too large", mapping.ino()))
-        })?;
-        drop(mapping);
-        if self.core.write.is_some() {
-            crate::orphan::release_unused(&self.core, Some(ino))?;
-        }
-        Ok(())
-    }
-
-    fn check_regular_for_write(&self, ino: u32) -> Result<()> {
-        let inode = self.core.read_inode(ino)?;
-        self.core.check_regular(ino, &inode)?;
-        if inode.links_count() == 0 {
-            return Err(Error::NotFound {
-                path: PathBytes(format!("inode {ino} (deleted)").into_bytes()),
-            });
-        }
-        Ok(())
     }
 
     /// After the metadata lock is released: frees an inode whose last link went, unless its
