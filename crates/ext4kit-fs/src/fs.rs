@@ -49,7 +49,7 @@ pub struct OpenOptions {
     /// does, and say so in [`Fs::notices`]. Off (the default), such an image is refused.
     pub recover_journal: bool,
     /// When writing an image with an internal journal: commit every sync through it as a jbd2
-    /// transaction (crash-safe; see [`crate::journal::commit`]). Off, metadata is written
+    /// transaction (crash-safe; see `Fs::sync`). Off, metadata is written
     /// in place (image building turns it off: a crash in the middle of building leaves a
     /// half-built image anyway). Images without a journal or with an external one are always
     /// written in place.
@@ -76,8 +76,8 @@ pub struct OpenOptions {
     /// trying 1 KiB to 64 KiB), as `e2fsck -b`; its group descriptors are the backup copy that
     /// follows it. Reading only.
     pub superblock: Option<u64>,
-    /// [`Fs::open_path`]: when another process holds the image's lock (see
-    /// [`crate::image_lock`]), wait for it instead of refusing.
+    /// [`Fs::open_path`]: when another process holds the image's lock, wait for it instead of
+    /// refusing.
     pub wait_for_lock: bool,
 }
 
@@ -100,7 +100,7 @@ impl Default for OpenOptions {
 
 /// The state every operation reads: superblock, group descriptors, metadata cache.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Core {
     pub(crate) sb: Superblock,
     pub(crate) block_size: u32,
     pub(crate) groups: Vec<GroupDesc>,
@@ -292,11 +292,6 @@ impl Core {
         }
     }
 
-    /// The superblock.
-    pub fn superblock(&self) -> &Superblock {
-        &self.sb
-    }
-
     /// Checks that `block` (and `len - 1` blocks after it) lie inside the filesystem.
     pub(crate) fn check_range(&self, structure: Structure, block: u64, len: u64) -> Result<()> {
         let first = u64::from(self.sb.first_data_block());
@@ -387,16 +382,6 @@ impl Fs {
     /// The block of the backup superblock this image was opened through, if not the primary.
     pub fn backup_superblock(&self) -> Option<u64> {
         self.core.backup_sb
-    }
-
-    /// The shared core (the page cache's block mapper).
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-
-    /// The file data cache.
-    pub fn page_cache(&self) -> &PageCache {
-        &self.pages
     }
 
     /// A copy of filesystem block `block`, read through the metadata cache (after journal

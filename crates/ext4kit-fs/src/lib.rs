@@ -1,23 +1,6 @@
 //! The ext4kit filesystem: open ext2/ext3/ext4 images and read everything in them, without the
 //! kernel and without root.
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`fs`] | [`Fs`], [`OpenOptions`], [`fs::Core`] (superblock, descriptors, metadata cache, write state) |
-//! | [`metacache`] | the metadata block cache (read-through; dirty tracking) |
-//! | [`error`] | [`Error`], its details, the errno table |
-//! | [`alloc`] | block and inode bitmaps, group descriptors, allocation, reservations |
-//! | [`extent`] | extent trees and indirect maps: lookups, changes, the tree store |
-//! | [`dir`] | directory entries: reading, lookups (linear, htree, inline), adding, removing |
-//! | [`xattr`] | extended attributes and POSIX ACLs |
-//! | [`inode`] | reading inodes, [`Stat`], new inodes, attributes, freeing inodes |
-//! | [`journal`] | journal replay (in memory) and crash-safe commits |
-//! | [`orphan`] | unlinked-but-open inodes, and orphans left in an image |
-//! | [`namei`] | path resolution; create, link, unlink, rmdir, rename |
-//! | [`mod@file`] | [`FileReader`], writing through the page cache, the block mapper, the direct path |
-//! | [`sync`] | `sync`, early commits, commit holds |
-//! | [`mkfs`], [`build`] | making images |
-//!
 //! ```no_run
 //! use ext4kit_fs::{Fs, OpenOptions};
 //! let fs = Fs::open_path("disk.img".as_ref(), &OpenOptions::default())?;
@@ -37,38 +20,59 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod alloc;
+// The core every structure reads.
+mod error;
+mod fs;
+mod image_lock;
+mod metacache;
+mod salvage;
+
+// The on-disk structures, each reading and writing (see docs/architecture.md for the order).
+mod alloc;
+mod dir;
+mod extent;
+mod inode;
+mod journal;
+mod orphan;
+mod xattr;
+
+// Operations over several structures.
 pub mod build;
-pub mod dir;
-pub mod error;
-pub mod extent;
-pub mod file;
-pub mod fs;
-pub mod image_lock;
-pub mod inode;
-pub mod journal;
-pub mod metacache;
+mod file;
 pub mod mkfs;
-pub mod namei;
+mod namei;
 mod open;
-pub mod orphan;
-pub(crate) mod salvage;
-pub mod sync;
-pub mod xattr;
+mod sync;
 
 pub use alloc::Space;
-/// The host side of importing a tree (`build`, and `cp` into an image).
-pub use build::host;
-pub use dir::DirEntry;
+pub use build::{BuildOptions, BuildReport, build_image};
+pub use dir::{DirEntry, NAME_MAX};
 pub use error::{Corruption, Error, PathBytes, Result, Unsupported};
 pub use ext4kit_format::inode::{FileType, Timestamp};
-pub use ext4kit_pagecache::{Extent, ExtentKind};
+pub use ext4kit_pagecache::{Extent, ExtentKind, Mapping};
 pub use file::FileReader;
 pub use fs::{Fs, JournalMode, OpenOptions, ROOT_INO};
-pub use inode::Stat;
-pub use inode::{NewInode, NewKind};
+pub use image_lock::check_not_in_use;
+pub use inode::{LINK_MAX, NewInode, NewKind, SYMLINK_MAX, Stat};
 pub use journal::ReplayReport;
-pub use xattr::Xattr;
+pub use journal::commit::JournalStats;
+pub use mkfs::{MkfsError, MkfsOptions, MkfsReport, mkfs};
+pub use namei::MAX_SYMLINKS;
+pub use sync::CommitHold;
+pub use xattr::{Xattr, XattrPair, acl_from_disk, is_user_xattr};
 
 /// The on-disk format crate, re-exported for callers that need its types.
 pub use ext4kit_format as format;
+
+/// The block device crate, re-exported for callers that open an image on a device of their own
+/// ([`Fs::open`]: memory, files, test devices).
+pub use ext4kit_blockdev as blockdev;
+
+/// The host side of importing a tree into an image (what `build` and `cp` into an image read
+/// from the host beyond the bytes): extended attributes, data and hole regions, metadata,
+/// device numbers.
+pub mod host {
+    pub use crate::build::host::{
+        DataRegions, HostMeta, data_regions, device_numbers, read_xattrs,
+    };
+}

@@ -228,7 +228,8 @@ impl Fs {
     /// The file is locked for the life of the `Fs` (exclusive when writing, shared when
     /// reading; refused or waited for, see [`OpenOptions::wait_for_lock`]), and a writing open
     /// refuses a file a kernel uses (loop-attached, or a mounted block device): see
-    /// [`crate::image_lock`].
+    /// [`check_not_in_use`](crate::check_not_in_use). Opens of one file in one process share
+    /// one lock.
     pub fn open_path(path: &Path, opts: &OpenOptions) -> Result<Fs> {
         let (file, lock) = crate::image_lock::open_locked(path, opts.writable, opts.wait_for_lock)?;
         let (dev, _why_not_uring) =

@@ -35,9 +35,8 @@ use crate::extent::store::with_tree;
 use crate::fs::{Core, Fs};
 use crate::inode::evict::evict_inode;
 
-/// Magic number in the tail of every orphan file block (`EXT4_ORPHAN_BLOCK_MAGIC`); the
-/// block layout is [`ext4kit_format::orphan`]'s.
-pub use ext4kit_format::orphan::ORPHAN_BLOCK_MAGIC;
+// The magic in the tail of every orphan file block; the layout is `ext4kit_format::orphan`'s.
+use ext4kit_format::orphan::ORPHAN_BLOCK_MAGIC;
 
 /// The orphans of an open filesystem (see the module docs).
 #[derive(Debug, Default)]

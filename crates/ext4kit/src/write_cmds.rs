@@ -108,7 +108,7 @@ pub(crate) fn open_error_reason(message: &str, errno: i32) -> String {
 /// Refuses images a kernel uses: a loop device backed by the same file (compared by device
 /// and inode number, so hard links and other spellings count), or a mounted block device.
 fn check_not_mounted(img: &Path) -> Result<()> {
-    ext4kit_fs::image_lock::check_not_in_use(img).map_err(|e| match e {
+    ext4kit_fs::check_not_in_use(img).map_err(|e| match e {
         ext4kit_fs::Error::Open { path, message, .. } => anyhow!("{path}: {message}"),
         e => anyhow!("{}: {e}", img.display()),
     })
@@ -442,7 +442,7 @@ pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
         .with_context(|| String::from_utf8_lossy(dir).into_owned())?;
     if !inode.is_dir() {
         return Err(ext4kit_fs::Error::NotDir {
-            path: ext4kit_fs::error::PathBytes(dir.to_vec()),
+            path: ext4kit_fs::PathBytes(dir.to_vec()),
         }
         .into());
     }

@@ -17,7 +17,7 @@
 //! With the UUID, hash seed and `SOURCE_DATE_EPOCH` fixed, two builds of the same tree are
 //! byte-identical: inode numbers follow the sorted walk, and every allocation is made by the
 //! building thread in walk order (the copy threads only fill blocks already chosen).
-pub mod host;
+pub(crate) mod host;
 
 use std::collections::HashMap;
 use std::fs;
@@ -125,8 +125,7 @@ struct Totals {
     xattr_blocks: u64,
 }
 
-pub use crate::build::host::device_numbers;
-use crate::build::host::{io_err, read_xattrs};
+use crate::build::host::{device_numbers, io_err, read_xattrs};
 
 fn scan(path: &Path, name: Box<[u8]>, depth: usize, totals: &mut Totals, bs: u64) -> Result<Node> {
     if depth > 4096 {

@@ -9,5 +9,3 @@
 pub mod map;
 pub mod store;
 pub mod tree;
-
-pub use map::EXTENT_LBLK_END;

@@ -9,4 +9,4 @@ pub mod commit;
 pub mod replay;
 
 pub(crate) use replay::JournalMap;
-pub use replay::{OverlayDevice, ReplayReport, ReplayedBlocks, replay};
+pub use replay::{OverlayDevice, ReplayReport, replay};
