@@ -333,6 +333,20 @@ pub struct Fs {
     pub(crate) notices: Vec<String>,
     /// The image file's lock ([`Fs::open_path`]), held as long as any clone lives.
     pub(crate) _lock: Option<Arc<crate::image_lock::ImageLock>>,
+    /// Shared by the clones; dropped with the last one (see [`LastClone`]).
+    pub(crate) last: Arc<LastClone>,
+}
+
+/// What the clones of one [`Fs`] share to notice that the last one goes: in debug builds,
+/// dropping a writable image whose changes were never synced prints a warning (`sync.rs`),
+/// unless they were given up on purpose ([`Fs::discard`], or a [`Fs::close`] whose sync
+/// failed and said so).
+#[derive(Debug)]
+pub(crate) struct LastClone {
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    pub(crate) core: Arc<Core>,
+    /// Unsynced changes are dropped on purpose.
+    pub(crate) quiet: std::sync::atomic::AtomicBool,
 }
 
 impl Fs {

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use ext4kit_blockdev::BlockDevice;
 use ext4kit_format::{IncompatFeatures, Structure, Superblock};
@@ -29,7 +30,7 @@ use parking_lot::Mutex;
 
 use crate::alloc::MetaState;
 use crate::error::{Corruption, Error, Result, Unsupported};
-use crate::fs::{Core, Fs, JournalMode, OpenOptions, ROOT_INO, WriteState};
+use crate::fs::{Core, Fs, JournalMode, LastClone, OpenOptions, ROOT_INO, WriteState};
 use crate::journal::OverlayDevice;
 
 /// [`Core::load_from`], with the write state attached when opening for writing.
@@ -205,6 +206,10 @@ impl Fs {
         let pages = PageCache::new(cfg, data_dev, mapper)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut fs = Fs {
+            last: Arc::new(LastClone {
+                core: Arc::clone(&core),
+                quiet: AtomicBool::new(false),
+            }),
             core,
             pages,
             replay,
@@ -213,7 +218,13 @@ impl Fs {
         };
         if opts.writable {
             // What a previous writer left on the orphan list is freed (or truncated) now.
-            let n = crate::orphan::clean_at_open(&fs)?;
+            let n = match crate::orphan::clean_at_open(&fs) {
+                Ok(n) => n,
+                Err(e) => {
+                    fs.discard();
+                    return Err(e);
+                }
+            };
             if n > 0 {
                 fs.notices.push(format!(
                     "cleaned up {n} orphan inode(s) left by a previous writer"

@@ -2,7 +2,9 @@
 //! the metadata — as one jbd2 transaction when the image has an internal journal — then a
 //! flush), [`Fs::flush_data`], [`Fs::write_back_metadata`]; early commits when a transaction
 //! grows too large and commit holds that keep a group of operations in one
-//! ([`Fs::hold_commits`]).
+//! ([`Fs::hold_commits`]); closing an image ([`Fs::close`]) or giving up its changes
+//! ([`Fs::discard`]), and the debug-build warning when the last clone of a writable image goes
+//! with changes never synced.
 //!
 //! Each operation takes the metadata lock for its metadata changes only; file data goes through
 //! the page cache (delayed allocation) without it. Nothing reaches the disk before a sync.
@@ -15,7 +17,11 @@ use ext4kit_pagecache::Mapping;
 
 use crate::error::{Error, Result};
 use crate::extent::store::with_tree;
-use crate::fs::Fs;
+use std::sync::atomic::Ordering;
+
+#[cfg(debug_assertions)]
+use crate::fs::LastClone;
+use crate::fs::{Core, Fs};
 
 impl Fs {
     /// Writes back the data of every file written since the last sync (allocating its
@@ -228,5 +234,69 @@ impl CommitHold<'_> {
 impl Drop for CommitHold<'_> {
     fn drop(&mut self) {
         self.release();
+    }
+}
+
+impl Fs {
+    /// Syncs (when writable) and closes this handle, returning the sync's error — the way to
+    /// end a writable image whose errors matter; dropping it does not sync. Other clones stay
+    /// open. A read-only image just closes.
+    pub fn close(self) -> Result<()> {
+        if self.core.write.is_none() {
+            return Ok(());
+        }
+        let r = self.sync();
+        if r.is_err() {
+            // Reported to the caller: no warning for these changes when the last clone goes.
+            self.last.quiet.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Whether anything changed since the last sync (file data, metadata, frees awaiting a
+    /// commit): what [`Fs::sync`] would write. Always `false` read-only.
+    pub fn has_unsynced_changes(&self) -> bool {
+        self.core.has_unsynced_changes()
+    }
+
+    /// Closes this handle giving up every change not synced yet (in memory only; the image
+    /// keeps what the last sync wrote), without the debug-build warning a drop would print —
+    /// for a caller that decided not to commit (a command whose every operand failed). Applies
+    /// to all clones: none of them warns when the last one goes.
+    pub fn discard(self) {
+        self.last.quiet.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Core {
+    /// Whether anything changed since the last sync: dirty file data, dirty metadata blocks,
+    /// changed inodes or descriptors, frees awaiting a commit.
+    pub(crate) fn has_unsynced_changes(&self) -> bool {
+        let Some(w) = &self.write else {
+            return false;
+        };
+        if self.cache.nr_dirty() > 0 || w.open_mappings.lock().values().any(|m| m.nr_dirty() > 0) {
+            return true;
+        }
+        let m = w.meta.lock();
+        !m.dirty_inodes.is_empty()
+            || !m.dirty_groups.is_empty()
+            || m.deferred_frees.as_ref().is_some_and(|d| !d.is_empty())
+    }
+}
+
+/// Debug builds: the last clone of a writable image went with changes never synced — almost
+/// always a missing [`Fs::sync`] / [`Fs::close`] (they are lost), else a missing
+/// [`Fs::discard`].
+#[cfg(debug_assertions)]
+impl Drop for LastClone {
+    fn drop(&mut self) {
+        if !self.quiet.load(Ordering::Relaxed) && self.core.has_unsynced_changes() {
+            eprintln!(
+                "ext4kit-fs: warning: an image open for writing was dropped with changes never \
+                 synced (they are lost); end it with Fs::close or Fs::sync, or Fs::discard to \
+                 drop them on purpose"
+            );
+        }
     }
 }

@@ -692,16 +692,21 @@ pub fn build_image(
         fs.sync()?;
         Ok(())
     })();
-    if let Err(Error::NoSpace(what)) = written {
-        // Out of space at a given --size: say what the tree needs (the fitted size).
-        return Err(Error::NoSpace(format!(
-            "{what}: the tree needs an image of about {} MiB, --size gave {} MiB ({} MiB free after mkfs)",
-            fit.div_ceil(1 << 20).max(size.div_ceil(1 << 20) + 1),
-            size >> 20,
-            (made.free_blocks * u64::from(made.block_size)) >> 20
-        )));
+    if let Err(e) = written {
+        // Nothing of a failed build is kept (the caller removes the image).
+        drop(b);
+        fs.discard();
+        if let Error::NoSpace(what) = e {
+            // Out of space at a given --size: say what the tree needs (the fitted size).
+            return Err(Error::NoSpace(format!(
+                "{what}: the tree needs an image of about {} MiB, --size gave {} MiB ({} MiB free after mkfs)",
+                fit.div_ceil(1 << 20).max(size.div_ceil(1 << 20) + 1),
+                size >> 20,
+                (made.free_blocks * u64::from(made.block_size)) >> 20
+            )));
+        }
+        return Err(e);
     }
-    written?;
     b.progress.entries_done = b.progress.entries_total;
     (b.on_progress)(b.progress);
     report = b.report;

@@ -6,14 +6,17 @@
 //! |---|---|
 //! | `path.rs` | path resolution (symlinks, `..`), the public directory API (`Fs::read_dir`, `Fs::lookup`, `Fs::resolve`) |
 //! | `create.rs` | `Fs::create`, `Fs::symlink`, `Fs::link`; the builder's bulk calls (`Fs::create_detached`, `Fs::create_dir_with`, `Fs::fill_root`, `Fs::fill_dir`) |
+//! | `by_path.rs` | operations on byte paths: `parent_and_name`, `create_path`, `mkdir_all`, `remove`, `remove_all`, `rename_path`, `read_path`, `write_path` |
 //! | `remove.rs` | `Fs::unlink`, `Fs::rmdir`, `Fs::rename` |
 
+pub mod by_path;
 pub mod create;
 pub mod path;
 pub mod remove;
 
 use crate::error::{Error, PathBytes, Result};
 
+pub use by_path::{names_dir, split_parent};
 pub use path::MAX_SYMLINKS;
 
 pub(crate) fn name_check(name: &[u8]) -> Result<()> {
