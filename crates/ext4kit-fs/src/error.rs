@@ -383,6 +383,12 @@ pub enum Error {
     /// No room left: free blocks, free inodes, or a directory index that cannot grow.
     #[error("no space left on device: {0}")]
     NoSpace(String),
+    /// A path whose last component cannot be created, removed or renamed (empty, `.`, `..`).
+    #[error("{path}: not a name that can be created")]
+    InvalidName {
+        /// The path as given.
+        path: PathBytes,
+    },
     /// The name exists already.
     #[error("{path}: file exists")]
     Exists {
@@ -461,6 +467,7 @@ impl Error {
             Error::NoXattr { .. } => ENODATA,
             Error::ReadOnly(_) => EROFS,
             Error::NoSpace(_) => ENOSPC,
+            Error::InvalidName { .. } => EINVAL,
             Error::Exists { .. } => EEXIST,
             Error::NotEmpty { .. } => ENOTEMPTY,
             Error::TooManyLinks { .. } => EMLINK,

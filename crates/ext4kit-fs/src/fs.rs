@@ -1,35 +1,28 @@
-//! [`Fs`]: opening an image, and the shared state every operation reads ([`Core`]).
+//! The core every structure reads: [`Fs`] (the handle), [`Core`] (superblock, group
+//! descriptors, the metadata cache, and — writing — the state of the write side), and
+//! [`OpenOptions`]. Opening itself is `open.rs`'s.
 //!
-//! Opening (`Fs::open`) does what the kernel's `ext4_fill_super` does before it can read:
-//! 1. reads and validates the superblock (magic, checksum, geometry) and refuses unknown or
-//!    unsupported incompat features, naming them;
-//! 2. checks that the device holds the whole filesystem;
-//! 3. loads every group descriptor, verifying its checksum (crc16 or crc32c) and its locations;
-//! 4. if the journal needs recovery, replays it **in memory** ([`crate::journal`]) and starts
-//!    again from 1 on an overlay device that serves the replayed blocks; the image is never
-//!    written. A writable open replays it **onto the image** instead, when asked to
-//!    ([`OpenOptions::recover_journal`]; `journal_write::recover`), and refuses
-//!    otherwise;
-//! 5. reads the root inode (it must be a directory) and starts the page cache, with [`Core`] as
-//!    its [`ext4kit_pagecache::BlockMapper`].
+//! [`Core`] is behind an `Arc` shared by the page cache (as its
+//! [`ext4kit_pagecache::BlockMapper`], see [`crate::file::mapper`]) and [`Fs`]. Everything in
+//! it is immutable after open except the caches and the write state, so readers on many
+//! threads need no lock of their own.
 //!
-//! [`Core`] is behind an `Arc` shared by the page cache (as mapper) and [`Fs`]. Everything in
-//! it is immutable after open except the caches, so readers on many threads need no lock of
-//! their own.
+//! Layering: this module calls no code of the structures; it only names the state types they
+//! keep in [`Core`] (the metadata state of [`crate::alloc`], the journal writer, the orphan
+//! list) and the replay report.
 
-use std::path::Path;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ext4kit_blockdev::{BlockDevice, BlockDeviceExt};
 use ext4kit_format::group_desc::{GroupDesc, GroupFlags};
-use ext4kit_format::inode::Inode;
 use ext4kit_format::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use ext4kit_format::{IncompatFeatures, RoCompatFeatures, Structure, Superblock};
-use ext4kit_pagecache::{Config, PageCache};
+use ext4kit_pagecache::PageCache;
 use parking_lot::Mutex;
 
-use crate::error::{Corruption, Error, Result, ResultExt, Unsupported};
-use crate::journal::{self, OverlayDevice, ReplayReport};
+use crate::error::{Corruption, Error, Result, Unsupported};
+use crate::journal::ReplayReport;
 use crate::metacache::MetaCache;
 
 /// Inode number of the root directory.
@@ -56,7 +49,7 @@ pub struct OpenOptions {
     /// does, and say so in [`Fs::notices`]. Off (the default), such an image is refused.
     pub recover_journal: bool,
     /// When writing an image with an internal journal: commit every sync through it as a jbd2
-    /// transaction (crash-safe; see [`crate::write::journal_write`]). Off, metadata is written
+    /// transaction (crash-safe; see `Fs::sync`). Off, metadata is written
     /// in place (image building turns it off: a crash in the middle of building leaves a
     /// half-built image anyway). Images without a journal or with an external one are always
     /// written in place.
@@ -83,8 +76,8 @@ pub struct OpenOptions {
     /// trying 1 KiB to 64 KiB), as `e2fsck -b`; its group descriptors are the backup copy that
     /// follows it. Reading only.
     pub superblock: Option<u64>,
-    /// [`Fs::open_path`]: when another process holds the image's lock (see
-    /// [`crate::image_lock`]), wait for it instead of refusing.
+    /// [`Fs::open_path`]: when another process holds the image's lock, wait for it instead of
+    /// refusing.
     pub wait_for_lock: bool,
 }
 
@@ -107,7 +100,7 @@ impl Default for OpenOptions {
 
 /// The state every operation reads: superblock, group descriptors, metadata cache.
 #[derive(Debug)]
-pub struct Core {
+pub(crate) struct Core {
     pub(crate) sb: Superblock,
     pub(crate) block_size: u32,
     pub(crate) groups: Vec<GroupDesc>,
@@ -116,15 +109,25 @@ pub struct Core {
     pub(crate) csum_seed: Option<u32>,
     pub(crate) ea_inode: bool,
     /// The write side, when the filesystem is open for writing.
-    pub(crate) write: Option<crate::write::state::WriteState>,
-    /// Unlinked inodes still in use (see [`crate::write::orphan`]).
-    pub(crate) orphans: Mutex<crate::write::orphan::Orphans>,
+    pub(crate) write: Option<WriteState>,
+    /// Unlinked inodes still in use (see [`crate::orphan`]).
+    pub(crate) orphans: Mutex<crate::orphan::Orphans>,
     /// Damage tolerated while reading (see [`OpenOptions::salvage`]).
     pub(crate) salvage: bool,
     /// What was found damaged and read anyway, one line per structure.
     pub(crate) warnings: Mutex<Vec<(String, String)>>,
     /// The superblock used, when it is a backup (its group descriptors follow it).
     pub(crate) backup_sb: Option<u64>,
+}
+
+/// The write side of an open filesystem.
+#[derive(Debug)]
+pub(crate) struct WriteState {
+    pub(crate) meta: Mutex<crate::alloc::MetaState>,
+    /// Page caches of files written since the last sync (kept alive until it).
+    pub(crate) open_mappings: Mutex<HashMap<u32, ext4kit_pagecache::Mapping>>,
+    /// The journal writer, when syncs commit through the journal (lock order: journal, meta).
+    pub(crate) journal: Option<Mutex<crate::journal::commit::JournalWriter>>,
 }
 
 /// Incompat features this reader refuses even though they are known.
@@ -166,7 +169,7 @@ impl Core {
 
     /// Checks the features of `sb` (unknown and refused incompat bits; unknown ro_compat bits
     /// when writing).
-    fn check_features(sb: &Superblock, writable: bool) -> Result<()> {
+    pub(crate) fn check_features(sb: &Superblock, writable: bool) -> Result<()> {
         sb.check_features(writable)?;
         let refused = IncompatFeatures(sb.feature_incompat().0 & REFUSED_INCOMPAT.0);
         if refused.0 != 0 {
@@ -266,18 +269,15 @@ impl Core {
             desc.validate(&sb, g).map_err(|e| ctx(e.into()))?;
             groups.push(desc);
         }
-        let write = opts
-            .writable
-            .then(|| crate::write::state::WriteState::new(&sb, &groups));
         Ok(Core {
             block_size,
             groups,
             cache,
             csum_seed,
             ea_inode: sb.has_incompat(IncompatFeatures::EA_INODE),
-            write,
+            write: None,
             sb,
-            orphans: Mutex::new(crate::write::orphan::Orphans::default()),
+            orphans: Mutex::new(crate::orphan::Orphans::default()),
             salvage,
             warnings: Mutex::new(warnings.into_iter().map(|l| (String::new(), l)).collect()),
             backup_sb: backup,
@@ -290,11 +290,6 @@ impl Core {
         if !w.iter().any(|(k, _)| *k == key) {
             w.push((key, line));
         }
-    }
-
-    /// The superblock.
-    pub fn superblock(&self) -> &Superblock {
-        &self.sb
     }
 
     /// Checks that `block` (and `len - 1` blocks after it) lie inside the filesystem.
@@ -314,55 +309,8 @@ impl Core {
         }
     }
 
-    /// Reads inode `ino`, verifying its checksum: the writer's copy when the filesystem is open
-    /// for writing and the inode was changed, else from its inode table.
-    pub fn read_inode(&self, ino: u32) -> Result<Inode> {
-        if let Some(w) = &self.write {
-            let mut meta = w.meta.lock();
-            return meta.inode(self, ino).map(|i| i.clone());
-        }
-        self.read_inode_from_table(ino, &self.groups)
-    }
-
-    /// Reads inode `ino` from its inode table, judging its group by `groups` (the writer passes
-    /// its up-to-date descriptors).
-    pub(crate) fn read_inode_from_table(&self, ino: u32, groups: &[GroupDesc]) -> Result<Inode> {
-        let out_of_range = || {
-            Error::corrupt(Structure::Inode, Corruption::InodeOutOfRange { ino }).with_inode(ino)
-        };
-        let (group, offset) = self.sb.inode_table_offset(ino).ok_or_else(out_of_range)?;
-        let gd = groups.get(group as usize).ok_or_else(out_of_range)?;
-        if self.sb.has_group_desc_csum() {
-            let index = (ino - 1) % self.sb.inodes_per_group();
-            let used = self
-                .sb
-                .inodes_per_group()
-                .saturating_sub(gd.itable_unused());
-            if gd.flags().contains(GroupFlags::INODE_UNINIT) || index >= used {
-                return Err(Error::corrupt(
-                    Structure::Inode,
-                    Corruption::InodeUninitialized { ino },
-                )
-                .with_inode(ino)
-                .with_group(group));
-            }
-        }
-        let bs = u64::from(self.block_size);
-        let block = gd.inode_table() + offset / bs;
-        self.check_range(Structure::Inode, block, 1)
-            .map_err(|e| e.with_inode(ino).with_group(group))?;
-        let data = self.cache.get(block).ctx_inode(ino)?;
-        let bytes = data.read();
-        let start = (offset % bs) as usize;
-        let isz = usize::from(self.sb.inode_size());
-        let raw = bytes.get(start..start + isz).ok_or_else(out_of_range)?;
-        Inode::parse_checked(raw, ino, self.csum_seed)
-            .ctx_inode(ino)
-            .ctx_block(block)
-    }
-
     /// The write state, or a read-only error naming `what`.
-    pub(crate) fn writer(&self, what: &str) -> Result<&crate::write::state::WriteState> {
+    pub(crate) fn writer(&self, what: &str) -> Result<&WriteState> {
         self.write
             .as_ref()
             .ok_or_else(|| Error::ReadOnly(format!("{what}: the image is open read-only")))
@@ -381,204 +329,30 @@ impl Core {
 pub struct Fs {
     pub(crate) core: Arc<Core>,
     pub(crate) pages: PageCache,
-    replay: Option<Arc<ReplayReport>>,
-    notices: Vec<String>,
+    pub(crate) replay: Option<Arc<ReplayReport>>,
+    pub(crate) notices: Vec<String>,
     /// The image file's lock ([`Fs::open_path`]), held as long as any clone lives.
-    _lock: Option<Arc<crate::image_lock::ImageLock>>,
+    pub(crate) _lock: Option<Arc<crate::image_lock::ImageLock>>,
+    /// Shared by the clones; dropped with the last one (see [`LastClone`]).
+    pub(crate) last: Arc<LastClone>,
+}
+
+/// What the clones of one [`Fs`] share to notice that the last one goes: in debug builds,
+/// dropping a writable image whose changes were never synced prints a warning (`sync.rs`),
+/// unless they were given up on purpose ([`Fs::discard`], or a [`Fs::close`] whose sync
+/// failed and said so).
+#[derive(Debug)]
+pub(crate) struct LastClone {
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    pub(crate) core: Arc<Core>,
+    /// Unsynced changes are dropped on purpose.
+    pub(crate) quiet: std::sync::atomic::AtomicBool,
 }
 
 impl Fs {
-    /// Opens the filesystem on `dev` (see the module docs for what is checked).
-    pub fn open(dev: Arc<dyn BlockDevice>, opts: &OpenOptions) -> Result<Fs> {
-        let mut notices = Vec::new();
-        let salvage = opts.salvage && !opts.writable;
-        if opts.writable && opts.superblock.is_some() {
-            return Err(Error::InvalidArgument(
-                "a backup superblock (-b/--superblock) is for reading only; repair the image with `e2fsck -b N -fy` before writing".into(),
-            ));
-        }
-        let chosen = match opts.superblock {
-            Some(b) => crate::salvage::at_block(&dev, b, salvage)?,
-            None if salvage => crate::salvage::choose(&dev, true)?,
-            None => crate::salvage::Chosen {
-                sb: Core::read_superblock(&dev)?,
-                backup_at: None,
-                warnings: Vec::new(),
-            },
-        };
-        let mut sb = chosen.sb;
-        let backup = chosen.backup_at;
-        let mut early_warnings = chosen.warnings;
-        Core::check_features(&sb, opts.writable)?;
-        if opts.writable {
-            crate::write::ops::check_writable(&sb)?;
-            if sb.has_incompat(IncompatFeatures::RECOVER) {
-                if !opts.recover_journal {
-                    return Err(Error::ReadOnly(
-                        "the journal needs recovery; replay it first (OpenOptions::recover_journal, \
-                         `ext4kit --replay-journal`, a kernel mount, or `e2fsck -E journal_only`), then write"
-                            .into(),
-                    ));
-                }
-                let as_on_disk = Core::load(
-                    Arc::clone(&dev),
-                    sb,
-                    &OpenOptions {
-                        writable: false,
-                        ..opts.clone()
-                    },
-                )?;
-                let report = crate::write::journal_write::recover(&as_on_disk)?;
-                drop(as_on_disk);
-                notices.push(report.to_string());
-                sb = Core::read_superblock(&dev)?;
-                Core::check_features(&sb, opts.writable)?;
-                crate::write::ops::check_writable(&sb)?;
-            }
-        }
-        let mut core = match Core::load_from(Arc::clone(&dev), sb.clone(), opts, backup) {
-            // Descriptors that cannot be read as they are: e2fsck then tries the backup
-            // superblock and the descriptors after it; so does a salvaging read.
-            Err(e)
-                if salvage
-                    && backup.is_none()
-                    && e.structure() == Some(Structure::GroupDescriptor) =>
-            {
-                let bs = u64::from(sb.block_size());
-                let at = bs * 8 + u64::from(bs == 1024);
-                let Ok(c) = crate::salvage::at_block(&dev, at, true) else {
-                    return Err(e);
-                };
-                let Ok(core) = Core::load_from(Arc::clone(&dev), c.sb, opts, c.backup_at) else {
-                    return Err(e);
-                };
-                early_warnings.extend(c.warnings);
-                early_warnings.push(format!(
-                    "group descriptors: {e} (reading the backup superblock and descriptors at block {at})"
-                ));
-                core
-            }
-            r => r?,
-        };
-        let mut replay = None;
-        let mut data_dev = dev;
-        if core.sb.has_incompat(IncompatFeatures::RECOVER) {
-            match opts.journal {
-                JournalMode::Replay => {
-                    let (blocks, report) = journal::replay(&core)?;
-                    if report.fast_commits_pending {
-                        // Replaying only the full transactions would show a tree older than
-                        // the one the kernel left.
-                        return Err(Error::unsupported(Unsupported::Other(
-                            "journal holds fast-commit blocks ext4kit cannot replay yet: run `e2fsck -fy` on the image or mount it once \
-                             (--no-replay reads the image as it is on disk, without them)"
-                                .into(),
-                        )));
-                    }
-                    let overlay: Arc<dyn BlockDevice> = Arc::new(OverlayDevice::new(
-                        Arc::clone(&data_dev),
-                        u64::from(core.block_size),
-                        blocks,
-                    ));
-                    let sb = if salvage {
-                        let (sb, w) =
-                            crate::salvage::parse(&Core::superblock_bytes(&overlay)?, true)?;
-                        early_warnings.extend(w);
-                        sb
-                    } else {
-                        Core::read_superblock(&overlay)?
-                    };
-                    Core::check_features(&sb, opts.writable)?;
-                    core = Core::load(Arc::clone(&overlay), sb, opts)?;
-                    data_dev = overlay;
-                    notices.push(report.to_string());
-                    replay = Some(Arc::new(report));
-                }
-                JournalMode::Ignore => notices.push(
-                    "journal needs recovery; not replayed (reading the image as it is on disk)"
-                        .into(),
-                ),
-            }
-        }
-        if opts.writable && opts.use_journal {
-            if let Some(jw) = crate::write::journal_write::JournalWriter::open(&core)? {
-                if let Some(w) = core.write.as_mut() {
-                    w.journal = Some(Mutex::new(jw));
-                    w.meta.get_mut().deferred_frees = Some(Vec::new());
-                }
-            }
-        }
-        {
-            let mut w = core.warnings.lock();
-            for (i, line) in early_warnings.into_iter().enumerate() {
-                if !w.iter().any(|(_, l)| *l == line) {
-                    let at = i.min(w.len());
-                    w.insert(at, (String::new(), line));
-                }
-            }
-        }
-        let root = core.read_inode(ROOT_INO)?;
-        if !root.is_dir() {
-            return Err(Error::corrupt(
-                Structure::Inode,
-                Corruption::BadFileType { mode: root.mode() },
-            )
-            .with_inode(ROOT_INO));
-        }
-        let bs = core.block_size as usize;
-        let page_size = opts.page_size.max(bs).max(4096);
-        let core = Arc::new(core);
-        let mapper: Arc<dyn ext4kit_pagecache::BlockMapper> = Arc::clone(&core) as _;
-        let mut cfg = Config::new(page_size, bs);
-        if opts.writable && opts.background_writeback {
-            cfg.dirty_limit_bytes = Some(16 << 20);
-        }
-        // Clean pages beyond this are evicted (their buffers recycled). Reading only, the limit
-        // stays under the page buffer pool (64 MiB), so a long read recycles every buffer
-        // instead of faulting in fresh memory (`cat` of 1 GiB: 0.30 s -> 0.17 s); nothing in
-        // one read-only pass gains from keeping more.
-        cfg.cache_limit_bytes = Some(if opts.writable { 256 << 20 } else { 32 << 20 });
-        // Only a geometry the cache cannot hold (or a thread it cannot start) fails here.
-        let pages = PageCache::new(cfg, data_dev, mapper)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let mut fs = Fs {
-            core,
-            pages,
-            replay,
-            notices,
-            _lock: None,
-        };
-        if opts.writable {
-            // What a previous writer left on the orphan list is freed (or truncated) now.
-            let n = crate::write::orphan::clean_at_open(&fs)?;
-            if n > 0 {
-                fs.notices.push(format!(
-                    "cleaned up {n} orphan inode(s) left by a previous writer"
-                ));
-            }
-        }
-        Ok(fs)
-    }
-
-    /// Opens the image file (or block device) at `path`.
-    ///
-    /// The file is locked for the life of the `Fs` (exclusive when writing, shared when
-    /// reading; refused or waited for, see [`OpenOptions::wait_for_lock`]), and a writing open
-    /// refuses a file a kernel uses (loop-attached, or a mounted block device): see
-    /// [`crate::image_lock`].
-    pub fn open_path(path: &Path, opts: &OpenOptions) -> Result<Fs> {
-        let (file, lock) = crate::image_lock::open_locked(path, opts.writable, opts.wait_for_lock)?;
-        let (dev, _why_not_uring) =
-            ext4kit_blockdev::open_file_device_from(file, opts.writable, 1024).map_err(|e| {
-                Error::Open {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
-                }
-            })?;
-        let mut fs = Fs::open(dev, opts)?;
-        fs._lock = Some(lock);
-        Ok(fs)
+    /// Whether the image is open for writing.
+    pub fn is_writable(&self) -> bool {
+        self.core.write.is_some()
     }
 
     /// The superblock (after journal replay, if any).
@@ -622,21 +396,6 @@ impl Fs {
     /// The block of the backup superblock this image was opened through, if not the primary.
     pub fn backup_superblock(&self) -> Option<u64> {
         self.core.backup_sb
-    }
-
-    /// The shared core (the page cache's block mapper).
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-
-    /// The file data cache.
-    pub fn page_cache(&self) -> &PageCache {
-        &self.pages
-    }
-
-    /// Reads inode `ino` (checksum verified).
-    pub fn inode(&self, ino: u32) -> Result<Inode> {
-        self.core.read_inode(ino)
     }
 
     /// A copy of filesystem block `block`, read through the metadata cache (after journal

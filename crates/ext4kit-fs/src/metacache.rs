@@ -118,11 +118,6 @@ impl MetaCache {
         }
     }
 
-    /// The filesystem block size.
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
     /// The device.
     pub fn device(&self) -> &Arc<dyn BlockDevice> {
         &self.dev
@@ -284,13 +279,9 @@ impl MetaCache {
     }
 
     /// Number of cached blocks.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().blocks.len()
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -9,8 +9,8 @@ use std::path::Path;
 use ext4kit_fs::format::Structure;
 use ext4kit_fs::format::extent::ExtentNode;
 use ext4kit_fs::format::inode::Timestamp;
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{assert_e2fsck_clean, pattern, require_kernel, run_ok};
 
 fn mkfs(img: &Path, bs: u32, size: u64) {

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use ext4kit_blockdev::{BioOp, BlockDevice, CrashDevice, FaultDevice, FaultRule, MemDevice};
 use ext4kit_fs::format::inode::Timestamp;
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{FileType, Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{
     Compare, Entry, Kind, LoopMount, Mke2fs, Tree, assert_clean_after_repair, debugfs, diff_trees,
     e2fsck_clean, pattern, require_kernel, run, run_ok, snapshot,

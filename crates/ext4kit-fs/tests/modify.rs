@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use common::{Twin, kernel_image, open_rw, ts};
 use ext4kit_blockdev::{BioOp, BlockDevice, FaultDevice, FaultRule, FileDevice};
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{
     Compare, LoopMount, TreeOptions, assert_e2fsck_clean, debugfs, diff_trees, e2fsck_clean,
     kernel_snapshot, new_tree, pattern, require_kernel, run, run_ok, snapshot,

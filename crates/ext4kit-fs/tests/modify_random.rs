@@ -18,8 +18,8 @@ use std::path::Path;
 
 use common::{Twin, kernel_image, open_rw, remove_tree, ts};
 use ext4kit_fs::format::inode::Timestamp;
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{
     Compare, TreeOptions, diff_trees, e2fsck_clean, env_or, kernel_snapshot, new_tree, pattern,
     require_kernel, snapshot,

@@ -286,7 +286,7 @@ fn fixture_files_links_paths_xattrs_and_extents_read_back_as_written() {
     ));
     assert_eq!(
         Error::NotFound {
-            path: ext4kit_fs::error::PathBytes(b"/x".to_vec())
+            path: ext4kit_fs::PathBytes(b"/x".to_vec())
         }
         .errno(),
         2
@@ -338,12 +338,9 @@ fn posix_acls_read_as_getxattr_returns_them() {
         vec![4, 0, 4, 0, 0x10, 0, 4, 0, 0x20, 0, 4, 0],
     ]
     .concat();
-    assert_eq!(
-        ext4kit_fs::xattr::acl_from_disk(&disk).unwrap(),
-        Some(acl_xattr())
-    );
-    assert!(ext4kit_fs::xattr::acl_from_disk(&disk[..disk.len() - 2]).is_err());
-    assert!(ext4kit_fs::xattr::acl_from_disk(&[2, 0, 0, 0]).is_err());
+    assert_eq!(ext4kit_fs::acl_from_disk(&disk).unwrap(), Some(acl_xattr()));
+    assert!(ext4kit_fs::acl_from_disk(&disk[..disk.len() - 2]).is_err());
+    assert!(ext4kit_fs::acl_from_disk(&[2, 0, 0, 0]).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use ext4kit_fs::build::{BuildOptions, build_image};
 use ext4kit_fs::format::inode::Timestamp;
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Error, Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{
     LoopMount, Mke2fs, assert_e2fsck_clean, kernel_available, pattern, require_kernel,
 };

@@ -10,11 +10,11 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use ext4kit_fs::write::ops::NewInode;
+use ext4kit_fs::NewInode;
 use ext4kit_fs::{FileType, Fs, ROOT_INO};
 
 use crate::spec::Spec;
-use crate::write_cmds::{WritableImages, euid_egid, now, parent_and_name, wants_dir};
+use crate::write_cmds::{WritableImages, euid_egid, now, parent_and_name};
 
 fn image_path(s: &Spec) -> Result<&[u8]> {
     match &s.path {
@@ -59,7 +59,7 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
     }
     let fs = images.get(&s.image)?;
     // `name/` names a directory (a symlink to one is followed), as lstat("name/") does.
-    let through = if wants_dir(path) {
+    let through = if ext4kit_fs::names_dir(path) {
         match fs.resolve_inode(path, true) {
             Err(ext4kit_fs::Error::NotFound { .. } | ext4kit_fs::Error::NotDir { .. }) if force => {
                 return Ok(());
@@ -92,7 +92,7 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
         // `link/` of a symlink to a directory: rm -r empties the directory, then cannot
         // remove the symlink through `link/`. What it removed is committed.
         images.mark_changed();
-        remove_tree(&fs, target).with_context(|| s.display())?;
+        fs.remove_contents(target).with_context(|| s.display())?;
         bail!("{}: not a directory", s.display());
     }
     if fs.inode(e.ino).with_context(|| s.display())?.is_dir() {
@@ -104,7 +104,7 @@ fn rm_one(images: &mut WritableImages, s: &Spec, recursive: bool, force: bool) -
         }
         // A tree that fails part-way keeps what was removed (as rm -r does).
         images.mark_changed();
-        remove_tree(&fs, e.ino).with_context(|| s.display())?;
+        fs.remove_contents(e.ino).with_context(|| s.display())?;
         fs.rmdir(dir, &name).with_context(|| s.display())?;
     } else {
         fs.unlink(dir, &name).with_context(|| s.display())?;
@@ -123,46 +123,6 @@ fn is_not_found(e: &anyhow::Error) -> bool {
     })
 }
 
-/// A directory being emptied: inode, its name in its parent, entries (name, inode) left.
-type Frame = (u32, Vec<u8>, Vec<(Vec<u8>, u32)>);
-
-/// Removes everything inside directory `dir`, depth first (an explicit stack: no recursion
-/// limit from deep trees).
-fn remove_tree(fs: &Fs, dir: u32) -> Result<()> {
-    // (directory, its name in the directory below it on the stack, entries not yet handled)
-    let mut stack: Vec<Frame> = vec![(dir, Vec::new(), children(fs, dir)?)];
-    while let Some((d, dname, mut kids)) = stack.pop() {
-        let Some((name, ino)) = kids.pop() else {
-            // Empty now: remove it from its parent (the caller removes `dir` itself).
-            if let Some((parent, _, _)) = stack.last() {
-                fs.rmdir(*parent, &dname)
-                    .with_context(|| String::from_utf8_lossy(&dname).into_owned())?;
-            }
-            continue;
-        };
-        let is_dir = fs.inode(ino)?.is_dir();
-        stack.push((d, dname, kids));
-        if is_dir {
-            let grandkids =
-                children(fs, ino).with_context(|| String::from_utf8_lossy(&name).into_owned())?;
-            stack.push((ino, name, grandkids));
-        } else {
-            fs.unlink(d, &name)
-                .with_context(|| String::from_utf8_lossy(&name).into_owned())?;
-        }
-    }
-    Ok(())
-}
-
-fn children(fs: &Fs, dir: u32) -> Result<Vec<(Vec<u8>, u32)>> {
-    Ok(fs
-        .read_dir(dir)?
-        .into_iter()
-        .filter(|e| !e.is_dot_or_dotdot())
-        .map(|e| (e.name, e.ino))
-        .collect())
-}
-
 /// Where a name lands: into `dest` when it is an existing directory (keeping `src_name`), else
 /// at `dest` itself.
 fn destination(
@@ -176,10 +136,10 @@ fn destination(
     match fs.resolve_inode(path, true) {
         Ok((ino, inode)) if inode.is_dir() => return Ok((ino, src_name.to_vec())),
         // `new/` can only become a directory.
-        Err(ext4kit_fs::Error::NotFound { .. }) if wants_dir(path) && !src_is_dir => {
+        Err(ext4kit_fs::Error::NotFound { .. }) if ext4kit_fs::names_dir(path) && !src_is_dir => {
             bail!("{}: {missing}", dest.display())
         }
-        Err(e @ ext4kit_fs::Error::NotDir { .. }) if wants_dir(path) => {
+        Err(e @ ext4kit_fs::Error::NotDir { .. }) if ext4kit_fs::names_dir(path) => {
             return Err(anyhow::Error::from(e).context(dest.display()));
         }
         _ => {}
@@ -190,7 +150,7 @@ fn destination(
 /// Parent and name of an existing `path` to move or link; `name/` must be a directory itself
 /// (not a symlink to one: rename("link/") and link("link/") are ENOTDIR).
 fn source_entry(fs: &Fs, s: &Spec, path: &[u8]) -> Result<(u32, Vec<u8>, ext4kit_fs::DirEntry)> {
-    if wants_dir(path) {
+    if ext4kit_fs::names_dir(path) {
         fs.resolve_inode(path, true).with_context(|| s.display())?;
     }
     let (dir, name) = parent_and_name(fs, path).with_context(|| s.display())?;
@@ -198,7 +158,7 @@ fn source_entry(fs: &Fs, s: &Spec, path: &[u8]) -> Result<(u32, Vec<u8>, ext4kit
         .lookup(dir, &name)
         .with_context(|| s.display())?
         .ok_or_else(|| anyhow!("{}: no such file or directory", s.display()))?;
-    if wants_dir(path) && !fs.inode(e.ino)?.is_dir() {
+    if ext4kit_fs::names_dir(path) && !fs.inode(e.ino)?.is_dir() {
         bail!("{}: not a directory", s.display());
     }
     Ok((dir, name, e))

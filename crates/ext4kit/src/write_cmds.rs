@@ -20,8 +20,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use ext4kit_fs::build::{BuildOptions, build_image};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::mkfs::{MkfsOptions, mkfs};
-use ext4kit_fs::write::ops::{NewInode, NewKind};
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
+use ext4kit_fs::{NewInode, NewKind};
 
 use crate::cp_src::{Kind, Meta, Src};
 use crate::spec::Spec;
@@ -108,7 +108,7 @@ pub(crate) fn open_error_reason(message: &str, errno: i32) -> String {
 /// Refuses images a kernel uses: a loop device backed by the same file (compared by device
 /// and inode number, so hard links and other spellings count), or a mounted block device.
 fn check_not_mounted(img: &Path) -> Result<()> {
-    ext4kit_fs::image_lock::check_not_in_use(img).map_err(|e| match e {
+    ext4kit_fs::check_not_in_use(img).map_err(|e| match e {
         ext4kit_fs::Error::Open { path, message, .. } => anyhow!("{path}: {message}"),
         e => anyhow!("{}: {e}", img.display()),
     })
@@ -200,21 +200,40 @@ impl WritableImages {
         if changed || self.changed {
             self.sync_all()
         } else {
-            self.open.clear();
+            self.discard_all();
             Ok(())
         }
     }
 
-    /// Writes everything back.
+    /// Writes everything back. An image that fails is closed (its error returned); those not
+    /// reached yet are discarded when `self` goes.
     pub fn sync_all(&mut self) -> Result<()> {
-        for (path, fs) in self.open.drain() {
-            fs.sync()
+        let keys: Vec<PathBuf> = self.open.keys().cloned().collect();
+        for path in keys {
+            let Some(fs) = self.open.remove(&path) else {
+                continue;
+            };
+            fs.close()
                 .with_context(|| format!("{}: writing back", path.display()))?;
             for (_, line) in self.after_commit.iter().filter(|(p, _)| *p == path) {
                 eprintln!("{line}");
             }
         }
         Ok(())
+    }
+
+    /// Gives up what the open images changed (never committed: the command failed).
+    fn discard_all(&mut self) {
+        for (_, fs) in self.open.drain() {
+            fs.discard();
+        }
+    }
+}
+
+impl Drop for WritableImages {
+    /// A command that returns early with an error commits nothing.
+    fn drop(&mut self) {
+        self.discard_all();
     }
 }
 
@@ -417,36 +436,16 @@ pub fn cmd_build(dir: &Path, image: &Path, opts: BuildOptions, json: bool) -> Re
     Ok(())
 }
 
-/// Resolves the parent directory of `path` in `fs` and the final name.
+/// Resolves the parent directory of `path` in `fs` and the final name
+/// ([`Fs::parent_and_name`]); a failure to resolve the directory names it.
 pub(crate) fn parent_and_name(fs: &Fs, path: &[u8]) -> Result<(u32, Vec<u8>)> {
-    let trimmed: &[u8] = {
-        let mut p = path;
-        while p.len() > 1 && p.ends_with(b"/") {
-            p = &p[..p.len() - 1];
+    fs.parent_and_name(path).map_err(|e| match e {
+        e @ ext4kit_fs::Error::InvalidName { .. } => anyhow::Error::from(e),
+        e => {
+            let (dir, _) = ext4kit_fs::split_parent(path);
+            anyhow::Error::from(e).context(String::from_utf8_lossy(dir).into_owned())
         }
-        p
-    };
-    let pos = trimmed.iter().rposition(|b| *b == b'/');
-    let (dir, name) = match pos {
-        Some(i) => (&trimmed[..i.max(1)], &trimmed[i + 1..]),
-        None => (&b"/"[..], trimmed),
-    };
-    if name.is_empty() || name == b"." || name == b".." {
-        bail!(
-            "{}: not a name that can be created",
-            String::from_utf8_lossy(path)
-        );
-    }
-    let (d, inode) = fs
-        .resolve_inode(dir, true)
-        .with_context(|| String::from_utf8_lossy(dir).into_owned())?;
-    if !inode.is_dir() {
-        return Err(ext4kit_fs::Error::NotDir {
-            path: ext4kit_fs::error::PathBytes(dir.to_vec()),
-        }
-        .into());
-    }
-    Ok((d, name.to_vec()))
+    })
 }
 
 /// The attributes of a directory `mkdir` makes in `dir`: under a default POSIX ACL, mode 0777
@@ -1002,7 +1001,7 @@ impl CopyIn<'_> {
         &self,
         dpath: &[u8],
         need: u64,
-        room: &ext4kit_fs::write::ops::Space,
+        room: &ext4kit_fs::Space,
         what_happened: &str,
     ) -> anyhow::Error {
         let detail = if need == 0 {
@@ -1096,11 +1095,6 @@ fn is_no_space(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Whether `path` must name a directory (`name/`, as the kernel reads a trailing slash).
-pub(crate) fn wants_dir(path: &[u8]) -> bool {
-    path.ends_with(b"/") && path.iter().any(|&b| b != b'/')
-}
-
 /// A source of `cp` into an image.
 pub enum CpSource {
     /// A host path.
@@ -1167,7 +1161,7 @@ pub fn cmd_cp_in(
         Ok(_) => None,
         // A new name: `new/` can only be a directory (cp -r DIR IMG:/new/).
         Err(ext4kit_fs::Error::NotFound { .. })
-            if !wants_dir(&dest_path)
+            if !ext4kit_fs::names_dir(&dest_path)
                 || (opts.recursive && sources.len() == 1 && src_is_dir(&sources[0])) =>
         {
             None
@@ -1217,7 +1211,7 @@ pub fn cmd_cp_in(
                     };
                     let path = spec.path_or_root();
                     let ino = holder
-                        .resolve(path, !opts.recursive || wants_dir(path))
+                        .resolve(path, !opts.recursive || ext4kit_fs::names_dir(path))
                         .with_context(|| spec.display())?;
                     let comps: Vec<&[u8]> = path
                         .split(|&b| b == b'/')

@@ -261,6 +261,14 @@ pub enum MkfsError {
     /// The device failed.
     #[error("device IO failed: {0}")]
     Io(#[from] IoError),
+    /// The image file could not be opened or sized ([`mkfs_path`]).
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// An on-disk structure could not represent a value.
     #[error("cannot build an on-disk structure: {0}")]
     Format(#[from] FormatError),
@@ -376,6 +384,41 @@ pub fn mkfs(dev: &dyn BlockDevice, opts: &MkfsOptions) -> Result<MkfsReport, Mkf
     let mut report = image.report;
     report.bytes_written = written;
     Ok(report)
+}
+
+/// Creates an ext4 filesystem in the image file (or on the block device) at `path`: a missing
+/// file is created, a regular file is sized to [`MkfsOptions::size_bytes`] first (0 keeps its
+/// size), then [`mkfs`] formats it in place. A file this call creates reads as zeros, so
+/// [`MkfsOptions::assume_zeroed`] is set for it. (`ext4kit mkfs` writes a temporary file and
+/// renames it over the target instead, so that a failure leaves an existing image as it was.)
+///
+/// # Errors
+/// As [`mkfs`]; [`MkfsError::File`] when the file cannot be opened or sized.
+pub fn mkfs_path(path: &std::path::Path, opts: &MkfsOptions) -> Result<MkfsReport, MkfsError> {
+    let file_err = |source: std::io::Error| MkfsError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let created = !path.exists();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(file_err)?;
+    let md = file.metadata().map_err(file_err)?;
+    if md.is_file() && opts.size_bytes > 0 {
+        file.set_len(opts.size_bytes).map_err(file_err)?;
+    }
+    let dev = ext4kit_blockdev::FileDevice::from_file(file, true, 512, 1).map_err(file_err)?;
+    mkfs(
+        &dev,
+        &MkfsOptions {
+            assume_zeroed: opts.assume_zeroed || created,
+            ..opts.clone()
+        },
+    )
 }
 
 #[cfg(test)]

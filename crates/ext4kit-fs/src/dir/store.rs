@@ -1,107 +1,23 @@
-//! The extent-tree and directory algorithms bound to a real filesystem: tree blocks and
-//! directory blocks through the metadata cache (checksums set on write), blocks from the
-//! allocator, `i_blocks` and `i_size` kept in the inode.
+//! The directory algorithms of [`crate::dir::write`] bound to a real filesystem: directory
+//! blocks through the metadata cache (checksums set on write), new blocks from the allocator
+//! mapped through the directory's extent tree, `i_size` kept in the inode; and the writer's
+//! view of a directory (lookups, `..`, emptiness) on its copy of the inode.
 //!
-//! Both stores borrow the locked [`MetaState`]; the extent tree works on a copy of the inode's
-//! root, written back into the inode when the operation ends (`with_tree`).
+//! The store borrows the locked [`MetaState`].
 
-use ext4kit_format::Structure;
-use ext4kit_format::dir::DirBlock;
-use ext4kit_format::extent::{Extent, ExtentNode};
+use ext4kit_format::dir::{DirBlock, DirBlockOptions};
+use ext4kit_format::extent::Extent;
 use ext4kit_format::hash::{DirHash, dirhash};
-use ext4kit_format::htree::DxBlock;
-use ext4kit_format::inode::InodeFlags;
+use ext4kit_format::htree::{DxBlock, DxOptions};
+use ext4kit_format::inode::{FileType, InodeFlags};
+use ext4kit_format::{CorruptKind, Structure};
 
-use crate::error::{Corruption, Error, Result, ResultExt};
-use crate::fs::Core;
-use crate::write::dir_write::DirStore;
-use crate::write::extent_tree::{ExtentTree, NodeStore, ROOT_BYTES};
-use crate::write::state::MetaState;
-
-/// Tree blocks of inode `ino`.
-pub(crate) struct TreeIo<'a> {
-    pub(crate) core: &'a Core,
-    pub(crate) meta: &'a mut MetaState,
-    pub(crate) ino: u32,
-    pub(crate) generation: u32,
-}
-
-impl NodeStore for TreeIo<'_> {
-    fn read_node(&mut self, pblk: u64, depth: u16) -> Result<ExtentNode> {
-        self.core
-            .read_extent_block(self.ino, self.generation, pblk, depth)
-    }
-
-    fn node_limit(&self) -> u64 {
-        self.core.sb.blocks_count()
-    }
-
-    fn write_node(&mut self, pblk: u64, node: &ExtentNode) -> Result<()> {
-        let mut node = node.clone();
-        if let Some(seed) = self.core.csum_seed {
-            node.update_checksum(seed, self.ino, self.generation);
-        }
-        let blk = self.core.cache.get_new(pblk);
-        blk.write().copy_from_slice(node.as_bytes());
-        blk.mark_dirty();
-        Ok(())
-    }
-
-    fn alloc_node(&mut self, _goal: u64) -> Result<u64> {
-        let b = self.meta.alloc_meta_block(self.core)?;
-        self.meta.add_blocks(self.core, self.ino, 1)?;
-        Ok(b)
-    }
-
-    fn free_node(&mut self, pblk: u64) -> Result<()> {
-        self.meta.free_blocks_range(self.core, pblk, 1)?;
-        self.meta.add_blocks(self.core, self.ino, -1)
-    }
-
-    fn free_data(&mut self, pblk: u64, len: u64) -> Result<()> {
-        self.meta.free_blocks_range(self.core, pblk, len)?;
-        self.meta.add_blocks(self.core, self.ino, -(len as i64))
-    }
-}
-
-/// Runs `f` on the extent tree of `ino` and stores the (changed) root back in the inode.
-pub(crate) fn with_tree<T>(
-    core: &Core,
-    meta: &mut MetaState,
-    ino: u32,
-    goal: u64,
-    f: impl FnOnce(&mut ExtentTree<'_, TreeIo<'_>>) -> Result<T>,
-) -> Result<T> {
-    let inode = meta.inode(core, ino)?;
-    if !inode.flags().contains(InodeFlags::EXTENTS) {
-        return Err(Error::unsupported(crate::error::Unsupported::Other(
-            format!(
-                "inode {ino} maps its blocks indirectly (ext2/ext3); writing it is not supported"
-            ),
-        )));
-    }
-    let generation = inode.generation();
-    let mut root = [0u8; ROOT_BYTES];
-    root.copy_from_slice(&inode.block_area()[..ROOT_BYTES]);
-    let before = root;
-    let bs = core.block_size as usize;
-    let result = {
-        let mut io = TreeIo {
-            core,
-            meta,
-            ino,
-            generation,
-        };
-        let mut tree = ExtentTree::new(&mut root, &mut io, bs, goal);
-        f(&mut tree)
-    };
-    if root != before {
-        let inode = meta.inode(core, ino)?;
-        inode.block_area_mut()[..ROOT_BYTES].copy_from_slice(&root);
-        meta.dirty_inode(ino);
-    }
-    result
-}
+use crate::alloc::MetaState;
+use crate::dir::DirInode;
+use crate::dir::write::DirStore;
+use crate::error::{Corruption, Error, PathBytes, Result, ResultExt};
+use crate::extent::store::with_tree;
+use crate::fs::{Core, ROOT_INO};
 
 /// A directory's blocks (metadata, through the metadata cache).
 pub(crate) struct DirIo<'a> {
@@ -257,4 +173,127 @@ impl DirStore for DirIo<'_> {
             self.meta.dirty_inode(self.ino);
         }
     }
+}
+
+fn dir_opts(core: &Core) -> DirBlockOptions {
+    DirBlockOptions::new(core.block_size, core.csum_seed.is_some())
+}
+
+fn dx_opts(core: &Core) -> DxOptions {
+    DxOptions {
+        block_size: core.block_size,
+        has_csum: core.csum_seed.is_some(),
+        largedir: false,
+    }
+}
+
+/// Loads directory `dir` into the writer's inode cache (the directory stores need it there) and
+/// checks that it is a directory.
+pub(crate) fn load_dir(
+    meta: &mut MetaState,
+    core: &Core,
+    dir: u32,
+    name_for_error: &[u8],
+) -> Result<()> {
+    let inode = meta.inode(core, dir)?;
+    if !inode.is_dir() {
+        return Err(Error::NotDir {
+            path: PathBytes(name_for_error.to_vec()),
+        });
+    }
+    if inode.links_count() == 0 {
+        return Err(Error::NotFound {
+            path: PathBytes(name_for_error.to_vec()),
+        });
+    }
+    Ok(())
+}
+
+/// The parent (`..`) of directory `dir`, as the writer sees it: the read side's one `..`
+/// lookup ([`Core::dir_parent`]) on the writer's copy of the inode.
+pub(crate) fn dotdot(meta: &mut MetaState, core: &Core, dir: u32) -> Result<u32> {
+    if dir == ROOT_INO {
+        return Ok(dir);
+    }
+    let inode = meta.inode(core, dir)?.clone();
+    core.dir_parent(&DirInode {
+        ino: dir,
+        inode: &inode,
+    })
+}
+
+/// Looks `name` up in directory `dir` as the writer sees it: (inode, dirent file type). The
+/// read side's one lookup engine ([`Core::lookup_entry`], linear, htree and inline) on the
+/// writer's copy of the inode; its blocks are the metadata cache's, changed ones included.
+pub(crate) fn lookup(
+    meta: &mut MetaState,
+    core: &Core,
+    dir: u32,
+    name: &[u8],
+) -> Result<Option<(u32, u8)>> {
+    let inode = meta.inode(core, dir)?.clone();
+    Ok(core
+        .lookup_entry(
+            &DirInode {
+                ino: dir,
+                inode: &inode,
+            },
+            name,
+        )?
+        .map(|e| (e.ino, e.file_type.map_or(0, FileType::dirent_code))))
+}
+
+/// Whether loaded directory `dir` holds nothing but `.` and `..`.
+pub(crate) fn dir_is_empty(meta: &mut MetaState, core: &Core, dir: u32) -> Result<bool> {
+    let mut io = DirIo {
+        core,
+        meta,
+        ino: dir,
+        parent: 0,
+    };
+    let indexed = io.is_indexed();
+    let bs = core.block_size;
+    for lblk in 0..io.nblocks() {
+        let raw = io.read_block(lblk)?;
+        // The dx root holds only `.` and `..`; dx nodes hold no entries.
+        if indexed && (lblk == 0 || ext4kit_format::htree::detect(&raw, bs).is_some()) {
+            continue;
+        }
+        let b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
+        if b.live_entries()
+            .ctx_inode(dir)?
+            .iter()
+            .any(|e| !e.is_dot_or_dotdot())
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Points `..` of loaded directory `dir` at `parent` (in the dx root when indexed).
+pub(crate) fn set_dotdot(meta: &mut MetaState, core: &Core, dir: u32, parent: u32) -> Result<()> {
+    let mut io = DirIo {
+        core,
+        meta,
+        ino: dir,
+        parent,
+    };
+    let raw = io.read_block(0)?;
+    if io.is_indexed() {
+        let mut root = DxBlock::parse_root(&raw, dx_opts(core)).ctx_inode(dir)?;
+        root.set_parent_inode(parent);
+        return io.write_dx(0, root);
+    }
+    let mut b = DirBlock::parse(&raw, dir_opts(core)).ctx_inode(dir)?;
+    match b.set_dotdot_inode(parent) {
+        Err(e) if e.corrupt_kind() == Some(&CorruptKind::DirectoryDots) => {
+            return Err(
+                Error::corrupt(Structure::DirectoryBlock, Corruption::DirectoryDots)
+                    .with_inode(dir),
+            );
+        }
+        r => r.ctx_inode(dir)?,
+    }
+    io.write_leaf(0, b)
 }

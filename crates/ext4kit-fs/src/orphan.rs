@@ -29,15 +29,14 @@ use ext4kit_format::orphan::OrphanBlock;
 use ext4kit_format::{CompatFeatures, RoCompatFeatures, Structure};
 use ext4kit_pagecache::WeakMapping;
 
+use crate::alloc::MetaState;
 use crate::error::{Corruption, Error, Result, ResultExt};
+use crate::extent::store::with_tree;
 use crate::fs::{Core, Fs};
-use crate::write::modify::evict_inode;
-use crate::write::state::MetaState;
-use crate::write::stores::with_tree;
+use crate::inode::evict::evict_inode;
 
-/// Magic number in the tail of every orphan file block (`EXT4_ORPHAN_BLOCK_MAGIC`); the
-/// block layout is [`ext4kit_format::orphan`]'s.
-pub use ext4kit_format::orphan::ORPHAN_BLOCK_MAGIC;
+// The magic in the tail of every orphan file block; the layout is `ext4kit_format::orphan`'s.
+use ext4kit_format::orphan::ORPHAN_BLOCK_MAGIC;
 
 /// The orphans of an open filesystem (see the module docs).
 #[derive(Debug, Default)]

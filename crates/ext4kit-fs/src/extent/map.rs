@@ -1,5 +1,5 @@
-//! Logical → physical block mapping: extent trees and ext2/ext3 indirect block maps, the
-//! [`BlockMapper`] the page cache reads through, and the list of a file's data runs and holes
+//! Logical → physical block mapping: extent trees and ext2/ext3 indirect block maps (the
+//! lookups behind the page cache's `BlockMapper`, see [`crate::file::mapper`]), and the list of a file's data runs and holes
 //! (`cp` keeps sparse files sparse with it).
 //!
 //! Lookups return an [`Extent`] of the page cache's vocabulary: a written or unwritten run
@@ -16,11 +16,11 @@ use ext4kit_format::Structure;
 use ext4kit_format::extent::{ExtentNode, NodeLocation};
 use ext4kit_format::indirect;
 use ext4kit_format::inode::{Inode, InodeFlags};
-use ext4kit_pagecache::{BlockMapper, Extent, ExtentKind, MapError, MapFlags, UnwrittenRange};
+use ext4kit_pagecache::{Extent, ExtentKind};
 
 use crate::error::{Corruption, Error, Result, ResultExt};
+use crate::extent::tree as extent_tree;
 use crate::fs::Core;
-use crate::write::extent_tree;
 
 /// One past the largest logical block an extent tree can map.
 pub const EXTENT_LBLK_END: u64 = 1 << 32;
@@ -277,101 +277,4 @@ impl Core {
         .map_err(|e| e.with_inode(ino))?;
         Ok(out)
     }
-}
-
-/// The filesystem's error, boxed for the page cache, which hands it back unchanged to the call
-/// that made it ask ([`Error::from_cache`] takes it out again).
-fn to_map_error(e: Error) -> MapError {
-    MapError::new(e.errno(), e)
-}
-
-fn read_only(what: &str) -> MapError {
-    to_map_error(Error::ReadOnly(format!(
-        "{what}: the image is open read-only"
-    )))
-}
-
-impl BlockMapper for Core {
-    fn reserve(&self, ino: u64, count: u64) -> Result<(), MapError> {
-        if self.write.is_none() {
-            return Err(read_only("reserve"));
-        }
-        self.w_reserve(ino_u32(ino)?, count).map_err(to_map_error)
-    }
-
-    fn release(&self, ino: u64, count: u64) {
-        if let Ok(i) = ino_u32(ino) {
-            self.w_release(i, count);
-        }
-    }
-
-    fn map_blocks(
-        &self,
-        ino: u64,
-        lblk: u64,
-        len: u64,
-        flags: MapFlags,
-    ) -> Result<Extent, MapError> {
-        if flags.contains(MapFlags::CREATE) {
-            if self.write.is_none() {
-                return Err(read_only("allocate"));
-            }
-            return self
-                .w_map_create(ino_u32(ino)?, lblk, len, flags)
-                .map_err(to_map_error);
-        }
-        let result = u32::try_from(ino)
-            .map_err(|_| Error::InvalidArgument(format!("inode number {ino} too large")))
-            .and_then(|i| {
-                let inode = self.read_inode(i)?;
-                self.map_inode(i, &inode, lblk, len)
-            });
-        result.map_err(to_map_error)
-    }
-
-    fn convert_unwritten(&self, ino: u64, ranges: &[UnwrittenRange]) -> Result<(), MapError> {
-        if self.write.is_none() {
-            return Err(read_only("convert unwritten extents"));
-        }
-        self.w_convert(ino_u32(ino)?, ranges).map_err(to_map_error)
-    }
-
-    fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
-        if self.write.is_none() {
-            return Err(read_only("update the size"));
-        }
-        self.w_update_disksize(ino_u32(ino)?, size)
-            .map_err(to_map_error)
-    }
-
-    fn truncate(&self, ino: u64, first_lblk: u64, new_size: u64) -> Result<(), MapError> {
-        if self.write.is_none() {
-            return Err(read_only("truncate"));
-        }
-        self.w_truncate(ino_u32(ino)?, first_lblk, new_size)
-            .map_err(to_map_error)
-    }
-
-    fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
-        if self.write.is_none() {
-            return Err(read_only("fallocate"));
-        }
-        self.w_fallocate(ino_u32(ino)?, lblk, len)
-            .map_err(to_map_error)
-    }
-
-    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
-        if self.write.is_none() {
-            return Err(read_only("punch a hole"));
-        }
-        self.w_punch(ino_u32(ino)?, lblk, len).map_err(to_map_error)
-    }
-}
-
-fn ino_u32(ino: u64) -> Result<u32, MapError> {
-    u32::try_from(ino).map_err(|_| {
-        to_map_error(Error::InvalidArgument(format!(
-            "inode number {ino} too large"
-        )))
-    })
 }

@@ -4,12 +4,13 @@
 //!
 //! # One sync
 //! 1. File data is written back and waited for ([`Fs::flush_data`]); orphans and loose
-//!    extent trees are dealt with (`prepare_sync`).
+//!    extent trees are dealt with (`prepare_sync`); both in [`crate::sync`], which then calls
+//!    `commit` with the journal writer still locked.
 //! 2. Under the metadata lock, `MetaState::write_back` fills the metadata cache and every
 //!    dirty block (exactly the set `MetaCache::write_back` would write) is copied and marked
 //!    clean: that copy is the transaction. The lock is held until the commit is durable, so no
 //!    block this transaction frees is reused before then (frees are deferred until the commit:
-//!    see `state.rs`).
+//!    see [`crate::alloc`]).
 //! 3. The superblock at home with `needs_recovery` set (its last durable contents otherwise),
 //!    then a flush; then one batch, then a flush: the journal superblock with
 //!    `s_start = s_first`, `s_sequence = tid`, the descriptor blocks and the logged copies.
@@ -68,12 +69,12 @@ use ext4kit_format::journal::{
 };
 use ext4kit_format::superblock::{SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE};
 use ext4kit_format::{CompatFeatures, IncompatFeatures, Structure, Superblock};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::MutexGuard;
 
+use crate::alloc::MetaState;
 use crate::error::{Corruption, Error, Result, ResultExt, Unsupported};
-use crate::fs::{Core, Fs};
+use crate::fs::{Core, Fs, WriteState};
 use crate::journal::JournalMap;
-use crate::write::state::{MetaState, WriteState};
 
 /// A block's bytes, shared between the home write and the log write.
 type Bytes = Arc<Vec<u8>>;
@@ -319,6 +320,11 @@ impl JournalWriter {
         self.stats
     }
 
+    /// Counts a sync started early because the transaction grew large (`Fs::commit_if_full`).
+    pub(crate) fn count_early_commit(&mut self) {
+        self.stats.early_commits += 1;
+    }
+
     fn jsb_bytes(&mut self) -> Bytes {
         self.jsb.update_checksum();
         self.jsb_block[..self.jsb.as_bytes().len()].copy_from_slice(self.jsb.as_bytes());
@@ -455,7 +461,7 @@ impl JournalWriter {
         r
     }
 
-    fn check_usable(&self) -> Result<()> {
+    pub(crate) fn check_usable(&self) -> Result<()> {
         match &self.aborted {
             None => Ok(()),
             Some(why) => Err(Error::ReadOnly(format!(
@@ -465,13 +471,10 @@ impl JournalWriter {
     }
 }
 
-/// The journaled `Fs::sync` (see the module docs).
-pub(crate) fn sync(fs: &Fs, w: &WriteState, jw: &Mutex<JournalWriter>) -> Result<()> {
-    let core = &fs.core;
-    let mut j = jw.lock();
-    j.check_usable()?;
-    fs.flush_data()?;
-    crate::write::modify::prepare_sync(fs)?;
+/// The metadata half of a journaled `Fs::sync` (see the module docs): `j` is locked, was found
+/// usable ([`JournalWriter::check_usable`]), and the file data is written back and the
+/// orphans and trees prepared (steps 1); this commits the rest (steps 2 to 6).
+pub(crate) fn commit(core: &Core, w: &WriteState, j: &mut JournalWriter) -> Result<()> {
     let mut meta = Some(w.meta.lock());
     // The transaction: every dirty block, copied and marked clean while no operation can
     // change metadata. `dirty` keeps the blocks referenced (not evictable) until the end.
@@ -644,109 +647,9 @@ pub(crate) fn recover(core: &Core) -> Result<RecoveryReport> {
 }
 
 impl Fs {
-    /// Commits (a whole [`Fs::sync`]) when the metadata dirtied since the last sync nears half
-    /// of what one journal transaction holds — called at the end of the operations that
-    /// change metadata, the way jbd2 closes a transaction at its size limit. Does nothing
-    /// without a journal, or while another thread syncs.
-    pub(crate) fn commit_if_full(&self) -> Result<()> {
-        let Some(w) = &self.core.write else {
-            return Ok(());
-        };
-        let Some(jw) = &w.journal else { return Ok(()) };
-        if w.meta.lock().holds > 0 {
-            return Ok(());
-        }
-        let limit = match jw.try_lock() {
-            Some(j) => j.max_blocks / 2,
-            None => return Ok(()),
-        };
-        let pending = self.core.cache.nr_dirty() + {
-            let m = w.meta.lock();
-            m.dirty_inodes.len()
-                + m.dirty_groups.len()
-                + m.deferred_frees.as_ref().map_or(0, Vec::len)
-                + 1
-        };
-        if pending < limit {
-            return Ok(());
-        }
-        jw.lock().stats.early_commits += 1;
-        self.sync()
-    }
-
-    /// Opens a [`CommitHold`]: until it ends, operations do not commit early, so everything
-    /// done under it — creating a file, filling it, setting its size, owner, mode, xattrs and
-    /// times; or truncating a file and writing its new contents — reaches the disk in one
-    /// transaction with the next sync: after a crash, all of it or none (the kernel cannot
-    /// close a transaction while a handle is open either). Under a hold, blocks freed since
-    /// the last commit are never reused (an overwritten file's old blocks keep its old
-    /// contents until the commit that switches it), so running out of space fails instead.
-    /// `expect_bytes`: about how much data will be written under it; when that does not fit
-    /// beside the blocks awaiting a commit, the pending changes are committed first (a whole
-    /// [`Fs::sync`]) so that those blocks are free again. Holds nest.
-    pub fn hold_commits(&self, expect_bytes: u64) -> Result<CommitHold<'_>> {
-        let Some(w) = &self.core.write else {
-            return Ok(CommitHold {
-                fs: self,
-                open: false,
-            });
-        };
-        let tight = {
-            let m = w.meta.lock();
-            let deferred: u64 = m
-                .deferred_frees
-                .as_ref()
-                .map_or(0, |d| d.iter().map(|(_, n)| *n).sum());
-            let need = expect_bytes.div_ceil(u64::from(self.core.block_size)) + 256;
-            m.holds == 0 && deferred > 0 && m.free_blocks().saturating_sub(m.reserved) < need
-        };
-        if tight && w.journal.is_some() {
-            self.sync()?;
-        }
-        w.meta.lock().holds += 1;
-        Ok(CommitHold {
-            fs: self,
-            open: true,
-        })
-    }
-
     /// What the journal writer has done, when syncs go through the journal.
     pub fn journal_stats(&self) -> Option<JournalStats> {
         let w = self.core.write.as_ref()?;
         Some(w.journal.as_ref()?.lock().stats())
-    }
-}
-
-/// Keeps the operations done while it lives in one transaction (see [`Fs::hold_commits`]).
-/// End it with [`CommitHold::end`], which commits if the journal is nearly full; dropped
-/// without it (an error path), it only lets commits happen again.
-#[must_use = "a hold ends when dropped"]
-#[derive(Debug)]
-pub struct CommitHold<'a> {
-    fs: &'a Fs,
-    open: bool,
-}
-
-impl CommitHold<'_> {
-    fn release(&mut self) {
-        if std::mem::take(&mut self.open) {
-            if let Some(w) = &self.fs.core.write {
-                let mut m = w.meta.lock();
-                m.holds = m.holds.saturating_sub(1);
-            }
-        }
-    }
-
-    /// Ends the hold, committing (a whole sync) when the metadata changed since the last
-    /// commit nears what one transaction holds.
-    pub fn end(mut self) -> Result<()> {
-        self.release();
-        self.fs.commit_if_full()
-    }
-}
-
-impl Drop for CommitHold<'_> {
-    fn drop(&mut self) {
-        self.release();
     }
 }

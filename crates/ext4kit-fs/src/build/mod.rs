@@ -17,6 +17,7 @@
 //! With the UUID, hash seed and `SOURCE_DATE_EPOCH` fixed, two builds of the same tree are
 //! byte-identical: inode numbers follow the sorted walk, and every allocation is made by the
 //! building thread in walk order (the copy threads only fill blocks already chosen).
+pub(crate) mod host;
 
 use std::collections::HashMap;
 use std::fs;
@@ -30,11 +31,11 @@ use ext4kit_blockdev::{BlockDevice, FileDevice};
 use ext4kit_format::inode::{FileType, Timestamp};
 
 use crate::error::{Error, PathBytes, Result};
+use crate::file::direct::CopyRun;
 use crate::fs::{Fs, OpenOptions, ROOT_INO};
+use crate::inode::{NewInode, NewKind};
 use crate::mkfs::{MkfsOptions, mkfs};
-use crate::write::direct::CopyRun;
-use crate::write::ops::{NewInode, NewKind};
-use crate::write::xattr_write::XattrPair;
+use crate::xattr::write::XattrPair;
 
 /// How to build.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +115,7 @@ enum ScanKind {
     Special,
 }
 
-use crate::host::HostMeta as Meta;
+use crate::build::host::HostMeta as Meta;
 
 struct Totals {
     entries: u64,
@@ -124,8 +125,7 @@ struct Totals {
     xattr_blocks: u64,
 }
 
-pub use crate::host::device_numbers;
-use crate::host::{io_err, read_xattrs};
+use crate::build::host::{device_numbers, io_err, read_xattrs};
 
 fn scan(path: &Path, name: Box<[u8]>, depth: usize, totals: &mut Totals, bs: u64) -> Result<Node> {
     if depth > 4096 {
@@ -452,7 +452,7 @@ impl Builder<'_> {
     }
 
     /// Copies a source file's data regions (holes stay holes) straight to blocks allocated for
-    /// them (the bulk path of `write::direct`; the image is fresh, so block tails are zeros).
+    /// them (the bulk path of `file/direct.rs`; the image is fresh, so block tails are zeros).
     fn copy_file(&mut self, ino: u32, path: &Path, md: &Meta) -> Result<()> {
         let len = md.size;
         if len == 0 {
@@ -487,7 +487,7 @@ impl Builder<'_> {
     fn copy_regions(&mut self, ino: u32, path: &Path, f: &fs::File, len: u64) -> Result<u64> {
         const PIECE: u64 = 32 << 20;
         let mut end = 0;
-        for (data, hole) in crate::host::data_regions(f, len) {
+        for (data, hole) in crate::build::host::data_regions(f, len) {
             let mut at = data;
             while at < hole {
                 let n = (hole - at).min(PIECE);
@@ -692,16 +692,21 @@ pub fn build_image(
         fs.sync()?;
         Ok(())
     })();
-    if let Err(Error::NoSpace(what)) = written {
-        // Out of space at a given --size: say what the tree needs (the fitted size).
-        return Err(Error::NoSpace(format!(
-            "{what}: the tree needs an image of about {} MiB, --size gave {} MiB ({} MiB free after mkfs)",
-            fit.div_ceil(1 << 20).max(size.div_ceil(1 << 20) + 1),
-            size >> 20,
-            (made.free_blocks * u64::from(made.block_size)) >> 20
-        )));
+    if let Err(e) = written {
+        // Nothing of a failed build is kept (the caller removes the image).
+        drop(b);
+        fs.discard();
+        if let Error::NoSpace(what) = e {
+            // Out of space at a given --size: say what the tree needs (the fitted size).
+            return Err(Error::NoSpace(format!(
+                "{what}: the tree needs an image of about {} MiB, --size gave {} MiB ({} MiB free after mkfs)",
+                fit.div_ceil(1 << 20).max(size.div_ceil(1 << 20) + 1),
+                size >> 20,
+                (made.free_blocks * u64::from(made.block_size)) >> 20
+            )));
+        }
+        return Err(e);
     }
-    written?;
     b.progress.entries_done = b.progress.entries_total;
     (b.on_progress)(b.progress);
     report = b.report;

@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::write::xattr_write::XattrPair;
+use crate::xattr::write::XattrPair;
 
 /// An error reading host path `path`, with its errno.
 pub fn io_err(path: &Path, e: io::Error) -> Error {

@@ -125,7 +125,14 @@ impl Fs {
     pub fn open_file(&self, ino: u32) -> Result<FileReader> {
         let inode = self.core.read_inode(ino)?;
         self.core.check_regular(ino, &inode)?;
-        let size = inode.size();
+        // A file written since the last sync: its size is its page cache's (the inode's
+        // catches up at writeback), so that reading sees what was written.
+        let written = self
+            .core
+            .write
+            .as_ref()
+            .and_then(|w| w.open_mappings.lock().get(&ino).map(|m| m.size()));
+        let size = written.unwrap_or(inode.size());
         let source = if inode.flags().contains(InodeFlags::INLINE_DATA) {
             if !self.core.sb.has_incompat(IncompatFeatures::INLINE_DATA) {
                 return Err(

@@ -1,4 +1,5 @@
-//! The writable half of the page cache's `BlockMapper` (the read half is in `crate::map`):
+//! The page cache's [`BlockMapper`], implemented by [`Core`]: lookups through the block maps of
+//! [`crate::extent::map`] (every write call answers EROFS on a read-only image) and, writing,
 //! delalloc reservations, allocation of whole extents at writeback (`ext4_map_blocks` with
 //! `EXT4_GET_BLOCKS_CREATE`), unwritten-extent conversion after the data IO, on-disk size
 //! updates, truncation and preallocation.
@@ -8,12 +9,12 @@
 //! its inode's group.
 
 use ext4kit_format::extent::{Extent as TreeExtent, MAX_INIT_LEN, MAX_UNWRITTEN_LEN};
-use ext4kit_pagecache::{Extent, ExtentKind, MapFlags, UnwrittenRange};
+use ext4kit_pagecache::{BlockMapper, Extent, ExtentKind, MapError, MapFlags, UnwrittenRange};
 
+use crate::alloc::MetaState;
 use crate::error::{Error, Result};
+use crate::extent::store::with_tree;
 use crate::fs::Core;
-use crate::write::state::MetaState;
-use crate::write::stores::with_tree;
 
 impl Core {
     /// Reserves `count` blocks for delayed allocation by `ino`.
@@ -31,8 +32,7 @@ impl Core {
         };
         // Out of space: deleted files whose page cache was let go (or is being let go) are freed
         // first.
-        if matches!(r, Err(Error::NoSpace(_))) && crate::write::orphan::reclaim_for_space(self)? > 0
-        {
+        if matches!(r, Err(Error::NoSpace(_))) && crate::orphan::reclaim_for_space(self)? > 0 {
             return w.meta.lock().reserve(ino, count);
         }
         r
@@ -215,4 +215,101 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// The filesystem's error, boxed for the page cache, which hands it back unchanged to the call
+/// that made it ask ([`Error::from_cache`] takes it out again).
+fn to_map_error(e: Error) -> MapError {
+    MapError::new(e.errno(), e)
+}
+
+fn read_only(what: &str) -> MapError {
+    to_map_error(Error::ReadOnly(format!(
+        "{what}: the image is open read-only"
+    )))
+}
+
+impl BlockMapper for Core {
+    fn reserve(&self, ino: u64, count: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("reserve"));
+        }
+        self.w_reserve(ino_u32(ino)?, count).map_err(to_map_error)
+    }
+
+    fn release(&self, ino: u64, count: u64) {
+        if let Ok(i) = ino_u32(ino) {
+            self.w_release(i, count);
+        }
+    }
+
+    fn map_blocks(
+        &self,
+        ino: u64,
+        lblk: u64,
+        len: u64,
+        flags: MapFlags,
+    ) -> Result<Extent, MapError> {
+        if flags.contains(MapFlags::CREATE) {
+            if self.write.is_none() {
+                return Err(read_only("allocate"));
+            }
+            return self
+                .w_map_create(ino_u32(ino)?, lblk, len, flags)
+                .map_err(to_map_error);
+        }
+        let result = u32::try_from(ino)
+            .map_err(|_| Error::InvalidArgument(format!("inode number {ino} too large")))
+            .and_then(|i| {
+                let inode = self.read_inode(i)?;
+                self.map_inode(i, &inode, lblk, len)
+            });
+        result.map_err(to_map_error)
+    }
+
+    fn convert_unwritten(&self, ino: u64, ranges: &[UnwrittenRange]) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("convert unwritten extents"));
+        }
+        self.w_convert(ino_u32(ino)?, ranges).map_err(to_map_error)
+    }
+
+    fn update_disksize(&self, ino: u64, size: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("update the size"));
+        }
+        self.w_update_disksize(ino_u32(ino)?, size)
+            .map_err(to_map_error)
+    }
+
+    fn truncate(&self, ino: u64, first_lblk: u64, new_size: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("truncate"));
+        }
+        self.w_truncate(ino_u32(ino)?, first_lblk, new_size)
+            .map_err(to_map_error)
+    }
+
+    fn fallocate(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("fallocate"));
+        }
+        self.w_fallocate(ino_u32(ino)?, lblk, len)
+            .map_err(to_map_error)
+    }
+
+    fn punch_hole(&self, ino: u64, lblk: u64, len: u64) -> Result<(), MapError> {
+        if self.write.is_none() {
+            return Err(read_only("punch a hole"));
+        }
+        self.w_punch(ino_u32(ino)?, lblk, len).map_err(to_map_error)
+    }
+}
+
+fn ino_u32(ino: u64) -> Result<u32, MapError> {
+    u32::try_from(ino).map_err(|_| {
+        to_map_error(Error::InvalidArgument(format!(
+            "inode number {ino} too large"
+        )))
+    })
 }

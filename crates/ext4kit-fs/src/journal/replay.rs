@@ -412,16 +412,6 @@ impl OverlayDevice {
             max,
         }
     }
-
-    /// Number of blocks served from the journal.
-    pub fn len(&self) -> usize {
-        self.blocks.len()
-    }
-
-    /// Whether no block is replaced.
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
 }
 
 /// Copies the replayed blocks overlapping a completed read bio into its segments.
