@@ -227,7 +227,7 @@ pub(crate) fn reclaim_for_space(core: &Core) -> Result<usize> {
         }
         // Nothing held: nothing more will come free by waiting.
         if !alive || std::time::Instant::now() >= deadline {
-            return Ok(release_unused(core, None)?);
+            return release_unused(core, None);
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(std::time::Duration::from_millis(50));
