@@ -324,7 +324,10 @@ impl Core {
 
 /// An open ext2/ext3/ext4 image.
 ///
-/// `Fs` is `Send + Sync`; every method takes `&self`.
+/// `Fs` is `Send + Sync`; every method takes `&self`. Clones share one open image. Changes
+/// reach a writable image only with [`Fs::sync`] or [`Fs::close`] (which syncs and returns the
+/// sync's error); dropping the last clone does not sync — debug builds warn when changes are
+/// lost that way, [`Fs::discard`] gives them up on purpose.
 #[derive(Debug, Clone)]
 pub struct Fs {
     pub(crate) core: Arc<Core>,
