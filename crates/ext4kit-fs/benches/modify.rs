@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::{Fs, OpenOptions};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{
     LoopMount, Mke2fs, assert_e2fsck_clean, env_or, median, pattern, shm_temp_dir,
 };
-use ext4kit_fs::{NewInode, NewKind};
 
 const FILE_MB: u64 = 256;
 const WRITES: usize = 20_000;

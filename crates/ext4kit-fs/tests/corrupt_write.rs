@@ -11,10 +11,10 @@ use std::time::Duration;
 use ext4kit_blockdev::{BlockDevice, MemDevice};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO, Result};
+use ext4kit_fs::{NewInode, NewKind};
 use ext4kit_testkit::{
     Mke2fs, TreeOptions, debugfs, env_or, new_tree, number_after, pattern, run_ok,
 };
-use ext4kit_fs::{NewInode, NewKind};
 
 /// Removes `name` in `dir` and everything under it.
 fn remove_all(fs: &Fs, dir: u32, name: &[u8], depth: usize) -> Result<()> {

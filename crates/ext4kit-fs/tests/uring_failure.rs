@@ -10,8 +10,8 @@ use std::time::Duration;
 use ext4kit_blockdev::{BlockDevice, UringDevice};
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
-use ext4kit_testkit::{Mke2fs, require_kernel};
 use ext4kit_fs::{NewInode, NewKind};
+use ext4kit_testkit::{Mke2fs, require_kernel};
 
 #[test]
 fn sync_after_the_ring_fails_returns_the_error_without_hanging() {

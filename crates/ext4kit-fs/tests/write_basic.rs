@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::{Fs, OpenOptions, ROOT_INO};
-use ext4kit_testkit::{LoopMount, Mke2fs, assert_e2fsck_clean, debugfs, pattern, require_kernel};
 use ext4kit_fs::{NewInode, NewKind};
+use ext4kit_testkit::{LoopMount, Mke2fs, assert_e2fsck_clean, debugfs, pattern, require_kernel};
 
 fn writable() -> OpenOptions {
     OpenOptions {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use ext4kit_fs::format::inode::Timestamp;
 use ext4kit_fs::{Fs, OpenOptions};
-use ext4kit_testkit::{Mke2fs, copy_in_through_kernel};
 use ext4kit_fs::{NewInode, NewKind};
+use ext4kit_testkit::{Mke2fs, copy_in_through_kernel};
 
 /// A fresh image of `size_mb` MiB made by mkfs.ext4 (`-b bs`, no lazy init, plus `extra`), with
 /// `tree` copied in by the kernel (`cp -a` through a loop mount) when given.
