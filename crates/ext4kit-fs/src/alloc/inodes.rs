@@ -45,12 +45,7 @@ impl MetaState {
         let start = if is_dir {
             // Next group (by flex group) with free inodes and blocks above average.
             let flex = 1u32 << self.sb.log_groups_per_flex().min(16);
-            let avg_inodes = self
-                .groups
-                .iter()
-                .map(|g| u64::from(g.free_inodes_count()))
-                .sum::<u64>()
-                / u64::from(ngroups);
+            let avg_inodes = self.free_inodes() / u64::from(ngroups);
             let mut pick = parent_group;
             for k in 0..ngroups {
                 let g = (self.next_dir_group + k * flex) % ngroups;

@@ -137,6 +137,14 @@ impl MetaState {
             .sum()
     }
 
+    /// Free inodes (superblock view: sum of the groups).
+    pub(crate) fn free_inodes(&self) -> u64 {
+        self.groups
+            .iter()
+            .map(|g| u64::from(g.free_inodes_count()))
+            .sum()
+    }
+
     pub(crate) fn mark_group(&mut self, g: u32) {
         self.dirty_groups.insert(g);
     }
@@ -197,11 +205,7 @@ impl MetaState {
         }
         // Superblock counters follow the groups.
         let free_blocks = self.free_blocks();
-        let free_inodes: u64 = self
-            .groups
-            .iter()
-            .map(|g| u64::from(g.free_inodes_count()))
-            .sum();
+        let free_inodes = self.free_inodes();
         self.sb.set_free_blocks_count(free_blocks);
         self.sb.set_free_inodes_count(free_inodes as u32);
         self.sb.update_checksum();
@@ -249,11 +253,7 @@ impl Fs {
             Some(w) => {
                 let m = w.meta.lock();
                 let free_blocks = m.free_blocks();
-                let free_inodes = m
-                    .groups
-                    .iter()
-                    .map(|g| u64::from(g.free_inodes_count()))
-                    .sum();
+                let free_inodes = m.free_inodes();
                 let awaiting_commit = m
                     .deferred_frees
                     .as_ref()
